@@ -1,0 +1,621 @@
+//! The Stable Diffusion img2img engine (GeNIe's STDiff) on candle: the only module that knows candle.
+//!
+//! [`SdEngine`] loads a diffusers-layout model through [`model`], builds each network from its
+//! `config.json` ([`config`]), and runs batches of jobs as chains over one shared timestep grid:
+//! at every grid step a single UNet call evaluates every active chain (twice, for classifier-free
+//! guidance), while each chain keeps its own sampler state ([`scheduler`]).
+
+pub mod config;
+pub mod model;
+pub mod scheduler;
+pub mod tiny;
+pub mod tokenizer;
+pub mod unet;
+pub mod vae;
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+
+use candle_core::{DType, Device, Tensor};
+use candle_transformers::models::clip::text_model::ClipTextTransformer;
+use image::RgbImage;
+
+pub use config::ConfigError;
+pub use model::{Component, ModelFiles, ModelSource};
+pub use scheduler::{SchedulerConfig, SchedulerError, SchedulerKind};
+pub use tokenizer::{ClipTokenizer, TokenizerError};
+
+use crate::engine::{Engine, Job, JobOutput, LevelImage, NoiseLevel};
+use crate::image_io::pixel_hash;
+use config::{ConfigReader, TextSpec, VaeSpec};
+use scheduler::{ChainState, TimestepGrid};
+use unet::{UNet, UNetConfig};
+use vae::Vae;
+
+/// Bumped whenever a change to this engine changes the pixels it produces for the same inputs.
+pub const ALGORITHM_VERSION: u32 = 1;
+
+/// Everything that can go wrong loading or running the engine.
+#[derive(Debug, thiserror::Error)]
+pub enum DiffusionError {
+    #[error("missing {expected}: {path}")]
+    MissingFile {
+        path: PathBuf,
+        expected: &'static str,
+    },
+    #[error("{dir} holds only pickled weights (.bin/.ckpt); genie loads safetensors only")]
+    PickleOnly { dir: PathBuf },
+    #[error("bad weights file {file}: {message}")]
+    BadWeights { file: PathBuf, message: String },
+    #[error("cannot build the {component} from {files}: {message}")]
+    Build {
+        component: &'static str,
+        files: String,
+        message: String,
+    },
+    #[error("Hugging Face Hub ({repo}): {message}")]
+    Hub { repo: String, message: String },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tokenizer(#[from] TokenizerError),
+    #[error(transparent)]
+    Scheduler(#[from] SchedulerError),
+    #[error("invalid engine options: {0}")]
+    Options(String),
+    #[error("job {job}: {message}")]
+    Job { job: usize, message: String },
+    #[error("tensor computation failed: {0}")]
+    Tensor(#[from] candle_core::Error),
+    #[error("cannot write the model: {0}")]
+    Write(String),
+}
+
+/// How the engine samples; everything here changes the pixels.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    pub scheduler: SchedulerKind,
+    /// N: the length of the full timestep grid (r = 1 runs all of it).
+    pub steps: usize,
+    /// Classifier-free guidance scale; ≤ 1 disables guidance (one UNet branch).
+    pub guidance: f64,
+    /// Image side length; `None` uses the model's native size (UNet `sample_size` × VAE factor).
+    pub size: Option<u32>,
+    /// Weights and activations of the UNet and text encoder (the VAE always runs in f32).
+    pub dtype: DType,
+    pub device: Device,
+    /// Most chains evaluated by one UNet call (each is two rows with guidance).
+    pub max_chains_per_call: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions {
+            scheduler: SchedulerKind::DpmSolverPp,
+            steps: 50,
+            guidance: 7.5,
+            size: None,
+            dtype: DType::F32,
+            device: Device::Cpu,
+            max_chains_per_call: 16,
+        }
+    }
+}
+
+/// One finished chain, before conversion to 8-bit pixels.
+#[derive(Debug)]
+pub struct ChainOutput {
+    pub level: NoiseLevel,
+    pub start_timestep: usize,
+    pub steps_run: usize,
+    /// Final latents `[1, C, h, w]`, f32.
+    pub latents: Tensor,
+    /// Decoded image `[3, H, W]` in [0, 1], f32 (diffusers' `(x/2 + 0.5).clamp(0, 1)`).
+    pub image: Tensor,
+}
+
+/// Where a level starts on a grid of N steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LevelStart {
+    /// Index into the grid (`N − ⌊N·r⌋`).
+    pub index: usize,
+    /// Timestep at which noise is added (the first one run).
+    pub timestep: usize,
+    pub steps_run: usize,
+}
+
+/// Stable Diffusion img2img on candle.
+pub struct SdEngine {
+    unet: UNet,
+    vae: Vae,
+    text: ClipTextTransformer,
+    tokenizer: ClipTokenizer,
+    scheduler: SchedulerConfig,
+    grid: TimestepGrid,
+    opts: EngineOptions,
+    size: u32,
+    latent_channels: usize,
+    latent_size: usize,
+    model_id: String,
+    embeddings: HashMap<String, Tensor>,
+    uncond: Tensor,
+    source_latents: lru::LruCache<blake3::Hash, Tensor>,
+}
+
+fn build_err<'a>(
+    component: &'static str,
+    files: &'a [PathBuf],
+) -> impl Fn(candle_core::Error) -> DiffusionError + 'a {
+    move |e| DiffusionError::Build {
+        component,
+        files: files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        message: e.to_string(),
+    }
+}
+
+impl SdEngine {
+    /// Loads a model from a local folder or the Hub.
+    pub fn load(source: &ModelSource, opts: EngineOptions) -> Result<Self, DiffusionError> {
+        let half = matches!(opts.dtype, DType::F16 | DType::BF16);
+        let files = ModelFiles::resolve(source, half)?;
+        Self::from_files(&files, &source.describe(), opts)
+    }
+
+    /// Loads a model whose files are already resolved.
+    pub fn from_files(
+        files: &ModelFiles,
+        model_id: &str,
+        opts: EngineOptions,
+    ) -> Result<Self, DiffusionError> {
+        if !matches!(opts.dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(DiffusionError::Options(format!(
+                "dtype {:?} (use f32, f16 or bf16)",
+                opts.dtype
+            )));
+        }
+        if opts.max_chains_per_call == 0 {
+            return Err(DiffusionError::Options(
+                "max_chains_per_call must be at least 1".into(),
+            ));
+        }
+        let unet_spec: UNetConfig = config::unet_spec(ConfigReader::open(&files.unet_config)?)?;
+        let vae_spec: VaeSpec = config::vae_spec(ConfigReader::open(&files.vae_config)?)?;
+        let text_spec: TextSpec = config::text_spec(ConfigReader::open(&files.text_config)?)?;
+        if unet_spec.in_channels != vae_spec.latent_channels
+            || unet_spec.out_channels != vae_spec.latent_channels
+        {
+            return Err(DiffusionError::Options(format!(
+                "UNet in/out channels ({}/{}) differ from the VAE's latent_channels ({})",
+                unet_spec.in_channels, unet_spec.out_channels, vae_spec.latent_channels
+            )));
+        }
+        if unet_spec.cross_attention_dim != text_spec.candle.embed_dim {
+            return Err(DiffusionError::Options(format!(
+                "UNet cross_attention_dim {} differs from the text encoder's hidden_size {}",
+                unet_spec.cross_attention_dim, text_spec.candle.embed_dim
+            )));
+        }
+        let factor = vae_spec.scale_factor();
+        let size = opts.size.unwrap_or((unet_spec.sample_size * factor) as u32);
+        let down = factor * unet_spec.downsampling();
+        if size == 0 || size as usize % down != 0 {
+            return Err(DiffusionError::Options(format!(
+                "size {size} must be a positive multiple of {down} for this model"
+            )));
+        }
+        let scheduler = SchedulerConfig::from_file(&files.scheduler_config, opts.scheduler)?;
+        let grid = scheduler.grid(opts.steps)?;
+        let tokenizer = ClipTokenizer::from_dir(
+            &files.tokenizer_dir,
+            text_spec.candle.max_position_embeddings,
+        )?;
+
+        let dev = &opts.device;
+        let vb = model::var_builder(&files.text_weights, opts.dtype, dev)?;
+        let text = ClipTextTransformer::new(vb.pp("text_model"), &text_spec.candle)
+            .map_err(build_err("text encoder", &files.text_weights))?;
+        let vb = model::var_builder(&files.vae_weights, DType::F32, dev)?;
+        let vae = Vae::new(vb, &vae_spec).map_err(build_err("VAE", &files.vae_weights))?;
+        let vb = model::var_builder(&files.unet_weights, opts.dtype, dev)?;
+        let unet = UNet::new(vb, &unet_spec).map_err(build_err("UNet", &files.unet_weights))?;
+
+        let mut engine = SdEngine {
+            unet,
+            vae,
+            text,
+            tokenizer,
+            scheduler,
+            grid,
+            size,
+            latent_channels: vae_spec.latent_channels,
+            latent_size: size as usize / factor,
+            model_id: model_id.to_string(),
+            embeddings: HashMap::new(),
+            uncond: Tensor::zeros(1, DType::F32, dev)?,
+            source_latents: lru::LruCache::new(NonZeroUsize::new(64).expect("nonzero")),
+            opts,
+        };
+        engine.uncond = engine.encode_prompt("")?;
+        Ok(engine)
+    }
+
+    pub fn options(&self) -> &EngineOptions {
+        &self.opts
+    }
+
+    pub fn scheduler(&self) -> &SchedulerConfig {
+        &self.scheduler
+    }
+
+    /// The model's identity as given at load time (folder or repo@revision).
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// Shape of the initial noise: `[1, C, size/f, size/f]`.
+    pub fn noise_shape(&self) -> [usize; 4] {
+        [1, self.latent_channels, self.latent_size, self.latent_size]
+    }
+
+    /// Where `level` starts on this engine's grid; an error if it would run no step.
+    pub fn level_start(&self, level: NoiseLevel) -> Result<LevelStart, SchedulerError> {
+        let n = self.grid.len();
+        if level.is_text_to_image() {
+            return Ok(LevelStart {
+                index: 0,
+                timestep: self.grid.timesteps[0],
+                steps_run: n,
+            });
+        }
+        let steps_run = level.steps_to_run(n);
+        if steps_run == 0 {
+            return Err(SchedulerError::NoStepsAtLevel {
+                level: level.to_string(),
+                steps: n,
+            });
+        }
+        let index = level.start_index(n);
+        Ok(LevelStart {
+            index,
+            timestep: self.grid.timesteps[index],
+            steps_run,
+        })
+    }
+
+    /// The CLIP embedding of a prompt (cached; prompts are one per class).
+    pub fn prompt_embedding(&mut self, prompt: &str) -> Result<Tensor, DiffusionError> {
+        if let Some(t) = self.embeddings.get(prompt) {
+            return Ok(t.clone());
+        }
+        let t = self.encode_prompt(prompt)?;
+        self.embeddings.insert(prompt.to_string(), t.clone());
+        Ok(t)
+    }
+
+    fn encode_prompt(&self, prompt: &str) -> Result<Tensor, DiffusionError> {
+        let tokens = self.tokenizer.encode(prompt)?;
+        if tokens.truncated {
+            tracing::warn!(
+                prompt,
+                max_tokens = self.tokenizer.max_len(),
+                "prompt is longer than the text encoder's context and was truncated"
+            );
+        }
+        let ids = Tensor::new(tokens.ids.as_slice(), &self.opts.device)?.unsqueeze(0)?;
+        Ok(self.text.forward_with_mask(&ids, usize::MAX)?)
+    }
+
+    /// One raw UNet evaluation (noise prediction) of f32 latents at timestep `t`, for inspection
+    /// and parity checks; `context` holds one text embedding per row.
+    pub fn predict_noise(
+        &self,
+        latents: &Tensor,
+        t: usize,
+        context: &Tensor,
+    ) -> Result<Tensor, DiffusionError> {
+        let out = self.unet.forward(
+            &latents.to_dtype(self.opts.dtype)?,
+            t as f64,
+            &context.to_dtype(self.opts.dtype)?,
+        )?;
+        Ok(out.to_dtype(DType::F32)?)
+    }
+
+    /// Decodes scaled latents `[B, C, h, w]` into images `[B, 3, H, W]` in [0, 1].
+    pub fn decode(&self, latents: &Tensor) -> Result<Tensor, DiffusionError> {
+        Ok(
+            ((self.vae.decode_scaled(&latents.to_dtype(DType::F32)?)? / 2.0)? + 0.5)?
+                .clamp(0f32, 1f32)?,
+        )
+    }
+
+    /// Token ids of a prompt as the text encoder sees them (for inspection and tests).
+    pub fn tokenize(&self, prompt: &str) -> Result<Vec<u32>, DiffusionError> {
+        Ok(self.tokenizer.encode(prompt)?.ids)
+    }
+
+    /// Scaled VAE latents (the distribution's mean) of a preprocessed source image, cached by pixels.
+    pub fn source_latents(&mut self, img: &RgbImage) -> Result<Tensor, DiffusionError> {
+        let key = pixel_hash(img);
+        if let Some(t) = self.source_latents.get(&key) {
+            return Ok(t.clone());
+        }
+        let (w, h) = img.dimensions();
+        let pixels = Tensor::from_vec(
+            img.as_raw().clone(),
+            (h as usize, w as usize, 3),
+            &Device::Cpu,
+        )?
+        .permute((2, 0, 1))?
+        .to_dtype(DType::F32)?;
+        // diffusers' VaeImageProcessor: x / 255 * 2 − 1.
+        let x = ((pixels / 127.5)? - 1.0)?
+            .unsqueeze(0)?
+            .to_device(&self.opts.device)?;
+        let latents = self.vae.encode_mode_scaled(&x)?;
+        self.source_latents.put(key, latents.clone());
+        Ok(latents)
+    }
+
+    fn job_noise(&self, job_index: usize, job: &Job) -> Result<Tensor, DiffusionError> {
+        let shape = self.noise_shape();
+        let len: usize = shape.iter().product();
+        let values = match &job.noise {
+            Some(v) if v.len() == len => v.as_ref().clone(),
+            Some(v) => {
+                return Err(DiffusionError::Job {
+                    job: job_index,
+                    message: format!("noise has {} values; expected {shape:?} = {len}", v.len()),
+                })
+            }
+            None => crate::noise::gaussian(job.seed, len),
+        };
+        // Drawn on the CPU, then moved: the same seed gives the same noise on every device.
+        Ok(Tensor::from_vec(values, shape.to_vec(), &Device::Cpu)?.to_device(&self.opts.device)?)
+    }
+
+    /// Runs jobs as chains over the shared grid and returns f32 latents and images, in job and
+    /// level order. This is the whole img2img pipeline; [`Engine::generate`] only quantises.
+    pub fn run_chains(&mut self, jobs: &[Job]) -> Result<Vec<Vec<ChainOutput>>, DiffusionError> {
+        struct Chain {
+            job: usize,
+            level: NoiseLevel,
+            start: LevelStart,
+            latents: Tensor,
+            state: ChainState,
+            context: Tensor,
+        }
+        let mut chains: Vec<Chain> = Vec::new();
+        for (j, job) in jobs.iter().enumerate() {
+            let job_err = |message: String| DiffusionError::Job { job: j, message };
+            if job.levels.is_empty() {
+                return Err(job_err("no noise levels".into()));
+            }
+            let context = self.prompt_embedding(&job.prompt)?;
+            let noise = self.job_noise(j, job)?;
+            let needs_source = job.levels.iter().any(|l| !l.is_text_to_image());
+            let init = match (&job.source, needs_source) {
+                (Some(img), true) => {
+                    let s = self.size;
+                    if img.dimensions() != (s, s) {
+                        return Err(job_err(format!(
+                            "source is {}x{}; the engine expects {s}x{s} (preprocess with image_io::resize_center_crop)",
+                            img.width(),
+                            img.height()
+                        )));
+                    }
+                    Some(self.source_latents(img)?)
+                }
+                (None, true) => return Err(job_err("levels below 1.0 need a source image".into())),
+                (_, false) => None,
+            };
+            for &level in &job.levels {
+                let start = self
+                    .level_start(level)
+                    .map_err(|e| job_err(e.to_string()))?;
+                let latents = match &init {
+                    Some(x0) if !level.is_text_to_image() => {
+                        self.scheduler
+                            .add_noise(&self.grid, start.index, x0, &noise)?
+                    }
+                    _ => (&noise * self.scheduler.init_noise_sigma())?,
+                };
+                chains.push(Chain {
+                    job: j,
+                    level,
+                    start,
+                    latents,
+                    state: ChainState::default(),
+                    context: context.clone(),
+                });
+            }
+        }
+
+        let guided = self.opts.guidance > 1.0;
+        let dt = self.opts.dtype;
+        for i in 0..self.grid.len() {
+            let t = self.grid.timesteps[i];
+            let active: Vec<usize> = (0..chains.len())
+                .filter(|&c| chains[c].start.index <= i)
+                .collect();
+            for group in active.chunks(self.opts.max_chains_per_call) {
+                let k = group.len();
+                let x = Tensor::cat(
+                    &group
+                        .iter()
+                        .map(|&c| &chains[c].latents)
+                        .collect::<Vec<_>>(),
+                    0,
+                )?;
+                let cond = Tensor::cat(
+                    &group
+                        .iter()
+                        .map(|&c| &chains[c].context)
+                        .collect::<Vec<_>>(),
+                    0,
+                )?;
+                let (input, context) = if guided {
+                    let uncond = self.uncond.repeat((k, 1, 1))?;
+                    (
+                        Tensor::cat(&[&x, &x], 0)?,
+                        Tensor::cat(&[&uncond, &cond], 0)?,
+                    )
+                } else {
+                    (x, cond)
+                };
+                let out = self
+                    .unet
+                    .forward(&input.to_dtype(dt)?, t as f64, &context)?
+                    .to_dtype(DType::F32)?;
+                let eps = if guided {
+                    let u = out.narrow(0, 0, k)?;
+                    let c = out.narrow(0, k, k)?;
+                    (&u + ((c - &u)? * self.opts.guidance)?)?
+                } else {
+                    out
+                };
+                for (row, &c) in group.iter().enumerate() {
+                    let chain = &mut chains[c];
+                    chain.latents = self.scheduler.step(
+                        &self.grid,
+                        i,
+                        &eps.narrow(0, row, 1)?,
+                        &chain.latents,
+                        &mut chain.state,
+                    )?;
+                }
+            }
+        }
+
+        let mut outputs: Vec<Vec<ChainOutput>> = jobs.iter().map(|_| Vec::new()).collect();
+        for group in chains.chunks(self.opts.max_chains_per_call) {
+            let latents = Tensor::cat(&group.iter().map(|c| &c.latents).collect::<Vec<_>>(), 0)?;
+            let images = self.decode(&latents)?;
+            for (row, chain) in group.iter().enumerate() {
+                outputs[chain.job].push(ChainOutput {
+                    level: chain.level,
+                    start_timestep: chain.start.timestep,
+                    steps_run: chain.start.steps_run,
+                    latents: chain.latents.clone(),
+                    image: images.get(row)?,
+                });
+            }
+        }
+        Ok(outputs)
+    }
+}
+
+/// `[3, H, W]` floats in [0, 1] → 8-bit RGB, rounding as diffusers' `numpy_to_pil` does.
+pub fn tensor_to_rgb(image: &Tensor) -> Result<RgbImage, DiffusionError> {
+    let (c, h, w) = image.dims3()?;
+    if c != 3 {
+        return Err(DiffusionError::Options(format!(
+            "expected 3 channels, got {c}"
+        )));
+    }
+    let bytes = (image.to_device(&Device::Cpu)?.to_dtype(DType::F32)? * 255.0)?
+        .round()?
+        .clamp(0f32, 255f32)?
+        .to_dtype(DType::U8)?
+        .permute((1, 2, 0))?
+        .flatten_all()?
+        .to_vec1::<u8>()?;
+    RgbImage::from_raw(w as u32, h as u32, bytes)
+        .ok_or_else(|| DiffusionError::Options("image buffer size mismatch".into()))
+}
+
+impl Engine for SdEngine {
+    type Error = DiffusionError;
+
+    fn resolution(&self) -> u32 {
+        self.size
+    }
+
+    fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, DiffusionError> {
+        self.run_chains(jobs)?
+            .into_iter()
+            .map(|chains| {
+                let images = chains
+                    .into_iter()
+                    .map(|c| {
+                        Ok(LevelImage {
+                            level: c.level,
+                            start_timestep: c.start_timestep,
+                            steps_run: c.steps_run,
+                            image: tensor_to_rgb(&c.image)?,
+                        })
+                    })
+                    .collect::<Result<Vec<_>, DiffusionError>>()?;
+                Ok(JobOutput { images })
+            })
+            .collect()
+    }
+}
+
+/// Parses `cpu`, `cuda` or `cuda:N`.
+pub fn parse_device(spec: &str) -> Result<Device, DiffusionError> {
+    match spec.trim() {
+        "cpu" => Ok(Device::Cpu),
+        s if s == "cuda" || s.starts_with("cuda:") => {
+            let ordinal = match s.strip_prefix("cuda:") {
+                None => 0,
+                Some(n) => n.parse::<usize>().map_err(|_| {
+                    DiffusionError::Options(format!("bad device {s:?}: expected cuda:N"))
+                })?,
+            };
+            if cfg!(feature = "cuda") {
+                Ok(Device::new_cuda(ordinal)?)
+            } else {
+                Err(DiffusionError::Options(format!(
+                    "device {s:?} needs a build with the `cuda` feature (see scripts/build-cuda.sh)"
+                )))
+            }
+        }
+        other => Err(DiffusionError::Options(format!(
+            "unknown device {other:?} (expected cpu or cuda:N)"
+        ))),
+    }
+}
+
+/// Parses `f32`, `f16` or `bf16`.
+pub fn parse_dtype(spec: &str) -> Result<DType, DiffusionError> {
+    match spec.trim().to_ascii_lowercase().as_str() {
+        "f32" | "float32" => Ok(DType::F32),
+        "f16" | "float16" | "fp16" => Ok(DType::F16),
+        "bf16" | "bfloat16" => Ok(DType::BF16),
+        other => Err(DiffusionError::Options(format!(
+            "unknown dtype {other:?} (expected f32, f16 or bf16)"
+        ))),
+    }
+}
+
+/// Reads initial noise from a safetensors file holding one tensor named `noise` of shape `shape`.
+pub fn load_noise_file(
+    path: &std::path::Path,
+    shape: [usize; 4],
+) -> Result<Vec<f32>, DiffusionError> {
+    let bad = |message: String| DiffusionError::BadWeights {
+        file: path.to_path_buf(),
+        message,
+    };
+    let tensors =
+        candle_core::safetensors::load(path, &Device::Cpu).map_err(|e| bad(e.to_string()))?;
+    let noise = tensors
+        .get("noise")
+        .ok_or_else(|| bad("no tensor named \"noise\"".into()))?;
+    if noise.dims() != shape {
+        return Err(bad(format!(
+            "noise has shape {:?}; expected {shape:?}",
+            noise.dims()
+        )));
+    }
+    Ok(noise
+        .to_dtype(DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
+}

@@ -1,0 +1,696 @@
+//! DDIM and DPM-Solver++ (multistep) samplers with diffusers' numerics, one state per chain.
+//!
+//! The timestep grid of a run is shared by every chain of a batch; a chain at level r joins the
+//! grid at index `N − ⌊N·r⌋` (diffusers' img2img `get_timesteps`) with an empty solver history,
+//! as diffusers' `set_begin_index` does. Scalars are computed in f64 from the float32
+//! `alphas_cumprod` that diffusers itself uses, then applied to f32 latents.
+
+use std::path::Path;
+
+use candle_core::Tensor;
+use serde_json::Value;
+
+use super::config::{ConfigError, ConfigReader};
+
+/// Which sampler runs the denoising steps.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SchedulerKind {
+    /// DDIM with η = 0 (deterministic).
+    Ddim,
+    /// DPM-Solver++ multistep (the official GeNIe code's choice).
+    DpmSolverPp,
+}
+
+impl SchedulerKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            SchedulerKind::Ddim => "ddim",
+            SchedulerKind::DpmSolverPp => "dpm",
+        }
+    }
+}
+
+impl std::str::FromStr for SchedulerKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "ddim" => Ok(SchedulerKind::Ddim),
+            "dpm" | "dpm++" | "dpmsolver++" | "dpm-solver++" | "dpmsolvermultistep" => {
+                Ok(SchedulerKind::DpmSolverPp)
+            }
+            other => Err(format!(
+                "unknown scheduler {other:?} (expected ddim or dpm)"
+            )),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum PredictionType {
+    Epsilon,
+    VPrediction,
+    Sample,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TimestepSpacing {
+    Linspace,
+    Leading,
+    Trailing,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SolverType {
+    Midpoint,
+    Heun,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum FinalSigmas {
+    Zero,
+    SigmaMin,
+}
+
+/// A sampler fully parameterised from `scheduler_config.json`, the way diffusers'
+/// `DDIMScheduler.from_config` / `DPMSolverMultistepScheduler.from_config` would build it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SchedulerConfig {
+    pub kind: SchedulerKind,
+    pub num_train_timesteps: usize,
+    /// `alphas_cumprod` as diffusers computes it (float32), one per training timestep.
+    pub alphas_cumprod: Vec<f32>,
+    pub prediction_type: PredictionType,
+    pub timestep_spacing: TimestepSpacing,
+    pub steps_offset: usize,
+    /// DDIM: use ᾱ = 1 for the step after the last one instead of ᾱ₀.
+    pub set_alpha_to_one: bool,
+    /// DDIM: clip the predicted x₀ to ±`clip_sample_range`.
+    pub clip_sample: Option<f64>,
+    /// DPM-Solver++: 1 or 2.
+    pub solver_order: usize,
+    pub solver_type: SolverType,
+    pub lower_order_final: bool,
+    pub euler_at_final: bool,
+    pub final_sigmas: FinalSigmas,
+    /// A short canonical description of every parameter, for engine fingerprints.
+    pub canonical: String,
+}
+
+/// Keys written by other diffusers schedulers (PNDM for SD 1.5, Euler, LMS, …) that carry no
+/// meaning for DDIM or DPM-Solver++; diffusers' `from_config` ignores them too.
+const FOREIGN_KEYS: &[&str] = &[
+    "skip_prk_steps",
+    "interpolation_type",
+    "timestep_type",
+    "variance_type",
+    "use_karras_sigmas",
+    "use_exponential_sigmas",
+    "use_beta_sigmas",
+    "sigma_min",
+    "sigma_max",
+    "final_sigmas_type",
+    "predict_x0",
+    "disable_corrector",
+    "solver_p",
+    "use_lu_lambdas",
+    "use_flow_sigmas",
+    "flow_shift",
+    "shift",
+    "use_dynamic_shifting",
+];
+
+impl SchedulerConfig {
+    /// Reads `scheduler_config.json` and builds the `kind` sampler from it.
+    pub fn from_file(path: &Path, kind: SchedulerKind) -> Result<Self, ConfigError> {
+        let reader = ConfigReader::open(path)?;
+        Self::from_reader(reader, kind)
+    }
+
+    /// SD 1.5's noise schedule (`scaled_linear`, β ∈ [0.00085, 0.012], 1000 steps, offset 1).
+    pub fn sd15(kind: SchedulerKind) -> Self {
+        let json = serde_json::json!({
+            "_class_name": "PNDMScheduler",
+            "beta_end": 0.012, "beta_schedule": "scaled_linear", "beta_start": 0.00085,
+            "num_train_timesteps": 1000, "set_alpha_to_one": false, "skip_prk_steps": true,
+            "steps_offset": 1, "trained_betas": null, "clip_sample": false
+        });
+        let Value::Object(map) = json else {
+            unreachable!()
+        };
+        Self::from_reader(ConfigReader::from_map(map, "<sd15 scheduler>"), kind)
+            .expect("built-in SD 1.5 scheduler config is valid")
+    }
+
+    fn from_reader(mut r: ConfigReader, kind: SchedulerKind) -> Result<Self, ConfigError> {
+        let num_train_timesteps = r.usize_or("num_train_timesteps", 1000)?;
+        if num_train_timesteps < 2 {
+            return Err(r.bad("num_train_timesteps", "at least 2"));
+        }
+        let beta_start = r.f64_or("beta_start", 0.0001)?;
+        let beta_end = r.f64_or("beta_end", 0.02)?;
+        let beta_schedule = r.string_or("beta_schedule", "linear")?;
+        let trained_betas = r.take("trained_betas");
+        let betas: Vec<f32> = match trained_betas {
+            Some(Value::Array(values)) => {
+                let betas: Option<Vec<f32>> = values
+                    .iter()
+                    .map(|v| v.as_f64().map(|b| b as f32))
+                    .collect();
+                match betas {
+                    Some(b) if b.len() == num_train_timesteps => b,
+                    _ => {
+                        return Err(r.bad(
+                            "trained_betas",
+                            "null or an array of num_train_timesteps numbers",
+                        ))
+                    }
+                }
+            }
+            None | Some(Value::Null) => match beta_schedule.as_str() {
+                "linear" => torch_linspace_f32(beta_start, beta_end, num_train_timesteps),
+                "scaled_linear" => {
+                    torch_linspace_f32(beta_start.sqrt(), beta_end.sqrt(), num_train_timesteps)
+                        .into_iter()
+                        .map(|b| b * b)
+                        .collect()
+                }
+                "squaredcos_cap_v2" => cosine_betas(num_train_timesteps),
+                _ => {
+                    return Err(r.bad(
+                        "beta_schedule",
+                        "linear, scaled_linear or squaredcos_cap_v2",
+                    ))
+                }
+            },
+            Some(_) => return Err(r.bad("trained_betas", "null or an array of numbers")),
+        };
+        // torch.cumprod accumulates float32 inputs in double on the CPU.
+        let mut acc = 1.0f64;
+        let alphas_cumprod: Vec<f32> = betas
+            .iter()
+            .map(|&b| {
+                acc *= f64::from(1.0f32 - b);
+                acc as f32
+            })
+            .collect();
+
+        let prediction_type = match r.string_or("prediction_type", "epsilon")?.as_str() {
+            "epsilon" => PredictionType::Epsilon,
+            "v_prediction" => PredictionType::VPrediction,
+            "sample" => PredictionType::Sample,
+            _ => return Err(r.bad("prediction_type", "epsilon, v_prediction or sample")),
+        };
+        let default_spacing = match kind {
+            SchedulerKind::Ddim => "leading",
+            SchedulerKind::DpmSolverPp => "linspace",
+        };
+        let timestep_spacing = match r.string_or("timestep_spacing", default_spacing)?.as_str() {
+            "linspace" => TimestepSpacing::Linspace,
+            "leading" => TimestepSpacing::Leading,
+            "trailing" => TimestepSpacing::Trailing,
+            _ => return Err(r.bad("timestep_spacing", "linspace, leading or trailing")),
+        };
+        let steps_offset = r.usize_or("steps_offset", 0)?;
+        let set_alpha_to_one = r.bool_or("set_alpha_to_one", true)?;
+        let clip_sample_on = r.bool_or("clip_sample", kind == SchedulerKind::Ddim)?;
+        let clip_range = r.f64_or("clip_sample_range", 1.0)?;
+        r.require_default("thresholding", &Value::Bool(false))?;
+        r.take("dynamic_thresholding_ratio");
+        r.take("sample_max_value");
+        r.require_default("rescale_betas_zero_snr", &Value::Bool(false))?;
+        r.require_default_one_of("timestep_type", &[Value::Null, Value::from("discrete")])?;
+
+        let solver_order = r.usize_or("solver_order", 2)?;
+        let solver_type = match r.string_or("solver_type", "midpoint")?.as_str() {
+            "midpoint" => SolverType::Midpoint,
+            "heun" => SolverType::Heun,
+            _ => return Err(r.bad("solver_type", "midpoint or heun")),
+        };
+        let algorithm = r.string_or("algorithm_type", "dpmsolver++")?;
+        let lower_order_final = r.bool_or("lower_order_final", true)?;
+        let euler_at_final = r.bool_or("euler_at_final", false)?;
+        let final_sigmas = match r.string_or("final_sigmas_type", "zero")?.as_str() {
+            "zero" => FinalSigmas::Zero,
+            "sigma_min" => FinalSigmas::SigmaMin,
+            _ => return Err(r.bad("final_sigmas_type", "zero or sigma_min")),
+        };
+        let lambda_min = r.take("lambda_min_clipped");
+        let variance_type = r.take("variance_type");
+        let karras = r.take("use_karras_sigmas");
+        let lu = r.take("use_lu_lambdas");
+        let exp_sigmas = r.take("use_exponential_sigmas");
+        let beta_sigmas = r.take("use_beta_sigmas");
+        if kind == SchedulerKind::DpmSolverPp {
+            if !(1..=2).contains(&solver_order) {
+                return Err(r.bad("solver_order", "1 or 2 (third order is not supported)"));
+            }
+            if algorithm != "dpmsolver++" {
+                return Err(r.bad("algorithm_type", "dpmsolver++"));
+            }
+            let is_false = |v: &Option<Value>| {
+                matches!(v, None | Some(Value::Null) | Some(Value::Bool(false)))
+            };
+            for (key, v) in [
+                ("use_karras_sigmas", &karras),
+                ("use_lu_lambdas", &lu),
+                ("use_exponential_sigmas", &exp_sigmas),
+                ("use_beta_sigmas", &beta_sigmas),
+            ] {
+                if !is_false(v) {
+                    return Err(r.bad(key, "false"));
+                }
+            }
+            if !matches!(&variance_type, None | Some(Value::Null)) {
+                return Err(r.bad("variance_type", "null"));
+            }
+            let lambda_ok = match &lambda_min {
+                None | Some(Value::Null) => true,
+                Some(Value::String(s)) => s == "-inf" || s == "-Infinity",
+                Some(v) => v
+                    .as_f64()
+                    .is_some_and(|x| x == f64::NEG_INFINITY || x <= -1e30),
+            };
+            if !lambda_ok {
+                return Err(r.bad("lambda_min_clipped", "-inf"));
+            }
+        }
+        r.ignore_private_and(FOREIGN_KEYS);
+        r.finish()?;
+
+        let clip_sample = (kind == SchedulerKind::Ddim && clip_sample_on).then_some(clip_range);
+        let canonical = format!(
+            "{}|T{}|b{:08x}|{:?}|{:?}|off{}|a1{}|clip{:?}|o{}|{:?}|lof{}|eaf{}|{:?}",
+            kind.name(),
+            num_train_timesteps,
+            {
+                let mut h = blake3::Hasher::new();
+                for a in &alphas_cumprod {
+                    h.update(&a.to_le_bytes());
+                }
+                u32::from_le_bytes(h.finalize().as_bytes()[..4].try_into().expect("4 bytes"))
+            },
+            prediction_type,
+            timestep_spacing,
+            steps_offset,
+            set_alpha_to_one,
+            clip_sample,
+            solver_order,
+            solver_type,
+            lower_order_final,
+            euler_at_final,
+            final_sigmas
+        );
+        Ok(SchedulerConfig {
+            kind,
+            num_train_timesteps,
+            alphas_cumprod,
+            prediction_type,
+            timestep_spacing,
+            steps_offset,
+            set_alpha_to_one,
+            clip_sample,
+            solver_order,
+            solver_type,
+            lower_order_final,
+            euler_at_final,
+            final_sigmas,
+            canonical,
+        })
+    }
+
+    /// The grid of `steps` timesteps every chain of a run shares (diffusers' `set_timesteps`).
+    pub fn grid(&self, steps: usize) -> Result<TimestepGrid, SchedulerError> {
+        if steps == 0 {
+            return Err(SchedulerError::ZeroSteps);
+        }
+        if steps > self.num_train_timesteps {
+            return Err(SchedulerError::TooManySteps {
+                steps,
+                train: self.num_train_timesteps,
+            });
+        }
+        let t = self.num_train_timesteps;
+        let timesteps: Vec<usize> = match self.kind {
+            SchedulerKind::Ddim => match self.timestep_spacing {
+                TimestepSpacing::Linspace => np_linspace(0.0, (t - 1) as f64, steps)
+                    .into_iter()
+                    .rev()
+                    .map(|x| x.round_ties_even() as usize)
+                    .collect(),
+                TimestepSpacing::Leading => {
+                    let ratio = t / steps;
+                    (0..steps)
+                        .rev()
+                        .map(|i| i * ratio + self.steps_offset)
+                        .collect()
+                }
+                TimestepSpacing::Trailing => np_arange_down(t as f64, t as f64 / steps as f64)
+                    .into_iter()
+                    .map(|x| (x.round_ties_even() as usize).saturating_sub(1))
+                    .collect(),
+            },
+            SchedulerKind::DpmSolverPp => match self.timestep_spacing {
+                TimestepSpacing::Linspace => {
+                    let mut v: Vec<usize> = np_linspace(0.0, (t - 1) as f64, steps + 1)
+                        .into_iter()
+                        .rev()
+                        .map(|x| x.round_ties_even() as usize)
+                        .collect();
+                    v.pop();
+                    v
+                }
+                TimestepSpacing::Leading => {
+                    let ratio = t / (steps + 1);
+                    (1..=steps)
+                        .rev()
+                        .map(|i| i * ratio + self.steps_offset)
+                        .collect()
+                }
+                TimestepSpacing::Trailing => np_arange_down(t as f64, t as f64 / steps as f64)
+                    .into_iter()
+                    .map(|x| (x.round_ties_even() as usize).saturating_sub(1))
+                    .collect(),
+            },
+        };
+        if timesteps.iter().any(|&ts| ts >= t) {
+            return Err(SchedulerError::TimestepOutOfRange {
+                steps,
+                max: *timesteps.iter().max().unwrap_or(&0),
+            });
+        }
+        let sigmas = match self.kind {
+            SchedulerKind::Ddim => Vec::new(),
+            SchedulerKind::DpmSolverPp => {
+                let mut s: Vec<f32> = timesteps.iter().map(|&ts| self.sigma_at(ts)).collect();
+                s.push(match self.final_sigmas {
+                    FinalSigmas::Zero => 0.0,
+                    FinalSigmas::SigmaMin => self.sigma_at(0),
+                });
+                s
+            }
+        };
+        Ok(TimestepGrid {
+            timesteps,
+            sigmas,
+            steps,
+        })
+    }
+
+    /// σ(t) = √((1 − ᾱ)/ᾱ) in float32, as diffusers computes it.
+    fn sigma_at(&self, t: usize) -> f32 {
+        let a = self.alphas_cumprod[t];
+        ((1.0f32 - a) / a).sqrt()
+    }
+
+    fn alpha_cumprod(&self, t: usize) -> f64 {
+        f64::from(self.alphas_cumprod[t])
+    }
+}
+
+/// torch.linspace(start, end, n, dtype=float32): float32 step, symmetric halves.
+fn torch_linspace_f32(start: f64, end: f64, n: usize) -> Vec<f32> {
+    let (s, e) = (start as f32, end as f32);
+    if n == 1 {
+        return vec![s];
+    }
+    let step = (e - s) / (n - 1) as f32;
+    let half = n / 2;
+    (0..n)
+        .map(|i| {
+            if i < half {
+                s + step * i as f32
+            } else {
+                e - step * (n - 1 - i) as f32
+            }
+        })
+        .collect()
+}
+
+/// diffusers' `betas_for_alpha_bar` with the cosine transform (float64, then float32).
+fn cosine_betas(n: usize) -> Vec<f32> {
+    let alpha_bar = |t: f64| {
+        ((t + 0.008) / 1.008 * std::f64::consts::PI / 2.0)
+            .cos()
+            .powi(2)
+    };
+    (0..n)
+        .map(|i| {
+            let t1 = i as f64 / n as f64;
+            let t2 = (i + 1) as f64 / n as f64;
+            (1.0 - alpha_bar(t2) / alpha_bar(t1)).min(0.999) as f32
+        })
+        .collect()
+}
+
+/// numpy.linspace(start, stop, num) with endpoint.
+fn np_linspace(start: f64, stop: f64, num: usize) -> Vec<f64> {
+    if num == 1 {
+        return vec![start];
+    }
+    let step = (stop - start) / (num - 1) as f64;
+    let mut v: Vec<f64> = (0..num).map(|i| i as f64 * step + start).collect();
+    v[num - 1] = stop;
+    v
+}
+
+/// numpy.arange(start, 0, -step) for a positive float step.
+fn np_arange_down(start: f64, step: f64) -> Vec<f64> {
+    let n = (start / step).ceil() as usize;
+    (0..n).map(|i| start + i as f64 * -step).collect()
+}
+
+/// Errors of the timestep arithmetic.
+#[derive(Debug, thiserror::Error)]
+pub enum SchedulerError {
+    #[error("the number of denoising steps must be at least 1")]
+    ZeroSteps,
+    #[error("{steps} denoising steps is more than the {train} training timesteps")]
+    TooManySteps { steps: usize, train: usize },
+    #[error("timestep spacing with {steps} steps gives timestep {max}, outside the schedule")]
+    TimestepOutOfRange { steps: usize, max: usize },
+    #[error("level r = {level} runs no denoising step with {steps} steps (needs ⌊steps·r⌋ ≥ 1)")]
+    NoStepsAtLevel { level: String, steps: usize },
+    #[error(transparent)]
+    Tensor(#[from] candle_core::Error),
+}
+
+/// The shared timestep grid of one run.
+#[derive(Clone, Debug)]
+pub struct TimestepGrid {
+    /// Timesteps in the order they are run (descending).
+    pub timesteps: Vec<usize>,
+    /// DPM-Solver++ only: σ at each grid point plus the final σ (length N + 1).
+    sigmas: Vec<f32>,
+    steps: usize,
+}
+
+impl TimestepGrid {
+    pub fn len(&self) -> usize {
+        self.steps
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.steps == 0
+    }
+}
+
+/// What a chain remembers between steps (DPM-Solver++'s multistep history).
+#[derive(Debug, Default)]
+pub struct ChainState {
+    /// The previous step's x₀ prediction (only second order uses it).
+    previous_x0: Option<Tensor>,
+    /// Steps taken so far (diffusers' `lower_order_nums`, capped at the solver order).
+    lower_order_nums: usize,
+}
+
+fn alpha_sigma(sigma: f64) -> (f64, f64) {
+    let alpha = 1.0 / (sigma * sigma + 1.0).sqrt();
+    (alpha, sigma * alpha)
+}
+
+impl SchedulerConfig {
+    /// Noise the clean latents `x0` for a chain that starts at grid index `start`
+    /// (diffusers' `add_noise` with `begin_index = start`).
+    pub fn add_noise(
+        &self,
+        grid: &TimestepGrid,
+        start: usize,
+        x0: &Tensor,
+        noise: &Tensor,
+    ) -> Result<Tensor, SchedulerError> {
+        let (a, s) = match self.kind {
+            SchedulerKind::Ddim => {
+                let acp = self.alphas_cumprod[grid.timesteps[start]];
+                (f64::from(acp.sqrt()), f64::from((1.0f32 - acp).sqrt()))
+            }
+            SchedulerKind::DpmSolverPp => alpha_sigma(f64::from(grid.sigmas[start])),
+        };
+        Ok(((x0 * a)? + (noise * s)?)?)
+    }
+
+    /// Scale of the initial noise for text-to-image (`init_noise_sigma`; 1 for both samplers).
+    pub fn init_noise_sigma(&self) -> f64 {
+        1.0
+    }
+
+    /// One denoising step at grid index `index` for one chain: returns x_{t-1}.
+    pub fn step(
+        &self,
+        grid: &TimestepGrid,
+        index: usize,
+        model_output: &Tensor,
+        sample: &Tensor,
+        state: &mut ChainState,
+    ) -> Result<Tensor, SchedulerError> {
+        match self.kind {
+            SchedulerKind::Ddim => self.ddim_step(grid, index, model_output, sample),
+            SchedulerKind::DpmSolverPp => self.dpm_step(grid, index, model_output, sample, state),
+        }
+    }
+
+    fn ddim_step(
+        &self,
+        grid: &TimestepGrid,
+        index: usize,
+        eps_or_v: &Tensor,
+        sample: &Tensor,
+    ) -> Result<Tensor, SchedulerError> {
+        let t = grid.timesteps[index];
+        // diffusers uses the fixed stride, whatever the spacing.
+        let prev_t = t as i64 - (self.num_train_timesteps / grid.steps) as i64;
+        let a_t = self.alpha_cumprod(t);
+        let a_prev = if prev_t >= 0 {
+            self.alpha_cumprod(prev_t as usize)
+        } else if self.set_alpha_to_one {
+            1.0
+        } else {
+            self.alpha_cumprod(0)
+        };
+        let b_t = 1.0 - a_t;
+        let (mut x0, eps) = match self.prediction_type {
+            PredictionType::Epsilon => {
+                let x0 = ((sample - (eps_or_v * b_t.sqrt())?)? / a_t.sqrt())?;
+                (x0, eps_or_v.clone())
+            }
+            PredictionType::Sample => {
+                let eps = ((sample - (eps_or_v * a_t.sqrt())?)? / b_t.sqrt())?;
+                (eps_or_v.clone(), eps)
+            }
+            PredictionType::VPrediction => {
+                let x0 = ((sample * a_t.sqrt())? - (eps_or_v * b_t.sqrt())?)?;
+                let eps = ((eps_or_v * a_t.sqrt())? + (sample * b_t.sqrt())?)?;
+                (x0, eps)
+            }
+        };
+        if let Some(range) = self.clip_sample {
+            x0 = x0.clamp(-range, range)?;
+        }
+        Ok(((x0 * a_prev.sqrt())? + (eps * (1.0 - a_prev).sqrt())?)?)
+    }
+
+    fn dpm_step(
+        &self,
+        grid: &TimestepGrid,
+        index: usize,
+        model_output: &Tensor,
+        sample: &Tensor,
+        state: &mut ChainState,
+    ) -> Result<Tensor, SchedulerError> {
+        // diffusers: the last step is first order when the final σ is 0, with `euler_at_final`,
+        // or for short schedules with `lower_order_final`.
+        let n = grid.steps;
+        let lower_order_final = index == n - 1
+            && (self.euler_at_final
+                || (self.lower_order_final && n < 15)
+                || self.final_sigmas == FinalSigmas::Zero);
+        let sigma_s0 = f64::from(grid.sigmas[index]);
+        let sigma_t = f64::from(grid.sigmas[index + 1]);
+        let (alpha_s0, sigma_s0) = alpha_sigma(sigma_s0);
+        let (alpha_t, sigma_t) = alpha_sigma(sigma_t);
+        // x₀ prediction (dpmsolver++ works on the data prediction).
+        let x0 = match self.prediction_type {
+            PredictionType::Epsilon => ((sample - (model_output * sigma_s0)?)? / alpha_s0)?,
+            PredictionType::Sample => model_output.clone(),
+            PredictionType::VPrediction => ((sample * alpha_s0)? - (model_output * sigma_s0)?)?,
+        };
+        let lambda_t = alpha_t.ln() - sigma_t.ln();
+        let lambda_s0 = alpha_s0.ln() - sigma_s0.ln();
+        let h = lambda_t - lambda_s0;
+        let phi = (-h).exp() - 1.0; // e^{-h} − 1; equals −1 when σ_t = 0 (h = +∞)
+        let first_order = self.solver_order == 1 || state.lower_order_nums < 1 || lower_order_final;
+        let first = |x0: &Tensor| (sample * (sigma_t / sigma_s0))? - (x0 * (alpha_t * phi))?;
+        let prev = match (&state.previous_x0, first_order) {
+            (Some(m1), false) => {
+                let sigma_s1 = f64::from(grid.sigmas[index - 1]);
+                let (alpha_s1, sigma_s1) = alpha_sigma(sigma_s1);
+                let lambda_s1 = alpha_s1.ln() - sigma_s1.ln();
+                let r0 = (lambda_s0 - lambda_s1) / h;
+                let d1 = ((&x0 - m1)? * (1.0 / r0))?;
+                match self.solver_type {
+                    SolverType::Midpoint => (first(&x0)? - (d1 * (0.5 * alpha_t * phi))?)?,
+                    SolverType::Heun => (first(&x0)? + (d1 * (alpha_t * (phi / h + 1.0)))?)?,
+                }
+            }
+            _ => first(&x0)?,
+        };
+        if state.lower_order_nums < self.solver_order {
+            state.lower_order_nums += 1;
+        }
+        state.previous_x0 = Some(x0);
+        Ok(prev)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::NoiseLevel;
+
+    #[test]
+    fn ddim_leading_grid_is_sd15s() {
+        let s = SchedulerConfig::sd15(SchedulerKind::Ddim);
+        let g = s.grid(50).unwrap();
+        assert_eq!(g.timesteps.len(), 50);
+        assert_eq!(g.timesteps[0], 981);
+        assert_eq!(g.timesteps[49], 1);
+        assert!(g.timesteps.windows(2).all(|w| w[0] - w[1] == 20));
+    }
+
+    #[test]
+    fn dpm_linspace_grid_starts_at_999() {
+        let s = SchedulerConfig::sd15(SchedulerKind::DpmSolverPp);
+        let g = s.grid(50).unwrap();
+        assert_eq!(g.timesteps[0], 999);
+        assert_eq!(g.timesteps.len(), 50);
+        assert_eq!(g.sigmas.len(), 51);
+        assert_eq!(g.sigmas[50], 0.0);
+        assert!(g.timesteps.windows(2).all(|w| w[0] > w[1]));
+    }
+
+    #[test]
+    fn sweep_step_counts_at_50() {
+        let counts: Vec<usize> = NoiseLevel::ADA_SWEEP
+            .iter()
+            .map(|l| l.steps_to_run(50))
+            .collect();
+        assert_eq!(counts, [25, 30, 35, 40, 45]);
+    }
+
+    #[test]
+    fn zero_and_too_many_steps_are_errors() {
+        let s = SchedulerConfig::sd15(SchedulerKind::Ddim);
+        assert!(matches!(s.grid(0), Err(SchedulerError::ZeroSteps)));
+        assert!(matches!(
+            s.grid(1001),
+            Err(SchedulerError::TooManySteps { .. })
+        ));
+    }
+
+    #[test]
+    fn scaled_linear_alphas_match_known_values() {
+        // diffusers: DDIMScheduler(beta_schedule="scaled_linear", ...).alphas_cumprod[[0, 999]]
+        let s = SchedulerConfig::sd15(SchedulerKind::Ddim);
+        assert!((s.alphas_cumprod[0] - 0.99915).abs() < 1e-6);
+        assert!((s.alphas_cumprod[999] - 0.0046).abs() < 1e-4);
+    }
+}

@@ -1,0 +1,236 @@
+//! Safe image decoding, GeNIe preprocessing (resize the shorter side, center crop) and atomic PNG writes.
+
+use std::io::{BufReader, Write};
+use std::path::{Path, PathBuf};
+
+use image::imageops::FilterType;
+use image::{ImageReader, Limits, RgbImage};
+
+/// Largest width or height we decode; larger inputs are refused before any pixel is read.
+pub const MAX_DIMENSION: u32 = 16_384;
+/// Largest allocation the decoder may make for one image.
+pub const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
+
+/// Why an image could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("cannot read image {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot decode image {path}: {source}")]
+    Decode {
+        path: PathBuf,
+        #[source]
+        source: image::ImageError,
+    },
+    #[error("cannot decode image from memory: {0}")]
+    DecodeBytes(#[source] image::ImageError),
+    #[error("cannot write image {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot encode PNG: {0}")]
+    Encode(#[source] image::ImageError),
+    #[error("image is empty (0 pixels wide or high)")]
+    Empty,
+    #[error("{context}: expected {expected}, got {got}")]
+    Size {
+        context: &'static str,
+        expected: String,
+        got: String,
+    },
+}
+
+fn limits() -> Limits {
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(MAX_DIMENSION);
+    limits.max_image_height = Some(MAX_DIMENSION);
+    limits.max_alloc = Some(MAX_DECODE_BYTES);
+    limits
+}
+
+/// Decodes any supported image file (format from its content, not its name) into RGB.
+pub fn open_rgb(path: &Path) -> Result<RgbImage, ImageError> {
+    let file = std::fs::File::open(path).map_err(|source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut reader = ImageReader::new(BufReader::new(file))
+        .with_guessed_format()
+        .map_err(|source| ImageError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    reader.limits(limits());
+    let decoded = reader.decode().map_err(|source| ImageError::Decode {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(decoded.into_rgb8())
+}
+
+/// Decodes an image held in memory into RGB, with the same limits as [`open_rgb`].
+pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, ImageError> {
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| ImageError::DecodeBytes(image::ImageError::IoError(e)))?;
+    reader.limits(limits());
+    Ok(reader
+        .decode()
+        .map_err(ImageError::DecodeBytes)?
+        .into_rgb8())
+}
+
+/// GeNIe's preprocessing: resize so the shorter side is `size` (bicubic), then center-crop to
+/// `size`×`size`. An image that is already `size`×`size` is returned unchanged.
+pub fn resize_center_crop(img: &RgbImage, size: u32) -> Result<RgbImage, ImageError> {
+    let (w, h) = img.dimensions();
+    if w == 0 || h == 0 || size == 0 {
+        return Err(ImageError::Empty);
+    }
+    if (w, h) == (size, size) {
+        return Ok(img.clone());
+    }
+    // Round the longer side so the crop never needs more pixels than exist.
+    let (nw, nh) = if w <= h {
+        let nh = ((u64::from(h) * u64::from(size) + u64::from(w) / 2) / u64::from(w)) as u32;
+        (size, nh.max(size))
+    } else {
+        let nw = ((u64::from(w) * u64::from(size) + u64::from(h) / 2) / u64::from(h)) as u32;
+        (nw.max(size), size)
+    };
+    let resized = image::imageops::resize(img, nw, nh, FilterType::CatmullRom);
+    let x = (nw - size) / 2;
+    let y = (nh - size) / 2;
+    Ok(image::imageops::crop_imm(&resized, x, y, size, size).to_image())
+}
+
+/// Opens and preprocesses a source image for an engine of resolution `size`.
+pub fn load_source(path: &Path, size: u32) -> Result<RgbImage, ImageError> {
+    resize_center_crop(&open_rgb(path)?, size)
+}
+
+/// Hash of an image's pixels (dimensions included), independent of the file format it came from.
+pub fn pixel_hash(img: &RgbImage) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(b"genie-rgb8-v1");
+    hasher.update(&img.width().to_le_bytes());
+    hasher.update(&img.height().to_le_bytes());
+    hasher.update(img.as_raw());
+    hasher.finalize()
+}
+
+/// Encodes an image as PNG bytes.
+pub fn encode_png(img: &RgbImage) -> Result<Vec<u8>, ImageError> {
+    let mut bytes = Vec::new();
+    img.write_to(
+        &mut std::io::Cursor::new(&mut bytes),
+        image::ImageFormat::Png,
+    )
+    .map_err(ImageError::Encode)?;
+    Ok(bytes)
+}
+
+/// Writes `bytes` to `path` atomically: a unique temporary file in the same folder, fsync, rename.
+/// Readers see either the old file or the whole new one, never a partial write.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), ImageError> {
+    let write_err = |source| ImageError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut tmp = tempfile::Builder::new()
+        .prefix(".genie-tmp-")
+        .tempfile_in(dir)
+        .map_err(write_err)?;
+    tmp.write_all(bytes).map_err(write_err)?;
+    #[cfg(unix)]
+    {
+        // tempfile creates 0600; outputs are ordinary files.
+        use std::os::unix::fs::PermissionsExt;
+        tmp.as_file()
+            .set_permissions(std::fs::Permissions::from_mode(0o644))
+            .map_err(write_err)?;
+    }
+    tmp.as_file().sync_all().map_err(write_err)?;
+    tmp.persist(path).map_err(|e| write_err(e.error))?;
+    Ok(())
+}
+
+/// Writes an image as a PNG file atomically.
+pub fn save_png_atomic(img: &RgbImage, path: &Path) -> Result<(), ImageError> {
+    write_atomic(path, &encode_png(img)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn gradient(w: u32, h: u32) -> RgbImage {
+        RgbImage::from_fn(w, h, |x, y| {
+            image::Rgb([(x % 256) as u8, (y % 256) as u8, 7])
+        })
+    }
+
+    #[test]
+    fn crop_makes_a_square_of_the_requested_size() {
+        for (w, h) in [(640, 480), (480, 640), (64, 64), (100, 37), (1, 300)] {
+            let out = resize_center_crop(&gradient(w, h), 64).unwrap();
+            assert_eq!(out.dimensions(), (64, 64), "from {w}x{h}");
+        }
+    }
+
+    #[test]
+    fn a_square_of_the_right_size_is_untouched() {
+        let img = gradient(64, 64);
+        assert_eq!(resize_center_crop(&img, 64).unwrap(), img);
+    }
+
+    #[test]
+    fn center_crop_keeps_the_middle() {
+        // 128x64 with the left quarter red, right quarter blue, middle green: crop to 64 keeps green.
+        let img = RgbImage::from_fn(128, 64, |x, _| match x {
+            0..=31 => image::Rgb([255, 0, 0]),
+            96.. => image::Rgb([0, 0, 255]),
+            _ => image::Rgb([0, 255, 0]),
+        });
+        let out = resize_center_crop(&img, 64).unwrap();
+        let p = out.get_pixel(32, 32);
+        assert_eq!(p.0, [0, 255, 0]);
+    }
+
+    #[test]
+    fn pixel_hash_ignores_file_format() {
+        let img = gradient(32, 16);
+        let dir = tempfile::tempdir().unwrap();
+        let png = dir.path().join("a.png");
+        let bmp = dir.path().join("a.bmp");
+        save_png_atomic(&img, &png).unwrap();
+        img.save(&bmp).unwrap();
+        assert_eq!(
+            pixel_hash(&open_rgb(&png).unwrap()),
+            pixel_hash(&open_rgb(&bmp).unwrap())
+        );
+        assert_ne!(pixel_hash(&img), pixel_hash(&gradient(16, 32)));
+    }
+
+    #[test]
+    fn garbage_is_a_typed_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.png");
+        std::fs::write(&p, b"\x89PNG\r\n\x1a\nnot really").unwrap();
+        assert!(matches!(open_rgb(&p), Err(ImageError::Decode { .. })));
+        assert!(matches!(
+            open_rgb(&dir.path().join("missing.png")),
+            Err(ImageError::Io { .. })
+        ));
+    }
+}

@@ -1,0 +1,17 @@
+//! # genie — generative hard negatives for burn training loops
+//!
+//! GeNIe makes *hard negatives* for a classifier: it takes an image of a source class, noises it
+//! part of the way (level r) and denoises it with Stable Diffusion towards a prompt of a target
+//! class. The result keeps the source's background and low-level look but shows the target.
+//!
+//! Layers, each knowing only those below it:
+//! - [`engine`]: the plain-Rust interface (jobs, noise levels, images) every generator speaks;
+//! - [`diffusion`]: Stable Diffusion img2img on candle ([`diffusion::SdEngine`]);
+//! - [`image_io`], [`noise`]: safe decoding and preprocessing; seeded, device-independent noise.
+
+pub mod diffusion;
+pub mod engine;
+pub mod image_io;
+pub mod noise;
+
+pub use engine::{Engine, Job, JobOutput, LevelImage, NoiseLevel, PromptTemplate};
