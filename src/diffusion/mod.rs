@@ -217,7 +217,13 @@ impl SdEngine {
 
         let dev = &opts.device;
         let vb = model::var_builder(&files.text_weights, opts.dtype, dev)?;
-        let text = ClipTextTransformer::new(vb.pp("text_model"), &text_spec.candle)
+        // transformers < 5 saves `text_model.`-prefixed names (as SD 1.5 ships); transformers 5 drops it.
+        let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
+            vb.pp("text_model")
+        } else {
+            vb
+        };
+        let text = ClipTextTransformer::new(vb, &text_spec.candle)
             .map_err(build_err("text encoder", &files.text_weights))?;
         let vb = model::var_builder(&files.vae_weights, DType::F32, dev)?;
         let vae = Vae::new(vb, &vae_spec).map_err(build_err("VAE", &files.vae_weights))?;

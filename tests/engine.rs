@@ -1,0 +1,450 @@
+//! The engine on a tiny model written by genie itself, through the real loader: chains, seeds,
+//! typed errors for bad jobs and bad model folders.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use candle_core::{DType, Device, Tensor};
+use genie::diffusion::{tiny, DiffusionError, EngineOptions, ModelSource, SchedulerKind, SdEngine};
+use genie::{Engine, Job, NoiseLevel};
+use image::RgbImage;
+
+/// One tiny model for the whole test binary (written once, read by every test).
+fn tiny_model() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = tempfile::tempdir().unwrap();
+        tiny::write_tiny_model(dir.path(), 7).unwrap();
+        dir
+    })
+    .path()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// A private copy of the tiny model that a test may break.
+fn model_copy() -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    copy_dir(tiny_model(), &model);
+    (dir, model)
+}
+
+fn opts(kind: SchedulerKind, steps: usize) -> EngineOptions {
+    EngineOptions {
+        scheduler: kind,
+        steps,
+        ..EngineOptions::default()
+    }
+}
+
+fn load(dir: &Path, o: EngineOptions) -> Result<SdEngine, DiffusionError> {
+    SdEngine::load(&ModelSource::Local(dir.to_path_buf()), o)
+}
+
+fn source(seed: u8) -> Arc<RgbImage> {
+    Arc::new(RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([(x * 4) as u8 ^ seed, (y * 4) as u8, ((x + y) * 2) as u8])
+    }))
+}
+
+fn job(src: Option<Arc<RgbImage>>, prompt: &str, levels: &[u16], seed: u64) -> Job {
+    Job {
+        source: src,
+        prompt: prompt.into(),
+        levels: levels
+            .iter()
+            .map(|&t| NoiseLevel::from_thousandths(t).unwrap())
+            .collect(),
+        seed,
+        noise: None,
+    }
+}
+
+fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar()
+        .unwrap()
+}
+
+#[test]
+fn shared_chains_equal_separate_runs() {
+    for kind in [SchedulerKind::DpmSolverPp, SchedulerKind::Ddim] {
+        let mut e = load(tiny_model(), opts(kind, 20)).unwrap();
+        let sweep = [500, 600, 700, 800, 900];
+        // Two jobs (two sources, two prompts), five levels each: ten chains on one grid.
+        let jobs = [
+            job(Some(source(0)), "a photo of a cat.", &sweep, 1),
+            job(Some(source(9)), "a photo of a dog.", &sweep, 2),
+        ];
+        let shared = e.run_chains(&jobs).unwrap();
+        for (j, single) in jobs.iter().enumerate() {
+            for (l, &level) in sweep.iter().enumerate() {
+                let alone = e
+                    .run_chains(&[job(
+                        single.source.clone(),
+                        &single.prompt,
+                        &[level],
+                        single.seed,
+                    )])
+                    .unwrap();
+                let d = max_abs_diff(&shared[j][l].latents, &alone[0][0].latents);
+                assert!(
+                    d < 1e-4,
+                    "{kind:?} job {j} level {level}: shared vs alone differ by {d}"
+                );
+                assert_eq!(shared[j][l].steps_run, alone[0][0].steps_run);
+            }
+        }
+        // Chains at different levels really are different images.
+        assert!(max_abs_diff(&shared[0][0].latents, &shared[0][4].latents) > 1e-3);
+    }
+}
+
+#[test]
+fn unet_batch_limit_does_not_change_results() {
+    let jobs = [job(
+        Some(source(3)),
+        "a photo of a cat.",
+        &[500, 800, 1000],
+        5,
+    )];
+    let mut wide = load(tiny_model(), opts(SchedulerKind::DpmSolverPp, 10)).unwrap();
+    let mut narrow = load(
+        tiny_model(),
+        EngineOptions {
+            max_chains_per_call: 1,
+            ..opts(SchedulerKind::DpmSolverPp, 10)
+        },
+    )
+    .unwrap();
+    let a = wide.run_chains(&jobs).unwrap();
+    let b = narrow.run_chains(&jobs).unwrap();
+    for (x, y) in a[0].iter().zip(&b[0]) {
+        assert!(max_abs_diff(&x.image, &y.image) < 1e-5);
+    }
+}
+
+#[test]
+fn same_seed_same_image_other_seed_other_image() {
+    let mut e = load(tiny_model(), opts(SchedulerKind::DpmSolverPp, 10)).unwrap();
+    let a = e
+        .generate(&[job(Some(source(1)), "a photo of a cat.", &[800], 42)])
+        .unwrap();
+    let b = e
+        .generate(&[job(Some(source(1)), "a photo of a cat.", &[800], 42)])
+        .unwrap();
+    let c = e
+        .generate(&[job(Some(source(1)), "a photo of a cat.", &[800], 43)])
+        .unwrap();
+    assert_eq!(a[0].images[0].image, b[0].images[0].image);
+    assert_ne!(a[0].images[0].image, c[0].images[0].image);
+    // A fresh engine (fresh caches) gives the same pixels too.
+    let mut e2 = load(tiny_model(), opts(SchedulerKind::DpmSolverPp, 10)).unwrap();
+    let d = e2
+        .generate(&[job(Some(source(1)), "a photo of a cat.", &[800], 42)])
+        .unwrap();
+    assert_eq!(a[0].images[0].image, d[0].images[0].image);
+}
+
+#[test]
+fn injected_noise_equals_seeded_noise() {
+    let mut e = load(tiny_model(), opts(SchedulerKind::Ddim, 10)).unwrap();
+    let shape = e.noise_shape();
+    assert_eq!(shape, [1, 4, 8, 8]);
+    let noise = genie::noise::gaussian(11, shape.iter().product());
+    let mut with_noise = job(Some(source(2)), "a photo of a cat.", &[700], 999);
+    with_noise.noise = Some(Arc::new(noise));
+    let a = e.generate(&[with_noise]).unwrap();
+    let b = e
+        .generate(&[job(Some(source(2)), "a photo of a cat.", &[700], 11)])
+        .unwrap();
+    assert_eq!(a[0].images[0].image, b[0].images[0].image);
+}
+
+#[test]
+fn step_counts_and_start_timesteps() {
+    let e = load(tiny_model(), opts(SchedulerKind::Ddim, 50)).unwrap();
+    let runs: Vec<(usize, usize)> = NoiseLevel::ADA_SWEEP
+        .iter()
+        .map(|&l| {
+            let s = e.level_start(l).unwrap();
+            (s.steps_run, s.timestep)
+        })
+        .collect();
+    assert_eq!(
+        runs,
+        [(25, 481), (30, 581), (35, 681), (40, 781), (45, 881)]
+    );
+    let txt = e.level_start(NoiseLevel::TEXT_TO_IMAGE).unwrap();
+    assert_eq!((txt.index, txt.steps_run, txt.timestep), (0, 50, 981));
+    // ⌊50 · 0.01⌋ = 0 steps: refused rather than returning the unchanged source.
+    assert!(e
+        .level_start(NoiseLevel::from_thousandths(10).unwrap())
+        .is_err());
+}
+
+#[test]
+fn text_to_image_needs_no_source_but_img2img_does() {
+    let mut e = load(tiny_model(), opts(SchedulerKind::DpmSolverPp, 5)).unwrap();
+    let out = e
+        .generate(&[job(None, "a photo of a cat.", &[1000], 0)])
+        .unwrap();
+    assert_eq!(out[0].images[0].image.dimensions(), (64, 64));
+    let err = e
+        .generate(&[job(None, "a photo of a cat.", &[500], 0)])
+        .unwrap_err();
+    assert!(matches!(err, DiffusionError::Job { job: 0, .. }), "{err}");
+}
+
+#[test]
+fn bad_jobs_are_typed_errors() {
+    let mut e = load(tiny_model(), opts(SchedulerKind::DpmSolverPp, 5)).unwrap();
+    let wrong_size = Arc::new(RgbImage::new(32, 48));
+    let err = e
+        .generate(&[job(Some(wrong_size), "a cat", &[500], 0)])
+        .unwrap_err();
+    assert!(err.to_string().contains("32x48"), "{err}");
+    let mut bad_noise = job(Some(source(0)), "a cat", &[500], 0);
+    bad_noise.noise = Some(Arc::new(vec![0.0; 10]));
+    let err = e.generate(&[bad_noise]).unwrap_err();
+    assert!(err.to_string().contains("noise has 10 values"), "{err}");
+    let err = e
+        .generate(&[job(Some(source(0)), "a cat", &[], 0)])
+        .unwrap_err();
+    assert!(err.to_string().contains("no noise levels"), "{err}");
+    let err = e
+        .generate(&[job(Some(source(0)), "a cat", &[10], 0)])
+        .unwrap_err();
+    assert!(err.to_string().contains("runs no denoising step"), "{err}");
+}
+
+#[test]
+fn tiny_model_is_deterministic() {
+    let a = tempfile::tempdir().unwrap();
+    tiny::write_tiny_model(a.path(), 7).unwrap();
+    for f in [
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/diffusion_pytorch_model.safetensors",
+        "text_encoder/model.safetensors",
+        "tokenizer/vocab.json",
+    ] {
+        assert_eq!(
+            std::fs::read(a.path().join(f)).unwrap(),
+            std::fs::read(tiny_model().join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}
+
+#[test]
+fn fp16_variant_loads_when_the_plain_file_is_absent() {
+    let (_tmp, model) = model_copy();
+    for (dir, stem) in [
+        ("unet", "diffusion_pytorch_model"),
+        ("vae", "diffusion_pytorch_model"),
+        ("text_encoder", "model"),
+    ] {
+        let plain = model.join(dir).join(format!("{stem}.safetensors"));
+        let tensors = candle_core::safetensors::load(&plain, &Device::Cpu).unwrap();
+        let half: std::collections::HashMap<String, Tensor> = tensors
+            .into_iter()
+            .map(|(k, v)| (k, v.to_dtype(DType::F16).unwrap()))
+            .collect();
+        candle_core::safetensors::save(
+            &half,
+            model.join(dir).join(format!("{stem}.fp16.safetensors")),
+        )
+        .unwrap();
+        std::fs::remove_file(plain).unwrap();
+    }
+    let mut e = load(&model, opts(SchedulerKind::DpmSolverPp, 5)).unwrap();
+    let out = e
+        .generate(&[job(Some(source(0)), "a photo of a cat.", &[800], 0)])
+        .unwrap();
+    assert_eq!(out[0].images.len(), 1);
+}
+
+fn load_err(model: &Path) -> String {
+    match load(model, opts(SchedulerKind::DpmSolverPp, 5)) {
+        Ok(_) => panic!("loading {} should fail", model.display()),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[test]
+fn missing_files_are_named() {
+    for rel in [
+        "unet/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+        "tokenizer",
+        "scheduler/scheduler_config.json",
+    ] {
+        let (_tmp, model) = model_copy();
+        let p = model.join(rel);
+        if p.is_dir() {
+            std::fs::remove_dir_all(&p).unwrap();
+        } else {
+            std::fs::remove_file(&p).unwrap();
+        }
+        let err = load_err(&model);
+        assert!(err.contains(rel.split('/').next().unwrap()), "{rel}: {err}");
+    }
+    let err = load_err(Path::new("/definitely/not/here"));
+    assert!(err.contains("/definitely/not/here"), "{err}");
+}
+
+#[test]
+fn pickled_weights_are_refused() {
+    let (_tmp, model) = model_copy();
+    let dir = model.join("unet");
+    std::fs::rename(
+        dir.join("diffusion_pytorch_model.safetensors"),
+        dir.join("diffusion_pytorch_model.bin"),
+    )
+    .unwrap();
+    let err = load_err(&model);
+    assert!(err.contains("safetensors only"), "{err}");
+}
+
+#[test]
+fn truncated_weights_name_the_file() {
+    let (_tmp, model) = model_copy();
+    let file = model.join("unet/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&file).unwrap();
+    std::fs::write(&file, &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_err(&model);
+    assert!(
+        err.contains("unet/diffusion_pytorch_model.safetensors"),
+        "{err}"
+    );
+    assert!(err.contains("not a complete safetensors file"), "{err}");
+    std::fs::write(&file, b"garbage").unwrap();
+    assert!(load_err(&model).contains("unet/diffusion_pytorch_model.safetensors"));
+}
+
+#[test]
+fn wrong_shapes_and_dtypes_name_the_file_and_tensor() {
+    let (_tmp, model) = model_copy();
+    let file = model.join("text_encoder/model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    let name = "text_model.final_layer_norm.weight";
+    tensors.insert(
+        name.into(),
+        Tensor::zeros(7, DType::F32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+    let err = load_err(&model);
+    assert!(
+        err.contains("text_encoder/model.safetensors") && err.contains(name),
+        "{err}"
+    );
+    assert!(err.contains("[7]") || err.contains("7"), "{err}");
+
+    tensors.insert(
+        name.into(),
+        Tensor::zeros(32, DType::U32, &Device::Cpu).unwrap(),
+    );
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+    let err = load_err(&model);
+    assert!(err.contains(name) && err.contains("dtype"), "{err}");
+}
+
+#[test]
+fn unsupported_config_keys_and_values_are_named() {
+    for (key, value) in [
+        ("frobnicate", serde_json::json!(1)),
+        ("class_embed_type", serde_json::json!("timestep")),
+        ("act_fn", serde_json::json!("gelu")),
+    ] {
+        let (_tmp, model) = model_copy();
+        let path = model.join("unet/config.json");
+        let mut cfg: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        cfg[key] = value;
+        std::fs::write(&path, cfg.to_string()).unwrap();
+        let err = load_err(&model);
+        assert!(
+            err.contains(key) && err.contains("unet/config.json"),
+            "{key}: {err}"
+        );
+    }
+    let (_tmp, model) = model_copy();
+    std::fs::write(
+        model.join("scheduler/scheduler_config.json"),
+        r#"{"beta_schedule": "sigmoid"}"#,
+    )
+    .unwrap();
+    assert!(load_err(&model).contains("beta_schedule"));
+    std::fs::write(model.join("scheduler/scheduler_config.json"), "{not json").unwrap();
+    assert!(load_err(&model).contains("not valid JSON"));
+}
+
+#[test]
+fn bad_options_are_refused() {
+    let err = load(tiny_model(), opts(SchedulerKind::DpmSolverPp, 0))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("at least 1"), "{err}");
+    let err = load(
+        tiny_model(),
+        EngineOptions {
+            size: Some(60),
+            ..opts(SchedulerKind::Ddim, 5)
+        },
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("multiple of 16"), "{err}");
+}
+
+#[test]
+fn other_sizes_than_native_work() {
+    let mut e = load(
+        tiny_model(),
+        EngineOptions {
+            size: Some(96),
+            ..opts(SchedulerKind::Ddim, 4)
+        },
+    )
+    .unwrap();
+    assert_eq!(e.resolution(), 96);
+    let src = Arc::new(RgbImage::new(96, 96));
+    let out = e.generate(&[job(Some(src), "a cat", &[900], 0)]).unwrap();
+    assert_eq!(out[0].images[0].image.dimensions(), (96, 96));
+}
+
+#[test]
+fn text_encoder_weights_without_the_text_model_prefix_load() {
+    let (_tmp, model) = model_copy();
+    let file = model.join("text_encoder/model.safetensors");
+    let tensors = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    let stripped: std::collections::HashMap<String, Tensor> = tensors
+        .into_iter()
+        .map(|(k, v)| (k.strip_prefix("text_model.").unwrap().to_string(), v))
+        .collect();
+    candle_core::safetensors::save(&stripped, &file).unwrap();
+    let mut a = load(&model, opts(SchedulerKind::Ddim, 4)).unwrap();
+    let mut b = load(tiny_model(), opts(SchedulerKind::Ddim, 4)).unwrap();
+    let ea = a.prompt_embedding("a photo of a cat.").unwrap();
+    let eb = b.prompt_embedding("a photo of a cat.").unwrap();
+    assert_eq!(max_abs_diff(&ea, &eb), 0.0);
+}
