@@ -108,6 +108,28 @@ impl fmt::Display for NoiseLevel {
 )]
 pub struct LevelParseError(pub String);
 
+/// Everything about an engine that changes the pixels it makes, besides the job itself.
+///
+/// Two engines with equal fingerprints turn equal jobs into equal images; any difference must
+/// change the cache key. Floats are kept as canonical text so that equality is exact.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub struct EngineFingerprint {
+    /// Model identity: a hash of the model's config and weight files, or `repo@revision`.
+    pub model: String,
+    /// Sampler kind and every parameter of it, as canonical text.
+    pub scheduler: String,
+    /// N, the length of the full timestep grid.
+    pub steps: u32,
+    /// Guidance scale as Rust's shortest round-trip decimal (`7.5`).
+    pub guidance: String,
+    /// Image side length in pixels.
+    pub resolution: u32,
+    /// Compute dtype of the UNet and text encoder (`f32`, `f16`, `bf16`).
+    pub dtype: String,
+    /// Bumped when the engine's code changes its output for the same inputs.
+    pub algorithm_version: u32,
+}
+
 /// How a prompt is written for a target class.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PromptTemplate {
@@ -181,6 +203,9 @@ pub trait Engine {
 
     /// Side length of the square images this engine makes and expects as sources.
     fn resolution(&self) -> u32;
+
+    /// What, besides the job, determines this engine's pixels (part of every cache key).
+    fn fingerprint(&self) -> &EngineFingerprint;
 
     /// Runs a batch of jobs; outputs are in job order.
     fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, Self::Error>;

@@ -5,13 +5,18 @@
 //! class. The result keeps the source's background and low-level look but shows the target.
 //!
 //! Layers, each knowing only those below it:
+//! - [`cache`]: the on-disk and in-memory store of generated images, keyed by everything that
+//!   changes their pixels (knows bytes, keys and images only);
 //! - [`engine`]: the plain-Rust interface (jobs, noise levels, images) every generator speaks;
 //! - [`diffusion`]: Stable Diffusion img2img on candle ([`diffusion::SdEngine`]);
 //! - [`image_io`], [`noise`]: safe decoding and preprocessing; seeded, device-independent noise.
 
+pub mod cache;
 pub mod diffusion;
 pub mod engine;
 pub mod image_io;
 pub mod noise;
 
-pub use engine::{Engine, Job, JobOutput, LevelImage, NoiseLevel, PromptTemplate};
+pub use engine::{
+    Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel, PromptTemplate,
+};

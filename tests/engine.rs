@@ -448,3 +448,67 @@ fn text_encoder_weights_without_the_text_model_prefix_load() {
     let eb = b.prompt_embedding("a photo of a cat.").unwrap();
     assert_eq!(max_abs_diff(&ea, &eb), 0.0);
 }
+
+#[test]
+fn fingerprint_captures_every_pixel_changing_option() {
+    let base = load(tiny_model(), opts(SchedulerKind::DpmSolverPp, 10)).unwrap();
+    let fp = base.fingerprint().clone();
+    assert!(fp.model.starts_with("blake3:"), "{}", fp.model);
+    assert_eq!(
+        (
+            fp.steps,
+            fp.resolution,
+            fp.dtype.as_str(),
+            fp.guidance.as_str()
+        ),
+        (10, 64, "f32", "7.5")
+    );
+    // Planning from the config files alone predicts it exactly.
+    let plan = genie::diffusion::plan_engine(
+        &ModelSource::Local(tiny_model().to_path_buf()),
+        &opts(SchedulerKind::DpmSolverPp, 10),
+    )
+    .unwrap();
+    assert_eq!((&plan.fingerprint, plan.resolution), (&fp, 64));
+    // Reloading the same folder gives the same fingerprint.
+    assert_eq!(
+        load(tiny_model(), opts(SchedulerKind::DpmSolverPp, 10))
+            .unwrap()
+            .fingerprint(),
+        &fp
+    );
+    let variants = [
+        opts(SchedulerKind::Ddim, 10),
+        opts(SchedulerKind::DpmSolverPp, 11),
+        EngineOptions {
+            guidance: 5.0,
+            ..opts(SchedulerKind::DpmSolverPp, 10)
+        },
+        EngineOptions {
+            size: Some(96),
+            ..opts(SchedulerKind::DpmSolverPp, 10)
+        },
+    ];
+    for o in variants {
+        let other = load(tiny_model(), o.clone()).unwrap();
+        assert_ne!(other.fingerprint(), &fp, "{o:?}");
+    }
+    // A model with other weights (one byte of the VAE changed) has another identity.
+    let (_tmp, model) = model_copy();
+    let file = model.join("vae/diffusion_pytorch_model.safetensors");
+    let mut bytes = std::fs::read(&file).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 0x01;
+    std::fs::write(&file, bytes).unwrap();
+    let changed = load(&model, opts(SchedulerKind::DpmSolverPp, 10)).unwrap();
+    assert_ne!(changed.fingerprint().model, fp.model);
+    // The scheduler config is part of it too.
+    let (_tmp2, model2) = model_copy();
+    let cfg = model2.join("scheduler/scheduler_config.json");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("0.012", "0.0125");
+    std::fs::write(&cfg, text).unwrap();
+    let changed = load(&model2, opts(SchedulerKind::DpmSolverPp, 10)).unwrap();
+    assert_ne!(changed.fingerprint().scheduler, fp.scheduler);
+}

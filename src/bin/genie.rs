@@ -189,6 +189,7 @@ fn output_path(dir: &Path, level: NoiseLevel) -> PathBuf {
 }
 
 fn main() -> ExitCode {
+    diffusion::pin_cpu_threads();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),

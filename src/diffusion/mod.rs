@@ -26,7 +26,7 @@ pub use model::{Component, ModelFiles, ModelSource};
 pub use scheduler::{SchedulerConfig, SchedulerError, SchedulerKind};
 pub use tokenizer::{ClipTokenizer, TokenizerError};
 
-use crate::engine::{Engine, Job, JobOutput, LevelImage, NoiseLevel};
+use crate::engine::{Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel};
 use crate::image_io::pixel_hash;
 use config::{ConfigReader, TextSpec, VaeSpec};
 use scheduler::{ChainState, TimestepGrid};
@@ -125,6 +125,108 @@ pub struct LevelStart {
     pub steps_run: usize,
 }
 
+/// Everything decided from a model's config files and the options, before any weight is read.
+struct Plan {
+    unet_spec: UNetConfig,
+    vae_spec: VaeSpec,
+    text_spec: TextSpec,
+    size: u32,
+    scheduler: SchedulerConfig,
+    grid: TimestepGrid,
+    fingerprint: EngineFingerprint,
+}
+
+impl Plan {
+    fn new(files: &ModelFiles, opts: &EngineOptions) -> Result<Self, DiffusionError> {
+        if !matches!(opts.dtype, DType::F32 | DType::F16 | DType::BF16) {
+            return Err(DiffusionError::Options(format!(
+                "dtype {:?} (use f32, f16 or bf16)",
+                opts.dtype
+            )));
+        }
+        if opts.max_chains_per_call == 0 {
+            return Err(DiffusionError::Options(
+                "max_chains_per_call must be at least 1".into(),
+            ));
+        }
+        if !opts.guidance.is_finite() {
+            return Err(DiffusionError::Options(format!(
+                "guidance {} is not a finite number",
+                opts.guidance
+            )));
+        }
+        let unet_spec: UNetConfig = config::unet_spec(ConfigReader::open(&files.unet_config)?)?;
+        let vae_spec: VaeSpec = config::vae_spec(ConfigReader::open(&files.vae_config)?)?;
+        let text_spec: TextSpec = config::text_spec(ConfigReader::open(&files.text_config)?)?;
+        if unet_spec.in_channels != vae_spec.latent_channels
+            || unet_spec.out_channels != vae_spec.latent_channels
+        {
+            return Err(DiffusionError::Options(format!(
+                "UNet in/out channels ({}/{}) differ from the VAE's latent_channels ({})",
+                unet_spec.in_channels, unet_spec.out_channels, vae_spec.latent_channels
+            )));
+        }
+        if unet_spec.cross_attention_dim != text_spec.candle.embed_dim {
+            return Err(DiffusionError::Options(format!(
+                "UNet cross_attention_dim {} differs from the text encoder's hidden_size {}",
+                unet_spec.cross_attention_dim, text_spec.candle.embed_dim
+            )));
+        }
+        let factor = vae_spec.scale_factor();
+        let size = opts.size.unwrap_or((unet_spec.sample_size * factor) as u32);
+        let down = factor * unet_spec.downsampling();
+        if size == 0 || size as usize % down != 0 {
+            return Err(DiffusionError::Options(format!(
+                "size {size} must be a positive multiple of {down} for this model"
+            )));
+        }
+        let scheduler = SchedulerConfig::from_file(&files.scheduler_config, opts.scheduler)?;
+        let grid = scheduler.grid(opts.steps)?;
+        let fingerprint = EngineFingerprint {
+            model: files.identity()?,
+            scheduler: scheduler.canonical.clone(),
+            steps: opts.steps as u32,
+            guidance: format!("{}", opts.guidance),
+            resolution: size,
+            dtype: dtype_name(opts.dtype).to_string(),
+            algorithm_version: ALGORITHM_VERSION,
+        };
+        Ok(Plan {
+            unet_spec,
+            vae_spec,
+            text_spec,
+            size,
+            scheduler,
+            grid,
+            fingerprint,
+        })
+    }
+}
+
+/// What an engine would be, decided from config files alone.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnginePlan {
+    pub fingerprint: EngineFingerprint,
+    /// Image side length in pixels.
+    pub resolution: u32,
+}
+
+/// The fingerprint and resolution an engine loaded from `source` with `opts` would have, without
+/// building any network (configs are parsed, weight files hashed): enough to look jobs up in a
+/// cache before paying for a model load.
+pub fn plan_engine(
+    source: &ModelSource,
+    opts: &EngineOptions,
+) -> Result<EnginePlan, DiffusionError> {
+    let half = matches!(opts.dtype, DType::F16 | DType::BF16);
+    let files = ModelFiles::resolve(source, half)?;
+    let plan = Plan::new(&files, opts)?;
+    Ok(EnginePlan {
+        fingerprint: plan.fingerprint,
+        resolution: plan.size,
+    })
+}
+
 /// Stable Diffusion img2img on candle.
 pub struct SdEngine {
     unet: UNet,
@@ -138,6 +240,7 @@ pub struct SdEngine {
     latent_channels: usize,
     latent_size: usize,
     model_id: String,
+    fingerprint: EngineFingerprint,
     embeddings: HashMap<String, Tensor>,
     uncond: Tensor,
     source_latents: lru::LruCache<blake3::Hash, Tensor>,
@@ -172,44 +275,15 @@ impl SdEngine {
         model_id: &str,
         opts: EngineOptions,
     ) -> Result<Self, DiffusionError> {
-        if !matches!(opts.dtype, DType::F32 | DType::F16 | DType::BF16) {
-            return Err(DiffusionError::Options(format!(
-                "dtype {:?} (use f32, f16 or bf16)",
-                opts.dtype
-            )));
-        }
-        if opts.max_chains_per_call == 0 {
-            return Err(DiffusionError::Options(
-                "max_chains_per_call must be at least 1".into(),
-            ));
-        }
-        let unet_spec: UNetConfig = config::unet_spec(ConfigReader::open(&files.unet_config)?)?;
-        let vae_spec: VaeSpec = config::vae_spec(ConfigReader::open(&files.vae_config)?)?;
-        let text_spec: TextSpec = config::text_spec(ConfigReader::open(&files.text_config)?)?;
-        if unet_spec.in_channels != vae_spec.latent_channels
-            || unet_spec.out_channels != vae_spec.latent_channels
-        {
-            return Err(DiffusionError::Options(format!(
-                "UNet in/out channels ({}/{}) differ from the VAE's latent_channels ({})",
-                unet_spec.in_channels, unet_spec.out_channels, vae_spec.latent_channels
-            )));
-        }
-        if unet_spec.cross_attention_dim != text_spec.candle.embed_dim {
-            return Err(DiffusionError::Options(format!(
-                "UNet cross_attention_dim {} differs from the text encoder's hidden_size {}",
-                unet_spec.cross_attention_dim, text_spec.candle.embed_dim
-            )));
-        }
-        let factor = vae_spec.scale_factor();
-        let size = opts.size.unwrap_or((unet_spec.sample_size * factor) as u32);
-        let down = factor * unet_spec.downsampling();
-        if size == 0 || size as usize % down != 0 {
-            return Err(DiffusionError::Options(format!(
-                "size {size} must be a positive multiple of {down} for this model"
-            )));
-        }
-        let scheduler = SchedulerConfig::from_file(&files.scheduler_config, opts.scheduler)?;
-        let grid = scheduler.grid(opts.steps)?;
+        let Plan {
+            unet_spec,
+            vae_spec,
+            text_spec,
+            size,
+            scheduler,
+            grid,
+            fingerprint,
+        } = Plan::new(files, &opts)?;
         let tokenizer = ClipTokenizer::from_dir(
             &files.tokenizer_dir,
             text_spec.candle.max_position_embeddings,
@@ -231,6 +305,7 @@ impl SdEngine {
         let unet = UNet::new(vb, &unet_spec).map_err(build_err("UNet", &files.unet_weights))?;
 
         let mut engine = SdEngine {
+            fingerprint,
             unet,
             vae,
             text,
@@ -239,7 +314,7 @@ impl SdEngine {
             grid,
             size,
             latent_channels: vae_spec.latent_channels,
-            latent_size: size as usize / factor,
+            latent_size: size as usize / vae_spec.scale_factor(),
             model_id: model_id.to_string(),
             embeddings: HashMap::new(),
             uncond: Tensor::zeros(1, DType::F32, dev)?,
@@ -535,8 +610,20 @@ pub fn tensor_to_rgb(image: &Tensor) -> Result<RgbImage, DiffusionError> {
         .ok_or_else(|| DiffusionError::Options("image buffer size mismatch".into()))
 }
 
+fn dtype_name(dtype: DType) -> &'static str {
+    match dtype {
+        DType::F16 => "f16",
+        DType::BF16 => "bf16",
+        _ => "f32",
+    }
+}
+
 impl Engine for SdEngine {
     type Error = DiffusionError;
+
+    fn fingerprint(&self) -> &EngineFingerprint {
+        &self.fingerprint
+    }
 
     fn resolution(&self) -> u32 {
         self.size
@@ -560,6 +647,16 @@ impl Engine for SdEngine {
                 Ok(JobOutput { images })
             })
             .collect()
+    }
+}
+
+/// Fixes candle's CPU thread count (`RAYON_NUM_THREADS`) to this machine's parallelism unless the
+/// user set it. Without it candle asks the OS for the CPU count on every tensor operation, which
+/// costs about a third of a small UNet call. Call it first thing in `main`, before any thread starts.
+pub fn pin_cpu_threads() {
+    if std::env::var_os("RAYON_NUM_THREADS").is_none() {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        std::env::set_var("RAYON_NUM_THREADS", n.to_string());
     }
 }
 

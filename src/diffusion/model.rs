@@ -127,6 +127,48 @@ impl ModelFiles {
         })
     }
 
+    /// Every file whose bytes can change the pixels: configs, weights, tokenizer, scheduler.
+    pub fn identity_files(&self) -> Vec<PathBuf> {
+        let mut files = vec![
+            self.unet_config.clone(),
+            self.vae_config.clone(),
+            self.text_config.clone(),
+        ];
+        files.extend(self.unet_weights.iter().cloned());
+        files.extend(self.vae_weights.iter().cloned());
+        files.extend(self.text_weights.iter().cloned());
+        for name in [
+            "tokenizer.json",
+            "vocab.json",
+            "merges.txt",
+            "special_tokens_map.json",
+            "tokenizer_config.json",
+        ] {
+            let p = self.tokenizer_dir.join(name);
+            if p.is_file() {
+                files.push(p);
+            }
+        }
+        files.push(self.scheduler_config.clone());
+        files
+    }
+
+    /// `blake3:<hex>` over the identity files' names (relative to the model folder) and contents.
+    /// Each file's hash is remembered for the life of the process (keyed by path, size and
+    /// modification time), so reloading an engine does not re-read gigabytes of weights.
+    pub fn identity(&self) -> Result<String, DiffusionError> {
+        let mut h = blake3::Hasher::new();
+        h.update(b"genie-model-identity-v1");
+        for file in self.identity_files() {
+            let rel = file.strip_prefix(&self.root).unwrap_or(&file);
+            let rel = rel.to_string_lossy().replace('\\', "/");
+            h.update(&(rel.len() as u64).to_le_bytes());
+            h.update(rel.as_bytes());
+            h.update(file_hash(&file)?.as_bytes());
+        }
+        Ok(format!("blake3:{}", h.finalize().to_hex()))
+    }
+
     pub fn weights(&self, c: Component) -> &[PathBuf] {
         match c {
             Component::Unet => &self.unet_weights,
@@ -134,6 +176,34 @@ impl ModelFiles {
             Component::TextEncoder => &self.text_weights,
         }
     }
+}
+
+fn file_hash(path: &Path) -> Result<blake3::Hash, DiffusionError> {
+    use std::collections::HashMap;
+    use std::sync::{Mutex, OnceLock};
+    type Memo = Mutex<HashMap<(PathBuf, u64, std::time::SystemTime), blake3::Hash>>;
+    static MEMO: OnceLock<Memo> = OnceLock::new();
+    let bad = |e: std::io::Error| DiffusionError::BadWeights {
+        file: path.to_path_buf(),
+        message: format!("cannot hash: {e}"),
+    };
+    let meta = std::fs::metadata(path).map_err(bad)?;
+    let id = (
+        path.to_path_buf(),
+        meta.len(),
+        meta.modified().map_err(bad)?,
+    );
+    let memo = MEMO.get_or_init(Default::default);
+    if let Some(h) = memo.lock().ok().and_then(|m| m.get(&id).copied()) {
+        return Ok(h);
+    }
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_mmap(path).map_err(bad)?;
+    let h = hasher.finalize();
+    if let Ok(mut m) = memo.lock() {
+        m.insert(id, h);
+    }
+    Ok(h)
 }
 
 /// The safetensors files of one component: the plain file, its fp16 variant, or a sharded index.

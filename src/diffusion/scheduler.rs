@@ -279,7 +279,7 @@ impl SchedulerConfig {
 
         let clip_sample = (kind == SchedulerKind::Ddim && clip_sample_on).then_some(clip_range);
         let canonical = format!(
-            "{}|T{}|b{:08x}|{:?}|{:?}|off{}|a1{}|clip{:?}|o{}|{:?}|lof{}|eaf{}|{:?}",
+            "{}|T{}|acp:{}|{:?}|{:?}|off{}|a1{}|clip{:?}|o{}|{:?}|lof{}|eaf{}|{:?}",
             kind.name(),
             num_train_timesteps,
             {
@@ -287,7 +287,7 @@ impl SchedulerConfig {
                 for a in &alphas_cumprod {
                     h.update(&a.to_le_bytes());
                 }
-                u32::from_le_bytes(h.finalize().as_bytes()[..4].try_into().expect("4 bytes"))
+                h.finalize().to_hex()[..32].to_string()
             },
             prediction_type,
             timestep_spacing,

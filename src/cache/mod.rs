@@ -1,0 +1,1 @@
+//! The hard-negative cache (work in progress).
