@@ -127,11 +127,18 @@ fn unet_batch_limit_does_not_change_results() {
         &[500, 800, 1000],
         5,
     )];
-    let mut wide = load(tiny_model(), opts(SchedulerKind::DpmSolverPp, 10)).unwrap();
+    let mut wide = load(
+        tiny_model(),
+        EngineOptions {
+            max_chains_per_call: Some(16),
+            ..opts(SchedulerKind::DpmSolverPp, 10)
+        },
+    )
+    .unwrap();
     let mut narrow = load(
         tiny_model(),
         EngineOptions {
-            max_chains_per_call: 1,
+            max_chains_per_call: Some(1),
             ..opts(SchedulerKind::DpmSolverPp, 10)
         },
     )

@@ -13,7 +13,6 @@ pub mod tokenizer;
 pub mod unet;
 pub mod vae;
 
-use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
@@ -85,8 +84,12 @@ pub struct EngineOptions {
     /// Weights and activations of the UNet and text encoder (the VAE always runs in f32).
     pub dtype: DType,
     pub device: Device,
-    /// Most chains evaluated by one UNet call (each is two rows with guidance).
-    pub max_chains_per_call: usize,
+    /// Most chains evaluated by one UNet call (each is two rows with guidance). `None` sizes it
+    /// from the attention matrices one row needs (0.5 GiB at 512 px for SD 1.5) against a budget
+    /// of 2 GiB on the CPU and 16 GiB on a GPU: 2 and 16 chains for SD 1.5 at 512 px.
+    pub max_chains_per_call: Option<usize>,
+    /// Prompt embeddings kept (one per target class is typical); least recently used go first.
+    pub prompt_cache: usize,
 }
 
 impl Default for EngineOptions {
@@ -98,7 +101,8 @@ impl Default for EngineOptions {
             size: None,
             dtype: DType::F32,
             device: Device::Cpu,
-            max_chains_per_call: 16,
+            max_chains_per_call: None,
+            prompt_cache: 256,
         }
     }
 }
@@ -144,9 +148,9 @@ impl Plan {
                 opts.dtype
             )));
         }
-        if opts.max_chains_per_call == 0 {
+        if opts.max_chains_per_call == Some(0) || opts.prompt_cache == 0 {
             return Err(DiffusionError::Options(
-                "max_chains_per_call must be at least 1".into(),
+                "max_chains_per_call and prompt_cache must be at least 1".into(),
             ));
         }
         if !opts.guidance.is_finite() {
@@ -241,7 +245,8 @@ pub struct SdEngine {
     latent_size: usize,
     model_id: String,
     fingerprint: EngineFingerprint,
-    embeddings: HashMap<String, Tensor>,
+    embeddings: lru::LruCache<String, Tensor>,
+    chains_per_call: usize,
     uncond: Tensor,
     source_latents: lru::LruCache<blake3::Hash, Tensor>,
 }
@@ -316,7 +321,16 @@ impl SdEngine {
             latent_channels: vae_spec.latent_channels,
             latent_size: size as usize / vae_spec.scale_factor(),
             model_id: model_id.to_string(),
-            embeddings: HashMap::new(),
+            embeddings: lru::LruCache::new(
+                NonZeroUsize::new(opts.prompt_cache).unwrap_or(NonZeroUsize::MIN),
+            ),
+            chains_per_call: opts.max_chains_per_call.unwrap_or_else(|| {
+                auto_chains_per_call(
+                    size as usize / vae_spec.scale_factor(),
+                    &unet_spec,
+                    opts.device.is_cpu(),
+                )
+            }),
             uncond: Tensor::zeros(1, DType::F32, dev)?,
             source_latents: lru::LruCache::new(NonZeroUsize::new(64).expect("nonzero")),
             opts,
@@ -374,7 +388,7 @@ impl SdEngine {
             return Ok(t.clone());
         }
         let t = self.encode_prompt(prompt)?;
-        self.embeddings.insert(prompt.to_string(), t.clone());
+        self.embeddings.put(prompt.to_string(), t.clone());
         Ok(t)
     }
 
@@ -524,7 +538,7 @@ impl SdEngine {
             let active: Vec<usize> = (0..chains.len())
                 .filter(|&c| chains[c].start.index <= i)
                 .collect();
-            for group in active.chunks(self.opts.max_chains_per_call) {
+            for group in active.chunks(self.chains_per_call) {
                 let k = group.len();
                 let x = Tensor::cat(
                     &group
@@ -574,7 +588,7 @@ impl SdEngine {
         }
 
         let mut outputs: Vec<Vec<ChainOutput>> = jobs.iter().map(|_| Vec::new()).collect();
-        for group in chains.chunks(self.opts.max_chains_per_call) {
+        for group in chains.chunks(self.chains_per_call) {
             let latents = Tensor::cat(&group.iter().map(|c| &c.latents).collect::<Vec<_>>(), 0)?;
             let images = self.decode(&latents)?;
             for (row, chain) in group.iter().enumerate() {
@@ -608,6 +622,16 @@ pub fn tensor_to_rgb(image: &Tensor) -> Result<RgbImage, DiffusionError> {
         .to_vec1::<u8>()?;
     RgbImage::from_raw(w as u32, h as u32, bytes)
         .ok_or_else(|| DiffusionError::Options("image buffer size mismatch".into()))
+}
+
+/// Chains per UNet call that keep the full-resolution self-attention scores (f32, the largest
+/// activation) within a memory budget.
+fn auto_chains_per_call(latent_size: usize, unet: &UNetConfig, cpu: bool) -> usize {
+    let budget: usize = if cpu { 2 << 30 } else { 16 << 30 };
+    let tokens = latent_size * latent_size;
+    let heads = unet.heads.iter().copied().max().unwrap_or(1);
+    let per_chain = 2 * tokens * tokens * heads * 4; // two guidance rows
+    (budget / per_chain.max(1)).clamp(1, 64)
 }
 
 fn dtype_name(dtype: DType) -> &'static str {
@@ -721,4 +745,35 @@ pub fn load_noise_file(
         .to_dtype(DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn auto_batching_fits_sd15_at_512_in_the_budget() {
+        let unet = UNetConfig {
+            in_channels: 4,
+            out_channels: 4,
+            sample_size: 64,
+            block_out_channels: vec![320, 640, 1280, 1280],
+            cross_attention: vec![true, true, true, false],
+            heads: vec![8; 4],
+            transformer_layers: vec![1; 4],
+            layers_per_block: 2,
+            downsample_padding: 1,
+            mid_block_scale_factor: 1.0,
+            norm_num_groups: 32,
+            norm_eps: 1e-5,
+            cross_attention_dim: 768,
+            use_linear_projection: false,
+            center_input_sample: false,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+        };
+        assert_eq!(auto_chains_per_call(64, &unet, true), 2);
+        assert_eq!(auto_chains_per_call(64, &unet, false), 16);
+        assert_eq!(auto_chains_per_call(8, &unet, true), 64);
+    }
 }
