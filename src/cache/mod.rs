@@ -1,1 +1,263 @@
-//! The hard-negative cache (work in progress).
+//! The hard-negative cache: generated images by key, in memory and in a store (disk), verified on every read.
+//!
+//! - [`CacheKey`]: the hash of everything that changes an image's pixels ([`key`]);
+//! - [`Store`]: verified, create-if-absent storage of bytes, with [`DiskStore`] (many processes
+//!   and machines may share one folder) and [`MemoryStore`];
+//! - [`MemoryTier`]: decoded images under a byte budget;
+//! - [`Cache`]: the facade generators use, PNG-encoding images into a store behind a memory tier.
+//!
+//! The cache knows keys, bytes and images, and nothing of candle or burn.
+
+mod disk;
+mod error;
+pub mod key;
+mod manifest;
+mod memory;
+mod memory_store;
+mod store;
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use image::RgbImage;
+
+pub use disk::{
+    DiskStore, GcPolicy, GcReport, VerifyReport, DEFAULT_GRACE, DISK_FORMAT, GC_LOCK_WAIT,
+};
+pub use error::CacheError;
+pub use key::{source_hash, CacheKey, KeyInputs, KeyParseError, KEY_ENCODING_VERSION};
+pub use manifest::{EntryMeta, Manifest, MANIFEST_FORMAT, MAX_CONTENT_BYTES};
+pub use memory::{MemoryTier, ENTRY_OVERHEAD_BYTES};
+pub use memory_store::MemoryStore;
+pub use store::{
+    BadEntry, CacheStats, Defect, GroupStats, Lookup, ManifestScan, PutOutcome, Store, StoredEntry,
+};
+
+use crate::image_io;
+
+/// How often each path through the cache was taken, since it was created.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct CacheCounters {
+    /// Served from the memory tier: no I/O, no decode.
+    pub memory_hits: u64,
+    /// Served from the store (the disk, for a [`DiskStore`]): read, verified, decoded.
+    pub store_hits: u64,
+    /// Answered `None` (including corrupt entries).
+    pub misses: u64,
+    /// Entries found corrupt (by the store's verification or by decoding) and quarantined.
+    pub corrupt: u64,
+    pub puts_stored: u64,
+    pub puts_already_present: u64,
+}
+
+/// The memory tier's occupancy.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MemoryUsage {
+    pub entries: usize,
+    pub used_bytes: usize,
+    pub budget_bytes: usize,
+}
+
+#[derive(Debug, Default)]
+struct AtomicCounters {
+    memory_hits: AtomicU64,
+    store_hits: AtomicU64,
+    misses: AtomicU64,
+    corrupt: AtomicU64,
+    puts_stored: AtomicU64,
+    puts_already_present: AtomicU64,
+}
+
+fn bump(counter: &AtomicU64) {
+    counter.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Generated images by key: a memory tier of decoded images in front of a verified store.
+///
+/// Shared by threads (`Send + Sync`); share the same store between processes through a
+/// [`DiskStore`] folder.
+pub struct Cache {
+    store: Arc<dyn Store>,
+    memory: Mutex<MemoryTier>,
+    counters: AtomicCounters,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("counters", &self.counters())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Cache {
+    /// A cache over `store` with a memory tier of `memory_budget_bytes` (0 disables it).
+    pub fn new(store: Arc<dyn Store>, memory_budget_bytes: usize) -> Self {
+        Cache {
+            store,
+            memory: Mutex::new(MemoryTier::new(memory_budget_bytes)),
+            counters: AtomicCounters::default(),
+        }
+    }
+
+    /// A cache over a [`DiskStore`] at `path` (created if missing).
+    pub fn open_dir(
+        path: impl AsRef<Path>,
+        memory_budget_bytes: usize,
+    ) -> Result<Self, CacheError> {
+        Ok(Self::new(
+            Arc::new(DiskStore::open(path)?),
+            memory_budget_bytes,
+        ))
+    }
+
+    /// The store behind the memory tier.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
+    /// The image of `key`: from memory if held there, else read from the store, verified and
+    /// decoded. A corrupt entry (including one whose verified bytes do not decode to the
+    /// promised image) is quarantined and answered `None`, so the caller regenerates it.
+    pub fn get_image(&self, key: &CacheKey) -> Result<Option<Arc<RgbImage>>, CacheError> {
+        if let Some(image) = self.memory().get(key) {
+            bump(&self.counters.memory_hits);
+            return Ok(Some(image));
+        }
+        let entry = match self.store.get(key)? {
+            Lookup::Hit(entry) => entry,
+            Lookup::Miss => {
+                bump(&self.counters.misses);
+                return Ok(None);
+            }
+            Lookup::Corrupt(_) => {
+                bump(&self.counters.corrupt);
+                bump(&self.counters.misses);
+                return Ok(None);
+            }
+        };
+        let image = match decode_entry(&entry) {
+            Ok(image) => Arc::new(image),
+            Err(defect) => {
+                if let Err(e) = self.store.quarantine(&entry.manifest, &defect) {
+                    tracing::warn!(%key, %defect, error = %e, "could not quarantine an undecodable entry");
+                }
+                bump(&self.counters.corrupt);
+                bump(&self.counters.misses);
+                return Ok(None);
+            }
+        };
+        self.memory().insert(*key, Arc::clone(&image));
+        bump(&self.counters.store_hits);
+        Ok(Some(image))
+    }
+
+    /// Stores `image` (as PNG) under `key` unless an entry is already committed; the first
+    /// complete writer wins. `meta.width` and `meta.height` are set from the image.
+    ///
+    /// Only a `Stored` image enters the memory tier: after `AlreadyPresent`, the committed
+    /// entry may hold another writer's pixels, and memory must agree with the store.
+    pub fn put_image(
+        &self,
+        key: &CacheKey,
+        image: &RgbImage,
+        mut meta: EntryMeta,
+    ) -> Result<PutOutcome, CacheError> {
+        (meta.width, meta.height) = image.dimensions();
+        let png = image_io::encode_png(image)?;
+        let outcome = self.store.put(key, &png, &meta)?;
+        match outcome {
+            PutOutcome::Stored => {
+                bump(&self.counters.puts_stored);
+                self.memory().insert(*key, Arc::new(image.clone()));
+            }
+            PutOutcome::AlreadyPresent => bump(&self.counters.puts_already_present),
+        }
+        Ok(outcome)
+    }
+
+    /// Whether `key` is in memory or committed in the store (not verified).
+    pub fn contains(&self, key: &CacheKey) -> Result<bool, CacheError> {
+        if self.memory().contains(key) {
+            return Ok(true);
+        }
+        self.store.contains(key)
+    }
+
+    /// A snapshot of the counters.
+    pub fn counters(&self) -> CacheCounters {
+        let c = &self.counters;
+        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
+        CacheCounters {
+            memory_hits: load(&c.memory_hits),
+            store_hits: load(&c.store_hits),
+            misses: load(&c.misses),
+            corrupt: load(&c.corrupt),
+            puts_stored: load(&c.puts_stored),
+            puts_already_present: load(&c.puts_already_present),
+        }
+    }
+
+    /// What the memory tier holds now.
+    pub fn memory_usage(&self) -> MemoryUsage {
+        let memory = self.memory();
+        MemoryUsage {
+            entries: memory.len(),
+            used_bytes: memory.used_bytes(),
+            budget_bytes: memory.budget_bytes(),
+        }
+    }
+
+    fn memory(&self) -> MutexGuard<'_, MemoryTier> {
+        // The tier's operations cannot panic half-way, so a poisoned lock still guards
+        // consistent data.
+        self.memory.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Decodes an entry's PNG and checks it has the size its manifest promises.
+fn decode_entry(entry: &StoredEntry) -> Result<RgbImage, Defect> {
+    let image =
+        image_io::decode_rgb(&entry.content).map_err(|e| Defect::Undecodable(e.to_string()))?;
+    let meta = &entry.manifest.meta;
+    if image.dimensions() != (meta.width, meta.height) {
+        return Err(Defect::WrongDimensions {
+            width: meta.width,
+            height: meta.height,
+            found_width: image.width(),
+            found_height: image.height(),
+        });
+    }
+    Ok(image)
+}
+
+/// Seconds since the Unix epoch (0 on a clock set before 1970).
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// Nanoseconds since the Unix epoch, for unique names.
+pub(crate) fn unix_nanos() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn cache_and_stores_are_send_and_sync() {
+        assert_send_sync::<Cache>();
+        assert_send_sync::<DiskStore>();
+        assert_send_sync::<MemoryStore>();
+        assert_send_sync::<Arc<dyn Store>>();
+    }
+}

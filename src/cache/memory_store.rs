@@ -1,0 +1,110 @@
+//! An in-process [`Store`] (a map behind a mutex): for tests, and proof that callers need no disk.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use super::error::CacheError;
+use super::key::CacheKey;
+use super::manifest::{EntryMeta, Manifest, MANIFEST_FORMAT};
+use super::store::{BadEntry, Defect, Lookup, ManifestScan, PutOutcome, Store, StoredEntry};
+use super::unix_now;
+
+/// Entries held in memory, lost when dropped.
+#[derive(Debug, Default)]
+pub struct MemoryStore {
+    entries: Mutex<HashMap<CacheKey, StoredEntry>>,
+}
+
+impl MemoryStore {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<CacheKey, StoredEntry>> {
+        // Every operation leaves the map consistent, so a panic elsewhere while the lock was
+        // held cannot have left it half-updated.
+        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl Store for MemoryStore {
+    fn get(&self, key: &CacheKey) -> Result<Lookup, CacheError> {
+        let mut entries = self.lock();
+        let Some(entry) = entries.get(key) else {
+            return Ok(Lookup::Miss);
+        };
+        // Verified like any other store, so tests of callers see the same contract.
+        let found = blake3::hash(&entry.content).to_hex().to_string();
+        if found != entry.manifest.content_blake3 {
+            let bad = BadEntry {
+                key: Some(*key),
+                location: format!("memory:{key}"),
+                defect: Defect::HashMismatch {
+                    expected: entry.manifest.content_blake3.clone(),
+                    found,
+                },
+            };
+            entries.remove(key);
+            return Ok(Lookup::Corrupt(bad));
+        }
+        Ok(Lookup::Hit(Box::new(entry.clone())))
+    }
+
+    fn put(
+        &self,
+        key: &CacheKey,
+        content: &[u8],
+        meta: &EntryMeta,
+    ) -> Result<PutOutcome, CacheError> {
+        CacheError::check_content_len(key, content)?;
+        let mut entries = self.lock();
+        if entries.contains_key(key) {
+            return Ok(PutOutcome::AlreadyPresent);
+        }
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            key: *key,
+            content_file: format!("memory:{key}"),
+            content_blake3: blake3::hash(content).to_hex().to_string(),
+            content_len: content.len() as u64,
+            created_unix: unix_now(),
+            meta: meta.clone(),
+        };
+        entries.insert(
+            *key,
+            StoredEntry {
+                manifest,
+                content: content.to_vec(),
+            },
+        );
+        Ok(PutOutcome::Stored)
+    }
+
+    fn contains(&self, key: &CacheKey) -> Result<bool, CacheError> {
+        Ok(self.lock().contains_key(key))
+    }
+
+    fn manifests(&self) -> Result<ManifestScan, CacheError> {
+        let mut manifests: Vec<Manifest> = self
+            .lock()
+            .values()
+            .map(|entry| entry.manifest.clone())
+            .collect();
+        manifests.sort_by_key(|m| m.key);
+        Ok(ManifestScan {
+            manifests,
+            ..ManifestScan::default()
+        })
+    }
+
+    fn quarantine(&self, manifest: &Manifest, _defect: &Defect) -> Result<bool, CacheError> {
+        let mut entries = self.lock();
+        let same = entries
+            .get(&manifest.key)
+            .is_some_and(|entry| entry.manifest == *manifest);
+        if same {
+            entries.remove(&manifest.key);
+        }
+        Ok(same)
+    }
+}

@@ -1,0 +1,193 @@
+//! The storage interface behind the cache, so a disk, memory or object-storage backend is interchangeable.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+use super::error::CacheError;
+use super::key::CacheKey;
+use super::manifest::{EntryMeta, Manifest};
+
+/// A verified entry: its manifest and content bytes, whose length and blake3 match the manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredEntry {
+    pub manifest: Manifest,
+    pub content: Vec<u8>,
+}
+
+/// What a lookup found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// A verified entry (boxed: it is far larger than the other answers).
+    Hit(Box<StoredEntry>),
+    /// No committed entry (or one that vanished while being read, e.g. to gc).
+    Miss,
+    /// There was an entry but it failed verification; it has been moved out of the way
+    /// (quarantined) and the caller should treat this as a miss and regenerate.
+    Corrupt(BadEntry),
+}
+
+impl Lookup {
+    /// The entry of a hit; `None` for a miss or a corrupt entry.
+    pub fn into_entry(self) -> Option<StoredEntry> {
+        match self {
+            Lookup::Hit(entry) => Some(*entry),
+            Lookup::Miss | Lookup::Corrupt(_) => None,
+        }
+    }
+
+    pub fn is_hit(&self) -> bool {
+        matches!(self, Lookup::Hit(_))
+    }
+}
+
+/// Result of a create-if-absent write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize)]
+pub enum PutOutcome {
+    /// This call committed the entry.
+    Stored,
+    /// An entry for the key was already committed (by anyone); it was left as it is.
+    AlreadyPresent,
+}
+
+/// What is wrong with a stored entry.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Defect {
+    #[error("manifest is unreadable: {0}")]
+    BadManifest(String),
+    #[error("manifest is filed under another key (it names {found})")]
+    WrongKey { found: CacheKey },
+    #[error("manifest names content file {0:?}, which is not a name this cache writes")]
+    BadContentName(String),
+    #[error("content file {path} is missing")]
+    ContentMissing { path: PathBuf },
+    #[error("{path} is not a regular file")]
+    NotAFile { path: PathBuf },
+    #[error("{path} is a symlink to {target}{}; the cache never writes symlinks and does not follow them", outside_note(.outside_root))]
+    Symlink {
+        path: PathBuf,
+        target: PathBuf,
+        outside_root: bool,
+    },
+    #[error("content is {found} bytes long, the manifest says {expected}")]
+    LengthMismatch { expected: u64, found: u64 },
+    #[error("content blake3 is {found}, the manifest says {expected}")]
+    HashMismatch { expected: String, found: String },
+    #[error("content is not a decodable image: {0}")]
+    Undecodable(String),
+    #[error("image is {found_width}x{found_height}, the manifest says {width}x{height}")]
+    WrongDimensions {
+        width: u32,
+        height: u32,
+        found_width: u32,
+        found_height: u32,
+    },
+}
+
+/// thiserror hands format helpers references to fields.
+fn outside_note(outside_root: &bool) -> &'static str {
+    if *outside_root {
+        " outside the cache root"
+    } else {
+        ""
+    }
+}
+
+/// One defective entry, as found by a lookup, a scan or `verify`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadEntry {
+    /// The key, when it could be told (from the manifest's file name for the disk store).
+    pub key: Option<CacheKey>,
+    /// Where the entry lives, for people: a path for the disk store.
+    pub location: String,
+    pub defect: Defect,
+}
+
+/// Every committed manifest a store holds, with the ones it could not use reported apart.
+#[derive(Clone, Debug, Default)]
+pub struct ManifestScan {
+    pub manifests: Vec<Manifest>,
+    /// Manifests that are garbage, misfiled or name an impossible content file.
+    pub bad: Vec<BadEntry>,
+    /// Manifests written by a newer genie (locations); left alone, counted in no statistic.
+    pub newer_format: Vec<String>,
+}
+
+/// A storage backend: verified reads, create-if-absent writes, and a listing.
+///
+/// Implementations must be safe to share between threads, must never return content that does
+/// not match its manifest, and must let the first complete writer of a key win.
+pub trait Store: Send + Sync {
+    /// The verified entry of `key`. A corrupt entry is quarantined and reported as
+    /// [`Lookup::Corrupt`], never returned; errors are for conditions a person must fix
+    /// (permissions, a manifest from a newer genie).
+    fn get(&self, key: &CacheKey) -> Result<Lookup, CacheError>;
+
+    /// Stores `content` under `key` unless an entry is already committed (first complete
+    /// writer wins). `meta` goes into the manifest as it is.
+    fn put(
+        &self,
+        key: &CacheKey,
+        content: &[u8],
+        meta: &EntryMeta,
+    ) -> Result<PutOutcome, CacheError>;
+
+    /// Whether an entry is committed for `key` (not verified: a following `get` may still find
+    /// it corrupt).
+    fn contains(&self, key: &CacheKey) -> Result<bool, CacheError>;
+
+    /// Every committed manifest, for statistics, verification, gc and reports.
+    fn manifests(&self) -> Result<ManifestScan, CacheError>;
+
+    /// Moves the entry described by `manifest` out of the way because a caller found it
+    /// defective (e.g. its content verified but does not decode). Does nothing, and returns
+    /// `false`, when the committed entry is no longer that one.
+    fn quarantine(&self, manifest: &Manifest, defect: &Defect) -> Result<bool, CacheError>;
+
+    /// Totals over every committed manifest.
+    fn stats(&self) -> Result<CacheStats, CacheError> {
+        Ok(CacheStats::from_manifests(&self.manifests()?.manifests))
+    }
+}
+
+/// Count and size of a group of entries.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GroupStats {
+    pub entries: u64,
+    /// Content bytes.
+    pub bytes: u64,
+}
+
+/// What a cache holds.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct CacheStats {
+    pub entries: u64,
+    /// Content bytes (manifests, about a kilobyte each, are not counted).
+    pub bytes: u64,
+    /// Per target class label.
+    pub by_target: BTreeMap<String, GroupStats>,
+    /// Entry count per noise level in thousandths.
+    pub by_level: BTreeMap<u16, u64>,
+}
+
+impl CacheStats {
+    pub fn from_manifests(manifests: &[Manifest]) -> Self {
+        let mut stats = CacheStats::default();
+        for manifest in manifests {
+            stats.entries += 1;
+            stats.bytes += manifest.content_len;
+            let target = stats
+                .by_target
+                .entry(manifest.meta.target.clone())
+                .or_default();
+            target.entries += 1;
+            target.bytes += manifest.content_len;
+            *stats
+                .by_level
+                .entry(manifest.meta.level.thousandths())
+                .or_default() += 1;
+        }
+        stats
+    }
+}

@@ -1,0 +1,137 @@
+//! Helpers shared by the cache integration tests: deterministic keys, content, metadata and randomness.
+
+#![allow(dead_code)] // each test file uses a different subset
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, ChildStdout};
+
+use genie::cache::{CacheKey, EntryMeta, KeyInputs};
+use genie::{EngineFingerprint, NoiseLevel};
+
+pub fn fingerprint() -> EngineFingerprint {
+    EngineFingerprint {
+        model: "test-model@rev".into(),
+        scheduler: "ddim(eta=0)".into(),
+        steps: 50,
+        guidance: "7.5".into(),
+        resolution: 64,
+        dtype: "f32".into(),
+        algorithm_version: 1,
+    }
+}
+
+/// The key of test entry `n` (its seed).
+pub fn key(n: u64) -> CacheKey {
+    CacheKey::new(&KeyInputs {
+        source: Some([9; 32]),
+        prompt: "a photo of a test.",
+        level: NoiseLevel::GENIE_DEFAULT,
+        seed: n,
+        fingerprint: &fingerprint(),
+    })
+}
+
+pub fn meta(target: &str, n: u64) -> EntryMeta {
+    EntryMeta {
+        target: target.into(),
+        prompt: "a photo of a test.".into(),
+        level: NoiseLevel::GENIE_DEFAULT,
+        seed: n,
+        source: Some("09".repeat(32)),
+        fingerprint: fingerprint(),
+        width: 64,
+        height: 64,
+    }
+}
+
+/// `len` pseudo-random bytes determined by `seed`.
+pub fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0; len];
+    blake3::Hasher::new()
+        .update(&seed.to_le_bytes())
+        .finalize_xof()
+        .fill(&mut out);
+    out
+}
+
+/// splitmix64: small, seeded, good enough to pick keys, sizes and delays.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Rng(seed)
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform-ish in `0..n` (n > 0).
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+
+    pub fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.below(i as u64 + 1) as usize);
+        }
+    }
+}
+
+/// Every file (not folder) below `dir`, sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for entry in entries {
+        let path = entry.expect("directory entry").path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Runs this test binary again as a child process running only the ignored test `name`.
+pub fn child_command(name: &str) -> std::process::Command {
+    let exe = std::env::current_exe().expect("path of the test binary");
+    let mut command = std::process::Command::new(exe);
+    command.args([
+        name,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
+    command
+}
+
+/// Reads the child's stdout until a line ending in `ready`; panics (with the child's exit
+/// status) if the child ends first.
+pub fn wait_for_line(child: &mut Child, ready: &str) -> BufReader<ChildStdout> {
+    let stdout = child.stdout.take().expect("child stdout is piped");
+    let mut reader = BufReader::new(stdout);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let read = reader.read_line(&mut line).expect("read child stdout");
+        if read == 0 {
+            let status = child.wait().expect("wait for child");
+            panic!("child ended ({status}) before printing {ready:?}");
+        }
+        // libtest prints "test <name> ... " without a newline before the test runs, so the
+        // marker may share its line.
+        if line.trim_end().ends_with(ready) {
+            return reader;
+        }
+    }
+}
