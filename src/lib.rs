@@ -14,6 +14,8 @@
 pub mod cache;
 pub mod diffusion;
 pub mod engine;
+pub mod factory;
+pub mod generator;
 pub mod image_io;
 pub mod noise;
 

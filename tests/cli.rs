@@ -211,3 +211,222 @@ fn bad_arguments_fail_with_one_line_and_write_nothing() {
     );
     assert!(!out.exists());
 }
+
+fn rows(stdout: &[u8]) -> Vec<Vec<String>> {
+    String::from_utf8_lossy(stdout)
+        .lines()
+        .skip(1)
+        .map(|l| l.split_whitespace().map(str::to_string).collect())
+        .collect()
+}
+
+#[test]
+fn generate_with_a_cache_hits_the_second_time() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let s = sample();
+    let run = |out: &str| {
+        let out = tmp.path().join(out);
+        let o = genie(
+            tmp.path(),
+            &[
+                "generate",
+                "--model",
+                "tiny",
+                "--source",
+                &s,
+                "--target",
+                "cat",
+                "--steps",
+                "6",
+                "--levels",
+                "0.5,0.9",
+                "--cache",
+                cache.to_str().unwrap(),
+                "--out",
+                out.to_str().unwrap(),
+            ],
+        );
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        (
+            rows(&o.stdout),
+            std::fs::read(out.join("r0900.png")).unwrap(),
+        )
+    };
+    let (first, img1) = run("a");
+    assert_eq!(
+        first.iter().map(|r| r[3].as_str()).collect::<Vec<_>>(),
+        ["miss", "miss"]
+    );
+    let (second, img2) = run("b");
+    assert_eq!(
+        second.iter().map(|r| r[3].as_str()).collect::<Vec<_>>(),
+        ["hit", "hit"]
+    );
+    assert_eq!(img1, img2);
+    // Another seed is another key.
+    let o = genie(
+        tmp.path(),
+        &[
+            "generate",
+            "--model",
+            "tiny",
+            "--source",
+            &s,
+            "--target",
+            "cat",
+            "--steps",
+            "6",
+            "--levels",
+            "0.5",
+            "--seed",
+            "9",
+            "--cache",
+            cache.to_str().unwrap(),
+            "--out",
+            tmp.path().join("c").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(rows(&o.stdout)[0][3], "miss");
+}
+
+#[test]
+fn several_sources_and_targets_go_through_the_service_and_the_cache_commands_see_them() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sources = tmp.path().join("sources");
+    std::fs::create_dir(&sources).unwrap();
+    for (i, name) in ["one.png", "two.jpg"].iter().enumerate() {
+        image::RgbImage::from_fn(80, 64, |x, y| {
+            image::Rgb([(x * 3) as u8, (y * 4) as u8, i as u8 * 90])
+        })
+        .save(sources.join(name))
+        .unwrap();
+    }
+    std::fs::write(sources.join("notes.txt"), "not an image").unwrap();
+    let cache = tmp.path().join("cache");
+    let out = tmp.path().join("out");
+    let o = genie(
+        tmp.path(),
+        &[
+            "generate",
+            "--model",
+            "tiny",
+            "--source-dir",
+            sources.to_str().unwrap(),
+            "--targets",
+            "cat,golden retriever",
+            "--steps",
+            "4",
+            "--levels",
+            "0.5,0.75",
+            "--cache",
+            cache.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_eq!(rows(&o.stdout).len(), 8);
+    for dir in [
+        "one/cat",
+        "one/golden_retriever",
+        "two/cat",
+        "two/golden_retriever",
+    ] {
+        assert!(out.join(dir).join("r0750.png").is_file(), "{dir}");
+    }
+    let c = cache.to_str().unwrap();
+    let stats = genie(tmp.path(), &["cache", "stats", c, "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(json["entries"], 8);
+    assert_eq!(json["by_target"]["golden retriever"]["entries"], 4);
+    assert_eq!(json["by_level"]["750"], 4);
+    let table =
+        String::from_utf8_lossy(&genie(tmp.path(), &["cache", "stats", c]).stdout).to_string();
+    assert!(
+        table.contains("8 entries") && table.contains("r = 0.75"),
+        "{table}"
+    );
+
+    let verify = genie(tmp.path(), &["cache", "verify", c]);
+    assert!(verify.status.success());
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("8 ok, 0 bad"));
+    // Corrupt one content file: verify fails and names it; --repair quarantines it; then all is well.
+    let png = walk(&cache.join("objects"))
+        .into_iter()
+        .find(|p| p.extension().is_some_and(|e| e == "png"))
+        .unwrap();
+    let mut bytes = std::fs::read(&png).unwrap();
+    bytes[100] ^= 0xFF;
+    std::fs::write(&png, bytes).unwrap();
+    let verify = genie(tmp.path(), &["cache", "verify", c]);
+    assert!(!verify.status.success());
+    assert!(String::from_utf8_lossy(&verify.stdout).contains("7 ok, 1 bad"));
+    let repair = genie(tmp.path(), &["cache", "verify", c, "--repair"]);
+    assert!(
+        repair.status.success(),
+        "{}",
+        String::from_utf8_lossy(&repair.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&genie(tmp.path(), &["cache", "verify", c]).stdout)
+            .contains("7 ok, 0 bad")
+    );
+
+    let gc = genie(tmp.path(), &["cache", "gc", c, "--max-size", "0"]);
+    assert!(
+        gc.status.success(),
+        "{}",
+        String::from_utf8_lossy(&gc.stderr)
+    );
+    assert!(String::from_utf8_lossy(&gc.stdout).contains("removed 7 entries"));
+    let json: serde_json::Value =
+        serde_json::from_slice(&genie(tmp.path(), &["cache", "stats", c, "--json"]).stdout)
+            .unwrap();
+    assert_eq!(json["entries"], 0);
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        if e.path().is_dir() {
+            out.extend(walk(&e.path()));
+        } else {
+            out.push(e.path());
+        }
+    }
+    out
+}
+
+#[test]
+fn cache_commands_refuse_bad_folders() {
+    let tmp = tempfile::tempdir().unwrap();
+    let file = tmp.path().join("file");
+    std::fs::write(&file, "x").unwrap();
+    for args in [
+        vec!["cache", "stats", file.to_str().unwrap()],
+        vec!["cache", "verify", "/no/such/cache"],
+        vec!["cache", "gc", file.to_str().unwrap(), "--max-age", "1d"],
+    ] {
+        let o = genie(tmp.path(), &args);
+        assert!(!o.status.success(), "{args:?}");
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            stderr.starts_with("error:") && stderr.lines().count() == 1,
+            "{args:?}: {stderr}"
+        );
+    }
+    let o = genie(tmp.path(), &["cache", "gc", tmp.path().to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("--max-size"));
+    let o = genie(
+        tmp.path(),
+        &[
+            "cache",
+            "gc",
+            tmp.path().to_str().unwrap(),
+            "--max-size",
+            "lots",
+        ],
+    );
+    assert!(!o.status.success());
+}

@@ -477,6 +477,10 @@ fn fingerprint_captures_every_pixel_changing_option() {
     )
     .unwrap();
     assert_eq!((&plan.fingerprint, plan.resolution), (&fp, 64));
+    assert_eq!(
+        plan.level_start(NoiseLevel::GENIE_DEFAULT).unwrap(),
+        base.level_start(NoiseLevel::GENIE_DEFAULT).unwrap()
+    );
     // Reloading the same folder gives the same fingerprint.
     assert_eq!(
         load(tiny_model(), opts(SchedulerKind::DpmSolverPp, 10))

@@ -1,12 +1,18 @@
-//! `genie`: generate GeNIe hard negatives from the command line.
+//! `genie`: generate GeNIe hard negatives and manage their cache from the command line.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use genie::cache::{Cache, CacheKey, DiskStore, GcPolicy, KeyInputs};
 use genie::diffusion::{self, tiny, EngineOptions, ModelSource, SchedulerKind, SdEngine};
+use genie::factory::SdEngineFactory;
+use genie::generator::{
+    Generator, GeneratorConfig, Priority, Request, Shutdown, SourceImage, WaitOutcome,
+};
 use genie::{image_io, Job, NoiseLevel, PromptTemplate};
 
 #[derive(Parser)]
@@ -22,8 +28,38 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Turn a source image into hard negatives of a target class, one PNG per noise level.
-    Generate(GenerateArgs),
+    /// Turn source images into hard negatives of target classes, one PNG per noise level.
+    Generate(Box<GenerateArgs>),
+    /// Inspect and maintain a hard-negative cache.
+    #[command(subcommand)]
+    Cache(CacheCommand),
+}
+
+#[derive(Subcommand)]
+enum CacheCommand {
+    /// Entries and bytes, by target class and by noise level.
+    Stats {
+        dir: PathBuf,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Check every entry's content against its manifest; with --repair, quarantine bad ones.
+    Verify {
+        dir: PathBuf,
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Remove entries older than --max-age, then the oldest until the cache fits --max-size.
+    Gc {
+        dir: PathBuf,
+        /// e.g. 20GiB, 500MB, 1048576
+        #[arg(long, value_parser = parse_size)]
+        max_size: Option<u64>,
+        /// e.g. 30d, 12h, 90m
+        #[arg(long, value_parser = parse_age)]
+        max_age: Option<Duration>,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -59,9 +95,9 @@ struct ModelArgs {
     /// Image side in pixels (default: the model's native size, 512 for SD 1.5, 64 for tiny).
     #[arg(long)]
     size: Option<u32>,
-    /// cpu, or cuda:N with a CUDA build.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    /// Devices, one engine each: cpu, or cuda:N with a CUDA build (comma-separated).
+    #[arg(long, alias = "devices", value_delimiter = ',', default_value = "cpu")]
+    device: Vec<String>,
     /// f32, f16 or bf16 for the UNet and text encoder (the VAE runs in f32).
     #[arg(long, default_value = "f32")]
     dtype: String,
@@ -71,12 +107,23 @@ struct ModelArgs {
 struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
-    /// The source image (any common format; resized and center-cropped to the model's size).
-    #[arg(long, value_name = "IMG")]
-    source: PathBuf,
+    /// A source image (any common format; resized and center-cropped to the model's size).
+    #[arg(
+        long,
+        value_name = "IMG",
+        required_unless_present = "source_dir",
+        conflicts_with = "source_dir"
+    )]
+    source: Option<PathBuf>,
+    /// Every image in this folder (not recursive) is a source.
+    #[arg(long, value_name = "DIR")]
+    source_dir: Option<PathBuf>,
     /// The target class name, as it goes into the prompt.
-    #[arg(long)]
-    target: String,
+    #[arg(long, required_unless_present = "targets", conflicts_with = "targets")]
+    target: Option<String>,
+    /// Several target classes, comma-separated.
+    #[arg(long, value_delimiter = ',')]
+    targets: Option<Vec<String>>,
     /// Optional superclass: "a photo of a {target}, a type of {superclass}."
     #[arg(long)]
     superclass: Option<String>,
@@ -86,9 +133,13 @@ struct GenerateArgs {
     /// Seed of the initial noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Initial noise: a safetensors file with one tensor `noise` of shape [1, 4, size/8, size/8].
-    #[arg(long, value_name = "FILE")]
+    /// Initial noise: a safetensors file with one tensor `noise` of shape [1, 4, size/8, size/8]
+    /// (one source and one target only; not with --cache, whose keys hold the seed).
+    #[arg(long, value_name = "FILE", conflicts_with_all = ["cache", "source_dir", "targets"])]
     noise: Option<PathBuf>,
+    /// A hard-negative cache folder: levels found there are not generated again; new ones are stored.
+    #[arg(long, value_name = "DIR")]
+    cache: Option<PathBuf>,
     /// Output folder (created if missing).
     #[arg(long, value_name = "DIR")]
     out: PathBuf,
@@ -102,8 +153,61 @@ fn parse_scheduler(s: &str) -> Result<SchedulerKind, String> {
     s.parse()
 }
 
-fn load_engine(args: &ModelArgs) -> Result<SdEngine> {
-    let source = match (&args.weights, args.model) {
+/// `20GiB`, `500MB`, `64k`, `1048576` → bytes.
+fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let value: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid size {s:?} (e.g. 20GiB, 500MB)"))?;
+    let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => {
+            return Err(format!(
+                "invalid size unit in {s:?} (use B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    let bytes = value * scale;
+    if !bytes.is_finite() || bytes < 0.0 || bytes > u64::MAX as f64 {
+        return Err(format!("size {s:?} is out of range"));
+    }
+    Ok(bytes as u64)
+}
+
+/// `30d`, `12h`, `90m`, `45s` → a duration.
+fn parse_age(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid age {s:?} (e.g. 30d, 12h)"))?;
+    let secs = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" | "" => 86_400,
+        "w" => 7 * 86_400,
+        _ => return Err(format!("invalid age unit in {s:?} (use s, m, h, d or w)")),
+    };
+    n.checked_mul(secs)
+        .map(Duration::from_secs)
+        .ok_or_else(|| format!("age {s:?} is out of range"))
+}
+
+fn model_source(args: &ModelArgs) -> Result<ModelSource> {
+    Ok(match (&args.weights, args.model) {
         (Some(dir), _) => ModelSource::Local(dir.clone()),
         (None, Some(BuiltinModel::Tiny)) => {
             let dir = tiny::ensure_tiny_model(&tiny::default_tiny_dir())?;
@@ -112,80 +216,400 @@ fn load_engine(args: &ModelArgs) -> Result<SdEngine> {
         }
         (None, Some(BuiltinModel::Sd15)) => ModelSource::sd15(),
         (None, None) => bail!("give --weights DIR or --model tiny|sd15"),
-    };
-    let opts = EngineOptions {
+    })
+}
+
+fn engine_options(args: &ModelArgs) -> Result<EngineOptions> {
+    let first = args.device.first().map_or("cpu", String::as_str);
+    Ok(EngineOptions {
         scheduler: args.scheduler,
         steps: args.steps,
         guidance: args.guidance,
         size: args.size,
         dtype: diffusion::parse_dtype(&args.dtype)?,
-        device: diffusion::parse_device(&args.device)?,
+        device: diffusion::parse_device(first)?,
         ..EngineOptions::default()
-    };
-    SdEngine::load(&source, opts)
-        .with_context(|| format!("cannot load model {}", source.describe()))
+    })
+}
+
+/// The image files of a folder, sorted by name.
+fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+        .with_context(|| format!("cannot read --source-dir {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.is_file()
+                && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
+                    matches!(
+                        e.to_ascii_lowercase().as_str(),
+                        "png" | "jpg" | "jpeg" | "webp" | "bmp" | "gif" | "tif" | "tiff"
+                    )
+                })
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        bail!("--source-dir {} holds no images", dir.display());
+    }
+    Ok(files)
+}
+
+/// A folder-name-safe form of a class or file name (the output folder is the user's; keys never use names).
+fn slug(name: &str) -> String {
+    let s: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if s.trim_matches('_').is_empty() {
+        "x".into()
+    } else {
+        s
+    }
+}
+
+fn level_file(dir: &Path, level: NoiseLevel) -> PathBuf {
+    dir.join(format!("r{:04}.png", level.thousandths()))
+}
+
+/// One (source, target) pair and where its images go.
+struct Pair {
+    source: SourceImage,
+    target: String,
+    prompt: String,
+    out: PathBuf,
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
     if args.levels.is_empty() {
         bail!("--levels needs at least one level");
     }
-    if args.target.trim().is_empty() {
-        bail!("--target must not be empty");
+    let targets: Vec<String> = match (&args.target, &args.targets) {
+        (Some(t), _) => vec![t.trim().to_string()],
+        (None, Some(ts)) => ts.iter().map(|t| t.trim().to_string()).collect(),
+        (None, None) => bail!("give --target NAME or --targets a,b,c"),
+    };
+    if targets.iter().any(String::is_empty) {
+        bail!("target names must not be empty");
     }
     if args.out.exists() && !args.out.is_dir() {
         bail!("--out {} exists and is not a folder", args.out.display());
     }
+    let source_files = match (&args.source, &args.source_dir) {
+        (Some(s), _) => vec![s.clone()],
+        (None, Some(dir)) => images_in(dir)?,
+        (None, None) => bail!("give --source IMG or --source-dir DIR"),
+    };
     // Everything that can fail on user input is checked before the first file is written.
-    let raw = image_io::open_rgb(&args.source)?;
-    let mut engine = load_engine(&args.model)?;
+    let raw: Vec<image::RgbImage> = source_files
+        .iter()
+        .map(|p| image_io::open_rgb(p))
+        .collect::<Result<_, _>>()?;
+    let source = model_source(&args.model)?;
+    let opts = engine_options(&args.model)?;
+    if let Some(noise) = &args.noise {
+        return generate_with_noise(&args, &raw[0], &targets[0], source, opts, noise);
+    }
+    let factory = Arc::new(
+        SdEngineFactory::new(source.clone(), opts)
+            .with_context(|| format!("cannot load model {}", source.describe()))?,
+    );
+    let plan = factory.plan().clone();
     let starts = args
         .levels
         .iter()
-        .map(|&l| engine.level_start(l).map(|s| (l, s)))
+        .map(|&l| plan.level_start(l))
         .collect::<Result<Vec<_>, _>>()?;
-    let size = engine_size(&engine);
-    let source = image_io::resize_center_crop(&raw, size)?;
-    let noise = match &args.noise {
-        Some(path) => Some(Arc::new(diffusion::load_noise_file(
-            path,
-            engine.noise_shape(),
-        )?)),
-        None => None,
+    let single = source_files.len() == 1 && targets.len() == 1;
+    let template = PromptTemplate::default();
+    let mut pairs = Vec::new();
+    for (file, img) in source_files.iter().zip(&raw) {
+        let src = SourceImage::new(image_io::resize_center_crop(img, plan.resolution)?);
+        let stem = file
+            .file_stem()
+            .map_or("source".into(), |s| s.to_string_lossy().to_string());
+        for target in &targets {
+            pairs.push(Pair {
+                source: src.clone(),
+                target: target.clone(),
+                prompt: template.render(target, args.superclass.as_deref()),
+                out: if single {
+                    args.out.clone()
+                } else {
+                    args.out.join(slug(&stem)).join(slug(target))
+                },
+            });
+        }
+    }
+
+    // The cache: the user's, or a scratch one that lives as long as this command.
+    let scratch = match &args.cache {
+        Some(_) => None,
+        None => Some(tempfile::tempdir().context("cannot create a scratch cache")?),
     };
-    let prompt = PromptTemplate::default().render(args.target.trim(), args.superclass.as_deref());
+    let cache_dir = args
+        .cache
+        .as_deref()
+        .or(scratch.as_ref().map(|d| d.path()))
+        .expect("one of them is set");
+    let cache = Arc::new(Cache::open_dir(cache_dir, 256 << 20)?);
+    let key = |p: &Pair, level: NoiseLevel| {
+        CacheKey::new(&KeyInputs {
+            source: (!level.is_text_to_image()).then_some(p.source.hash),
+            prompt: &p.prompt,
+            level,
+            seed: args.seed,
+            fingerprint: &plan.fingerprint,
+        })
+    };
+    // `get_image` rather than `contains`: a hit is verified (a corrupt entry is quarantined and
+    // becomes a miss) and its decoded image is what we write out.
+    let mut found: Vec<Vec<Option<Arc<image::RgbImage>>>> = Vec::new();
+    let mut misses = 0usize;
+    for p in &pairs {
+        let mut row = Vec::new();
+        for &level in &args.levels {
+            let img = cache.get_image(&key(p, level))?;
+            misses += usize::from(img.is_none());
+            row.push(img);
+        }
+        found.push(row);
+    }
+    if single {
+        eprintln!("prompt: {:?}", pairs[0].prompt);
+    }
+
+    if misses > 0 {
+        let config = GeneratorConfig {
+            devices: args.model.device.clone(),
+            queue_capacity: misses.max(1),
+            ..GeneratorConfig::default()
+        };
+        let generator = Generator::start(factory.clone(), cache.clone(), config)?;
+        let bar = indicatif::ProgressBar::new(misses as u64).with_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} generating {pos}/{len} images [{elapsed_precise}, eta {eta}] {per_sec}",
+            )
+            .expect("valid template"),
+        );
+        let mut waiting = Vec::new();
+        for (p, row) in pairs.iter().zip(&found) {
+            let levels: Vec<NoiseLevel> = args
+                .levels
+                .iter()
+                .zip(row)
+                .filter(|(_, img)| img.is_none())
+                .map(|(l, _)| *l)
+                .collect();
+            if levels.is_empty() {
+                continue;
+            }
+            let receipt = generator.request(Request {
+                source: Some(p.source.clone()),
+                target: p.target.clone(),
+                prompt: p.prompt.clone(),
+                levels,
+                seed: args.seed,
+                priority: Priority::Online,
+            })?;
+            waiting.extend(receipt.levels.into_iter().map(|(_, k, _)| k));
+        }
+        let mut failures = Vec::new();
+        for k in &waiting {
+            match generator.wait(k, Duration::from_secs(7 * 24 * 3600))? {
+                WaitOutcome::Ready => bar.inc(1),
+                WaitOutcome::Failed(msg) => failures.push(msg),
+                other => failures.push(format!("{other:?}")),
+            }
+        }
+        bar.finish_and_clear();
+        generator.shutdown(Shutdown::Drain);
+        if let Some(first) = failures.first() {
+            bail!(
+                "{} of {} images failed; first error: {first}",
+                failures.len(),
+                waiting.len()
+            );
+        }
+    }
+
+    println!(
+        "{:>6}  {:>8}  {:>5}  {:<5}  file",
+        "r", "start_t", "steps", "cache"
+    );
+    for (p, row) in pairs.iter().zip(found) {
+        std::fs::create_dir_all(&p.out)
+            .with_context(|| format!("cannot create {}", p.out.display()))?;
+        for ((&level, start), hit) in args.levels.iter().zip(&starts).zip(row) {
+            let state = if hit.is_some() { "hit" } else { "miss" };
+            let img = match hit {
+                Some(img) => img,
+                None => cache.get_image(&key(p, level))?.with_context(|| {
+                    format!(
+                        "the image of r = {level} for {:?} is not in the cache after generation",
+                        p.target
+                    )
+                })?,
+            };
+            let path = level_file(&p.out, level);
+            image_io::save_png_atomic(&img, &path)?;
+            println!(
+                "{:>6}  {:>8}  {:>5}  {:<5}  {}",
+                level.to_string(),
+                start.timestep,
+                start.steps_run,
+                state,
+                path.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// `--noise`: one source, one target, run directly on the engine (injected noise is not in a key).
+fn generate_with_noise(
+    args: &GenerateArgs,
+    raw: &image::RgbImage,
+    target: &str,
+    source: ModelSource,
+    opts: EngineOptions,
+    noise_file: &Path,
+) -> Result<()> {
+    let mut engine = SdEngine::load(&source, opts)
+        .with_context(|| format!("cannot load model {}", source.describe()))?;
+    let starts = args
+        .levels
+        .iter()
+        .map(|&l| engine.level_start(l))
+        .collect::<Result<Vec<_>, _>>()?;
+    let src = image_io::resize_center_crop(raw, genie::Engine::resolution(&engine))?;
+    let noise = diffusion::load_noise_file(noise_file, engine.noise_shape())?;
+    let prompt = PromptTemplate::default().render(target, args.superclass.as_deref());
     eprintln!("prompt: {prompt:?}");
     let job = Job {
-        source: Some(Arc::new(source)),
+        source: Some(Arc::new(src)),
         prompt,
         levels: args.levels.clone(),
         seed: args.seed,
-        noise,
+        noise: Some(Arc::new(noise)),
     };
     let outputs = genie::Engine::generate(&mut engine, &[job])?;
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("cannot create {}", args.out.display()))?;
-    println!("{:>6}  {:>10}  {:>5}  file", "r", "start_t", "steps");
-    for (image, (level, start)) in outputs[0].images.iter().zip(&starts) {
-        let path = output_path(&args.out, *level);
+    println!(
+        "{:>6}  {:>8}  {:>5}  {:<5}  file",
+        "r", "start_t", "steps", "cache"
+    );
+    for (image, start) in outputs[0].images.iter().zip(&starts) {
+        let path = level_file(&args.out, image.level);
         image_io::save_png_atomic(&image.image, &path)?;
         println!(
-            "{:>6}  {:>10}  {:>5}  {}",
-            level.to_string(),
+            "{:>6}  {:>8}  {:>5}  {:<5}  {}",
+            image.level.to_string(),
             start.timestep,
             start.steps_run,
+            "-",
             path.display()
         );
     }
     Ok(())
 }
 
-fn engine_size(engine: &SdEngine) -> u32 {
-    genie::Engine::resolution(engine)
+fn cache_command(cmd: CacheCommand) -> Result<()> {
+    match cmd {
+        CacheCommand::Stats { dir, json } => {
+            let store = DiskStore::open_existing(&dir)?;
+            let stats = genie::cache::Store::stats(&store)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+                return Ok(());
+            }
+            println!("{} entries, {}", stats.entries, human_bytes(stats.bytes));
+            println!("\nby target class:");
+            for (target, g) in &stats.by_target {
+                println!(
+                    "  {:<30} {:>8} entries  {:>10}",
+                    target,
+                    g.entries,
+                    human_bytes(g.bytes)
+                );
+            }
+            println!("\nby noise level:");
+            for (level, n) in &stats.by_level {
+                let r = NoiseLevel::from_thousandths(*level)
+                    .map_or_else(|| format!("{level}‰"), |l| l.to_string());
+                println!("  r = {:<6} {:>8} entries", r, n);
+            }
+            Ok(())
+        }
+        CacheCommand::Verify { dir, repair } => {
+            let store = DiskStore::open_existing(&dir)?;
+            let report = store.verify(repair)?;
+            for bad in &report.bad {
+                println!("bad: {} — {}", bad.location, bad.defect);
+            }
+            println!(
+                "checked {} entries: {} ok, {} bad{}",
+                report.checked,
+                report.ok,
+                report.bad.len(),
+                if repair {
+                    format!(", {} quarantined", report.quarantined)
+                } else {
+                    String::new()
+                }
+            );
+            if !report.bad.is_empty() && !repair {
+                bail!(
+                    "{} bad entries (run with --repair to quarantine them)",
+                    report.bad.len()
+                );
+            }
+            Ok(())
+        }
+        CacheCommand::Gc {
+            dir,
+            max_size,
+            max_age,
+        } => {
+            if max_size.is_none() && max_age.is_none() {
+                bail!("give --max-size and/or --max-age");
+            }
+            let store = DiskStore::open_existing(&dir)?;
+            let report = store.gc(&GcPolicy {
+                max_bytes: max_size,
+                max_age,
+            })?;
+            println!(
+                "removed {} entries ({}); {} entries ({}) remain",
+                report.removed_entries,
+                human_bytes(report.removed_bytes),
+                report.remaining_entries,
+                human_bytes(report.remaining_bytes)
+            );
+            Ok(())
+        }
+    }
 }
 
-fn output_path(dir: &Path, level: NoiseLevel) -> PathBuf {
-    dir.join(format!("r{:04}.png", level.thousandths()))
+fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = n as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{n} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
 }
 
 fn main() -> ExitCode {
@@ -198,7 +622,8 @@ fn main() -> ExitCode {
         .init();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Generate(args) => generate(args),
+        Command::Generate(args) => generate(*args),
+        Command::Cache(cmd) => cache_command(cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -206,5 +631,29 @@ fn main() -> ExitCode {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_and_ages_parse() {
+        assert_eq!(parse_size("20GiB").unwrap(), 20 << 30);
+        assert_eq!(parse_size("500MB").unwrap(), 500_000_000);
+        assert_eq!(parse_size("1048576").unwrap(), 1 << 20);
+        assert!(parse_size("12 parsecs").is_err());
+        assert!(parse_size("-5GB").is_err());
+        assert_eq!(parse_age("30d").unwrap(), Duration::from_secs(30 * 86_400));
+        assert_eq!(parse_age("12h").unwrap(), Duration::from_secs(12 * 3600));
+        assert!(parse_age("soon").is_err());
+    }
+
+    #[test]
+    fn slugs_are_plain_names() {
+        assert_eq!(slug("golden retriever"), "golden_retriever");
+        assert_eq!(slug("../etc"), "___etc");
+        assert_eq!(slug("///"), "x");
     }
 }

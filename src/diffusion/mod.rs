@@ -208,11 +208,43 @@ impl Plan {
 }
 
 /// What an engine would be, decided from config files alone.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct EnginePlan {
     pub fingerprint: EngineFingerprint,
     /// Image side length in pixels.
     pub resolution: u32,
+    grid: TimestepGrid,
+}
+
+impl EnginePlan {
+    /// Where `level` starts on the plan's grid (the same answer as [`SdEngine::level_start`]).
+    pub fn level_start(&self, level: NoiseLevel) -> Result<LevelStart, SchedulerError> {
+        level_start_on(&self.grid, level)
+    }
+}
+
+fn level_start_on(grid: &TimestepGrid, level: NoiseLevel) -> Result<LevelStart, SchedulerError> {
+    let n = grid.len();
+    if level.is_text_to_image() {
+        return Ok(LevelStart {
+            index: 0,
+            timestep: grid.timesteps[0],
+            steps_run: n,
+        });
+    }
+    let steps_run = level.steps_to_run(n);
+    if steps_run == 0 {
+        return Err(SchedulerError::NoStepsAtLevel {
+            level: level.to_string(),
+            steps: n,
+        });
+    }
+    let index = level.start_index(n);
+    Ok(LevelStart {
+        index,
+        timestep: grid.timesteps[index],
+        steps_run,
+    })
 }
 
 /// The fingerprint and resolution an engine loaded from `source` with `opts` would have, without
@@ -228,6 +260,7 @@ pub fn plan_engine(
     Ok(EnginePlan {
         fingerprint: plan.fingerprint,
         resolution: plan.size,
+        grid: plan.grid,
     })
 }
 
@@ -359,27 +392,7 @@ impl SdEngine {
 
     /// Where `level` starts on this engine's grid; an error if it would run no step.
     pub fn level_start(&self, level: NoiseLevel) -> Result<LevelStart, SchedulerError> {
-        let n = self.grid.len();
-        if level.is_text_to_image() {
-            return Ok(LevelStart {
-                index: 0,
-                timestep: self.grid.timesteps[0],
-                steps_run: n,
-            });
-        }
-        let steps_run = level.steps_to_run(n);
-        if steps_run == 0 {
-            return Err(SchedulerError::NoStepsAtLevel {
-                level: level.to_string(),
-                steps: n,
-            });
-        }
-        let index = level.start_index(n);
-        Ok(LevelStart {
-            index,
-            timestep: self.grid.timesteps[index],
-            steps_run,
-        })
+        level_start_on(&self.grid, level)
     }
 
     /// The CLIP embedding of a prompt (cached; prompts are one per class).

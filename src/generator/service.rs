@@ -1,0 +1,717 @@
+//! The generator service: bounded priority queues, deduplication by cache key, worker threads.
+
+use std::collections::{HashMap, HashSet};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam::channel::{self, Receiver, Sender, TrySendError};
+use image::RgbImage;
+
+use super::stats::{Counters, GeneratorStats};
+use crate::cache::{Cache, CacheError, CacheKey, EntryMeta, KeyInputs};
+use crate::engine::{Engine, EngineFingerprint, Job, JobOutput, NoiseLevel};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An engine behind a trait object, so workers of different engine types share one service.
+pub trait DynEngine: Send {
+    fn fingerprint(&self) -> &EngineFingerprint;
+    fn resolution(&self) -> u32;
+    fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, BoxError>;
+}
+
+impl<E: Engine + Send> DynEngine for E {
+    fn fingerprint(&self) -> &EngineFingerprint {
+        Engine::fingerprint(self)
+    }
+    fn resolution(&self) -> u32 {
+        Engine::resolution(self)
+    }
+    fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, BoxError> {
+        Engine::generate(self, jobs).map_err(|e| Box::new(e) as BoxError)
+    }
+}
+
+/// Makes engines for worker threads. Called on the worker's own thread, at start and again after
+/// a panic, so an engine never crosses threads.
+pub trait EngineFactory: Send + Sync + 'static {
+    /// The fingerprint every engine this factory makes will have (it goes into cache keys).
+    fn fingerprint(&self) -> &EngineFingerprint;
+    /// The side length of the images its engines make and expect as sources.
+    fn resolution(&self) -> u32;
+    /// A fresh engine for `device` (`cpu`, `cuda:0`, …).
+    fn create(&self, device: &str) -> Result<Box<dyn DynEngine>, BoxError>;
+}
+
+/// Who is asking: the training loop's requests go before pre-warm work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Priority {
+    Online,
+    Prewarm,
+}
+
+/// A preprocessed source image with its pixel hash, computed once so that requests stay cheap.
+#[derive(Clone, Debug)]
+pub struct SourceImage {
+    pub pixels: Arc<RgbImage>,
+    pub hash: [u8; 32],
+}
+
+impl SourceImage {
+    pub fn new(pixels: RgbImage) -> Self {
+        let hash = *crate::image_io::pixel_hash(&pixels).as_bytes();
+        SourceImage {
+            pixels: Arc::new(pixels),
+            hash,
+        }
+    }
+}
+
+/// Hard negatives of one source for one target class, at one or more levels.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// `None` only for text-to-image (every level 1.0).
+    pub source: Option<SourceImage>,
+    /// The target class label, recorded with each cached image.
+    pub target: String,
+    pub prompt: String,
+    pub levels: Vec<NoiseLevel>,
+    pub seed: u64,
+    pub priority: Priority,
+}
+
+/// What happened to one requested level, decided at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LevelOutcome {
+    Queued,
+    /// Already queued or being generated.
+    AlreadyPending,
+    AlreadyCached,
+    /// Failed recently; not retried until its backoff ends.
+    BackingOff,
+    /// The queue was full or the service is shutting down.
+    Dropped,
+}
+
+/// The answer to a request: the cache key and outcome of each level, in request order.
+#[derive(Clone, Debug)]
+pub struct Receipt {
+    pub levels: Vec<(NoiseLevel, CacheKey, LevelOutcome)>,
+}
+
+impl Receipt {
+    pub fn count(&self, outcome: LevelOutcome) -> usize {
+        self.levels.iter().filter(|(_, _, o)| *o == outcome).count()
+    }
+}
+
+/// What waiting on a key found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// The image is in the cache.
+    Ready,
+    /// Generation failed; the message of the error.
+    Failed(String),
+    /// Neither cached nor pending (never requested, or dropped).
+    NotPending,
+    TimedOut,
+}
+
+/// How to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Finish everything queued, then stop.
+    Drain,
+    /// Finish the batches in flight, drop the rest.
+    Cancel,
+}
+
+#[derive(Clone, Debug)]
+pub struct GeneratorConfig {
+    /// Devices, one worker thread (and engine) each.
+    pub devices: Vec<String>,
+    /// Most levels waiting per priority; more are dropped.
+    pub queue_capacity: usize,
+    /// Most jobs one engine call runs together.
+    pub max_batch: usize,
+    /// First wait before a failed key may be requested again; doubles per failure.
+    pub failure_backoff: Duration,
+    pub max_backoff: Duration,
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        GeneratorConfig {
+            devices: vec!["cpu".into()],
+            queue_capacity: 1024,
+            max_batch: 4,
+            failure_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(600),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GeneratorError {
+    #[error("generator config: {0}")]
+    Config(String),
+    #[error("request: {0}")]
+    Request(String),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("cannot start worker thread: {0}")]
+    Spawn(#[source] std::io::Error),
+}
+
+/// One unit of work: a source, a prompt and the levels of it not yet cached.
+struct WorkItem {
+    source: Option<SourceImage>,
+    target: String,
+    prompt: String,
+    seed: u64,
+    levels: Vec<(NoiseLevel, CacheKey)>,
+}
+
+struct Failure {
+    until: Instant,
+    failures: u32,
+    message: String,
+}
+
+/// What every thread shares.
+struct Shared {
+    cache: Arc<Cache>,
+    fingerprint: EngineFingerprint,
+    resolution: u32,
+    config: GeneratorConfig,
+    counters: Counters,
+    /// Keys queued or in flight.
+    pending: Mutex<HashSet<CacheKey>>,
+    failures: Mutex<HashMap<CacheKey, Failure>>,
+    /// Signalled whenever keys leave `pending`.
+    settled: Condvar,
+    mode: AtomicU8,
+}
+
+const RUNNING: u8 = 0;
+const DRAINING: u8 = 1;
+const CANCELLING: u8 = 2;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A worker that panicked while holding a lock left consistent data (sets and maps only).
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The background generation service.
+pub struct Generator {
+    shared: Arc<Shared>,
+    online: Sender<WorkItem>,
+    prewarm: Sender<WorkItem>,
+    online_rx: Receiver<WorkItem>,
+    prewarm_rx: Receiver<WorkItem>,
+    wake: Sender<()>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Generator {
+    /// Starts one worker per configured device.
+    pub fn start(
+        factory: Arc<dyn EngineFactory>,
+        cache: Arc<Cache>,
+        config: GeneratorConfig,
+    ) -> Result<Self, GeneratorError> {
+        if config.devices.is_empty() || config.queue_capacity == 0 || config.max_batch == 0 {
+            return Err(GeneratorError::Config(
+                "need at least one device, a queue capacity and a batch size of at least 1".into(),
+            ));
+        }
+        let (online, online_rx) = channel::bounded(config.queue_capacity);
+        let (prewarm, prewarm_rx) = channel::bounded(config.queue_capacity);
+        // Workers sleep on this channel; closing it (dropping the sender) wakes them for shutdown.
+        let (wake, wake_rx) = channel::unbounded::<()>();
+        let shared = Arc::new(Shared {
+            cache,
+            fingerprint: factory.fingerprint().clone(),
+            resolution: factory.resolution(),
+            config: config.clone(),
+            counters: Counters::new(),
+            pending: Mutex::new(HashSet::new()),
+            failures: Mutex::new(HashMap::new()),
+            settled: Condvar::new(),
+            mode: AtomicU8::new(RUNNING),
+        });
+        let mut workers = Vec::with_capacity(config.devices.len());
+        for device in &config.devices {
+            let worker = Worker {
+                shared: shared.clone(),
+                factory: factory.clone(),
+                device: device.clone(),
+                online: online_rx.clone(),
+                prewarm: prewarm_rx.clone(),
+                wake: wake_rx.clone(),
+            };
+            let handle = std::thread::Builder::new()
+                .name(format!("genie-gen-{device}"))
+                .spawn(move || worker.run())
+                .map_err(GeneratorError::Spawn)?;
+            workers.push(handle);
+        }
+        Ok(Generator {
+            shared,
+            online,
+            prewarm,
+            online_rx,
+            prewarm_rx,
+            wake,
+            workers,
+        })
+    }
+
+    pub fn fingerprint(&self) -> &EngineFingerprint {
+        &self.shared.fingerprint
+    }
+
+    /// Side length the sources of requests must have.
+    pub fn resolution(&self) -> u32 {
+        self.shared.resolution
+    }
+
+    /// The cache key of one level of a request.
+    pub fn key(
+        &self,
+        source: Option<&SourceImage>,
+        prompt: &str,
+        level: NoiseLevel,
+        seed: u64,
+    ) -> CacheKey {
+        CacheKey::new(&KeyInputs {
+            source: source.filter(|_| !level.is_text_to_image()).map(|s| s.hash),
+            prompt,
+            level,
+            seed,
+            fingerprint: &self.shared.fingerprint,
+        })
+    }
+
+    /// Asks for a request's levels; never waits for generation or for a lock held by a worker.
+    pub fn request(&self, req: Request) -> Result<Receipt, GeneratorError> {
+        if let Some(src) = &req.source {
+            let (w, h) = src.pixels.dimensions();
+            let r = self.shared.resolution;
+            if (w, h) != (r, r) {
+                return Err(GeneratorError::Request(format!(
+                    "source is {w}x{h}; the engine expects {r}x{r}"
+                )));
+            }
+        } else if req.levels.iter().any(|l| !l.is_text_to_image()) {
+            return Err(GeneratorError::Request(
+                "levels below 1.0 need a source image".into(),
+            ));
+        }
+        let c = &self.shared.counters;
+        let running = self.shared.mode.load(Ordering::Acquire) == RUNNING;
+        let now = Instant::now();
+        let mut outcomes: Vec<(NoiseLevel, CacheKey, LevelOutcome)> = req
+            .levels
+            .iter()
+            .map(|&l| {
+                (
+                    l,
+                    self.key(req.source.as_ref(), &req.prompt, l, req.seed),
+                    LevelOutcome::Queued,
+                )
+            })
+            .collect();
+        // Pending and backing-off keys first, under the locks; no I/O while they are held.
+        {
+            let pending = lock(&self.shared.pending);
+            let failures = lock(&self.shared.failures);
+            for (_, key, outcome) in outcomes.iter_mut() {
+                if pending.contains(key) {
+                    *outcome = LevelOutcome::AlreadyPending;
+                } else if failures.get(key).is_some_and(|f| f.until > now) {
+                    *outcome = LevelOutcome::BackingOff;
+                }
+            }
+        }
+        for (_, key, outcome) in outcomes.iter_mut().filter(|o| o.2 == LevelOutcome::Queued) {
+            if self.shared.cache.contains(key)? {
+                *outcome = LevelOutcome::AlreadyCached;
+            } else if !running {
+                *outcome = LevelOutcome::Dropped;
+            }
+        }
+        let mut to_queue = Vec::new();
+        {
+            // Another request may have queued the same key since the first look.
+            let mut pending = lock(&self.shared.pending);
+            for (level, key, outcome) in outcomes.iter_mut().filter(|o| o.2 == LevelOutcome::Queued)
+            {
+                if pending.insert(*key) {
+                    to_queue.push((*level, *key));
+                } else {
+                    *outcome = LevelOutcome::AlreadyPending;
+                }
+            }
+        }
+        if !to_queue.is_empty() {
+            let n = to_queue.len() as u64;
+            let item = WorkItem {
+                source: req.source.clone(),
+                target: req.target.clone(),
+                prompt: req.prompt.clone(),
+                seed: req.seed,
+                levels: to_queue,
+            };
+            let queue = match req.priority {
+                Priority::Online => &self.online,
+                Priority::Prewarm => &self.prewarm,
+            };
+            match queue.try_send(item) {
+                Ok(()) => {
+                    // A worker may be asleep on the wake channel.
+                    let _ = self.wake.try_send(());
+                    Counters::add(&c.queued, n);
+                }
+                Err(TrySendError::Full(item)) | Err(TrySendError::Disconnected(item)) => {
+                    let mut pending = lock(&self.shared.pending);
+                    for (_, key) in &item.levels {
+                        pending.remove(key);
+                    }
+                    for o in outcomes.iter_mut().filter(|o| o.2 == LevelOutcome::Queued) {
+                        o.2 = LevelOutcome::Dropped;
+                    }
+                }
+            }
+        }
+        for (_, _, o) in &outcomes {
+            let counter = match o {
+                LevelOutcome::Queued => continue,
+                LevelOutcome::AlreadyPending => &c.deduplicated,
+                LevelOutcome::AlreadyCached => &c.cached,
+                LevelOutcome::BackingOff => &c.backing_off,
+                LevelOutcome::Dropped => &c.dropped,
+            };
+            Counters::add(counter, 1);
+        }
+        Ok(Receipt { levels: outcomes })
+    }
+
+    /// Waits until `key` is settled (cached or failed), at most `timeout`.
+    pub fn wait(&self, key: &CacheKey, timeout: Duration) -> Result<WaitOutcome, GeneratorError> {
+        let deadline = Instant::now() + timeout;
+        let mut pending = lock(&self.shared.pending);
+        while pending.contains(key) {
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(WaitOutcome::TimedOut);
+            }
+            pending = self
+                .shared
+                .settled
+                .wait_timeout(pending, deadline - now)
+                .unwrap_or_else(|p| p.into_inner())
+                .0;
+        }
+        drop(pending);
+        if let Some(f) = lock(&self.shared.failures).get(key) {
+            return Ok(WaitOutcome::Failed(f.message.clone()));
+        }
+        Ok(if self.shared.cache.contains(key)? {
+            WaitOutcome::Ready
+        } else {
+            WaitOutcome::NotPending
+        })
+    }
+
+    pub fn stats(&self) -> GeneratorStats {
+        self.shared
+            .counters
+            .snapshot(self.online_rx.len() + self.prewarm_rx.len())
+    }
+
+    /// Stops the workers and joins them. With [`Shutdown::Cancel`] the queued work is dropped
+    /// (and counted); batches in flight finish and are stored whole.
+    pub fn shutdown(mut self, mode: Shutdown) -> GeneratorStats {
+        self.stop(mode);
+        self.stats()
+    }
+
+    fn stop(&mut self, mode: Shutdown) {
+        let code = match mode {
+            Shutdown::Drain => DRAINING,
+            Shutdown::Cancel => CANCELLING,
+        };
+        self.shared.mode.store(code, Ordering::Release);
+        // Wake every sleeping worker: each sees the mode on its next look at the queues.
+        for _ in 0..self.workers.len() {
+            let _ = self.wake.try_send(());
+        }
+        for handle in self.workers.drain(..) {
+            if handle.join().is_err() {
+                tracing::error!("a generator worker thread panicked outside an engine call");
+            }
+        }
+        // Whatever is still queued (cancel, or nothing left to drain it) is dropped and counted.
+        for rx in [&self.online_rx, &self.prewarm_rx] {
+            while let Ok(item) = rx.try_recv() {
+                self.shared.forget(&item);
+                Counters::add(&self.shared.counters.dropped, item.levels.len() as u64);
+            }
+        }
+    }
+}
+
+impl Drop for Generator {
+    fn drop(&mut self) {
+        if !self.workers.is_empty() {
+            self.stop(Shutdown::Cancel);
+        }
+    }
+}
+
+impl Shared {
+    /// Removes an item's keys from the pending set and wakes waiters.
+    fn forget(&self, item: &WorkItem) {
+        let mut pending = lock(&self.pending);
+        for (_, key) in &item.levels {
+            pending.remove(key);
+        }
+        drop(pending);
+        self.settled.notify_all();
+    }
+
+    fn fail(&self, item: &WorkItem, message: &str) {
+        let now = Instant::now();
+        let mut failures = lock(&self.failures);
+        for (level, key) in &item.levels {
+            let f = failures.entry(*key).or_insert(Failure {
+                until: now,
+                failures: 0,
+                message: String::new(),
+            });
+            if f.failures == 0 {
+                // Logged once per key; repeats go to debug so a broken input cannot flood the log.
+                tracing::warn!(key = %key, target = %item.target, level = %level, error = message, "hard-negative generation failed");
+            } else {
+                tracing::debug!(key = %key, failures = f.failures + 1, error = message, "generation failed again");
+            }
+            f.failures += 1;
+            let factor = 1u32 << (f.failures - 1).min(16);
+            f.until = now + (self.config.failure_backoff * factor).min(self.config.max_backoff);
+            f.message = message.to_string();
+        }
+        Counters::add(&self.counters.failed, item.levels.len() as u64);
+    }
+}
+
+struct Worker {
+    shared: Arc<Shared>,
+    factory: Arc<dyn EngineFactory>,
+    device: String,
+    online: Receiver<WorkItem>,
+    prewarm: Receiver<WorkItem>,
+    wake: Receiver<()>,
+}
+
+impl Worker {
+    fn mode(&self) -> u8 {
+        self.shared.mode.load(Ordering::Acquire)
+    }
+
+    /// Up to `max_batch` items, online first; `None` when it is time to stop.
+    fn next_batch(&self) -> Option<Vec<WorkItem>> {
+        loop {
+            let mode = self.mode();
+            if mode == CANCELLING {
+                return None;
+            }
+            let mut batch = Vec::new();
+            while batch.len() < self.shared.config.max_batch {
+                match self.online.try_recv().or_else(|_| self.prewarm.try_recv()) {
+                    Ok(item) => batch.push(item),
+                    Err(_) => break,
+                }
+            }
+            if !batch.is_empty() {
+                return Some(batch);
+            }
+            if mode == DRAINING {
+                return None;
+            }
+            match self.wake.recv_timeout(Duration::from_millis(200)) {
+                Ok(()) | Err(channel::RecvTimeoutError::Timeout) => {}
+                Err(channel::RecvTimeoutError::Disconnected) => return None,
+            }
+        }
+    }
+
+    fn new_engine(&self) -> Option<Box<dyn DynEngine>> {
+        let mut delay = Duration::from_millis(100);
+        loop {
+            if self.mode() != RUNNING && self.online.is_empty() && self.prewarm.is_empty() {
+                return None;
+            }
+            match catch_unwind(AssertUnwindSafe(|| self.factory.create(&self.device))) {
+                Ok(Ok(engine)) if engine.fingerprint() == &self.shared.fingerprint => {
+                    return Some(engine)
+                }
+                Ok(Ok(_)) => {
+                    tracing::error!(device = %self.device, "engine fingerprint differs from the factory's; not used")
+                }
+                Ok(Err(e)) => {
+                    tracing::error!(device = %self.device, error = %e, "cannot create engine")
+                }
+                Err(_) => {
+                    Counters::add(&self.shared.counters.panics, 1);
+                    tracing::error!(device = %self.device, "engine factory panicked");
+                }
+            }
+            if self.mode() == CANCELLING {
+                return None;
+            }
+            std::thread::sleep(delay);
+            delay = (delay * 2).min(self.shared.config.max_backoff);
+        }
+    }
+
+    fn run(self) {
+        let mut engine = match self.new_engine() {
+            Some(e) => e,
+            None => return,
+        };
+        while let Some(mut batch) = self.next_batch() {
+            self.skip_cached(&mut batch);
+            if batch.is_empty() {
+                continue;
+            }
+            let levels: u64 = batch.iter().map(|i| i.levels.len() as u64).sum();
+            let c = &self.shared.counters;
+            Counters::add(&c.in_flight, levels);
+            let jobs: Vec<Job> = batch
+                .iter()
+                .map(|item| Job {
+                    source: item.source.as_ref().map(|s| s.pixels.clone()),
+                    prompt: item.prompt.clone(),
+                    levels: item.levels.iter().map(|(l, _)| *l).collect(),
+                    seed: item.seed,
+                    noise: None,
+                })
+                .collect();
+            let _span =
+                tracing::debug_span!("generate", device = %self.device, jobs = jobs.len(), levels)
+                    .entered();
+            Counters::add(&c.engine_calls, 1);
+            let result = catch_unwind(AssertUnwindSafe(|| engine.generate(&jobs)));
+            match result {
+                Ok(Ok(outputs)) if outputs.len() == batch.len() => {
+                    for (item, output) in batch.iter().zip(outputs) {
+                        self.store(item, output);
+                    }
+                }
+                Ok(Ok(outputs)) => {
+                    let msg = format!(
+                        "engine returned {} outputs for {} jobs",
+                        outputs.len(),
+                        batch.len()
+                    );
+                    batch.iter().for_each(|item| self.shared.fail(item, &msg));
+                }
+                Ok(Err(e)) => {
+                    let msg = e.to_string();
+                    batch.iter().for_each(|item| self.shared.fail(item, &msg));
+                }
+                Err(panic) => {
+                    Counters::add(&c.panics, 1);
+                    let msg = panic
+                        .downcast_ref::<&str>()
+                        .map(|s| s.to_string())
+                        .or_else(|| panic.downcast_ref::<String>().cloned())
+                        .unwrap_or_else(|| "engine panicked".into());
+                    tracing::error!(device = %self.device, panic = %msg, "engine panicked; restarting it");
+                    batch.iter().for_each(|item| {
+                        self.shared.fail(item, &format!("engine panicked: {msg}"))
+                    });
+                    drop(engine);
+                    engine = match self.new_engine() {
+                        Some(e) => e,
+                        None => {
+                            c.in_flight.fetch_sub(levels, Ordering::Relaxed);
+                            batch.iter().for_each(|item| self.shared.forget(item));
+                            return;
+                        }
+                    };
+                }
+            }
+            c.in_flight.fetch_sub(levels, Ordering::Relaxed);
+            batch.iter().for_each(|item| self.shared.forget(item));
+        }
+    }
+
+    /// Drops levels that reached the cache after they were queued (another process, or a race
+    /// with a request that looked just before a store), so no image is generated twice here.
+    fn skip_cached(&self, batch: &mut Vec<WorkItem>) {
+        for item in batch.iter_mut() {
+            let mut cached = Vec::new();
+            item.levels.retain(|(_, key)| {
+                let hit = self.shared.cache.contains(key).unwrap_or(false);
+                if hit {
+                    cached.push(*key);
+                }
+                !hit
+            });
+            if !cached.is_empty() {
+                let mut pending = lock(&self.shared.pending);
+                cached.iter().for_each(|k| {
+                    pending.remove(k);
+                });
+                drop(pending);
+                self.shared.settled.notify_all();
+            }
+        }
+        batch.retain(|item| !item.levels.is_empty());
+    }
+
+    fn store(&self, item: &WorkItem, output: JobOutput) {
+        if output.images.len() != item.levels.len() {
+            self.shared
+                .fail(item, "engine returned the wrong number of images");
+            return;
+        }
+        for ((level, key), image) in item.levels.iter().zip(output.images) {
+            let meta = EntryMeta {
+                target: item.target.clone(),
+                prompt: item.prompt.clone(),
+                level: *level,
+                seed: item.seed,
+                source: item
+                    .source
+                    .as_ref()
+                    .map(|s| blake3::Hash::from(s.hash).to_hex().to_string()),
+                fingerprint: self.shared.fingerprint.clone(),
+                width: image.image.width(),
+                height: image.image.height(),
+            };
+            match self.shared.cache.put_image(key, &image.image, meta) {
+                Ok(_) => {
+                    Counters::add(&self.shared.counters.done, 1);
+                    lock(&self.shared.failures).remove(key);
+                }
+                Err(e) => {
+                    let single = WorkItem {
+                        source: None,
+                        target: item.target.clone(),
+                        prompt: String::new(),
+                        seed: item.seed,
+                        levels: vec![(*level, *key)],
+                    };
+                    self.shared
+                        .fail(&single, &format!("cannot store in the cache: {e}"));
+                }
+            }
+        }
+    }
+}

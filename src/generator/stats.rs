@@ -1,0 +1,96 @@
+//! Counters of everything the generator did, readable as a snapshot at any time.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+/// Live counters (shared by the service and its workers).
+#[derive(Debug)]
+pub(crate) struct Counters {
+    pub queued: AtomicU64,
+    pub deduplicated: AtomicU64,
+    pub cached: AtomicU64,
+    pub dropped: AtomicU64,
+    pub backing_off: AtomicU64,
+    pub in_flight: AtomicU64,
+    pub done: AtomicU64,
+    pub failed: AtomicU64,
+    pub panics: AtomicU64,
+    pub engine_calls: AtomicU64,
+    pub started: Instant,
+}
+
+impl Counters {
+    pub fn new() -> Self {
+        Counters {
+            queued: AtomicU64::new(0),
+            deduplicated: AtomicU64::new(0),
+            cached: AtomicU64::new(0),
+            dropped: AtomicU64::new(0),
+            backing_off: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            panics: AtomicU64::new(0),
+            engine_calls: AtomicU64::new(0),
+            started: Instant::now(),
+        }
+    }
+
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn snapshot(&self, queue_len: usize) -> GeneratorStats {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let elapsed = self.started.elapsed().as_secs_f64();
+        let done = get(&self.done);
+        GeneratorStats {
+            queued: get(&self.queued),
+            queue_len: queue_len as u64,
+            in_flight: get(&self.in_flight),
+            done,
+            cached: get(&self.cached),
+            deduplicated: get(&self.deduplicated),
+            dropped: get(&self.dropped),
+            backing_off: get(&self.backing_off),
+            failed: get(&self.failed),
+            panics: get(&self.panics),
+            engine_calls: get(&self.engine_calls),
+            images_per_second: if elapsed > 0.0 {
+                done as f64 / elapsed
+            } else {
+                0.0
+            },
+        }
+    }
+}
+
+/// A snapshot of the generator's counters. Every requested level lands in exactly one of
+/// `queued`, `cached`, `deduplicated`, `dropped` or `backing_off`.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct GeneratorStats {
+    /// Levels accepted into the queue since start.
+    pub queued: u64,
+    /// Levels waiting in the queue now.
+    pub queue_len: u64,
+    /// Levels being generated now.
+    pub in_flight: u64,
+    /// Levels generated and stored.
+    pub done: u64,
+    /// Levels already in the cache when requested.
+    pub cached: u64,
+    /// Levels already queued or in flight when requested.
+    pub deduplicated: u64,
+    /// Levels refused because the queue was full (or the service was shutting down).
+    pub dropped: u64,
+    /// Levels refused because their key failed recently and is backing off.
+    pub backing_off: u64,
+    /// Levels whose generation or storage failed.
+    pub failed: u64,
+    /// Engine panics caught (each restarts the worker's engine).
+    pub panics: u64,
+    /// Engine calls made (each serves a batch of jobs).
+    pub engine_calls: u64,
+    /// `done` per second since the service started.
+    pub images_per_second: f64,
+}

@@ -1,0 +1,519 @@
+//! The background generator: deduplication, bounded queues that never block, priorities, batching,
+//! failures and panics, shutdown, and an end-to-end run through the real engine on a tiny model.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use genie::cache::Cache;
+use genie::diffusion::{tiny, EngineOptions, ModelSource, SchedulerKind, SdEngine};
+use genie::generator::{
+    DynEngine, EngineFactory, Generator, GeneratorConfig, LevelOutcome, Priority, Request,
+    Shutdown, SourceImage, WaitOutcome,
+};
+use genie::{Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel};
+use image::RgbImage;
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn fingerprint() -> EngineFingerprint {
+    EngineFingerprint {
+        model: "test-engine".into(),
+        scheduler: "none".into(),
+        steps: 1,
+        guidance: "1".into(),
+        resolution: 8,
+        dtype: "f32".into(),
+        algorithm_version: 1,
+    }
+}
+
+/// What the test engine saw: each generated (prompt, level, seed), and each call's job count.
+#[derive(Default)]
+struct Log {
+    generated: Vec<(String, u16, u64)>,
+    batch_sizes: Vec<usize>,
+}
+
+/// Blocks engine calls until opened.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn closed() -> Arc<Self> {
+        Arc::new(Gate::default())
+    }
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+    fn pass(&self) {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.cv.wait(open).unwrap();
+        }
+    }
+}
+
+/// A deterministic engine: an 8×8 image whose pixels encode the job; panics or fails on demand.
+struct TestEngine {
+    fp: EngineFingerprint,
+    log: Arc<Mutex<Log>>,
+    gate: Option<Arc<Gate>>,
+}
+
+impl Engine for TestEngine {
+    type Error = std::io::Error;
+    fn resolution(&self) -> u32 {
+        8
+    }
+    fn fingerprint(&self) -> &EngineFingerprint {
+        &self.fp
+    }
+    fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, std::io::Error> {
+        if let Some(g) = &self.gate {
+            g.pass();
+        }
+        let mut log = self.log.lock().unwrap();
+        log.batch_sizes.push(jobs.len());
+        let mut out = Vec::new();
+        for job in jobs {
+            if job.prompt.contains("panic") {
+                drop(log);
+                panic!("test engine asked to panic");
+            }
+            if job.prompt.contains("fail") {
+                return Err(std::io::Error::other("test engine asked to fail"));
+            }
+            let mut images = Vec::new();
+            for &level in &job.levels {
+                log.generated
+                    .push((job.prompt.clone(), level.thousandths(), job.seed));
+                let v = (level.thousandths() / 4) as u8 ^ job.seed as u8;
+                images.push(LevelImage {
+                    level,
+                    start_timestep: 0,
+                    steps_run: 1,
+                    image: RgbImage::from_pixel(8, 8, image::Rgb([v, job.prompt.len() as u8, 7])),
+                });
+            }
+            out.push(JobOutput { images });
+        }
+        Ok(out)
+    }
+}
+
+struct TestFactory {
+    fp: EngineFingerprint,
+    log: Arc<Mutex<Log>>,
+    gate: Option<Arc<Gate>>,
+    created: Mutex<usize>,
+}
+
+impl TestFactory {
+    fn new(gate: Option<Arc<Gate>>) -> Arc<Self> {
+        Arc::new(TestFactory {
+            fp: fingerprint(),
+            log: Arc::default(),
+            gate,
+            created: Mutex::new(0),
+        })
+    }
+}
+
+impl EngineFactory for TestFactory {
+    fn fingerprint(&self) -> &EngineFingerprint {
+        &self.fp
+    }
+    fn resolution(&self) -> u32 {
+        8
+    }
+    fn create(&self, _device: &str) -> Result<Box<dyn DynEngine>, BoxError> {
+        *self.created.lock().unwrap() += 1;
+        Ok(Box::new(TestEngine {
+            fp: self.fp.clone(),
+            log: self.log.clone(),
+            gate: self.gate.clone(),
+        }))
+    }
+}
+
+fn cache() -> (tempfile::TempDir, Arc<Cache>) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(Cache::open_dir(dir.path(), 1 << 20).unwrap());
+    (dir, cache)
+}
+
+fn source(v: u8) -> SourceImage {
+    SourceImage::new(RgbImage::from_pixel(8, 8, image::Rgb([v, v, v])))
+}
+
+fn request(prompt: &str, seed: u64, levels: &[u16], priority: Priority) -> Request {
+    Request {
+        source: Some(source(seed as u8)),
+        target: prompt.into(),
+        prompt: prompt.into(),
+        levels: levels
+            .iter()
+            .map(|&t| NoiseLevel::from_thousandths(t).unwrap())
+            .collect(),
+        seed,
+        priority,
+    }
+}
+
+/// Devices are named `{tag}{i}` so each test can count its own worker threads (`genie-gen-{tag}{i}`).
+fn config(tag: &str, devices: usize, capacity: usize, batch: usize) -> GeneratorConfig {
+    GeneratorConfig {
+        devices: (0..devices).map(|i| format!("{tag}{i}")).collect(),
+        queue_capacity: capacity,
+        max_batch: batch,
+        failure_backoff: Duration::from_secs(60),
+        max_backoff: Duration::from_secs(60),
+    }
+}
+
+/// Live worker threads of the devices tagged `tag` (Linux thread names, from /proc).
+fn worker_threads(tag: &str) -> usize {
+    let prefix = format!("genie-gen-{tag}");
+    std::fs::read_dir("/proc/self/task")
+        .map(|rd| {
+            rd.flatten()
+                .filter(|t| {
+                    std::fs::read_to_string(t.path().join("comm"))
+                        .is_ok_and(|c| c.starts_with(&prefix))
+                })
+                .count()
+        })
+        .unwrap_or(0)
+}
+
+/// Opens the gate when dropped, so a failing assertion cannot leave workers blocked forever.
+struct OpenOnDrop(Arc<Gate>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        self.0.open();
+    }
+}
+
+#[test]
+fn concurrent_requests_generate_each_key_exactly_once() {
+    let factory = TestFactory::new(None);
+    let (_dir, cache) = cache();
+    let generator = Arc::new(
+        Generator::start(factory.clone(), cache.clone(), config("q", 2, 100_000, 4)).unwrap(),
+    );
+    let levels = [500u16, 600, 700, 800, 900];
+    // 8 threads × 400 requests over 60 (prompt, seed) pairs × 5 levels = 300 keys.
+    let threads: Vec<_> = (0..8)
+        .map(|t| {
+            let generator = generator.clone();
+            std::thread::spawn(move || {
+                let mut outcomes = HashMap::new();
+                for i in 0..400u64 {
+                    let pair = (i * 7 + t * 13) % 60;
+                    let lv = &levels[(i % 3) as usize..(i % 3) as usize + 3];
+                    let receipt = generator
+                        .request(request(
+                            &format!("class {}", pair % 12),
+                            pair,
+                            lv,
+                            Priority::Online,
+                        ))
+                        .unwrap();
+                    for (_, _, o) in receipt.levels {
+                        *outcomes.entry(format!("{o:?}")).or_insert(0u64) += 1;
+                    }
+                }
+                outcomes
+            })
+        })
+        .collect();
+    let mut totals: HashMap<String, u64> = HashMap::new();
+    for t in threads {
+        for (k, v) in t.join().unwrap() {
+            *totals.entry(k).or_default() += v;
+        }
+    }
+    let generator = Arc::try_unwrap(generator).ok().unwrap();
+    // Once everything is generated, asking again finds every level in the cache.
+    let again: Vec<_> = (0..60u64)
+        .map(|pair| {
+            request(
+                &format!("class {}", pair % 12),
+                pair,
+                &levels,
+                Priority::Online,
+            )
+        })
+        .collect();
+    for r in &again {
+        for (_, key, _) in generator.request(r.clone()).unwrap().levels {
+            let _ = generator.wait(&key, Duration::from_secs(30)).unwrap();
+        }
+    }
+    let cached_again: usize = again
+        .into_iter()
+        .map(|r| {
+            generator
+                .request(r)
+                .unwrap()
+                .count(LevelOutcome::AlreadyCached)
+        })
+        .sum();
+    assert_eq!(cached_again, 300);
+    let stats = generator.shutdown(Shutdown::Drain);
+    let log = factory.log.lock().unwrap();
+    let mut seen: HashMap<&(String, u16, u64), usize> = HashMap::new();
+    for g in &log.generated {
+        *seen.entry(g).or_default() += 1;
+    }
+    assert!(seen.values().all(|&n| n == 1), "a key was generated twice");
+    assert_eq!(seen.len(), 300, "every key generated");
+    assert_eq!(stats.done, 300);
+    assert_eq!(stats.queued, 300);
+    assert_eq!(stats.dropped, 0);
+    // Every requested level is accounted for exactly once.
+    let requested = 8 * 400 * 3 + 2 * 300;
+    assert_eq!(
+        stats.queued + stats.deduplicated + stats.cached + stats.dropped + stats.backing_off,
+        requested
+    );
+    assert_eq!(totals.values().sum::<u64>(), 8 * 400 * 3);
+    assert!(stats.deduplicated > 0 && stats.cached >= 300, "{stats:?}");
+    assert_eq!(worker_threads("q"), 0);
+}
+
+#[test]
+fn a_full_queue_drops_without_blocking() {
+    let gate = Gate::closed();
+    let _guard = OpenOnDrop(gate.clone());
+    let factory = TestFactory::new(Some(gate.clone()));
+    let (_dir, cache) = cache();
+    let generator = Generator::start(factory.clone(), cache, config("f", 1, 2, 1)).unwrap();
+    // The worker takes the first item and blocks in the engine; two more fill the queue.
+    let first = generator
+        .request(request("a", 0, &[800], Priority::Online))
+        .unwrap();
+    assert_eq!(first.count(LevelOutcome::Queued), 1);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while generator.stats().in_flight == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "worker never picked up the first item"
+        );
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let mut dropped = 0;
+    for i in 1..50u64 {
+        // If request() blocked on the full queue, this loop would hang with the gate closed.
+        let r = generator
+            .request(request("a", i, &[800], Priority::Online))
+            .unwrap();
+        dropped += r.count(LevelOutcome::Dropped);
+    }
+    assert_eq!(dropped, 47, "two fit in the queue, the rest are dropped");
+    let stats = generator.stats();
+    assert_eq!(
+        (stats.queue_len, stats.dropped, stats.in_flight),
+        (2, 47, 1)
+    );
+    gate.open();
+    let stats = generator.shutdown(Shutdown::Drain);
+    assert_eq!(stats.done, 3);
+}
+
+#[test]
+fn online_requests_go_before_prewarm_and_jobs_are_batched() {
+    let gate = Gate::closed();
+    let _guard = OpenOnDrop(gate.clone());
+    let factory = TestFactory::new(Some(gate.clone()));
+    let (_dir, cache) = cache();
+    let generator = Generator::start(factory.clone(), cache, config("p", 1, 100, 3)).unwrap();
+    generator
+        .request(request("blocker", 0, &[800], Priority::Prewarm))
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while generator.stats().in_flight == 0 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    for i in 1..=3 {
+        generator
+            .request(request("prewarm", i, &[800], Priority::Prewarm))
+            .unwrap();
+    }
+    for i in 1..=3 {
+        generator
+            .request(request("online", i, &[800], Priority::Online))
+            .unwrap();
+    }
+    gate.open();
+    generator.shutdown(Shutdown::Drain);
+    let log = factory.log.lock().unwrap();
+    let order: Vec<&str> = log.generated.iter().map(|g| g.0.as_str()).collect();
+    assert_eq!(
+        order,
+        ["blocker", "online", "online", "online", "prewarm", "prewarm", "prewarm"]
+    );
+    assert_eq!(log.batch_sizes, [1, 3, 3]);
+}
+
+#[test]
+fn failures_back_off_and_panics_restart_the_engine() {
+    let factory = TestFactory::new(None);
+    let (_dir, cache) = cache();
+    let generator = Generator::start(factory.clone(), cache, config("b", 1, 100, 1)).unwrap();
+    let boom = generator
+        .request(request("please panic", 1, &[700], Priority::Online))
+        .unwrap();
+    let fail = generator
+        .request(request("please fail", 2, &[700], Priority::Online))
+        .unwrap();
+    let fine = generator
+        .request(request("fine", 3, &[700], Priority::Online))
+        .unwrap();
+    let wait = |r: &genie::generator::Receipt| {
+        generator
+            .wait(&r.levels[0].1, Duration::from_secs(10))
+            .unwrap()
+    };
+    assert!(matches!(wait(&boom), WaitOutcome::Failed(m) if m.contains("panicked")));
+    assert!(matches!(wait(&fail), WaitOutcome::Failed(m) if m.contains("asked to fail")));
+    assert_eq!(wait(&fine), WaitOutcome::Ready);
+    // Asking again during the backoff is refused at once, not retried in a loop.
+    let again = generator
+        .request(request("please fail", 2, &[700], Priority::Online))
+        .unwrap();
+    assert_eq!(again.count(LevelOutcome::BackingOff), 1);
+    // The service keeps working after the panic, with a fresh engine.
+    let after = generator
+        .request(request("fine again", 4, &[700], Priority::Online))
+        .unwrap();
+    assert_eq!(wait(&after), WaitOutcome::Ready);
+    let stats = generator.shutdown(Shutdown::Drain);
+    assert_eq!(
+        (stats.panics, stats.failed, stats.done, stats.backing_off),
+        (1, 2, 2, 1)
+    );
+    assert_eq!(
+        *factory.created.lock().unwrap(),
+        2,
+        "one engine at start, one after the panic"
+    );
+}
+
+#[test]
+fn cancel_with_work_in_flight_leaves_no_thread_and_no_partial_entry() {
+    let gate = Gate::closed();
+    let _guard = OpenOnDrop(gate.clone());
+    let factory = TestFactory::new(Some(gate.clone()));
+    let (dir, cache) = cache();
+    let generator =
+        Generator::start(factory.clone(), cache.clone(), config("k", 2, 1000, 2)).unwrap();
+    for i in 0..40 {
+        generator
+            .request(request("c", i, &[600, 900], Priority::Prewarm))
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while generator.stats().in_flight < 8 {
+        assert!(Instant::now() < deadline, "{:?}", generator.stats());
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert_eq!(worker_threads("k"), 2);
+    let opener = {
+        let gate = gate.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            gate.open();
+        })
+    };
+    let stats = generator.shutdown(Shutdown::Cancel);
+    opener.join().unwrap();
+    assert_eq!(worker_threads("k"), 0, "worker threads left behind");
+    // The two batches in flight (2 jobs × 2 levels each, on each of 2 workers) finished whole.
+    assert_eq!(stats.done, 8, "{stats:?}");
+    assert_eq!(stats.dropped, 80 - 8);
+    let report = genie::cache::DiskStore::open(dir.path())
+        .unwrap()
+        .verify(false)
+        .unwrap();
+    assert_eq!((report.checked, report.bad.len()), (8, 0));
+}
+
+struct SdFactory {
+    dir: std::path::PathBuf,
+    fp: EngineFingerprint,
+}
+
+impl EngineFactory for SdFactory {
+    fn fingerprint(&self) -> &EngineFingerprint {
+        &self.fp
+    }
+    fn resolution(&self) -> u32 {
+        64
+    }
+    fn create(&self, _device: &str) -> Result<Box<dyn DynEngine>, BoxError> {
+        let opts = EngineOptions {
+            scheduler: SchedulerKind::DpmSolverPp,
+            steps: 8,
+            ..EngineOptions::default()
+        };
+        Ok(Box::new(SdEngine::load(
+            &ModelSource::Local(self.dir.clone()),
+            opts,
+        )?))
+    }
+}
+
+#[test]
+fn end_to_end_through_the_real_engine() {
+    let model = tempfile::tempdir().unwrap();
+    tiny::write_tiny_model(model.path(), 3).unwrap();
+    let opts = EngineOptions {
+        scheduler: SchedulerKind::DpmSolverPp,
+        steps: 8,
+        ..EngineOptions::default()
+    };
+    let plan =
+        genie::diffusion::plan_engine(&ModelSource::Local(model.path().into()), &opts).unwrap();
+    let factory = Arc::new(SdFactory {
+        dir: model.path().into(),
+        fp: plan.fingerprint,
+    });
+    let (_dir, cache) = cache();
+    let generator = Generator::start(factory, cache.clone(), GeneratorConfig::default()).unwrap();
+    let src = SourceImage::new(RgbImage::from_fn(64, 64, |x, y| {
+        image::Rgb([x as u8 * 4, y as u8 * 4, 9])
+    }));
+    let receipt = generator
+        .request(Request {
+            source: Some(src),
+            target: "cat".into(),
+            prompt: "a photo of a cat.".into(),
+            levels: NoiseLevel::ADA_SWEEP.to_vec(),
+            seed: 1,
+            priority: Priority::Online,
+        })
+        .unwrap();
+    assert_eq!(receipt.count(LevelOutcome::Queued), 5);
+    for (_, key, _) in &receipt.levels {
+        assert_eq!(
+            generator.wait(key, Duration::from_secs(120)).unwrap(),
+            WaitOutcome::Ready
+        );
+        let img = cache.get_image(key).unwrap().expect("cached");
+        assert_eq!(img.dimensions(), (64, 64));
+    }
+    let stats = generator.shutdown(Shutdown::Drain);
+    assert_eq!(
+        (stats.done, stats.engine_calls),
+        (5, 1),
+        "one engine call for the whole sweep"
+    );
+}
