@@ -430,3 +430,39 @@ fn cache_commands_refuse_bad_folders() {
     );
     assert!(!o.status.success());
 }
+
+#[test]
+fn a_model_with_truncated_weights_is_an_error_not_a_hang() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("model");
+    genie::diffusion::tiny::write_tiny_model(&model, 1).unwrap();
+    let unet = model.join("unet/diffusion_pytorch_model.safetensors");
+    let bytes = std::fs::read(&unet).unwrap();
+    std::fs::write(&unet, &bytes[..bytes.len() / 3]).unwrap();
+    let out = tmp.path().join("out");
+    let o = genie(
+        tmp.path(),
+        &[
+            "generate",
+            "--weights",
+            model.to_str().unwrap(),
+            "--source",
+            &sample(),
+            "--target",
+            "cat",
+            "--steps",
+            "4",
+            "--levels",
+            "0.5",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("diffusion_pytorch_model.safetensors"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+}

@@ -291,10 +291,11 @@ fn concurrent_requests_generate_each_key_exactly_once() {
 #[test]
 fn a_full_queue_drops_without_blocking() {
     let gate = Gate::closed();
-    let _guard = OpenOnDrop(gate.clone());
     let factory = TestFactory::new(Some(gate.clone()));
     let (_dir, cache) = cache();
     let generator = Generator::start(factory.clone(), cache, config("f", 1, 2, 1)).unwrap();
+    // Declared after the generator so it drops first: a failed assertion cannot leave workers gated.
+    let _guard = OpenOnDrop(gate.clone());
     // The worker takes the first item and blocks in the engine; two more fill the queue.
     let first = generator
         .request(request("a", 0, &[800], Priority::Online))
@@ -330,10 +331,11 @@ fn a_full_queue_drops_without_blocking() {
 #[test]
 fn online_requests_go_before_prewarm_and_jobs_are_batched() {
     let gate = Gate::closed();
-    let _guard = OpenOnDrop(gate.clone());
     let factory = TestFactory::new(Some(gate.clone()));
     let (_dir, cache) = cache();
     let generator = Generator::start(factory.clone(), cache, config("p", 1, 100, 3)).unwrap();
+    // Declared after the generator so it drops first: a failed assertion cannot leave workers gated.
+    let _guard = OpenOnDrop(gate.clone());
     generator
         .request(request("blocker", 0, &[800], Priority::Prewarm))
         .unwrap();
@@ -410,18 +412,20 @@ fn failures_back_off_and_panics_restart_the_engine() {
 #[test]
 fn cancel_with_work_in_flight_leaves_no_thread_and_no_partial_entry() {
     let gate = Gate::closed();
-    let _guard = OpenOnDrop(gate.clone());
     let factory = TestFactory::new(Some(gate.clone()));
     let (dir, cache) = cache();
+    // Batches of one job: each worker holds exactly one job (2 levels) once it is in the gate.
     let generator =
-        Generator::start(factory.clone(), cache.clone(), config("k", 2, 1000, 2)).unwrap();
+        Generator::start(factory.clone(), cache.clone(), config("k", 2, 1000, 1)).unwrap();
+    // Declared after the generator so it drops first: a failed assertion cannot leave workers gated.
+    let _guard = OpenOnDrop(gate.clone());
     for i in 0..40 {
         generator
             .request(request("c", i, &[600, 900], Priority::Prewarm))
             .unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while generator.stats().in_flight < 8 {
+    while generator.stats().in_flight < 4 {
         assert!(Instant::now() < deadline, "{:?}", generator.stats());
         std::thread::sleep(Duration::from_millis(1));
     }
@@ -436,14 +440,14 @@ fn cancel_with_work_in_flight_leaves_no_thread_and_no_partial_entry() {
     let stats = generator.shutdown(Shutdown::Cancel);
     opener.join().unwrap();
     assert_eq!(worker_threads("k"), 0, "worker threads left behind");
-    // The two batches in flight (2 jobs × 2 levels each, on each of 2 workers) finished whole.
-    assert_eq!(stats.done, 8, "{stats:?}");
-    assert_eq!(stats.dropped, 80 - 8);
+    // The two batches in flight (one job of 2 levels on each of 2 workers) finished whole.
+    assert_eq!(stats.done, 4, "{stats:?}");
+    assert_eq!(stats.dropped, 80 - 4);
     let report = genie::cache::DiskStore::open(dir.path())
         .unwrap()
         .verify(false)
         .unwrap();
-    assert_eq!((report.checked, report.bad.len()), (8, 0));
+    assert_eq!((report.checked, report.bad.len()), (4, 0));
 }
 
 struct SdFactory {
@@ -516,4 +520,51 @@ fn end_to_end_through_the_real_engine() {
         (5, 1),
         "one engine call for the whole sweep"
     );
+}
+
+/// A factory whose engines can never be made (e.g. truncated weights behind valid configs).
+struct BrokenFactory(EngineFingerprint, Mutex<usize>);
+
+impl EngineFactory for BrokenFactory {
+    fn fingerprint(&self) -> &EngineFingerprint {
+        &self.0
+    }
+    fn resolution(&self) -> u32 {
+        8
+    }
+    fn create(&self, _device: &str) -> Result<Box<dyn DynEngine>, BoxError> {
+        *self.1.lock().unwrap() += 1;
+        Err("weights are truncated".into())
+    }
+}
+
+#[test]
+fn an_engine_that_cannot_be_made_fails_requests_instead_of_hanging() {
+    let factory = Arc::new(BrokenFactory(fingerprint(), Mutex::new(0)));
+    let (_dir, cache) = cache();
+    let generator = Generator::start(factory.clone(), cache, config("x", 1, 100, 1)).unwrap();
+    let a = generator
+        .request(request("a", 1, &[800], Priority::Online))
+        .unwrap();
+    let outcome = generator
+        .wait(&a.levels[0].1, Duration::from_secs(10))
+        .unwrap();
+    assert!(
+        matches!(&outcome, WaitOutcome::Failed(m) if m.contains("cannot create the engine") && m.contains("truncated")),
+        "{outcome:?}"
+    );
+    // Within the creation backoff, other work fails at once without another attempt.
+    let b = generator
+        .request(request("b", 2, &[800], Priority::Online))
+        .unwrap();
+    assert!(matches!(
+        generator
+            .wait(&b.levels[0].1, Duration::from_secs(10))
+            .unwrap(),
+        WaitOutcome::Failed(_)
+    ));
+    assert_eq!(*factory.1.lock().unwrap(), 1);
+    let stats = generator.shutdown(Shutdown::Drain);
+    assert_eq!((stats.failed, stats.done), (2, 0));
+    assert_eq!(worker_threads("x"), 0);
 }

@@ -485,9 +485,13 @@ impl Shared {
     }
 
     fn fail(&self, item: &WorkItem, message: &str) {
+        self.fail_levels(&item.target, &item.levels, message);
+    }
+
+    fn fail_levels(&self, target: &str, levels: &[(NoiseLevel, CacheKey)], message: &str) {
         let now = Instant::now();
         let mut failures = lock(&self.failures);
-        for (level, key) in &item.levels {
+        for (level, key) in levels {
             let f = failures.entry(*key).or_insert(Failure {
                 until: now,
                 failures: 0,
@@ -495,7 +499,7 @@ impl Shared {
             });
             if f.failures == 0 {
                 // Logged once per key; repeats go to debug so a broken input cannot flood the log.
-                tracing::warn!(key = %key, target = %item.target, level = %level, error = message, "hard-negative generation failed");
+                tracing::warn!(key = %key, target = %target, level = %level, error = message, "hard-negative generation failed");
             } else {
                 tracing::debug!(key = %key, failures = f.failures + 1, error = message, "generation failed again");
             }
@@ -504,7 +508,7 @@ impl Shared {
             f.until = now + (self.config.failure_backoff * factor).min(self.config.max_backoff);
             f.message = message.to_string();
         }
-        Counters::add(&self.counters.failed, item.levels.len() as u64);
+        Counters::add(&self.counters.failed, levels.len() as u64);
     }
 }
 
@@ -549,45 +553,60 @@ impl Worker {
         }
     }
 
-    fn new_engine(&self) -> Option<Box<dyn DynEngine>> {
-        let mut delay = Duration::from_millis(100);
-        loop {
-            if self.mode() != RUNNING && self.online.is_empty() && self.prewarm.is_empty() {
-                return None;
+    /// One attempt at making this worker's engine.
+    fn create_engine(&self) -> Result<Box<dyn DynEngine>, String> {
+        match catch_unwind(AssertUnwindSafe(|| self.factory.create(&self.device))) {
+            Ok(Ok(engine)) if engine.fingerprint() == &self.shared.fingerprint => Ok(engine),
+            Ok(Ok(_)) => Err("the engine's fingerprint differs from the factory's".into()),
+            Ok(Err(e)) => Err(e.to_string()),
+            Err(_) => {
+                Counters::add(&self.shared.counters.panics, 1);
+                Err("the engine factory panicked".into())
             }
-            match catch_unwind(AssertUnwindSafe(|| self.factory.create(&self.device))) {
-                Ok(Ok(engine)) if engine.fingerprint() == &self.shared.fingerprint => {
-                    return Some(engine)
-                }
-                Ok(Ok(_)) => {
-                    tracing::error!(device = %self.device, "engine fingerprint differs from the factory's; not used")
-                }
-                Ok(Err(e)) => {
-                    tracing::error!(device = %self.device, error = %e, "cannot create engine")
-                }
-                Err(_) => {
-                    Counters::add(&self.shared.counters.panics, 1);
-                    tracing::error!(device = %self.device, "engine factory panicked");
-                }
-            }
-            if self.mode() == CANCELLING {
-                return None;
-            }
-            std::thread::sleep(delay);
-            delay = (delay * 2).min(self.shared.config.max_backoff);
         }
     }
 
     fn run(self) {
-        let mut engine = match self.new_engine() {
-            Some(e) => e,
-            None => return,
-        };
+        // Made lazily and remade after a panic. While it cannot be made, batches fail with the
+        // reason (so waiters learn it instead of hanging) and creation is retried after a backoff.
+        let mut engine: Option<Box<dyn DynEngine>> = None;
+        let mut creation_error: Option<(String, Instant, Duration)> = None;
         while let Some(mut batch) = self.next_batch() {
             self.skip_cached(&mut batch);
             if batch.is_empty() {
                 continue;
             }
+            if engine.is_none() {
+                let retry_due = creation_error
+                    .as_ref()
+                    .is_none_or(|(_, at, _)| Instant::now() >= *at);
+                if retry_due {
+                    match self.create_engine() {
+                        Ok(e) => {
+                            engine = Some(e);
+                            creation_error = None;
+                        }
+                        Err(msg) => {
+                            let delay = creation_error
+                                .as_ref()
+                                .map_or(self.shared.config.failure_backoff, |(_, _, d)| {
+                                    (*d * 2).min(self.shared.config.max_backoff)
+                                });
+                            tracing::error!(device = %self.device, error = %msg, "cannot create engine");
+                            creation_error = Some((msg, Instant::now() + delay, delay));
+                        }
+                    }
+                }
+            }
+            let Some(active) = engine.as_mut() else {
+                let msg = creation_error
+                    .as_ref()
+                    .map_or("no engine", |(m, _, _)| m.as_str());
+                let msg = format!("cannot create the engine on {}: {msg}", self.device);
+                batch.iter().for_each(|item| self.shared.fail(item, &msg));
+                batch.iter().for_each(|item| self.shared.forget(item));
+                continue;
+            };
             let levels: u64 = batch.iter().map(|i| i.levels.len() as u64).sum();
             let c = &self.shared.counters;
             Counters::add(&c.in_flight, levels);
@@ -605,7 +624,7 @@ impl Worker {
                 tracing::debug_span!("generate", device = %self.device, jobs = jobs.len(), levels)
                     .entered();
             Counters::add(&c.engine_calls, 1);
-            let result = catch_unwind(AssertUnwindSafe(|| engine.generate(&jobs)));
+            let result = catch_unwind(AssertUnwindSafe(|| active.generate(&jobs)));
             match result {
                 Ok(Ok(outputs)) if outputs.len() == batch.len() => {
                     for (item, output) in batch.iter().zip(outputs) {
@@ -635,15 +654,8 @@ impl Worker {
                     batch.iter().for_each(|item| {
                         self.shared.fail(item, &format!("engine panicked: {msg}"))
                     });
-                    drop(engine);
-                    engine = match self.new_engine() {
-                        Some(e) => e,
-                        None => {
-                            c.in_flight.fetch_sub(levels, Ordering::Relaxed);
-                            batch.iter().for_each(|item| self.shared.forget(item));
-                            return;
-                        }
-                    };
+                    // The next batch builds a fresh engine.
+                    engine = None;
                 }
             }
             c.in_flight.fetch_sub(levels, Ordering::Relaxed);
