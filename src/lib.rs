@@ -11,6 +11,7 @@
 //! - [`diffusion`]: Stable Diffusion img2img on candle ([`diffusion::SdEngine`]);
 //! - [`image_io`], [`noise`]: safe decoding and preprocessing; seeded, device-independent noise.
 
+pub mod ada;
 pub mod cache;
 pub mod diffusion;
 pub mod engine;
@@ -18,6 +19,7 @@ pub mod factory;
 pub mod generator;
 pub mod image_io;
 pub mod noise;
+pub mod policy;
 
 pub use engine::{
     Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel, PromptTemplate,

@@ -1,0 +1,426 @@
+//! Which classes get hard negatives, from which sources, how many, and which batch items they
+//! replace: the GeNIe policy, in plain Rust (no burn, no candle, no I/O).
+//!
+//! - [`groups`]: Many / Medium / Few from the dataset's labels;
+//! - [`confusion`]: the live classifier's running confusion matrix, for top-k source classes;
+//! - [`Policy`]: targets, quotas, (source image, target) pairs and per-batch mixing plans.
+
+pub mod confusion;
+pub mod groups;
+
+use std::collections::HashSet;
+
+use rand_chacha::ChaCha8Rng;
+use rand_core::{RngCore, SeedableRng};
+
+pub use confusion::{ConfusionMatrix, SharedConfusion};
+pub use groups::{ClassStats, Group, GroupThresholds};
+
+/// Errors in the policy's inputs.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("label {label} is outside the {num_classes} classes")]
+    LabelOutOfRange { label: usize, num_classes: usize },
+    #[error("target class {0} is not one of the dataset's classes")]
+    UnknownTarget(usize),
+    #[error("the mix fraction must be in [0, 1], got {0}")]
+    BadMixFraction(f64),
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+}
+
+/// The paper's long-tail quota: each Few class is augmented with up to 50 generated images.
+pub const LONG_TAIL_QUOTA: usize = 50;
+
+/// The paper's few-shot quota per class of an episode: 5-way 1-shot → 4, 5-shot → 20, that is
+/// 4 generated images per real support image.
+pub fn few_shot_quota(shots: usize) -> usize {
+    4 * shots
+}
+
+/// Where the source images of a target's hard negatives come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SourceStrategy {
+    /// Any other class, uniformly (the paper's few-shot protocol).
+    Uniform,
+    /// The `k` classes the live classifier confuses most with the target (the paper's long-tail
+    /// protocol, k = 4). Until the confusion matrix has data for a target, its sources are
+    /// uniform.
+    TopConfused { k: usize },
+}
+
+/// How hard negatives enter a batch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mixing {
+    /// Each one replaces an item of the batch's most over-represented class: the batch size stays.
+    Replace,
+    /// They are appended: the batch grows by up to `mix_fraction` of its size.
+    Append,
+}
+
+/// Every knob of the policy; the constructors give the paper's settings.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PolicyConfig {
+    pub thresholds: GroupThresholds,
+    /// Most generated images (distinct source images) per target class.
+    pub per_target: usize,
+    pub sources: SourceStrategy,
+    /// At most this fraction of each batch becomes hard negatives (rounded down).
+    pub mix_fraction: f64,
+    pub mixing: Mixing,
+    /// New (source, target) pairs started per batch; bounds the per-batch cost of hashing sources.
+    pub new_pairs_per_batch: usize,
+    /// Diffusion seed of every pair: fixed so that reruns and pre-warmed caches hit.
+    pub seed: u64,
+}
+
+impl PolicyConfig {
+    /// The paper's long-tail setting: Few classes, ≤ 50 each, sources from the top-4 confused.
+    pub fn long_tail() -> Self {
+        PolicyConfig {
+            thresholds: GroupThresholds::default(),
+            per_target: LONG_TAIL_QUOTA,
+            sources: SourceStrategy::TopConfused { k: 4 },
+            mix_fraction: 0.25,
+            mixing: Mixing::Replace,
+            new_pairs_per_batch: 4,
+            seed: 0,
+        }
+    }
+
+    /// The paper's few-shot setting for K-shot episodes: every class, 4·K each, uniform sources.
+    pub fn few_shot(shots: usize) -> Self {
+        PolicyConfig {
+            per_target: few_shot_quota(shots),
+            sources: SourceStrategy::Uniform,
+            ..Self::long_tail()
+        }
+    }
+
+    fn validate(&self) -> Result<(), PolicyError> {
+        if !(0.0..=1.0).contains(&self.mix_fraction) {
+            return Err(PolicyError::BadMixFraction(self.mix_fraction));
+        }
+        if let SourceStrategy::TopConfused { k: 0 } = self.sources {
+            return Err(PolicyError::Zero("the number of confused source classes"));
+        }
+        Ok(())
+    }
+}
+
+/// Index of a pair in its [`Policy`].
+pub type PairId = usize;
+
+/// One hard negative to make: this source image, shown as the target class.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Pair {
+    pub id: PairId,
+    pub source_class: usize,
+    pub target: usize,
+    /// Pixel hash of the preprocessed source image (as in the cache key).
+    pub source_hash: [u8; 32],
+    pub seed: u64,
+}
+
+/// A batch item that could start a new pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Proposal {
+    /// Index of the source item in the batch.
+    pub index: usize,
+    pub target: usize,
+}
+
+/// How to change one batch: `insert[i]` goes in place of the item at `replace[i]` (or is
+/// appended, when `replace` is shorter).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MixPlan {
+    pub replace: Vec<usize>,
+    pub insert: Vec<PairId>,
+}
+
+/// Targets, quotas and pairs for one training run.
+#[derive(Debug)]
+pub struct Policy {
+    config: PolicyConfig,
+    stats: ClassStats,
+    is_target: Vec<bool>,
+    pairs: Vec<Pair>,
+    by_target: Vec<Vec<PairId>>,
+    known: HashSet<([u8; 32], usize)>,
+    uses: Vec<u64>,
+    rng: ChaCha8Rng,
+}
+
+impl Policy {
+    /// Long-tail mode: the targets are the Few classes of `stats`.
+    pub fn long_tail(stats: ClassStats, config: PolicyConfig) -> Result<Self, PolicyError> {
+        let targets = stats.classes_in(Group::Few, &config.thresholds);
+        Self::with_targets(stats, &targets, config)
+    }
+
+    /// Explicit targets, e.g. every class of a few-shot episode.
+    pub fn with_targets(
+        stats: ClassStats,
+        targets: &[usize],
+        config: PolicyConfig,
+    ) -> Result<Self, PolicyError> {
+        config.validate()?;
+        let classes = stats.num_classes();
+        let mut is_target = vec![false; classes];
+        for &t in targets {
+            *is_target.get_mut(t).ok_or(PolicyError::UnknownTarget(t))? = true;
+        }
+        let rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x6765_6e69_6570_6f6c);
+        Ok(Policy {
+            config,
+            stats,
+            is_target,
+            pairs: Vec::new(),
+            by_target: vec![Vec::new(); classes],
+            known: HashSet::new(),
+            uses: Vec::new(),
+            rng,
+        })
+    }
+
+    pub fn config(&self) -> &PolicyConfig {
+        &self.config
+    }
+
+    pub fn stats(&self) -> &ClassStats {
+        &self.stats
+    }
+
+    pub fn num_classes(&self) -> usize {
+        self.stats.num_classes()
+    }
+
+    /// The target classes, ascending.
+    pub fn targets(&self) -> Vec<usize> {
+        (0..self.is_target.len())
+            .filter(|&c| self.is_target[c])
+            .collect()
+    }
+
+    pub fn is_target(&self, class: usize) -> bool {
+        self.is_target.get(class).copied().unwrap_or(false)
+    }
+
+    pub fn group(&self, class: usize) -> Group {
+        self.stats.group(class, &self.config.thresholds)
+    }
+
+    pub fn pairs(&self) -> &[Pair] {
+        &self.pairs
+    }
+
+    pub fn pair(&self, id: PairId) -> Option<&Pair> {
+        self.pairs.get(id)
+    }
+
+    /// Pairs started for `target` so far (never more than the quota).
+    pub fn pairs_of(&self, target: usize) -> &[PairId] {
+        self.by_target.get(target).map_or(&[], Vec::as_slice)
+    }
+
+    /// How many times each pair has been mixed into a batch.
+    pub fn uses(&self, id: PairId) -> u64 {
+        self.uses.get(id).copied().unwrap_or(0)
+    }
+
+    /// Source classes of `target`'s hard negatives, ascending for `Uniform`, most confused first
+    /// for `TopConfused`. Classes with no training images are never sources.
+    pub fn sources_for(&self, target: usize, confusion: Option<&ConfusionMatrix>) -> Vec<usize> {
+        let uniform = || {
+            (0..self.num_classes())
+                .filter(|&c| c != target && self.stats.count(c) > 0)
+                .collect::<Vec<_>>()
+        };
+        match (self.config.sources, confusion) {
+            (SourceStrategy::TopConfused { k }, Some(m)) => {
+                let top: Vec<usize> = m
+                    .most_confused_with(target, k)
+                    .into_iter()
+                    .filter(|&c| self.stats.count(c) > 0)
+                    .collect();
+                if top.is_empty() { uniform() } else { top }
+            }
+            _ => uniform(),
+        }
+    }
+
+    fn quota_left(&self, target: usize) -> bool {
+        self.pairs_of(target).len() < self.config.per_target
+    }
+
+    /// Targets that still need pairs and take `source_class` as a source.
+    pub fn targets_for_source(
+        &self,
+        source_class: usize,
+        confusion: Option<&ConfusionMatrix>,
+    ) -> Vec<usize> {
+        (0..self.num_classes())
+            .filter(|&t| t != source_class && self.is_target(t) && self.quota_left(t))
+            .filter(|&t| self.sources_for(t, confusion).contains(&source_class))
+            .collect()
+    }
+
+    /// Up to `new_pairs_per_batch` batch items that could start new pairs, each with one target
+    /// (chosen at random among those it can serve). Nothing is recorded until [`Policy::register`].
+    pub fn propose(
+        &mut self,
+        labels: &[usize],
+        confusion: Option<&ConfusionMatrix>,
+    ) -> Vec<Proposal> {
+        let limit = self.config.new_pairs_per_batch;
+        if limit == 0 || self.is_target.iter().all(|&t| !t) {
+            return Vec::new();
+        }
+        let mut order: Vec<usize> = (0..labels.len()).collect();
+        shuffle(&mut order, &mut self.rng);
+        let mut proposals = Vec::new();
+        for index in order {
+            if proposals.len() == limit {
+                break;
+            }
+            let targets = self.targets_for_source(labels[index], confusion);
+            if targets.is_empty() {
+                continue;
+            }
+            let target = targets[self.rng.next_u64() as usize % targets.len()];
+            proposals.push(Proposal { index, target });
+        }
+        proposals
+    }
+
+    /// Records the pair (source image `source_hash` of `source_class`, `target`); `None` when the
+    /// target's quota is full, the pair already exists, or the classes are not a valid pair.
+    pub fn register(
+        &mut self,
+        source_class: usize,
+        target: usize,
+        source_hash: [u8; 32],
+    ) -> Option<PairId> {
+        if source_class == target
+            || source_class >= self.num_classes()
+            || !self.is_target(target)
+            || !self.quota_left(target)
+            || !self.known.insert((source_hash, target))
+        {
+            return None;
+        }
+        let id = self.pairs.len();
+        self.pairs.push(Pair {
+            id,
+            source_class,
+            target,
+            source_hash,
+            seed: self.config.seed,
+        });
+        self.by_target[target].push(id);
+        self.uses.push(0);
+        Some(id)
+    }
+
+    /// Plans how `ready` pairs (their images are available) enter a batch with `labels`: at most
+    /// `⌊mix_fraction · len⌋` of them, least-used first and spread over targets, each replacing an
+    /// item of the batch's most over-represented class (or appended). Counts the planned uses.
+    pub fn plan_mix(&mut self, labels: &[usize], ready: &[PairId]) -> MixPlan {
+        let budget = (self.config.mix_fraction * labels.len() as f64).floor() as usize;
+        let mut candidates: Vec<PairId> = ready
+            .iter()
+            .copied()
+            .filter(|&id| id < self.pairs.len())
+            .collect();
+        candidates.sort_unstable();
+        candidates.dedup();
+        if budget == 0 || candidates.is_empty() {
+            return MixPlan::default();
+        }
+        // Least used first, then the target with the fewest picks so far, then at random.
+        shuffle(&mut candidates, &mut self.rng);
+        candidates.sort_by_key(|&id| self.uses[id]);
+        let mut insert = Vec::with_capacity(budget);
+        let mut taken_per_target = vec![0usize; self.num_classes()];
+        while insert.len() < budget && !candidates.is_empty() {
+            let pick = (0..candidates.len())
+                .min_by_key(|&i| {
+                    let id = candidates[i];
+                    (self.uses[id], taken_per_target[self.pairs[id].target])
+                })
+                .unwrap_or(0);
+            let id = candidates.remove(pick);
+            taken_per_target[self.pairs[id].target] += 1;
+            insert.push(id);
+        }
+        for &id in &insert {
+            self.uses[id] += 1;
+        }
+        let replace = match self.config.mixing {
+            Mixing::Append => Vec::new(),
+            Mixing::Replace => self.over_represented(labels, insert.len()),
+        };
+        MixPlan { replace, insert }
+    }
+
+    /// `n` batch indices to give up: repeatedly the last item of the class with the most items
+    /// left in the batch (ties: the class with more training images, then the lower class).
+    /// Target-class items go last.
+    fn over_represented(&self, labels: &[usize], n: usize) -> Vec<usize> {
+        let mut per_class: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for (i, &l) in labels.iter().enumerate() {
+            per_class.entry(l).or_default().push(i);
+        }
+        let mut chosen = Vec::with_capacity(n);
+        while chosen.len() < n {
+            let best = per_class
+                .iter()
+                .filter(|(_, items)| !items.is_empty())
+                .max_by(|(a, ia), (b, ib)| {
+                    (!self.is_target(**a))
+                        .cmp(&!self.is_target(**b))
+                        .then(ia.len().cmp(&ib.len()))
+                        .then(self.stats.count(**a).cmp(&self.stats.count(**b)))
+                        .then(b.cmp(a))
+                })
+                .map(|(&c, _)| c);
+            let Some(class) = best else { break };
+            if let Some(index) = per_class.get_mut(&class).and_then(Vec::pop) {
+                chosen.push(index);
+            }
+        }
+        chosen.sort_unstable();
+        chosen
+    }
+
+    /// The offline plan of the paper's protocol: for every target, up to the quota of distinct
+    /// source items drawn (seeded, without replacement) from its source classes. `labels[i]` is
+    /// the label of dataset item `i`; returns (item index, target) sorted by target, then item.
+    pub fn offline_plan(
+        &self,
+        labels: &[usize],
+        confusion: Option<&ConfusionMatrix>,
+    ) -> Vec<(usize, usize)> {
+        let mut plan = Vec::new();
+        for target in self.targets() {
+            let sources = self.sources_for(target, confusion);
+            let mut pool: Vec<usize> = (0..labels.len())
+                .filter(|&i| sources.contains(&labels[i]))
+                .collect();
+            let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ ((target as u64) << 20));
+            shuffle(&mut pool, &mut rng);
+            pool.truncate(self.config.per_target);
+            pool.sort_unstable();
+            plan.extend(pool.into_iter().map(|i| (i, target)));
+        }
+        plan
+    }
+}
+
+/// Fisher–Yates with our seeded generator, so plans do not depend on a `rand` version.
+fn shuffle<T>(items: &mut [T], rng: &mut ChaCha8Rng) {
+    for i in (1..items.len()).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        items.swap(i, j);
+    }
+}

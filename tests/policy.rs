@@ -1,0 +1,215 @@
+//! The GeNIe policy: groups, quotas, top-k confused sources and batch mixing plans.
+
+use genie::policy::{
+    ClassStats, ConfusionMatrix, Group, Mixing, Policy, PolicyConfig, SourceStrategy,
+    few_shot_quota,
+};
+
+/// 10 classes from 500 down to 5 images, like the long-tail example.
+fn long_tail_stats() -> ClassStats {
+    ClassStats::from_counts(vec![500, 300, 180, 110, 65, 40, 24, 14, 8, 5])
+}
+
+fn hash(n: usize) -> [u8; 32] {
+    *blake3::hash(&n.to_le_bytes()).as_bytes()
+}
+
+#[test]
+fn long_tail_targets_are_the_few_classes() {
+    let policy = Policy::long_tail(long_tail_stats(), PolicyConfig::long_tail()).unwrap();
+    assert_eq!(policy.targets(), vec![7, 8, 9]);
+    assert_eq!(policy.group(0), Group::Many);
+    assert_eq!(policy.group(4), Group::Medium);
+    assert_eq!(policy.group(9), Group::Few);
+}
+
+#[test]
+fn paper_quotas() {
+    assert_eq!(PolicyConfig::long_tail().per_target, 50);
+    assert_eq!(few_shot_quota(1), 4);
+    assert_eq!(few_shot_quota(5), 20);
+    assert_eq!(PolicyConfig::few_shot(5).per_target, 20);
+    assert_eq!(PolicyConfig::few_shot(1).sources, SourceStrategy::Uniform);
+}
+
+#[test]
+fn register_stops_at_the_quota_and_refuses_duplicates() {
+    let config = PolicyConfig {
+        per_target: 3,
+        ..PolicyConfig::long_tail()
+    };
+    let mut policy = Policy::long_tail(long_tail_stats(), config).unwrap();
+    assert!(policy.register(0, 9, hash(1)).is_some());
+    assert_eq!(policy.register(0, 9, hash(1)), None, "duplicate pair");
+    assert!(policy.register(1, 9, hash(2)).is_some());
+    assert!(policy.register(2, 9, hash(3)).is_some());
+    assert_eq!(policy.register(3, 9, hash(4)), None, "quota full");
+    assert_eq!(policy.pairs_of(9).len(), 3);
+    assert_eq!(
+        policy.register(0, 2, hash(5)),
+        None,
+        "class 2 is not a target"
+    );
+    assert_eq!(policy.register(9, 9, hash(6)), None, "source equals target");
+    // The same image may serve another target.
+    assert!(policy.register(0, 8, hash(1)).is_some());
+    // A full target is no longer proposed.
+    assert!(!policy.targets_for_source(0, None).contains(&9));
+    assert!(policy.targets_for_source(0, None).contains(&8));
+}
+
+#[test]
+fn top_k_sources_follow_a_planted_confusion_matrix() {
+    let stats = long_tail_stats();
+    let mut m = ConfusionMatrix::new(10);
+    // Plant: target 9 is confused with 3 (most), 0, 5 and 6; 1 only slightly; 8 with 2.
+    let plant = [
+        (3, 9, 40),
+        (9, 3, 10),
+        (0, 9, 30),
+        (5, 9, 20),
+        (9, 6, 15),
+        (1, 9, 2),
+        (2, 8, 9),
+    ];
+    for (truth, pred, n) in plant {
+        m.record(&vec![pred; n], &vec![truth; n]);
+    }
+    let policy = Policy::long_tail(stats, PolicyConfig::long_tail()).unwrap();
+    assert_eq!(policy.sources_for(9, Some(&m)), vec![3, 0, 5, 6]);
+    assert_eq!(policy.sources_for(8, Some(&m)), vec![2]);
+    // No data for target 7: uniform over the other classes.
+    assert_eq!(
+        policy.sources_for(7, Some(&m)),
+        vec![0, 1, 2, 3, 4, 5, 6, 8, 9]
+    );
+    // Proposals from a batch only pair items with targets that take their class as a source.
+    let mut policy = policy;
+    let labels: Vec<usize> = (0..10).cycle().take(200).collect();
+    for _ in 0..20 {
+        for p in policy.propose(&labels, Some(&m)) {
+            let sources = policy.sources_for(p.target, Some(&m));
+            assert!(sources.contains(&labels[p.index]), "{p:?}");
+        }
+    }
+    // Over many batches, target 9's sources are exactly the planted classes.
+    let mut seen = std::collections::BTreeSet::new();
+    for round in 0..50 {
+        for p in policy.propose(&labels, Some(&m)) {
+            if p.target == 9 {
+                seen.insert(labels[p.index]);
+            }
+            policy.register(labels[p.index], p.target, hash(round * 1000 + p.index));
+        }
+    }
+    assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![0, 3, 5, 6]);
+}
+
+#[test]
+fn mixing_respects_the_fraction_and_keeps_the_batch_size() {
+    let mut policy = Policy::long_tail(long_tail_stats(), PolicyConfig::long_tail()).unwrap();
+    let pairs: Vec<usize> = (0..12)
+        .filter_map(|i| policy.register(i % 7, 7 + i % 3, hash(i)))
+        .collect();
+    assert_eq!(pairs.len(), 12);
+    // A batch dominated by class 0, with a few of classes 1 and 9.
+    let mut labels = vec![0; 20];
+    labels.extend([1, 1, 1, 9, 9, 2, 3, 4, 5, 6, 0, 0]);
+    let plan = policy.plan_mix(&labels, &pairs);
+    assert_eq!(plan.insert.len(), labels.len() / 4);
+    assert_eq!(plan.replace.len(), plan.insert.len());
+    assert!(plan.replace.iter().all(|&i| labels[i] == 0), "{plan:?}");
+    // Spread over the three targets.
+    for t in 7..10 {
+        let n = plan
+            .insert
+            .iter()
+            .filter(|&&id| policy.pair(id).unwrap().target == t)
+            .count();
+        assert!(n >= 2, "target {t} got {n}");
+    }
+    // Least-used first: the next plan takes every pair not used yet.
+    let next = policy.plan_mix(&labels, &pairs);
+    let unused: Vec<usize> = pairs
+        .iter()
+        .copied()
+        .filter(|id| !plan.insert.contains(id))
+        .collect();
+    assert_eq!(unused.len(), 4);
+    assert!(unused.iter().all(|id| next.insert.contains(id)), "{next:?}");
+    // No ready pair or a tiny batch: nothing changes.
+    assert_eq!(policy.plan_mix(&labels, &[]).insert.len(), 0);
+    assert_eq!(policy.plan_mix(&[0, 0, 0], &pairs).insert.len(), 0);
+}
+
+#[test]
+fn replacement_takes_target_items_last_and_append_mode_replaces_nothing() {
+    let config = PolicyConfig {
+        mix_fraction: 0.5,
+        ..PolicyConfig::long_tail()
+    };
+    let mut policy = Policy::long_tail(long_tail_stats(), config.clone()).unwrap();
+    let pairs: Vec<usize> = (0..4)
+        .filter_map(|i| policy.register(0, 9, hash(i)))
+        .collect();
+    let labels = vec![9, 9, 9, 9, 9, 1, 2, 3];
+    let plan = policy.plan_mix(&labels, &pairs);
+    // The three non-target items first, then one item of the target class 9.
+    assert_eq!(plan.replace, vec![4, 5, 6, 7]);
+    let mut policy = Policy::long_tail(
+        long_tail_stats(),
+        PolicyConfig {
+            mixing: Mixing::Append,
+            ..config
+        },
+    )
+    .unwrap();
+    let pairs: Vec<usize> = (0..4)
+        .filter_map(|i| policy.register(0, 9, hash(i)))
+        .collect();
+    let plan = policy.plan_mix(&labels, &pairs);
+    assert!(plan.replace.is_empty());
+    assert_eq!(plan.insert.len(), 4);
+}
+
+#[test]
+fn offline_plan_follows_quotas_and_is_deterministic() {
+    let stats = long_tail_stats();
+    let labels: Vec<usize> = stats
+        .counts()
+        .iter()
+        .enumerate()
+        .flat_map(|(c, &n)| std::iter::repeat_n(c, n))
+        .collect();
+    let policy = Policy::long_tail(stats.clone(), PolicyConfig::long_tail()).unwrap();
+    let plan = policy.offline_plan(&labels, None);
+    for t in [7, 8, 9] {
+        let mine: Vec<_> = plan.iter().filter(|(_, target)| *target == t).collect();
+        assert_eq!(mine.len(), 50);
+        assert!(mine.iter().all(|(i, _)| labels[*i] != t));
+        let distinct: std::collections::HashSet<_> = mine.iter().map(|(i, _)| i).collect();
+        assert_eq!(distinct.len(), 50);
+    }
+    assert_eq!(plan, policy.offline_plan(&labels, None));
+    // Few-shot: 5-way 1-shot, every class a target, 4 each, but only 4 other images exist.
+    let episode = ClassStats::from_counts(vec![1; 5]);
+    let policy =
+        Policy::with_targets(episode, &[0, 1, 2, 3, 4], PolicyConfig::few_shot(1)).unwrap();
+    let plan = policy.offline_plan(&[0, 1, 2, 3, 4], None);
+    assert_eq!(plan.len(), 5 * 4);
+}
+
+#[test]
+fn bad_configuration_is_a_typed_error() {
+    let bad = PolicyConfig {
+        mix_fraction: 1.5,
+        ..PolicyConfig::long_tail()
+    };
+    assert!(Policy::long_tail(long_tail_stats(), bad).is_err());
+    assert!(Policy::with_targets(long_tail_stats(), &[12], PolicyConfig::long_tail()).is_err());
+    let zero_k = PolicyConfig {
+        sources: SourceStrategy::TopConfused { k: 0 },
+        ..PolicyConfig::long_tail()
+    };
+    assert!(Policy::long_tail(long_tail_stats(), zero_k).is_err());
+}
