@@ -18,8 +18,10 @@ pub mod engine;
 pub mod factory;
 pub mod generator;
 pub mod image_io;
+pub mod loader;
 pub mod noise;
 pub mod policy;
+pub mod synthetic;
 
 pub use engine::{
     Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel, PromptTemplate,

@@ -1,8 +1,8 @@
 //! `genie::ada` against a plainly written, independent reference of Algorithm 1 on thousands of
 //! random trajectories, including planted ties and realistic "semantic switch" trajectories.
 
-use genie::NoiseLevel;
 use genie::ada::{self, AdaError};
+use genie::NoiseLevel;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 

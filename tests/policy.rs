@@ -1,8 +1,8 @@
 //! The GeNIe policy: groups, quotas, top-k confused sources and batch mixing plans.
 
 use genie::policy::{
-    ClassStats, ConfusionMatrix, Group, Mixing, Policy, PolicyConfig, SourceStrategy,
-    few_shot_quota,
+    few_shot_quota, ClassStats, ConfusionMatrix, Group, Mixing, Policy, PolicyConfig,
+    SourceStrategy,
 };
 
 /// 10 classes from 500 down to 5 images, like the long-tail example.

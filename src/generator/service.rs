@@ -274,6 +274,11 @@ impl Generator {
         &self.shared.fingerprint
     }
 
+    /// The cache the workers store into.
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.shared.cache
+    }
+
     /// Side length the sources of requests must have.
     pub fn resolution(&self) -> u32 {
         self.shared.resolution

@@ -243,7 +243,11 @@ impl Policy {
                     .into_iter()
                     .filter(|&c| self.stats.count(c) > 0)
                     .collect();
-                if top.is_empty() { uniform() } else { top }
+                if top.is_empty() {
+                    uniform()
+                } else {
+                    top
+                }
             }
             _ => uniform(),
         }

@@ -1,0 +1,262 @@
+//! What GenieBatcher costs a training loop:
+//! - `batch_assembly`: one batch of 32 (32×32) items through the plain batcher vs GenieBatcher
+//!   with every hard negative already cached (8 of 32 items replaced);
+//! - `train_step`: a full step of the example CNN (batch, forward, backward, Adam) with the plain
+//!   batcher vs GenieBatcher while the generator is saturated (its engine never finishes, its
+//!   queue is full) and the cache is empty, so every batch starts pairs and is refused.
+
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::Duration;
+
+use burn::data::dataloader::batcher::Batcher;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::Device;
+use burn_dataset::vision::ImageDatasetItem;
+use criterion::{criterion_group, criterion_main, Criterion};
+use genie::cache::{Cache, MemoryStore};
+use genie::generator::{DynEngine, EngineFactory, Generator, GeneratorConfig};
+use genie::loader::{image_item, Augmenter, AugmenterConfig, GenieBatcher, KeySpace};
+use genie::policy::{ClassStats, Policy, PolicyConfig};
+use genie::{synthetic, Engine, EngineFingerprint, Job, JobOutput, LevelImage};
+use image::RgbImage;
+
+#[path = "../examples/common/mod.rs"]
+mod common;
+use common::{Cnn, ImageBatch, ImageBatcher};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const SIDE: u32 = 32;
+const ENGINE_SIDE: u32 = 64;
+const BATCH: usize = 32;
+
+fn fingerprint() -> EngineFingerprint {
+    EngineFingerprint {
+        model: "bench-engine".into(),
+        scheduler: "none".into(),
+        steps: 1,
+        guidance: "1".into(),
+        resolution: ENGINE_SIDE,
+        dtype: "f32".into(),
+        algorithm_version: 1,
+    }
+}
+
+/// Blocks every engine call while closed.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn set(&self, open: bool) {
+        *self.open.lock().unwrap() = open;
+        self.cv.notify_all();
+    }
+    fn pass(&self) {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.cv.wait(open).unwrap();
+        }
+    }
+}
+
+/// Returns a flat grey image per level, instantly (once its gate is open).
+struct FlatEngine {
+    fp: EngineFingerprint,
+    gate: Arc<Gate>,
+}
+
+impl Engine for FlatEngine {
+    type Error = std::io::Error;
+    fn resolution(&self) -> u32 {
+        ENGINE_SIDE
+    }
+    fn fingerprint(&self) -> &EngineFingerprint {
+        &self.fp
+    }
+    fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, std::io::Error> {
+        self.gate.pass();
+        Ok(jobs
+            .iter()
+            .map(|job| JobOutput {
+                images: job
+                    .levels
+                    .iter()
+                    .map(|&level| LevelImage {
+                        level,
+                        start_timestep: 0,
+                        steps_run: 1,
+                        image: RgbImage::from_pixel(ENGINE_SIDE, ENGINE_SIDE, image::Rgb([90; 3])),
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+}
+
+struct FlatFactory(Arc<Gate>);
+
+impl EngineFactory for FlatFactory {
+    fn fingerprint(&self) -> &EngineFingerprint {
+        static FP: std::sync::OnceLock<EngineFingerprint> = std::sync::OnceLock::new();
+        FP.get_or_init(fingerprint)
+    }
+    fn resolution(&self) -> u32 {
+        ENGINE_SIDE
+    }
+    fn create(&self, _device: &str) -> Result<Box<dyn DynEngine>, BoxError> {
+        Ok(Box::new(FlatEngine {
+            fp: fingerprint(),
+            gate: Arc::clone(&self.0),
+        }))
+    }
+}
+
+/// The long-tail example's dataset: 500 … 5 images over 10 classes.
+fn dataset() -> (Vec<ImageDatasetItem>, ClassStats) {
+    let counts = synthetic::long_tail_counts(10, 500, 5);
+    let items: Vec<_> = synthetic::long_tail_dataset(&counts, SIDE, 0)
+        .unwrap()
+        .into_iter()
+        .enumerate()
+        .map(|(n, s)| image_item(&s.image, s.label, format!("{n}")))
+        .collect();
+    (items, ClassStats::from_counts(counts))
+}
+
+/// Deterministic batches cycling through the dataset with a stride (like a shuffled loader).
+fn batches(items: &[ImageDatasetItem], count: usize) -> Vec<Vec<ImageDatasetItem>> {
+    (0..count)
+        .map(|b| {
+            (0..BATCH)
+                .map(|i| items[(b * BATCH + i) * 7919 % items.len()].clone())
+                .collect()
+        })
+        .collect()
+}
+
+fn augmenter(
+    stats: ClassStats,
+    queue_capacity: usize,
+    gate: Arc<Gate>,
+) -> (Arc<Augmenter<ImageDatasetItem>>, Arc<Generator>) {
+    let cache = Arc::new(Cache::new(Arc::new(MemoryStore::new()), 256 << 20));
+    let generator = Arc::new(
+        Generator::start(
+            Arc::new(FlatFactory(gate)),
+            Arc::clone(&cache),
+            GeneratorConfig {
+                queue_capacity,
+                ..GeneratorConfig::default()
+            },
+        )
+        .unwrap(),
+    );
+    let names = synthetic::CLASS_NAMES.map(String::from).to_vec();
+    let policy = Policy::long_tail(stats, PolicyConfig::long_tail()).unwrap();
+    let augmenter = Augmenter::new(
+        policy,
+        KeySpace::new(fingerprint(), ENGINE_SIDE, names),
+        cache,
+        Some(Arc::clone(&generator)),
+        AugmenterConfig {
+            ada: false,
+            ..AugmenterConfig::default()
+        },
+    )
+    .unwrap();
+    (Arc::new(augmenter), generator)
+}
+
+fn batch_assembly(c: &mut Criterion) {
+    let (items, stats) = dataset();
+    let device = Device::flex();
+    let plain = ImageBatcher { side: SIDE };
+    let gate = Arc::new(Gate::default());
+    gate.set(true);
+    let (augmenter, generator) = augmenter(stats, 4096, gate);
+    let genie = GenieBatcher::new(plain.clone(), Arc::clone(&augmenter));
+    // Fill every quota and wait until every hard negative is cached and probed.
+    let warm = batches(&items, 400);
+    for round in 0..50 {
+        for b in &warm {
+            let _: ImageBatch = genie.batch(b.clone(), &device);
+        }
+        let s = augmenter.stats();
+        if s.pairs == 150 && s.ready == 150 && generator.stats().queue_len == 0 {
+            break;
+        }
+        assert!(round < 49, "warm-up did not converge: {s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let work = batches(&items, 64);
+    let mut group = c.benchmark_group("batch_assembly");
+    let mut i = 0;
+    group.bench_function("plain", |b| {
+        b.iter(|| {
+            i = (i + 1) % work.len();
+            let _: ImageBatch = plain.batch(work[i].clone(), &device);
+        })
+    });
+    let before = augmenter.stats().mixed;
+    group.bench_function("genie_all_cached", |b| {
+        b.iter(|| {
+            i = (i + 1) % work.len();
+            let _: ImageBatch = genie.batch(work[i].clone(), &device);
+        })
+    });
+    group.finish();
+    let s = augmenter.stats();
+    assert!(s.mixed > before, "no hard negative was mixed: {s:?}");
+    eprintln!(
+        "batch_assembly: {} hard negatives mixed, {} lookups failed",
+        s.mixed - before,
+        s.lookups_failed
+    );
+}
+
+fn train_step(c: &mut Criterion) {
+    let (items, stats) = dataset();
+    let device = Device::flex().autodiff();
+    let plain = ImageBatcher { side: SIDE };
+    let gate = Arc::new(Gate::default());
+    let (augmenter, _generator) = augmenter(stats, 8, Arc::clone(&gate));
+    let genie = GenieBatcher::new(plain.clone(), Arc::clone(&augmenter));
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let work = batches(&items, 64);
+
+    let mut group = c.benchmark_group("train_step");
+    group.sample_size(30);
+    group.measurement_time(Duration::from_secs(20));
+    let mut run = |name: &str, batcher: &dyn Batcher<ImageDatasetItem, ImageBatch>| {
+        let mut model = Some(Cnn::new(10, SIDE as usize, &device));
+        let mut optim = AdamConfig::new().init();
+        let mut i = 0;
+        group.bench_function(name, |b| {
+            b.iter(|| {
+                i = (i + 1) % work.len();
+                let batch = batcher.batch(work[i].clone(), &device);
+                let m = model.take().unwrap();
+                let loss = loss_fn.forward(m.forward(batch.images), batch.targets);
+                let grads = GradientsParams::from_grads(loss.backward(), &m);
+                model = Some(optim.step(1e-3, m, grads));
+            })
+        });
+    };
+    run("plain", &plain);
+    run("genie_saturated_generator", &genie);
+    group.finish();
+    let s = augmenter.stats();
+    assert_eq!(s.mixed, 0);
+    eprintln!(
+        "train_step: {} pairs started, {} levels deferred by the full queue",
+        s.pairs, s.deferred
+    );
+    gate.set(true);
+}
+
+criterion_group!(benches, batch_assembly, train_step);
+criterion_main!(benches);

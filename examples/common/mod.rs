@@ -1,0 +1,122 @@
+//! The small CNN, batcher and feature extractor shared by the long-tail example and the batcher
+//! benchmark (not an example of its own: Cargo builds only files directly in `examples/`).
+
+#![allow(dead_code)]
+
+use burn::data::dataloader::batcher::Batcher;
+use burn::module::Module;
+use burn::nn::conv::{Conv2d, Conv2dConfig};
+use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
+use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn_dataset::vision::ImageDatasetItem;
+use genie::loader::{FeatureExtractor, GenieItem};
+
+/// The classifier: two conv blocks, a 64-d embedding (what GeNIe-Ada projects), a linear head.
+#[derive(Module, Debug)]
+pub struct Cnn {
+    conv1: Conv2d,
+    conv2: Conv2d,
+    pool: MaxPool2d,
+    embed: Linear,
+    head: Linear,
+    relu: Relu,
+}
+
+impl Cnn {
+    pub fn new(classes: usize, side: usize, device: &Device) -> Self {
+        let conv = |i, o| {
+            Conv2dConfig::new([i, o], [3, 3])
+                .with_padding(PaddingConfig2d::Same)
+                .init(device)
+        };
+        Cnn {
+            conv1: conv(3, 16),
+            conv2: conv(16, 32),
+            pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
+            embed: LinearConfig::new(32 * (side / 4) * (side / 4), 64).init(device),
+            head: LinearConfig::new(64, classes).init(device),
+            relu: Relu::new(),
+        }
+    }
+
+    pub fn features(&self, images: Tensor<4>) -> Tensor<2> {
+        let x = self
+            .pool
+            .forward(self.relu.forward(self.conv1.forward(images)));
+        let x = self.pool.forward(self.relu.forward(self.conv2.forward(x)));
+        let [n, c, h, w] = x.dims();
+        self.relu
+            .forward(self.embed.forward(x.reshape([n, c * h * w])))
+    }
+
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        self.head.forward(self.features(images))
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ImageBatch {
+    pub images: Tensor<4>,
+    pub targets: Tensor<1, Int>,
+}
+
+/// Items → normalised `[n, 3, side, side]` tensors and label tensors.
+#[derive(Clone)]
+pub struct ImageBatcher {
+    pub side: u32,
+}
+
+impl ImageBatcher {
+    pub fn images(&self, items: &[ImageDatasetItem], device: &Device) -> Tensor<4> {
+        let side = self.side as usize;
+        let mut values = Vec::with_capacity(items.len() * 3 * side * side);
+        for item in items {
+            let rgb = item
+                .rgb()
+                .unwrap_or_else(|_| image::RgbImage::new(self.side, self.side));
+            let rgb = if rgb.dimensions() == (self.side, self.side) {
+                rgb
+            } else {
+                image::imageops::resize(
+                    &rgb,
+                    self.side,
+                    self.side,
+                    image::imageops::FilterType::Triangle,
+                )
+            };
+            for c in 0..3 {
+                values.extend(rgb.pixels().map(|p| (p.0[c] as f32 / 255.0 - 0.5) / 0.25));
+            }
+        }
+        Tensor::from_data(
+            TensorData::new(values, [items.len(), 3, side, side]),
+            device,
+        )
+    }
+}
+
+impl Batcher<ImageDatasetItem, ImageBatch> for ImageBatcher {
+    fn batch(&self, items: Vec<ImageDatasetItem>, device: &Device) -> ImageBatch {
+        let labels: Vec<i64> = items
+            .iter()
+            .map(|i| i.label().unwrap_or(0) as i64)
+            .collect();
+        ImageBatch {
+            images: self.images(&items, device),
+            targets: Tensor::from_data(TensorData::new(labels.clone(), [labels.len()]), device),
+        }
+    }
+}
+
+/// GeNIe-Ada's view of the model: the 64-d embedding.
+pub struct Embeddings {
+    pub batcher: ImageBatcher,
+    pub device: Device,
+}
+
+impl FeatureExtractor<Cnn, ImageDatasetItem> for Embeddings {
+    fn embed(&self, model: &Cnn, items: Vec<ImageDatasetItem>) -> Tensor<2> {
+        model.features(self.batcher.images(&items, &self.device))
+    }
+}

@@ -1,0 +1,690 @@
+//! The shared state of one run's online hard negatives: pairs and their source items, which
+//! levels are cached, the Ada choices, and the per-batch work of [`crate::loader::GenieBatcher`].
+//!
+//! One [`Augmenter`] is shared (in an `Arc`) by the batcher, the Ada selector of
+//! [`crate::loader::LiveModel`] and the caller. Its lock guards bookkeeping only: cache reads,
+//! disk probes and generator requests happen outside it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use image::RgbImage;
+
+use super::item::GenieItem;
+use super::keys::KeySpace;
+use crate::cache::{Cache, CacheKey};
+use crate::engine::NoiseLevel;
+use crate::generator::{Generator, LevelOutcome, Priority};
+use crate::policy::{ConfusionMatrix, PairId, Policy, SharedConfusion};
+
+/// Knobs of the online loop beyond the policy's.
+#[derive(Clone, Debug)]
+pub struct AugmenterConfig {
+    /// Choose r per pair with GeNIe-Ada (generates every level of [`NoiseLevel::ADA_SWEEP`]);
+    /// otherwise only `fixed_level` is generated.
+    pub ada: bool,
+    /// The level used without Ada, and with Ada until a pair has a choice (GeNIe's 0.8).
+    pub fixed_level: NoiseLevel,
+    /// Real images kept per target class for its Ada prototype.
+    pub prototype_images: usize,
+    /// Cache probes per batch for pairs whose images are not known to be ready.
+    pub probes_per_batch: usize,
+    /// Requests retried per batch after the generator dropped or deferred them.
+    pub retries_per_batch: usize,
+    /// Bytes of ready-made hard-negative items kept (least recently used first out), so that a
+    /// hard negative is decoded and resized once, not at every use.
+    pub item_memory_bytes: usize,
+}
+
+impl Default for AugmenterConfig {
+    fn default() -> Self {
+        AugmenterConfig {
+            ada: true,
+            fixed_level: NoiseLevel::GENIE_DEFAULT,
+            prototype_images: 16,
+            probes_per_batch: 16,
+            retries_per_batch: 4,
+            item_memory_bytes: 32 << 20,
+        }
+    }
+}
+
+/// Why an augmenter cannot be built.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AugmenterError {
+    #[error("{classes} class names for a policy over {expected} classes")]
+    ClassNames { classes: usize, expected: usize },
+    #[error(
+        "the generator's engine ({generator}) is not the one the keys are made for ({keys}): \
+         its images would never be found"
+    )]
+    FingerprintMismatch { generator: String, keys: String },
+}
+
+/// GeNIe-Ada's choice for one pair, from one model version.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AdaRecord {
+    /// `None` when the pair could not be scored (e.g. its prototype equals its source); the
+    /// fixed level is then used until the next model version.
+    pub level: Option<NoiseLevel>,
+    pub curve: Vec<f64>,
+    pub model_version: u64,
+}
+
+/// Counters of the online loop.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AugmenterStats {
+    pub batches: u64,
+    /// Hard negatives put into batches.
+    pub mixed: u64,
+    pub pairs: usize,
+    /// Pairs whose image at their current level is known to be cached.
+    pub ready: usize,
+    /// Levels the generator accepted (queued) for us.
+    pub requested: u64,
+    /// Levels the generator dropped or deferred (full queue, backoff); retried later.
+    pub deferred: u64,
+    /// Planned hard negatives that could not be read back (evicted, corrupt) or built.
+    pub lookups_failed: u64,
+    /// Source items whose pixels could not be read.
+    pub bad_items: u64,
+    pub ada_choices: usize,
+}
+
+struct PairEntry<I> {
+    /// The source item, kept to embed it for Ada and as the shape of its hard negatives.
+    item: I,
+    target: usize,
+    seed: u64,
+    /// One key per level of `Augmenter::levels`.
+    keys: Vec<CacheKey>,
+    /// Bit `i`: level `i` is known to be cached.
+    cached: u32,
+    choice: Option<AdaRecord>,
+}
+
+struct State<I> {
+    policy: Policy,
+    pairs: Vec<PairEntry<I>>,
+    /// Real items of each target class, for its Ada prototype.
+    prototypes: Vec<Vec<I>>,
+    retry: VecDeque<PairId>,
+    probe_cursor: usize,
+}
+
+#[derive(Default)]
+struct Counters {
+    batches: AtomicU64,
+    mixed: AtomicU64,
+    requested: AtomicU64,
+    deferred: AtomicU64,
+    lookups_failed: AtomicU64,
+    bad_items: AtomicU64,
+}
+
+/// Ready-made hard-negative items by cache key, within a byte budget.
+struct BuiltItems<I> {
+    items: lru::LruCache<CacheKey, (I, usize)>,
+    used: usize,
+    budget: usize,
+}
+
+impl<I: GenieItem> BuiltItems<I> {
+    fn get(&mut self, key: &CacheKey) -> Option<I> {
+        self.items.get(key).map(|(item, _)| item.clone())
+    }
+
+    fn insert(&mut self, key: CacheKey, item: I) {
+        let bytes = item.heap_bytes();
+        if bytes > self.budget {
+            return;
+        }
+        if let Some((_, old)) = self.items.pop(&key) {
+            self.used -= old;
+        }
+        while self.used + bytes > self.budget {
+            match self.items.pop_lru() {
+                Some((_, (_, old))) => self.used -= old,
+                None => break,
+            }
+        }
+        self.used += bytes;
+        self.items.put(key, (item, bytes));
+    }
+
+    fn remove(&mut self, key: &CacheKey) {
+        if let Some((_, old)) = self.items.pop(key) {
+            self.used -= old;
+        }
+    }
+}
+
+/// Bytes held in memory by an augmenter's ready-made items.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ItemMemory {
+    pub items: usize,
+    pub used_bytes: usize,
+    pub budget_bytes: usize,
+}
+
+/// Work the Ada selector can do for one pair: all levels cached.
+pub(crate) struct AdaWork<I> {
+    pub pair: PairId,
+    pub source: I,
+    pub target: usize,
+    pub keys: Vec<CacheKey>,
+}
+
+/// The online hard-negative state of one training run; see the module docs.
+pub struct Augmenter<I> {
+    keys: KeySpace,
+    cache: Arc<Cache>,
+    generator: Option<Arc<Generator>>,
+    confusion: Option<SharedConfusion>,
+    config: AugmenterConfig,
+    levels: Vec<NoiseLevel>,
+    fixed_index: usize,
+    state: Mutex<State<I>>,
+    built: Mutex<BuiltItems<I>>,
+    counters: Counters,
+}
+
+impl<I: GenieItem> Augmenter<I> {
+    /// An augmenter that mixes hard negatives from `cache` and, when `generator` is given, asks
+    /// it for the missing ones. Without a generator only pre-warmed images are used.
+    pub fn new(
+        policy: Policy,
+        keys: KeySpace,
+        cache: Arc<Cache>,
+        generator: Option<Arc<Generator>>,
+        config: AugmenterConfig,
+    ) -> Result<Self, AugmenterError> {
+        if keys.class_names().len() != policy.num_classes() {
+            return Err(AugmenterError::ClassNames {
+                classes: keys.class_names().len(),
+                expected: policy.num_classes(),
+            });
+        }
+        if let Some(g) = generator
+            .as_ref()
+            .filter(|g| g.fingerprint() != keys.fingerprint())
+        {
+            return Err(AugmenterError::FingerprintMismatch {
+                generator: g.fingerprint().model.clone(),
+                keys: keys.fingerprint().model.clone(),
+            });
+        }
+        let mut levels = if config.ada {
+            NoiseLevel::ADA_SWEEP.to_vec()
+        } else {
+            Vec::new()
+        };
+        if !levels.contains(&config.fixed_level) {
+            levels.push(config.fixed_level);
+            levels.sort_unstable();
+        }
+        let fixed_index = levels
+            .iter()
+            .position(|&l| l == config.fixed_level)
+            .unwrap_or(0);
+        let classes = policy.num_classes();
+        let item_budget = config.item_memory_bytes;
+        Ok(Augmenter {
+            keys,
+            cache,
+            generator,
+            confusion: None,
+            config,
+            levels,
+            fixed_index,
+            state: Mutex::new(State {
+                policy,
+                pairs: Vec::new(),
+                prototypes: vec![Vec::new(); classes],
+                retry: VecDeque::new(),
+                probe_cursor: 0,
+            }),
+            built: Mutex::new(BuiltItems {
+                items: lru::LruCache::unbounded(),
+                used: 0,
+                budget: item_budget,
+            }),
+            counters: Counters::default(),
+        })
+    }
+
+    /// Reads source classes from this confusion matrix (for `SourceStrategy::TopConfused`).
+    pub fn with_confusion(mut self, confusion: SharedConfusion) -> Self {
+        self.confusion = Some(confusion);
+        self
+    }
+
+    pub fn keys(&self) -> &KeySpace {
+        &self.keys
+    }
+
+    pub fn cache(&self) -> &Arc<Cache> {
+        &self.cache
+    }
+
+    /// The levels generated per pair (the Ada sweep, or the fixed level alone).
+    pub fn levels(&self) -> &[NoiseLevel] {
+        &self.levels
+    }
+
+    pub fn config(&self) -> &AugmenterConfig {
+        &self.config
+    }
+
+    fn state(&self) -> MutexGuard<'_, State<I>> {
+        // Bookkeeping stays consistent between statements, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Runs `f` on the policy (e.g. to read its targets or groups).
+    pub fn with_policy<R>(&self, f: impl FnOnce(&Policy) -> R) -> R {
+        f(&self.state().policy)
+    }
+
+    fn confusion_guard(&self) -> Option<MutexGuard<'_, ConfusionMatrix>> {
+        self.confusion.as_ref().map(SharedConfusion::lock)
+    }
+
+    /// The level a pair's hard negative is taken at now: its Ada choice, else the fixed level.
+    fn current_index(&self, entry: &PairEntry<I>) -> usize {
+        entry
+            .choice
+            .as_ref()
+            .and_then(|c| c.level)
+            .and_then(|l| self.levels.iter().position(|&x| x == l))
+            .unwrap_or(self.fixed_index)
+    }
+
+    /// The level pair `id` is mixed at now.
+    pub fn current_level(&self, id: PairId) -> Option<NoiseLevel> {
+        let state = self.state();
+        state
+            .pairs
+            .get(id)
+            .map(|e| self.levels[self.current_index(e)])
+    }
+
+    /// One batch's work: record target images, start new pairs, retry and probe, then replace
+    /// (or extend) items with ready hard negatives. Never waits for generation.
+    pub fn augment(&self, mut items: Vec<I>) -> Vec<I> {
+        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        let labelled: Vec<(usize, usize)> = items
+            .iter()
+            .enumerate()
+            .filter_map(|(i, item)| item.label().map(|l| (i, l)))
+            .collect();
+        let labels: Vec<usize> = labelled.iter().map(|&(_, l)| l).collect();
+
+        let mut state = self.state();
+        self.keep_prototypes(&mut state, &items, &labelled);
+        let proposals = {
+            let confusion = self.confusion_guard();
+            state.policy.propose(&labels, confusion.as_deref())
+        };
+        drop(state);
+
+        // New pairs: hashing the preprocessed source is the costly part, done unlocked.
+        let mut to_request = Vec::new();
+        for p in proposals {
+            let (index, source_class) = labelled[p.index];
+            let Some(source) = self.source_of(&items[index]) else {
+                continue;
+            };
+            let mut state = self.state();
+            if let Some(id) = state.policy.register(source_class, p.target, source.hash) {
+                let seed = state.policy.config().seed;
+                let keys = self
+                    .levels
+                    .iter()
+                    .map(|&l| self.keys.key(source.hash, p.target, l, seed))
+                    .collect();
+                state.pairs.push(PairEntry {
+                    item: items[index].clone(),
+                    target: p.target,
+                    seed,
+                    keys,
+                    cached: 0,
+                    choice: None,
+                });
+                to_request.push((id, source));
+            }
+        }
+        for (id, source) in to_request {
+            self.request(id, source);
+        }
+        self.retry_deferred();
+        self.probe();
+
+        // Mixing.
+        let mut state = self.state();
+        let ready: Vec<PairId> = state
+            .pairs
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.cached & (1 << self.current_index(e)) != 0)
+            .map(|(id, _)| id)
+            .collect();
+        let plan = state.policy.plan_mix(&labels, &ready);
+        let picks: Vec<(PairId, usize, CacheKey, I)> = plan
+            .insert
+            .iter()
+            .map(|&id| {
+                let e = &state.pairs[id];
+                let level = self.current_index(e);
+                (id, level, e.keys[level], e.item.clone())
+            })
+            .collect();
+        drop(state);
+
+        let mut appended = Vec::new();
+        let mut gone = Vec::new();
+        for (n, (id, level, key, source_item)) in picks.into_iter().enumerate() {
+            let slot = plan.replace.get(n).map(|&i| labelled[i].0);
+            let target = self.target_of(id);
+            match self.hard_negative(&source_item, &key, target) {
+                Some(item) => {
+                    self.counters.mixed.fetch_add(1, Ordering::Relaxed);
+                    match slot {
+                        Some(i) => items[i] = item,
+                        None => appended.push(item),
+                    }
+                }
+                None => gone.push((id, level)),
+            }
+        }
+        if !gone.is_empty() {
+            let mut state = self.state();
+            for (id, level) in gone {
+                state.pairs[id].cached &= !(1 << level);
+                self.built().remove(&state.pairs[id].keys[level]);
+            }
+        }
+        items.extend(appended);
+        items
+    }
+
+    fn target_of(&self, id: PairId) -> usize {
+        self.state().pairs[id].target
+    }
+
+    fn keep_prototypes(&self, state: &mut State<I>, items: &[I], labelled: &[(usize, usize)]) {
+        if !self.config.ada {
+            return;
+        }
+        for &(i, label) in labelled {
+            if !state.policy.is_target(label) || items[i].is_generated() {
+                continue;
+            }
+            let cap = self.config.prototype_images;
+            if let Some(kept) = state.prototypes.get_mut(label).filter(|k| k.len() < cap) {
+                kept.push(items[i].clone());
+            }
+        }
+    }
+
+    fn source_of(&self, item: &I) -> Option<crate::generator::SourceImage> {
+        let source = item
+            .rgb()
+            .map_err(|e| e.to_string())
+            .and_then(|rgb| self.keys.source(&rgb).map_err(|e| e.to_string()));
+        match source {
+            Ok(s) => Some(s),
+            Err(e) => {
+                self.counters.bad_items.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(error = %e, "skipping a source item whose pixels cannot be read");
+                None
+            }
+        }
+    }
+
+    /// The hard negative of `key` as an item shaped like its source: ready-made if held, else
+    /// read from the cache and built. `None` (counted) when it is gone.
+    fn hard_negative(&self, source: &I, key: &CacheKey, target: usize) -> Option<I> {
+        if let Some(item) = self.built().get(key) {
+            return Some(item);
+        }
+        let built = match self.cache.get_image(key) {
+            Ok(Some(image)) => source
+                .with_generated(&image, target, &key.to_string())
+                .map_err(|e| tracing::warn!(%key, error = %e, "cannot build an item"))
+                .ok(),
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(%key, error = %e, "cache read failed");
+                None
+            }
+        };
+        match &built {
+            Some(item) => self.built().insert(*key, item.clone()),
+            None => {
+                self.counters.lookups_failed.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        built
+    }
+
+    fn built(&self) -> MutexGuard<'_, BuiltItems<I>> {
+        self.built.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Memory held by ready-made hard-negative items (the decoded images are in the cache's
+    /// memory tier, under its own budget).
+    pub fn item_memory(&self) -> ItemMemory {
+        let built = self.built();
+        ItemMemory {
+            items: built.items.len(),
+            used_bytes: built.used,
+            budget_bytes: built.budget,
+        }
+    }
+
+    fn request(&self, id: PairId, source: crate::generator::SourceImage) {
+        let Some(generator) = &self.generator else {
+            return;
+        };
+        let (target, seed) = {
+            let state = self.state();
+            let e = &state.pairs[id];
+            (e.target, e.seed)
+        };
+        let request =
+            self.keys
+                .request(source, target, self.levels.clone(), seed, Priority::Online);
+        let receipt = match generator.request(request) {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::debug!(error = %e, "generator refused a request");
+                self.state().retry.push_back(id);
+                return;
+            }
+        };
+        let mut state = self.state();
+        let mut deferred = false;
+        for (i, (_, _, outcome)) in receipt.levels.iter().enumerate() {
+            match outcome {
+                LevelOutcome::AlreadyCached => state.pairs[id].cached |= 1 << i,
+                LevelOutcome::Queued => {
+                    self.counters.requested.fetch_add(1, Ordering::Relaxed);
+                }
+                LevelOutcome::AlreadyPending => {}
+                LevelOutcome::BackingOff | LevelOutcome::Dropped => {
+                    self.counters.deferred.fetch_add(1, Ordering::Relaxed);
+                    deferred = true;
+                }
+            }
+        }
+        if deferred {
+            state.retry.push_back(id);
+        }
+    }
+
+    fn retry_deferred(&self) {
+        if self.generator.is_none() {
+            return;
+        }
+        for _ in 0..self.config.retries_per_batch {
+            let item = {
+                let mut state = self.state();
+                let Some(id) = state.retry.pop_front() else {
+                    return;
+                };
+                (id, state.pairs[id].item.clone())
+            };
+            if let Some(source) = self.source_of(&item.1) {
+                self.request(item.0, source);
+            }
+        }
+    }
+
+    /// Checks a few not-yet-ready (pair, level)s against the cache, current levels first.
+    fn probe(&self) {
+        let budget = self.config.probes_per_batch;
+        let todo: Vec<(PairId, usize, CacheKey)> = {
+            let mut state = self.state();
+            let n = state.pairs.len();
+            let full = (1u32 << self.levels.len()) - 1;
+            let mut todo = Vec::new();
+            let start = state.probe_cursor;
+            let mut scanned = 0;
+            while todo.len() < budget && scanned < n {
+                let id = (start + scanned) % n;
+                scanned += 1;
+                let e = &state.pairs[id];
+                if e.cached == full {
+                    continue;
+                }
+                let current = self.current_index(e);
+                let order = std::iter::once(current).chain(0..self.levels.len());
+                for level in order {
+                    if e.cached & (1 << level) == 0
+                        && todo.len() < budget
+                        && !todo.contains(&(id, level, e.keys[level]))
+                    {
+                        todo.push((id, level, e.keys[level]));
+                    }
+                }
+            }
+            state.probe_cursor = if n == 0 { 0 } else { (start + scanned) % n };
+            todo
+        };
+        let found: Vec<(PairId, usize)> = todo
+            .into_iter()
+            .filter(|(_, _, key)| self.cache.contains(key).unwrap_or(false))
+            .map(|(id, level, _)| (id, level))
+            .collect();
+        if !found.is_empty() {
+            let mut state = self.state();
+            for (id, level) in found {
+                state.pairs[id].cached |= 1 << level;
+            }
+        }
+    }
+
+    /// Pairs the Ada selector should (re)score for `model_version`: every level cached, no
+    /// choice from this version yet, and a prototype available. At most `limit`.
+    pub(crate) fn ada_work(&self, model_version: u64, limit: usize) -> Vec<AdaWork<I>> {
+        let state = self.state();
+        let full = (1u32 << self.levels.len()) - 1;
+        state
+            .pairs
+            .iter()
+            .enumerate()
+            .filter(|(_, e)| e.cached == full)
+            .filter(|(_, e)| {
+                e.choice
+                    .as_ref()
+                    .is_none_or(|c| c.model_version < model_version)
+            })
+            .filter(|(_, e)| !state.prototypes[e.target].is_empty())
+            .take(limit)
+            .map(|(id, e)| AdaWork {
+                pair: id,
+                source: e.item.clone(),
+                target: e.target,
+                keys: e.keys.clone(),
+            })
+            .collect()
+    }
+
+    /// The real items kept for `target`'s prototype.
+    pub(crate) fn prototype_items(&self, target: usize) -> Vec<I> {
+        self.state()
+            .prototypes
+            .get(target)
+            .cloned()
+            .unwrap_or_default()
+    }
+
+    /// Records the selector's verdict for a pair.
+    pub(crate) fn record_choice(&self, id: PairId, record: AdaRecord) {
+        if let Some(e) = self.state().pairs.get_mut(id) {
+            e.choice = Some(record);
+        }
+    }
+
+    /// The latest Ada record of each pair that has one.
+    pub fn ada_records(&self) -> Vec<(PairId, AdaRecord)> {
+        self.state()
+            .pairs
+            .iter()
+            .enumerate()
+            .filter_map(|(id, e)| e.choice.clone().map(|c| (id, c)))
+            .collect()
+    }
+
+    /// How many pairs currently use each level (Ada's r*, or the fixed level without a choice).
+    pub fn level_histogram(&self) -> BTreeMap<NoiseLevel, usize> {
+        let state = self.state();
+        let mut histogram = BTreeMap::new();
+        for e in &state.pairs {
+            *histogram
+                .entry(self.levels[self.current_index(e)])
+                .or_insert(0) += 1;
+        }
+        histogram
+    }
+
+    pub fn stats(&self) -> AugmenterStats {
+        let state = self.state();
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        AugmenterStats {
+            batches: load(&self.counters.batches),
+            mixed: load(&self.counters.mixed),
+            pairs: state.pairs.len(),
+            ready: state
+                .pairs
+                .iter()
+                .filter(|e| e.cached & (1 << self.current_index(e)) != 0)
+                .count(),
+            requested: load(&self.counters.requested),
+            deferred: load(&self.counters.deferred),
+            lookups_failed: load(&self.counters.lookups_failed),
+            bad_items: load(&self.counters.bad_items),
+            ada_choices: state
+                .pairs
+                .iter()
+                .filter(|e| e.choice.as_ref().is_some_and(|c| c.level.is_some()))
+                .count(),
+        }
+    }
+
+    /// The source image, target and current level of a pair (for reports and tests).
+    pub fn pair_info(&self, id: PairId) -> Option<(RgbImage, usize, NoiseLevel)> {
+        let state = self.state();
+        let e = state.pairs.get(id)?;
+        let rgb = e.item.rgb().ok()?;
+        Some((rgb, e.target, self.levels[self.current_index(e)]))
+    }
+
+    /// The cache key of pair `id` at `level`, if that level is generated for it.
+    pub fn pair_key(&self, id: PairId, level: NoiseLevel) -> Option<CacheKey> {
+        let index = self.levels.iter().position(|&l| l == level)?;
+        self.state().pairs.get(id).map(|e| e.keys[index])
+    }
+}

@@ -1,0 +1,51 @@
+//! The burn integration, and the only part of genie that imports burn: drop-in wrappers for a
+//! training loop's batcher and dataset, the live model GeNIe-Ada scores with, and the metric that
+//! feeds the confusion matrix.
+//!
+//! - [`GenieBatcher`] wraps your `Batcher`: hard negatives of tail or few-shot classes are mixed
+//!   into each batch as soon as they are cached; generation happens in the background.
+//! - [`GenieDataset`] wraps your `Dataset`: the paper's offline protocol, original items plus the
+//!   planned hard negatives, fixed length.
+//! - [`LiveModel`] + your [`FeatureExtractor`]: r* per pair chosen by the model being trained.
+//! - [`ConfusionMetric`] or [`crate::policy::SharedConfusion::record`]: which classes are
+//!   confused with each target (its sources).
+//! - [`GenieItem`]: what genie needs of an item; implemented for burn's `ImageDatasetItem`.
+
+mod augmenter;
+mod batcher;
+mod dataset;
+mod item;
+mod keys;
+mod live;
+mod metric;
+
+pub use augmenter::{
+    AdaRecord, Augmenter, AugmenterConfig, AugmenterError, AugmenterStats, ItemMemory,
+};
+pub use batcher::GenieBatcher;
+pub use dataset::{GenieDataset, OfflinePlan, PlannedNegative};
+pub use item::{image_item, GenieItem, ItemError, GENERATED_PATH_PREFIX};
+pub use keys::KeySpace;
+pub use live::{FeatureExtractor, LiveConfig, LiveModel, SelectorStats};
+pub use metric::{predictions_and_targets, ConfusionInput, ConfusionMetric};
+
+use crate::cache::{CacheError, CacheKey};
+use crate::generator::GeneratorError;
+use crate::image_io::ImageError;
+
+/// Errors of the burn wrappers, naming the dataset item or cache entry involved.
+#[derive(Debug, thiserror::Error)]
+pub enum LoaderError {
+    #[error("dataset item {index}: {message}")]
+    Dataset { index: usize, message: String },
+    #[error("dataset item {index}: {source}")]
+    Item { index: usize, source: ItemError },
+    #[error("dataset item {index}: {source}")]
+    Image { index: usize, source: ImageError },
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error(transparent)]
+    Generator(#[from] GeneratorError),
+    #[error("hard negative {0} is no longer in the cache (removed by gc?)")]
+    MissingEntry(CacheKey),
+}

@@ -1,0 +1,533 @@
+//! The burn wrappers: GenieBatcher mixes hard negatives without ever blocking, labels them with
+//! their target, keeps the batch size and memory budget, follows GeNIe-Ada's r*; GenieDataset
+//! follows the quotas; the confusion metric feeds the policy; one end-to-end run on the tiny model.
+
+use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataset::{Dataset, InMemDataset};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn_dataset::vision::ImageDatasetItem;
+use genie::cache::{Cache, MemoryStore};
+use genie::generator::{DynEngine, EngineFactory, Generator, GeneratorConfig, Shutdown};
+use genie::loader::{
+    image_item, Augmenter, AugmenterConfig, ConfusionMetric, FeatureExtractor, GenieBatcher,
+    GenieDataset, GenieItem, KeySpace, LiveConfig, LiveModel, OfflinePlan,
+};
+use genie::policy::{ClassStats, Policy, PolicyConfig, SharedConfusion};
+use genie::{Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel};
+use image::{Rgb, RgbImage};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+const CLASSES: usize = 4;
+const SIDE: u32 = 8;
+
+fn names() -> Vec<String> {
+    ["alpha", "beta", "gamma", "delta"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn fingerprint() -> EngineFingerprint {
+    EngineFingerprint {
+        model: "colour-engine".into(),
+        scheduler: "none".into(),
+        steps: 1,
+        guidance: "1".into(),
+        resolution: SIDE,
+        dtype: "f32".into(),
+        algorithm_version: 1,
+    }
+}
+
+/// The colour of a generated image: the crossover from "source" (red) to "target" (green)
+/// happens between r = 0.5 and r = 0.6, so GeNIe-Ada must choose 0.6.
+fn level_colour(level: NoiseLevel) -> Rgb<u8> {
+    match level.thousandths() {
+        ..=500 => Rgb([250, 5, 0]),
+        t => Rgb([(t / 100) as u8, 240 - (t / 100) as u8, (t / 10) as u8]),
+    }
+}
+
+/// Closed gates block engine calls until opened.
+#[derive(Default)]
+struct Gate {
+    open: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Gate {
+    fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+    fn pass(&self) {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.cv.wait(open).unwrap();
+        }
+    }
+}
+
+struct ColourEngine {
+    fp: EngineFingerprint,
+    gate: Arc<Gate>,
+}
+
+impl Engine for ColourEngine {
+    type Error = std::io::Error;
+    fn resolution(&self) -> u32 {
+        SIDE
+    }
+    fn fingerprint(&self) -> &EngineFingerprint {
+        &self.fp
+    }
+    fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, std::io::Error> {
+        self.gate.pass();
+        Ok(jobs
+            .iter()
+            .map(|job| JobOutput {
+                images: job
+                    .levels
+                    .iter()
+                    .map(|&level| LevelImage {
+                        level,
+                        start_timestep: 0,
+                        steps_run: 1,
+                        image: RgbImage::from_pixel(SIDE, SIDE, level_colour(level)),
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+}
+
+struct ColourFactory {
+    fp: EngineFingerprint,
+    gate: Arc<Gate>,
+}
+
+impl EngineFactory for ColourFactory {
+    fn fingerprint(&self) -> &EngineFingerprint {
+        &self.fp
+    }
+    fn resolution(&self) -> u32 {
+        SIDE
+    }
+    fn create(&self, _device: &str) -> Result<Box<dyn DynEngine>, BoxError> {
+        Ok(Box::new(ColourEngine {
+            fp: self.fp.clone(),
+            gate: Arc::clone(&self.gate),
+        }))
+    }
+}
+
+fn generator(cache: Arc<Cache>, gate: Arc<Gate>, queue_capacity: usize) -> Arc<Generator> {
+    let factory = Arc::new(ColourFactory {
+        fp: fingerprint(),
+        gate,
+    });
+    let config = GeneratorConfig {
+        devices: vec!["cpu".into()],
+        queue_capacity,
+        max_batch: 4,
+        ..GeneratorConfig::default()
+    };
+    Arc::new(Generator::start(factory, cache, config).unwrap())
+}
+
+fn memory_cache(budget: usize) -> Arc<Cache> {
+    Arc::new(Cache::new(Arc::new(MemoryStore::new()), budget))
+}
+
+/// Class 0 has many images, class 3 few: class 3 is the only target.
+fn stats() -> ClassStats {
+    ClassStats::from_counts(vec![300, 120, 60, 5])
+}
+
+fn config(ada: bool) -> AugmenterConfig {
+    AugmenterConfig {
+        ada,
+        ..AugmenterConfig::default()
+    }
+}
+
+fn policy(per_target: usize) -> Policy {
+    Policy::long_tail(
+        stats(),
+        PolicyConfig {
+            per_target,
+            ..PolicyConfig::long_tail()
+        },
+    )
+    .unwrap()
+}
+
+/// A distinct item of `class`: its pixels encode (class, n).
+fn item(class: usize, n: usize) -> ImageDatasetItem {
+    let colour = match class {
+        3 => Rgb([0, 250, 0]),
+        _ => Rgb([255, (n % 200) as u8, (n / 200) as u8]),
+    };
+    let mut img = RgbImage::from_pixel(SIDE, SIDE, colour);
+    img.put_pixel(0, 0, Rgb([class as u8, (n % 256) as u8, (n / 256) as u8]));
+    image_item(&img, class, format!("{class}/{n}.png"))
+}
+
+/// A batch of 16 dominated by class 0, with one item of each other class.
+fn batch(round: usize) -> Vec<ImageDatasetItem> {
+    let mut items: Vec<_> = (0..13).map(|i| item(0, round * 100 + i)).collect();
+    items.extend((1..CLASSES).map(|c| item(c, round * 100 + 50)));
+    items
+}
+
+/// The plain batcher: hands its items back.
+#[derive(Clone)]
+struct Identity;
+
+impl Batcher<ImageDatasetItem, Vec<ImageDatasetItem>> for Identity {
+    fn batch(&self, items: Vec<ImageDatasetItem>, _device: &Device) -> Vec<ImageDatasetItem> {
+        items
+    }
+}
+
+fn keys() -> KeySpace {
+    KeySpace::new(fingerprint(), SIDE, names())
+}
+
+fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !done() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// Runs batches until the generator has made the images of every pair started so far.
+fn run_until_mixed(
+    batcher: &GenieBatcher<Identity, ImageDatasetItem>,
+) -> Vec<Vec<ImageDatasetItem>> {
+    let device = Device::default();
+    let mut out = Vec::new();
+    for round in 0..200 {
+        let b = batcher.batch(batch(round), &device);
+        let mixed = b.iter().any(GenieItem::is_generated);
+        out.push(b);
+        if mixed {
+            return out;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    panic!("no hard negative was ever mixed in");
+}
+
+#[test]
+fn batcher_keeps_the_size_and_labels_hard_negatives_with_their_target() {
+    let cache = memory_cache(1 << 20);
+    let gate = Arc::new(Gate::default());
+    gate.open();
+    let generator = generator(Arc::clone(&cache), gate, 64);
+    let augmenter = Augmenter::new(
+        policy(8),
+        keys(),
+        cache,
+        Some(Arc::clone(&generator)),
+        config(false),
+    )
+    .unwrap();
+    let batcher = GenieBatcher::new(Identity, Arc::new(augmenter));
+    let batches = run_until_mixed(&batcher);
+    for b in &batches {
+        assert_eq!(b.len(), 16);
+    }
+    let last = batches.last().unwrap();
+    let generated: Vec<_> = last.iter().filter(|i| i.is_generated()).collect();
+    assert!(
+        !generated.is_empty() && generated.len() <= 4,
+        "{}",
+        generated.len()
+    );
+    for g in &generated {
+        assert_eq!(g.label(), Some(3), "hard negatives carry the target label");
+        assert_eq!(
+            g.rgb().unwrap(),
+            RgbImage::from_pixel(SIDE, SIDE, level_colour(NoiseLevel::GENIE_DEFAULT)),
+            "without Ada the fixed level 0.8 is used"
+        );
+    }
+    // The replaced items were of the over-represented class 0; the others are all still there.
+    for c in 1..CLASSES {
+        assert!(last
+            .iter()
+            .any(|i| i.label() == Some(c) && !i.is_generated()));
+    }
+    let stats = batcher.augmenter().stats();
+    assert!(stats.pairs > 0 && stats.pairs <= 8, "{stats:?}");
+    assert_eq!(
+        stats.mixed as usize,
+        generated.len()
+            + batches[..batches.len() - 1]
+                .iter()
+                .map(|b| b.iter().filter(|i| i.is_generated()).count())
+                .sum::<usize>()
+    );
+    // Sources come from the other classes only, never more pairs than the quota.
+    batcher.augmenter().with_policy(|p| {
+        assert!(p
+            .pairs()
+            .iter()
+            .all(|pair| pair.target == 3 && pair.source_class != 3));
+        assert!(p.pairs_of(3).len() <= 8);
+    });
+}
+
+#[test]
+fn batcher_never_blocks_on_a_saturated_generator() {
+    let cache = memory_cache(1 << 20);
+    let gate = Arc::new(Gate::default()); // closed: the engine never finishes
+    let generator = generator(Arc::clone(&cache), Arc::clone(&gate), 2);
+    let augmenter = Arc::new(
+        Augmenter::new(
+            policy(50),
+            keys(),
+            cache,
+            Some(Arc::clone(&generator)),
+            config(true),
+        )
+        .unwrap(),
+    );
+    let batcher = GenieBatcher::new(Identity, Arc::clone(&augmenter));
+    // If a batch blocked, the channel would stay empty and the watchdog below would fail.
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let device = Device::default();
+        for round in 0..100 {
+            let b = batcher.batch(batch(round), &device);
+            tx.send(b.len()).unwrap();
+        }
+    });
+    for _ in 0..100 {
+        let len = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("a batch blocked on the generator");
+        assert_eq!(len, 16);
+    }
+    worker.join().unwrap();
+    let stats = augmenter.stats();
+    assert_eq!(stats.mixed, 0);
+    assert!(
+        stats.deferred > 0,
+        "the full queue must have deferred work: {stats:?}"
+    );
+    gate.open();
+}
+
+/// Mean colour of an item, as an "embedding".
+struct MeanColour;
+
+impl FeatureExtractor<burn::nn::Linear, ImageDatasetItem> for MeanColour {
+    fn embed(&self, _model: &burn::nn::Linear, items: Vec<ImageDatasetItem>) -> Tensor<2> {
+        let n = items.len();
+        let mut values = Vec::with_capacity(n * 3);
+        for item in items {
+            let rgb = item.rgb().unwrap();
+            let count = rgb.pixels().len() as f32;
+            for c in 0..3 {
+                values.push(rgb.pixels().map(|p| p.0[c] as f32).sum::<f32>() / count);
+            }
+        }
+        Tensor::from_data(TensorData::new(values, [n, 3]), &Device::default())
+    }
+}
+
+#[test]
+fn batcher_uses_the_level_ada_chose_with_the_live_model() {
+    let cache = memory_cache(1 << 20);
+    let gate = Arc::new(Gate::default());
+    gate.open();
+    let generator = generator(Arc::clone(&cache), gate, 64);
+    let augmenter =
+        Arc::new(Augmenter::new(policy(2), keys(), cache, Some(generator), config(true)).unwrap());
+    let batcher = GenieBatcher::new(Identity, Arc::clone(&augmenter));
+    // Before any choice, the fixed level is mixed.
+    let first = run_until_mixed(&batcher);
+    let generated = first
+        .last()
+        .unwrap()
+        .iter()
+        .find(|i| i.is_generated())
+        .unwrap();
+    assert_eq!(
+        generated.rgb().unwrap().get_pixel(1, 1),
+        &level_colour(NoiseLevel::GENIE_DEFAULT)
+    );
+
+    let device = Device::default();
+    let model = burn::nn::LinearConfig::new(3, 2).init(&device);
+    let live = LiveModel::start(
+        Arc::clone(&augmenter),
+        MeanColour,
+        LiveConfig {
+            every: 1,
+            ..LiveConfig::default()
+        },
+    )
+    .unwrap();
+    live.observe(&model);
+    let chosen = NoiseLevel::parse("0.6").unwrap();
+    let pairs = augmenter.stats().pairs;
+    wait_until("GeNIe-Ada choices", || {
+        // Keep batching so that the probes find every level of every pair.
+        batcher.batch(batch(7), &device);
+        augmenter.stats().ada_choices == pairs
+    });
+    for (id, record) in augmenter.ada_records() {
+        assert_eq!(record.level, Some(chosen), "pair {id}: {record:?}");
+        assert_eq!(record.curve.len(), 5);
+        assert_eq!(record.model_version, 1);
+        assert_eq!(augmenter.current_level(id), Some(chosen));
+    }
+    assert_eq!(augmenter.level_histogram().get(&chosen), Some(&pairs));
+    let b = batcher.batch(batch(9), &device);
+    let mixed: Vec<_> = b.iter().filter(|i| i.is_generated()).collect();
+    assert!(!mixed.is_empty());
+    for g in mixed {
+        assert_eq!(g.rgb().unwrap().get_pixel(1, 1), &level_colour(chosen));
+    }
+    // A new model version re-scores every pair without new diffusion.
+    let before = augmenter.stats().requested;
+    assert_eq!(live.publish(model.clone()), 2);
+    wait_until("re-selection", || {
+        augmenter
+            .ada_records()
+            .iter()
+            .all(|(_, r)| r.model_version == 2)
+    });
+    assert_eq!(augmenter.stats().requested, before);
+    let stats = live.stop();
+    assert_eq!(stats.unscorable, 0);
+    assert!(stats.scored >= 2 * pairs as u64);
+}
+
+#[test]
+fn memory_held_hard_negatives_stay_within_the_budget() {
+    // Room for about three 8×8 images in memory; many more pairs than that.
+    let budget = 3 * (SIDE * SIDE * 3) as usize + 3 * genie::cache::ENTRY_OVERHEAD_BYTES;
+    let cache = memory_cache(budget);
+    let gate = Arc::new(Gate::default());
+    gate.open();
+    let generator = generator(Arc::clone(&cache), gate, 256);
+    let augmenter = Arc::new(
+        Augmenter::new(
+            policy(50),
+            keys(),
+            Arc::clone(&cache),
+            Some(generator),
+            AugmenterConfig {
+                item_memory_bytes: 3 * item(0, 0).heap_bytes() + 100,
+                ..config(false)
+            },
+        )
+        .unwrap(),
+    );
+    let batcher = GenieBatcher::new(Identity, Arc::clone(&augmenter));
+    let device = Device::default();
+    for round in 0..60 {
+        batcher.batch(batch(round), &device);
+        let usage = cache.memory_usage();
+        assert!(usage.used_bytes <= usage.budget_bytes, "{usage:?}");
+        let items = augmenter.item_memory();
+        assert!(items.used_bytes <= items.budget_bytes, "{items:?}");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let stats = augmenter.stats();
+    assert!(stats.pairs > 10 && stats.mixed > 10, "{stats:?}");
+    assert!(augmenter.item_memory().items <= 3);
+}
+
+#[test]
+fn genie_dataset_follows_the_quotas() {
+    let mut items = Vec::new();
+    for (class, &count) in stats().counts().iter().enumerate() {
+        items.extend((0..count).map(|n| item(class, n)));
+    }
+    let inner = InMemDataset::new(items);
+    let policy = policy(6);
+    let keys = keys();
+    let level = NoiseLevel::GENIE_DEFAULT;
+    let plan = OfflinePlan::new(&inner, &policy, &keys, level, None).unwrap();
+    assert_eq!(plan.negatives.len(), 6);
+    assert!(plan.negatives.iter().all(|n| n.target == 3));
+    let cache = memory_cache(0);
+    // Pre-warm four of the six through the generator.
+    let gate = Arc::new(Gate::default());
+    gate.open();
+    let generator = generator(Arc::clone(&cache), gate, 64);
+    let partial = OfflinePlan {
+        negatives: plan.negatives[..4].to_vec(),
+    };
+    assert_eq!(
+        partial.request_missing(&inner, &keys, &generator).unwrap(),
+        4
+    );
+    Arc::into_inner(generator)
+        .unwrap()
+        .shutdown(Shutdown::Drain);
+    assert_eq!(plan.missing(&cache).unwrap().len(), 2);
+
+    let dataset = GenieDataset::new(inner, Arc::clone(&cache), &plan).unwrap();
+    let originals = 300 + 120 + 60 + 5;
+    assert_eq!(dataset.len(), originals + 4);
+    for i in 0..4 {
+        let negative = dataset.get(originals + i).unwrap();
+        assert!(negative.is_generated());
+        assert_eq!(negative.label(), Some(3));
+        let source = dataset.get(plan.negatives[i].source_index).unwrap();
+        assert_ne!(source.label(), Some(3));
+    }
+    assert_eq!(dataset.get(0).unwrap().label(), Some(0));
+}
+
+#[test]
+fn confusion_metric_feeds_the_policy_matrix() {
+    use burn::train::metric::{Adaptor, Metric, MetricMetadata};
+    use burn::train::ClassificationOutput;
+    use burn_dataset::Dataset as _;
+    let _ = InMemDataset::<u8>::new(vec![]).len();
+    let device = Device::default();
+    let confusion = SharedConfusion::new(3);
+    let mut metric = ConfusionMetric::new(confusion.clone());
+    // Predictions: 0→0, 1→2, 2→2, 2→1.
+    let logits = Tensor::<2>::from_data(
+        TensorData::new(
+            vec![5.0f32, 0., 0., 0., 0., 5., 0., 0., 5., 0., 5., 0.],
+            [4, 3],
+        ),
+        &device,
+    );
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 1, 2, 2], [4]), &device);
+    let output = ClassificationOutput {
+        loss: Tensor::zeros([1], &device),
+        output: logits,
+        targets,
+    };
+    let metadata = MetricMetadata {
+        progress: burn::data::dataloader::Progress {
+            items_processed: 4,
+            items_total: 4,
+            unit: None,
+        },
+        iteration: Some(0),
+        lr: None,
+    };
+    metric.update(&output.adapt(), &metadata).unwrap();
+    let m = confusion.snapshot();
+    assert_eq!(m.get(1, 2), 1.0);
+    assert_eq!(m.get(2, 1), 1.0);
+    assert_eq!(m.get(2, 2), 1.0);
+    assert_eq!(m.most_confused_with(2, 4), vec![1]);
+    metric.clear();
+    assert_eq!(confusion.snapshot().get(1, 2), 0.5);
+}
