@@ -33,7 +33,7 @@ use clap::Parser;
 use genie::cache::Cache;
 use genie::diffusion::{self, tiny, EngineOptions, ModelSource};
 use genie::factory::SdEngineFactory;
-use genie::generator::{Generator, GeneratorConfig, Shutdown};
+use genie::generator::{Generator, GeneratorConfig};
 use genie::loader::{
     image_item, predictions_and_targets, Augmenter, AugmenterConfig, GenieBatcher, GenieItem,
     KeySpace, LiveConfig, LiveModel,
@@ -408,9 +408,8 @@ fn main() -> Result<()> {
     );
     let genie = train(&args, &data, Some(&online), &device)?;
     drop(online);
-    let generated = Arc::into_inner(generator)
-        .map(|g| g.shutdown(Shutdown::Cancel))
-        .map_or(0, |s| s.done);
+    // Dropping the last handle (with the augmenter, at the end) cancels what is still queued.
+    let generated = generator.stats().done;
 
     println!("\naccuracy by group (test set)");
     println!("  {:<8}{:>12}{:>12}", "group", "baseline", "GeNIe");

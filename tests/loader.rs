@@ -531,3 +531,63 @@ fn confusion_metric_feeds_the_policy_matrix() {
     metric.clear();
     assert_eq!(confusion.snapshot().get(1, 2), 0.5);
 }
+
+#[test]
+fn end_to_end_through_the_real_engine_on_a_disk_cache() {
+    use genie::diffusion::{tiny, EngineOptions, ModelSource};
+    use genie::factory::SdEngineFactory;
+    let model = tempfile::tempdir().unwrap();
+    tiny::write_tiny_model(model.path(), 5).unwrap();
+    let factory = SdEngineFactory::new(
+        ModelSource::Local(model.path().into()),
+        EngineOptions {
+            steps: 4,
+            ..EngineOptions::default()
+        },
+    )
+    .unwrap();
+    let plan = factory.plan().clone();
+    let cache_dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(Cache::open_dir(cache_dir.path(), 1 << 20).unwrap());
+    let generator = Arc::new(
+        Generator::start(
+            Arc::new(factory),
+            Arc::clone(&cache),
+            GeneratorConfig::default(),
+        )
+        .unwrap(),
+    );
+    let keys = KeySpace::new(plan.fingerprint.clone(), plan.resolution, names());
+    let augmenter =
+        Arc::new(Augmenter::new(policy(2), keys, cache, Some(generator), config(false)).unwrap());
+    let batcher = GenieBatcher::new(Identity, Arc::clone(&augmenter));
+    let device = Device::default();
+    let mut mixed = Vec::new();
+    wait_until("a hard negative from the tiny model", || {
+        let b = batcher.batch(batch(1), &device);
+        assert_eq!(b.len(), 16);
+        mixed = b.into_iter().filter(|i| i.is_generated()).collect();
+        !mixed.is_empty()
+    });
+    for g in &mixed {
+        assert_eq!(g.label(), Some(3));
+        assert_eq!(g.rgb().unwrap().dimensions(), (SIDE, SIDE));
+        // The pixels are the cached image, resized to the item's size.
+        let key: genie::cache::CacheKey = g.image_path
+            [genie::loader::GENERATED_PATH_PREFIX.len()..]
+            .parse()
+            .unwrap();
+        let cached = augmenter.cache().get_image(&key).unwrap().unwrap();
+        let resized =
+            image::imageops::resize(&*cached, SIDE, SIDE, image::imageops::FilterType::Triangle);
+        assert_eq!(g.rgb().unwrap(), resized);
+    }
+    // Every pair's source is a batch item of another class, and its key is on disk.
+    let pairs = augmenter.stats().pairs;
+    assert!(pairs >= 1 && pairs <= 2);
+    for id in 0..pairs {
+        let key = augmenter.pair_key(id, NoiseLevel::GENIE_DEFAULT).unwrap();
+        let _ = augmenter.pair_info(id).unwrap();
+        assert!(augmenter.cache().contains(&key).is_ok());
+    }
+}
