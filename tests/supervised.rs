@@ -1,0 +1,199 @@
+//! GenieBatcher and ConfusionMetric inside burn's own `SupervisedTraining` loop: the wrapper is a
+//! drop-in batcher, and the metric alone feeds the confusion matrix the policy reads.
+
+use std::sync::Arc;
+
+use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataloader::DataLoaderBuilder;
+use burn::data::dataset::InMemDataset;
+use burn::module::Module;
+use burn::nn::loss::CrossEntropyLossConfig;
+use burn::nn::{Linear, LinearConfig};
+use burn::optim::AdamConfig;
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::train::{
+    ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
+};
+use burn_dataset::vision::ImageDatasetItem;
+use genie::cache::{Cache, CacheKey, EntryMeta, MemoryStore};
+use genie::loader::{
+    image_item, Augmenter, AugmenterConfig, ConfusionMetric, GenieBatcher, GenieItem, KeySpace,
+};
+use genie::policy::{ClassStats, Policy, PolicyConfig, SharedConfusion};
+use genie::{EngineFingerprint, NoiseLevel};
+use image::{Rgb, RgbImage};
+
+const SIDE: u32 = 4;
+
+#[derive(Clone, Debug)]
+struct Batch {
+    inputs: Tensor<2>,
+    targets: Tensor<1, Int>,
+}
+
+#[derive(Clone)]
+struct Flatten;
+
+impl Batcher<ImageDatasetItem, Batch> for Flatten {
+    fn batch(&self, items: Vec<ImageDatasetItem>, device: &Device) -> Batch {
+        let n = items.len();
+        let mut values = Vec::new();
+        for item in &items {
+            values.extend(
+                item.rgb()
+                    .unwrap()
+                    .as_raw()
+                    .iter()
+                    .map(|&v| v as f32 / 255.0),
+            );
+        }
+        let labels: Vec<i64> = items.iter().map(|i| i.label().unwrap() as i64).collect();
+        Batch {
+            inputs: Tensor::from_data(
+                TensorData::new(values, [n, (SIDE * SIDE * 3) as usize]),
+                device,
+            ),
+            targets: Tensor::from_data(TensorData::new(labels, [n]), device),
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+struct Probe {
+    linear: Linear,
+}
+
+impl Probe {
+    fn output(&self, batch: Batch) -> ClassificationOutput {
+        let output = self.linear.forward(batch.inputs);
+        let device = output.device();
+        let loss = CrossEntropyLossConfig::new()
+            .init(&device)
+            .forward(output.clone(), batch.targets.clone());
+        ClassificationOutput {
+            loss,
+            output,
+            targets: batch.targets,
+        }
+    }
+}
+
+impl TrainStep for Probe {
+    type Input = Batch;
+    type Output = ClassificationOutput;
+    fn step(&self, batch: Batch) -> TrainOutput<ClassificationOutput> {
+        let item = self.output(batch);
+        TrainOutput::new(self, item.loss.backward(), item)
+    }
+}
+
+impl InferenceStep for Probe {
+    type Input = Batch;
+    type Output = ClassificationOutput;
+    fn step(&self, batch: Batch) -> ClassificationOutput {
+        self.output(batch)
+    }
+}
+
+fn item(class: usize, n: usize) -> ImageDatasetItem {
+    let img = RgbImage::from_fn(SIDE, SIDE, |x, y| {
+        Rgb([(class * 60) as u8, (n * 7 + x as usize) as u8, y as u8 * 9])
+    });
+    image_item(&img, class, format!("{class}/{n}"))
+}
+
+#[test]
+fn supervised_training_with_genie_batcher_and_confusion_metric() {
+    let counts = [40usize, 30, 5];
+    let items: Vec<_> = counts
+        .iter()
+        .enumerate()
+        .flat_map(|(c, &n)| (0..n).map(move |i| item(c, i)))
+        .collect();
+    let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
+    let fingerprint = EngineFingerprint {
+        model: "prewarmed".into(),
+        scheduler: "none".into(),
+        steps: 1,
+        guidance: "1".into(),
+        resolution: SIDE,
+        dtype: "f32".into(),
+        algorithm_version: 1,
+    };
+    let keys = KeySpace::new(fingerprint, SIDE, names);
+    // Pre-warm the cache with a hard negative (target c) for every item of a and b.
+    let cache = Arc::new(Cache::new(Arc::new(MemoryStore::new()), 1 << 20));
+    let config = PolicyConfig {
+        per_target: 20,
+        ..PolicyConfig::long_tail()
+    };
+    for it in items.iter().filter(|i| i.label() != Some(2)) {
+        let source = keys.source(&it.rgb().unwrap()).unwrap();
+        let key: CacheKey = keys.key(source.hash, 2, NoiseLevel::GENIE_DEFAULT, config.seed);
+        let meta = EntryMeta {
+            target: "c".into(),
+            prompt: keys.prompt(2),
+            level: NoiseLevel::GENIE_DEFAULT,
+            seed: config.seed,
+            source: None,
+            fingerprint: keys.fingerprint().clone(),
+            width: 0,
+            height: 0,
+        };
+        cache
+            .put_image(
+                &key,
+                &RgbImage::from_pixel(SIDE, SIDE, Rgb([0, 0, 200])),
+                meta,
+            )
+            .unwrap();
+    }
+    let stats = ClassStats::from_counts(counts.to_vec());
+    let policy = Policy::long_tail(stats, config).unwrap();
+    assert_eq!(policy.targets(), vec![2]);
+    let confusion = SharedConfusion::new(3);
+    let augmenter = Arc::new(
+        Augmenter::new(
+            policy,
+            keys,
+            cache,
+            None,
+            AugmenterConfig {
+                ada: false,
+                ..AugmenterConfig::default()
+            },
+        )
+        .unwrap()
+        .with_confusion(confusion.clone()),
+    );
+
+    let device = Device::flex().autodiff();
+    let train = DataLoaderBuilder::new(GenieBatcher::new(Flatten, Arc::clone(&augmenter)))
+        .batch_size(8)
+        .shuffle(1)
+        .set_device(device.clone())
+        .build(InMemDataset::new(items.clone()));
+    let valid = DataLoaderBuilder::new(Flatten)
+        .batch_size(8)
+        .set_device(device.clone())
+        .build(InMemDataset::new(items.clone()));
+    let model = Probe {
+        linear: LinearConfig::new((SIDE * SIDE * 3) as usize, 3).init(&device),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let result = SupervisedTraining::new(dir.path(), train, valid)
+        .metric_train(ConfusionMetric::new(confusion.clone()).with_decay(1.0))
+        .num_epochs(2)
+        .launch(Learner::new(model, AdamConfig::new().init(), 1e-2));
+    let _ = result.model;
+
+    let stats = augmenter.stats();
+    assert!(stats.batches >= 2 * 10, "{stats:?}");
+    assert!(
+        stats.mixed > 0,
+        "pre-warmed hard negatives were mixed: {stats:?}"
+    );
+    // The metric saw every training item of both epochs (hard negatives included).
+    let total = confusion.snapshot().total();
+    assert_eq!(total as usize, 2 * items.len(), "confusion total {total}");
+}
