@@ -584,7 +584,7 @@ fn end_to_end_through_the_real_engine_on_a_disk_cache() {
     }
     // Every pair's source is a batch item of another class, and its key is on disk.
     let pairs = augmenter.stats().pairs;
-    assert!(pairs >= 1 && pairs <= 2);
+    assert!((1..=2).contains(&pairs));
     for id in 0..pairs {
         let key = augmenter.pair_key(id, NoiseLevel::GENIE_DEFAULT).unwrap();
         let _ = augmenter.pair_info(id).unwrap();
