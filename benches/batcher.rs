@@ -1,6 +1,7 @@
 //! What GenieBatcher costs a training loop:
 //! - `batch_assembly`: one batch of 32 (32×32) items through the plain batcher vs GenieBatcher
-//!   with every hard negative already cached (8 of 32 items replaced);
+//!   with every hard negative already cached (8 of 32 items replaced), and that wrapper's own
+//!   work alone (`genie_augment_only`, which includes cloning the batch's items);
 //! - `train_step`: a full step of the example CNN (batch, forward, backward, Adam) with the plain
 //!   batcher vs GenieBatcher while the generator is saturated (its engine never finishes, its
 //!   queue is full) and the cache is empty, so every batch starts pairs and is refused.
@@ -194,6 +195,8 @@ fn batch_assembly(c: &mut Criterion) {
     }
     let work = batches(&items, 64);
     let mut group = c.benchmark_group("batch_assembly");
+    // The difference is a few per cent of ~150 µs: long runs keep the VM's noise below it.
+    group.measurement_time(Duration::from_secs(15));
     let mut i = 0;
     group.bench_function("plain", |b| {
         b.iter(|| {
@@ -206,6 +209,19 @@ fn batch_assembly(c: &mut Criterion) {
         b.iter(|| {
             i = (i + 1) % work.len();
             let _: ImageBatch = genie.batch(work[i].clone(), &device);
+        })
+    });
+    // Cloning a batch (every case above pays it), then the wrapper's own work on top of it.
+    group.bench_function("clone_only", |b| {
+        b.iter(|| {
+            i = (i + 1) % work.len();
+            work[i].clone()
+        })
+    });
+    group.bench_function("genie_augment_only", |b| {
+        b.iter(|| {
+            i = (i + 1) % work.len();
+            augmenter.augment(work[i].clone())
         })
     });
     group.finish();

@@ -371,23 +371,22 @@ impl<I: GenieItem> Augmenter<I> {
             .map(|(id, _)| id)
             .collect();
         let plan = state.policy.plan_mix(&labels, &ready);
-        let picks: Vec<(PairId, usize, CacheKey, I)> = plan
+        let picks: Vec<(PairId, usize, CacheKey, usize)> = plan
             .insert
             .iter()
             .map(|&id| {
                 let e = &state.pairs[id];
                 let level = self.current_index(e);
-                (id, level, e.keys[level], e.item.clone())
+                (id, level, e.keys[level], e.target)
             })
             .collect();
         drop(state);
 
         let mut appended = Vec::new();
         let mut gone = Vec::new();
-        for (n, (id, level, key, source_item)) in picks.into_iter().enumerate() {
+        for (n, (id, level, key, target)) in picks.into_iter().enumerate() {
             let slot = plan.replace.get(n).map(|&i| labelled[i].0);
-            let target = self.target_of(id);
-            match self.hard_negative(&source_item, &key, target) {
+            match self.hard_negative(id, &key, target) {
                 Some(item) => {
                     self.counters.mixed.fetch_add(1, Ordering::Relaxed);
                     match slot {
@@ -407,10 +406,6 @@ impl<I: GenieItem> Augmenter<I> {
         }
         items.extend(appended);
         items
-    }
-
-    fn target_of(&self, id: PairId) -> usize {
-        self.state().pairs[id].target
     }
 
     fn keep_prototypes(&self, state: &mut State<I>, items: &[I], labelled: &[(usize, usize)]) {
@@ -443,12 +438,13 @@ impl<I: GenieItem> Augmenter<I> {
         }
     }
 
-    /// The hard negative of `key` as an item shaped like its source: ready-made if held, else
-    /// read from the cache and built. `None` (counted) when it is gone.
-    fn hard_negative(&self, source: &I, key: &CacheKey, target: usize) -> Option<I> {
+    /// The hard negative of `key` as an item shaped like pair `id`'s source: ready-made if held,
+    /// else read from the cache and built. `None` (counted) when it is gone.
+    fn hard_negative(&self, id: PairId, key: &CacheKey, target: usize) -> Option<I> {
         if let Some(item) = self.built().get(key) {
             return Some(item);
         }
+        let source = self.state().pairs[id].item.clone();
         let built = match self.cache.get_image(key) {
             Ok(Some(image)) => source
                 .with_generated(&image, target, &key.to_string())

@@ -277,7 +277,8 @@ impl Policy {
         confusion: Option<&ConfusionMatrix>,
     ) -> Vec<Proposal> {
         let limit = self.config.new_pairs_per_batch;
-        if limit == 0 || self.is_target.iter().all(|&t| !t) {
+        let open = (0..self.num_classes()).any(|t| self.is_target(t) && self.quota_left(t));
+        if limit == 0 || !open {
             return Vec::new();
         }
         let mut order: Vec<usize> = (0..labels.len()).collect();
@@ -331,30 +332,35 @@ impl Policy {
     /// item of the batch's most over-represented class (or appended). Counts the planned uses.
     pub fn plan_mix(&mut self, labels: &[usize], ready: &[PairId]) -> MixPlan {
         let budget = (self.config.mix_fraction * labels.len() as f64).floor() as usize;
-        let mut candidates: Vec<PairId> = ready
-            .iter()
-            .copied()
-            .filter(|&id| id < self.pairs.len())
-            .collect();
-        candidates.sort_unstable();
-        candidates.dedup();
-        if budget == 0 || candidates.is_empty() {
+        if budget == 0 || ready.is_empty() {
             return MixPlan::default();
         }
-        // Least used first, then the target with the fewest picks so far, then at random.
-        shuffle(&mut candidates, &mut self.rng);
-        candidates.sort_by_key(|&id| self.uses[id]);
+        // Least used first (random among equals), then spread over targets. Selecting the
+        // 4·budget least used pairs first keeps this linear in the number of ready pairs.
+        let salt = self.rng.next_u64();
+        let mut candidates: Vec<(u64, u64, PairId)> = ready
+            .iter()
+            .filter(|&&id| id < self.pairs.len())
+            .map(|&id| (self.uses[id], mix64(salt ^ id as u64), id))
+            .collect();
+        let pool = (4 * budget).min(candidates.len());
+        if pool < candidates.len() {
+            candidates.select_nth_unstable(pool);
+            candidates.truncate(pool);
+        }
         let mut insert = Vec::with_capacity(budget);
         let mut taken_per_target = vec![0usize; self.num_classes()];
         while insert.len() < budget && !candidates.is_empty() {
             let pick = (0..candidates.len())
                 .min_by_key(|&i| {
-                    let id = candidates[i];
-                    (self.uses[id], taken_per_target[self.pairs[id].target])
+                    let (uses, tiebreak, id) = candidates[i];
+                    (uses, taken_per_target[self.pairs[id].target], tiebreak)
                 })
                 .unwrap_or(0);
-            let id = candidates.remove(pick);
+            let (_, _, id) = candidates.swap_remove(pick);
             taken_per_target[self.pairs[id].target] += 1;
+            // A pair listed twice in `ready` is used once.
+            candidates.retain(|&(_, _, other)| other != id);
             insert.push(id);
         }
         for &id in &insert {
@@ -371,27 +377,33 @@ impl Policy {
     /// left in the batch (ties: the class with more training images, then the lower class).
     /// Target-class items go last.
     fn over_represented(&self, labels: &[usize], n: usize) -> Vec<usize> {
-        let mut per_class: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
-        for (i, &l) in labels.iter().enumerate() {
-            per_class.entry(l).or_default().push(i);
+        // Counts per class present in the batch; labels outside the classes count as class-less.
+        let mut left = vec![0usize; self.num_classes() + 1];
+        let slot = |l: usize| l.min(self.num_classes());
+        for &l in labels {
+            left[slot(l)] += 1;
         }
+        let mut taken = vec![false; labels.len()];
         let mut chosen = Vec::with_capacity(n);
         while chosen.len() < n {
-            let best = per_class
-                .iter()
-                .filter(|(_, items)| !items.is_empty())
-                .max_by(|(a, ia), (b, ib)| {
-                    (!self.is_target(**a))
-                        .cmp(&!self.is_target(**b))
-                        .then(ia.len().cmp(&ib.len()))
-                        .then(self.stats.count(**a).cmp(&self.stats.count(**b)))
-                        .then(b.cmp(a))
-                })
-                .map(|(&c, _)| c);
+            let best = (0..left.len()).filter(|&c| left[c] > 0).max_by(|&a, &b| {
+                (!self.is_target(a))
+                    .cmp(&!self.is_target(b))
+                    .then(left[a].cmp(&left[b]))
+                    .then(self.stats.count(a).cmp(&self.stats.count(b)))
+                    .then(b.cmp(&a))
+            });
             let Some(class) = best else { break };
-            if let Some(index) = per_class.get_mut(&class).and_then(Vec::pop) {
-                chosen.push(index);
-            }
+            // The last item of that class not given up yet.
+            let Some(index) = (0..labels.len())
+                .rev()
+                .find(|&i| !taken[i] && slot(labels[i]) == class)
+            else {
+                break;
+            };
+            taken[index] = true;
+            left[class] -= 1;
+            chosen.push(index);
         }
         chosen.sort_unstable();
         chosen
@@ -419,6 +431,13 @@ impl Policy {
         }
         plan
     }
+}
+
+/// SplitMix64's finaliser: a cheap, well-mixed tiebreak per (batch, pair).
+fn mix64(mut x: u64) -> u64 {
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
 }
 
 /// Fisher–Yates with our seeded generator, so plans do not depend on a `rand` version.
