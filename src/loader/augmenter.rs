@@ -12,9 +12,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use image::RgbImage;
 
 use super::item::GenieItem;
-use super::keys::KeySpace;
 use crate::cache::{Cache, CacheKey};
 use crate::engine::NoiseLevel;
+use crate::generator::KeySpace;
 use crate::generator::{Generator, LevelOutcome, Priority};
 use crate::policy::{ConfusionMatrix, PairId, Policy, SharedConfusion};
 

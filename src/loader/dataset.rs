@@ -7,10 +7,10 @@ use std::sync::Arc;
 use burn::data::dataset::{Dataset, DatasetError};
 
 use super::item::GenieItem;
-use super::keys::KeySpace;
 use super::LoaderError;
 use crate::cache::{Cache, CacheKey};
 use crate::engine::NoiseLevel;
+use crate::generator::KeySpace;
 use crate::generator::{Generator, LevelOutcome, Priority};
 use crate::policy::{ConfusionMatrix, Policy};
 

@@ -15,17 +15,16 @@ mod augmenter;
 mod batcher;
 mod dataset;
 mod item;
-mod keys;
 mod live;
 mod metric;
 
+pub use crate::generator::KeySpace;
 pub use augmenter::{
     AdaRecord, Augmenter, AugmenterConfig, AugmenterError, AugmenterStats, ItemMemory,
 };
 pub use batcher::GenieBatcher;
 pub use dataset::{GenieDataset, OfflinePlan, PlannedNegative};
 pub use item::{image_item, GenieItem, ItemError, GENERATED_PATH_PREFIX};
-pub use keys::KeySpace;
 pub use live::{FeatureExtractor, LiveConfig, LiveModel, SelectorStats};
 pub use metric::{predictions_and_targets, ConfusionInput, ConfusionMetric};
 

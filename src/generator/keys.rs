@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use image::RgbImage;
 
+use super::{Priority, Request, SourceImage};
 use crate::cache::{CacheKey, KeyInputs};
 use crate::engine::{EngineFingerprint, NoiseLevel, PromptTemplate};
-use crate::generator::{Priority, Request, SourceImage};
 use crate::image_io::{self, ImageError};
 
 /// Class names, prompt template and engine identity of one run.
