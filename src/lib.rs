@@ -22,6 +22,7 @@ pub mod loader;
 pub mod noise;
 pub mod policy;
 pub mod synthetic;
+pub mod warm;
 
 pub use engine::{
     Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel, PromptTemplate,

@@ -1,0 +1,186 @@
+//! [`PlanEntry`] and the plan file: JSON Lines, sorted by key, one hard negative per line.
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::cache::CacheKey;
+use crate::engine::NoiseLevel;
+
+/// One hard negative to make: the source image at `source`, shown as `target` at level `r`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PlanEntry {
+    pub key: CacheKey,
+    pub source: PathBuf,
+    pub source_class: String,
+    pub target: String,
+    pub prompt: String,
+    /// r as written by [`NoiseLevel`]'s `Display` (`"0.8"`), never a binary float.
+    #[serde(with = "level_as_text")]
+    pub r: NoiseLevel,
+    pub seed: u64,
+}
+
+/// Why a plan file cannot be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum PlanError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Line {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error(transparent)]
+    Write(#[from] crate::image_io::ImageError),
+    #[error("{path}:{line}: key {key} was already planned on line {first}")]
+    Duplicate {
+        path: PathBuf,
+        line: usize,
+        first: usize,
+        key: CacheKey,
+    },
+}
+
+/// Writes `entries` sorted by key (so equal plans are equal files), atomically.
+pub fn write_plan(path: &Path, entries: &mut [PlanEntry]) -> Result<(), PlanError> {
+    entries.sort_by_key(|e| e.key);
+    let mut text = Vec::new();
+    for (n, e) in entries.iter().enumerate() {
+        serde_json::to_writer(&mut text, e).map_err(|e| PlanError::Line {
+            path: path.to_path_buf(),
+            line: n + 1,
+            message: e.to_string(),
+        })?;
+        text.push(b'\n');
+    }
+    Ok(crate::image_io::write_atomic(path, &text)?)
+}
+
+/// Reads a plan; a malformed line or a key planned twice is an error naming the line.
+pub fn read_plan(path: &Path) -> Result<Vec<PlanEntry>, PlanError> {
+    let io = |source| PlanError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(io)?;
+    let mut entries = Vec::new();
+    let mut seen = std::collections::HashMap::new();
+    for (n, line) in std::io::BufReader::new(file).lines().enumerate() {
+        let line = line.map_err(io)?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let entry: PlanEntry = serde_json::from_str(&line).map_err(|e| PlanError::Line {
+            path: path.to_path_buf(),
+            line: n + 1,
+            message: e.to_string(),
+        })?;
+        if let Some(first) = seen.insert(entry.key, n + 1) {
+            return Err(PlanError::Duplicate {
+                path: path.to_path_buf(),
+                line: n + 1,
+                first,
+                key: entry.key,
+            });
+        }
+        entries.push(entry);
+    }
+    Ok(entries)
+}
+
+mod level_as_text {
+    use crate::engine::NoiseLevel;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(level: &NoiseLevel, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&level.to_string())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<NoiseLevel, D::Error> {
+        let text = String::deserialize(d)?;
+        NoiseLevel::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::{CacheKey, KeyInputs};
+    use crate::engine::EngineFingerprint;
+
+    fn entry(n: u64) -> PlanEntry {
+        let fingerprint = EngineFingerprint {
+            model: "m".into(),
+            scheduler: "s".into(),
+            steps: 1,
+            guidance: "1".into(),
+            resolution: 8,
+            dtype: "f32".into(),
+            algorithm_version: 1,
+        };
+        let key = CacheKey::new(&KeyInputs {
+            source: Some([n as u8; 32]),
+            prompt: "a photo of a cat.",
+            level: NoiseLevel::GENIE_DEFAULT,
+            seed: n,
+            fingerprint: &fingerprint,
+        });
+        PlanEntry {
+            key,
+            source: format!("dogs/{n}.png").into(),
+            source_class: "dog".into(),
+            target: "cat".into(),
+            prompt: "a photo of a cat.".into(),
+            r: NoiseLevel::GENIE_DEFAULT,
+            seed: n,
+        }
+    }
+
+    #[test]
+    fn round_trip_is_sorted_and_deterministic() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plan.jsonl");
+        let mut entries: Vec<_> = (0..20).map(entry).collect();
+        write_plan(&path, &mut entries.clone()).unwrap();
+        let first = std::fs::read(&path).unwrap();
+        entries.reverse();
+        write_plan(&path, &mut entries).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), first);
+        let back = read_plan(&path).unwrap();
+        assert_eq!(back.len(), 20);
+        assert!(back.windows(2).all(|w| w[0].key < w[1].key));
+        assert!(String::from_utf8(first).unwrap().contains("\"r\":\"0.8\""));
+    }
+
+    #[test]
+    fn bad_lines_and_duplicates_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("plan.jsonl");
+        let good = serde_json::to_string(&entry(1)).unwrap();
+        std::fs::write(&path, format!("{good}\n{{\"key\": 3}}\n")).unwrap();
+        let e = read_plan(&path).unwrap_err().to_string();
+        assert!(e.contains("plan.jsonl:2:"), "{e}");
+        std::fs::write(&path, format!("{good}\n\n{good}\n")).unwrap();
+        assert!(matches!(
+            read_plan(&path),
+            Err(PlanError::Duplicate {
+                line: 3,
+                first: 1,
+                ..
+            })
+        ));
+        let bad_r = good.replace("\"0.8\"", "\"1.5\"");
+        std::fs::write(&path, bad_r).unwrap();
+        assert!(read_plan(&path).is_err());
+        assert!(matches!(
+            read_plan(&dir.path().join("missing.jsonl")),
+            Err(PlanError::Io { .. })
+        ));
+    }
+}

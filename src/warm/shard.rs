@@ -1,0 +1,164 @@
+//! [`Shard`]: which part of a plan one task owns, from `--shard I/N` or the scheduler's variables.
+
+use std::fmt;
+
+use crate::cache::CacheKey;
+
+/// Why a shard cannot be determined.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ShardError {
+    #[error("shard {0:?} is not I/N with 0 ≤ I < N (e.g. 3/16)")]
+    Malformed(String),
+    #[error("{variable}={value:?} is not a shard index")]
+    BadVariable { variable: String, value: String },
+    #[error(
+        "no shard: give --shard I/N, or run as a Slurm array task (SLURM_ARRAY_TASK_ID) or a \
+         Kubernetes Indexed Job (JOB_COMPLETION_INDEX) with the shard count"
+    )]
+    Missing,
+    #[error("the shard count is missing: give --shards N or set SLURM_ARRAY_TASK_COUNT")]
+    MissingCount,
+    #[error("shard index {index} is not below the shard count {count}")]
+    OutOfRange { index: u32, count: u32 },
+}
+
+/// Task `index` of `count`: owns the keys whose [`CacheKey::shard`] is `index`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Shard {
+    pub index: u32,
+    pub count: u32,
+}
+
+impl Shard {
+    /// The whole plan as one shard.
+    pub const ALL: Shard = Shard { index: 0, count: 1 };
+
+    pub fn new(index: u32, count: u32) -> Result<Self, ShardError> {
+        if count == 0 || index >= count {
+            return Err(ShardError::OutOfRange { index, count });
+        }
+        Ok(Shard { index, count })
+    }
+
+    /// Parses `I/N`.
+    pub fn parse(s: &str) -> Result<Self, ShardError> {
+        let malformed = || ShardError::Malformed(s.to_string());
+        let (i, n) = s.trim().split_once('/').ok_or_else(malformed)?;
+        let index = i.trim().parse().map_err(|_| malformed())?;
+        let count = n.trim().parse().map_err(|_| malformed())?;
+        Shard::new(index, count).map_err(|_| malformed())
+    }
+
+    /// The shard of this task: `flag` (`I/N`) if given; else the index from
+    /// `SLURM_ARRAY_TASK_ID` or `JOB_COMPLETION_INDEX` and the count from `count` or
+    /// `SLURM_ARRAY_TASK_COUNT`. `env` reads a variable (`std::env::var` in the binary).
+    pub fn resolve(
+        flag: Option<&str>,
+        count: Option<u32>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, ShardError> {
+        if let Some(flag) = flag {
+            return Shard::parse(flag);
+        }
+        let parse = |variable: &str| -> Result<Option<u32>, ShardError> {
+            env(variable)
+                .map(|value| {
+                    value.trim().parse().map_err(|_| ShardError::BadVariable {
+                        variable: variable.to_string(),
+                        value,
+                    })
+                })
+                .transpose()
+        };
+        let index = match parse("SLURM_ARRAY_TASK_ID")? {
+            Some(i) => i,
+            None => parse("JOB_COMPLETION_INDEX")?.ok_or(ShardError::Missing)?,
+        };
+        let count = match count {
+            Some(n) => n,
+            None => parse("SLURM_ARRAY_TASK_COUNT")?.ok_or(ShardError::MissingCount)?,
+        };
+        Shard::new(index, count)
+    }
+
+    pub fn owns(&self, key: &CacheKey) -> bool {
+        key.shard(self.count) == self.index
+    }
+}
+
+impl fmt::Display for Shard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(vars: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |k| map.get(k).cloned()
+    }
+
+    #[test]
+    fn parses_flags() {
+        assert_eq!(
+            Shard::parse("3/16").unwrap(),
+            Shard {
+                index: 3,
+                count: 16
+            }
+        );
+        assert_eq!(Shard::parse(" 0 / 1 ").unwrap(), Shard::ALL);
+        for bad in ["16/16", "1/0", "a/2", "3", "-1/4", ""] {
+            assert!(Shard::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn resolves_from_slurm_and_kubernetes() {
+        let slurm = env(&[
+            ("SLURM_ARRAY_TASK_ID", "2"),
+            ("SLURM_ARRAY_TASK_COUNT", "8"),
+        ]);
+        assert_eq!(
+            Shard::resolve(None, None, &slurm).unwrap(),
+            Shard::new(2, 8).unwrap()
+        );
+        // The flag wins over the environment; an explicit count wins over Slurm's.
+        assert_eq!(
+            Shard::resolve(Some("1/3"), None, &slurm).unwrap(),
+            Shard::new(1, 3).unwrap()
+        );
+        assert_eq!(
+            Shard::resolve(None, Some(4), &slurm).unwrap(),
+            Shard::new(2, 4).unwrap()
+        );
+        let k8s = env(&[("JOB_COMPLETION_INDEX", "5")]);
+        assert_eq!(
+            Shard::resolve(None, Some(6), &k8s).unwrap(),
+            Shard::new(5, 6).unwrap()
+        );
+        assert_eq!(
+            Shard::resolve(None, None, &k8s),
+            Err(ShardError::MissingCount)
+        );
+        assert_eq!(
+            Shard::resolve(None, None, env(&[])),
+            Err(ShardError::Missing)
+        );
+        assert!(matches!(
+            Shard::resolve(None, Some(2), env(&[("JOB_COMPLETION_INDEX", "x")])),
+            Err(ShardError::BadVariable { .. })
+        ));
+        assert_eq!(
+            Shard::resolve(None, Some(2), &k8s),
+            Err(ShardError::OutOfRange { index: 5, count: 2 })
+        );
+    }
+}
