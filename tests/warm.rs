@@ -42,3 +42,106 @@ proptest! {
         prop_assert!(owned.iter().all(|&n| n == 1));
     }
 }
+
+mod planning {
+    use genie::generator::KeySpace;
+    use genie::policy::SourceStrategy;
+    use genie::warm::{build_plan, ImageFolder, PlanMode, PlanOptions};
+    use genie::{EngineFingerprint, NoiseLevel};
+    use std::path::Path;
+
+    fn write_class(dir: &Path, class: usize, name: &str, count: usize) {
+        let class_dir = dir.join(name);
+        std::fs::create_dir_all(&class_dir).unwrap();
+        for n in 0..count {
+            genie::synthetic::render(class, n as u64, 16)
+                .unwrap()
+                .save(class_dir.join(format!("{n:03}.png")))
+                .unwrap();
+        }
+    }
+
+    fn keys(folder: &ImageFolder) -> KeySpace {
+        let fingerprint = EngineFingerprint {
+            model: "m".into(),
+            scheduler: "dpm".into(),
+            steps: 50,
+            guidance: "7.5".into(),
+            resolution: 16,
+            dtype: "f32".into(),
+            algorithm_version: 1,
+        };
+        KeySpace::new(fingerprint, 16, folder.classes.clone())
+    }
+
+    fn options(mode: PlanMode, per_class: Option<usize>) -> PlanOptions {
+        PlanOptions {
+            mode,
+            levels: vec![NoiseLevel::parse("0.5").unwrap(), NoiseLevel::GENIE_DEFAULT],
+            per_class,
+            sources: SourceStrategy::Uniform,
+            confusion: None,
+            seed: 0,
+        }
+    }
+
+    #[test]
+    fn long_tail_plans_the_few_classes_and_skips_unreadable_sources() {
+        let dir = tempfile::tempdir().unwrap();
+        write_class(dir.path(), 0, "circle", 30);
+        write_class(dir.path(), 1, "square", 25);
+        write_class(dir.path(), 2, "triangle", 3);
+        std::fs::write(dir.path().join("circle/broken.png"), b"not a png").unwrap();
+        std::fs::create_dir_all(dir.path().join("nothing")).unwrap();
+        let folder = ImageFolder::scan(dir.path()).unwrap();
+        assert_eq!(folder.warnings.len(), 1, "{:?}", folder.warnings);
+        let keys = keys(&folder);
+        let (entries, summary) =
+            build_plan(&folder, &options(PlanMode::LongTail, Some(100)), &keys).unwrap();
+        // Targets: triangle (3 images) and the empty class; sources: every readable other image.
+        assert_eq!(summary.skipped.len(), 1, "{:?}", summary.skipped);
+        assert!(summary.skipped[0].contains("broken.png"));
+        let triangle: Vec<_> = entries.iter().filter(|e| e.target == "triangle").collect();
+        assert_eq!(triangle.len(), 2 * (30 + 25));
+        assert_eq!(entries.len() - triangle.len(), 2 * (30 + 25 + 3));
+        assert!(triangle.iter().all(|e| e.source_class != "triangle"));
+        assert!(entries.windows(2).all(|w| w[0].key < w[1].key));
+        assert_eq!(summary.entries, entries.len());
+        // The same inputs give the same plan.
+        let (again, _) =
+            build_plan(&folder, &options(PlanMode::LongTail, Some(100)), &keys).unwrap();
+        assert_eq!(again, entries);
+        // A key is the online key of the same source, target, level and seed.
+        let e = &triangle[0];
+        let img = genie::image_io::load_source(&e.source, 16).unwrap();
+        let source = keys.source(&img).unwrap();
+        assert_eq!(
+            keys.key(source.hash, folder.class_index("triangle").unwrap(), e.r, 0),
+            e.key
+        );
+    }
+
+    #[test]
+    fn few_shot_and_pairs_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        for (c, name) in ["a", "b", "c", "d", "e"].iter().enumerate() {
+            write_class(dir.path(), c, name, 1);
+        }
+        let folder = ImageFolder::scan(dir.path()).unwrap();
+        let keys = keys(&folder);
+        let (entries, summary) = build_plan(
+            &folder,
+            &options(PlanMode::FewShot { shots: 1 }, None),
+            &keys,
+        )
+        .unwrap();
+        assert_eq!(entries.len(), 5 * 4 * 2);
+        assert_eq!(summary.per_target.len(), 5);
+        let pairs = PlanMode::Pairs(vec![("a".into(), "b".into())]);
+        let (entries, _) = build_plan(&folder, &options(pairs, None), &keys).unwrap();
+        assert_eq!(entries.len(), 2);
+        let bad = PlanMode::Pairs(vec![("a".into(), "../x".into())]);
+        let err = build_plan(&folder, &options(bad, None), &keys).unwrap_err();
+        assert!(err.to_string().contains("\"../x\""), "{err}");
+    }
+}
