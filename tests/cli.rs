@@ -466,3 +466,72 @@ fn a_model_with_truncated_weights_is_an_error_not_a_hang() {
     );
     assert!(!out.exists());
 }
+
+#[test]
+fn warm_plan_writes_a_deterministic_plan_and_names_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    for (class, (name, count)) in [("dog", 22), ("cat", 21), ("fox", 2)].iter().enumerate() {
+        std::fs::create_dir_all(data.join(name)).unwrap();
+        for n in 0..*count {
+            genie::synthetic::render(class, n, 16)
+                .unwrap()
+                .save(data.join(name).join(format!("{n}.png")))
+                .unwrap();
+        }
+    }
+    let plan = tmp.path().join("plan.jsonl");
+    let args = |out: &Path| {
+        vec![
+            "warm".to_string(),
+            "plan".into(),
+            "--data".into(),
+            data.display().to_string(),
+            "--model".into(),
+            "tiny".into(),
+            "--levels".into(),
+            "0.5,0.8".into(),
+            "--per-class".into(),
+            "10".into(),
+            "--out".into(),
+            out.display().to_string(),
+        ]
+    };
+    let run = |a: Vec<String>| {
+        genie(
+            tmp.path(),
+            &a.iter().map(String::as_str).collect::<Vec<_>>(),
+        )
+    };
+    let o = run(args(&plan));
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(stdout.contains("20 hard negatives"), "{stdout}");
+    assert!(stdout.contains("fox"), "{stdout}");
+    let text = std::fs::read_to_string(&plan).unwrap();
+    assert_eq!(text.lines().count(), 20);
+    assert!(text.lines().all(|l| l.contains("\"target\":\"fox\"")));
+    let again = tmp.path().join("again.jsonl");
+    assert!(run(args(&again)).status.success());
+    assert_eq!(std::fs::read(&again).unwrap(), text.as_bytes());
+
+    // A pairs file naming a class that does not exist: one error line, no plan written.
+    let pairs = tmp.path().join("pairs.txt");
+    std::fs::write(&pairs, "dog,../x\n").unwrap();
+    let bad = tmp.path().join("bad.jsonl");
+    let mut a = args(&bad);
+    a.extend([
+        "--mode".into(),
+        "pairs".into(),
+        "--pairs".into(),
+        pairs.display().to_string(),
+    ]);
+    let o = run(a);
+    assert!(!o.status.success());
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("error:") && stderr.contains("../x"),
+        "{stderr}"
+    );
+    assert!(!bad.exists());
+}

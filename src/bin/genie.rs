@@ -33,6 +33,56 @@ enum Command {
     /// Inspect and maintain a hard-negative cache.
     #[command(subcommand)]
     Cache(CacheCommand),
+    /// Pre-warm a cache before training: plan the hard negatives of a dataset.
+    #[command(subcommand)]
+    Warm(WarmCommand),
+}
+
+#[derive(Subcommand)]
+enum WarmCommand {
+    /// Write the sorted, deterministic plan (one JSON line per hard negative) of a dataset.
+    Plan(Box<WarmPlanArgs>),
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WarmMode {
+    /// The Few classes (< 20 images) are targets, 50 hard negatives each.
+    LongTail,
+    /// Every class is a target, 4·shots hard negatives each.
+    FewShot,
+    /// The (source class, target class) pairs of --pairs FILE.
+    Pairs,
+}
+
+#[derive(Args)]
+struct WarmPlanArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The dataset in the image-folder layout: DIR/<class>/<image>.
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    #[arg(long, value_enum, default_value = "long-tail")]
+    mode: WarmMode,
+    /// With --mode pairs: one `source_class,target_class` per line (# starts a comment).
+    #[arg(long, value_name = "FILE", required_if_eq("mode", "pairs"))]
+    pairs: Option<PathBuf>,
+    /// With --mode few-shot: real images per class in an episode (quota 4·shots).
+    #[arg(long, default_value_t = 1)]
+    shots: usize,
+    /// Noise levels r in (0, 1], comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.6,0.7,0.8,0.9", value_parser = parse_level)]
+    levels: Vec<NoiseLevel>,
+    /// Source images per target (per pair with --mode pairs); default: the mode's quota.
+    #[arg(long)]
+    per_class: Option<usize>,
+    /// Optional superclass: "a photo of a {target}, a type of {superclass}."
+    #[arg(long)]
+    superclass: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The plan file to write (JSON Lines, sorted by key).
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -597,6 +647,86 @@ fn cache_command(cmd: CacheCommand) -> Result<()> {
     }
 }
 
+fn read_pairs(path: &Path) -> Result<Vec<(String, String)>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut pairs = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        if line.is_empty() {
+            continue;
+        }
+        let Some((s, t)) = line.split_once(',') else {
+            bail!(
+                "{}:{}: expected `source_class,target_class`",
+                path.display(),
+                n + 1
+            );
+        };
+        pairs.push((s.trim().to_string(), t.trim().to_string()));
+    }
+    if pairs.is_empty() {
+        bail!("{} lists no pairs", path.display());
+    }
+    Ok(pairs)
+}
+
+fn warm_plan(args: WarmPlanArgs) -> Result<()> {
+    use genie::generator::KeySpace;
+    use genie::policy::SourceStrategy;
+    use genie::warm::{build_plan, write_plan, ImageFolder, PlanMode, PlanOptions};
+
+    let folder = ImageFolder::scan(&args.data)?;
+    for w in &folder.warnings {
+        eprintln!("warning: {w}");
+    }
+    let mode = match args.mode {
+        WarmMode::LongTail => PlanMode::LongTail,
+        WarmMode::FewShot => PlanMode::FewShot { shots: args.shots },
+        WarmMode::Pairs => {
+            let file = args
+                .pairs
+                .as_deref()
+                .context("--mode pairs needs --pairs FILE")?;
+            PlanMode::Pairs(read_pairs(file)?)
+        }
+    };
+    let engine =
+        diffusion::plan_engine(&model_source(&args.model)?, &engine_options(&args.model)?)?;
+    let mut keys = KeySpace::new(
+        engine.fingerprint,
+        engine.resolution,
+        folder.classes.clone(),
+    );
+    if let Some(superclass) = &args.superclass {
+        keys = keys.with_superclass(superclass.clone());
+    }
+    let options = PlanOptions {
+        mode,
+        levels: args.levels,
+        per_class: args.per_class,
+        sources: SourceStrategy::Uniform,
+        confusion: None,
+        seed: args.seed,
+    };
+    let (mut entries, summary) = build_plan(&folder, &options, &keys)?;
+    for s in &summary.skipped {
+        eprintln!("warning: skipped unreadable source {s}");
+    }
+    write_plan(&args.out, &mut entries)?;
+    println!(
+        "{} hard negatives from {} images of {} classes -> {}",
+        summary.entries,
+        folder.images.len(),
+        folder.classes.len(),
+        args.out.display()
+    );
+    for (target, n) in &summary.per_target {
+        println!("  {target:<24} {n:>7}");
+    }
+    Ok(())
+}
+
 fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -624,6 +754,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Generate(args) => generate(*args),
         Command::Cache(cmd) => cache_command(cmd),
+        Command::Warm(WarmCommand::Plan(args)) => warm_plan(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
