@@ -535,3 +535,75 @@ fn warm_plan_writes_a_deterministic_plan_and_names_bad_input() {
     );
     assert!(!bad.exists());
 }
+
+#[test]
+fn warm_run_fills_the_cache_shard_by_shard_and_skips_what_is_cached() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    for (class, (name, count)) in [("dog", 22), ("cat", 21), ("fox", 2)].iter().enumerate() {
+        std::fs::create_dir_all(data.join(name)).unwrap();
+        for n in 0..*count {
+            genie::synthetic::render(class, n, 16)
+                .unwrap()
+                .save(data.join(name).join(format!("{n}.png")))
+                .unwrap();
+        }
+    }
+    let plan = tmp.path().join("plan.jsonl");
+    let cache = tmp.path().join("cache");
+    let engine = ["--model", "tiny", "--steps", "2"];
+    let p = plan.display().to_string();
+    let c = cache.display().to_string();
+    let d = data.display().to_string();
+    let mut args = vec![
+        "warm",
+        "plan",
+        "--data",
+        &d,
+        "--levels",
+        "0.5,0.8",
+        "--per-class",
+        "3",
+    ];
+    args.extend(engine);
+    args.extend(["--out", &p]);
+    assert!(genie(tmp.path(), &args).status.success());
+    let planned = std::fs::read_to_string(&plan).unwrap().lines().count();
+    assert_eq!(planned, 6);
+
+    let run = |shard: &str| {
+        let mut a = vec!["warm", "run", "--plan", &p, "--cache", &c, "--shard", shard];
+        a.extend(engine);
+        genie(tmp.path(), &a)
+    };
+    let mut generated = 0;
+    for shard in ["0/2", "1/2"] {
+        let o = run(shard);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        let to_generate: usize = stderr
+            .lines()
+            .find_map(|l| l.strip_suffix(" to generate"))
+            .and_then(|l| l.rsplit(", ").next())
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{stderr}"));
+        generated += to_generate;
+        assert!(tmp
+            .path()
+            .join(format!("plan.jsonl.done/{}", shard.replace('/', "-of-")))
+            .exists());
+    }
+    assert_eq!(generated, planned, "the two shards split the plan exactly");
+    let o = genie(tmp.path(), &["cache", "stats", &c, "--json"]);
+    assert!(o.status.success());
+    // A rerun generates nothing.
+    let o = run("0/2");
+    assert!(String::from_utf8_lossy(&o.stderr).contains(" 0 to generate"));
+    // A plan made with other engine options is refused, naming the mismatch.
+    let mut a = vec!["warm", "run", "--plan", &p, "--cache", &c, "--shard", "0/1"];
+    a.extend(["--model", "tiny", "--steps", "3"]);
+    std::fs::remove_dir_all(&cache).unwrap();
+    let o = genie(tmp.path(), &a);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("does not match this engine"));
+}

@@ -42,6 +42,27 @@ enum Command {
 enum WarmCommand {
     /// Write the sorted, deterministic plan (one JSON line per hard negative) of a dataset.
     Plan(Box<WarmPlanArgs>),
+    /// Generate this task's shard of a plan into a cache, skipping what is already cached.
+    Run(Box<WarmRunArgs>),
+}
+
+#[derive(Args)]
+struct WarmRunArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The plan written by `genie warm plan` (with the same engine options).
+    #[arg(long, value_name = "FILE")]
+    plan: PathBuf,
+    /// The cache folder to fill.
+    #[arg(long, value_name = "DIR")]
+    cache: PathBuf,
+    /// This task's shard, I/N; default: SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX.
+    #[arg(long, value_name = "I/N")]
+    shard: Option<String>,
+    /// The shard count N when the index comes from the environment (default:
+    /// SLURM_ARRAY_TASK_COUNT; 1 when there is neither flag nor environment).
+    #[arg(long)]
+    shards: Option<u32>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -727,6 +748,145 @@ fn warm_plan(args: WarmPlanArgs) -> Result<()> {
     Ok(())
 }
 
+/// The marker a finished shard leaves next to its plan: `<plan>.done/<I>-of-<N>`.
+fn done_marker(plan: &Path, shard: genie::warm::Shard) -> PathBuf {
+    let mut dir = plan.as_os_str().to_owned();
+    dir.push(".done");
+    PathBuf::from(dir).join(format!("{}-of-{}", shard.index, shard.count))
+}
+
+fn warm_run(args: WarmRunArgs) -> Result<()> {
+    use genie::warm::{read_plan, Shard, ShardError};
+
+    let entries = read_plan(&args.plan)?;
+    let shard = match Shard::resolve(args.shard.as_deref(), args.shards, |v| {
+        std::env::var(v).ok()
+    }) {
+        Err(ShardError::Missing) if args.shards.is_none() => Shard::ALL,
+        other => other?,
+    };
+    let mine: Vec<_> = entries.iter().filter(|e| shard.owns(&e.key)).collect();
+    let cache = Arc::new(Cache::open_dir(&args.cache, 64 << 20)?);
+    let mut todo = Vec::new();
+    for e in &mine {
+        if !cache.contains(&e.key)? {
+            todo.push(*e);
+        }
+    }
+    eprintln!(
+        "shard {shard}: {} of {} planned hard negatives, {} already cached, {} to generate",
+        mine.len(),
+        entries.len(),
+        mine.len() - todo.len(),
+        todo.len()
+    );
+    if !todo.is_empty() {
+        let factory = Arc::new(SdEngineFactory::new(
+            model_source(&args.model)?,
+            engine_options(&args.model)?,
+        )?);
+        let plan = factory.plan().clone();
+        let config = GeneratorConfig {
+            devices: args.model.device.clone(),
+            queue_capacity: todo.len(),
+            ..GeneratorConfig::default()
+        };
+        let generator = Generator::start(factory, cache.clone(), config)?;
+        // One request per (source, target, seed): its levels share one chain grid.
+        let mut groups: std::collections::BTreeMap<_, Vec<&genie::warm::PlanEntry>> =
+            Default::default();
+        for e in &todo {
+            groups
+                .entry((e.source.clone(), e.target.clone(), e.prompt.clone(), e.seed))
+                .or_default()
+                .push(e);
+        }
+        let mut waiting = Vec::new();
+        for ((source, target, prompt, seed), group) in groups {
+            let img = image_io::load_source(&source, plan.resolution)
+                .with_context(|| format!("source {}", source.display()))?;
+            let src = SourceImage::new(img);
+            for e in &group {
+                let key = CacheKey::new(&KeyInputs {
+                    source: (!e.r.is_text_to_image()).then_some(src.hash),
+                    prompt: &prompt,
+                    level: e.r,
+                    seed,
+                    fingerprint: &plan.fingerprint,
+                });
+                if key != e.key {
+                    bail!(
+                        "plan entry {} does not match this engine or source (key {key}): run with the \
+                         engine options the plan was made with, or plan again",
+                        e.key
+                    );
+                }
+            }
+            let receipt = generator.request(Request {
+                source: Some(src),
+                target,
+                prompt,
+                levels: group.iter().map(|e| e.r).collect(),
+                seed,
+                priority: Priority::Prewarm,
+            })?;
+            waiting.extend(receipt.levels.into_iter().map(|(_, k, _)| k));
+        }
+        let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+            indicatif::ProgressBar::new(waiting.len() as u64)
+        } else {
+            indicatif::ProgressBar::hidden()
+        }
+        .with_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} shard {msg} {pos}/{len} [{elapsed_precise}, eta {eta}] {per_sec}",
+            )
+            .expect("valid template"),
+        )
+        .with_message(shard.to_string());
+        let started = std::time::Instant::now();
+        let mut last_log = started;
+        let mut failures = Vec::new();
+        for (n, k) in waiting.iter().enumerate() {
+            match generator.wait(k, Duration::from_secs(7 * 24 * 3600))? {
+                WaitOutcome::Ready => bar.inc(1),
+                WaitOutcome::Failed(msg) => failures.push(msg),
+                other => failures.push(format!("{other:?}")),
+            }
+            if bar.is_hidden() && last_log.elapsed() > Duration::from_secs(30) {
+                last_log = std::time::Instant::now();
+                let rate = (n + 1) as f64 / started.elapsed().as_secs_f64();
+                eprintln!(
+                    "shard {shard}: {}/{} done, {rate:.2} images/s, eta {:.0} s",
+                    n + 1,
+                    waiting.len(),
+                    (waiting.len() - n - 1) as f64 / rate.max(1e-9)
+                );
+            }
+        }
+        bar.finish_and_clear();
+        generator.shutdown(Shutdown::Drain);
+        if let Some(first) = failures.first() {
+            bail!(
+                "shard {shard}: {} of {} images failed (rerun to retry them); first error: {first}",
+                failures.len(),
+                waiting.len()
+            );
+        }
+    }
+    let marker = done_marker(&args.plan, shard);
+    if let Some(dir) = marker.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    image_io::write_atomic(&marker, format!("{} entries\n", mine.len()).as_bytes())?;
+    println!(
+        "shard {shard} complete: {} entries cached ({})",
+        mine.len(),
+        marker.display()
+    );
+    Ok(())
+}
+
 fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -755,6 +915,7 @@ fn main() -> ExitCode {
         Command::Generate(args) => generate(*args),
         Command::Cache(cmd) => cache_command(cmd),
         Command::Warm(WarmCommand::Plan(args)) => warm_plan(*args),
+        Command::Warm(WarmCommand::Run(args)) => warm_run(*args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
