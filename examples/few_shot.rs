@@ -28,12 +28,12 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_dataset::vision::ImageDatasetItem;
 use clap::Parser;
 use genie::cache::Cache;
-use genie::diffusion::{self, tiny, EngineOptions, ModelSource};
-use genie::factory::SdEngineFactory;
 use genie::generator::{Generator, GeneratorConfig, Shutdown, WaitOutcome};
 use genie::loader::{image_item, GenieDataset, GenieItem, KeySpace, OfflinePlan};
 use genie::policy::{ClassStats, Policy, PolicyConfig};
 use genie::{synthetic, NoiseLevel};
+
+mod common;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
@@ -145,21 +145,7 @@ fn main() -> Result<()> {
     let per_class = args.shots + args.queries;
     let pool = synthetic::balanced_dataset(per_class, all, args.image_size, args.seed)?;
 
-    diffusion::pin_cpu_threads();
-    let source = match &args.weights {
-        Some(dir) => ModelSource::Local(dir.clone()),
-        None => {
-            println!("note: the tiny engine has random weights; its hard negatives are noise");
-            ModelSource::Local(tiny::ensure_tiny_model(&tiny::default_tiny_dir())?)
-        }
-    };
-    let factory = SdEngineFactory::new(
-        source,
-        EngineOptions {
-            steps: args.steps,
-            ..EngineOptions::default()
-        },
-    )?;
+    let factory = common::engine_factory(args.weights.as_deref(), args.steps)?;
     let plan = factory.plan().clone();
     let cache_dir = tempfile::tempdir()?;
     let cache = Arc::new(Cache::open_dir(cache_dir.path(), 16 << 20)?);

@@ -31,8 +31,6 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_dataset::vision::ImageDatasetItem;
 use clap::Parser;
 use genie::cache::Cache;
-use genie::diffusion::{self, tiny, EngineOptions, ModelSource};
-use genie::factory::SdEngineFactory;
 use genie::generator::{Generator, GeneratorConfig};
 use genie::loader::{
     image_item, predictions_and_targets, Augmenter, AugmenterConfig, GenieBatcher, GenieItem,
@@ -345,22 +343,7 @@ fn main() -> Result<()> {
         Some(train(&args, &data, None, &device)?)
     };
 
-    // The engine: one worker on the CPU, next to the training loop.
-    diffusion::pin_cpu_threads();
-    let source = match &args.weights {
-        Some(dir) => ModelSource::Local(dir.clone()),
-        None => {
-            println!("\nnote: the tiny engine has random weights; its hard negatives are noise (use --weights for Stable Diffusion)");
-            ModelSource::Local(tiny::ensure_tiny_model(&tiny::default_tiny_dir())?)
-        }
-    };
-    let factory = SdEngineFactory::new(
-        source,
-        EngineOptions {
-            steps: args.steps,
-            ..EngineOptions::default()
-        },
-    )?;
+    let factory = common::engine_factory(args.weights.as_deref(), args.steps)?;
     let plan = factory.plan().clone();
     let (cache_dir, _temp) = match &args.cache {
         Some(dir) => (dir.clone(), None),

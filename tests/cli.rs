@@ -467,10 +467,9 @@ fn a_model_with_truncated_weights_is_an_error_not_a_hang() {
     assert!(!out.exists());
 }
 
-#[test]
-fn warm_plan_writes_a_deterministic_plan_and_names_bad_input() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
+/// An image-folder dataset: dog (22 images) and cat (21) are Medium, fox (2) is Few.
+fn write_dataset(dir: &Path) -> std::path::PathBuf {
+    let data = dir.join("data");
     for (class, (name, count)) in [("dog", 22), ("cat", 21), ("fox", 2)].iter().enumerate() {
         std::fs::create_dir_all(data.join(name)).unwrap();
         for n in 0..*count {
@@ -480,6 +479,13 @@ fn warm_plan_writes_a_deterministic_plan_and_names_bad_input() {
                 .unwrap();
         }
     }
+    data
+}
+
+#[test]
+fn warm_plan_writes_a_deterministic_plan_and_names_bad_input() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_dataset(tmp.path());
     let plan = tmp.path().join("plan.jsonl");
     let args = |out: &Path| {
         vec![
@@ -539,16 +545,7 @@ fn warm_plan_writes_a_deterministic_plan_and_names_bad_input() {
 #[test]
 fn warm_run_fills_the_cache_shard_by_shard_and_skips_what_is_cached() {
     let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data");
-    for (class, (name, count)) in [("dog", 22), ("cat", 21), ("fox", 2)].iter().enumerate() {
-        std::fs::create_dir_all(data.join(name)).unwrap();
-        for n in 0..*count {
-            genie::synthetic::render(class, n, 16)
-                .unwrap()
-                .save(data.join(name).join(format!("{n}.png")))
-                .unwrap();
-        }
-    }
+    let data = write_dataset(tmp.path());
     let plan = tmp.path().join("plan.jsonl");
     let cache = tmp.path().join("cache");
     let engine = ["--model", "tiny", "--steps", "2"];

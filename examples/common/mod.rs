@@ -10,6 +10,8 @@ use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_dataset::vision::ImageDatasetItem;
+use genie::diffusion::{self, tiny, EngineOptions, ModelSource};
+use genie::factory::SdEngineFactory;
 use genie::loader::{FeatureExtractor, GenieItem};
 
 /// The classifier: two conv blocks, a 64-d embedding (what GeNIe-Ada projects), a linear head.
@@ -119,4 +121,26 @@ impl FeatureExtractor<Cnn, ImageDatasetItem> for Embeddings {
     fn embed(&self, model: &Cnn, items: Vec<ImageDatasetItem>) -> Tensor<2> {
         model.features(self.batcher.images(&items, &self.device))
     }
+}
+
+/// The engine the examples use: Stable Diffusion from `weights`, or the tiny random model (whose
+/// images are noise, as the note printed here says), with `steps` denoising steps.
+pub fn engine_factory(
+    weights: Option<&std::path::Path>,
+    steps: usize,
+) -> anyhow::Result<SdEngineFactory> {
+    // One engine worker shares the CPU with the training loop.
+    diffusion::pin_cpu_threads();
+    let source = match weights {
+        Some(dir) => ModelSource::Local(dir.to_path_buf()),
+        None => {
+            println!("note: the tiny engine has random weights; its hard negatives are noise (use --weights for Stable Diffusion)");
+            ModelSource::Local(tiny::ensure_tiny_model(&tiny::default_tiny_dir())?)
+        }
+    };
+    let options = EngineOptions {
+        steps,
+        ..EngineOptions::default()
+    };
+    Ok(SdEngineFactory::new(source, options)?)
 }
