@@ -582,12 +582,17 @@ fn end_to_end_through_the_real_engine_on_a_disk_cache() {
             image::imageops::resize(&*cached, SIDE, SIDE, image::imageops::FilterType::Triangle);
         assert_eq!(g.rgb().unwrap(), resized);
     }
-    // Every pair's source is a batch item of another class, and its key is on disk.
+    // Every pair shows an item of another class (pixel (0, 0) encodes its class) as class 3.
     let pairs = augmenter.stats().pairs;
     assert!((1..=2).contains(&pairs));
     for id in 0..pairs {
-        let key = augmenter.pair_key(id, NoiseLevel::GENIE_DEFAULT).unwrap();
-        let _ = augmenter.pair_info(id).unwrap();
-        assert!(augmenter.cache().contains(&key).is_ok());
+        let (source, target, level) = augmenter.pair_info(id).unwrap();
+        assert_eq!((target, level), (3, NoiseLevel::GENIE_DEFAULT));
+        assert_ne!(
+            source.get_pixel(0, 0)[0],
+            3,
+            "a target-class item is never a source"
+        );
+        assert!(augmenter.pair_key(id, NoiseLevel::GENIE_DEFAULT).is_some());
     }
 }

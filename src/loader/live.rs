@@ -184,12 +184,15 @@ fn select_loop<M: Module, I: GenieItem, F: FeatureExtractor<M, I>>(
     // Prototypes per target for the snapshot they were computed with.
     let mut prototypes: HashMap<usize, (u64, Vec<f64>)> = HashMap::new();
     while !shared.stop.load(Ordering::Acquire) {
-        let snapshot = lock(&shared.snapshot).clone();
-        let work = match &snapshot {
-            Some((_, version)) => augmenter.ada_work(*version, round),
-            None => Vec::new(),
+        // Only the version is read while idle; the model is cloned once there is work for it.
+        let version = lock(&shared.snapshot).as_ref().map(|(_, v)| *v);
+        let work = version.map_or_else(Vec::new, |v| augmenter.ada_work(v, round));
+        let snapshot = if work.is_empty() {
+            None
+        } else {
+            lock(&shared.snapshot).clone()
         };
-        let Some((model, version)) = snapshot.filter(|_| !work.is_empty()) else {
+        let Some((model, version)) = snapshot else {
             let guard = lock(&shared.snapshot);
             let _ = shared
                 .wake
