@@ -9,7 +9,12 @@
 //!   changes their pixels (knows bytes, keys and images only);
 //! - [`engine`]: the plain-Rust interface (jobs, noise levels, images) every generator speaks;
 //! - [`diffusion`]: Stable Diffusion img2img on candle ([`diffusion::SdEngine`]);
-//! - [`image_io`], [`noise`]: safe decoding and preprocessing; seeded, device-independent noise.
+//! - [`image_io`], [`noise`]: safe decoding and preprocessing; seeded, device-independent noise;
+//! - [`generator`]: a background service that turns requests into cached images on N devices;
+//! - [`policy`], [`ada`]: which hard negatives to make (plain Rust), and GeNIe-Ada's choice of r;
+//! - [`loader`]: the burn integration (`GenieBatcher`, `GenieDataset`, the live Ada model);
+//! - [`warm`]: offline pre-warming plans, shards and their status;
+//! - [`pictures`]: contact sheets and HTML reports of a cache.
 
 pub mod ada;
 pub mod cache;
@@ -20,6 +25,7 @@ pub mod generator;
 pub mod image_io;
 pub mod loader;
 pub mod noise;
+pub mod pictures;
 pub mod policy;
 pub mod synthetic;
 pub mod warm;

@@ -386,9 +386,13 @@ fn several_sources_and_targets_go_through_the_service_and_the_cache_commands_see
     assert_eq!(json["entries"], 0);
 }
 
+/// Every file below `dir` (none when `dir` does not exist yet).
 fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
     let mut out = Vec::new();
-    for e in std::fs::read_dir(dir).unwrap().flatten() {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
         if e.path().is_dir() {
             out.extend(walk(&e.path()));
         } else {
@@ -603,4 +607,458 @@ fn warm_run_fills_the_cache_shard_by_shard_and_skips_what_is_cached() {
     let o = genie(tmp.path(), &a);
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("does not match this engine"));
+}
+
+/// Runs `genie warm plan` on `data` with the tiny engine and extra arguments; returns the plan's
+/// line count.
+fn warm_plan(home: &Path, data: &Path, plan: &Path, extra: &[&str]) -> usize {
+    let d = data.display().to_string();
+    let p = plan.display().to_string();
+    let mut args = vec![
+        "warm", "plan", "--data", &d, "--model", "tiny", "--steps", "2",
+    ];
+    args.extend(extra);
+    args.extend(["--out", &p]);
+    let o = genie(home, &args);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    std::fs::read_to_string(plan).unwrap().lines().count()
+}
+
+/// `genie warm run` on one shard with the tiny engine (2 steps, as planned above).
+fn warm_run(home: &Path, plan: &Path, cache: &str, shard: &str) -> Output {
+    let p = plan.display().to_string();
+    genie(
+        home,
+        &[
+            "warm", "run", "--plan", &p, "--cache", cache, "--shard", shard, "--model", "tiny",
+            "--steps", "2",
+        ],
+    )
+}
+
+/// The number before `label` in `text` (`… 12 to generate`).
+fn number_before(text: &str, label: &str) -> usize {
+    let head = text
+        .split(label)
+        .next()
+        .filter(|_| text.contains(label))
+        .unwrap_or_else(|| panic!("no {label:?} in {text}"));
+    head.rsplit(|c: char| !c.is_ascii_digit())
+        .find(|s| !s.is_empty())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number before {label:?} in {text}"))
+}
+
+fn orange_pixels(path: &Path) -> usize {
+    let img = image::open(path).unwrap().to_rgb8();
+    img.pixels().filter(|p| p.0 == [230, 110, 0]).count()
+}
+
+#[test]
+fn warm_end_to_end_plan_three_shards_status_sheet_and_report() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    let data = write_dataset(home);
+    std::fs::write(data.join("dog/broken.png"), b"not an image").unwrap();
+    std::fs::create_dir_all(data.join("wolf")).unwrap();
+    let plan = home.join("plan.jsonl");
+    let d = data.display().to_string();
+    let p = plan.display().to_string();
+    let o = genie(
+        home,
+        &[
+            "warm",
+            "plan",
+            "--data",
+            &d,
+            "--model",
+            "tiny",
+            "--steps",
+            "2",
+            "--levels",
+            "0.5,0.8",
+            "--per-class",
+            "2",
+            "--out",
+            &p,
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        stderr.contains("\"wolf\""),
+        "the empty class is named: {stderr}"
+    );
+    let planned = std::fs::read_to_string(&plan).unwrap().lines().count();
+    assert!(planned >= 4, "fox and wolf each get sources: {planned}");
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join("plan.jsonl.summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["entries"], planned);
+
+    let cache = home.join("cache").display().to_string();
+    let status = |shards: &str| {
+        genie(
+            home,
+            &[
+                "warm", "status", "--plan", &p, "--cache", &cache, "--shards", shards,
+            ],
+        )
+    };
+    std::fs::create_dir_all(home.join("cache")).unwrap();
+    assert!(warm_run(home, &plan, &cache, "0/3").status.success());
+    let o = status("3");
+    assert_eq!(
+        o.status.code(),
+        Some(3),
+        "incomplete: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("sbatch --array=1-2 "), "{stderr}");
+    assert!(
+        stderr.contains("--shard 2/3") && stderr.contains("--model tiny"),
+        "{stderr}"
+    );
+
+    for shard in ["1/3", "2/3"] {
+        let o = warm_run(home, &plan, &cache, shard);
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    // The shard count comes from the done markers when not given.
+    let o = genie(home, &["warm", "status", "--plan", &p, "--cache", &cache]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("in 3 shards") && stdout.contains("complete"),
+        "{stdout}"
+    );
+    assert_eq!(number_before(&stdout, " cached,"), planned, "{stdout}");
+
+    // A sheet of the first planned pair, first without and then with a recorded Ada choice.
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&plan)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let source = first["source"].as_str().unwrap().to_string();
+    let target = first["target"].as_str().unwrap().to_string();
+    let sheet = home.join("sheet.png");
+    let s = sheet.display().to_string();
+    let draw = || {
+        genie(
+            home,
+            &[
+                "sheet", "--cache", &cache, "--source", &source, "--target", &target, "--model",
+                "tiny", "--steps", "2", "--levels", "0.5,0.8", "--tile", "64", "--out", &s,
+            ],
+        )
+    };
+    let o = draw();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("2 of 2 levels cached; no GeNIe-Ada choice")
+    );
+    assert_eq!(orange_pixels(&sheet), 0);
+    let plain = image::image_dimensions(&sheet).unwrap();
+    assert_eq!(plain.0, 8 + 3 * (64 + 8), "source and two levels");
+
+    let store = genie::cache::DiskStore::open_existing(home.join("cache")).unwrap();
+    let key: genie::cache::CacheKey = serde_json::from_value(first["key"].clone()).unwrap();
+    let meta = genie::cache::Store::get(&store, &key)
+        .unwrap()
+        .into_entry()
+        .unwrap()
+        .manifest
+        .meta;
+    let hash = genie::cache::CacheKey::from_hex(meta.source.as_deref().unwrap()).unwrap();
+    let pair = genie::cache::CacheKey::pair(&genie::cache::KeyInputs {
+        source: Some(*hash.as_bytes()),
+        prompt: &meta.prompt,
+        level: meta.level,
+        seed: meta.seed,
+        fingerprint: &meta.fingerprint,
+    });
+    let levels = [
+        genie::NoiseLevel::parse("0.5").unwrap(),
+        genie::NoiseLevel::GENIE_DEFAULT,
+    ];
+    let cache_handle = genie::cache::Cache::open_dir(home.join("cache"), 0).unwrap();
+    let record =
+        genie::cache::AdaChoiceRecord::new(&target, &levels, &[0.2, 0.9], Some(levels[1]), 7);
+    cache_handle.put_ada_choice(&pair, &record).unwrap();
+    let o = draw();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stdout).contains("r* = 0.8 (model version 7)"));
+    assert!(
+        orange_pixels(&sheet) > 4 * 64,
+        "r* is framed and its point marked"
+    );
+    assert!(
+        image::image_dimensions(&sheet).unwrap().1 > plain.1,
+        "the d_m curve is drawn"
+    );
+
+    // The report: every entry's thumbnail, a section per target class, counts by r.
+    let report = home.join("report.html");
+    let r = report.display().to_string();
+    let o = genie(
+        home,
+        &["cache", "report", &cache, "--out", &r, "--per-level", "100"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let html = std::fs::read_to_string(&report).unwrap();
+    assert_eq!(html.matches("data:image/png;base64,").count(), planned);
+    assert!(
+        html.contains(">fox<") && html.contains("<th>r = 0.5</th>"),
+        "{html:.2000}"
+    );
+}
+
+#[test]
+fn a_warm_run_killed_with_sigkill_resumes_with_only_the_missing_keys() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    let data = write_dataset(home);
+    let plan = home.join("plan.jsonl");
+    let planned = warm_plan(
+        home,
+        &data,
+        &plan,
+        &["--levels", "0.5,0.6,0.7,0.8,0.9", "--per-class", "12"],
+    );
+    let cache_dir = home.join("cache");
+    let cache = cache_dir.display().to_string();
+    let p = plan.display().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_genie"))
+        .args([
+            "warm", "run", "--plan", &p, "--cache", &cache, "--shard", "0/1",
+        ])
+        .args(["--model", "tiny", "--steps", "2"])
+        .env("GENIE_HOME", home)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let committed = || {
+        walk(&cache_dir.join("manifests"))
+            .iter()
+            .filter(|p| p.extension().is_some_and(|e| e == "json"))
+            .count()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(300);
+    while committed() == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "nothing was committed"
+        );
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "the run ended before it was killed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let survived = committed();
+    eprintln!("{survived} of {planned} entries survived the kill");
+    assert!(
+        survived < planned,
+        "killed too late to test anything ({survived} of {planned})"
+    );
+
+    // Nothing the kill interrupted is visible as an entry, and nothing is corrupt.
+    let o = genie(home, &["cache", "verify", &cache]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(String::from_utf8_lossy(&o.stdout)
+        .contains(&format!("checked {survived} entries: {survived} ok")));
+
+    let o = warm_run(home, &plan, &cache, "0/1");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(
+        number_before(&stderr, " already cached"),
+        survived,
+        "{stderr}"
+    );
+    assert_eq!(
+        number_before(&stderr, " to generate"),
+        planned - survived,
+        "{stderr}"
+    );
+    assert_eq!(
+        number_before(&stdout, " images in"),
+        planned - survived,
+        "{stdout}"
+    );
+    assert!(number_before(&stdout, " engine calls") >= 1);
+    assert_eq!(committed(), planned);
+}
+
+#[test]
+fn two_warm_runs_on_the_same_shard_leave_no_corrupt_entry() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    let data = write_dataset(home);
+    let plan = home.join("plan.jsonl");
+    let planned = warm_plan(
+        home,
+        &data,
+        &plan,
+        &["--levels", "0.5,0.8", "--per-class", "6"],
+    );
+    let cache_dir = home.join("cache");
+    let cache = cache_dir.display().to_string();
+    let runs: Vec<Output> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| warm_run(home, &plan, &cache, "0/1")))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for o in &runs {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let o = genie(home, &["cache", "verify", &cache]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("checked {planned} entries: {planned} ok, 0 bad")),
+        "{stdout}"
+    );
+    // Losers of a race delete their content: one content file per entry, no temporary files.
+    let objects = walk(&cache_dir.join("objects")).len();
+    assert_eq!(objects, planned);
+    assert!(walk(&cache_dir.join("tmp")).is_empty());
+}
+
+#[test]
+fn warm_plan_takes_sources_from_a_confusion_matrix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    let data = write_dataset(home);
+    let matrix = home.join("confusion.csv");
+    std::fs::write(
+        &matrix,
+        "truth\\predicted,fox,cat,dog\nfox,1,3,0\ncat,2,40,0\ndog,0,0,30\n",
+    )
+    .unwrap();
+    let plan = home.join("plan.jsonl");
+    let m = matrix.display().to_string();
+    let planned = warm_plan(
+        home,
+        &data,
+        &plan,
+        &[
+            "--levels",
+            "0.8",
+            "--per-class",
+            "50",
+            "--sources",
+            "confusion",
+            &m,
+        ],
+    );
+    let text = std::fs::read_to_string(&plan).unwrap();
+    assert_eq!(planned, 21, "all of cat's images, none of dog's");
+    assert!(text.lines().all(|l| l.contains("\"source_class\":\"cat\"")));
+
+    // A matrix naming a class the dataset lacks is refused, naming it.
+    std::fs::write(&matrix, ",fox,wolf\nfox,1,3\n").unwrap();
+    let d = data.display().to_string();
+    let out = home.join("bad.jsonl").display().to_string();
+    let o = genie(
+        home,
+        &[
+            "warm",
+            "plan",
+            "--data",
+            &d,
+            "--model",
+            "tiny",
+            "--sources",
+            "confusion",
+            &m,
+            "--out",
+            &out,
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("\"wolf\""));
+    let o = genie(
+        home,
+        &[
+            "warm",
+            "plan",
+            "--data",
+            &d,
+            "--model",
+            "tiny",
+            "--sources",
+            "confusion",
+            "--out",
+            &out,
+        ],
+    );
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("confusion FILE"));
+}
+
+#[test]
+fn the_slurm_script_and_kubernetes_job_run_the_command_as_written() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    let data = write_dataset(home);
+    let plan = home.join("plan.jsonl");
+    let planned = warm_plan(home, &data, &plan, &["--levels", "0.8", "--per-class", "4"]);
+    let cache = home.join("cache");
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_genie")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/slurm/genie-warm.sbatch");
+    for task in 0..2 {
+        let o = Command::new("bash")
+            .arg(&script)
+            .env("PATH", &path)
+            .env("GENIE_HOME", home)
+            .env("SLURM_ARRAY_TASK_ID", task.to_string())
+            .env("GENIE_PLAN", &plan)
+            .env("GENIE_CACHE", &cache)
+            .env("GENIE_SHARDS", "2")
+            .env("GENIE_ENGINE_ARGS", "--model tiny --steps 2")
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+    let p = plan.display().to_string();
+    let c = cache.display().to_string();
+    let o = genie(home, &["warm", "status", "--plan", &p, "--cache", &c]);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stdout));
+    assert!(String::from_utf8_lossy(&o.stdout).contains(&format!("{planned} planned in 2 shards")));
+
+    // Every flag the Kubernetes Job passes is one `genie warm run` takes.
+    let manifest = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/kubernetes/genie-warm-job.yaml"),
+    )
+    .unwrap();
+    let help = String::from_utf8_lossy(&genie(home, &["warm", "run", "--help"]).stdout).to_string();
+    let flags: Vec<&str> = manifest
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- --"))
+        .map(|l| l.split(['=', ' ']).next().unwrap())
+        .collect();
+    assert!(flags.len() >= 8, "{flags:?}");
+    for flag in flags {
+        assert!(
+            help.contains(&format!("--{flag}")),
+            "--{flag} is not a warm run flag"
+        );
+    }
+    assert!(manifest.contains("completionMode: Indexed"));
 }

@@ -406,6 +406,29 @@ fn batcher_uses_the_level_ada_chose_with_the_live_model() {
             .all(|(_, r)| r.model_version == 2)
     });
     assert_eq!(augmenter.stats().requested, before);
+    // Every choice is filed in the cache too (for `genie sheet`), the latest version winning.
+    wait_until("choices filed in the cache", || {
+        augmenter.ada_records().iter().all(|(id, r)| {
+            let key = augmenter.pair_record_key(*id).unwrap();
+            augmenter
+                .cache()
+                .ada_choice(&key)
+                .unwrap()
+                .is_some_and(|filed| {
+                    // JSON keeps d_m to within an ulp (serde_json's float parsing).
+                    let close = filed.curve.len() == r.curve.len()
+                        && filed
+                            .curve
+                            .iter()
+                            .zip(&r.curve)
+                            .all(|(a, b)| (a - b).abs() <= 1e-12 * b.abs().max(1.0));
+                    filed.model_version == 2
+                        && filed.chosen_level() == r.level
+                        && close
+                        && filed.noise_levels() == NoiseLevel::ADA_SWEEP.to_vec()
+                })
+        })
+    });
     let stats = live.stop();
     assert_eq!(stats.unscorable, 0);
     assert!(stats.scored >= 2 * pairs as u64);

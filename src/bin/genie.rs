@@ -33,9 +33,11 @@ enum Command {
     /// Inspect and maintain a hard-negative cache.
     #[command(subcommand)]
     Cache(CacheCommand),
-    /// Pre-warm a cache before training: plan the hard negatives of a dataset.
+    /// Pre-warm a cache before training: plan, run in shards, and check progress.
     #[command(subcommand)]
     Warm(WarmCommand),
+    /// Draw one source across noise levels from the cache (r* and d_m when GeNIe-Ada chose).
+    Sheet(Box<SheetArgs>),
 }
 
 #[derive(Subcommand)]
@@ -44,6 +46,53 @@ enum WarmCommand {
     Plan(Box<WarmPlanArgs>),
     /// Generate this task's shard of a plan into a cache, skipping what is already cached.
     Run(Box<WarmRunArgs>),
+    /// What is cached and missing per shard, and how to resubmit the missing shards.
+    /// Exits 0 when complete, 3 when something is missing.
+    Status(WarmStatusArgs),
+}
+
+#[derive(Args)]
+struct WarmStatusArgs {
+    /// The plan written by `genie warm plan`.
+    #[arg(long, value_name = "FILE")]
+    plan: PathBuf,
+    /// The cache: a folder or s3://bucket/prefix.
+    #[arg(long, value_name = "DIR_OR_URL")]
+    cache: String,
+    /// The shard count the plan runs with (default: the done markers', else 1).
+    #[arg(long)]
+    shards: Option<u32>,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct SheetArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The cache: a folder or s3://bucket/prefix.
+    #[arg(long, value_name = "DIR_OR_URL")]
+    cache: String,
+    /// The source image, as it was given to generate or warm run.
+    #[arg(long, value_name = "IMG")]
+    source: PathBuf,
+    /// The target class name.
+    #[arg(long)]
+    target: String,
+    #[arg(long)]
+    superclass: Option<String>,
+    /// Noise levels to show, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "0.5,0.6,0.7,0.8,0.9", value_parser = parse_level)]
+    levels: Vec<NoiseLevel>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Tile side in pixels.
+    #[arg(long, default_value_t = 256)]
+    tile: u32,
+    /// The PNG to write.
+    #[arg(long, value_name = "FILE")]
+    out: PathBuf,
 }
 
 #[derive(Args)]
@@ -53,9 +102,9 @@ struct WarmRunArgs {
     /// The plan written by `genie warm plan` (with the same engine options).
     #[arg(long, value_name = "FILE")]
     plan: PathBuf,
-    /// The cache folder to fill.
-    #[arg(long, value_name = "DIR")]
-    cache: PathBuf,
+    /// The cache to fill: a folder or s3://bucket/prefix (with the `s3` feature).
+    #[arg(long, value_name = "DIR_OR_URL")]
+    cache: String,
     /// This task's shard, I/N; default: SLURM_ARRAY_TASK_ID or JOB_COMPLETION_INDEX.
     #[arg(long, value_name = "I/N")]
     shard: Option<String>,
@@ -96,6 +145,10 @@ struct WarmPlanArgs {
     /// Source images per target (per pair with --mode pairs); default: the mode's quota.
     #[arg(long)]
     per_class: Option<usize>,
+    /// Where each target's sources come from: `uniform` (every other class), or
+    /// `confusion FILE` (the 4 classes a CSV confusion matrix confuses most with the target).
+    #[arg(long, num_args = 1..=2, value_names = ["uniform|confusion", "FILE"], default_value = "uniform")]
+    sources: Vec<String>,
     /// Optional superclass: "a photo of a {target}, a type of {superclass}."
     #[arg(long)]
     superclass: Option<String>,
@@ -110,7 +163,9 @@ struct WarmPlanArgs {
 enum CacheCommand {
     /// Entries and bytes, by target class and by noise level.
     Stats {
-        dir: PathBuf,
+        /// A cache folder or s3://bucket/prefix.
+        #[arg(value_name = "DIR_OR_URL")]
+        location: String,
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
@@ -120,6 +175,20 @@ enum CacheCommand {
         dir: PathBuf,
         #[arg(long)]
         repair: bool,
+    },
+    /// Write an HTML page of thumbnails per target class, with counts by r (opens with no server).
+    Report {
+        /// A cache folder or s3://bucket/prefix.
+        #[arg(value_name = "DIR_OR_URL")]
+        location: String,
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// Thumbnails per target class and level.
+        #[arg(long, default_value_t = 8)]
+        per_level: usize,
+        /// Thumbnail side in pixels.
+        #[arg(long, default_value_t = 96)]
+        thumbnail: u32,
     },
     /// Remove entries older than --max-age, then the oldest until the cache fits --max-size.
     Gc {
@@ -593,9 +662,8 @@ fn generate_with_noise(
 
 fn cache_command(cmd: CacheCommand) -> Result<()> {
     match cmd {
-        CacheCommand::Stats { dir, json } => {
-            let store = DiskStore::open_existing(&dir)?;
-            let stats = genie::cache::Store::stats(&store)?;
+        CacheCommand::Stats { location, json } => {
+            let stats = genie::cache::open_store(&location, false)?.stats()?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
                 return Ok(());
@@ -615,6 +683,35 @@ fn cache_command(cmd: CacheCommand) -> Result<()> {
                 let r = NoiseLevel::from_thousandths(*level)
                     .map_or_else(|| format!("{level}‰"), |l| l.to_string());
                 println!("  r = {:<6} {:>8} entries", r, n);
+            }
+            Ok(())
+        }
+        CacheCommand::Report {
+            location,
+            out,
+            per_level,
+            thumbnail,
+        } => {
+            let store = genie::cache::open_store(&location, false)?;
+            let options = genie::pictures::ReportOptions {
+                title: format!("genie cache {location}"),
+                thumbnails_per_level: per_level,
+                thumbnail_px: thumbnail,
+            };
+            let (html, summary) = genie::pictures::cache_report(store.as_ref(), &options)?;
+            image_io::write_atomic(&out, html.as_bytes())?;
+            println!(
+                "{} entries of {} target classes, {} thumbnails -> {}",
+                summary.entries,
+                summary.targets,
+                summary.thumbnails,
+                out.display()
+            );
+            if summary.unreadable + summary.skipped_manifests > 0 {
+                eprintln!(
+                    "warning: {} entries unreadable, {} manifests skipped (see genie cache verify)",
+                    summary.unreadable, summary.skipped_manifests
+                );
             }
             Ok(())
         }
@@ -722,12 +819,27 @@ fn warm_plan(args: WarmPlanArgs) -> Result<()> {
     if let Some(superclass) = &args.superclass {
         keys = keys.with_superclass(superclass.clone());
     }
+    let (sources, confusion) = match args.sources.as_slice() {
+        [kind] if kind == "uniform" => (SourceStrategy::Uniform, None),
+        [kind, file] if kind == "confusion" => {
+            let matrix = genie::warm::read_confusion(Path::new(file), &folder.classes)?;
+            (SourceStrategy::TopConfused { k: 4 }, Some(matrix))
+        }
+        [kind] if kind == "confusion" => {
+            bail!("--sources confusion needs the matrix: --sources confusion FILE")
+        }
+        other => bail!(
+            "--sources {:?}: expected `uniform` or `confusion FILE`",
+            other.join(" ")
+        ),
+    };
+    let levels: Vec<String> = args.levels.iter().map(ToString::to_string).collect();
     let options = PlanOptions {
         mode,
         levels: args.levels,
         per_class: args.per_class,
-        sources: SourceStrategy::Uniform,
-        confusion: None,
+        sources,
+        confusion,
         seed: args.seed,
     };
     let (mut entries, summary) = build_plan(&folder, &options, &keys)?;
@@ -735,6 +847,18 @@ fn warm_plan(args: WarmPlanArgs) -> Result<()> {
         eprintln!("warning: skipped unreadable source {s}");
     }
     write_plan(&args.out, &mut entries)?;
+    let sidecar = serde_json::json!({
+        "plan": args.out,
+        "entries": summary.entries,
+        "images": folder.images.len(),
+        "classes": folder.classes.len(),
+        "levels": levels,
+        "per_target": summary.per_target,
+        "skipped": summary.skipped,
+        "run_args": model_args(&args.model),
+    });
+    let sidecar_path = summary_path(&args.out);
+    image_io::write_atomic(&sidecar_path, format!("{sidecar:#}\n").as_bytes())?;
     println!(
         "{} hard negatives from {} images of {} classes -> {}",
         summary.entries,
@@ -748,15 +872,176 @@ fn warm_plan(args: WarmPlanArgs) -> Result<()> {
     Ok(())
 }
 
-/// The marker a finished shard leaves next to its plan: `<plan>.done/<I>-of-<N>`.
-fn done_marker(plan: &Path, shard: genie::warm::Shard) -> PathBuf {
-    let mut dir = plan.as_os_str().to_owned();
-    dir.push(".done");
-    PathBuf::from(dir).join(format!("{}-of-{}", shard.index, shard.count))
+/// The plan's summary, written beside it: `<plan>.summary.json`.
+fn summary_path(plan: &Path) -> PathBuf {
+    let mut path = plan.as_os_str().to_owned();
+    path.push(".summary.json");
+    PathBuf::from(path)
+}
+
+/// The engine options as command-line arguments, so that `warm status` can print a complete
+/// resubmit command (the device is left out: it belongs to the machine, not the plan).
+fn model_args(m: &ModelArgs) -> Vec<String> {
+    let mut args = Vec::new();
+    match (&m.weights, m.model) {
+        (Some(dir), _) => args.extend(["--weights".into(), dir.display().to_string()]),
+        (None, Some(BuiltinModel::Tiny)) => args.extend(["--model".into(), "tiny".into()]),
+        (None, Some(BuiltinModel::Sd15)) => args.extend(["--model".into(), "sd15".into()]),
+        (None, None) => {}
+    }
+    args.extend(["--steps".into(), m.steps.to_string()]);
+    args.extend(["--scheduler".into(), m.scheduler.name().into()]);
+    args.extend(["--guidance".into(), m.guidance.to_string()]);
+    if let Some(size) = m.size {
+        args.extend(["--size".into(), size.to_string()]);
+    }
+    args.extend(["--dtype".into(), m.dtype.clone()]);
+    args
+}
+
+/// Quotes an argument for a POSIX shell when it needs it.
+fn shell_word(arg: &str) -> String {
+    let plain = !arg.is_empty()
+        && arg
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_./:=,@%+".contains(c));
+    if plain {
+        arg.to_string()
+    } else {
+        format!("'{}'", arg.replace('\'', "'\\''"))
+    }
+}
+
+fn warm_status(args: WarmStatusArgs) -> Result<ExitCode> {
+    use genie::warm::{done_markers, marker_shard_count, read_plan, slurm_array_list, warm_status};
+
+    let entries = read_plan(&args.plan)?;
+    let markers = done_markers(&args.plan);
+    let count = args.shards.or(marker_shard_count(&markers)).unwrap_or(1);
+    let store = genie::cache::open_store(&args.cache, false)?;
+    let status = warm_status(&entries, count, &markers, |k| store.contains(k))?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        println!(
+            "{}: {} planned in {count} shards, {} cached, {} missing",
+            args.plan.display(),
+            status.planned(),
+            status.cached(),
+            status.planned() - status.cached()
+        );
+        for s in &status.shards {
+            let state = match (s.is_complete(), s.marked_done) {
+                (true, true) => "done",
+                (true, false) => "complete (no marker yet)",
+                (false, true) => "marked done, but entries are missing (gc?)",
+                (false, false) if s.cached > 0 => "partial",
+                (false, false) => "not started",
+            };
+            println!(
+                "  shard {:>4}/{count}  {:>8} planned  {:>8} cached  {:>8} missing  {state}",
+                s.index,
+                s.planned,
+                s.cached,
+                s.missing()
+            );
+        }
+    }
+    let incomplete = status.incomplete();
+    if incomplete.is_empty() {
+        if !args.json {
+            println!("complete");
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let run_args: Vec<String> = std::fs::read(summary_path(&args.plan))
+        .ok()
+        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|v| serde_json::from_value(v["run_args"].clone()).ok())
+        .unwrap_or_else(|| vec!["<the engine options of warm plan>".into()]);
+    let common = [
+        "--plan".to_string(),
+        args.plan.display().to_string(),
+        "--cache".to_string(),
+        args.cache.clone(),
+    ]
+    .into_iter()
+    .chain(run_args)
+    .map(|a| shell_word(&a))
+    .collect::<Vec<_>>()
+    .join(" ");
+    eprintln!("\nresubmit the {} incomplete shards:", incomplete.len());
+    eprintln!(
+        "  Slurm:      sbatch --array={} docs/slurm/genie-warm.sbatch   (GENIE_SHARDS={count})",
+        slurm_array_list(&incomplete)
+    );
+    eprintln!("  by hand:");
+    for shard in incomplete.iter().take(8) {
+        eprintln!("    genie warm run {common} --shard {shard}");
+    }
+    if incomplete.len() > 8 {
+        eprintln!("    … and {} more shards", incomplete.len() - 8);
+    }
+    Ok(ExitCode::from(3))
+}
+
+fn sheet(args: SheetArgs) -> Result<()> {
+    use genie::pictures::{contact_sheet, SheetLevel};
+
+    let plan = diffusion::plan_engine(&model_source(&args.model)?, &engine_options(&args.model)?)?;
+    let cache = Cache::new(genie::cache::open_store(&args.cache, false)?, 0);
+    let source = image_io::load_source(&args.source, plan.resolution)
+        .with_context(|| format!("source {}", args.source.display()))?;
+    let src = SourceImage::new(source.clone());
+    let prompt = PromptTemplate::default().render(&args.target, args.superclass.as_deref());
+    let inputs = |level| KeyInputs {
+        source: Some(src.hash),
+        prompt: &prompt,
+        level,
+        seed: args.seed,
+        fingerprint: &plan.fingerprint,
+    };
+    let mut levels = Vec::new();
+    for &level in &args.levels {
+        let image = cache.get_image(&CacheKey::new(&inputs(level)))?;
+        levels.push(SheetLevel {
+            level,
+            image: image.map(|i| (*i).clone()),
+        });
+    }
+    let found = levels.iter().filter(|l| l.image.is_some()).count();
+    if found == 0 {
+        bail!(
+            "{} has none of these {} levels for {} as {:?}: was it generated with the same engine \
+             options (--model/--weights, --steps, --scheduler, --guidance, --size, --dtype), seed and \
+             superclass?",
+            args.cache,
+            args.levels.len(),
+            args.source.display(),
+            args.target
+        );
+    }
+    let choice = cache.ada_choice(&CacheKey::pair(&inputs(NoiseLevel::GENIE_DEFAULT)))?;
+    let sheet = contact_sheet(&source, &levels, choice.as_ref(), args.tile);
+    image_io::save_png_atomic(&sheet, &args.out)?;
+    let ada = match choice
+        .as_ref()
+        .and_then(|c| c.chosen_level().map(|l| (l, c.model_version)))
+    {
+        Some((level, version)) => format!("r* = {level} (model version {version})"),
+        None => "no GeNIe-Ada choice recorded".into(),
+    };
+    println!(
+        "{} of {} levels cached; {ada} -> {}",
+        found,
+        args.levels.len(),
+        args.out.display()
+    );
+    Ok(())
 }
 
 fn warm_run(args: WarmRunArgs) -> Result<()> {
-    use genie::warm::{read_plan, Shard, ShardError};
+    use genie::warm::{done_marker, read_plan, Shard, ShardError};
 
     let entries = read_plan(&args.plan)?;
     let shard = match Shard::resolve(args.shard.as_deref(), args.shards, |v| {
@@ -766,7 +1051,7 @@ fn warm_run(args: WarmRunArgs) -> Result<()> {
         other => other?,
     };
     let mine: Vec<_> = entries.iter().filter(|e| shard.owns(&e.key)).collect();
-    let cache = Arc::new(Cache::open_dir(&args.cache, 64 << 20)?);
+    let cache = Arc::new(Cache::open(&args.cache, 64 << 20)?);
     let mut todo = Vec::new();
     for e in &mine {
         if !cache.contains(&e.key)? {
@@ -780,6 +1065,7 @@ fn warm_run(args: WarmRunArgs) -> Result<()> {
         mine.len() - todo.len(),
         todo.len()
     );
+    let mut generated = (0, 0);
     if !todo.is_empty() {
         let factory = Arc::new(SdEngineFactory::new(
             model_source(&args.model)?,
@@ -865,7 +1151,8 @@ fn warm_run(args: WarmRunArgs) -> Result<()> {
             }
         }
         bar.finish_and_clear();
-        generator.shutdown(Shutdown::Drain);
+        let stats = generator.shutdown(Shutdown::Drain);
+        generated = (stats.done, stats.engine_calls);
         if let Some(first) = failures.first() {
             bail!(
                 "shard {shard}: {} of {} images failed (rerun to retry them); first error: {first}",
@@ -880,8 +1167,10 @@ fn warm_run(args: WarmRunArgs) -> Result<()> {
     }
     image_io::write_atomic(&marker, format!("{} entries\n", mine.len()).as_bytes())?;
     println!(
-        "shard {shard} complete: {} entries cached ({})",
+        "shard {shard} complete: {} entries cached; this run generated {} images in {} engine calls ({})",
         mine.len(),
+        generated.0,
+        generated.1,
         marker.display()
     );
     Ok(())
@@ -911,14 +1200,17 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    let done = |r: Result<()>| r.map(|()| ExitCode::SUCCESS);
     let result = match cli.command {
-        Command::Generate(args) => generate(*args),
-        Command::Cache(cmd) => cache_command(cmd),
-        Command::Warm(WarmCommand::Plan(args)) => warm_plan(*args),
-        Command::Warm(WarmCommand::Run(args)) => warm_run(*args),
+        Command::Generate(args) => done(generate(*args)),
+        Command::Cache(cmd) => done(cache_command(cmd)),
+        Command::Warm(WarmCommand::Plan(args)) => done(warm_plan(*args)),
+        Command::Warm(WarmCommand::Run(args)) => done(warm_run(*args)),
+        Command::Warm(WarmCommand::Status(args)) => warm_status(args),
+        Command::Sheet(args) => done(sheet(*args)),
     };
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE

@@ -7,6 +7,7 @@
 //! <root>/objects/<ab>/<key>.<hash16>.<token>.png   content (<ab>: first two hex digits of the key)
 //! <root>/manifests/<ab>/<key>.json                 manifest: its existence commits the entry
 //! <root>/quarantine/<nanos>-<key>-<token>/         defective entries moved aside, with reason.txt
+//! <root>/records/<ab>/<pair key>.json              side records (GeNIe-Ada choices), replaced whole
 //! <root>/tmp/                                      temporary files of writes in progress
 //! <root>/gc.lock                                   held exclusively while gc runs
 //! ```
@@ -45,6 +46,7 @@ use super::key::CacheKey;
 use super::manifest::{
     EntryMeta, Manifest, ManifestParseError, MANIFEST_FORMAT, MAX_MANIFEST_BYTES,
 };
+use super::record::MAX_RECORD_BYTES;
 use super::store::{BadEntry, Defect, Lookup, ManifestScan, PutOutcome, Store, StoredEntry};
 use super::{unix_nanos, unix_now};
 
@@ -59,16 +61,18 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(60 * 60);
 /// process forked by any thread of this process briefly shares the lock until it execs.
 pub const GC_LOCK_WAIT: Duration = Duration::from_secs(2);
 
-const MARKER_FILE: &str = "genie-cache.json";
+pub(super) const MARKER_FILE: &str = "genie-cache.json";
 const MARKER_KIND: &str = "genie-cache";
-const OBJECTS_DIR: &str = "objects";
-const MANIFESTS_DIR: &str = "manifests";
-const QUARANTINE_DIR: &str = "quarantine";
+pub(super) const OBJECTS_DIR: &str = "objects";
+pub(super) const MANIFESTS_DIR: &str = "manifests";
+pub(super) const QUARANTINE_DIR: &str = "quarantine";
 const TMP_DIR: &str = "tmp";
+/// Created on first use, so caches made before records existed open unchanged.
+pub(super) const RECORDS_DIR: &str = "records";
 const GC_LOCK_FILE: &str = "gc.lock";
 /// The cache stores PNG bytes; the extension lets people open content files directly.
-const CONTENT_EXTENSION: &str = "png";
-const HASH_PREFIX_LEN: usize = 16;
+pub(super) const CONTENT_EXTENSION: &str = "png";
+pub(super) const HASH_PREFIX_LEN: usize = 16;
 const TOKEN_LEN: usize = 16;
 
 /// A cache folder on a local or shared filesystem (see the module docs for layout and protocol).
@@ -242,6 +246,14 @@ impl DiskStore {
     /// Where a content file of `key` named `content_file` lives.
     pub fn content_path(&self, key: &CacheKey, content_file: &str) -> PathBuf {
         self.objects.join(shard_dir_name(key)).join(content_file)
+    }
+
+    /// Where the side record of `key` lives (whether or not it exists).
+    pub fn record_path(&self, key: &CacheKey) -> PathBuf {
+        self.root
+            .join(RECORDS_DIR)
+            .join(shard_dir_name(key))
+            .join(format!("{key}.json"))
     }
 
     /// The folder defective entries are moved into.
@@ -914,16 +926,44 @@ impl Store for DiskStore {
             _ => Ok(false),
         }
     }
+
+    fn put_record(&self, key: &CacheKey, record: &[u8]) -> Result<(), CacheError> {
+        let records = ensure_dir(&self.root, &self.root.join(RECORDS_DIR))?;
+        self.ensure_shard(&records, key)?;
+        let path = self.record_path(key);
+        // A rename replaces the old record whole: readers see the old one or the new one.
+        self.write_temp("record-", record)?
+            .persist(&path)
+            .map_err(|e| CacheError::io("move a finished record to", &path, e.error))?;
+        Ok(())
+    }
+
+    fn get_record(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, CacheError> {
+        let path = self.record_path(key);
+        self.check_shard(&path)?;
+        match self.read_owned_file(&path, MAX_RECORD_BYTES)? {
+            FileRead::Bytes(bytes) => Ok(Some(bytes)),
+            FileRead::Absent => Ok(None),
+            FileRead::TooLong { len } => {
+                tracing::warn!(path = %path.display(), len, "ignoring an oversized side record");
+                Ok(None)
+            }
+            FileRead::Defective(defect) => {
+                tracing::warn!(path = %path.display(), %defect, "ignoring a defective side record");
+                Ok(None)
+            }
+        }
+    }
 }
 
 /// Why manifest bytes were not accepted for a key.
-enum Judged {
+pub(super) enum Judged {
     Future { found: u32 },
     Defective(Defect),
 }
 
 /// Parses `raw` as the manifest of `key` and checks it names a content file of that key.
-fn judge_manifest(key: &CacheKey, raw: &[u8]) -> Result<Manifest, Judged> {
+pub(super) fn judge_manifest(key: &CacheKey, raw: &[u8]) -> Result<Manifest, Judged> {
     let manifest = Manifest::parse(raw).map_err(|e| match e {
         ManifestParseError::Future { found } => Judged::Future { found },
         ManifestParseError::Invalid(why) => Judged::Defective(Defect::BadManifest(why)),
@@ -960,12 +1000,12 @@ fn parse_content_name(name: &str) -> Option<CacheKey> {
     .then_some(key)
 }
 
-fn shard_dir_name(key: &CacheKey) -> String {
+pub(super) fn shard_dir_name(key: &CacheKey) -> String {
     key.to_hex()[..2].to_string()
 }
 
 /// 16 hex digits no other write (in any process, on any machine) will pick.
-fn unique_token() -> String {
+pub(super) fn unique_token() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let mut hasher = blake3::Hasher::new();
     hasher.update(&std::process::id().to_le_bytes());
@@ -1034,15 +1074,25 @@ fn check_marker(root: &Path) -> Result<bool, CacheError> {
         return Err(bad(format!("{} bytes long", meta.len())));
     }
     let bytes = fs::read(&path).map_err(CacheError::io_at("read", &path))?;
+    judge_marker(&path, &bytes)?;
+    Ok(true)
+}
+
+/// Checks marker bytes: ours, and not from a newer genie.
+pub(super) fn judge_marker(path: &Path, bytes: &[u8]) -> Result<(), CacheError> {
+    let bad = |detail: String| CacheError::BadMarker {
+        path: path.to_path_buf(),
+        detail,
+    };
     let value: serde_json::Value =
-        serde_json::from_slice(&bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
+        serde_json::from_slice(bytes).map_err(|e| bad(format!("not JSON: {e}")))?;
     let format = value
         .get("format")
         .and_then(serde_json::Value::as_u64)
         .ok_or_else(|| bad("no format number".into()))?;
     if format > u64::from(DISK_FORMAT) {
         return Err(CacheError::FutureFormat {
-            path,
+            path: path.to_path_buf(),
             found: u32::try_from(format).unwrap_or(u32::MAX),
             supported: DISK_FORMAT,
         });
@@ -1052,13 +1102,18 @@ fn check_marker(root: &Path) -> Result<bool, CacheError> {
             "expected kind {MARKER_KIND:?} and a format of 1..={DISK_FORMAT}"
         )));
     }
-    Ok(true)
+    Ok(())
+}
+
+/// The marker's bytes as this build writes them.
+pub(super) fn marker_json() -> String {
+    serde_json::json!({ "format": DISK_FORMAT, "kind": MARKER_KIND }).to_string()
 }
 
 /// Creates the marker if absent (create-if-absent, so concurrent openers agree), then checks it.
 fn write_marker(root: &Path, tmp_dir: &Path) -> Result<(), CacheError> {
     let path = root.join(MARKER_FILE);
-    let json = serde_json::json!({ "format": DISK_FORMAT, "kind": MARKER_KIND }).to_string();
+    let json = marker_json();
     let mut tmp = tempfile::Builder::new()
         .prefix("marker-")
         .tempfile_in(tmp_dir)

@@ -58,12 +58,20 @@ pub enum CacheError {
     GcBusy { path: PathBuf },
     #[error("cache entry {key} would hold {len} bytes, more than the limit of {max}")]
     ContentTooLarge { key: CacheKey, len: u64, max: u64 },
-    #[error("cannot encode the manifest of cache entry {key}: {source}")]
+    #[error("cannot encode the manifest or side record of {key}: {source}")]
     ManifestEncode {
         key: CacheKey,
         #[source]
         source: serde_json::Error,
     },
+    #[error("object storage error: cannot {action} {location}: {message}")]
+    Remote {
+        action: &'static str,
+        location: String,
+        message: String,
+    },
+    #[error("cannot open cache {location}: {why}")]
+    UnsupportedLocation { location: String, why: String },
     #[error("cannot encode an image for the cache: {0}")]
     Image(#[from] ImageError),
 }

@@ -9,6 +9,8 @@ use crate::engine::{EngineFingerprint, NoiseLevel};
 
 /// Domain separation: no other blake3 use in genie can produce the same hash by accident.
 const KEY_DOMAIN: &[u8] = b"genie-cache-key\0";
+/// Pair keys are hashed apart from image keys, so no pair key is ever an image key.
+const PAIR_DOMAIN: &[u8] = b"genie-pair-key\0";
 
 /// Version of the key encoding. Bump it when the encoding changes: every old key then misses
 /// instead of silently meaning something else.
@@ -45,8 +47,19 @@ impl CacheKey {
     /// Every field is framed (strings by length, options by a tag byte, integers at fixed width,
     /// little-endian) so that no two different inputs share an encoding.
     pub fn new(inputs: &KeyInputs<'_>) -> Self {
+        Self::encode(KEY_DOMAIN, inputs, true)
+    }
+
+    /// The key of the (source, target) pair `inputs` belongs to: everything in the image key
+    /// but the level, so every level of a pair shares it. Side records such as GeNIe-Ada's
+    /// choice are filed under it.
+    pub fn pair(inputs: &KeyInputs<'_>) -> Self {
+        Self::encode(PAIR_DOMAIN, inputs, false)
+    }
+
+    fn encode(domain: &[u8], inputs: &KeyInputs<'_>, with_level: bool) -> Self {
         let mut enc = KeyEncoder(blake3::Hasher::new());
-        enc.bytes(KEY_DOMAIN);
+        enc.bytes(domain);
         enc.u32(KEY_ENCODING_VERSION);
 
         // Destructured without `..` so that a new field in either struct fails to compile here
@@ -66,7 +79,9 @@ impl CacheKey {
             }
         }
         enc.str(prompt);
-        enc.u16(level.thousandths());
+        if with_level {
+            enc.u16(level.thousandths());
+        }
         enc.u64(seed);
 
         let EngineFingerprint {
@@ -370,6 +385,27 @@ mod tests {
             fixed_inputs().key().to_hex(),
             "87a9cc4658b5448142a7e061d40b7505094b6ad6b1d485ab94363123c015147f"
         );
+    }
+
+    #[test]
+    fn pair_keys_ignore_only_the_level_and_never_equal_image_keys() {
+        let base = fixed_inputs();
+        let pair = |o: &OwnedInputs| {
+            CacheKey::pair(&KeyInputs {
+                source: o.source,
+                prompt: &o.prompt,
+                level: NoiseLevel::from_thousandths(o.level).unwrap(),
+                seed: o.seed,
+                fingerprint: &o.fingerprint,
+            })
+        };
+        for field in 0..FIELD_COUNT {
+            let mut changed = fixed_inputs();
+            mutate(&mut changed, field, 7);
+            let same = pair(&changed) == pair(&base);
+            assert_eq!(same, field == 2, "field {field}");
+        }
+        assert_ne!(pair(&base), base.key());
     }
 
     #[test]

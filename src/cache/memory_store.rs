@@ -13,6 +13,7 @@ use super::unix_now;
 #[derive(Debug, Default)]
 pub struct MemoryStore {
     entries: Mutex<HashMap<CacheKey, StoredEntry>>,
+    records: Mutex<HashMap<CacheKey, Vec<u8>>>,
 }
 
 impl MemoryStore {
@@ -106,5 +107,16 @@ impl Store for MemoryStore {
             entries.remove(&manifest.key);
         }
         Ok(same)
+    }
+
+    fn put_record(&self, key: &CacheKey, record: &[u8]) -> Result<(), CacheError> {
+        let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+        records.insert(*key, record.to_vec());
+        Ok(())
+    }
+
+    fn get_record(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, CacheError> {
+        let records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(records.get(key).cloned())
     }
 }

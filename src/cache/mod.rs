@@ -2,18 +2,24 @@
 //!
 //! - [`CacheKey`]: the hash of everything that changes an image's pixels ([`key`]);
 //! - [`Store`]: verified, create-if-absent storage of bytes, with [`DiskStore`] (many processes
-//!   and machines may share one folder) and [`MemoryStore`];
+//!   and machines may share one folder), [`MemoryStore`], and with the `s3` feature
+//!   `BucketStore` (S3-compatible object storage, same rules); [`open_store`] picks one from a
+//!   folder path or an `s3://` URL;
 //! - [`MemoryTier`]: decoded images under a byte budget;
-//! - [`Cache`]: the facade generators use, PNG-encoding images into a store behind a memory tier.
+//! - [`Cache`]: the facade generators use, PNG-encoding images into a store behind a memory tier;
+//! - [`AdaChoiceRecord`]: side records of GeNIe-Ada's choices, filed under a pair's key.
 //!
 //! The cache knows keys, bytes and images, and nothing of candle or burn.
 
+#[cfg(feature = "s3")]
+mod bucket;
 mod disk;
 mod error;
 pub mod key;
 mod manifest;
 mod memory;
 mod memory_store;
+mod record;
 mod store;
 
 use std::path::Path;
@@ -23,6 +29,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use image::RgbImage;
 
+#[cfg(feature = "s3")]
+pub use bucket::BucketStore;
 pub use disk::{
     DiskStore, GcPolicy, GcReport, VerifyReport, DEFAULT_GRACE, DISK_FORMAT, GC_LOCK_WAIT,
 };
@@ -31,11 +39,44 @@ pub use key::{source_hash, CacheKey, KeyInputs, KeyParseError, KEY_ENCODING_VERS
 pub use manifest::{EntryMeta, Manifest, MANIFEST_FORMAT, MAX_CONTENT_BYTES};
 pub use memory::{MemoryTier, ENTRY_OVERHEAD_BYTES};
 pub use memory_store::MemoryStore;
+pub use record::{AdaChoiceRecord, RECORD_FORMAT};
 pub use store::{
     BadEntry, CacheStats, Defect, GroupStats, Lookup, ManifestScan, PutOutcome, Store, StoredEntry,
 };
 
 use crate::image_io;
+
+/// Opens the cache at `location`: `s3://bucket/prefix` (with the `s3` feature) or a folder.
+/// With `create`, a missing cache is started there; without, it must already be a genie cache.
+pub fn open_store(location: &str, create: bool) -> Result<Arc<dyn Store>, CacheError> {
+    match location.split_once("://") {
+        None => Ok(Arc::new(if create {
+            DiskStore::open(location)?
+        } else {
+            DiskStore::open_existing(location)?
+        })),
+        Some(("s3", _)) => open_s3(location, create),
+        Some((scheme, _)) => Err(CacheError::UnsupportedLocation {
+            location: location.to_string(),
+            why: format!(
+                "{scheme}:// is not a cache genie knows (use a folder or s3://bucket/prefix)"
+            ),
+        }),
+    }
+}
+
+#[cfg(feature = "s3")]
+fn open_s3(location: &str, create: bool) -> Result<Arc<dyn Store>, CacheError> {
+    Ok(Arc::new(BucketStore::open_s3(location, create)?))
+}
+
+#[cfg(not(feature = "s3"))]
+fn open_s3(location: &str, _create: bool) -> Result<Arc<dyn Store>, CacheError> {
+    Err(CacheError::UnsupportedLocation {
+        location: location.to_string(),
+        why: "this genie was built without object storage: rebuild with `--features s3`".into(),
+    })
+}
 
 /// How often each path through the cache was taken, since it was created.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
@@ -100,6 +141,11 @@ impl Cache {
             memory: Mutex::new(MemoryTier::new(memory_budget_bytes)),
             counters: AtomicCounters::default(),
         }
+    }
+
+    /// A cache over the store at `location` ([`open_store`], created if missing).
+    pub fn open(location: &str, memory_budget_bytes: usize) -> Result<Self, CacheError> {
+        Ok(Self::new(open_store(location, true)?, memory_budget_bytes))
     }
 
     /// A cache over a [`DiskStore`] at `path` (created if missing).
@@ -176,6 +222,31 @@ impl Cache {
             PutOutcome::AlreadyPresent => bump(&self.counters.puts_already_present),
         }
         Ok(outcome)
+    }
+
+    /// Files GeNIe-Ada's choice for the pair `pair` ([`CacheKey::pair`]), replacing any earlier one.
+    pub fn put_ada_choice(
+        &self,
+        pair: &CacheKey,
+        record: &AdaChoiceRecord,
+    ) -> Result<(), CacheError> {
+        let json = serde_json::to_vec(record)
+            .map_err(|source| CacheError::ManifestEncode { key: *pair, source })?;
+        self.store.put_record(pair, &json)
+    }
+
+    /// GeNIe-Ada's latest recorded choice for the pair `pair`; an unreadable record is `None`.
+    pub fn ada_choice(&self, pair: &CacheKey) -> Result<Option<AdaChoiceRecord>, CacheError> {
+        let Some(bytes) = self.store.get_record(pair)? else {
+            return Ok(None);
+        };
+        match AdaChoiceRecord::parse(&bytes) {
+            Ok(record) => Ok(Some(record)),
+            Err(why) => {
+                tracing::warn!(%pair, %why, "ignoring an unreadable GeNIe-Ada record");
+                Ok(None)
+            }
+        }
     }
 
     /// Whether `key` is in memory or committed in the store (not verified).

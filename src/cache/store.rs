@@ -145,6 +145,12 @@ pub trait Store: Send + Sync {
     /// `false`, when the committed entry is no longer that one.
     fn quarantine(&self, manifest: &Manifest, defect: &Defect) -> Result<bool, CacheError>;
 
+    /// Stores a side record (see [`super::record`]) under `key`, replacing any earlier one.
+    fn put_record(&self, key: &CacheKey, record: &[u8]) -> Result<(), CacheError>;
+
+    /// The side record under `key`, if any (unverified bytes: records are advisory).
+    fn get_record(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, CacheError>;
+
     /// Totals over every committed manifest.
     fn stats(&self) -> Result<CacheStats, CacheError> {
         Ok(CacheStats::from_manifests(&self.manifests()?.manifests))

@@ -92,6 +92,18 @@ impl KeySpace {
         })
     }
 
+    /// The key of the (source, target) pair, shared by all its levels: side records such as
+    /// GeNIe-Ada's choice are filed under it.
+    pub fn pair_key(&self, source_hash: [u8; 32], target: usize, seed: u64) -> CacheKey {
+        CacheKey::pair(&KeyInputs {
+            source: Some(source_hash),
+            prompt: &self.prompt(target),
+            level: NoiseLevel::GENIE_DEFAULT,
+            seed,
+            fingerprint: &self.fingerprint,
+        })
+    }
+
     pub fn request(
         &self,
         source: SourceImage,

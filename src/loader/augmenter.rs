@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use image::RgbImage;
 
 use super::item::GenieItem;
-use crate::cache::{Cache, CacheKey};
+use crate::cache::{AdaChoiceRecord, Cache, CacheKey};
 use crate::engine::NoiseLevel;
 use crate::generator::KeySpace;
 use crate::generator::{Generator, LevelOutcome, Priority};
@@ -99,6 +99,8 @@ struct PairEntry<I> {
     seed: u64,
     /// One key per level of `Augmenter::levels`.
     keys: Vec<CacheKey>,
+    /// The pair's own key, under which its Ada choice is filed in the cache.
+    pair_key: CacheKey,
     /// Bit `i`: level `i` is known to be cached.
     cached: u32,
     choice: Option<AdaRecord>,
@@ -349,6 +351,7 @@ impl<I: GenieItem> Augmenter<I> {
                     target: p.target,
                     seed,
                     keys,
+                    pair_key: self.keys.pair_key(source.hash, p.target, seed),
                     cached: 0,
                     choice: None,
                 });
@@ -617,10 +620,29 @@ impl<I: GenieItem> Augmenter<I> {
             .unwrap_or_default()
     }
 
-    /// Records the selector's verdict for a pair.
+    /// Records the selector's verdict for a pair, and files a scored one in the cache (for
+    /// `genie sheet` and reports; a failed write only costs that record).
     pub(crate) fn record_choice(&self, id: PairId, record: AdaRecord) {
-        if let Some(e) = self.state().pairs.get_mut(id) {
-            e.choice = Some(record);
+        let filed = {
+            let mut state = self.state();
+            let Some(e) = state.pairs.get_mut(id) else {
+                return;
+            };
+            e.choice = Some(record.clone());
+            (e.pair_key, self.keys.class_name(e.target))
+        };
+        if record.level.is_some() {
+            let (pair_key, target) = filed;
+            let note = AdaChoiceRecord::new(
+                target,
+                &self.levels,
+                &record.curve,
+                record.level,
+                record.model_version,
+            );
+            if let Err(e) = self.cache.put_ada_choice(&pair_key, &note) {
+                tracing::warn!(%pair_key, error = %e, "could not file a GeNIe-Ada choice in the cache");
+            }
         }
     }
 
@@ -676,6 +698,12 @@ impl<I: GenieItem> Augmenter<I> {
         let e = state.pairs.get(id)?;
         let rgb = e.item.rgb().ok()?;
         Some((rgb, e.target, self.levels[self.current_index(e)]))
+    }
+
+    /// The key pair `id`'s GeNIe-Ada choices are filed under in the cache
+    /// ([`Cache::ada_choice`]; what `genie sheet` reads).
+    pub fn pair_record_key(&self, id: PairId) -> Option<CacheKey> {
+        self.state().pairs.get(id).map(|e| e.pair_key)
     }
 
     /// The cache key of pair `id` at `level`, if that level is generated for it.

@@ -17,6 +17,19 @@ impl ConfusionMatrix {
         }
     }
 
+    /// A matrix from rows of counts: `rows[truth][predicted]`. `None` unless the rows are square
+    /// and every count is finite and non-negative.
+    pub fn from_rows(rows: &[Vec<f64>]) -> Option<Self> {
+        let classes = rows.len();
+        let valid = rows
+            .iter()
+            .all(|row| row.len() == classes && row.iter().all(|c| c.is_finite() && *c >= 0.0));
+        valid.then(|| ConfusionMatrix {
+            classes,
+            counts: rows.concat(),
+        })
+    }
+
     pub fn num_classes(&self) -> usize {
         self.classes
     }

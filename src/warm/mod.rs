@@ -6,15 +6,24 @@
 //! ([`crate::cache::CacheKey::shard`]), independent of plan order: any task can compute which keys
 //! are its own from the plan alone, and a rerun redoes only what is missing.
 //!
-//! Built so far: reading an image-folder dataset, planning it with the policy, plan lines and
-//! their file format, and shards (from a flag or the scheduler's environment). The `genie warm plan|run|status` commands are not built yet.
+//! The `genie warm plan | run | status` commands are thin layers over this module:
+//! [`ImageFolder`] reads the dataset, [`build_plan`] applies the policy (optionally with sources
+//! from a [`read_confusion`] file), [`write_plan`] / [`read_plan`] keep the plan, [`Shard`] says
+//! which keys a task owns, and [`warm_status`] with the [`done_marker`]s tells what is left.
 
+mod confusion;
 mod folder;
 mod plan;
 mod planner;
 mod shard;
+mod status;
 
+pub use confusion::{read_confusion, ConfusionFileError};
 pub use folder::{FolderError, ImageFolder};
 pub use plan::{read_plan, write_plan, PlanEntry, PlanError};
 pub use planner::{build_plan, PlanMode, PlanOptions, PlanSummary, PlannerError};
 pub use shard::{Shard, ShardError};
+pub use status::{
+    done_marker, done_markers, marker_shard_count, slurm_array_list, warm_status, ShardProgress,
+    WarmStatus,
+};

@@ -35,7 +35,7 @@ pub struct PlanOptions {
 }
 
 /// What a plan holds, for the user.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PlanSummary {
     pub entries: usize,
     /// Hard negatives per target class name.

@@ -1,0 +1,17 @@
+//! Pictures of a cache for people: contact sheets of one pair across noise levels, and an HTML
+//! report of a whole cache.
+//!
+//! - [`contact_sheet`]: the source, then each level left to right with its r, r* marked and
+//!   the d_m curve drawn under the row when a GeNIe-Ada choice was recorded (the paper's Figure 2);
+//! - [`cache_report`]: one self-contained HTML page (thumbnails inlined, no server needed) with
+//!   counts by target class and level.
+//!
+//! Reads the cache through [`crate::cache::Store`] only, so it works on any backend.
+
+mod canvas;
+mod font;
+mod report;
+mod sheet;
+
+pub use report::{cache_report, ReportOptions, ReportSummary};
+pub use sheet::{contact_sheet, SheetLevel};
