@@ -1062,3 +1062,42 @@ fn the_slurm_script_and_kubernetes_job_run_the_command_as_written() {
     }
     assert!(manifest.contains("completionMode: Indexed"));
 }
+
+#[test]
+fn bench_times_the_engine_per_batch_size_and_refuses_empty_batches() {
+    let tmp = tempfile::tempdir().unwrap();
+    let o = genie(
+        tmp.path(),
+        &[
+            "bench",
+            "--model",
+            "tiny",
+            "--steps",
+            "2",
+            "--levels",
+            "0.5,0.8",
+            "--batch",
+            "1,2",
+            "--repeats",
+            "1",
+            "--json",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(rows.len(), 2);
+    for (row, batch) in rows.iter().zip([1, 2]) {
+        assert_eq!(row["batch"], batch);
+        assert_eq!(row["images_per_call"], batch * 2);
+        assert_eq!(row["levels"], serde_json::json!(["0.5", "0.8"]));
+        let per_image = row["seconds_per_image"].as_f64().unwrap();
+        let per_call = row["seconds_per_call"].as_f64().unwrap();
+        assert!(per_image > 0.0 && (per_call / per_image - f64::from(batch * 2)).abs() < 1e-9);
+    }
+    let o = genie(tmp.path(), &["bench", "--model", "tiny", "--batch", "0"]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("at least 1"));
+}

@@ -38,6 +38,29 @@ enum Command {
     Warm(WarmCommand),
     /// Draw one source across noise levels from the cache (r* and d_m when GeNIe-Ada chose).
     Sheet(Box<SheetArgs>),
+    /// Time the engine: seconds per image for batch sizes and levels (no cache involved).
+    Bench(Box<BenchArgs>),
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    #[command(flatten)]
+    model: ModelArgs,
+    /// The source image (default: the sample built into genie).
+    #[arg(long, value_name = "IMG")]
+    source: Option<PathBuf>,
+    /// Levels each job generates: one (0.8, GeNIe) or a sweep (0.5,0.6,0.7,0.8,0.9, GeNIe-Ada).
+    #[arg(long, value_delimiter = ',', default_value = "0.8", value_parser = parse_level)]
+    levels: Vec<NoiseLevel>,
+    /// Jobs per engine call, comma-separated: each is timed separately.
+    #[arg(long, value_delimiter = ',', default_value = "1")]
+    batch: Vec<usize>,
+    /// Timed runs per batch size, after one untimed warm-up run.
+    #[arg(long, default_value_t = 3)]
+    repeats: usize,
+    /// Print one JSON object per batch size instead of a table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -1176,6 +1199,102 @@ fn warm_run(args: WarmRunArgs) -> Result<()> {
     Ok(())
 }
 
+/// The sample source image, built in so that `genie bench` runs anywhere the binary is copied.
+const SAMPLE_PNG: &[u8] = include_bytes!("../../assets/sample.png");
+
+fn bench(args: BenchArgs) -> Result<()> {
+    use genie::Engine as _;
+
+    if args.batch.iter().any(|&b| b == 0) || args.repeats == 0 {
+        bail!("--batch sizes and --repeats must be at least 1");
+    }
+    let source = model_source(&args.model)?;
+    let opts = engine_options(&args.model)?;
+    let raw = match &args.source {
+        Some(path) => image_io::open_rgb(path)?,
+        None => image_io::decode_rgb(SAMPLE_PNG)?,
+    };
+    let loading = std::time::Instant::now();
+    let mut engine = SdEngine::load(&source, opts.clone())
+        .with_context(|| format!("cannot load model {}", source.describe()))?;
+    let load_seconds = loading.elapsed().as_secs_f64();
+    let img = Arc::new(image_io::resize_center_crop(&raw, engine.resolution())?);
+    let levels: Vec<String> = args.levels.iter().map(ToString::to_string).collect();
+    if !args.json {
+        println!(
+            "{} on {} ({}), {} px, {} steps {}, guidance {}, levels {} — loaded in {load_seconds:.1} s",
+            source.describe(),
+            args.model.device.first().map_or("cpu", String::as_str),
+            args.model.dtype,
+            engine.resolution(),
+            args.model.steps,
+            args.model.scheduler.name(),
+            args.model.guidance,
+            levels.join(",")
+        );
+        println!("  batch   images/call   s/call (median)   s/image   peak RSS");
+    }
+    for &batch in &args.batch {
+        let jobs: Vec<Job> = (0..batch)
+            .map(|i| Job {
+                source: Some(Arc::clone(&img)),
+                prompt: format!("a photo of a class {i}."),
+                levels: args.levels.clone(),
+                seed: i as u64,
+                noise: None,
+            })
+            .collect();
+        engine.generate(&jobs)?; // warm-up: kernels, allocator, caches
+        let mut seconds = Vec::with_capacity(args.repeats);
+        for _ in 0..args.repeats {
+            let started = std::time::Instant::now();
+            let out = engine.generate(&jobs)?;
+            seconds.push(started.elapsed().as_secs_f64());
+            debug_assert_eq!(out.len(), batch);
+        }
+        seconds.sort_by(f64::total_cmp);
+        let median = seconds[seconds.len() / 2];
+        let images = batch * args.levels.len();
+        let per_image = median / images as f64;
+        let peak_rss_mib = peak_rss_mib();
+        if args.json {
+            let row = serde_json::json!({
+                "engine": "genie",
+                "model": source.describe(),
+                "device": args.model.device.first(),
+                "dtype": args.model.dtype,
+                "size": engine.resolution(),
+                "steps": args.model.steps,
+                "scheduler": args.model.scheduler.name(),
+                "guidance": args.model.guidance,
+                "levels": levels,
+                "batch": batch,
+                "images_per_call": images,
+                "seconds_per_call": median,
+                "seconds_per_call_all": seconds,
+                "seconds_per_image": per_image,
+                "load_seconds": load_seconds,
+                "peak_rss_mib": peak_rss_mib,
+            });
+            println!("{row}");
+        } else {
+            println!(
+                "  {batch:>5}   {images:>11}   {median:>15.3}   {per_image:>7.3}   {}",
+                peak_rss_mib.map_or_else(|| "?".into(), |m| format!("{m:.0} MiB"))
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The process's peak resident memory (Linux), in MiB.
+fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 fn human_bytes(n: u64) -> String {
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
     let mut v = n as f64;
@@ -1208,6 +1327,7 @@ fn main() -> ExitCode {
         Command::Warm(WarmCommand::Run(args)) => done(warm_run(*args)),
         Command::Warm(WarmCommand::Status(args)) => warm_status(args),
         Command::Sheet(args) => done(sheet(*args)),
+        Command::Bench(args) => done(bench(*args)),
     };
     match result {
         Ok(code) => code,

@@ -44,6 +44,41 @@ pub enum ConfigError {
     },
 }
 
+/// Python's `json` writes `NaN`, `Infinity` and `-Infinity`, which JSON lacks; diffusers saves
+/// DPM-Solver configs with `"lambda_min_clipped": -Infinity`. Those bare words (outside strings)
+/// become `null`, which the readers below take as "not set".
+fn python_json(text: &str) -> std::borrow::Cow<'_, str> {
+    if !(text.contains("NaN") || text.contains("Infinity")) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut rest = text;
+    while let Some(c) = rest.chars().next() {
+        if in_string {
+            match c {
+                _ if escaped => escaped = false,
+                '\\' => escaped = true,
+                '"' => in_string = false,
+                _ => {}
+            }
+        } else if c == '"' {
+            in_string = true;
+        } else if let Some(word) = ["-Infinity", "Infinity", "NaN"]
+            .into_iter()
+            .find(|w| rest.starts_with(w))
+        {
+            out.push_str("null");
+            rest = &rest[word.len()..];
+            continue;
+        }
+        out.push(c);
+        rest = &rest[c.len_utf8()..];
+    }
+    std::borrow::Cow::Owned(out)
+}
+
 /// Reads typed values out of a JSON object and remembers which keys were looked at.
 pub struct ConfigReader {
     map: Map<String, Value>,
@@ -57,10 +92,11 @@ impl ConfigReader {
             path: path.to_path_buf(),
             source,
         })?;
-        let value: Value = serde_json::from_str(&text).map_err(|source| ConfigError::Json {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let value: Value =
+            serde_json::from_str(&python_json(&text)).map_err(|source| ConfigError::Json {
+                path: path.to_path_buf(),
+                source,
+            })?;
         match value {
             Value::Object(map) => Ok(Self::from_map(map, &path.display().to_string())),
             _ => Err(ConfigError::NotAnObject {
@@ -553,6 +589,17 @@ pub fn text_spec(mut r: ConfigReader) -> Result<TextSpec, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn python_infinities_outside_strings_become_null() {
+        let text =
+            r#"{"a": -Infinity, "b": "NaN -Infinity", "c": [Infinity, NaN], "d": "q\"Infinity"}"#;
+        let value: Value = serde_json::from_str(&python_json(text)).expect("valid JSON");
+        assert_eq!(value["a"], Value::Null);
+        assert_eq!(value["b"], "NaN -Infinity");
+        assert_eq!(value["c"], serde_json::json!([null, null]));
+        assert_eq!(value["d"], "q\"Infinity");
+    }
     use serde_json::json;
 
     fn reader(v: Value) -> ConfigReader {

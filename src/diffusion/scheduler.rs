@@ -117,6 +117,7 @@ const FOREIGN_KEYS: &[&str] = &[
     "flow_shift",
     "shift",
     "use_dynamic_shifting",
+    "time_shift_type",
 ];
 
 impl SchedulerConfig {
@@ -645,6 +646,57 @@ impl SchedulerConfig {
 mod tests {
     use super::*;
     use crate::engine::NoiseLevel;
+
+    /// What diffusers 0.42's `DPMSolverMultistepScheduler.save_pretrained` writes, `-Infinity`
+    /// (Python's JSON) included.
+    const DIFFUSERS_DPM_CONFIG: &str = r#"{
+  "_class_name": "DPMSolverMultistepScheduler",
+  "_diffusers_version": "0.42.1",
+  "algorithm_type": "dpmsolver++",
+  "beta_end": 0.012,
+  "beta_schedule": "scaled_linear",
+  "beta_start": 0.00085,
+  "dynamic_thresholding_ratio": 0.995,
+  "euler_at_final": false,
+  "final_sigmas_type": "zero",
+  "flow_shift": 1.0,
+  "lambda_min_clipped": -Infinity,
+  "lower_order_final": true,
+  "num_train_timesteps": 1000,
+  "prediction_type": "epsilon",
+  "rescale_betas_zero_snr": false,
+  "sample_max_value": 1.0,
+  "solver_order": 2,
+  "solver_type": "midpoint",
+  "steps_offset": 1,
+  "thresholding": false,
+  "time_shift_type": "exponential",
+  "timestep_spacing": "linspace",
+  "trained_betas": null,
+  "use_beta_sigmas": false,
+  "use_dynamic_shifting": false,
+  "use_exponential_sigmas": false,
+  "use_flow_sigmas": false,
+  "use_karras_sigmas": false,
+  "use_lu_lambdas": false,
+  "variance_type": null
+}"#;
+
+    #[test]
+    fn a_dpm_config_saved_by_diffusers_loads() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scheduler_config.json");
+        std::fs::write(&path, DIFFUSERS_DPM_CONFIG).unwrap();
+        let saved = SchedulerConfig::from_file(&path, SchedulerKind::DpmSolverPp).unwrap();
+        let sd15 = SchedulerConfig::sd15(SchedulerKind::DpmSolverPp);
+        // The same noise schedule and grid as SD 1.5's own (PNDM) config gives the sampler.
+        assert_eq!(
+            saved.grid(50).unwrap().timesteps,
+            sd15.grid(50).unwrap().timesteps
+        );
+        let acp = |c: &SchedulerConfig| c.canonical.split('|').nth(2).unwrap().to_string();
+        assert_eq!(acp(&saved), acp(&sd15));
+    }
 
     #[test]
     fn ddim_leading_grid_is_sd15s() {
