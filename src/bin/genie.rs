@@ -1205,7 +1205,7 @@ const SAMPLE_PNG: &[u8] = include_bytes!("../../assets/sample.png");
 fn bench(args: BenchArgs) -> Result<()> {
     use genie::Engine as _;
 
-    if args.batch.iter().any(|&b| b == 0) || args.repeats == 0 {
+    if args.batch.contains(&0) || args.repeats == 0 {
         bail!("--batch sizes and --repeats must be at least 1");
     }
     let source = model_source(&args.model)?;
