@@ -34,7 +34,7 @@ use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
 use super::disk::{
-    judge_manifest, judge_marker, marker_json, shard_dir_name, unique_token, Judged,
+    judge_manifest, judge_marker, marker_json, scan_manifest, shard_dir_name, unique_token, Judged,
     CONTENT_EXTENSION, HASH_PREFIX_LEN, MANIFESTS_DIR, MARKER_FILE, OBJECTS_DIR, QUARANTINE_DIR,
     RECORDS_DIR,
 };
@@ -487,15 +487,7 @@ impl Store for BucketStore {
                 }
                 Fetched::Bytes(raw) => raw,
             };
-            match judge_manifest(&key, &raw) {
-                Ok(manifest) => scan.manifests.push(manifest),
-                Err(Judged::Future { .. }) => scan.newer_format.push(location),
-                Err(Judged::Defective(defect)) => scan.bad.push(BadEntry {
-                    key: Some(key),
-                    location,
-                    defect,
-                }),
-            }
+            scan_manifest(&mut scan, key, location, &raw);
         }
         Ok(scan)
     }

@@ -903,15 +903,7 @@ impl Store for DiskStore {
                 }
                 ManifestRead::Bytes(raw) => raw,
             };
-            match judge_manifest(&key, &raw) {
-                Ok(manifest) => scan.manifests.push(manifest),
-                Err(Judged::Future { .. }) => scan.newer_format.push(location),
-                Err(Judged::Defective(defect)) => scan.bad.push(BadEntry {
-                    key: Some(key),
-                    location,
-                    defect,
-                }),
-            }
+            scan_manifest(&mut scan, key, location, &raw);
         }
         Ok(scan)
     }
@@ -960,6 +952,20 @@ impl Store for DiskStore {
 pub(super) enum Judged {
     Future { found: u32 },
     Defective(Defect),
+}
+
+/// Files the manifest bytes `raw` of `key` (found at `location`) into `scan`: usable, defective
+/// or from a newer genie.
+pub(super) fn scan_manifest(scan: &mut ManifestScan, key: CacheKey, location: String, raw: &[u8]) {
+    match judge_manifest(&key, raw) {
+        Ok(manifest) => scan.manifests.push(manifest),
+        Err(Judged::Future { .. }) => scan.newer_format.push(location),
+        Err(Judged::Defective(defect)) => scan.bad.push(BadEntry {
+            key: Some(key),
+            location,
+            defect,
+        }),
+    }
 }
 
 /// Parses `raw` as the manifest of `key` and checks it names a content file of that key.
