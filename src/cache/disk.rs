@@ -567,11 +567,13 @@ impl DiskStore {
         ensure_dir(&self.root, &base.join(shard_dir_name(key)))
     }
 
-    /// Writes `bytes` into a new temporary file, fsynced; dropping the result removes it.
+    /// Writes `bytes` into a new temporary file, fsynced when `durable`; dropping the result
+    /// removes it.
     fn write_temp(
         &self,
         prefix: &str,
         bytes: &[u8],
+        durable: bool,
     ) -> Result<tempfile::NamedTempFile, CacheError> {
         let mut tmp = tempfile::Builder::new()
             .prefix(prefix)
@@ -588,9 +590,11 @@ impl DiskStore {
                 .set_permissions(fs::Permissions::from_mode(0o644))
                 .map_err(CacheError::io_at("set permissions of", &path))?;
         }
-        tmp.as_file()
-            .sync_all()
-            .map_err(CacheError::io_at("fsync", &path))?;
+        if durable {
+            tmp.as_file()
+                .sync_all()
+                .map_err(CacheError::io_at("fsync", &path))?;
+        }
         Ok(tmp)
     }
 
@@ -834,7 +838,7 @@ impl Store for DiskStore {
         let objects_shard = self.ensure_shard(&self.objects, key)?;
         let content_path = objects_shard.join(&content_file);
 
-        let tmp_content = self.write_temp("content-", content)?;
+        let tmp_content = self.write_temp("content-", content, true)?;
         tmp_content
             .persist(&content_path)
             .map_err(|e| CacheError::io("move finished content to", &content_path, e.error))?;
@@ -856,7 +860,7 @@ impl Store for DiskStore {
         let json = manifest
             .to_json()
             .map_err(|source| CacheError::ManifestEncode { key: *key, source })?;
-        let tmp_manifest = self.write_temp("manifest-", &json)?;
+        let tmp_manifest = self.write_temp("manifest-", &json, true)?;
         let outcome = match fs::hard_link(tmp_manifest.path(), &manifest_path) {
             Ok(()) => PutOutcome::Stored,
             // On NFS a retransmitted link can report EEXIST although it was ours that landed.
@@ -923,8 +927,10 @@ impl Store for DiskStore {
         let records = ensure_dir(&self.root, &self.root.join(RECORDS_DIR))?;
         self.ensure_shard(&records, key)?;
         let path = self.record_path(key);
-        // A rename replaces the old record whole: readers see the old one or the new one.
-        self.write_temp("record-", record)?
+        // A rename replaces the old record whole: readers see the old one or the new one. No
+        // fsync: records are advisory and rewritten at every model version, so the selector
+        // thread should not wait on the disk for them.
+        self.write_temp("record-", record, false)?
             .persist(&path)
             .map_err(|e| CacheError::io("move a finished record to", &path, e.error))?;
         Ok(())
