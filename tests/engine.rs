@@ -421,6 +421,11 @@ fn bad_options_are_refused() {
     .err()
     .unwrap();
     assert!(err.to_string().contains("multiple of 16"), "{err}");
+    let err = load(tiny_model(), half(DType::BF16, true)).err().unwrap();
+    assert!(
+        err.to_string().contains("bf16 needs a CUDA device"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -522,4 +527,119 @@ fn fingerprint_captures_every_pixel_changing_option() {
     std::fs::write(&cfg, text).unwrap();
     let changed = load(&model2, opts(SchedulerKind::DpmSolverPp, 10)).unwrap();
     assert_ne!(changed.fingerprint().scheduler, fp.scheduler);
+}
+
+/// Multiplies one tensor of a model copy's UNet weights by `factor`.
+fn scale_unet_tensor(model: &Path, name: &str, factor: f64) {
+    let file = model.join("unet/diffusion_pytorch_model.safetensors");
+    let mut tensors = candle_core::safetensors::load(&file, &Device::Cpu).unwrap();
+    let t = tensors.get(name).unwrap_or_else(|| panic!("no {name}"));
+    let scaled = (t * factor).unwrap();
+    tensors.insert(name.to_string(), scaled);
+    candle_core::safetensors::save(&tensors, &file).unwrap();
+}
+
+fn half(dtype: DType, fallback: bool) -> EngineOptions {
+    EngineOptions {
+        dtype,
+        half_fallback: fallback,
+        ..opts(SchedulerKind::DpmSolverPp, 8)
+    }
+}
+
+fn chain_images(e: &mut SdEngine, jobs: &[Job]) -> Result<Vec<Tensor>, DiffusionError> {
+    Ok(e.run_chains(jobs)?
+        .into_iter()
+        .flatten()
+        .map(|c| c.image)
+        .collect())
+}
+
+/// ‖a − b‖ / ‖b‖ over the whole image.
+fn relative_diff(a: &Tensor, b: &Tensor) -> f32 {
+    let norm = |t: &Tensor| -> f32 {
+        t.sqr()
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .to_scalar::<f32>()
+            .unwrap()
+            .sqrt()
+    };
+    norm(&(a - b).unwrap()) / norm(b)
+}
+
+#[test]
+fn half_precision_stays_close_to_f32() {
+    let jobs = [
+        job(Some(source(2)), "a photo of a cat.", &[500, 800], 5),
+        job(Some(source(3)), "a photo of a dog.", &[900], 6),
+    ];
+    let reference = chain_images(
+        &mut load(tiny_model(), half(DType::F32, true)).unwrap(),
+        &jobs,
+    )
+    .unwrap();
+    // bf16 has no CPU matmul in candle; the engine refuses it there (see bad_options_are_refused).
+    for (dtype, tolerance) in [(DType::F16, 1e-2)] {
+        let mut e = load(tiny_model(), half(dtype, false)).unwrap();
+        let images = chain_images(&mut e, &jobs).unwrap();
+        assert_eq!(images.len(), reference.len());
+        for (got, want) in images.iter().zip(&reference) {
+            let d = relative_diff(got, want);
+            assert!(
+                d <= tolerance,
+                "{dtype:?}: relative difference {d} > {tolerance}"
+            );
+            assert!(d > 0.0, "{dtype:?} ran in f32");
+        }
+    }
+}
+
+#[test]
+fn overflowing_half_precision_chains_rerun_in_f32() {
+    // Outputs far beyond f16's range (65504) but ordinary for f32.
+    let (_tmp, model) = model_copy();
+    scale_unet_tensor(&model, "conv_out.weight", 1e6);
+    let jobs = [job(Some(source(4)), "a photo of a cat.", &[600, 800], 9)];
+
+    let err = chain_images(&mut load(&model, half(DType::F16, false)).unwrap(), &jobs).unwrap_err();
+    match &err {
+        DiffusionError::NonFinite {
+            job: 0,
+            stage: "UNet",
+            dtype: "f16",
+            ..
+        } => {}
+        other => panic!("expected a NonFinite error from the f16 UNet, got {other:?}"),
+    }
+
+    let reference =
+        chain_images(&mut load(&model, half(DType::F32, true)).unwrap(), &jobs).unwrap();
+    let mut e = load(&model, half(DType::F16, true)).unwrap();
+    let rescued = chain_images(&mut e, &jobs).unwrap();
+    assert_eq!(rescued.len(), 2);
+    for (got, want) in rescued.iter().zip(&reference) {
+        // Same f32 UNet; only the prompt embeddings were computed in f16.
+        let d = relative_diff(got, want);
+        assert!(d <= 1e-2, "rescued chain differs from the f32 run by {d}");
+    }
+    // The engine keeps working (and keeps its f32 UNet) for the next batch.
+    let again = chain_images(&mut e, &jobs).unwrap();
+    assert_eq!(max_abs_diff(&again[0], &rescued[0]), 0.0);
+}
+
+#[test]
+fn non_finite_f32_output_is_an_error_not_an_image() {
+    let (_tmp, model) = model_copy();
+    scale_unet_tensor(&model, "conv_out.weight", 1e38);
+    let mut e = load(&model, half(DType::F32, true)).unwrap();
+    let err = e
+        .generate(&[job(Some(source(5)), "a photo of a cat.", &[800], 1)])
+        .unwrap_err();
+    assert!(
+        matches!(err, DiffusionError::NonFinite { dtype: "f32", .. }),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("non-finite"), "{err}");
 }

@@ -264,6 +264,9 @@ struct ModelArgs {
     /// f32, f16 or bf16 for the UNet and text encoder (the VAE runs in f32).
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// With f16/bf16: fail when a chain's latents overflow instead of running it again in f32.
+    #[arg(long)]
+    no_f32_fallback: bool,
 }
 
 #[derive(Args)]
@@ -391,6 +394,7 @@ fn engine_options(args: &ModelArgs) -> Result<EngineOptions> {
         size: args.size,
         dtype: diffusion::parse_dtype(&args.dtype)?,
         device: diffusion::parse_device(first)?,
+        half_fallback: !args.no_f32_fallback,
         ..EngineOptions::default()
     })
 }
@@ -919,6 +923,9 @@ fn model_args(m: &ModelArgs) -> Vec<String> {
         args.extend(["--size".into(), size.to_string()]);
     }
     args.extend(["--dtype".into(), m.dtype.clone()]);
+    if m.no_f32_fallback {
+        args.push("--no-f32-fallback".into());
+    }
     args
 }
 

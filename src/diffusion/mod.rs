@@ -69,6 +69,16 @@ pub enum DiffusionError {
     Tensor(#[from] candle_core::Error),
     #[error("cannot write the model: {0}")]
     Write(String),
+    #[error(
+        "job {job}, level {level}: the {stage} produced non-finite values in {dtype} \
+         (the model's weights or the options overflow; nothing was kept)"
+    )]
+    NonFinite {
+        job: usize,
+        level: String,
+        stage: &'static str,
+        dtype: &'static str,
+    },
 }
 
 /// How the engine samples; everything here changes the pixels.
@@ -90,6 +100,10 @@ pub struct EngineOptions {
     pub max_chains_per_call: Option<usize>,
     /// Prompt embeddings kept (one per target class is typical); least recently used go first.
     pub prompt_cache: usize,
+    /// With an f16/bf16 `dtype`, rerun a chain whose latents come out non-finite (half-precision
+    /// overflow) with an f32 UNet, built from the same files on first need, instead of failing
+    /// the batch. Chains that stay finite are untouched, so this changes no cached pixels.
+    pub half_fallback: bool,
 }
 
 impl Default for EngineOptions {
@@ -103,6 +117,7 @@ impl Default for EngineOptions {
             device: Device::Cpu,
             max_chains_per_call: None,
             prompt_cache: 256,
+            half_fallback: true,
         }
     }
 }
@@ -147,6 +162,11 @@ impl Plan {
                 "dtype {:?} (use f32, f16 or bf16)",
                 opts.dtype
             )));
+        }
+        if opts.dtype == DType::BF16 && opts.device.is_cpu() {
+            return Err(DiffusionError::Options(
+                "bf16 needs a CUDA device: candle's CPU backend has no bf16 matrix multiply (use f16 or f32 on the CPU)".into(),
+            ));
         }
         if opts.max_chains_per_call == Some(0) || opts.prompt_cache == 0 {
             return Err(DiffusionError::Options(
@@ -267,6 +287,10 @@ pub fn plan_engine(
 /// Stable Diffusion img2img on candle.
 pub struct SdEngine {
     unet: UNet,
+    /// The f32 UNet of the half-precision fallback, built on first need.
+    unet_f32: Option<UNet>,
+    unet_spec: UNetConfig,
+    files: ModelFiles,
     vae: Vae,
     text: ClipTextTransformer,
     tokenizer: ClipTokenizer,
@@ -345,6 +369,8 @@ impl SdEngine {
         let mut engine = SdEngine {
             fingerprint,
             unet,
+            unet_f32: None,
+            files: files.clone(),
             vae,
             text,
             tokenizer,
@@ -366,6 +392,7 @@ impl SdEngine {
             }),
             uncond: Tensor::zeros(1, DType::F32, dev)?,
             source_latents: lru::LruCache::new(NonZeroUsize::new(64).expect("nonzero")),
+            unet_spec,
             opts,
         };
         engine.uncond = engine.encode_prompt("")?;
@@ -490,14 +517,6 @@ impl SdEngine {
     /// Runs jobs as chains over the shared grid and returns f32 latents and images, in job and
     /// level order. This is the whole img2img pipeline; [`Engine::generate`] only quantises.
     pub fn run_chains(&mut self, jobs: &[Job]) -> Result<Vec<Vec<ChainOutput>>, DiffusionError> {
-        struct Chain {
-            job: usize,
-            level: NoiseLevel,
-            start: LevelStart,
-            latents: Tensor,
-            state: ChainState,
-            context: Tensor,
-        }
         let mut chains: Vec<Chain> = Vec::new();
         for (j, job) in jobs.iter().enumerate() {
             let job_err = |message: String| DiffusionError::Job { job: j, message };
@@ -537,6 +556,7 @@ impl SdEngine {
                     job: j,
                     level,
                     start,
+                    initial: latents.clone(),
                     latents,
                     state: ChainState::default(),
                     context: context.clone(),
@@ -544,8 +564,34 @@ impl SdEngine {
             }
         }
 
+        self.denoise(&self.unet, self.opts.dtype, &mut chains)?;
+        self.rescue_non_finite(&mut chains)?;
+
+        let mut outputs: Vec<Vec<ChainOutput>> = jobs.iter().map(|_| Vec::new()).collect();
+        for group in chains.chunks(self.chains_per_call) {
+            let latents = Tensor::cat(&group.iter().map(|c| &c.latents).collect::<Vec<_>>(), 0)?;
+            let images = self.decode(&latents)?;
+            for (row, chain) in group.iter().enumerate() {
+                let image = images.get(row)?;
+                if !all_finite(&image)? {
+                    return Err(chain.non_finite("VAE decoder", DType::F32));
+                }
+                outputs[chain.job].push(ChainOutput {
+                    level: chain.level,
+                    start_timestep: chain.start.timestep,
+                    steps_run: chain.start.steps_run,
+                    latents: chain.latents.clone(),
+                    image,
+                });
+            }
+        }
+        Ok(outputs)
+    }
+
+    /// Runs every chain over the shared grid: at each step one UNet call (per `chains_per_call`
+    /// group) evaluates all chains that have started.
+    fn denoise(&self, unet: &UNet, dt: DType, chains: &mut [Chain]) -> Result<(), DiffusionError> {
         let guided = self.opts.guidance > 1.0;
-        let dt = self.opts.dtype;
         for i in 0..self.grid.len() {
             let t = self.grid.timesteps[i];
             let active: Vec<usize> = (0..chains.len())
@@ -576,9 +622,8 @@ impl SdEngine {
                 } else {
                     (x, cond)
                 };
-                let out = self
-                    .unet
-                    .forward(&input.to_dtype(dt)?, t as f64, &context)?
+                let out = unet
+                    .forward(&input.to_dtype(dt)?, t as f64, &context.to_dtype(dt)?)?
                     .to_dtype(DType::F32)?;
                 let eps = if guided {
                     let u = out.narrow(0, 0, k)?;
@@ -599,23 +644,93 @@ impl SdEngine {
                 }
             }
         }
+        Ok(())
+    }
 
-        let mut outputs: Vec<Vec<ChainOutput>> = jobs.iter().map(|_| Vec::new()).collect();
-        for group in chains.chunks(self.chains_per_call) {
-            let latents = Tensor::cat(&group.iter().map(|c| &c.latents).collect::<Vec<_>>(), 0)?;
-            let images = self.decode(&latents)?;
-            for (row, chain) in group.iter().enumerate() {
-                outputs[chain.job].push(ChainOutput {
-                    level: chain.level,
-                    start_timestep: chain.start.timestep,
-                    steps_run: chain.start.steps_run,
-                    latents: chain.latents.clone(),
-                    image: images.get(row)?,
-                });
+    /// Checks every chain's final latents. In half precision, chains that overflowed are run again
+    /// from their start with an f32 UNet (when `half_fallback` allows); any chain still non-finite
+    /// is an error, so no garbage image reaches a cache.
+    fn rescue_non_finite(&mut self, chains: &mut [Chain]) -> Result<(), DiffusionError> {
+        let mut bad = Vec::new();
+        for (c, chain) in chains.iter().enumerate() {
+            if !all_finite(&chain.latents)? {
+                bad.push(c);
             }
         }
-        Ok(outputs)
+        let Some(&first) = bad.first() else {
+            return Ok(());
+        };
+        let dt = self.opts.dtype;
+        if dt == DType::F32 || !self.opts.half_fallback {
+            return Err(chains[first].non_finite("UNet", dt));
+        }
+        tracing::warn!(
+            chains = bad.len(),
+            dtype = dtype_name(dt),
+            "non-finite latents in half precision; running those chains again in f32"
+        );
+        if self.unet_f32.is_none() {
+            let files = &self.files.unet_weights;
+            let vb = model::var_builder(files, DType::F32, &self.opts.device)?;
+            let unet = UNet::new(vb, &self.unet_spec).map_err(build_err("f32 UNet", files))?;
+            self.unet_f32 = Some(unet);
+        }
+        let mut retry: Vec<Chain> = bad.iter().map(|&c| chains[c].restarted()).collect();
+        let unet = self.unet_f32.as_ref().expect("built above");
+        self.denoise(unet, DType::F32, &mut retry)?;
+        for (chain, &c) in retry.into_iter().zip(&bad) {
+            if !all_finite(&chain.latents)? {
+                return Err(chain.non_finite("UNet", DType::F32));
+            }
+            chains[c] = chain;
+        }
+        Ok(())
     }
+}
+
+/// One (job, level) denoising chain in flight.
+struct Chain {
+    job: usize,
+    level: NoiseLevel,
+    start: LevelStart,
+    /// The noised latents it started from, kept for a rerun.
+    initial: Tensor,
+    latents: Tensor,
+    state: ChainState,
+    context: Tensor,
+}
+
+impl Chain {
+    fn restarted(&self) -> Chain {
+        Chain {
+            job: self.job,
+            level: self.level,
+            start: self.start,
+            initial: self.initial.clone(),
+            latents: self.initial.clone(),
+            state: ChainState::default(),
+            context: self.context.clone(),
+        }
+    }
+
+    fn non_finite(&self, stage: &'static str, dtype: DType) -> DiffusionError {
+        DiffusionError::NonFinite {
+            job: self.job,
+            level: self.level.to_string(),
+            stage,
+            dtype: dtype_name(dtype),
+        }
+    }
+}
+
+/// Whether a tensor holds no NaN or infinity (one reduction: any of them makes the sum non-finite).
+fn all_finite(t: &Tensor) -> Result<bool, DiffusionError> {
+    let sum = t
+        .to_dtype(DType::F32)?
+        .abs()?
+        .sum_all()?
+        .to_scalar::<f32>()?;
+    Ok(sum.is_finite())
 }
 
 /// `[3, H, W]` floats in [0, 1] → 8-bit RGB, rounding as diffusers' `numpy_to_pil` does.
