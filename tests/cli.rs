@@ -1101,3 +1101,37 @@ fn bench_times_the_engine_per_batch_size_and_refuses_empty_batches() {
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("at least 1"));
 }
+
+#[test]
+fn parity_passes_in_f16_fails_past_its_tolerance_and_names_missing_fixtures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/parity/fixtures");
+    let fixtures = fixtures.to_str().unwrap();
+    let o = genie(
+        tmp.path(),
+        &["parity", "--fixtures", fixtures, "--dtype", "f16", "--json"],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(report["dtype"], "f16");
+    assert_eq!(report["metric"], "l2_relative");
+    assert_eq!(report["checks"].as_array().unwrap().len(), 17);
+
+    let o = genie(
+        tmp.path(),
+        &["parity", "--fixtures", fixtures, "--tolerance", "1e-9"],
+    );
+    assert_eq!(o.status.code(), Some(3));
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        stdout.contains("FAIL") && stdout.contains("FAILED"),
+        "{stdout}"
+    );
+
+    let o = genie(
+        tmp.path(),
+        &["parity", "--fixtures", tmp.path().to_str().unwrap()],
+    );
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("no parity fixtures"));
+}

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::{DType, Device, Tensor};
+use genie::diffusion::parity::{self, Metric};
 use genie::diffusion::{
     ClipTokenizer, EngineOptions, ModelSource, SchedulerConfig, SchedulerKind, SdEngine,
 };
@@ -29,23 +30,9 @@ fn tensors() -> HashMap<String, Tensor> {
 
 /// max |a − b| / max |b|.
 fn rel_err(actual: &Tensor, expected: &Tensor) -> f32 {
-    let a = actual.to_dtype(DType::F32).unwrap().flatten_all().unwrap();
-    let b = expected
-        .to_dtype(DType::F32)
+    parity::compare("tensor", actual, expected)
         .unwrap()
-        .flatten_all()
-        .unwrap();
-    assert_eq!(a.dims(), b.dims(), "shape");
-    let diff = (&a - &b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let scale = b.abs().unwrap().max(0).unwrap().to_scalar::<f32>().unwrap();
-    diff / scale.max(1e-12)
+        .max_relative
 }
 
 fn engine(kind: SchedulerKind) -> SdEngine {
@@ -234,5 +221,68 @@ fn unet_call_and_batched_decode_match() {
             &t[&format!("{name}_image")],
         );
         assert!(err < TOLERANCE, "{name} decoded in a batch: rel err {err}");
+    }
+}
+
+/// The packaged check (`genie parity`) passes on the CPU in f32 (max-relative 1e-4) and in f16
+/// (L2-relative 1e-2), and compares every tensor the fixtures hold results for.
+#[test]
+fn packaged_parity_check_passes_in_f32_and_f16() {
+    for dtype in [DType::F32, DType::F16] {
+        let options = EngineOptions {
+            dtype,
+            half_fallback: false,
+            ..EngineOptions::default()
+        };
+        let report = parity::check(&fixtures(), &options, Metric::for_dtype(dtype)).unwrap();
+        assert_eq!(report.checks.len(), 5 + 2 * 6, "{dtype:?}");
+        assert!(report.passed(), "{dtype:?}: {report:#?}");
+        if dtype == DType::F16 {
+            // Half precision really ran: it cannot be as close as f32.
+            assert!(report.worst() > 1e-4, "{report:#?}");
+        }
+    }
+}
+
+/// A model that differs slightly from the one diffusers ran fails the check, naming the tensors.
+#[test]
+fn packaged_parity_check_fails_on_a_different_model() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_tree(&fixtures(), tmp.path());
+    let unet = tmp
+        .path()
+        .join("model/unet/diffusion_pytorch_model.safetensors");
+    let mut weights = candle_core::safetensors::load(&unet, &Device::Cpu).unwrap();
+    let w = (&weights["conv_out.bias"] + 1e-2).unwrap();
+    weights.insert("conv_out.bias".into(), w);
+    candle_core::safetensors::save(&weights, &unet).unwrap();
+
+    let report = parity::check(
+        tmp.path(),
+        &EngineOptions::default(),
+        Metric::for_dtype(DType::F32),
+    )
+    .unwrap();
+    assert!(!report.passed());
+    let failed: Vec<&str> = report
+        .checks
+        .iter()
+        .filter(|c| c.error(report.metric) > report.tolerance)
+        .map(|c| c.name.as_str())
+        .collect();
+    assert!(failed.contains(&"unet_t981_cond"), "{failed:?}");
+    assert!(!failed.contains(&"prompt_embeds"), "{failed:?}");
+}
+
+fn copy_tree(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_tree(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
     }
 }

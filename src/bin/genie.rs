@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use genie::cache::{Cache, CacheKey, DiskStore, GcPolicy, KeyInputs};
-use genie::diffusion::{self, tiny, EngineOptions, ModelSource, SchedulerKind, SdEngine};
+use genie::diffusion::{self, parity, tiny, EngineOptions, ModelSource, SchedulerKind, SdEngine};
 use genie::factory::SdEngineFactory;
 use genie::generator::{
     Generator, GeneratorConfig, Priority, Request, Shutdown, SourceImage, WaitOutcome,
@@ -40,6 +40,29 @@ enum Command {
     Sheet(Box<SheetArgs>),
     /// Time the engine: seconds per image for batch sizes and levels (no cache involved).
     Bench(Box<BenchArgs>),
+    /// Check this build on a device and dtype against the diffusers parity fixtures (exit 3 if
+    /// any tensor is off by more than the tolerance).
+    Parity(ParityArgs),
+}
+
+#[derive(Args)]
+struct ParityArgs {
+    /// The fixtures folder written by tests/parity/make_fixtures.py.
+    #[arg(long, value_name = "DIR", default_value = "tests/parity/fixtures")]
+    fixtures: PathBuf,
+    /// cpu, or cuda:N with a CUDA build.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// f32, f16 or bf16 for the UNet and text encoder.
+    #[arg(long, default_value = "f32")]
+    dtype: String,
+    /// Largest allowed error (default: max|genie − diffusers| / max|diffusers| ≤ 1e-4 in f32,
+    /// ‖genie − diffusers‖₂ / ‖diffusers‖₂ ≤ 1e-2 in f16/bf16).
+    #[arg(long)]
+    tolerance: Option<f32>,
+    /// Print the report as one JSON object.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args)]
@@ -1294,6 +1317,58 @@ fn bench(args: BenchArgs) -> Result<()> {
     Ok(())
 }
 
+fn parity(args: ParityArgs) -> Result<ExitCode> {
+    if !args.fixtures.join("meta.json").is_file() {
+        bail!(
+            "no parity fixtures in {} (run from a genie checkout, or pass --fixtures DIR)",
+            args.fixtures.display()
+        );
+    }
+    let options = EngineOptions {
+        dtype: diffusion::parse_dtype(&args.dtype)?,
+        device: diffusion::parse_device(&args.device)?,
+        // A fallback would hide exactly the overflow this check is for.
+        half_fallback: false,
+        ..EngineOptions::default()
+    };
+    let (metric, default_tolerance) = parity::Metric::for_dtype(options.dtype);
+    let tolerance = args.tolerance.unwrap_or(default_tolerance);
+    let report = parity::check(&args.fixtures, &options, (metric, tolerance))?;
+    if args.json {
+        println!("{}", serde_json::to_string(&report)?);
+    } else {
+        println!(
+            "parity against diffusers on {} in {}: {metric:?} error ≤ {tolerance:.0e}",
+            report.device, report.dtype
+        );
+        println!(
+            "  {:<24} {:>12} {:>12}",
+            "tensor", "max-relative", "L2-relative"
+        );
+        for check in &report.checks {
+            let verdict = if check.error(metric) <= tolerance {
+                "ok"
+            } else {
+                "FAIL"
+            };
+            println!(
+                "  {:<24} {:>12.2e} {:>12.2e}  {verdict}",
+                check.name, check.max_relative, check.l2_relative
+            );
+        }
+        println!(
+            "{}: worst {metric:?} error {:.2e}",
+            if report.passed() { "passed" } else { "FAILED" },
+            report.worst()
+        );
+    }
+    Ok(if report.passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(3)
+    })
+}
+
 /// The process's peak resident memory (Linux), in MiB.
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -1335,6 +1410,7 @@ fn main() -> ExitCode {
         Command::Warm(WarmCommand::Status(args)) => warm_status(args),
         Command::Sheet(args) => done(sheet(*args)),
         Command::Bench(args) => done(bench(*args)),
+        Command::Parity(args) => parity(args),
     };
     match result {
         Ok(code) => code,

@@ -7,6 +7,7 @@
 
 pub mod config;
 pub mod model;
+pub mod parity;
 pub mod scheduler;
 pub mod tiny;
 pub mod tokenizer;
@@ -33,7 +34,8 @@ use unet::{UNet, UNetConfig};
 use vae::Vae;
 
 /// Bumped whenever a change to this engine changes the pixels it produces for the same inputs.
-pub const ALGORITHM_VERSION: u32 = 1;
+/// 2: the UNet's timestep sinusoids are computed in f32 in every dtype (f16/bf16 pixels changed).
+pub const ALGORITHM_VERSION: u32 = 2;
 
 /// Everything that can go wrong loading or running the engine.
 #[derive(Debug, thiserror::Error)]
@@ -69,6 +71,8 @@ pub enum DiffusionError {
     Tensor(#[from] candle_core::Error),
     #[error("cannot write the model: {0}")]
     Write(String),
+    #[error("bad parity fixtures {path}: {message}")]
+    Fixtures { path: PathBuf, message: String },
     #[error(
         "job {job}, level {level}: the {stage} produced non-finite values in {dtype} \
          (the model's weights or the options overflow; nothing was kept)"

@@ -6,7 +6,7 @@
 //! exact (erf) GELU — a 1e-4 relative difference per UNet call that compounds over the steps — and
 //! candle builds the plain down/up blocks with 32 groups whatever `norm_num_groups` says.
 
-use candle_core::{Module, Result, Tensor, D};
+use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn as nn;
 use candle_transformers::models::stable_diffusion::attention::CrossAttention;
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
@@ -416,8 +416,12 @@ impl UNet {
         } else {
             xs.clone()
         };
-        let t = (Tensor::ones(b, xs.dtype(), xs.device())? * timestep)?;
-        let temb = self.time_embedding.forward(&self.time_proj.forward(&t)?)?;
+        // The sinusoids are computed in f32 and cast afterwards, as diffusers does: in f16 the
+        // phase t·freq of t ≈ 1000 is only good to ±0.25 rad.
+        let t = (Tensor::ones(b, DType::F32, xs.device())? * timestep)?;
+        let temb = self
+            .time_embedding
+            .forward(&self.time_proj.forward(&t)?.to_dtype(xs.dtype())?)?;
 
         let mut xs = self.conv_in.forward(&xs)?;
         let mut skips = vec![xs.clone()];
