@@ -7,8 +7,10 @@
 #
 # Environment: GENIE (the genie binary; default target/release/genie — a `--features cuda` build for
 # the GPU, see scripts/build-cuda.sh), PYTHON (a python with torch, diffusers, transformers;
-# default python3), OUT (results folder; default bench-results/<mode>), WEIGHTS (reuse a model folder).
-# Writes $OUT/results.jsonl (one JSON object per measurement) and $OUT/summary.md.
+# default python3), OUT (results folder; default bench-results/<mode>), WEIGHTS (reuse a model folder),
+# ENGINES (default "genie diffusers flops": run a part only, e.g. to fit a time limit per command),
+# REPEATS (timed runs per batch size). Appends to $OUT/results.jsonl (one JSON object per
+# measurement) and rewrites $OUT/summary.md from it.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
@@ -18,9 +20,10 @@ mode=gpu
 GENIE=${GENIE:-$root/target/release/genie}
 PYTHON=${PYTHON:-python3}
 OUT=${OUT:-$root/bench-results/$mode}
+ENGINES=${ENGINES:-genie diffusers flops}
 mkdir -p "$OUT"
 results="$OUT/results.jsonl"
-: > "$results"
+wants() { [[ " $ENGINES " == *" $1 "* ]]; }
 
 if [ "$mode" = gpu ]; then
     WEIGHTS=${WEIGHTS:-$OUT/sd15-random}
@@ -29,7 +32,7 @@ if [ "$mode" = gpu ]; then
     genie_dev=(--device cuda:0 --dtype f16)
     py_dev=(--device cuda --dtype f16)
     batches=1,8
-    repeats=3
+    repeats=${REPEATS:-3}
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$OUT/gpu.txt"
 else
     WEIGHTS=${WEIGHTS:-$OUT/sd15-small-random}
@@ -38,7 +41,7 @@ else
     genie_dev=(--device cpu --dtype f32)
     py_dev=(--device cpu --dtype f32)
     batches=1,2
-    repeats=1
+    repeats=${REPEATS:-1}
 fi
 
 # Peak GPU memory of a whole process, sampled by nvidia-smi (the same meter for both engines).
@@ -59,15 +62,21 @@ stop_sampling() {
 
 for levels in 0.8 0.5,0.6,0.7,0.8,0.9; do
     tag=$(echo "$levels" | tr ',' '_')
-    sampler=$(sample_gpu_memory "genie-$tag")
-    "$GENIE" bench --weights "$WEIGHTS" "${common[@]}" "${genie_dev[@]}" --scheduler dpm \
-        --levels "$levels" --batch "$batches" --repeats "$repeats" --json | tee -a "$results"
-    stop_sampling "$sampler" "genie-$tag" genie
-    sampler=$(sample_gpu_memory "diffusers-$tag")
-    "$PYTHON" "$here/bench_diffusers.py" "$WEIGHTS" "${common[@]}" "${py_dev[@]}" \
-        --levels "$levels" --batch "$batches" --repeats "$repeats" | tee -a "$results"
-    stop_sampling "$sampler" "diffusers-$tag" diffusers
+    if wants genie; then
+        sampler=$(sample_gpu_memory "genie-$tag")
+        "$GENIE" bench --weights "$WEIGHTS" "${common[@]}" "${genie_dev[@]}" --scheduler dpm \
+            --levels "$levels" --batch "$batches" --repeats "$repeats" --json | tee -a "$results"
+        stop_sampling "$sampler" "genie-$tag" genie
+    fi
+    if wants diffusers; then
+        sampler=$(sample_gpu_memory "diffusers-$tag")
+        "$PYTHON" "$here/bench_diffusers.py" "$WEIGHTS" "${common[@]}" "${py_dev[@]}" \
+            --levels "$levels" --batch "$batches" --repeats "$repeats" | tee -a "$results"
+        stop_sampling "$sampler" "diffusers-$tag" diffusers
+    fi
 done
-"$PYTHON" "$here/bench_diffusers.py" "$WEIGHTS" "${common[@]}" "${py_dev[@]}" --levels 0.8 --batch 1 \
-    --repeats 1 --flops --matmul-rate | grep -E '"(flops_per_image|matmul_flops_per_second)"' | tee -a "$results"
+if wants flops; then
+    "$PYTHON" "$here/bench_diffusers.py" "$WEIGHTS" "${common[@]}" "${py_dev[@]}" --levels 0.8 --batch 1 \
+        --repeats 1 --flops --matmul-rate | grep -E '"(flops_per_image|matmul_flops_per_second)"' | tee -a "$results"
+fi
 "$PYTHON" "$here/summarize.py" "$results" | tee "$OUT/summary.md"
