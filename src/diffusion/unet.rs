@@ -1,14 +1,15 @@
 //! The conditional UNet of Stable Diffusion, built from diffusers' `UNet2DConditionModel` config.
 //!
-//! We assemble it from candle's public parts (`ResnetBlock2D`, `CrossAttention`, the timestep
-//! embedding) rather than use candle's `UNet2DConditionModel`, for two reasons found by the parity
-//! tests: candle's GEGLU feed-forward uses the tanh approximation of GELU where diffusers uses the
-//! exact (erf) GELU — a 1e-4 relative difference per UNet call that compounds over the steps — and
-//! candle builds the plain down/up blocks with 32 groups whatever `norm_num_groups` says.
+//! We assemble it from candle's public parts (`ResnetBlock2D`, the timestep embedding) rather than
+//! use candle's `UNet2DConditionModel`, for reasons found by the parity tests and the GPU path:
+//! candle's GEGLU feed-forward uses the tanh approximation of GELU where diffusers uses the exact
+//! (erf) GELU — a 1e-4 relative difference per UNet call that compounds over the steps —, candle
+//! builds the plain down/up blocks with 32 groups whatever `norm_num_groups` says, and candle's
+//! `CrossAttention` casts q, k and v to f32, which in f16 would run the largest matrix products of
+//! the model (4096 × 4096 scores per head at 512 px) without tensor cores and double their memory.
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn as nn;
-use candle_transformers::models::stable_diffusion::attention::CrossAttention;
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
 use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 
@@ -84,12 +85,69 @@ impl FeedForward {
     }
 }
 
+/// diffusers' `Attention` (no bias on q, k, v): multi-head scaled dot-product attention computed
+/// in the activations' dtype, so that half-precision products use the GPU's half-precision units.
+#[derive(Debug)]
+struct Attention {
+    to_q: nn::Linear,
+    to_k: nn::Linear,
+    to_v: nn::Linear,
+    to_out: nn::Linear,
+    heads: usize,
+    scale: f64,
+}
+
+impl Attention {
+    fn new(
+        vb: nn::VarBuilder,
+        query_dim: usize,
+        context_dim: usize,
+        heads: usize,
+        head_dim: usize,
+    ) -> Result<Self> {
+        let inner = heads * head_dim;
+        Ok(Attention {
+            to_q: nn::linear_no_bias(query_dim, inner, vb.pp("to_q"))?,
+            to_k: nn::linear_no_bias(context_dim, inner, vb.pp("to_k"))?,
+            to_v: nn::linear_no_bias(context_dim, inner, vb.pp("to_v"))?,
+            to_out: nn::linear(inner, query_dim, vb.pp("to_out.0"))?,
+            heads,
+            scale: 1.0 / (head_dim as f64).sqrt(),
+        })
+    }
+
+    /// `xs` `[b, n, query_dim]` attends to `context` `[b, m, context_dim]` (itself when `None`).
+    fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+        let (b, n, _) = xs.dims3()?;
+        let context = context.unwrap_or(xs);
+        let split_heads = |t: Tensor| -> Result<Tensor> {
+            let (b, len, c) = t.dims3()?;
+            t.reshape((b, len, self.heads, c / self.heads))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let q = split_heads((self.to_q.forward(xs)? * self.scale)?)?;
+        let k = split_heads(self.to_k.forward(context)?)?;
+        let v = split_heads(self.to_v.forward(context)?)?;
+        let scores = q.matmul(&k.t()?)?;
+        // candle's CUDA softmax accumulates half-precision rows in f32; its CPU one accumulates in
+        // the input type, where a 4096-long f16 sum is off by whole units: upcast there only.
+        let probs = if scores.dtype() != DType::F32 && scores.device().is_cpu() {
+            nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(scores.dtype())?
+        } else {
+            nn::ops::softmax_last_dim(&scores)?
+        };
+        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, ()))?;
+        self.to_out.forward(&out)
+    }
+}
+
 #[derive(Debug)]
 struct TransformerBlock {
     norm1: nn::LayerNorm,
-    attn1: CrossAttention,
+    attn1: Attention,
     norm2: nn::LayerNorm,
-    attn2: CrossAttention,
+    attn2: Attention,
     norm3: nn::LayerNorm,
     ff: FeedForward,
 }
@@ -99,17 +157,9 @@ impl TransformerBlock {
         let head_dim = dim / heads;
         Ok(TransformerBlock {
             norm1: nn::layer_norm(dim, 1e-5, vb.pp("norm1"))?,
-            attn1: CrossAttention::new(vb.pp("attn1"), dim, None, heads, head_dim, None, false)?,
+            attn1: Attention::new(vb.pp("attn1"), dim, dim, heads, head_dim)?,
             norm2: nn::layer_norm(dim, 1e-5, vb.pp("norm2"))?,
-            attn2: CrossAttention::new(
-                vb.pp("attn2"),
-                dim,
-                Some(context_dim),
-                heads,
-                head_dim,
-                None,
-                false,
-            )?,
+            attn2: Attention::new(vb.pp("attn2"), dim, context_dim, heads, head_dim)?,
             norm3: nn::layer_norm(dim, 1e-5, vb.pp("norm3"))?,
             ff: FeedForward::new(vb.pp("ff"), dim)?,
         })
