@@ -286,3 +286,28 @@ fn copy_tree(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn broken_fixtures_are_typed_errors_that_name_the_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    copy_tree(&fixtures(), tmp.path());
+    std::fs::write(tmp.path().join("outputs.safetensors"), b"not safetensors").unwrap();
+    let err = parity::check(
+        tmp.path(),
+        &EngineOptions::default(),
+        Metric::for_dtype(DType::F32),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, genie::diffusion::DiffusionError::Fixtures { path, .. } if path.ends_with("outputs.safetensors")),
+        "{err:?}"
+    );
+    std::fs::remove_file(tmp.path().join("meta.json")).unwrap();
+    let err = parity::check(
+        tmp.path(),
+        &EngineOptions::default(),
+        Metric::for_dtype(DType::F32),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("meta.json"), "{err}");
+}

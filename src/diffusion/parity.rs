@@ -198,7 +198,13 @@ pub fn check(
     let prompt = fx.text(&["prompt"])?.to_string();
     let steps = fx.number(&["num_inference_steps"])? as usize;
     let size = fx.number(&["height"])? as u32;
-    let guidance = fx.field(&["guidance_scale"])?.as_f64().unwrap_or(7.5);
+    let guidance =
+        fx.field(&["guidance_scale"])?
+            .as_f64()
+            .ok_or_else(|| DiffusionError::Fixtures {
+                path: fixtures_dir.join("meta.json"),
+                message: "guidance_scale is not a number".into(),
+            })?;
     let source = image_io::load_source(&fixtures_dir.join("source.png"), size).map_err(|e| {
         DiffusionError::Fixtures {
             path: fixtures_dir.join("source.png"),
