@@ -1,6 +1,9 @@
 //! The engine on a tiny model written by genie itself, through the real loader: chains, seeds,
 //! typed errors for bad jobs and bad model folders.
 
+mod fs_support;
+
+use fs_support::copy_dir;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -18,19 +21,6 @@ fn tiny_model() -> &'static Path {
         dir
     })
     .path()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_dir(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
 }
 
 /// A private copy of the tiny model that a test may break.

@@ -2,6 +2,9 @@
 //! (diffusers `save_pretrained`) goes through genie's real loader and must reproduce diffusers'
 //! img2img (and text-to-image at r = 1) for DDIM and DPM-Solver++ within 1e-4 relative error.
 
+mod fs_support;
+
+use fs_support::copy_dir;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -248,7 +251,7 @@ fn packaged_parity_check_passes_in_f32_and_f16() {
 #[test]
 fn packaged_parity_check_fails_on_a_different_model() {
     let tmp = tempfile::tempdir().unwrap();
-    copy_tree(&fixtures(), tmp.path());
+    copy_dir(&fixtures(), tmp.path());
     let unet = tmp
         .path()
         .join("model/unet/diffusion_pytorch_model.safetensors");
@@ -274,23 +277,10 @@ fn packaged_parity_check_fails_on_a_different_model() {
     assert!(!failed.contains(&"prompt_embeds"), "{failed:?}");
 }
 
-fn copy_tree(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        let target = to.join(entry.file_name());
-        if entry.file_type().unwrap().is_dir() {
-            copy_tree(&entry.path(), &target);
-        } else {
-            std::fs::copy(entry.path(), target).unwrap();
-        }
-    }
-}
-
 #[test]
 fn broken_fixtures_are_typed_errors_that_name_the_file() {
     let tmp = tempfile::tempdir().unwrap();
-    copy_tree(&fixtures(), tmp.path());
+    copy_dir(&fixtures(), tmp.path());
     std::fs::write(tmp.path().join("outputs.safetensors"), b"not safetensors").unwrap();
     let err = parity::check(
         tmp.path(),
