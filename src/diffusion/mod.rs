@@ -575,9 +575,9 @@ impl SdEngine {
         for group in chains.chunks(self.chains_per_call) {
             let latents = Tensor::cat(&group.iter().map(|c| &c.latents).collect::<Vec<_>>(), 0)?;
             let images = self.decode(&latents)?;
+            let finite = finite_rows(&images)?;
             for (row, chain) in group.iter().enumerate() {
-                let image = images.get(row)?;
-                if !all_finite(&image)? {
+                if !finite[row] {
                     return Err(chain.non_finite("VAE decoder", DType::F32));
                 }
                 outputs[chain.job].push(ChainOutput {
@@ -585,7 +585,7 @@ impl SdEngine {
                     start_timestep: chain.start.timestep,
                     steps_run: chain.start.steps_run,
                     latents: chain.latents.clone(),
-                    image,
+                    image: images.get(row)?,
                 });
             }
         }
@@ -655,12 +655,7 @@ impl SdEngine {
     /// from their start with an f32 UNet (when `half_fallback` allows); any chain still non-finite
     /// is an error, so no garbage image reaches a cache.
     fn rescue_non_finite(&mut self, chains: &mut [Chain]) -> Result<(), DiffusionError> {
-        let mut bad = Vec::new();
-        for (c, chain) in chains.iter().enumerate() {
-            if !all_finite(&chain.latents)? {
-                bad.push(c);
-            }
-        }
+        let bad: Vec<usize> = non_finite_chains(chains)?;
         let Some(&first) = bad.first() else {
             return Ok(());
         };
@@ -682,10 +677,10 @@ impl SdEngine {
         let mut retry: Vec<Chain> = bad.iter().map(|&c| chains[c].restarted()).collect();
         let unet = self.unet_f32.as_ref().expect("built above");
         self.denoise(unet, DType::F32, &mut retry)?;
+        if let Some(&still) = non_finite_chains(&retry)?.first() {
+            return Err(retry[still].non_finite("UNet", DType::F32));
+        }
         for (chain, &c) in retry.into_iter().zip(&bad) {
-            if !all_finite(&chain.latents)? {
-                return Err(chain.non_finite("UNet", DType::F32));
-            }
             chains[c] = chain;
         }
         Ok(())
@@ -727,14 +722,30 @@ impl Chain {
     }
 }
 
-/// Whether a tensor holds no NaN or infinity (one reduction: any of them makes the sum non-finite).
-fn all_finite(t: &Tensor) -> Result<bool, DiffusionError> {
-    let sum = t
+/// Which rows of a `[N, …]` tensor hold no NaN or infinity: one reduction and one copy to the host
+/// for the whole batch (a NaN or an infinity makes its row's sum of magnitudes non-finite).
+fn finite_rows(t: &Tensor) -> Result<Vec<bool>, DiffusionError> {
+    let sums = t
         .to_dtype(DType::F32)?
         .abs()?
-        .sum_all()?
-        .to_scalar::<f32>()?;
-    Ok(sum.is_finite())
+        .flatten_from(1)?
+        .sum(1)?
+        .to_vec1::<f32>()?;
+    Ok(sums.into_iter().map(f32::is_finite).collect())
+}
+
+/// Indices of the chains whose latents are not all finite.
+fn non_finite_chains(chains: &[Chain]) -> Result<Vec<usize>, DiffusionError> {
+    if chains.is_empty() {
+        return Ok(Vec::new());
+    }
+    let latents = Tensor::cat(&chains.iter().map(|c| &c.latents).collect::<Vec<_>>(), 0)?;
+    Ok(finite_rows(&latents)?
+        .into_iter()
+        .enumerate()
+        .filter(|&(_, finite)| !finite)
+        .map(|(c, _)| c)
+        .collect())
 }
 
 /// `[3, H, W]` floats in [0, 1] → 8-bit RGB, rounding as diffusers' `numpy_to_pil` does.

@@ -100,14 +100,14 @@ pub fn compare(
             .to_dtype(DType::F32)?
             .flatten_all()?)
     };
-    let (a, b) = (flat(actual)?, flat(expected)?);
-    if a.dims() != b.dims() {
+    if actual.dims() != expected.dims() {
         return Err(DiffusionError::Options(format!(
-            "{name}: cannot compare {} values with {}",
-            a.elem_count(),
-            b.elem_count()
+            "{name}: cannot compare shape {:?} with {:?}",
+            actual.dims(),
+            expected.dims()
         )));
     }
+    let (a, b) = (flat(actual)?, flat(expected)?);
     let diff = (&a - &b)?;
     let max = |t: &Tensor| -> Result<f32, DiffusionError> { Ok(t.abs()?.max(0)?.to_scalar()?) };
     let norm = |t: &Tensor| -> Result<f32, DiffusionError> {
