@@ -3,7 +3,8 @@
 //! Trains the same small CNN twice with burn — once with the plain batcher, once with
 //! `GenieBatcher` (hard negatives for the Few classes, r chosen per pair by GeNIe-Ada with the
 //! live model) — and prints per-group accuracy (Many / Medium / Few), how many hard negatives
-//! were mixed in, the histogram of chosen r*, and peak resident memory.
+//! were mixed in, each group's share of the training items before and after mixing, the
+//! histogram of chosen r*, and peak resident memory.
 //!
 //! ```text
 //! cargo run --release --example long_tail                       # drawn shapes, tiny engine
@@ -74,6 +75,10 @@ struct Args {
     /// Skip the run without hard negatives.
     #[arg(long)]
     skip_baseline: bool,
+    /// Let GenieBatcher count the class statistics from the first epoch's batches instead of
+    /// a pass over the labels (no hard negatives until that epoch is counted).
+    #[arg(long)]
+    stats_from_batches: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
@@ -359,7 +364,11 @@ fn main() -> Result<()> {
         GeneratorConfig::default(),
     )?);
     let confusion = SharedConfusion::new(classes);
-    let policy = Policy::long_tail(stats.clone(), policy_config)?;
+    let policy = if args.stats_from_batches {
+        Policy::long_tail_from_batches(classes, data.train.len(), policy_config)?
+    } else {
+        Policy::long_tail(stats.clone(), policy_config)?
+    };
     let keys = KeySpace::new(
         plan.fingerprint.clone(),
         plan.resolution,
@@ -411,6 +420,21 @@ fn main() -> Result<()> {
         "\nhard negatives: {} mixed into batches, {} pairs, {} images generated, {} requests deferred",
         s.mixed, s.pairs, generated, s.deferred
     );
+    let counts = augmenter.batch_counts();
+    let total_seen = counts.seen_total().max(1) as f64;
+    let total_trained = (0..classes).map(|c| counts.trained(c)).sum::<u64>().max(1) as f64;
+    println!("training items by group, as the batches held them (real → after mixing)");
+    for g in Group::ALL {
+        let in_group = stats.classes_in(g, &thresholds);
+        let seen: u64 = in_group.iter().map(|&c| counts.seen[c]).sum();
+        let trained: u64 = in_group.iter().map(|&c| counts.trained(c)).sum();
+        println!(
+            "  {:<8}{seen:>7} ({:>4.1}%) → {trained:>7} ({:>4.1}%)",
+            g.to_string(),
+            100.0 * seen as f64 / total_seen,
+            100.0 * trained as f64 / total_trained
+        );
+    }
     println!("chosen r* (pairs per level; pairs without a choice use 0.8)");
     for (level, n) in augmenter.level_histogram() {
         println!("  r = {level}: {n:>4} {}", "#".repeat(n.min(60)));

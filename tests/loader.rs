@@ -471,6 +471,96 @@ fn memory_held_hard_negatives_stay_within_the_budget() {
 }
 
 #[test]
+fn batcher_updates_the_class_statistics_of_every_batch() {
+    let cache = memory_cache(1 << 20);
+    let gate = Arc::new(Gate::default());
+    gate.open();
+    let generator = generator(Arc::clone(&cache), gate, 64);
+    let augmenter = Augmenter::new(policy(8), keys(), cache, Some(generator), config(false));
+    let batcher = GenieBatcher::new(Identity, Arc::new(augmenter.unwrap()));
+    let mut batches = run_until_mixed(&batcher);
+    // A batch that already holds a hard negative (e.g. from a GenieDataset): it is no real item.
+    let mut with_generated = batch(500);
+    with_generated[0] = batches
+        .last()
+        .unwrap()
+        .iter()
+        .find(|i| i.is_generated())
+        .unwrap()
+        .clone();
+    batches.push(batcher.batch(with_generated, &Device::default()));
+
+    let counts = batcher.augmenter().batch_counts();
+    let rounds = batches.len() as u64;
+    assert_eq!(counts.seen, vec![13 * rounds - 1, rounds, rounds, rounds]);
+    assert_eq!(counts.unknown_labels, 0);
+    let generated = |b: &Vec<ImageDatasetItem>| b.iter().filter(|i| i.is_generated()).count();
+    let mixed: usize = batches.iter().map(generated).sum::<usize>() - 1;
+    assert!(mixed > 0);
+    assert_eq!(
+        counts.mixed,
+        vec![0, 0, 0, mixed as u64],
+        "hard negatives of the target only"
+    );
+    assert_eq!(
+        counts.replaced,
+        vec![mixed as u64, 0, 0, 0],
+        "the over-represented class gave way"
+    );
+    // What reached training, per class, is exactly what the batches' outputs hold.
+    for class in 0..CLASSES {
+        let out: usize = batches
+            .iter()
+            .map(|b| b.iter().filter(|i| i.label() == Some(class)).count())
+            .sum();
+        let fed_generated = usize::from(class == 3);
+        assert_eq!(
+            counts.trained(class) as usize,
+            out - fed_generated,
+            "class {class}"
+        );
+    }
+}
+
+#[test]
+fn batcher_counts_the_first_epoch_then_targets_its_few_classes() {
+    let cache = memory_cache(1 << 20);
+    let gate = Arc::new(Gate::default());
+    gate.open();
+    let generator = generator(Arc::clone(&cache), gate, 64);
+    // One epoch is 10 of our batches: 130 items of class 0, 10 of each other class.
+    let policy = Policy::long_tail_from_batches(CLASSES, 160, PolicyConfig::long_tail()).unwrap();
+    let augmenter = Augmenter::new(policy, keys(), cache, Some(generator), config(false));
+    let batcher = GenieBatcher::new(Identity, Arc::new(augmenter.unwrap()));
+    let device = Device::default();
+    for round in 0..9 {
+        let out = batcher.batch(batch(round), &device);
+        assert!(!out.iter().any(GenieItem::is_generated));
+    }
+    assert_eq!(
+        batcher.augmenter().stats().pairs,
+        0,
+        "no pairs before the epoch is counted"
+    );
+    assert!(!batcher.augmenter().with_policy(Policy::targets_decided));
+    batcher.batch(batch(9), &device);
+    batcher.augmenter().with_policy(|p| {
+        assert!(p.targets_decided());
+        assert_eq!(p.stats().counts(), &[130, 10, 10, 10]);
+        assert_eq!(p.targets(), vec![1, 2, 3]);
+    });
+    let batches = run_until_mixed(&batcher);
+    let generated = batches.last().unwrap().iter().filter(|i| i.is_generated());
+    for g in generated {
+        assert!(
+            (1..CLASSES).contains(&g.label().unwrap()),
+            "{:?}",
+            g.label()
+        );
+    }
+}
+
+#[test]
 fn genie_dataset_follows_the_quotas() {
     let mut items = Vec::new();
     for (class, &count) in stats().counts().iter().enumerate() {

@@ -213,3 +213,88 @@ fn bad_configuration_is_a_typed_error() {
     };
     assert!(Policy::long_tail(long_tail_stats(), zero_k).is_err());
 }
+
+/// The labels of a shuffled epoch of `long_tail_stats()`.
+fn shuffled_epoch(seed: u64) -> Vec<usize> {
+    let mut labels: Vec<usize> = long_tail_stats()
+        .counts()
+        .iter()
+        .enumerate()
+        .flat_map(|(class, &n)| std::iter::repeat_n(class, n))
+        .collect();
+    // A plain LCG keeps the order independent of any rand version.
+    let mut state = seed;
+    for i in (1..labels.len()).rev() {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        labels.swap(i, (state >> 33) as usize % (i + 1));
+    }
+    labels
+}
+
+#[test]
+fn observe_counts_real_labels_and_unknown_ones() {
+    let mut policy = Policy::long_tail(long_tail_stats(), PolicyConfig::long_tail()).unwrap();
+    policy.observe(&[0, 0, 9, 3, 42]);
+    policy.observe(&[9]);
+    let counts = policy.batch_counts();
+    assert_eq!(counts.seen, vec![2, 0, 0, 1, 0, 0, 0, 0, 0, 2]);
+    assert_eq!(counts.unknown_labels, 1);
+    assert_eq!(counts.seen_total(), 5);
+    policy.record_mix(&[0, 0, 77], &[9, 8]);
+    let counts = policy.batch_counts();
+    assert_eq!(counts.replaced[0], 2);
+    assert_eq!(counts.mixed[9], 1);
+    assert_eq!(counts.mixed[8], 1);
+    // Trained = seen − replaced + mixed.
+    assert_eq!(counts.trained(0), 0);
+    assert_eq!(counts.trained(9), 3);
+    assert_eq!(counts.trained(8), 1);
+    assert_eq!(counts.trained(99), 0);
+    // With the dataset's statistics, observing never changes the groups or targets.
+    assert_eq!(policy.stats(), &long_tail_stats());
+    assert_eq!(policy.targets(), vec![7, 8, 9]);
+}
+
+#[test]
+fn targets_counted_from_batches_wait_for_one_epoch_then_match_the_dataset_statistics() {
+    let labels = shuffled_epoch(7);
+    let epoch = labels.len();
+    let mut online = Policy::long_tail_from_batches(10, epoch, PolicyConfig::long_tail()).unwrap();
+    let batches: Vec<&[usize]> = labels.chunks(32).collect();
+    let (last, before) = batches.split_last().unwrap();
+    for batch in before {
+        online.observe(batch);
+        assert!(!online.targets_decided());
+        assert!(online.targets().is_empty());
+        assert!(
+            online.propose(batch, None).is_empty(),
+            "no pairs before the statistics are known"
+        );
+        assert_eq!(online.register(0, 9, hash(1)), None);
+    }
+    online.observe(last);
+    assert!(online.targets_decided());
+    let offline = Policy::long_tail(long_tail_stats(), PolicyConfig::long_tail()).unwrap();
+    assert_eq!(online.stats(), offline.stats());
+    assert_eq!(online.targets(), offline.targets());
+    assert_eq!(online.group(4), Group::Medium);
+    // Later epochs keep counting but never move the groups.
+    online.observe(&[9; 100]);
+    assert_eq!(online.batch_counts().seen[9], 105);
+    assert_eq!(online.stats().count(9), 5);
+    assert!(!online.propose(&labels[..64], None).is_empty());
+    assert!(online.register(0, 9, hash(1)).is_some());
+}
+
+#[test]
+fn targets_counted_from_batches_refuse_zero_sizes() {
+    assert!(Policy::long_tail_from_batches(0, 10, PolicyConfig::long_tail()).is_err());
+    assert!(Policy::long_tail_from_batches(10, 0, PolicyConfig::long_tail()).is_err());
+    let bad = PolicyConfig {
+        mix_fraction: -0.1,
+        ..PolicyConfig::long_tail()
+    };
+    assert!(Policy::long_tail_from_batches(10, 10, bad).is_err());
+}

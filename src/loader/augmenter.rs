@@ -16,7 +16,7 @@ use crate::cache::{AdaChoiceRecord, Cache, CacheKey};
 use crate::engine::NoiseLevel;
 use crate::generator::KeySpace;
 use crate::generator::{Generator, LevelOutcome, Priority};
-use crate::policy::{ConfusionMatrix, PairId, Policy, SharedConfusion};
+use crate::policy::{BatchCounts, ConfusionMatrix, PairId, Policy, SharedConfusion};
 
 /// Knobs of the online loop beyond the policy's.
 #[derive(Clone, Debug)]
@@ -312,8 +312,8 @@ impl<I: GenieItem> Augmenter<I> {
             .map(|e| self.levels[self.current_index(e)])
     }
 
-    /// One batch's work: record target images, start new pairs, retry and probe, then replace
-    /// (or extend) items with ready hard negatives. Never waits for generation.
+    /// One batch's work: count its classes, record target images, start new pairs, retry and
+    /// probe, then replace (or extend) items with ready hard negatives. Never waits for generation.
     pub fn augment(&self, mut items: Vec<I>) -> Vec<I> {
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
         let labelled: Vec<(usize, usize)> = items
@@ -322,8 +322,14 @@ impl<I: GenieItem> Augmenter<I> {
             .filter_map(|(i, item)| item.label().map(|l| (i, l)))
             .collect();
         let labels: Vec<usize> = labelled.iter().map(|&(_, l)| l).collect();
+        let real_labels: Vec<usize> = labelled
+            .iter()
+            .filter(|&&(i, _)| !items[i].is_generated())
+            .map(|&(_, l)| l)
+            .collect();
 
         let mut state = self.state();
+        state.policy.observe(&real_labels);
         self.keep_prototypes(&mut state, &items, &labelled);
         let proposals = {
             let confusion = self.confusion_guard();
@@ -387,21 +393,30 @@ impl<I: GenieItem> Augmenter<I> {
 
         let mut appended = Vec::new();
         let mut gone = Vec::new();
+        let mut replaced_labels = Vec::new();
+        let mut mixed_targets = Vec::new();
         for (n, (id, level, key, target)) in picks.into_iter().enumerate() {
-            let slot = plan.replace.get(n).map(|&i| labelled[i].0);
+            let slot = plan.replace.get(n).map(|&i| labelled[i]);
             match self.hard_negative(id, &key, target) {
                 Some(item) => {
                     self.counters.mixed.fetch_add(1, Ordering::Relaxed);
+                    mixed_targets.push(target);
                     match slot {
-                        Some(i) => items[i] = item,
+                        Some((i, label)) => {
+                            if !items[i].is_generated() {
+                                replaced_labels.push(label);
+                            }
+                            items[i] = item;
+                        }
                         None => appended.push(item),
                     }
                 }
                 None => gone.push((id, level)),
             }
         }
-        if !gone.is_empty() {
+        if !gone.is_empty() || !mixed_targets.is_empty() {
             let mut state = self.state();
+            state.policy.record_mix(&replaced_labels, &mixed_targets);
             for (id, level) in gone {
                 state.pairs[id].cached &= !(1 << level);
                 self.built().remove(&state.pairs[id].keys[level]);
@@ -666,6 +681,12 @@ impl<I: GenieItem> Augmenter<I> {
                 .or_insert(0) += 1;
         }
         histogram
+    }
+
+    /// Per-class counts of what the batches held: real items seen and given up, hard negatives
+    /// mixed in (the class statistics every batch updates).
+    pub fn batch_counts(&self) -> BatchCounts {
+        self.state().policy.batch_counts().clone()
     }
 
     pub fn stats(&self) -> AugmenterStats {

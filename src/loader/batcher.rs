@@ -10,10 +10,11 @@ use super::item::GenieItem;
 
 /// A `Batcher` that hands the inner batcher its items with hard negatives mixed in.
 ///
-/// Per batch it records target-class images, starts new (source, target) pairs from the batch's
-/// items, asks the generator for missing images without waiting, and replaces up to the policy's
-/// fraction of the items by cached hard negatives (labelled with their target class). Use the
-/// plain batcher for validation.
+/// Per batch it updates the class statistics (real items per class, and what mixing gave up and
+/// put in: [`super::Augmenter::batch_counts`]), records target-class images, starts new
+/// (source, target) pairs from the batch's items, asks the generator for missing images without
+/// waiting, and replaces up to the policy's fraction of the items by cached hard negatives
+/// (labelled with their target class). Use the plain batcher for validation.
 pub struct GenieBatcher<B, I> {
     inner: B,
     augmenter: Arc<Augmenter<I>>,

@@ -1,4 +1,5 @@
-//! Class frequency groups (Many / Medium / Few) from a dataset's labels.
+//! Class statistics: frequency groups (Many / Medium / Few) from a dataset's labels, and the
+//! running per-class counts of what the batches held.
 
 use std::fmt;
 
@@ -103,6 +104,43 @@ impl ClassStats {
         (0..self.counts.len())
             .filter(|&c| self.group(c, thresholds) == group)
             .collect()
+    }
+}
+
+/// Running per-class counts of what the batches held, updated by every batch
+/// ([`super::Policy::observe`] and [`super::Policy::record_mix`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BatchCounts {
+    /// Real items the dataset yielded, per class, before mixing.
+    pub seen: Vec<u64>,
+    /// Real items given up for hard negatives, per class.
+    pub replaced: Vec<u64>,
+    /// Hard negatives mixed in, per target class.
+    pub mixed: Vec<u64>,
+    /// Items whose label is outside the classes: passed through, never used as sources.
+    pub unknown_labels: u64,
+}
+
+impl BatchCounts {
+    pub fn new(num_classes: usize) -> Self {
+        BatchCounts {
+            seen: vec![0; num_classes],
+            replaced: vec![0; num_classes],
+            mixed: vec![0; num_classes],
+            unknown_labels: 0,
+        }
+    }
+
+    /// Real items seen in all classes.
+    pub fn seen_total(&self) -> u64 {
+        self.seen.iter().sum()
+    }
+
+    /// Items of `class` that reached training: real ones kept plus hard negatives labelled
+    /// `class`.
+    pub fn trained(&self, class: usize) -> u64 {
+        let at = |v: &[u64]| v.get(class).copied().unwrap_or(0);
+        (at(&self.seen) + at(&self.mixed)).saturating_sub(at(&self.replaced))
     }
 }
 

@@ -1,7 +1,8 @@
 //! Which classes get hard negatives, from which sources, how many, and which batch items they
 //! replace: the GeNIe policy, in plain Rust (no burn, no candle, no I/O).
 //!
-//! - [`groups`]: Many / Medium / Few from the dataset's labels;
+//! - [`groups`]: Many / Medium / Few from the dataset's labels (or from the batches), and the
+//!   running per-class counts of what the batches held;
 //! - [`confusion`]: the live classifier's running confusion matrix, for top-k source classes;
 //! - [`Policy`]: targets, quotas, (source image, target) pairs and per-batch mixing plans.
 
@@ -14,7 +15,7 @@ use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
 pub use confusion::{ConfusionMatrix, SharedConfusion};
-pub use groups::{ClassStats, Group, GroupThresholds};
+pub use groups::{BatchCounts, ClassStats, Group, GroupThresholds};
 
 /// Errors in the policy's inputs.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -148,6 +149,10 @@ pub struct Policy {
     by_target: Vec<Vec<PairId>>,
     known: HashSet<([u8; 32], usize)>,
     uses: Vec<u64>,
+    counts: BatchCounts,
+    /// `Some(n)` while the targets wait for `n` real items to be seen in batches
+    /// ([`Policy::long_tail_from_batches`]).
+    decide_after: Option<u64>,
     rng: ChaCha8Rng,
 }
 
@@ -156,6 +161,31 @@ impl Policy {
     pub fn long_tail(stats: ClassStats, config: PolicyConfig) -> Result<Self, PolicyError> {
         let targets = stats.classes_in(Group::Few, &config.thresholds);
         Self::with_targets(stats, &targets, config)
+    }
+
+    /// Long-tail mode without a pass over the dataset's labels: the class statistics are
+    /// counted from the batches, and once `items_per_epoch` real items have been seen (one
+    /// epoch: the counts are then exact) the targets become the Few classes of those counts.
+    /// Until then there are no targets, so nothing is generated or mixed.
+    ///
+    /// For datasets whose labels are costly to list up front (e.g. an image folder whose
+    /// items decode their image when read). With a loader that drops the last partial batch,
+    /// pass the number of items it yields per epoch.
+    pub fn long_tail_from_batches(
+        num_classes: usize,
+        items_per_epoch: usize,
+        config: PolicyConfig,
+    ) -> Result<Self, PolicyError> {
+        if num_classes == 0 {
+            return Err(PolicyError::Zero("the number of classes"));
+        }
+        if items_per_epoch == 0 {
+            return Err(PolicyError::Zero("the number of items per epoch"));
+        }
+        let mut policy =
+            Self::with_targets(ClassStats::from_counts(vec![0; num_classes]), &[], config)?;
+        policy.decide_after = Some(items_per_epoch as u64);
+        Ok(policy)
     }
 
     /// Explicit targets, e.g. every class of a few-shot episode.
@@ -179,6 +209,8 @@ impl Policy {
             by_target: vec![Vec::new(); classes],
             known: HashSet::new(),
             uses: Vec::new(),
+            counts: BatchCounts::new(classes),
+            decide_after: None,
             rng,
         })
     }
@@ -187,8 +219,66 @@ impl Policy {
         &self.config
     }
 
+    /// Per-class image counts the groups are made from: the dataset's, or (with
+    /// [`Policy::long_tail_from_batches`]) the first epoch's batches once it is complete.
     pub fn stats(&self) -> &ClassStats {
         &self.stats
+    }
+
+    /// What the batches held so far, per class.
+    pub fn batch_counts(&self) -> &BatchCounts {
+        &self.counts
+    }
+
+    /// False while [`Policy::long_tail_from_batches`] is still counting its first epoch.
+    pub fn targets_decided(&self) -> bool {
+        self.decide_after.is_none()
+    }
+
+    /// Counts one batch's real (not generated) items by label; with
+    /// [`Policy::long_tail_from_batches`], decides the targets once an epoch has been seen.
+    pub fn observe(&mut self, labels: &[usize]) {
+        for &label in labels {
+            match self.counts.seen.get_mut(label) {
+                Some(n) => *n += 1,
+                None => self.counts.unknown_labels += 1,
+            }
+        }
+        if let Some(after) = self.decide_after {
+            if self.counts.seen_total() >= after {
+                self.decide_targets();
+            }
+        }
+    }
+
+    fn decide_targets(&mut self) {
+        let counts = self.counts.seen.iter().map(|&n| n as usize).collect();
+        self.stats = ClassStats::from_counts(counts);
+        let few = self.stats.classes_in(Group::Few, &self.config.thresholds);
+        for &t in &few {
+            self.is_target[t] = true;
+        }
+        self.decide_after = None;
+        tracing::info!(
+            items = self.counts.seen_total(),
+            targets = ?few,
+            "class statistics counted from one epoch of batches: targets are the Few classes"
+        );
+    }
+
+    /// Counts a mix that happened: real items of `replaced` classes given up, hard negatives
+    /// of `targets` put in (labels outside the classes are ignored).
+    pub fn record_mix(&mut self, replaced: &[usize], targets: &[usize]) {
+        for &c in replaced {
+            if let Some(n) = self.counts.replaced.get_mut(c) {
+                *n += 1;
+            }
+        }
+        for &t in targets {
+            if let Some(n) = self.counts.mixed.get_mut(t) {
+                *n += 1;
+            }
+        }
     }
 
     pub fn num_classes(&self) -> usize {
