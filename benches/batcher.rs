@@ -6,8 +6,9 @@
 //!   batcher vs GenieBatcher while the generator is saturated (its engine never finishes, its
 //!   queue is full) and the cache is empty, so every batch starts pairs and is refused.
 
+use std::hint::black_box;
 use std::sync::{Arc, Condvar, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use burn::data::dataloader::batcher::Batcher;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -225,12 +226,51 @@ fn batch_assembly(c: &mut Criterion) {
         })
     });
     group.finish();
+    paired_ratio(&plain, &genie, &work, &device);
     let s = augmenter.stats();
     assert!(s.mixed > before, "no hard negative was mixed: {s:?}");
     eprintln!(
         "batch_assembly: {} hard negatives mixed, {} lookups failed",
         s.mixed - before,
         s.lookups_failed
+    );
+}
+
+/// The two batchers timed alternately on the same batch, so that the VM's drift between two
+/// criterion runs does not enter their ratio; medians of 20 000 pairs.
+fn paired_ratio(
+    plain: &ImageBatcher,
+    genie: &GenieBatcher<ImageBatcher, ImageDatasetItem>,
+    work: &[Vec<ImageDatasetItem>],
+    device: &Device,
+) {
+    const PAIRS: usize = 20_000;
+    let mut times = [Vec::with_capacity(PAIRS), Vec::with_capacity(PAIRS)];
+    for n in 0..PAIRS {
+        let items = &work[n % work.len()];
+        // Alternate which one goes first, so neither always finds the caches warmed by the other.
+        for k in [n % 2, 1 - n % 2] {
+            let batch = items.clone();
+            let start = Instant::now();
+            let out: ImageBatch = if k == 0 {
+                plain.batch(batch, device)
+            } else {
+                genie.batch(batch, device)
+            };
+            drop(black_box(out));
+            times[k].push(start.elapsed());
+        }
+    }
+    let [p, g] = times.map(|mut t| {
+        t.sort_unstable();
+        t[t.len() / 2]
+    });
+    eprintln!(
+        "batch_assembly paired ({PAIRS} alternating pairs, medians): plain {:.1} µs, \
+         GenieBatcher {:.1} µs, ratio {:.3}",
+        p.as_secs_f64() * 1e6,
+        g.as_secs_f64() * 1e6,
+        g.as_secs_f64() / p.as_secs_f64()
     );
 }
 

@@ -236,8 +236,8 @@ fn shuffled_epoch(seed: u64) -> Vec<usize> {
 #[test]
 fn observe_counts_real_labels_and_unknown_ones() {
     let mut policy = Policy::long_tail(long_tail_stats(), PolicyConfig::long_tail()).unwrap();
-    policy.observe(&[0, 0, 9, 3, 42]);
-    policy.observe(&[9]);
+    policy.observe([0, 0, 9, 3, 42]);
+    policy.observe([9]);
     let counts = policy.batch_counts();
     assert_eq!(counts.seen, vec![2, 0, 0, 1, 0, 0, 0, 0, 0, 2]);
     assert_eq!(counts.unknown_labels, 1);
@@ -265,7 +265,7 @@ fn targets_counted_from_batches_wait_for_one_epoch_then_match_the_dataset_statis
     let batches: Vec<&[usize]> = labels.chunks(32).collect();
     let (last, before) = batches.split_last().unwrap();
     for batch in before {
-        online.observe(batch);
+        online.observe(batch.iter().copied());
         assert!(!online.targets_decided());
         assert!(online.targets().is_empty());
         assert!(
@@ -274,14 +274,14 @@ fn targets_counted_from_batches_wait_for_one_epoch_then_match_the_dataset_statis
         );
         assert_eq!(online.register(0, 9, hash(1)), None);
     }
-    online.observe(last);
+    online.observe(last.iter().copied());
     assert!(online.targets_decided());
     let offline = Policy::long_tail(long_tail_stats(), PolicyConfig::long_tail()).unwrap();
     assert_eq!(online.stats(), offline.stats());
     assert_eq!(online.targets(), offline.targets());
     assert_eq!(online.group(4), Group::Medium);
     // Later epochs keep counting but never move the groups.
-    online.observe(&[9; 100]);
+    online.observe([9; 100]);
     assert_eq!(online.batch_counts().seen[9], 105);
     assert_eq!(online.stats().count(9), 5);
     assert!(!online.propose(&labels[..64], None).is_empty());

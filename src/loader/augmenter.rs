@@ -101,14 +101,30 @@ struct PairEntry<I> {
     keys: Vec<CacheKey>,
     /// The pair's own key, under which its Ada choice is filed in the cache.
     pair_key: CacheKey,
+    choice: Option<AdaRecord>,
+}
+
+/// What every batch reads of each pair, kept apart from [`PairEntry`] so that scanning all
+/// pairs touches a few bytes each, not their items and keys.
+#[derive(Clone, Copy)]
+struct PairStatus {
     /// Bit `i`: level `i` is known to be cached.
     cached: u32,
-    choice: Option<AdaRecord>,
+    /// Index of the level it is mixed at now: its Ada choice, else the fixed level.
+    current: u32,
+}
+
+impl PairStatus {
+    fn is_ready(self) -> bool {
+        self.cached & (1 << self.current) != 0
+    }
 }
 
 struct State<I> {
     policy: Policy,
     pairs: Vec<PairEntry<I>>,
+    /// One per pair, same index.
+    status: Vec<PairStatus>,
     /// Real items of each target class, for its Ada prototype.
     prototypes: Vec<Vec<I>>,
     retry: VecDeque<PairId>,
@@ -243,6 +259,7 @@ impl<I: GenieItem> Augmenter<I> {
             state: Mutex::new(State {
                 policy,
                 pairs: Vec::new(),
+                status: Vec::new(),
                 prototypes: vec![Vec::new(); classes],
                 retry: VecDeque::new(),
                 probe_cursor: 0,
@@ -293,11 +310,10 @@ impl<I: GenieItem> Augmenter<I> {
         self.confusion.as_ref().map(SharedConfusion::lock)
     }
 
-    /// The level a pair's hard negative is taken at now: its Ada choice, else the fixed level.
-    fn current_index(&self, entry: &PairEntry<I>) -> usize {
-        entry
-            .choice
-            .as_ref()
+    /// The level index a pair with this Ada record is mixed at: its choice, else the fixed
+    /// level.
+    fn level_index(&self, choice: Option<&AdaRecord>) -> usize {
+        choice
             .and_then(|c| c.level)
             .and_then(|l| self.levels.iter().position(|&x| x == l))
             .unwrap_or(self.fixed_index)
@@ -307,9 +323,9 @@ impl<I: GenieItem> Augmenter<I> {
     pub fn current_level(&self, id: PairId) -> Option<NoiseLevel> {
         let state = self.state();
         state
-            .pairs
+            .status
             .get(id)
-            .map(|e| self.levels[self.current_index(e)])
+            .map(|st| self.levels[st.current as usize])
     }
 
     /// One batch's work: count its classes, record target images, start new pairs, retry and
@@ -322,14 +338,9 @@ impl<I: GenieItem> Augmenter<I> {
             .filter_map(|(i, item)| item.label().map(|l| (i, l)))
             .collect();
         let labels: Vec<usize> = labelled.iter().map(|&(_, l)| l).collect();
-        let real_labels: Vec<usize> = labelled
-            .iter()
-            .filter(|&&(i, _)| !items[i].is_generated())
-            .map(|&(_, l)| l)
-            .collect();
-
         let mut state = self.state();
-        state.policy.observe(&real_labels);
+        let real = labelled.iter().filter(|&&(i, _)| !items[i].is_generated());
+        state.policy.observe(real.map(|&(_, l)| l));
         self.keep_prototypes(&mut state, &items, &labelled);
         let proposals = {
             let confusion = self.confusion_guard();
@@ -358,8 +369,11 @@ impl<I: GenieItem> Augmenter<I> {
                     seed,
                     keys,
                     pair_key: self.keys.pair_key(source.hash, p.target, seed),
-                    cached: 0,
                     choice: None,
+                });
+                state.status.push(PairStatus {
+                    cached: 0,
+                    current: self.fixed_index as u32,
                 });
                 to_request.push((id, source));
             }
@@ -373,10 +387,10 @@ impl<I: GenieItem> Augmenter<I> {
         // Mixing.
         let mut state = self.state();
         let ready: Vec<PairId> = state
-            .pairs
+            .status
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.cached & (1 << self.current_index(e)) != 0)
+            .filter(|(_, st)| st.is_ready())
             .map(|(id, _)| id)
             .collect();
         let plan = state.policy.plan_mix(&labels, &ready);
@@ -385,7 +399,7 @@ impl<I: GenieItem> Augmenter<I> {
             .iter()
             .map(|&id| {
                 let e = &state.pairs[id];
-                let level = self.current_index(e);
+                let level = state.status[id].current as usize;
                 (id, level, e.keys[level], e.target)
             })
             .collect();
@@ -395,9 +409,17 @@ impl<I: GenieItem> Augmenter<I> {
         let mut gone = Vec::new();
         let mut replaced_labels = Vec::new();
         let mut mixed_targets = Vec::new();
+        // Ready-made items under one lock; the rest are read from the cache one by one.
+        let mut ready_made: Vec<Option<I>> = {
+            let mut built = self.built();
+            picks.iter().map(|(_, _, key, _)| built.get(key)).collect()
+        };
         for (n, (id, level, key, target)) in picks.into_iter().enumerate() {
             let slot = plan.replace.get(n).map(|&i| labelled[i]);
-            match self.hard_negative(id, &key, target) {
+            let item = ready_made[n]
+                .take()
+                .or_else(|| self.hard_negative(id, &key, target));
+            match item {
                 Some(item) => {
                     self.counters.mixed.fetch_add(1, Ordering::Relaxed);
                     mixed_targets.push(target);
@@ -418,7 +440,7 @@ impl<I: GenieItem> Augmenter<I> {
             let mut state = self.state();
             state.policy.record_mix(&replaced_labels, &mixed_targets);
             for (id, level) in gone {
-                state.pairs[id].cached &= !(1 << level);
+                state.status[id].cached &= !(1 << level);
                 self.built().remove(&state.pairs[id].keys[level]);
             }
         }
@@ -456,12 +478,9 @@ impl<I: GenieItem> Augmenter<I> {
         }
     }
 
-    /// The hard negative of `key` as an item shaped like pair `id`'s source: ready-made if held,
-    /// else read from the cache and built. `None` (counted) when it is gone.
+    /// The hard negative of `key`, not ready-made, as an item shaped like pair `id`'s source:
+    /// read from the cache and built (then kept ready-made). `None` (counted) when it is gone.
     fn hard_negative(&self, id: PairId, key: &CacheKey, target: usize) -> Option<I> {
-        if let Some(item) = self.built().get(key) {
-            return Some(item);
-        }
         let source = self.state().pairs[id].item.clone();
         let built = match self.cache.get_image(key) {
             Ok(Some(image)) => source
@@ -522,7 +541,7 @@ impl<I: GenieItem> Augmenter<I> {
         let mut deferred = false;
         for (i, (_, _, outcome)) in receipt.levels.iter().enumerate() {
             match outcome {
-                LevelOutcome::AlreadyCached => state.pairs[id].cached |= 1 << i,
+                LevelOutcome::AlreadyCached => state.status[id].cached |= 1 << i,
                 LevelOutcome::Queued => {
                     self.counters.requested.fetch_add(1, Ordering::Relaxed);
                 }
@@ -569,18 +588,18 @@ impl<I: GenieItem> Augmenter<I> {
             while todo.len() < budget && scanned < n {
                 let id = (start + scanned) % n;
                 scanned += 1;
-                let e = &state.pairs[id];
-                if e.cached == full {
+                let st = state.status[id];
+                if st.cached == full {
                     continue;
                 }
-                let current = self.current_index(e);
-                let order = std::iter::once(current).chain(0..self.levels.len());
+                let keys = &state.pairs[id].keys;
+                let order = std::iter::once(st.current as usize).chain(0..self.levels.len());
                 for level in order {
-                    if e.cached & (1 << level) == 0
+                    if st.cached & (1 << level) == 0
                         && todo.len() < budget
-                        && !todo.contains(&(id, level, e.keys[level]))
+                        && !todo.contains(&(id, level, keys[level]))
                     {
-                        todo.push((id, level, e.keys[level]));
+                        todo.push((id, level, keys[level]));
                     }
                 }
             }
@@ -595,7 +614,7 @@ impl<I: GenieItem> Augmenter<I> {
         if !found.is_empty() {
             let mut state = self.state();
             for (id, level) in found {
-                state.pairs[id].cached |= 1 << level;
+                state.status[id].cached |= 1 << level;
             }
         }
     }
@@ -609,7 +628,7 @@ impl<I: GenieItem> Augmenter<I> {
             .pairs
             .iter()
             .enumerate()
-            .filter(|(_, e)| e.cached == full)
+            .filter(|&(id, _)| state.status[id].cached == full)
             .filter(|(_, e)| {
                 e.choice
                     .as_ref()
@@ -640,9 +659,11 @@ impl<I: GenieItem> Augmenter<I> {
     pub(crate) fn record_choice(&self, id: PairId, record: AdaRecord) {
         let filed = {
             let mut state = self.state();
-            let Some(e) = state.pairs.get_mut(id) else {
+            let state = &mut *state;
+            let (Some(e), Some(st)) = (state.pairs.get_mut(id), state.status.get_mut(id)) else {
                 return;
             };
+            st.current = self.level_index(Some(&record)) as u32;
             e.choice = Some(record.clone());
             (e.pair_key, self.keys.class_name(e.target))
         };
@@ -675,9 +696,9 @@ impl<I: GenieItem> Augmenter<I> {
     pub fn level_histogram(&self) -> BTreeMap<NoiseLevel, usize> {
         let state = self.state();
         let mut histogram = BTreeMap::new();
-        for e in &state.pairs {
+        for st in &state.status {
             *histogram
-                .entry(self.levels[self.current_index(e)])
+                .entry(self.levels[st.current as usize])
                 .or_insert(0) += 1;
         }
         histogram
@@ -696,11 +717,7 @@ impl<I: GenieItem> Augmenter<I> {
             batches: load(&self.counters.batches),
             mixed: load(&self.counters.mixed),
             pairs: state.pairs.len(),
-            ready: state
-                .pairs
-                .iter()
-                .filter(|e| e.cached & (1 << self.current_index(e)) != 0)
-                .count(),
+            ready: state.status.iter().filter(|st| st.is_ready()).count(),
             requested: load(&self.counters.requested),
             deferred: load(&self.counters.deferred),
             lookups_failed: load(&self.counters.lookups_failed),
@@ -718,7 +735,11 @@ impl<I: GenieItem> Augmenter<I> {
         let state = self.state();
         let e = state.pairs.get(id)?;
         let rgb = e.item.rgb().ok()?;
-        Some((rgb, e.target, self.levels[self.current_index(e)]))
+        Some((
+            rgb,
+            e.target,
+            self.levels[state.status[id].current as usize],
+        ))
     }
 
     /// The key pair `id`'s GeNIe-Ada choices are filed under in the cache

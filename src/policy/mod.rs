@@ -148,7 +148,8 @@ pub struct Policy {
     pairs: Vec<Pair>,
     by_target: Vec<Vec<PairId>>,
     known: HashSet<([u8; 32], usize)>,
-    uses: Vec<u64>,
+    /// Per pair, what mixing reads of it every batch, packed: `(uses, target)`.
+    mix_slots: Vec<(u32, u32)>,
     counts: BatchCounts,
     /// `Some(n)` while the targets wait for `n` real items to be seen in batches
     /// ([`Policy::long_tail_from_batches`]).
@@ -208,7 +209,7 @@ impl Policy {
             pairs: Vec::new(),
             by_target: vec![Vec::new(); classes],
             known: HashSet::new(),
-            uses: Vec::new(),
+            mix_slots: Vec::new(),
             counts: BatchCounts::new(classes),
             decide_after: None,
             rng,
@@ -237,8 +238,8 @@ impl Policy {
 
     /// Counts one batch's real (not generated) items by label; with
     /// [`Policy::long_tail_from_batches`], decides the targets once an epoch has been seen.
-    pub fn observe(&mut self, labels: &[usize]) {
-        for &label in labels {
+    pub fn observe(&mut self, labels: impl IntoIterator<Item = usize>) {
+        for label in labels {
             match self.counts.seen.get_mut(label) {
                 Some(n) => *n += 1,
                 None => self.counts.unknown_labels += 1,
@@ -315,7 +316,9 @@ impl Policy {
 
     /// How many times each pair has been mixed into a batch.
     pub fn uses(&self, id: PairId) -> u64 {
-        self.uses.get(id).copied().unwrap_or(0)
+        self.mix_slots
+            .get(id)
+            .map_or(0, |&(uses, _)| u64::from(uses))
     }
 
     /// Source classes of `target`'s hard negatives, ascending for `Uniform`, most confused first
@@ -413,7 +416,7 @@ impl Policy {
             seed: self.config.seed,
         });
         self.by_target[target].push(id);
-        self.uses.push(0);
+        self.mix_slots.push((0, target as u32));
         Some(id)
     }
 
@@ -425,36 +428,52 @@ impl Policy {
         if budget == 0 || ready.is_empty() {
             return MixPlan::default();
         }
-        // Least used first (random among equals), then spread over targets. Selecting the
-        // 4·budget least used pairs first keeps this linear in the number of ready pairs.
+        // Least used first (random among equals), then spread over targets. One u64 sort key
+        // per candidate: uses in the high half, a per-batch random tiebreak in the low half.
+        // Selecting the 4·budget least used first keeps this linear in the number of ready pairs.
         let salt = self.rng.next_u64();
-        let mut candidates: Vec<(u64, u64, PairId)> = ready
-            .iter()
-            .filter(|&&id| id < self.pairs.len())
-            .map(|&id| (self.uses[id], mix64(salt ^ id as u64), id))
-            .collect();
+        let mut candidates: Vec<(u64, PairId)> = Vec::with_capacity(ready.len());
+        candidates.extend(ready.iter().filter_map(|&id| {
+            let (uses, _) = *self.mix_slots.get(id)?;
+            Some((
+                (u64::from(uses) << 32) | (mix64(salt ^ id as u64) >> 32),
+                id,
+            ))
+        }));
         let pool = (4 * budget).min(candidates.len());
         if pool < candidates.len() {
             candidates.select_nth_unstable(pool);
             candidates.truncate(pool);
         }
+        candidates.sort_unstable();
+        // A pair listed twice in `ready` is used once.
+        candidates.dedup();
+        // Greedy: the least used candidate whose target has had the fewest picks so far, ties in
+        // key order. Within one tier of uses that is an order by (picks of its target before
+        // it, key): the j-th candidate of a target comes after j of that target's picks.
         let mut insert = Vec::with_capacity(budget);
-        let mut taken_per_target = vec![0usize; self.num_classes()];
-        while insert.len() < budget && !candidates.is_empty() {
-            let pick = (0..candidates.len())
-                .min_by_key(|&i| {
-                    let (uses, tiebreak, id) = candidates[i];
-                    (uses, taken_per_target[self.pairs[id].target], tiebreak)
-                })
-                .unwrap_or(0);
-            let (_, _, id) = candidates.swap_remove(pick);
-            taken_per_target[self.pairs[id].target] += 1;
-            // A pair listed twice in `ready` is used once.
-            candidates.retain(|&(_, _, other)| other != id);
-            insert.push(id);
+        let mut taken_per_target = vec![0u32; self.num_classes()];
+        let mut ranked = Vec::with_capacity(candidates.len());
+        let mut tier_start = 0;
+        while tier_start < candidates.len() && insert.len() < budget {
+            let tier = candidates[tier_start].0 >> 32;
+            ranked.clear();
+            for &(key, id) in candidates[tier_start..]
+                .iter()
+                .take_while(|&&(k, _)| k >> 32 == tier)
+            {
+                let taken = &mut taken_per_target[self.mix_slots[id].1 as usize];
+                ranked.push((*taken, key, id));
+                *taken += 1;
+            }
+            tier_start += ranked.len();
+            ranked.sort_unstable();
+            let room = budget - insert.len();
+            insert.extend(ranked.iter().take(room).map(|&(_, _, id)| id));
         }
         for &id in &insert {
-            self.uses[id] += 1;
+            let uses = &mut self.mix_slots[id].0;
+            *uses = uses.saturating_add(1);
         }
         let replace = match self.config.mixing {
             Mixing::Append => Vec::new(),
