@@ -709,3 +709,33 @@ fn end_to_end_through_the_real_engine_on_a_disk_cache() {
         assert!(augmenter.pair_key(id, NoiseLevel::GENIE_DEFAULT).is_some());
     }
 }
+
+#[test]
+fn generator_says_when_its_queue_is_full() {
+    use genie::generator::Priority;
+    let cache = memory_cache(1 << 20);
+    let gate = Arc::new(Gate::default()); // closed: the worker holds its first batch
+    let generator = generator(Arc::clone(&cache), Arc::clone(&gate), 1);
+    assert!(generator.has_room(Priority::Online));
+    let keys = keys();
+    let mut n = 0;
+    wait_until("a full online queue", || {
+        n += 1;
+        let source = keys.source(&item(0, n).rgb().unwrap()).unwrap();
+        let request = keys.request(
+            source,
+            3,
+            vec![NoiseLevel::GENIE_DEFAULT],
+            0,
+            Priority::Online,
+        );
+        generator.request(request).unwrap();
+        !generator.has_room(Priority::Online)
+    });
+    assert!(
+        generator.has_room(Priority::Prewarm),
+        "the pre-warm queue is separate"
+    );
+    gate.open();
+    wait_until("room again", || generator.has_room(Priority::Online));
+}

@@ -432,6 +432,15 @@ impl Generator {
         })
     }
 
+    /// Whether the queue of `priority` has room now. A hint for callers that would do work
+    /// (hash a source, say) only to be refused: another caller may take the room first.
+    pub fn has_room(&self, priority: Priority) -> bool {
+        match priority {
+            Priority::Online => !self.online.is_full(),
+            Priority::Prewarm => !self.prewarm.is_full(),
+        }
+    }
+
     pub fn stats(&self) -> GeneratorStats {
         self.shared
             .counters

@@ -558,10 +558,14 @@ impl<I: GenieItem> Augmenter<I> {
     }
 
     fn retry_deferred(&self) {
-        if self.generator.is_none() {
+        let Some(generator) = &self.generator else {
             return;
-        }
+        };
         for _ in 0..self.config.retries_per_batch {
+            // A full queue would refuse the retry after its source was hashed again.
+            if !generator.has_room(Priority::Online) {
+                return;
+            }
             let item = {
                 let mut state = self.state();
                 let Some(id) = state.retry.pop_front() else {
