@@ -138,6 +138,13 @@ fn generator(cache: Arc<Cache>, gate: Arc<Gate>, queue_capacity: usize) -> Arc<G
     Arc::new(Generator::start(factory, cache, config).unwrap())
 }
 
+/// A generator whose engine answers at once.
+fn open_generator(cache: Arc<Cache>, queue_capacity: usize) -> Arc<Generator> {
+    let gate = Arc::new(Gate::default());
+    gate.open();
+    generator(cache, gate, queue_capacity)
+}
+
 fn memory_cache(budget: usize) -> Arc<Cache> {
     Arc::new(Cache::new(Arc::new(MemoryStore::new()), budget))
 }
@@ -226,9 +233,7 @@ fn run_until_mixed(
 #[test]
 fn batcher_keeps_the_size_and_labels_hard_negatives_with_their_target() {
     let cache = memory_cache(1 << 20);
-    let gate = Arc::new(Gate::default());
-    gate.open();
-    let generator = generator(Arc::clone(&cache), gate, 64);
+    let generator = open_generator(Arc::clone(&cache), 64);
     let augmenter = Augmenter::new(
         policy(8),
         keys(),
@@ -345,9 +350,7 @@ impl FeatureExtractor<burn::nn::Linear, ImageDatasetItem> for MeanColour {
 #[test]
 fn batcher_uses_the_level_ada_chose_with_the_live_model() {
     let cache = memory_cache(1 << 20);
-    let gate = Arc::new(Gate::default());
-    gate.open();
-    let generator = generator(Arc::clone(&cache), gate, 64);
+    let generator = open_generator(Arc::clone(&cache), 64);
     let augmenter =
         Arc::new(Augmenter::new(policy(2), keys(), cache, Some(generator), config(true)).unwrap());
     let batcher = GenieBatcher::new(Identity, Arc::clone(&augmenter));
@@ -439,9 +442,7 @@ fn memory_held_hard_negatives_stay_within_the_budget() {
     // Room for about three 8×8 images in memory; many more pairs than that.
     let budget = 3 * (SIDE * SIDE * 3) as usize + 3 * genie::cache::ENTRY_OVERHEAD_BYTES;
     let cache = memory_cache(budget);
-    let gate = Arc::new(Gate::default());
-    gate.open();
-    let generator = generator(Arc::clone(&cache), gate, 256);
+    let generator = open_generator(Arc::clone(&cache), 256);
     let augmenter = Arc::new(
         Augmenter::new(
             policy(50),
@@ -473,9 +474,7 @@ fn memory_held_hard_negatives_stay_within_the_budget() {
 #[test]
 fn batcher_updates_the_class_statistics_of_every_batch() {
     let cache = memory_cache(1 << 20);
-    let gate = Arc::new(Gate::default());
-    gate.open();
-    let generator = generator(Arc::clone(&cache), gate, 64);
+    let generator = open_generator(Arc::clone(&cache), 64);
     let augmenter = Augmenter::new(policy(8), keys(), cache, Some(generator), config(false));
     let batcher = GenieBatcher::new(Identity, Arc::new(augmenter.unwrap()));
     let mut batches = run_until_mixed(&batcher);
@@ -525,9 +524,7 @@ fn batcher_updates_the_class_statistics_of_every_batch() {
 #[test]
 fn batcher_counts_the_first_epoch_then_targets_its_few_classes() {
     let cache = memory_cache(1 << 20);
-    let gate = Arc::new(Gate::default());
-    gate.open();
-    let generator = generator(Arc::clone(&cache), gate, 64);
+    let generator = open_generator(Arc::clone(&cache), 64);
     // One epoch is 10 of our batches: 130 items of class 0, 10 of each other class.
     let policy = Policy::long_tail_from_batches(CLASSES, 160, PolicyConfig::long_tail()).unwrap();
     let augmenter = Augmenter::new(policy, keys(), cache, Some(generator), config(false));
@@ -575,9 +572,7 @@ fn genie_dataset_follows_the_quotas() {
     assert!(plan.negatives.iter().all(|n| n.target == 3));
     let cache = memory_cache(0);
     // Pre-warm four of the six through the generator.
-    let gate = Arc::new(Gate::default());
-    gate.open();
-    let generator = generator(Arc::clone(&cache), gate, 64);
+    let generator = open_generator(Arc::clone(&cache), 64);
     let partial = OfflinePlan {
         negatives: plan.negatives[..4].to_vec(),
     };

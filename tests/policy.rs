@@ -298,3 +298,83 @@ fn targets_counted_from_batches_refuse_zero_sizes() {
     };
     assert!(Policy::long_tail_from_batches(10, 10, bad).is_err());
 }
+
+/// Plans on random histories keep the mixing contract: distinct pairs, as many as the budget
+/// allows, least used first, and, when at most 4× the budget pairs are ready (beyond that the
+/// spread is among a sample), on the last tier of uses spread over targets: a target left out
+/// there has at most one pick fewer than any target picked there.
+#[test]
+fn mixing_plans_keep_least_used_first_and_spread_on_random_histories() {
+    let mut state = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |bound: usize| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) as usize % bound
+    };
+    let mut spread_checked = 0;
+    for case in 0..400 {
+        let mut policy = Policy::long_tail(long_tail_stats(), PolicyConfig::long_tail()).unwrap();
+        let n_pairs = 1 + next(150);
+        let pairs: Vec<usize> = (0..n_pairs)
+            .filter_map(|i| policy.register(i % 7, 7 + next(3), hash(case * 1000 + i)))
+            .collect();
+        let labels = vec![0; 8 + next(56)];
+        let budget = labels.len() / 4;
+        for _ in 0..next(20) {
+            let ready: Vec<usize> = pairs.iter().copied().filter(|_| next(3) > 0).collect();
+            policy.plan_mix(&labels, &ready);
+        }
+        let mut ready: Vec<usize> = pairs.iter().copied().filter(|_| next(4) > 0).collect();
+        ready.extend(ready.clone().into_iter().take(next(3))); // a few listed twice
+        let uses: Vec<u64> = pairs.iter().map(|&id| policy.uses(id)).collect();
+        let plan = policy.plan_mix(&labels, &ready);
+
+        let mut distinct = ready.clone();
+        distinct.sort_unstable();
+        distinct.dedup();
+        let mut inserted = plan.insert.clone();
+        inserted.sort_unstable();
+        inserted.dedup();
+        assert_eq!(
+            inserted.len(),
+            plan.insert.len(),
+            "case {case}: a pair twice"
+        );
+        assert_eq!(plan.insert.len(), budget.min(distinct.len()), "case {case}");
+        let Some(top) = plan.insert.iter().map(|&id| uses[id]).max() else {
+            continue;
+        };
+        let left_out: Vec<usize> = distinct
+            .iter()
+            .copied()
+            .filter(|id| !plan.insert.contains(id))
+            .collect();
+        assert!(
+            left_out.iter().all(|&id| uses[id] >= top),
+            "case {case}: a less used pair was left out"
+        );
+        let target = |id: usize| policy.pair(id).unwrap().target;
+        let picks = |t: usize| plan.insert.iter().filter(|&&id| target(id) == t).count();
+        if ready.len() > 4 * budget {
+            continue;
+        }
+        spread_checked += 1;
+        for &c in left_out.iter().filter(|&&id| uses[id] == top) {
+            for &p in plan.insert.iter().filter(|&&id| uses[id] == top) {
+                assert!(
+                    picks(target(p)) <= picks(target(c)) + 1,
+                    "case {case}: target {} left out with {} picks while {} got {}",
+                    target(c),
+                    picks(target(c)),
+                    target(p),
+                    picks(target(p))
+                );
+            }
+        }
+    }
+    assert!(
+        spread_checked > 50,
+        "only {spread_checked} cases checked the spread"
+    );
+}

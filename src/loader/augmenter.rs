@@ -312,9 +312,9 @@ impl<I: GenieItem> Augmenter<I> {
 
     /// The level index a pair with this Ada record is mixed at: its choice, else the fixed
     /// level.
-    fn level_index(&self, choice: Option<&AdaRecord>) -> usize {
-        choice
-            .and_then(|c| c.level)
+    fn level_index(&self, record: &AdaRecord) -> usize {
+        record
+            .level
             .and_then(|l| self.levels.iter().position(|&x| x == l))
             .unwrap_or(self.fixed_index)
     }
@@ -667,7 +667,7 @@ impl<I: GenieItem> Augmenter<I> {
             let (Some(e), Some(st)) = (state.pairs.get_mut(id), state.status.get_mut(id)) else {
                 return;
             };
-            st.current = self.level_index(Some(&record)) as u32;
+            st.current = self.level_index(&record) as u32;
             e.choice = Some(record.clone());
             (e.pair_key, self.keys.class_name(e.target))
         };

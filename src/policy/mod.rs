@@ -423,6 +423,10 @@ impl Policy {
     /// Plans how `ready` pairs (their images are available) enter a batch with `labels`: at most
     /// `⌊mix_fraction · len⌋` of them, least-used first and spread over targets, each replacing an
     /// item of the batch's most over-represented class (or appended). Counts the planned uses.
+    ///
+    /// The spread is exact when at most 4× the budget pairs are ready; beyond that it is among a
+    /// sample of the 4× budget least used (random among equals), which keeps a batch's cost
+    /// linear in the ready pairs. Across batches every pair is used equally either way.
     pub fn plan_mix(&mut self, labels: &[usize], ready: &[PairId]) -> MixPlan {
         let budget = (self.config.mix_fraction * labels.len() as f64).floor() as usize;
         if budget == 0 || ready.is_empty() {
