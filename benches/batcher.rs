@@ -1,7 +1,10 @@
 //! What GenieBatcher costs a training loop:
 //! - `batch_assembly`: one batch of 32 (32×32) items through the plain batcher vs GenieBatcher
-//!   with every hard negative already cached (8 of 32 items replaced), and that wrapper's own
-//!   work alone (`genie_augment_only`, which includes cloning the batch's items);
+//!   with every hard negative already cached (8 of 32 items replaced: mixing limited by the batch
+//!   fraction only, the most work a batch can have), that wrapper's own work alone
+//!   (`genie_augment_only`, which includes cloning the batch's items), and GenieBatcher with a
+//!   loaded pre-warm plan (`genie_plan_loaded`, no generator, default exposure);
+//! - `pair_seed`: deriving one pair's noise seed;
 //! - `train_step`: a full step of the example CNN (batch, forward, backward, Adam) with the plain
 //!   batcher vs GenieBatcher while the generator is saturated (its engine never finishes, its
 //!   queue is full) and the cache is empty, so every batch starts pairs and is refused.
@@ -16,11 +19,13 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::Device;
 use burn_dataset::vision::ImageDatasetItem;
 use criterion::{criterion_group, criterion_main, Criterion};
+use genie::cache::EntryMeta;
 use genie::cache::{Cache, MemoryStore};
 use genie::generator::{DynEngine, EngineFactory, Generator, GeneratorConfig};
-use genie::loader::{image_item, Augmenter, AugmenterConfig, GenieBatcher, KeySpace};
+use genie::loader::{image_item, Augmenter, AugmenterConfig, GenieBatcher, GenieItem, KeySpace};
 use genie::policy::{ClassStats, Policy, PolicyConfig};
-use genie::{synthetic, Engine, EngineFingerprint, Job, JobOutput, LevelImage};
+use genie::warm::PlannedPair;
+use genie::{synthetic, Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel};
 use image::RgbImage;
 
 #[path = "../examples/common/mod.rs"]
@@ -124,7 +129,10 @@ fn dataset() -> (Vec<ImageDatasetItem>, ClassStats) {
         .unwrap()
         .into_iter()
         .enumerate()
-        .map(|(n, s)| image_item(&s.image, s.label, format!("{n}")))
+        .map(|(n, s)| {
+            let class = synthetic::CLASS_NAMES[s.label];
+            image_item(&s.image, s.label, format!("data/{class}/{n:04}.png"))
+        })
         .collect();
     (items, ClassStats::from_counts(counts))
 }
@@ -157,11 +165,10 @@ fn augmenter(
         )
         .unwrap(),
     );
-    let names = synthetic::CLASS_NAMES.map(String::from).to_vec();
-    let policy = Policy::long_tail(stats, PolicyConfig::long_tail()).unwrap();
+    let policy = Policy::long_tail(stats, most_mixing()).unwrap();
     let augmenter = Augmenter::new(
         policy,
-        KeySpace::new(fingerprint(), ENGINE_SIDE, names),
+        keys(),
         cache,
         Some(Arc::clone(&generator)),
         AugmenterConfig {
@@ -171,6 +178,86 @@ fn augmenter(
     )
     .unwrap();
     (Arc::new(augmenter), generator)
+}
+
+fn keys() -> KeySpace {
+    KeySpace::new(
+        fingerprint(),
+        ENGINE_SIDE,
+        synthetic::CLASS_NAMES.map(String::from).to_vec(),
+    )
+}
+
+/// The paper's long-tail policy, mixing up to the batch fraction in every batch.
+fn most_mixing() -> PolicyConfig {
+    PolicyConfig {
+        uses_per_epoch: None,
+        ..PolicyConfig::long_tail()
+    }
+}
+
+/// An augmenter with a loaded plan (the offline plan of the long-tail policy at r = 0.8, every
+/// key pre-warmed in its cache), no generator, and every planned pair started and ready.
+fn planned_augmenter(
+    items: &[ImageDatasetItem],
+    stats: ClassStats,
+) -> Arc<Augmenter<ImageDatasetItem>> {
+    let keys = keys();
+    let cache = Arc::new(Cache::new(Arc::new(MemoryStore::new()), 256 << 20));
+    let policy = Policy::long_tail(stats.clone(), PolicyConfig::long_tail()).unwrap();
+    let labels: Vec<usize> = items.iter().map(|i| i.label().unwrap()).collect();
+    let level = NoiseLevel::GENIE_DEFAULT;
+    let mut pairs = Vec::new();
+    for (index, target, variant) in policy.offline_plan(&labels, None) {
+        let item = &items[index];
+        let hash = keys.source(&item.rgb().unwrap()).unwrap().hash;
+        let seed = keys.pair_seed(0, hash, target, variant);
+        let key = keys.key(hash, target, level, seed);
+        let meta = EntryMeta {
+            target: keys.class_label(target),
+            prompt: keys.prompt(target),
+            level,
+            seed,
+            source: None,
+            fingerprint: fingerprint(),
+            width: 0,
+            height: 0,
+        };
+        let image = RgbImage::from_pixel(ENGINE_SIDE, ENGINE_SIDE, image::Rgb([90; 3]));
+        cache.put_image(&key, &image, meta).unwrap();
+        pairs.push(PlannedPair {
+            source: item.image_path.clone().into(),
+            source_class: keys.class_id(labels[index]),
+            target: keys.class_id(target),
+            variant,
+            seed,
+            source_hash: hash,
+            levels: vec![(level, key)],
+        });
+    }
+    let augmenter = Augmenter::new(
+        policy,
+        keys,
+        cache,
+        None,
+        AugmenterConfig {
+            ada: false,
+            ..AugmenterConfig::default()
+        },
+    )
+    .unwrap()
+    .with_plan(&pairs)
+    .unwrap();
+    let augmenter = Arc::new(augmenter);
+    for b in batches(items, 200) {
+        augmenter.augment(b);
+    }
+    let s = augmenter.stats();
+    assert!(
+        s.pairs == s.planned && s.ready == s.planned && s.planned == pairs.len(),
+        "the plan did not start: {s:?}"
+    );
+    augmenter
 }
 
 fn batch_assembly(c: &mut Criterion) {
@@ -225,8 +312,19 @@ fn batch_assembly(c: &mut Criterion) {
             augmenter.augment(work[i].clone())
         })
     });
+    let planned = planned_augmenter(&items, dataset().1);
+    let genie_planned = GenieBatcher::new(plain.clone(), Arc::clone(&planned));
+    group.bench_function("genie_plan_loaded", |b| {
+        b.iter(|| {
+            i = (i + 1) % work.len();
+            let _: ImageBatch = genie_planned.batch(work[i].clone(), &device);
+        })
+    });
     group.finish();
-    paired_ratio(&plain, &genie, &work, &device);
+    paired_ratio("all cached, most mixing", &plain, &genie, &work, &device);
+    paired_ratio("plan loaded", &plain, &genie_planned, &work, &device);
+    let p = planned.stats();
+    assert!(p.mixed > 0 && p.lookups_failed == 0, "{p:?}");
     let s = augmenter.stats();
     assert!(s.mixed > before, "no hard negative was mixed: {s:?}");
     eprintln!(
@@ -239,6 +337,7 @@ fn batch_assembly(c: &mut Criterion) {
 /// The two batchers timed alternately on the same batch, so that the VM's drift between two
 /// criterion runs does not enter their ratio; medians of 20 000 pairs.
 fn paired_ratio(
+    what: &str,
     plain: &ImageBatcher,
     genie: &GenieBatcher<ImageBatcher, ImageDatasetItem>,
     work: &[Vec<ImageDatasetItem>],
@@ -266,7 +365,7 @@ fn paired_ratio(
         t[t.len() / 2]
     });
     eprintln!(
-        "batch_assembly paired ({PAIRS} alternating pairs, medians): plain {:.1} µs, \
+        "batch_assembly paired, {what} ({PAIRS} alternating pairs, medians): plain {:.1} µs, \
          GenieBatcher {:.1} µs, ratio {:.3}",
         p.as_secs_f64() * 1e6,
         g.as_secs_f64() * 1e6,
@@ -314,5 +413,19 @@ fn train_step(c: &mut Criterion) {
     gate.set(true);
 }
 
-criterion_group!(benches, batch_assembly, train_step);
+/// Deriving a pair's noise seed (once per pair, when it starts).
+fn pair_seed(c: &mut Criterion) {
+    let keys = keys();
+    let mut n = 0u64;
+    c.bench_function("pair_seed", |b| {
+        b.iter(|| {
+            n += 1;
+            let mut hash = [7u8; 32];
+            hash[..8].copy_from_slice(&n.to_le_bytes());
+            keys.pair_seed(black_box(3), black_box(hash), black_box(7), 0)
+        })
+    });
+}
+
+criterion_group!(benches, batch_assembly, pair_seed, train_step);
 criterion_main!(benches);

@@ -3,12 +3,16 @@
 //! Each N-way K-shot episode draws N classes, K support and Q query images per class. Every
 //! class of the episode is a target; its hard negatives come from the support images of the
 //! *other* classes of the episode, 4·K per class (the paper's quota: 1-shot → 4, 5-shot → 20),
-//! generated at r = 0.8. A linear classifier is trained with burn on the support set alone and on
-//! support + hard negatives (a `GenieDataset`), and both are scored on the queries.
+//! generated at r = 0.8 — or, with `--ada`, at the five levels of GeNIe-Ada, with r* chosen per
+//! pair by a frozen backbone (a small CNN trained on the classes outside the episode, as
+//! few-shot backbones are trained on base classes). A linear classifier is trained with burn on
+//! the support set alone and on support + hard negatives (a `GenieDataset`), and both are scored
+//! on the queries.
 //!
 //! ```text
 //! cargo run --release --example few_shot                    # drawn shapes, tiny engine
-//! cargo run --release --example few_shot -- --shots 5 --episodes 10 --weights SD15_DIR
+//! cargo run --release --example few_shot -- --ada           # r* per pair by GeNIe-Ada
+//! cargo run --release --example few_shot -- --shots 5 --episodes 10 --weights SD15_DIR --device cuda:0 --dtype f16
 //! ```
 //!
 //! With the default tiny random engine the hard negatives are noise: the run shows the protocol,
@@ -28,7 +32,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_dataset::vision::ImageDatasetItem;
 use clap::Parser;
 use genie::cache::Cache;
-use genie::generator::{Generator, GeneratorConfig, Shutdown, WaitOutcome};
+use genie::generator::{Generator, Shutdown, WaitOutcome};
 use genie::loader::{image_item, GenieDataset, GenieItem, KeySpace, OfflinePlan};
 use genie::policy::{ClassStats, Policy, PolicyConfig};
 use genie::{synthetic, NoiseLevel};
@@ -49,12 +53,12 @@ struct Args {
     queries: usize,
     #[arg(long, default_value_t = 4)]
     episodes: usize,
-    /// Diffusers-layout Stable Diffusion folder (default: the tiny random model).
+    /// Choose r per pair with GeNIe-Ada (five levels each) and a frozen backbone, instead of
+    /// the fixed r = 0.8.
     #[arg(long)]
-    weights: Option<std::path::PathBuf>,
-    /// Diffusion steps N.
-    #[arg(long, default_value_t = 10)]
-    steps: usize,
+    ada: bool,
+    #[command(flatten)]
+    engine: common::EngineArgs,
     /// Side of the images.
     #[arg(long, default_value_t = 16)]
     image_size: u32,
@@ -134,6 +138,35 @@ fn fit_and_score<D: Dataset<ImageDatasetItem> + 'static>(
     Ok(right as f64 / queries.len() as f64)
 }
 
+/// The frozen backbone of an episode: the examples' CNN trained for a few epochs on `items`
+/// (the classes outside the episode, labelled 0..classes).
+fn train_backbone(
+    items: Vec<ImageDatasetItem>,
+    classes: usize,
+    side: u32,
+    seed: u64,
+) -> Result<common::Cnn> {
+    let device = Device::flex().autodiff();
+    let batcher = common::ImageBatcher { side };
+    let mut model = common::Cnn::new(classes, side as usize, &device);
+    let mut optim = AdamConfig::new().init();
+    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let loader = DataLoaderBuilder::new(batcher)
+        .batch_size(16)
+        .shuffle(seed)
+        .set_device(device.clone())
+        .build(InMemDataset::new(items));
+    for _ in 0..5 {
+        for batch in loader.iter() {
+            let batch = batch?;
+            let loss = loss_fn.forward(model.forward(batch.images), batch.targets);
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            model = optim.step(2e-3, model, grads);
+        }
+    }
+    Ok(model.valid())
+}
+
 fn main() -> Result<()> {
     let args = Args::parse();
     let all = synthetic::CLASS_NAMES.len();
@@ -145,15 +178,20 @@ fn main() -> Result<()> {
     let per_class = args.shots + args.queries;
     let pool = synthetic::balanced_dataset(per_class, all, args.image_size, args.seed)?;
 
-    let factory = common::engine_factory(args.weights.as_deref(), args.steps)?;
+    anyhow::ensure!(
+        args.image_size >= 4 && args.image_size % 4 == 0,
+        "--image-size must be a multiple of 4 (the backbone pools twice)"
+    );
+    let (factory, generator_config) = common::engine_factory(&args.engine)?;
     let plan = factory.plan().clone();
     let cache_dir = tempfile::tempdir()?;
     let cache = Arc::new(Cache::open_dir(cache_dir.path(), 16 << 20)?);
-    let generator = Generator::start(
-        Arc::new(factory),
-        Arc::clone(&cache),
-        GeneratorConfig::default(),
-    )?;
+    let generator = Generator::start(Arc::new(factory), Arc::clone(&cache), generator_config)?;
+    let levels = if args.ada {
+        NoiseLevel::ADA_SWEEP.to_vec()
+    } else {
+        vec![NoiseLevel::GENIE_DEFAULT]
+    };
 
     println!(
         "{}-way {}-shot, {} queries per class, {} episodes, {} hard negatives per class",
@@ -165,6 +203,7 @@ fn main() -> Result<()> {
     );
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let (mut plain, mut augmented) = (0.0, 0.0);
+    let mut chosen: std::collections::BTreeMap<NoiseLevel, usize> = Default::default();
     for episode in 0..args.episodes {
         // Draw the episode's classes; relabel them 0..ways.
         let mut classes: Vec<usize> = (0..all).collect();
@@ -177,7 +216,7 @@ fn main() -> Result<()> {
         for (local, &class) in classes.iter().enumerate() {
             let images = pool.iter().filter(|s| s.label == class);
             for (n, s) in images.enumerate() {
-                let item = image_item(&s.image, local, format!("{class}/{n}"));
+                let item = image_item(&s.image, local, format!("synthetic:{class}/{n}"));
                 if n < args.shots {
                     support.push(item);
                 } else {
@@ -201,19 +240,40 @@ fn main() -> Result<()> {
         )?;
         let keys = KeySpace::new(plan.fingerprint.clone(), plan.resolution, names);
         let support_set = InMemDataset::new(support.clone());
-        let offline = OfflinePlan::new(
-            &support_set,
-            &policy,
-            &keys,
-            NoiseLevel::GENIE_DEFAULT,
-            None,
-        )?;
+        let mut offline = OfflinePlan::new(&support_set, &policy, &keys, &levels, None)?;
         offline.request_missing(&support_set, &keys, &generator)?;
-        for n in &offline.negatives {
-            match generator.wait(&n.key, std::time::Duration::from_secs(3600))? {
+        for key in offline.negatives.iter().flat_map(|n| &n.keys) {
+            match generator.wait(key, std::time::Duration::from_secs(3600))? {
                 WaitOutcome::Ready | WaitOutcome::NotPending => {}
-                other => anyhow::bail!("hard negative {}: {other:?}", n.key),
+                other => anyhow::bail!("hard negative {key}: {other:?}"),
             }
+        }
+        if args.ada {
+            // The backbone never sees the episode's classes.
+            let base: Vec<usize> = (0..all).filter(|c| !classes.contains(c)).collect();
+            let base_items: Vec<ImageDatasetItem> = pool
+                .iter()
+                .filter_map(|s| {
+                    let label = base.iter().position(|&c| c == s.label)?;
+                    Some(image_item(&s.image, label, "synthetic:base"))
+                })
+                .collect();
+            let backbone =
+                train_backbone(base_items, base.len().max(1), args.image_size, args.seed)?;
+            let extractor = common::Embeddings {
+                batcher: common::ImageBatcher {
+                    side: args.image_size,
+                },
+                device: Device::flex(),
+            };
+            let outcome = offline.choose_levels(&support_set, &cache, &backbone, &extractor)?;
+            for n in &offline.negatives {
+                *chosen.entry(n.level).or_insert(0) += 1;
+            }
+            println!(
+                "  GeNIe-Ada with the frozen backbone: {} pairs scored, {} unscorable, {} incomplete",
+                outcome.chosen, outcome.unscorable, outcome.incomplete
+            );
         }
         let with_negatives = GenieDataset::new(support_set, Arc::clone(&cache), &offline)?;
         let generated = with_negatives.negatives().len();
@@ -238,6 +298,12 @@ fn main() -> Result<()> {
         100.0 * plain / n,
         100.0 * augmented / n
     );
+    if args.ada {
+        println!("chosen r* (pairs per level, each pair once)");
+        for (level, n) in &chosen {
+            println!("  r = {level}: {n:>4}");
+        }
+    }
     generator.shutdown(Shutdown::Cancel);
     Ok(())
 }

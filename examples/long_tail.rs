@@ -8,7 +8,8 @@
 //!
 //! ```text
 //! cargo run --release --example long_tail                       # drawn shapes, tiny engine
-//! cargo run --release --example long_tail -- --data DIR --weights SD15_DIR
+//! cargo run --release --example long_tail -- --data DIR --weights SD15_DIR --device cuda:0 --dtype f16
+//! cargo run --release --example long_tail -- --data DIR --plan plan.jsonl --cache DIR --no-generator
 //! ```
 //!
 //! By default the dataset is made in code (10 classes of drawn shapes and textures, 500 down to
@@ -16,7 +17,10 @@
 //! so the run shows the machinery, not the method's gains. With `--weights` (a diffusers-layout
 //! Stable Diffusion 1.5 folder) and a real dataset, it is the paper's long-tail protocol.
 //! `--data DIR` reads the image-folder layout: `DIR/train/<class>/*.png` and
-//! `DIR/test/<class>/*.png`.
+//! `DIR/test/<class>/*.png`; the classifier trains at `--image-size` while diffusion reads the
+//! original files. `--class-names FILE` names WordNet-id folders for the prompts. `--plan` takes
+//! exactly the pairs of a `genie warm plan` (pre-warmed with `genie warm run`); with
+//! `--no-generator` nothing is generated and only the pre-warmed cache is mixed in.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -32,13 +36,14 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_dataset::vision::ImageDatasetItem;
 use clap::Parser;
 use genie::cache::Cache;
-use genie::generator::{Generator, GeneratorConfig};
+use genie::generator::Generator;
 use genie::loader::{
     image_item, predictions_and_targets, Augmenter, AugmenterConfig, GenieBatcher, GenieItem,
     KeySpace, LiveConfig, LiveModel,
 };
 use genie::policy::{ClassStats, Group, Policy, PolicyConfig, SharedConfusion};
 use genie::synthetic;
+use genie::NoiseLevel;
 
 mod common;
 use common::{Cnn, Embeddings, ImageBatcher};
@@ -49,9 +54,18 @@ struct Args {
     /// Image-folder dataset with train/ and test/ (default: drawn shapes made in code).
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Diffusers-layout Stable Diffusion folder (default: the tiny random model).
+    /// With --data: a class-name file (`n01440764 tench` lines, or CSV `folder,name`) for the
+    /// prompts; the folder names stay the labels.
+    #[arg(long, value_name = "FILE")]
+    class_names: Option<PathBuf>,
+    #[command(flatten)]
+    engine: common::EngineArgs,
+    /// Start exactly the pairs of this pre-warm plan (`genie warm plan --data DIR/train`).
+    #[arg(long, value_name = "FILE")]
+    plan: Option<PathBuf>,
+    /// Generate nothing: mix only what the cache already holds (with --plan and --cache).
     #[arg(long)]
-    weights: Option<PathBuf>,
+    no_generator: bool,
     /// Training epochs per run.
     #[arg(long, default_value_t = 8)]
     epochs: usize,
@@ -60,9 +74,6 @@ struct Args {
     /// Side of the classifier's input images.
     #[arg(long, default_value_t = 32)]
     image_size: u32,
-    /// Diffusion steps N (the paper uses 50; fewer keeps the CPU run short).
-    #[arg(long, default_value_t = 10)]
-    steps: usize,
     /// Hard negatives per Few class (the paper's quota is 50).
     #[arg(long, default_value_t = 50)]
     per_class: usize,
@@ -79,29 +90,35 @@ struct Args {
     /// a pass over the labels (no hard negatives until that epoch is counted).
     #[arg(long)]
     stats_from_batches: bool,
+    /// How often each hard negative is mixed in, in uses per epoch (the paper adds each once
+    /// to the training set: 1). Higher rates show the few ready images more often and take more
+    /// items from the Many and Medium classes.
+    #[arg(long, default_value_t = 1.0)]
+    uses_per_epoch: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
 }
 
 struct Data {
-    class_names: Vec<String>,
+    classes: Vec<genie::classes::ClassInfo>,
     train: Vec<ImageDatasetItem>,
     test: Vec<ImageDatasetItem>,
 }
 
 fn synthetic_data(side: u32, seed: u64) -> Result<Data> {
     let counts = synthetic::long_tail_counts(synthetic::CLASS_NAMES.len(), 500, 5);
+    // Paths that name no file: these items have no original beyond their pixels.
     let to_items = |items: Vec<synthetic::SyntheticItem>, split: &str| {
         items
             .into_iter()
             .enumerate()
-            .map(|(n, s)| image_item(&s.image, s.label, format!("{split}/{n}")))
+            .map(|(n, s)| image_item(&s.image, s.label, format!("synthetic:{split}/{n}")))
             .collect::<Vec<_>>()
     };
     Ok(Data {
-        class_names: synthetic::CLASS_NAMES
+        classes: synthetic::CLASS_NAMES
             .iter()
-            .map(|s| s.to_string())
+            .map(|&s| genie::classes::ClassInfo::named(s))
             .collect(),
         train: to_items(synthetic::long_tail_dataset(&counts, side, seed)?, "train"),
         test: to_items(
@@ -111,52 +128,47 @@ fn synthetic_data(side: u32, seed: u64) -> Result<Data> {
     })
 }
 
-/// Reads `dir/<class>/*` with genie's safe decoder (a bad file is an error naming it).
-fn image_folder(dir: &Path, class_names: &[String], side: u32) -> Result<Vec<ImageDatasetItem>> {
-    let mut items = Vec::new();
-    for (label, name) in class_names.iter().enumerate() {
-        let class_dir = dir.join(name);
-        let mut files: Vec<PathBuf> = std::fs::read_dir(&class_dir)
-            .with_context(|| format!("reading {}", class_dir.display()))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
-        for path in files {
-            let img = genie::image_io::open_rgb(&path)
-                .with_context(|| format!("reading {}", path.display()))?;
-            let img = genie::image_io::resize_center_crop(&img, side)
-                .with_context(|| format!("resizing {}", path.display()))?;
-            items.push(image_item(&img, label, path.display().to_string()));
-        }
+/// The images of an image folder, read with genie's safe decoder (a bad file is an error
+/// naming it) and resized to the classifier's size; each item keeps its file's path, from which
+/// diffusion reads the original.
+fn image_items(folder: &genie::warm::ImageFolder, side: u32) -> Result<Vec<ImageDatasetItem>> {
+    let mut items = Vec::with_capacity(folder.images.len());
+    for (path, label) in &folder.images {
+        let img = genie::image_io::open_rgb(path)
+            .with_context(|| format!("reading {}", path.display()))?;
+        let img = genie::image_io::resize_center_crop(&img, side)
+            .with_context(|| format!("resizing {}", path.display()))?;
+        items.push(image_item(&img, *label, path.display().to_string()));
     }
     Ok(items)
 }
 
-fn folder_data(dir: &Path, side: u32) -> Result<Data> {
-    let train_dir = dir.join("train");
-    let mut class_names: Vec<String> = std::fs::read_dir(&train_dir)
-        .with_context(|| format!("reading {}", train_dir.display()))?
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    class_names.sort();
-    if class_names.len() < 2 {
-        bail!("{} needs at least two class folders", train_dir.display());
+fn folder_data(dir: &Path, names: Option<&Path>, side: u32) -> Result<Data> {
+    // The same scan as `genie warm plan`, so that labels and plan class ids agree.
+    let train = genie::warm::ImageFolder::scan(&dir.join("train"))?;
+    let test = genie::warm::ImageFolder::scan(&dir.join("test"))?;
+    if train.classes.len() < 2 {
+        bail!("{}/train needs at least two class folders", dir.display());
     }
-    let train = image_folder(&train_dir, &class_names, side)?;
-    let test = image_folder(&dir.join("test"), &class_names, side)?;
+    if test.classes != train.classes {
+        bail!(
+            "{}/test has other class folders than train/: {:?} vs {:?}",
+            dir.display(),
+            test.classes,
+            train.classes
+        );
+    }
+    let names = names.map(genie::classes::ClassNames::read).transpose()?;
     Ok(Data {
-        class_names,
-        train,
-        test,
+        classes: genie::classes::classes_for(&train.classes, names.as_ref())?,
+        train: image_items(&train, side)?,
+        test: image_items(&test, side)?,
     })
 }
 
 struct Online {
     augmenter: Arc<Augmenter<ImageDatasetItem>>,
-    generator: Arc<Generator>,
+    generator: Option<Arc<Generator>>,
     confusion: SharedConfusion,
     ada: bool,
 }
@@ -169,7 +181,7 @@ struct Outcome {
 
 fn train(args: &Args, data: &Data, online: Option<&Online>, device: &Device) -> Result<Outcome> {
     let side = args.image_size as usize;
-    let classes = data.class_names.len();
+    let classes = data.classes.len();
     let batcher = ImageBatcher {
         side: args.image_size,
     };
@@ -229,10 +241,10 @@ fn train(args: &Args, data: &Data, online: Option<&Online>, device: &Device) -> 
         }
         let extra = online.map_or(String::new(), |o| {
             let s = o.augmenter.stats();
-            let g = o.generator.stats();
+            let done = o.generator.as_ref().map_or(0, |g| g.stats().done);
             format!(
                 "  hard negatives mixed {:>5}, pairs {:>3}, ready {:>3}, generated {:>4}",
-                s.mixed, s.pairs, s.ready, g.done
+                s.mixed, s.pairs, s.ready, done
             )
         });
         println!(
@@ -298,6 +310,15 @@ fn group_accuracy(
         .collect()
 }
 
+/// An accuracy, or `-` for a group without classes.
+fn percent(accuracy: f64) -> String {
+    if accuracy.is_nan() {
+        "-".into()
+    } else {
+        format!("{accuracy:.1}%")
+    }
+}
+
 fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
@@ -312,13 +333,17 @@ fn main() -> Result<()> {
         .init();
     let args = Args::parse();
     let data = match &args.data {
-        Some(dir) => folder_data(dir, args.image_size)?,
+        Some(dir) => folder_data(dir, args.class_names.as_deref(), args.image_size)?,
         None => synthetic_data(args.image_size, args.seed)?,
     };
-    let classes = data.class_names.len();
+    if args.no_generator && (args.plan.is_none() || args.cache.is_none()) {
+        bail!("--no-generator mixes a pre-warmed cache: give --plan FILE and --cache DIR");
+    }
+    let classes = data.classes.len();
     let stats = ClassStats::from_labels(data.train.iter().filter_map(GenieItem::label), classes)?;
     let policy_config = PolicyConfig {
         per_target: args.per_class,
+        uses_per_epoch: Some(args.uses_per_epoch),
         seed: args.seed,
         ..PolicyConfig::long_tail()
     };
@@ -335,7 +360,7 @@ fn main() -> Result<()> {
         let names: Vec<&str> = stats
             .classes_in(g, &thresholds)
             .into_iter()
-            .map(|c| data.class_names[c].as_str())
+            .map(|c| data.classes[c].name.as_str())
             .collect();
         println!("  {g:<6} {}", names.join(", "));
     }
@@ -348,7 +373,7 @@ fn main() -> Result<()> {
         Some(train(&args, &data, None, &device)?)
     };
 
-    let factory = common::engine_factory(args.weights.as_deref(), args.steps)?;
+    let (factory, generator_config) = common::engine_factory(&args.engine)?;
     let plan = factory.plan().clone();
     let (cache_dir, _temp) = match &args.cache {
         Some(dir) => (dir.clone(), None),
@@ -358,38 +383,48 @@ fn main() -> Result<()> {
         }
     };
     let cache = Arc::new(Cache::open_dir(&cache_dir, 64 << 20)?);
-    let generator = Arc::new(Generator::start(
-        Arc::new(factory),
-        Arc::clone(&cache),
-        GeneratorConfig::default(),
-    )?);
+    let generator = if args.no_generator {
+        println!("generator: off (only what the cache holds is mixed in)");
+        None
+    } else {
+        Some(Arc::new(Generator::start(
+            Arc::new(factory),
+            Arc::clone(&cache),
+            generator_config,
+        )?))
+    };
     let confusion = SharedConfusion::new(classes);
     let policy = if args.stats_from_batches {
         Policy::long_tail_from_batches(classes, data.train.len(), policy_config)?
     } else {
         Policy::long_tail(stats.clone(), policy_config)?
     };
-    let keys = KeySpace::new(
+    let keys = KeySpace::with_classes(
         plan.fingerprint.clone(),
         plan.resolution,
-        data.class_names.clone(),
+        data.classes.clone(),
     );
-    let augmenter = Arc::new(
-        Augmenter::new(
-            policy,
-            keys,
-            Arc::clone(&cache),
-            Some(Arc::clone(&generator)),
-            AugmenterConfig {
-                ada: !args.no_ada,
-                ..AugmenterConfig::default()
-            },
-        )?
-        .with_confusion(confusion.clone()),
-    );
+    let mut augmenter = Augmenter::new(
+        policy,
+        keys,
+        Arc::clone(&cache),
+        generator.clone(),
+        AugmenterConfig {
+            ada: !args.no_ada,
+            ..AugmenterConfig::default()
+        },
+    )?
+    .with_confusion(confusion.clone());
+    if let Some(file) = &args.plan {
+        let entries = genie::warm::read_plan(file)?;
+        let pairs = genie::warm::plan_pairs(&entries);
+        println!("loaded plan: {} pairs from {}", pairs.len(), file.display());
+        augmenter = augmenter.with_plan(&pairs)?;
+    }
+    let augmenter = Arc::new(augmenter);
     let online = Online {
         augmenter: Arc::clone(&augmenter),
-        generator: Arc::clone(&generator),
+        generator: generator.clone(),
         confusion,
         ada: !args.no_ada,
     };
@@ -401,7 +436,7 @@ fn main() -> Result<()> {
     let genie = train(&args, &data, Some(&online), &device)?;
     drop(online);
     // Dropping the last handle (with the augmenter, at the end) cancels what is still queued.
-    let generated = generator.stats().done;
+    let generated = generator.as_ref().map_or(0, |g| g.stats().done);
 
     println!("\naccuracy by group (test set)");
     println!("  {:<8}{:>12}{:>12}", "group", "baseline", "GeNIe");
@@ -412,13 +447,21 @@ fn main() -> Result<()> {
     for (i, (g, acc)) in with.iter().enumerate() {
         let base = without
             .as_ref()
-            .map_or("-".to_string(), |w| format!("{:.1}%", w[i].1));
-        println!("  {:<8}{base:>12}{:>11.1}%", g.to_string(), acc);
+            .map_or("-".to_string(), |w| percent(w[i].1));
+        println!("  {:<8}{base:>12}{:>12}", g.to_string(), percent(*acc));
     }
     let s = augmenter.stats();
     println!(
-        "\nhard negatives: {} mixed into batches, {} pairs, {} images generated, {} requests deferred",
-        s.mixed, s.pairs, generated, s.deferred
+        "\nhard negatives: {} mixed into batches, {} pairs, {} images generated, {} requests deferred, {} cache misses",
+        s.mixed, s.pairs, generated, s.deferred, s.lookups_failed
+    );
+    if s.planned > 0 {
+        println!("plan: {} of {} planned pairs started", s.pairs, s.planned);
+    }
+    let e = augmenter.exposure();
+    println!(
+        "exposure: {} hard negatives ready, uses per image min {} / median {} / max {} in {} epochs",
+        e.images, e.min, e.median, e.max, args.epochs
     );
     let counts = augmenter.batch_counts();
     let total_seen = counts.seen_total().max(1) as f64;
@@ -435,10 +478,21 @@ fn main() -> Result<()> {
             100.0 * trained as f64 / total_trained
         );
     }
-    println!("chosen r* (pairs per level; pairs without a choice use 0.8)");
-    for (level, n) in augmenter.level_histogram() {
-        println!("  r = {level}: {n:>4} {}", "#".repeat(n.min(60)));
+    let mut chosen: std::collections::BTreeMap<NoiseLevel, usize> = Default::default();
+    for (_, record) in augmenter.ada_records() {
+        if let Some(level) = record.level {
+            *chosen.entry(level).or_insert(0) += 1;
+        }
     }
+    let scored: usize = chosen.values().sum();
+    println!("chosen r* (pairs per level, each scored pair once)");
+    for (level, n) in &chosen {
+        println!("  r = {level}: {n:>4} {}", "#".repeat((*n).min(60)));
+    }
+    println!(
+        "pairs without a GeNIe-Ada choice (mixed at r = 0.8): {}",
+        s.pairs - scored
+    );
     if let Some(b) = &baseline {
         println!(
             "\nthroughput: baseline {:.1} steps/s, GeNIe {:.1} steps/s",

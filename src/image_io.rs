@@ -54,8 +54,19 @@ fn limits() -> Limits {
     limits
 }
 
-/// Decodes any supported image file (format from its content, not its name) into RGB.
+/// Decodes any supported image file (format from its content, not its name) into RGB. Only
+/// regular files are opened (a FIFO or a device would block or never end).
 pub fn open_rgb(path: &Path) -> Result<RgbImage, ImageError> {
+    let meta = std::fs::metadata(path).map_err(|source| ImageError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if !meta.is_file() {
+        return Err(ImageError::Io {
+            path: path.to_path_buf(),
+            source: std::io::Error::other("not a regular file"),
+        });
+    }
     let file = std::fs::File::open(path).map_err(|source| ImageError::Io {
         path: path.to_path_buf(),
         source,
@@ -89,25 +100,43 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, ImageError> {
 /// GeNIe's preprocessing: resize so the shorter side is `size` (bicubic), then center-crop to
 /// `size`×`size`. An image that is already `size`×`size` is returned unchanged.
 pub fn resize_center_crop(img: &RgbImage, size: u32) -> Result<RgbImage, ImageError> {
+    resize_cover_crop(img, size, size, FilterType::CatmullRom)
+}
+
+/// Resizes `img` (keeping its aspect ratio) until it covers `width`×`height`, then crops the
+/// centre: never stretched. An image that already has that size is returned unchanged.
+pub fn resize_cover_crop(
+    img: &RgbImage,
+    width: u32,
+    height: u32,
+    filter: FilterType,
+) -> Result<RgbImage, ImageError> {
     let (w, h) = img.dimensions();
-    if w == 0 || h == 0 || size == 0 {
+    if w == 0 || h == 0 || width == 0 || height == 0 {
         return Err(ImageError::Empty);
     }
-    if (w, h) == (size, size) {
+    if (w, h) == (width, height) {
         return Ok(img.clone());
     }
-    // Round the longer side so the crop never needs more pixels than exist.
-    let (nw, nh) = if w <= h {
-        let nh = ((u64::from(h) * u64::from(size) + u64::from(w) / 2) / u64::from(w)) as u32;
-        (size, nh.max(size))
+    let (w64, h64, tw, th) = (
+        u64::from(w),
+        u64::from(h),
+        u64::from(width),
+        u64::from(height),
+    );
+    // The side whose scale is larger binds; round the other so the crop never needs more
+    // pixels than exist.
+    let (nw, nh) = if tw * h64 >= th * w64 {
+        let nh = ((h64 * tw + w64 / 2) / w64) as u32;
+        (width, nh.max(height))
     } else {
-        let nw = ((u64::from(w) * u64::from(size) + u64::from(h) / 2) / u64::from(h)) as u32;
-        (nw.max(size), size)
+        let nw = ((w64 * th + h64 / 2) / h64) as u32;
+        (nw.max(width), height)
     };
-    let resized = image::imageops::resize(img, nw, nh, FilterType::CatmullRom);
-    let x = (nw - size) / 2;
-    let y = (nh - size) / 2;
-    Ok(image::imageops::crop_imm(&resized, x, y, size, size).to_image())
+    let resized = image::imageops::resize(img, nw, nh, filter);
+    let x = (nw - width) / 2;
+    let y = (nh - height) / 2;
+    Ok(image::imageops::crop_imm(&resized, x, y, width, height).to_image())
 }
 
 /// Opens and preprocesses a source image for an engine of resolution `size`.
@@ -232,5 +261,50 @@ mod tests {
             open_rgb(&dir.path().join("missing.png")),
             Err(ImageError::Io { .. })
         ));
+    }
+
+    #[test]
+    fn cover_crop_keeps_the_aspect_and_the_middle() {
+        // A 64×64 picture of a green square on red: into a 32×16 item, the square stays
+        // square (8 px high in the 16 px crop, not squashed to 4).
+        let img = RgbImage::from_fn(64, 64, |x, y| {
+            if (16..48).contains(&x) && (16..48).contains(&y) {
+                image::Rgb([0, 255, 0])
+            } else {
+                image::Rgb([255, 0, 0])
+            }
+        });
+        let out = resize_cover_crop(&img, 32, 16, FilterType::Nearest).unwrap();
+        assert_eq!(out.dimensions(), (32, 16));
+        let green_rows = (0..16)
+            .filter(|&y| out.get_pixel(16, y).0 == [0, 255, 0])
+            .count();
+        assert_eq!(
+            green_rows, 16,
+            "the middle 16 rows of a 32 px-high resize are all square"
+        );
+        let green_cols = (0..32)
+            .filter(|&x| out.get_pixel(x, 8).0 == [0, 255, 0])
+            .count();
+        assert_eq!(green_cols, 16);
+        // Same result as the square crop for square targets.
+        let wide = gradient(300, 100);
+        assert_eq!(
+            resize_cover_crop(&wide, 50, 50, FilterType::CatmullRom).unwrap(),
+            resize_center_crop(&wide, 50).unwrap()
+        );
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn a_fifo_is_refused_without_blocking() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("z.png");
+        let status = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if !status.is_ok_and(|s| s.success()) {
+            return; // no mkfifo on this system: nothing to check
+        }
+        let e = open_rgb(&fifo).unwrap_err();
+        assert!(e.to_string().contains("not a regular file"), "{e}");
     }
 }

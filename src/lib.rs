@@ -11,6 +11,7 @@
 //! - [`diffusion`]: Stable Diffusion img2img on candle ([`diffusion::SdEngine`]);
 //! - [`image_io`], [`noise`]: safe decoding and preprocessing; seeded, device-independent noise;
 //! - [`generator`]: a background service that turns requests into cached images on N devices;
+//! - [`classes`], [`seed`]: class ids and the names prompts use; per-pair noise seeds;
 //! - [`policy`], [`ada`]: which hard negatives to make (plain Rust), and GeNIe-Ada's choice of r;
 //! - [`loader`]: the burn integration (`GenieBatcher`, `GenieDataset`, the live Ada model);
 //! - [`warm`]: offline pre-warming plans, shards and their status;
@@ -18,6 +19,7 @@
 
 pub mod ada;
 pub mod cache;
+pub mod classes;
 pub mod diffusion;
 pub mod engine;
 pub mod factory;
@@ -27,6 +29,7 @@ pub mod loader;
 pub mod noise;
 pub mod pictures;
 pub mod policy;
+pub mod seed;
 pub mod synthetic;
 pub mod warm;
 

@@ -75,7 +75,10 @@ fn generate_writes_one_png_per_level_and_reports_steps() {
 fn injected_noise_file_is_used() {
     let tmp = tempfile::tempdir().unwrap();
     let noise_file = tmp.path().join("noise.safetensors");
-    let values = genie::noise::gaussian(5, 256);
+    // `--seed 5` is the run seed: the pair (sample, dog, variant 0) draws from its own seed.
+    let source = genie::image_io::load_source(Path::new(&sample()), 64).unwrap();
+    let hash = genie::cache::source_hash(&source);
+    let values = genie::noise::gaussian(genie::seed::pair_seed(5, Some(&hash), "dog", 0), 256);
     let t = candle_core::Tensor::from_vec(values, (1, 4, 8, 8), &candle_core::Device::Cpu).unwrap();
     candle_core::safetensors::save(
         &std::collections::HashMap::from([("noise".to_string(), t)]),
@@ -1134,4 +1137,261 @@ fn parity_passes_in_f16_fails_past_its_tolerance_and_names_missing_fixtures() {
     );
     assert_eq!(o.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&o.stderr).contains("no parity fixtures"));
+}
+
+/// Fresh noise per (source, target, variant): text-to-image variants of one target are
+/// different images, two sources of one target draw different noise (their r = 1 images, which
+/// never see the source, differ), and the same pair on two runs gives the same pixels.
+#[test]
+fn every_pair_and_variant_draws_its_own_noise_and_reruns_repeat_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let generate = |extra: &[&str], out: &Path| {
+        let o = out.display().to_string();
+        let mut args = vec!["generate", "--model", "tiny", "--steps", "3", "--out", &o];
+        args.extend_from_slice(extra);
+        let r = genie(tmp.path(), &args);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    };
+    // Txt2Img, no source: three variants, three images.
+    let t2i = tmp.path().join("t2i");
+    generate(
+        &["--target", "cat", "--levels", "1", "--variants", "3"],
+        &t2i,
+    );
+    let variants: Vec<Vec<u8>> = (0..3)
+        .map(|v| std::fs::read(t2i.join(format!("r1000-v{v}.png"))).unwrap())
+        .collect();
+    assert_ne!(variants[0], variants[1]);
+    assert_ne!(variants[1], variants[2]);
+    assert_ne!(variants[0], variants[2]);
+    // Two sources of one target: their r = 1 images differ, so their noise does.
+    let sources = tmp.path().join("sources");
+    std::fs::create_dir(&sources).unwrap();
+    for (i, name) in ["a.png", "b.png"].iter().enumerate() {
+        image::RgbImage::from_fn(64, 64, |x, y| {
+            image::Rgb([x as u8 * 3, y as u8 * 2, 90 * i as u8])
+        })
+        .save(sources.join(name))
+        .unwrap();
+    }
+    let two = tmp.path().join("two");
+    let dir = sources.display().to_string();
+    generate(
+        &[
+            "--source-dir",
+            &dir,
+            "--targets",
+            "cat",
+            "--levels",
+            "1,0.8",
+        ],
+        &two,
+    );
+    assert_ne!(
+        std::fs::read(two.join("a/cat/r1000.png")).unwrap(),
+        std::fs::read(two.join("b/cat/r1000.png")).unwrap()
+    );
+    // The same pair again, in a fresh run without a shared cache: the same pixels.
+    let again = tmp.path().join("again");
+    generate(
+        &[
+            "--source-dir",
+            &dir,
+            "--targets",
+            "cat",
+            "--levels",
+            "1,0.8",
+        ],
+        &again,
+    );
+    for f in ["a/cat/r0800.png", "b/cat/r1000.png"] {
+        assert_eq!(
+            std::fs::read(two.join(f)).unwrap(),
+            std::fs::read(again.join(f)).unwrap(),
+            "{f}"
+        );
+    }
+}
+
+/// A class-name file: ids stay the labels (folders, keys), prompts say the names; two ids
+/// sharing a name stay two classes; unknown ids and colliding output names are errors before
+/// anything is generated.
+#[test]
+fn class_name_files_name_the_prompts_and_keep_ids_apart() {
+    let tmp = tempfile::tempdir().unwrap();
+    let names = tmp.path().join("names.txt");
+    std::fs::write(
+        &names,
+        "n02012849 crane\nn03126707 crane\nn01440764 tench, Tinca tinca\n",
+    )
+    .unwrap();
+    let n = names.display().to_string();
+    let s = sample();
+    let out = tmp.path().join("out");
+    let o = out.display().to_string();
+    let cache = tmp.path().join("cache");
+    let c = cache.display().to_string();
+    let run = |targets: &str, out: &str| {
+        genie(
+            tmp.path(),
+            &[
+                "generate",
+                "--model",
+                "tiny",
+                "--steps",
+                "2",
+                "--levels",
+                "0.8",
+                "--source",
+                &s,
+                "--class-names",
+                &n,
+                "--targets",
+                targets,
+                "--cache",
+                &c,
+                "--out",
+                out,
+            ],
+        )
+    };
+    let r = run("n02012849,n03126707", &o);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let a = std::fs::read(out.join("sample/n02012849/r0800.png")).unwrap();
+    let b = std::fs::read(out.join("sample/n03126707/r0800.png")).unwrap();
+    assert_ne!(a, b, "two cranes are two trajectories");
+    let stats = genie(tmp.path(), &["cache", "stats", &c, "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(
+        json["by_target"]["crane (n02012849)"]["entries"], 1,
+        "{json}"
+    );
+    assert_eq!(
+        json["by_target"]["crane (n03126707)"]["entries"], 1,
+        "{json}"
+    );
+    let single = tmp.path().join("single");
+    let r = genie(
+        tmp.path(),
+        &[
+            "generate",
+            "--model",
+            "tiny",
+            "--steps",
+            "2",
+            "--levels",
+            "0.8",
+            "--source",
+            &s,
+            "--class-names",
+            &n,
+            "--target",
+            "n01440764",
+            "--out",
+            single.to_str().unwrap(),
+        ],
+    );
+    assert!(r.status.success());
+    assert!(
+        String::from_utf8_lossy(&r.stderr).contains("\"a photo of a tench.\""),
+        "{}",
+        String::from_utf8_lossy(&r.stderr)
+    );
+
+    for (targets, expected) in [
+        ("n02012849,n99999999", "\"n99999999\""),
+        ("n02012849,n02012849", "given twice"),
+    ] {
+        let bad = tmp.path().join("bad");
+        let r = run(targets, bad.to_str().unwrap());
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success() && stderr.contains(expected), "{stderr}");
+        assert!(!bad.exists(), "nothing written for {targets}");
+    }
+    // Without a file: two names with one folder name would overwrite each other.
+    let bad = tmp.path().join("collide");
+    let r = genie(
+        tmp.path(),
+        &[
+            "generate",
+            "--model",
+            "tiny",
+            "--steps",
+            "2",
+            "--levels",
+            "0.8",
+            "--source",
+            &s,
+            "--targets",
+            "golden retriever,golden_retriever",
+            "--out",
+            bad.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && stderr.contains("golden_retriever/"),
+        "{stderr}"
+    );
+    assert!(!bad.exists());
+}
+
+#[test]
+fn warm_plan_takes_prompts_from_a_class_name_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = write_dataset(tmp.path());
+    let names = tmp.path().join("names.csv");
+    std::fs::write(
+        &names,
+        "folder,name,superclass\ndog,puppy,animal\ncat,kitten,animal\nfox,red fox,animal\n",
+    )
+    .unwrap();
+    let plan = tmp.path().join("plan.jsonl");
+    let n = names.display().to_string();
+    warm_plan(
+        tmp.path(),
+        &data,
+        &plan,
+        &["--class-names", &n, "--variants", "2", "--levels", "0.8"],
+    );
+    let entries = genie::warm::read_plan(&plan).unwrap();
+    assert_eq!(
+        entries.len(),
+        50,
+        "the Few class's quota, two variants per source"
+    );
+    assert!(entries
+        .iter()
+        .all(|e| e.target == "fox" && e.prompt == "a photo of a red fox, a type of animal."));
+    assert_eq!(entries.iter().filter(|e| e.variant == 1).count(), 25);
+    let seeds: std::collections::HashSet<u64> = entries.iter().map(|e| e.seed).collect();
+    assert_eq!(
+        seeds.len(),
+        50,
+        "each variant of each source draws its own noise"
+    );
+    // A folder the file does not name is an error that names it.
+    std::fs::write(&names, "dog,puppy\ncat,kitten\n").unwrap();
+    let bad = tmp.path().join("bad.jsonl");
+    let r = genie(
+        tmp.path(),
+        &[
+            "warm",
+            "plan",
+            "--data",
+            data.to_str().unwrap(),
+            "--model",
+            "tiny",
+            "--class-names",
+            &n,
+            "--out",
+            bad.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && stderr.contains("\"fox\""),
+        "{stderr}"
+    );
+    assert!(!bad.exists());
 }

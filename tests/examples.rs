@@ -4,7 +4,7 @@
 //! `cargo test` builds the examples before it runs any test; with `cargo test --test examples`
 //! alone they may be missing, and the test says how to build them.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn example(name: &str) -> PathBuf {
@@ -26,10 +26,17 @@ fn example(name: &str) -> PathBuf {
 }
 
 fn run(name: &str, args: &[&str]) -> String {
-    let output = Command::new(example(name))
-        .args(args)
-        .output()
-        .expect("the example starts");
+    run_in(name, args, None)
+}
+
+/// Runs an example; with `home`, as `GENIE_HOME` (where the tiny model is written).
+fn run_in(name: &str, args: &[&str], home: Option<&Path>) -> String {
+    let mut command = Command::new(example(name));
+    command.args(args);
+    if let Some(home) = home {
+        command.env("GENIE_HOME", home);
+    }
+    let output = command.output().expect("the example starts");
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     assert!(
         output.status.success(),
@@ -110,15 +117,32 @@ fn long_tail_runs_and_its_report_adds_up() {
         mixed,
         "and the others give up as many real items"
     );
-    // The r* histogram covers every pair once.
-    let histogram: f64 = out
-        .lines()
+    // GeNIe-Ada scored pairs with the live model, and the r* histogram counts each scored
+    // pair once; the others are mixed at 0.8.
+    let scorings = numbers(&out, "GeNIe-Ada:")[1];
+    let histogram = r_histogram(&out);
+    let scored: f64 = histogram.iter().sum();
+    let unscored = numbers(&out, "pairs without a GeNIe-Ada choice")[1];
+    assert!(scored > 0.0, "no pair was scored:\n{out}");
+    assert!(
+        scorings >= scored,
+        "{scorings} scorings, {scored} pairs with a choice"
+    );
+    assert_eq!(scored + unscored, pairs);
+    // Each hard negative is mixed about once per epoch, not in every batch.
+    let exposure = numbers(&out, "exposure:");
+    let (images, max, epochs) = (exposure[0], exposure[3], exposure[4]);
+    assert!(images > 0.0 && max <= epochs, "{exposure:?}");
+    assert!(numbers(&out, "peak resident memory:")[0] > 0.0);
+}
+
+/// The counts of the `r = …: n` lines of a report.
+fn r_histogram(out: &str) -> Vec<f64> {
+    out.lines()
         .map(str::trim)
         .filter(|l| l.starts_with("r = "))
         .map(|l| numbers(l, "r = ")[1])
-        .sum();
-    assert_eq!(histogram, pairs);
-    assert!(numbers(&out, "peak resident memory:")[0] > 0.0);
+        .collect()
 }
 
 #[test]
@@ -136,4 +160,110 @@ fn few_shot_gives_each_episode_the_papers_quota() {
     let mean = numbers(&out, "mean accuracy:");
     assert_eq!(mean.len(), 2);
     assert!(mean.iter().all(|a| (0.0..=100.0).contains(a)), "{mean:?}");
+}
+
+/// Offline GeNIe-Ada: the five levels per pair, r* from the episode's frozen backbone.
+#[test]
+fn few_shot_chooses_r_per_pair_with_a_frozen_backbone() {
+    let out = run(
+        "few_shot",
+        &["--episodes", "2", "--steps", "2", "--queries", "5", "--ada"],
+    );
+    let scored: f64 = out
+        .lines()
+        .filter(|l| l.contains("GeNIe-Ada with the frozen backbone"))
+        .map(|l| numbers(l, "GeNIe-Ada with the frozen backbone:")[0])
+        .sum();
+    assert!(scored > 0.0, "{out}");
+    assert_eq!(r_histogram(&out).iter().sum::<f64>(), 2.0 * 20.0, "{out}");
+}
+
+/// Pre-warm, then train: `genie warm plan` and `genie warm run` on an image folder, then the
+/// long-tail example on the same folder with that plan and no generator. Every hard negative
+/// mixed is a cache hit and every planned pair is used.
+#[test]
+fn long_tail_trains_on_a_pre_warmed_plan_with_the_generator_off() {
+    let home = tempfile::tempdir().unwrap();
+    let data = home.path().join("data");
+    let counts = [60usize, 40, 25, 6, 4];
+    for split in ["train", "test"] {
+        for (class, &count) in counts.iter().enumerate() {
+            let dir = data.join(split).join(genie::synthetic::CLASS_NAMES[class]);
+            std::fs::create_dir_all(&dir).unwrap();
+            let n = if split == "train" { count } else { 5 };
+            for i in 0..n {
+                let seed = (i + 1000 * usize::from(split == "test")) as u64;
+                genie::synthetic::render(class, seed, 48)
+                    .unwrap()
+                    .save(dir.join(format!("{i:03}.png")))
+                    .unwrap();
+            }
+        }
+    }
+    let genie_cli = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_genie"))
+            .args(args)
+            .env("GENIE_HOME", home.path())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let plan = home.path().join("plan.jsonl");
+    let cache = home.path().join("cache");
+    let (p, c) = (plan.display().to_string(), cache.display().to_string());
+    let train = data.join("train").display().to_string();
+    let engine = ["--model", "tiny", "--steps", "2"];
+    let mut args = vec![
+        "warm",
+        "plan",
+        "--data",
+        &train,
+        "--per-class",
+        "5",
+        "--out",
+        &p,
+    ];
+    args.extend(engine);
+    genie_cli(&args);
+    let mut args = vec!["warm", "run", "--plan", &p, "--cache", &c];
+    args.extend(engine);
+    genie_cli(&args);
+
+    let d = data.display().to_string();
+    let out = run_in(
+        "long_tail",
+        &[
+            "--data",
+            &d,
+            "--plan",
+            &p,
+            "--cache",
+            &c,
+            "--no-generator",
+            "--steps",
+            "2",
+            "--epochs",
+            "3",
+            "--skip-baseline",
+            "--image-size",
+            "16",
+        ],
+        Some(home.path()),
+    );
+    // Two Few classes, five planned pairs each.
+    let started = numbers(&out, "plan:");
+    assert_eq!(started, vec![10.0, 10.0], "{out}");
+    let totals = numbers(&out, "hard negatives:");
+    let (mixed, generated, misses) = (totals[0], totals[2], totals[4]);
+    assert!(mixed > 0.0, "{out}");
+    assert_eq!(generated, 0.0, "the generator is off");
+    assert_eq!(misses, 0.0, "every hard negative mixed was a cache hit");
+    let exposure = numbers(&out, "exposure:");
+    assert_eq!(exposure[0], 10.0, "every planned pair became ready: {out}");
+    assert!(exposure[1] >= 1.0, "every planned pair was used: {out}");
 }

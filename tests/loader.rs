@@ -161,11 +161,14 @@ fn config(ada: bool) -> AugmenterConfig {
     }
 }
 
+/// The long-tail policy, mixing as often as the batch fraction allows (these tests look at
+/// single batches, not epochs; the per-epoch rate is tested in `tests/policy.rs`).
 fn policy(per_target: usize) -> Policy {
     Policy::long_tail(
         stats(),
         PolicyConfig {
             per_target,
+            uses_per_epoch: None,
             ..PolicyConfig::long_tail()
         },
     )
@@ -329,11 +332,11 @@ fn batcher_never_blocks_on_a_saturated_generator() {
     gate.open();
 }
 
-/// Mean colour of an item, as an "embedding".
+/// The model's view of an item: its linear map of the item's mean colour.
 struct MeanColour;
 
 impl FeatureExtractor<burn::nn::Linear, ImageDatasetItem> for MeanColour {
-    fn embed(&self, _model: &burn::nn::Linear, items: Vec<ImageDatasetItem>) -> Tensor<2> {
+    fn embed(&self, model: &burn::nn::Linear, items: Vec<ImageDatasetItem>) -> Tensor<2> {
         let n = items.len();
         let mut values = Vec::with_capacity(n * 3);
         for item in items {
@@ -343,8 +346,35 @@ impl FeatureExtractor<burn::nn::Linear, ImageDatasetItem> for MeanColour {
                 values.push(rgb.pixels().map(|p| p.0[c] as f32).sum::<f32>() / count);
             }
         }
-        Tensor::from_data(TensorData::new(values, [n, 3]), &Device::default())
+        model.forward(Tensor::from_data(
+            TensorData::new(values, [n, 3]),
+            &Device::default(),
+        ))
     }
+}
+
+/// A 3 → 3 linear map without bias (`O = I W`), `weights` row-major `[input][output]`.
+fn linear(weights: [[f32; 3]; 3]) -> burn::nn::Linear {
+    let values: Vec<f32> = weights.iter().flatten().copied().collect();
+    burn::nn::Linear {
+        weight: burn::module::Param::from_tensor(Tensor::from_data(
+            TensorData::new(values, [3, 3]),
+            &Device::default(),
+        )),
+        bias: None,
+    }
+}
+
+/// The identity: the embedding is the mean colour, and the jump is between r = 0.5 and 0.6.
+fn colour_model() -> burn::nn::Linear {
+    linear([[1., 0., 0.], [0., 1., 0.], [0., 0., 1.]])
+}
+
+/// A model blind to the difference between the r = 0.5 and r = 0.6 colours
+/// ((250, 5, 0) − (6, 234, 60) is in its null space): its largest jump comes later.
+fn blind_model() -> burn::nn::Linear {
+    // Output 0 = 0.229 R + 0.244 G, output 1 = 0.060 R + 0.244 B.
+    linear([[0.229, 0.060, 0.], [0.244, 0., 0.], [0., 0.244, 0.]])
 }
 
 #[test]
@@ -368,7 +398,7 @@ fn batcher_uses_the_level_ada_chose_with_the_live_model() {
     );
 
     let device = Device::default();
-    let model = burn::nn::LinearConfig::new(3, 2).init(&device);
+    let model = colour_model();
     let live = LiveModel::start(
         Arc::clone(&augmenter),
         MeanColour,
@@ -399,9 +429,10 @@ fn batcher_uses_the_level_ada_chose_with_the_live_model() {
     for g in mixed {
         assert_eq!(g.rgb().unwrap().get_pixel(1, 1), &level_colour(chosen));
     }
-    // A new model version re-scores every pair without new diffusion.
+    // A new model version re-scores every pair without new diffusion; this model sees the
+    // colours differently, so every choice moves.
     let before = augmenter.stats().requested;
-    assert_eq!(live.publish(model.clone()), 2);
+    assert_eq!(live.publish(blind_model()), 2);
     wait_until("re-selection", || {
         augmenter
             .ada_records()
@@ -409,6 +440,14 @@ fn batcher_uses_the_level_ada_chose_with_the_live_model() {
             .all(|(_, r)| r.model_version == 2)
     });
     assert_eq!(augmenter.stats().requested, before);
+    for (id, record) in augmenter.ada_records() {
+        let level = record.level.expect("scored");
+        assert!(
+            level > chosen,
+            "pair {id}: the blind model still chose {level}: {record:?}"
+        );
+        assert_eq!(augmenter.current_level(id), Some(level));
+    }
     // Every choice is filed in the cache too (for `genie sheet`), the latest version winning.
     wait_until("choices filed in the cache", || {
         augmenter.ada_records().iter().all(|(id, r)| {
@@ -567,7 +606,7 @@ fn genie_dataset_follows_the_quotas() {
     let policy = policy(6);
     let keys = keys();
     let level = NoiseLevel::GENIE_DEFAULT;
-    let plan = OfflinePlan::new(&inner, &policy, &keys, level, None).unwrap();
+    let plan = OfflinePlan::new(&inner, &policy, &keys, &[level], None).unwrap();
     assert_eq!(plan.negatives.len(), 6);
     assert!(plan.negatives.iter().all(|n| n.target == 3));
     let cache = memory_cache(0);
@@ -575,6 +614,7 @@ fn genie_dataset_follows_the_quotas() {
     let generator = open_generator(Arc::clone(&cache), 64);
     let partial = OfflinePlan {
         negatives: plan.negatives[..4].to_vec(),
+        ..plan.clone()
     };
     assert_eq!(
         partial.request_missing(&inner, &keys, &generator).unwrap(),
@@ -733,4 +773,294 @@ fn generator_says_when_its_queue_is_full() {
     );
     gate.open();
     wait_until("room again", || generator.has_room(Priority::Online));
+}
+
+/// `OfflinePlan` with the five levels takes each pair's r* from a model given at build time,
+/// and `GenieDataset` then serves each pair at its r*; another model chooses otherwise.
+#[test]
+fn offline_plan_takes_each_pairs_level_from_the_model_given() {
+    let mut items = Vec::new();
+    for (class, &count) in [20usize, 20, 20, 5].iter().enumerate() {
+        items.extend((0..count).map(|n| item(class, n)));
+    }
+    let inner = InMemDataset::new(items.clone());
+    let keys = keys();
+    let mut plan =
+        OfflinePlan::new(&inner, &policy(4), &keys, &NoiseLevel::ADA_SWEEP, None).unwrap();
+    assert_eq!(plan.negatives.len(), 4);
+    assert!(plan
+        .negatives
+        .iter()
+        .all(|n| n.level == NoiseLevel::GENIE_DEFAULT && n.keys.len() == 5));
+    let cache = memory_cache(1 << 20);
+    let generator = open_generator(Arc::clone(&cache), 64);
+    assert_eq!(
+        plan.request_missing(&inner, &keys, &generator).unwrap(),
+        4 * 5
+    );
+    Arc::into_inner(generator)
+        .unwrap()
+        .shutdown(Shutdown::Drain);
+    assert!(plan.missing(&cache).unwrap().is_empty());
+
+    let outcome = plan
+        .choose_levels(&inner, &cache, &colour_model(), &MeanColour)
+        .unwrap();
+    assert_eq!(outcome.chosen, 4, "{outcome:?}");
+    let six = NoiseLevel::parse("0.6").unwrap();
+    assert!(plan.negatives.iter().all(|n| n.level == six));
+    let dataset = GenieDataset::new(InMemDataset::new(items), Arc::clone(&cache), &plan).unwrap();
+    for i in 0..4 {
+        let negative = dataset.get(dataset.len() - 1 - i).unwrap();
+        assert_eq!(negative.rgb().unwrap().get_pixel(2, 2), &level_colour(six));
+    }
+
+    let outcome = plan
+        .choose_levels(&inner, &cache, &blind_model(), &MeanColour)
+        .unwrap();
+    assert_eq!(outcome.chosen, 4, "{outcome:?}");
+    for n in &plan.negatives {
+        assert!(n.level > six, "{:?}", n.level);
+        let at = NoiseLevel::ADA_SWEEP
+            .iter()
+            .position(|&l| l == n.level)
+            .unwrap();
+        assert_eq!(n.key, n.keys[at]);
+    }
+    // Out of range is an error, not a panic.
+    assert!(dataset.get(dataset.len()).is_err());
+}
+
+/// Writes an image-folder dataset of PNGs (`side` px, one colour per class, the image's number
+/// in its left half) and returns it scanned.
+fn image_folder(
+    dir: &std::path::Path,
+    counts: &[(&str, usize)],
+    side: u32,
+) -> genie::warm::ImageFolder {
+    for (class, (name, count)) in counts.iter().enumerate() {
+        let class_dir = dir.join(name);
+        std::fs::create_dir_all(&class_dir).unwrap();
+        for n in 0..*count {
+            let img = RgbImage::from_fn(side, side, |x, _| {
+                if x < side / 2 {
+                    Rgb([40 * class as u8, (n * 7 % 256) as u8, 100])
+                } else {
+                    Rgb([40 * class as u8, 200, 9])
+                }
+            });
+            img.save(class_dir.join(format!("{n:03}.png"))).unwrap();
+        }
+    }
+    genie::warm::ImageFolder::scan(dir).unwrap()
+}
+
+/// Training items of a folder: small thumbnails that remember their file.
+fn folder_items(folder: &genie::warm::ImageFolder) -> Vec<ImageDatasetItem> {
+    folder
+        .images
+        .iter()
+        .map(|(path, label)| {
+            let img = genie::image_io::open_rgb(path).unwrap();
+            let thumb = genie::image_io::resize_center_crop(&img, 4).unwrap();
+            image_item(&thumb, *label, path.display().to_string())
+        })
+        .collect()
+}
+
+/// A pre-warm plan and training are one plan: after `build_plan` and a pre-warm of exactly
+/// its keys, training with the generator off mixes only cache hits, and uses every pair.
+#[test]
+fn a_loaded_plan_is_exactly_what_training_mixes_from_a_pre_warmed_cache() {
+    use genie::policy::SourceStrategy;
+    use genie::warm::{build_plan, plan_pairs, PlanMode, PlanOptions};
+    let dir = tempfile::tempdir().unwrap();
+    let folder = image_folder(
+        dir.path(),
+        &[("alpha", 30), ("beta", 24), ("delta", 12), ("gamma", 4)],
+        16,
+    );
+    let keys = KeySpace::new(fingerprint(), SIDE, folder.classes.clone());
+    let options = PlanOptions {
+        mode: PlanMode::LongTail,
+        levels: NoiseLevel::ADA_SWEEP.to_vec(),
+        per_class: Some(6),
+        sources: SourceStrategy::Uniform,
+        confusion: None,
+        variants: 1,
+        seed: 3,
+    };
+    let (entries, _) = build_plan(&folder, &options, &keys).unwrap();
+    let pairs = plan_pairs(&entries);
+    assert_eq!(pairs.len(), 12, "two Few classes, six each");
+
+    // Pre-warm exactly the plan, as `genie warm run` does.
+    let cache = memory_cache(1 << 20);
+    let generator = open_generator(Arc::clone(&cache), 256);
+    for p in &pairs {
+        let source = keys
+            .source(&genie::image_io::open_rgb(&p.source).unwrap())
+            .unwrap();
+        let target = keys.class_index(&p.target).unwrap();
+        let levels = p.levels.iter().map(|&(l, _)| l).collect();
+        let request = keys.request(
+            source,
+            target,
+            levels,
+            p.seed,
+            genie::generator::Priority::Prewarm,
+        );
+        generator.request(request).unwrap();
+    }
+    Arc::into_inner(generator)
+        .unwrap()
+        .shutdown(Shutdown::Drain);
+    for e in &entries {
+        assert!(cache.contains(&e.key).unwrap(), "{} was pre-warmed", e.key);
+    }
+
+    // Training: thumbnails of the same files, no generator.
+    let items = folder_items(&folder);
+    let stats = ClassStats::from_labels(folder.labels(), folder.classes.len()).unwrap();
+    let policy = Policy::long_tail(stats, PolicyConfig::long_tail()).unwrap();
+    let augmenter = Arc::new(
+        Augmenter::new(policy, keys.clone(), Arc::clone(&cache), None, config(true))
+            .unwrap()
+            .with_plan(&pairs)
+            .unwrap(),
+    );
+    let batcher = GenieBatcher::new(Identity, Arc::clone(&augmenter));
+    let planned: std::collections::HashSet<String> =
+        entries.iter().map(|e| e.key.to_string()).collect();
+    let device = Device::default();
+    let mut mixed = 0;
+    for epoch in 0..4 {
+        // A fixed shuffle per epoch.
+        let mut order: Vec<usize> = (0..items.len()).collect();
+        order.rotate_left(epoch * 17 % items.len());
+        for chunk in order.chunks(16) {
+            let batch = chunk.iter().map(|&i| items[i].clone()).collect();
+            for out in batcher.batch(batch, &device) {
+                if out.is_generated() {
+                    let key = &out.image_path[genie::loader::GENERATED_PATH_PREFIX.len()..];
+                    assert!(planned.contains(key), "{key} is not in the plan");
+                    mixed += 1;
+                }
+            }
+        }
+    }
+    let stats = augmenter.stats();
+    assert_eq!(stats.planned, 12);
+    assert_eq!(stats.pairs, 12, "every planned pair started: {stats:?}");
+    assert_eq!(stats.lookups_failed, 0, "every mix was a cache hit");
+    assert_eq!(stats.mixed, mixed as u64);
+    for id in 0..stats.pairs {
+        assert!(augmenter.uses(id) >= 1, "pair {id} was never mixed");
+    }
+    augmenter.with_policy(|p| {
+        let targets: Vec<&str> = p
+            .targets()
+            .iter()
+            .map(|&t| folder.classes[t].as_str())
+            .collect();
+        assert_eq!(targets, ["delta", "gamma"]);
+    });
+
+    // The plan must fit this run: other levels, or another engine, are errors up front.
+    let fixed_only = || {
+        Augmenter::<ImageDatasetItem>::new(
+            Policy::long_tail(
+                ClassStats::from_labels(folder.labels(), 4).unwrap(),
+                PolicyConfig::long_tail(),
+            )
+            .unwrap(),
+            keys.clone(),
+            Arc::clone(&cache),
+            None,
+            config(true),
+        )
+        .unwrap()
+    };
+    let eight_only: Vec<_> = entries
+        .iter()
+        .filter(|e| e.r == NoiseLevel::GENIE_DEFAULT)
+        .cloned()
+        .collect();
+    let err = fixed_only()
+        .with_plan(&plan_pairs(&eight_only))
+        .err()
+        .unwrap();
+    assert!(
+        matches!(err, genie::loader::AugmenterError::PlanLevel { .. }),
+        "{err}"
+    );
+    let other_engine = KeySpace::new(
+        EngineFingerprint {
+            steps: 2,
+            ..fingerprint()
+        },
+        SIDE,
+        folder.classes.clone(),
+    );
+    let err = Augmenter::<ImageDatasetItem>::new(
+        Policy::long_tail(
+            ClassStats::from_labels(folder.labels(), 4).unwrap(),
+            PolicyConfig::long_tail(),
+        )
+        .unwrap(),
+        other_engine,
+        cache,
+        None,
+        config(true),
+    )
+    .unwrap()
+    .with_plan(&pairs)
+    .err()
+    .unwrap();
+    assert!(
+        matches!(err, genie::loader::AugmenterError::PlanKey { .. }),
+        "{err}"
+    );
+}
+
+/// Diffusion starts from the item's original file, not its small training copy: the pair's
+/// key hashes the original resized to the engine's size.
+#[test]
+fn sources_are_read_from_the_original_file_at_full_resolution() {
+    let dir = tempfile::tempdir().unwrap();
+    let folder = image_folder(dir.path(), &[("alpha", 30), ("beta", 3)], 64);
+    let items = folder_items(&folder);
+    let keys = KeySpace::new(fingerprint(), SIDE, folder.classes.clone());
+    let cache = memory_cache(1 << 20);
+    let generator = open_generator(Arc::clone(&cache), 64);
+    let stats = ClassStats::from_labels(folder.labels(), 2).unwrap();
+    let augmenter = Arc::new(
+        Augmenter::new(
+            Policy::long_tail(stats, PolicyConfig::long_tail()).unwrap(),
+            keys.clone(),
+            cache,
+            Some(generator),
+            config(false),
+        )
+        .unwrap(),
+    );
+    let batcher = GenieBatcher::new(Identity, Arc::clone(&augmenter));
+    batcher.batch(items[..16].to_vec(), &Device::default());
+    let pairs = augmenter.with_policy(|p| p.pairs().to_vec());
+    assert!(!pairs.is_empty());
+    for pair in pairs {
+        let item = items
+            .iter()
+            .find(|i| {
+                keys.source(
+                    &genie::image_io::open_rgb(std::path::Path::new(&i.image_path)).unwrap(),
+                )
+                .unwrap()
+                .hash
+                    == pair.source_hash
+            })
+            .expect("the pair's source hash is an original file's, at the engine's size");
+        let thumb = keys.source(&item.rgb().unwrap()).unwrap();
+        assert_ne!(thumb.hash, pair.source_hash, "not the upscaled thumbnail");
+    }
 }

@@ -39,20 +39,24 @@ fn register_stops_at_the_quota_and_refuses_duplicates() {
         ..PolicyConfig::long_tail()
     };
     let mut policy = Policy::long_tail(long_tail_stats(), config).unwrap();
-    assert!(policy.register(0, 9, hash(1)).is_some());
-    assert_eq!(policy.register(0, 9, hash(1)), None, "duplicate pair");
-    assert!(policy.register(1, 9, hash(2)).is_some());
-    assert!(policy.register(2, 9, hash(3)).is_some());
-    assert_eq!(policy.register(3, 9, hash(4)), None, "quota full");
+    assert!(policy.register(0, 9, hash(1), 0).is_some());
+    assert_eq!(policy.register(0, 9, hash(1), 0), None, "duplicate pair");
+    assert!(policy.register(1, 9, hash(2), 0).is_some());
+    assert!(policy.register(2, 9, hash(3), 0).is_some());
+    assert_eq!(policy.register(3, 9, hash(4), 0), None, "quota full");
     assert_eq!(policy.pairs_of(9).len(), 3);
     assert_eq!(
-        policy.register(0, 2, hash(5)),
+        policy.register(0, 2, hash(5), 0),
         None,
         "class 2 is not a target"
     );
-    assert_eq!(policy.register(9, 9, hash(6)), None, "source equals target");
+    assert_eq!(
+        policy.register(9, 9, hash(6), 0),
+        None,
+        "source equals target"
+    );
     // The same image may serve another target.
-    assert!(policy.register(0, 8, hash(1)).is_some());
+    assert!(policy.register(0, 8, hash(1), 0).is_some());
     // A full target is no longer proposed.
     assert!(!policy.targets_for_source(0, None).contains(&9));
     assert!(policy.targets_for_source(0, None).contains(&8));
@@ -99,17 +103,25 @@ fn top_k_sources_follow_a_planted_confusion_matrix() {
             if p.target == 9 {
                 seen.insert(labels[p.index]);
             }
-            policy.register(labels[p.index], p.target, hash(round * 1000 + p.index));
+            policy.register(labels[p.index], p.target, hash(round * 1000 + p.index), 0);
         }
     }
     assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![0, 3, 5, 6]);
 }
 
+/// The paper's long-tail policy with mixing limited by the batch fraction only.
+fn unlimited() -> PolicyConfig {
+    PolicyConfig {
+        uses_per_epoch: None,
+        ..PolicyConfig::long_tail()
+    }
+}
+
 #[test]
 fn mixing_respects_the_fraction_and_keeps_the_batch_size() {
-    let mut policy = Policy::long_tail(long_tail_stats(), PolicyConfig::long_tail()).unwrap();
+    let mut policy = Policy::long_tail(long_tail_stats(), unlimited()).unwrap();
     let pairs: Vec<usize> = (0..12)
-        .filter_map(|i| policy.register(i % 7, 7 + i % 3, hash(i)))
+        .filter_map(|i| policy.register(i % 7, 7 + i % 3, hash(i), 0))
         .collect();
     assert_eq!(pairs.len(), 12);
     // A batch dominated by class 0, with a few of classes 1 and 9.
@@ -146,11 +158,11 @@ fn mixing_respects_the_fraction_and_keeps_the_batch_size() {
 fn replacement_takes_target_items_last_and_append_mode_replaces_nothing() {
     let config = PolicyConfig {
         mix_fraction: 0.5,
-        ..PolicyConfig::long_tail()
+        ..unlimited()
     };
     let mut policy = Policy::long_tail(long_tail_stats(), config.clone()).unwrap();
     let pairs: Vec<usize> = (0..4)
-        .filter_map(|i| policy.register(0, 9, hash(i)))
+        .filter_map(|i| policy.register(0, 9, hash(i), 0))
         .collect();
     let labels = vec![9, 9, 9, 9, 9, 1, 2, 3];
     let plan = policy.plan_mix(&labels, &pairs);
@@ -165,7 +177,7 @@ fn replacement_takes_target_items_last_and_append_mode_replaces_nothing() {
     )
     .unwrap();
     let pairs: Vec<usize> = (0..4)
-        .filter_map(|i| policy.register(0, 9, hash(i)))
+        .filter_map(|i| policy.register(0, 9, hash(i), 0))
         .collect();
     let plan = policy.plan_mix(&labels, &pairs);
     assert!(plan.replace.is_empty());
@@ -184,10 +196,10 @@ fn offline_plan_follows_quotas_and_is_deterministic() {
     let policy = Policy::long_tail(stats.clone(), PolicyConfig::long_tail()).unwrap();
     let plan = policy.offline_plan(&labels, None);
     for t in [7, 8, 9] {
-        let mine: Vec<_> = plan.iter().filter(|(_, target)| *target == t).collect();
+        let mine: Vec<_> = plan.iter().filter(|(_, target, _)| *target == t).collect();
         assert_eq!(mine.len(), 50);
-        assert!(mine.iter().all(|(i, _)| labels[*i] != t));
-        let distinct: std::collections::HashSet<_> = mine.iter().map(|(i, _)| i).collect();
+        assert!(mine.iter().all(|(i, _, v)| labels[*i] != t && *v == 0));
+        let distinct: std::collections::HashSet<_> = mine.iter().map(|(i, _, _)| i).collect();
         assert_eq!(distinct.len(), 50);
     }
     assert_eq!(plan, policy.offline_plan(&labels, None));
@@ -212,6 +224,113 @@ fn bad_configuration_is_a_typed_error() {
         ..PolicyConfig::long_tail()
     };
     assert!(Policy::long_tail(long_tail_stats(), zero_k).is_err());
+    for rate in [0.0, -1.0, f64::NAN, f64::INFINITY] {
+        let bad = PolicyConfig {
+            uses_per_epoch: Some(rate),
+            ..PolicyConfig::long_tail()
+        };
+        assert!(Policy::long_tail(long_tail_stats(), bad).is_err(), "{rate}");
+    }
+    let no_variants = PolicyConfig {
+        variants: 0,
+        ..PolicyConfig::long_tail()
+    };
+    assert!(Policy::long_tail(long_tail_stats(), no_variants).is_err());
+}
+
+#[test]
+fn variants_count_towards_the_quota_and_are_distinct_pairs() {
+    let config = PolicyConfig {
+        per_target: 5,
+        variants: 2,
+        ..PolicyConfig::long_tail()
+    };
+    let mut policy = Policy::long_tail(long_tail_stats(), config.clone()).unwrap();
+    assert!(policy.register(0, 9, hash(1), 0).is_some());
+    assert!(
+        policy.register(0, 9, hash(1), 1).is_some(),
+        "a second variant"
+    );
+    assert_eq!(
+        policy.register(0, 9, hash(1), 1),
+        None,
+        "the same variant twice"
+    );
+    let labels: Vec<usize> = long_tail_stats()
+        .counts()
+        .iter()
+        .enumerate()
+        .flat_map(|(c, &n)| std::iter::repeat_n(c, n))
+        .collect();
+    let plan = Policy::long_tail(long_tail_stats(), config)
+        .unwrap()
+        .offline_plan(&labels, None);
+    let mine: Vec<_> = plan.iter().filter(|p| p.1 == 9).collect();
+    assert_eq!(
+        mine.len(),
+        5,
+        "the quota counts hard negatives, not sources"
+    );
+    let sources: std::collections::BTreeSet<_> = mine.iter().map(|p| p.0).collect();
+    assert_eq!(
+        sources.len(),
+        3,
+        "two variants of two sources, one of a third"
+    );
+    assert_eq!(mine.iter().filter(|p| p.2 == 1).count(), 2);
+}
+
+/// Few images ready, many batches: each is mixed at the configured rate per epoch, not in
+/// every batch.
+#[test]
+fn few_ready_hard_negatives_are_mixed_at_the_configured_rate() {
+    let labels = shuffled_epoch(3);
+    let epoch = labels.len();
+    for rate in [1.0, 2.0, 0.5] {
+        let config = PolicyConfig {
+            uses_per_epoch: Some(rate),
+            ..PolicyConfig::long_tail()
+        };
+        let mut policy = Policy::long_tail(long_tail_stats(), config).unwrap();
+        assert_eq!(policy.items_per_epoch(), epoch as u64);
+        let ready: Vec<usize> = (0..3)
+            .filter_map(|i| policy.register(0, 9, hash(i), 0))
+            .collect();
+        let epochs = 6;
+        let mut per_epoch = vec![vec![0u64; ready.len()]; epochs];
+        for uses in per_epoch.iter_mut() {
+            for batch in labels.chunks(32) {
+                policy.observe(batch.iter().copied());
+                for id in policy.plan_mix(batch, &ready).insert {
+                    uses[id] += 1;
+                }
+            }
+        }
+        let cap = rate.ceil() as u64;
+        for (e, uses) in per_epoch.iter().enumerate() {
+            assert!(
+                uses.iter().all(|&n| n <= cap),
+                "rate {rate}, epoch {e}: {uses:?}"
+            );
+        }
+        let total: u64 = ready.iter().map(|&id| policy.uses(id)).sum();
+        let expected = (rate * epochs as f64 * ready.len() as f64) as u64;
+        assert!(
+            total + ready.len() as u64 >= expected && total <= expected + ready.len() as u64,
+            "rate {rate}: {total} uses in {epochs} epochs of {} images",
+            ready.len()
+        );
+    }
+    // Without a rate, a few ready images fill every batch's budget.
+    let mut policy = Policy::long_tail(long_tail_stats(), unlimited()).unwrap();
+    let ready: Vec<usize> = (0..3)
+        .filter_map(|i| policy.register(0, 9, hash(i), 0))
+        .collect();
+    for batch in labels.chunks(32) {
+        policy.observe(batch.iter().copied());
+        policy.plan_mix(batch, &ready);
+    }
+    assert!(policy.uses(ready[0]) > 10);
 }
 
 /// The labels of a shuffled epoch of `long_tail_stats()`.
@@ -272,7 +391,7 @@ fn targets_counted_from_batches_wait_for_one_epoch_then_match_the_dataset_statis
             online.propose(batch, None).is_empty(),
             "no pairs before the statistics are known"
         );
-        assert_eq!(online.register(0, 9, hash(1)), None);
+        assert_eq!(online.register(0, 9, hash(1), 0), None);
     }
     online.observe(last.iter().copied());
     assert!(online.targets_decided());
@@ -285,7 +404,7 @@ fn targets_counted_from_batches_wait_for_one_epoch_then_match_the_dataset_statis
     assert_eq!(online.batch_counts().seen[9], 105);
     assert_eq!(online.stats().count(9), 5);
     assert!(!online.propose(&labels[..64], None).is_empty());
-    assert!(online.register(0, 9, hash(1)).is_some());
+    assert!(online.register(0, 9, hash(1), 0).is_some());
 }
 
 #[test]
@@ -314,10 +433,10 @@ fn mixing_plans_keep_least_used_first_and_spread_on_random_histories() {
     };
     let mut spread_checked = 0;
     for case in 0..400 {
-        let mut policy = Policy::long_tail(long_tail_stats(), PolicyConfig::long_tail()).unwrap();
+        let mut policy = Policy::long_tail(long_tail_stats(), unlimited()).unwrap();
         let n_pairs = 1 + next(150);
         let pairs: Vec<usize> = (0..n_pairs)
-            .filter_map(|i| policy.register(i % 7, 7 + next(3), hash(case * 1000 + i)))
+            .filter_map(|i| policy.register(i % 7, 7 + next(3), hash(case * 1000 + i), 0))
             .collect();
         let labels = vec![0; 8 + next(56)];
         let budget = labels.len() / 4;

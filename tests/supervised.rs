@@ -1,5 +1,6 @@
-//! GenieBatcher and ConfusionMetric inside burn's own `SupervisedTraining` loop: the wrapper is a
-//! drop-in batcher, and the metric alone feeds the confusion matrix the policy reads.
+//! GenieBatcher, ConfusionMetric and GeNIe-Ada inside burn's own `SupervisedTraining` loop: the
+//! wrapper is a drop-in batcher, the metric alone feeds the confusion matrix the policy reads,
+//! and `Observed` shows every optimiser step to the live model.
 
 use std::sync::Arc;
 
@@ -17,7 +18,8 @@ use burn::train::{
 use burn_dataset::vision::ImageDatasetItem;
 use genie::cache::{Cache, CacheKey, EntryMeta, MemoryStore};
 use genie::loader::{
-    image_item, Augmenter, AugmenterConfig, ConfusionMetric, GenieBatcher, GenieItem, KeySpace,
+    image_item, Augmenter, AugmenterConfig, ConfusionMetric, FeatureExtractor, GenieBatcher,
+    GenieItem, KeySpace, LiveConfig, LiveModel, Observed,
 };
 use genie::policy::{ClassStats, Policy, PolicyConfig, SharedConfusion};
 use genie::{EngineFingerprint, NoiseLevel};
@@ -102,8 +104,8 @@ fn item(class: usize, n: usize) -> ImageDatasetItem {
     image_item(&img, class, format!("{class}/{n}"))
 }
 
-#[test]
-fn supervised_training_with_genie_batcher_and_confusion_metric() {
+/// The run's key space and its training items: classes a (40), b (30) and c (5, the Few one).
+fn setup() -> (KeySpace, Vec<ImageDatasetItem>) {
     let counts = [40usize, 30, 5];
     let items: Vec<_> = counts
         .iter()
@@ -120,35 +122,71 @@ fn supervised_training_with_genie_batcher_and_confusion_metric() {
         dtype: "f32".into(),
         algorithm_version: 1,
     };
-    let keys = KeySpace::new(fingerprint, SIDE, names);
-    // Pre-warm the cache with a hard negative (target c) for every item of a and b.
+    (KeySpace::new(fingerprint, SIDE, names), items)
+}
+
+/// Pre-warms a hard negative of target c at each of `levels` for every item of a and b: a
+/// flat colour per level.
+fn prewarm(
+    keys: &KeySpace,
+    items: &[ImageDatasetItem],
+    seed: u64,
+    levels: &[NoiseLevel],
+) -> Arc<Cache> {
     let cache = Arc::new(Cache::new(Arc::new(MemoryStore::new()), 1 << 20));
+    for it in items.iter().filter(|i| i.label() != Some(2)) {
+        let source = keys.source(&it.rgb().unwrap()).unwrap();
+        let pair_seed = keys.pair_seed(seed, source.hash, 2, 0);
+        for &level in levels {
+            let key: CacheKey = keys.key(source.hash, 2, level, pair_seed);
+            let meta = EntryMeta {
+                target: "c".into(),
+                prompt: keys.prompt(2),
+                level,
+                seed: pair_seed,
+                source: None,
+                fingerprint: keys.fingerprint().clone(),
+                width: 0,
+                height: 0,
+            };
+            let shade = (level.thousandths() / 4) as u8;
+            let image = RgbImage::from_pixel(SIDE, SIDE, Rgb([250 - shade, 20, shade]));
+            cache.put_image(&key, &image, meta).unwrap();
+        }
+    }
+    cache
+}
+
+fn loaders(
+    augmenter: &Arc<Augmenter<ImageDatasetItem>>,
+    items: &[ImageDatasetItem],
+    device: &Device,
+) -> (
+    Arc<dyn burn::data::dataloader::DataLoader<Batch>>,
+    Arc<dyn burn::data::dataloader::DataLoader<Batch>>,
+) {
+    let train = DataLoaderBuilder::new(GenieBatcher::new(Flatten, Arc::clone(augmenter)))
+        .batch_size(8)
+        .shuffle(1)
+        .set_device(device.clone())
+        .build(InMemDataset::new(items.to_vec()));
+    let valid = DataLoaderBuilder::new(Flatten)
+        .batch_size(8)
+        .set_device(device.clone())
+        .build(InMemDataset::new(items.to_vec()));
+    (train, valid)
+}
+
+#[test]
+fn supervised_training_with_genie_batcher_and_confusion_metric() {
+    let (keys, items) = setup();
     let config = PolicyConfig {
         per_target: 20,
         ..PolicyConfig::long_tail()
     };
-    for it in items.iter().filter(|i| i.label() != Some(2)) {
-        let source = keys.source(&it.rgb().unwrap()).unwrap();
-        let key: CacheKey = keys.key(source.hash, 2, NoiseLevel::GENIE_DEFAULT, config.seed);
-        let meta = EntryMeta {
-            target: "c".into(),
-            prompt: keys.prompt(2),
-            level: NoiseLevel::GENIE_DEFAULT,
-            seed: config.seed,
-            source: None,
-            fingerprint: keys.fingerprint().clone(),
-            width: 0,
-            height: 0,
-        };
-        cache
-            .put_image(
-                &key,
-                &RgbImage::from_pixel(SIDE, SIDE, Rgb([0, 0, 200])),
-                meta,
-            )
-            .unwrap();
-    }
-    let stats = ClassStats::from_counts(counts.to_vec());
+    // Pre-warm the cache with a hard negative (target c) for every item of a and b.
+    let cache = prewarm(&keys, &items, config.seed, &[NoiseLevel::GENIE_DEFAULT]);
+    let stats = ClassStats::from_counts(vec![40, 30, 5]);
     let policy = Policy::long_tail(stats, config).unwrap();
     assert_eq!(policy.targets(), vec![2]);
     let confusion = SharedConfusion::new(3);
@@ -168,15 +206,7 @@ fn supervised_training_with_genie_batcher_and_confusion_metric() {
     );
 
     let device = Device::flex().autodiff();
-    let train = DataLoaderBuilder::new(GenieBatcher::new(Flatten, Arc::clone(&augmenter)))
-        .batch_size(8)
-        .shuffle(1)
-        .set_device(device.clone())
-        .build(InMemDataset::new(items.clone()));
-    let valid = DataLoaderBuilder::new(Flatten)
-        .batch_size(8)
-        .set_device(device.clone())
-        .build(InMemDataset::new(items.clone()));
+    let (train, valid) = loaders(&augmenter, &items, &device);
     let model = Probe {
         linear: LinearConfig::new((SIDE * SIDE * 3) as usize, 3).init(&device),
     };
@@ -196,4 +226,79 @@ fn supervised_training_with_genie_batcher_and_confusion_metric() {
     // The metric saw every training item of both epochs (hard negatives included).
     let total = confusion.snapshot().total();
     assert_eq!(total as usize, 2 * items.len(), "confusion total {total}");
+}
+
+/// GeNIe-Ada's view of the probe: its logits for the flattened item.
+struct Logits;
+
+impl FeatureExtractor<Probe, ImageDatasetItem> for Logits {
+    fn embed(&self, model: &Probe, items: Vec<ImageDatasetItem>) -> Tensor<2> {
+        let device = Device::flex();
+        model.linear.forward(Flatten.batch(items, &device).inputs)
+    }
+}
+
+/// With the model wrapped in `Observed`, burn's own loop feeds GeNIe-Ada: no hand-written loop.
+#[test]
+fn supervised_training_runs_genie_ada_through_the_observed_model() {
+    let (keys, items) = setup();
+    let config = PolicyConfig {
+        per_target: 12,
+        ..PolicyConfig::long_tail()
+    };
+    let cache = prewarm(&keys, &items, config.seed, &NoiseLevel::ADA_SWEEP);
+    let policy = Policy::long_tail(ClassStats::from_counts(vec![40, 30, 5]), config).unwrap();
+    let augmenter =
+        Arc::new(Augmenter::new(policy, keys, cache, None, AugmenterConfig::default()).unwrap());
+    assert!(augmenter.config().ada);
+    let live = Arc::new(
+        LiveModel::start(
+            Arc::clone(&augmenter),
+            Logits,
+            LiveConfig {
+                every: 1,
+                ..LiveConfig::default()
+            },
+        )
+        .unwrap(),
+    );
+    let device = Device::flex().autodiff();
+    let (train, valid) = loaders(&augmenter, &items, &device);
+    let model = Probe {
+        linear: LinearConfig::new((SIDE * SIDE * 3) as usize, 3).init(&device),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let result = SupervisedTraining::new(dir.path(), train, valid)
+        .num_epochs(3)
+        .launch(Learner::new(
+            Observed::new(model, &live),
+            AdamConfig::new().init(),
+            1e-2,
+        ));
+    let _trained: Probe = result.model.into_inner();
+
+    // Every optimiser step was shown to the live model.
+    assert!(live.version() >= 3 * 10, "{:?}", live.stats());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while augmenter.stats().ada_choices == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no pair was scored: {:?} {:?}",
+            live.stats(),
+            augmenter.stats()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(live.stats().scored > 0);
+    // Each choice is filed in the cache under its pair's key.
+    let records = augmenter.ada_records();
+    assert!(!records.is_empty());
+    for (id, record) in records.iter().filter(|(_, r)| r.level.is_some()) {
+        let key = augmenter.pair_record_key(*id).unwrap();
+        let filed = augmenter.cache().ada_choice(&key).unwrap();
+        let filed = filed.expect("a scored pair's choice is in the cache");
+        assert!(filed.model_version <= live.version());
+        assert!(filed.chosen_level().is_some());
+        let _ = record;
+    }
 }

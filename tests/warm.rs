@@ -81,6 +81,7 @@ mod planning {
             per_class,
             sources: SourceStrategy::Uniform,
             confusion: None,
+            variants: 1,
             seed: 0,
         }
     }
@@ -111,14 +112,78 @@ mod planning {
         let (again, _) =
             build_plan(&folder, &options(PlanMode::LongTail, Some(100)), &keys).unwrap();
         assert_eq!(again, entries);
-        // A key is the online key of the same source, target, level and seed.
+        // A key is the online key of the same source, target, level and derived seed.
         let e = &triangle[0];
         let img = genie::image_io::load_source(&e.source, 16).unwrap();
         let source = keys.source(&img).unwrap();
+        let t = folder.class_index("triangle").unwrap();
+        assert_eq!(source.hash, e.source_hash);
+        assert_eq!(e.seed, keys.pair_seed(0, source.hash, t, 0));
+        assert_eq!(keys.key(source.hash, t, e.r, e.seed), e.key);
+        // Fresh noise per (source, target): every source of a target has its own seed, and
+        // the levels of one pair share theirs.
+        let mut seeds = std::collections::HashMap::new();
+        for e in &triangle {
+            let first = *seeds.entry(e.source.clone()).or_insert(e.seed);
+            assert_eq!(first, e.seed, "the levels of one pair share one seed");
+        }
+        let distinct: std::collections::HashSet<u64> = seeds.values().copied().collect();
         assert_eq!(
-            keys.key(source.hash, folder.class_index("triangle").unwrap(), e.r, 0),
-            e.key
+            distinct.len(),
+            seeds.len(),
+            "two sources of one target share a seed"
         );
+    }
+
+    /// The same dataset, policy and seed give the same pairs and keys whether planned for a
+    /// pre-warm or by `OfflinePlan` on the training side.
+    #[test]
+    fn a_pre_warm_plan_and_the_offline_plan_choose_the_same_pairs() {
+        use burn::data::dataset::InMemDataset;
+        use genie::loader::{image_item, OfflinePlan};
+        use genie::policy::{ClassStats, Policy, PolicyConfig};
+        let dir = tempfile::tempdir().unwrap();
+        write_class(dir.path(), 0, "circle", 30);
+        write_class(dir.path(), 1, "square", 25);
+        write_class(dir.path(), 2, "triangle", 6);
+        let folder = ImageFolder::scan(dir.path()).unwrap();
+        let keys = keys(&folder);
+        let levels = vec![NoiseLevel::GENIE_DEFAULT];
+        let plan_options = PlanOptions {
+            levels: levels.clone(),
+            seed: 9,
+            variants: 2,
+            ..options(PlanMode::LongTail, Some(7))
+        };
+        let (entries, _) = build_plan(&folder, &plan_options, &keys).unwrap();
+        let items: Vec<_> = folder
+            .images
+            .iter()
+            .map(|(path, label)| {
+                let img = genie::image_io::open_rgb(path).unwrap();
+                image_item(&img, *label, path.display().to_string())
+            })
+            .collect();
+        let dataset = InMemDataset::new(items);
+        let stats = ClassStats::from_labels(folder.labels(), folder.classes.len()).unwrap();
+        let policy = Policy::long_tail(
+            stats,
+            PolicyConfig {
+                per_target: 7,
+                sources: SourceStrategy::Uniform,
+                variants: 2,
+                seed: 9,
+                ..PolicyConfig::long_tail()
+            },
+        )
+        .unwrap();
+        let offline = OfflinePlan::new(&dataset, &policy, &keys, &levels, None).unwrap();
+        let mut planned: Vec<_> = entries.iter().map(|e| e.key).collect();
+        let mut trained: Vec<_> = offline.negatives.iter().map(|n| n.key).collect();
+        planned.sort();
+        trained.sort();
+        assert_eq!(planned.len(), 7);
+        assert_eq!(planned, trained);
     }
 
     #[test]

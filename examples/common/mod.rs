@@ -123,24 +123,60 @@ impl FeatureExtractor<Cnn, ImageDatasetItem> for Embeddings {
     }
 }
 
-/// The engine the examples use: Stable Diffusion from `weights`, or the tiny random model (whose
-/// images are noise, as the note printed here says), with `steps` denoising steps.
+/// Where the examples generate: the engine's devices (one generator worker each) and dtype.
+#[derive(clap::Args, Clone, Debug)]
+pub struct EngineArgs {
+    /// Diffusers-layout Stable Diffusion folder (default: the tiny random model).
+    #[arg(long)]
+    pub weights: Option<std::path::PathBuf>,
+    /// Diffusion steps N (the paper uses 50; fewer keeps the CPU run short).
+    #[arg(long, default_value_t = 10)]
+    pub steps: usize,
+    /// Devices the engine generates on, one worker each: cpu, or cuda:N with a CUDA build
+    /// (comma-separated, e.g. cuda:0,cuda:1).
+    #[arg(long, value_delimiter = ',', default_value = "cpu")]
+    pub device: Vec<String>,
+    /// f32, f16 or bf16 for the UNet and text encoder (f16/bf16 on a GPU).
+    #[arg(long, default_value = "f32")]
+    pub dtype: String,
+}
+
+/// The engine the examples use: Stable Diffusion from `--weights`, or the tiny random model
+/// (whose images are noise, as the note printed here says), on `--device` in `--dtype`; and the
+/// generator configuration with one worker per device.
 pub fn engine_factory(
-    weights: Option<&std::path::Path>,
-    steps: usize,
-) -> anyhow::Result<SdEngineFactory> {
+    args: &EngineArgs,
+) -> anyhow::Result<(SdEngineFactory, genie::generator::GeneratorConfig)> {
     // One engine worker shares the CPU with the training loop.
     diffusion::pin_cpu_threads();
-    let source = match weights {
-        Some(dir) => ModelSource::Local(dir.to_path_buf()),
+    let source = match &args.weights {
+        Some(dir) => ModelSource::Local(dir.clone()),
         None => {
             println!("note: the tiny engine has random weights; its hard negatives are noise (use --weights for Stable Diffusion)");
             ModelSource::Local(tiny::ensure_tiny_model(&tiny::default_tiny_dir())?)
         }
     };
+    let first = args.device.first().map_or("cpu", String::as_str);
     let options = EngineOptions {
-        steps,
+        steps: args.steps,
+        device: diffusion::parse_device(first)?,
+        dtype: diffusion::parse_dtype(&args.dtype)?,
         ..EngineOptions::default()
     };
-    Ok(SdEngineFactory::new(source, options)?)
+    // Check every device now, not in a worker thread later.
+    for d in &args.device {
+        diffusion::parse_device(d)?;
+    }
+    println!(
+        "devices: training on the CPU (burn flex); generating on {} ({}, {} worker{})",
+        args.device.join(", "),
+        args.dtype,
+        args.device.len(),
+        if args.device.len() == 1 { "" } else { "s" }
+    );
+    let config = genie::generator::GeneratorConfig {
+        devices: args.device.clone(),
+        ..genie::generator::GeneratorConfig::default()
+    };
+    Ok((SdEngineFactory::new(source, options)?, config))
 }

@@ -123,16 +123,23 @@ struct SheetArgs {
     /// The source image, as it was given to generate or warm run.
     #[arg(long, value_name = "IMG")]
     source: PathBuf,
-    /// The target class name.
+    /// The target class (with --class-names: its id).
     #[arg(long)]
     target: String,
+    /// The class-name file the hard negatives were generated with.
+    #[arg(long, value_name = "FILE")]
+    class_names: Option<PathBuf>,
     #[arg(long)]
     superclass: Option<String>,
     /// Noise levels to show, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.6,0.7,0.8,0.9", value_parser = parse_level)]
     levels: Vec<NoiseLevel>,
+    /// The run seed the hard negatives were generated with.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Which variant of the pair to show.
+    #[arg(long, default_value_t = 0)]
+    variant: u32,
     /// Tile side in pixels.
     #[arg(long, default_value_t = 256)]
     tile: u32,
@@ -198,6 +205,15 @@ struct WarmPlanArgs {
     /// Optional superclass: "a photo of a {target}, a type of {superclass}."
     #[arg(long)]
     superclass: Option<String>,
+    /// A class-name file (`n01440764 tench` lines, or CSV `folder,name[,superclass]`): folder
+    /// names stay the labels, prompts say the names.
+    #[arg(long, value_name = "FILE")]
+    class_names: Option<PathBuf>,
+    /// Hard negatives per (source, target), each from its own noise (they count towards the
+    /// quota).
+    #[arg(long, default_value_t = 1)]
+    variants: u32,
+    /// The run seed; each (source, target, variant) draws its own noise from it.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// The plan file to write (JSON Lines, sorted by key).
@@ -297,29 +313,32 @@ struct GenerateArgs {
     #[command(flatten)]
     model: ModelArgs,
     /// A source image (any common format; resized and center-cropped to the model's size).
-    #[arg(
-        long,
-        value_name = "IMG",
-        required_unless_present = "source_dir",
-        conflicts_with = "source_dir"
-    )]
+    /// Not needed when every level is 1 (text-to-image).
+    #[arg(long, value_name = "IMG", conflicts_with = "source_dir")]
     source: Option<PathBuf>,
     /// Every image in this folder (not recursive) is a source.
     #[arg(long, value_name = "DIR")]
     source_dir: Option<PathBuf>,
-    /// The target class name, as it goes into the prompt.
+    /// The target class, as it goes into the prompt (with --class-names: its id).
     #[arg(long, required_unless_present = "targets", conflicts_with = "targets")]
     target: Option<String>,
     /// Several target classes, comma-separated.
     #[arg(long, value_delimiter = ',')]
     targets: Option<Vec<String>>,
+    /// A class-name file (`n01440764 tench` lines, or CSV `id,name[,superclass]`): the targets
+    /// are ids, the prompts say their names.
+    #[arg(long, value_name = "FILE")]
+    class_names: Option<PathBuf>,
     /// Optional superclass: "a photo of a {target}, a type of {superclass}."
     #[arg(long)]
     superclass: Option<String>,
     /// Noise levels r in (0, 1], comma-separated; 1 is text-to-image.
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.6,0.7,0.8,0.9", value_parser = parse_level)]
     levels: Vec<NoiseLevel>,
-    /// Seed of the initial noise.
+    /// Hard negatives per (source, target), each from its own noise: rNNNN-vK.png.
+    #[arg(long, default_value_t = 1)]
+    variants: u32,
+    /// The run seed; each (source, target, variant) draws its own noise from it.
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Initial noise: a safetensors file with one tensor `noise` of shape [1, 4, size/8, size/8]
@@ -463,21 +482,54 @@ fn slug(name: &str) -> String {
     }
 }
 
-fn level_file(dir: &Path, level: NoiseLevel) -> PathBuf {
-    dir.join(format!("r{:04}.png", level.thousandths()))
+/// `DIR/rNNNN.png`, or `DIR/rNNNN-vK.png` when a pair has several variants.
+fn level_file(dir: &Path, level: NoiseLevel, variant: Option<u32>) -> PathBuf {
+    match variant {
+        None => dir.join(format!("r{:04}.png", level.thousandths())),
+        Some(v) => dir.join(format!("r{:04}-v{v}.png", level.thousandths())),
+    }
 }
 
-/// One (source, target) pair and where its images go.
+/// The class-name file of `--class-names`, if given.
+fn read_class_names(path: Option<&Path>) -> Result<Option<genie::classes::ClassNames>> {
+    path.map(genie::classes::ClassNames::read)
+        .transpose()
+        .map_err(Into::into)
+}
+
+/// Folder names for `names`, refusing two that would share a folder (and overwrite each
+/// other's images) before anything is generated.
+fn unique_slugs<'a>(names: impl IntoIterator<Item = &'a str>, what: &str) -> Result<Vec<String>> {
+    let mut seen: std::collections::HashMap<String, &str> = Default::default();
+    let mut slugs = Vec::new();
+    for name in names {
+        let s = slug(name);
+        if let Some(first) = seen.insert(s.clone(), name) {
+            bail!(
+                "{what}s {first:?} and {name:?} would both be written to {s}/: rename one of them"
+            );
+        }
+        slugs.push(s);
+    }
+    Ok(slugs)
+}
+
+/// One (source, target, variant) and where its images go.
 struct Pair {
-    source: SourceImage,
-    target: String,
-    prompt: String,
+    source: Option<SourceImage>,
+    target: usize,
+    seed: u64,
     out: PathBuf,
+    /// The file-name suffix, when pairs have several variants.
+    variant: Option<u32>,
 }
 
 fn generate(args: GenerateArgs) -> Result<()> {
     if args.levels.is_empty() {
         bail!("--levels needs at least one level");
+    }
+    if args.variants == 0 {
+        bail!("--variants must be at least 1");
     }
     let targets: Vec<String> = match (&args.target, &args.targets) {
         (Some(t), _) => vec![t.trim().to_string()],
@@ -487,23 +539,45 @@ fn generate(args: GenerateArgs) -> Result<()> {
     if targets.iter().any(String::is_empty) {
         bail!("target names must not be empty");
     }
+    for (i, t) in targets.iter().enumerate() {
+        if targets[..i].contains(t) {
+            bail!("target {t:?} is given twice");
+        }
+    }
     if args.out.exists() && !args.out.is_dir() {
         bail!("--out {} exists and is not a folder", args.out.display());
     }
-    let source_files = match (&args.source, &args.source_dir) {
-        (Some(s), _) => vec![s.clone()],
-        (None, Some(dir)) => images_in(dir)?,
-        (None, None) => bail!("give --source IMG or --source-dir DIR"),
+    let text_only = args.levels.iter().all(|l| l.is_text_to_image());
+    let source_files: Vec<Option<PathBuf>> = match (&args.source, &args.source_dir) {
+        (Some(s), _) => vec![Some(s.clone())],
+        (None, Some(dir)) => images_in(dir)?.into_iter().map(Some).collect(),
+        (None, None) if text_only => vec![None],
+        (None, None) => {
+            bail!("give --source IMG or --source-dir DIR (text-to-image alone, --levels 1, needs none)")
+        }
     };
+    let names = read_class_names(args.class_names.as_deref())?;
+    let classes = genie::classes::classes_for(&targets, names.as_ref())?;
     // Everything that can fail on user input is checked before the first file is written.
-    let raw: Vec<image::RgbImage> = source_files
+    let raw: Vec<Option<image::RgbImage>> = source_files
         .iter()
-        .map(|p| image_io::open_rgb(p))
+        .map(|p| p.as_deref().map(image_io::open_rgb).transpose())
         .collect::<Result<_, _>>()?;
+    let single = source_files.len() == 1 && targets.len() == 1;
+    let stems: Vec<String> = source_files
+        .iter()
+        .map(|f| {
+            f.as_deref()
+                .and_then(Path::file_stem)
+                .map_or("text".into(), |s| s.to_string_lossy().to_string())
+        })
+        .collect();
+    let source_dirs = unique_slugs(stems.iter().map(String::as_str), "source")?;
+    let target_dirs = unique_slugs(classes.iter().map(|c| c.id.as_str()), "target")?;
     let source = model_source(&args.model)?;
     let opts = engine_options(&args.model)?;
     if let Some(noise) = &args.noise {
-        return generate_with_noise(&args, &raw[0], &targets[0], source, opts, noise);
+        return generate_with_noise(&args, raw[0].as_ref(), &classes[0], source, opts, noise);
     }
     let factory = Arc::new(
         SdEngineFactory::new(source.clone(), opts)
@@ -515,25 +589,34 @@ fn generate(args: GenerateArgs) -> Result<()> {
         .iter()
         .map(|&l| plan.level_start(l))
         .collect::<Result<Vec<_>, _>>()?;
-    let single = source_files.len() == 1 && targets.len() == 1;
-    let template = PromptTemplate::default();
+    let mut keys = genie::generator::KeySpace::with_classes(
+        plan.fingerprint.clone(),
+        plan.resolution,
+        classes,
+    );
+    if let Some(superclass) = &args.superclass {
+        keys = keys.with_superclass(superclass.clone());
+    }
     let mut pairs = Vec::new();
-    for (file, img) in source_files.iter().zip(&raw) {
-        let src = SourceImage::new(image_io::resize_center_crop(img, plan.resolution)?);
-        let stem = file
-            .file_stem()
-            .map_or("source".into(), |s| s.to_string_lossy().to_string());
-        for target in &targets {
-            pairs.push(Pair {
-                source: src.clone(),
-                target: target.clone(),
-                prompt: template.render(target, args.superclass.as_deref()),
-                out: if single {
-                    args.out.clone()
-                } else {
-                    args.out.join(slug(&stem)).join(slug(target))
-                },
-            });
+    for (img, dir) in raw.iter().zip(&source_dirs) {
+        let src = img
+            .as_ref()
+            .map(|i| image_io::resize_center_crop(i, plan.resolution).map(SourceImage::new))
+            .transpose()?;
+        for (target, target_dir) in target_dirs.iter().enumerate() {
+            for variant in 0..args.variants {
+                pairs.push(Pair {
+                    source: src.clone(),
+                    target,
+                    seed: keys.pair_seed(args.seed, src.as_ref().map(|s| s.hash), target, variant),
+                    out: if single {
+                        args.out.clone()
+                    } else {
+                        args.out.join(dir).join(target_dir)
+                    },
+                    variant: (args.variants > 1).then_some(variant),
+                });
+            }
         }
     }
 
@@ -549,13 +632,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         .expect("one of them is set");
     let cache = Arc::new(Cache::open_dir(cache_dir, 256 << 20)?);
     let key = |p: &Pair, level: NoiseLevel| {
-        CacheKey::new(&KeyInputs {
-            source: (!level.is_text_to_image()).then_some(p.source.hash),
-            prompt: &p.prompt,
-            level,
-            seed: args.seed,
-            fingerprint: &plan.fingerprint,
-        })
+        keys.key(p.source.as_ref().map(|s| s.hash), p.target, level, p.seed)
     };
     // `get_image` rather than `contains`: a hit is verified (a corrupt entry is quarantined and
     // becomes a miss) and its decoded image is what we write out.
@@ -571,7 +648,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         found.push(row);
     }
     if single {
-        eprintln!("prompt: {:?}", pairs[0].prompt);
+        eprintln!("prompt: {:?}", keys.prompt(0));
     }
 
     if misses > 0 {
@@ -599,14 +676,13 @@ fn generate(args: GenerateArgs) -> Result<()> {
             if levels.is_empty() {
                 continue;
             }
-            let receipt = generator.request(Request {
-                source: Some(p.source.clone()),
-                target: p.target.clone(),
-                prompt: p.prompt.clone(),
+            let receipt = generator.request(keys.request(
+                p.source.clone(),
+                p.target,
                 levels,
-                seed: args.seed,
-                priority: Priority::Online,
-            })?;
+                p.seed,
+                Priority::Online,
+            ))?;
             waiting.extend(receipt.levels.into_iter().map(|(_, k, _)| k));
         }
         let mut failures = Vec::new();
@@ -642,11 +718,11 @@ fn generate(args: GenerateArgs) -> Result<()> {
                 None => cache.get_image(&key(p, level))?.with_context(|| {
                     format!(
                         "the image of r = {level} for {:?} is not in the cache after generation",
-                        p.target
+                        keys.class_label(p.target)
                     )
                 })?,
             };
-            let path = level_file(&p.out, level);
+            let path = level_file(&p.out, level, p.variant);
             image_io::save_png_atomic(&img, &path)?;
             println!(
                 "{:>6}  {:>8}  {:>5}  {:<5}  {}",
@@ -664,8 +740,8 @@ fn generate(args: GenerateArgs) -> Result<()> {
 /// `--noise`: one source, one target, run directly on the engine (injected noise is not in a key).
 fn generate_with_noise(
     args: &GenerateArgs,
-    raw: &image::RgbImage,
-    target: &str,
+    raw: Option<&image::RgbImage>,
+    target: &genie::classes::ClassInfo,
     source: ModelSource,
     opts: EngineOptions,
     noise_file: &Path,
@@ -677,12 +753,15 @@ fn generate_with_noise(
         .iter()
         .map(|&l| engine.level_start(l))
         .collect::<Result<Vec<_>, _>>()?;
-    let src = image_io::resize_center_crop(raw, genie::Engine::resolution(&engine))?;
+    let src = raw
+        .map(|r| image_io::resize_center_crop(r, genie::Engine::resolution(&engine)))
+        .transpose()?;
     let noise = diffusion::load_noise_file(noise_file, engine.noise_shape())?;
-    let prompt = PromptTemplate::default().render(target, args.superclass.as_deref());
+    let superclass = target.superclass.as_deref().or(args.superclass.as_deref());
+    let prompt = PromptTemplate::default().render(&target.name, superclass);
     eprintln!("prompt: {prompt:?}");
     let job = Job {
-        source: Some(Arc::new(src)),
+        source: src.map(Arc::new),
         prompt,
         levels: args.levels.clone(),
         seed: args.seed,
@@ -696,7 +775,7 @@ fn generate_with_noise(
         "r", "start_t", "steps", "cache"
     );
     for (image, start) in outputs[0].images.iter().zip(&starts) {
-        let path = level_file(&args.out, image.level);
+        let path = level_file(&args.out, image.level, None);
         image_io::save_png_atomic(&image.image, &path)?;
         println!(
             "{:>6}  {:>8}  {:>5}  {:<5}  {}",
@@ -859,13 +938,14 @@ fn warm_plan(args: WarmPlanArgs) -> Result<()> {
             PlanMode::Pairs(read_pairs(file)?)
         }
     };
+    if args.variants == 0 {
+        bail!("--variants must be at least 1");
+    }
+    let names = read_class_names(args.class_names.as_deref())?;
+    let classes = genie::classes::classes_for(&folder.classes, names.as_ref())?;
     let engine =
         diffusion::plan_engine(&model_source(&args.model)?, &engine_options(&args.model)?)?;
-    let mut keys = KeySpace::new(
-        engine.fingerprint,
-        engine.resolution,
-        folder.classes.clone(),
-    );
+    let mut keys = KeySpace::with_classes(engine.fingerprint, engine.resolution, classes);
     if let Some(superclass) = &args.superclass {
         keys = keys.with_superclass(superclass.clone());
     }
@@ -890,6 +970,7 @@ fn warm_plan(args: WarmPlanArgs) -> Result<()> {
         per_class: args.per_class,
         sources,
         confusion,
+        variants: args.variants,
         seed: args.seed,
     };
     let (mut entries, summary) = build_plan(&folder, &options, &keys)?;
@@ -1046,17 +1127,20 @@ fn sheet(args: SheetArgs) -> Result<()> {
     let source = image_io::load_source(&args.source, plan.resolution)
         .with_context(|| format!("source {}", args.source.display()))?;
     let src = SourceImage::new(source.clone());
-    let prompt = PromptTemplate::default().render(&args.target, args.superclass.as_deref());
-    let inputs = |level| KeyInputs {
-        source: Some(src.hash),
-        prompt: &prompt,
-        level,
-        seed: args.seed,
-        fingerprint: &plan.fingerprint,
-    };
+    let names = read_class_names(args.class_names.as_deref())?;
+    let classes = genie::classes::classes_for(&[args.target.trim()], names.as_ref())?;
+    let mut keys = genie::generator::KeySpace::with_classes(
+        plan.fingerprint.clone(),
+        plan.resolution,
+        classes,
+    );
+    if let Some(superclass) = &args.superclass {
+        keys = keys.with_superclass(superclass.clone());
+    }
+    let seed = keys.pair_seed(args.seed, src.hash, 0, args.variant);
     let mut levels = Vec::new();
     for &level in &args.levels {
-        let image = cache.get_image(&CacheKey::new(&inputs(level)))?;
+        let image = cache.get_image(&keys.key(src.hash, 0, level, seed))?;
         levels.push(SheetLevel {
             level,
             image: image.map(|i| (*i).clone()),
@@ -1066,15 +1150,15 @@ fn sheet(args: SheetArgs) -> Result<()> {
     if found == 0 {
         bail!(
             "{} has none of these {} levels for {} as {:?}: was it generated with the same engine \
-             options (--model/--weights, --steps, --scheduler, --guidance, --size, --dtype), seed and \
-             superclass?",
+             options (--model/--weights, --steps, --scheduler, --guidance, --size, --dtype), seed, \
+             variant, class names and superclass?",
             args.cache,
             args.levels.len(),
             args.source.display(),
             args.target
         );
     }
-    let choice = cache.ada_choice(&CacheKey::pair(&inputs(NoiseLevel::GENIE_DEFAULT)))?;
+    let choice = cache.ada_choice(&keys.pair_key(src.hash, 0, seed))?;
     let sheet = contact_sheet(&source, &levels, choice.as_ref(), args.tile);
     image_io::save_png_atomic(&sheet, &args.out)?;
     let ada = match choice

@@ -4,8 +4,13 @@
 //! One [`Augmenter`] is shared (in an `Arc`) by the batcher, the Ada selector of
 //! [`crate::loader::LiveModel`] and the caller. Its lock guards bookkeeping only: cache reads,
 //! disk probes and generator requests happen outside it.
+//!
+//! Pairs start in one of two ways. Online (the default), batch items of source classes start
+//! new pairs as they pass, a few per batch. With a pre-warm plan ([`Augmenter::with_plan`]),
+//! exactly the plan's pairs start, each when its source item first passes: a training run then
+//! mixes only what `genie warm run` made.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -15,8 +20,9 @@ use super::item::GenieItem;
 use crate::cache::{AdaChoiceRecord, Cache, CacheKey};
 use crate::engine::NoiseLevel;
 use crate::generator::KeySpace;
-use crate::generator::{Generator, LevelOutcome, Priority};
+use crate::generator::{Generator, LevelOutcome, Priority, SourceImage};
 use crate::policy::{BatchCounts, ConfusionMatrix, PairId, Policy, SharedConfusion};
+use crate::warm::PlannedPair;
 
 /// Knobs of the online loop beyond the policy's.
 #[derive(Clone, Debug)]
@@ -60,6 +66,28 @@ pub enum AugmenterError {
          its images would never be found"
     )]
     FingerprintMismatch { generator: String, keys: String },
+    #[error("the plan names class {0:?}, which is not one of the run's class ids")]
+    PlanClass(String),
+    #[error("the plan's source {0} has no `<class>/<file>` path to find it in the dataset by")]
+    PlanSource(String),
+    #[error(
+        "the plan has no r = {level} for {path} as {target:?}, which this run generates \
+         (plan with the same levels, or turn GeNIe-Ada off to use the fixed level only)"
+    )]
+    PlanLevel {
+        path: String,
+        target: String,
+        level: NoiseLevel,
+    },
+    #[error(
+        "the plan's key for {path} as {target:?} at r = {level} is not this run's: the plan was \
+         made with another engine, other engine options, or other class names or superclasses"
+    )]
+    PlanKey {
+        path: String,
+        target: String,
+        level: NoiseLevel,
+    },
 }
 
 /// GeNIe-Ada's choice for one pair, from one model version.
@@ -87,9 +115,22 @@ pub struct AugmenterStats {
     pub deferred: u64,
     /// Planned hard negatives that could not be read back (evicted, corrupt) or built.
     pub lookups_failed: u64,
-    /// Source items whose pixels could not be read.
+    /// Source items whose pixels could not be read (or no longer match their plan entry).
     pub bad_items: u64,
     pub ada_choices: usize,
+    /// Pairs of the loaded pre-warm plan (0 without a plan); `pairs` of them have started.
+    pub planned: usize,
+}
+
+/// How often the hard negatives were mixed: uses per pair (each pair is one generated image
+/// at a time, its Ada choice or the fixed level), over the pairs ready or used.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Exposure {
+    pub images: usize,
+    pub min: u64,
+    pub median: u64,
+    pub max: u64,
+    pub total: u64,
 }
 
 struct PairEntry<I> {
@@ -97,11 +138,33 @@ struct PairEntry<I> {
     item: I,
     target: usize,
     seed: u64,
+    /// What the keys were made from; a source read again for a request must still match.
+    source_hash: [u8; 32],
     /// One key per level of `Augmenter::levels`.
     keys: Vec<CacheKey>,
     /// The pair's own key, under which its Ada choice is filed in the cache.
     pair_key: CacheKey,
     choice: Option<AdaRecord>,
+    /// When the selector last gave a verdict on it (0: never), so that it scores the pairs
+    /// never scored first, then the least recently scored, and starves none.
+    scored_seq: u64,
+}
+
+/// One pair of a loaded plan, ready to start when its source item passes.
+struct PlanSlot {
+    source_class: usize,
+    target: usize,
+    variant: u32,
+    seed: u64,
+    source_hash: [u8; 32],
+    keys: Vec<CacheKey>,
+}
+
+/// The loaded plan: its pairs by source id, and whether each source has passed yet.
+struct PlanIndex {
+    by_source: HashMap<String, (bool, Vec<usize>)>,
+    slots: Vec<PlanSlot>,
+    sources_left: usize,
 }
 
 /// What every batch reads of each pair, kept apart from [`PairEntry`] so that scanning all
@@ -129,6 +192,8 @@ struct State<I> {
     prototypes: Vec<Vec<I>>,
     retry: VecDeque<PairId>,
     probe_cursor: usize,
+    plan: Option<PlanIndex>,
+    score_seq: u64,
 }
 
 #[derive(Default)]
@@ -218,9 +283,9 @@ impl<I: GenieItem> Augmenter<I> {
         generator: Option<Arc<Generator>>,
         config: AugmenterConfig,
     ) -> Result<Self, AugmenterError> {
-        if keys.class_names().len() != policy.num_classes() {
+        if keys.num_classes() != policy.num_classes() {
             return Err(AugmenterError::ClassNames {
-                classes: keys.class_names().len(),
+                classes: keys.num_classes(),
                 expected: policy.num_classes(),
             });
         }
@@ -263,6 +328,8 @@ impl<I: GenieItem> Augmenter<I> {
                 prototypes: vec![Vec::new(); classes],
                 retry: VecDeque::new(),
                 probe_cursor: 0,
+                plan: None,
+                score_seq: 0,
             }),
             built: Mutex::new(BuiltItems {
                 items: lru::LruCache::unbounded(),
@@ -277,6 +344,79 @@ impl<I: GenieItem> Augmenter<I> {
     pub fn with_confusion(mut self, confusion: SharedConfusion) -> Self {
         self.confusion = Some(confusion);
         self
+    }
+
+    /// Starts exactly the pairs of a pre-warm plan (`genie warm plan`, read with
+    /// [`crate::warm::read_plan`] and grouped with [`crate::warm::plan_pairs`]) and no others:
+    /// each pair starts when its source item first passes through a batch, found by
+    /// [`GenieItem::source_id`] (`<class folder>/<file name>`). The plan's targets become
+    /// targets; its quotas and sources stand in for the policy's (the live confusion matrix is
+    /// then not used to pick sources).
+    ///
+    /// Every key is checked against this run's key space first: a plan made with another
+    /// engine, other options or other class names is an error, not a silent miss. Each pair
+    /// must have every level this augmenter generates (the Ada sweep, with Ada on).
+    pub fn with_plan(self, pairs: &[PlannedPair]) -> Result<Self, AugmenterError> {
+        let mut index = PlanIndex {
+            by_source: HashMap::new(),
+            slots: Vec::with_capacity(pairs.len()),
+            sources_left: 0,
+        };
+        let class = |id: &str| {
+            self.keys
+                .class_index(id)
+                .ok_or_else(|| AugmenterError::PlanClass(id.to_string()))
+        };
+        let mut targets = Vec::new();
+        for p in pairs {
+            let source = p.source.display().to_string();
+            let source_id = p
+                .source_id()
+                .ok_or_else(|| AugmenterError::PlanSource(source.clone()))?;
+            let (source_class, target) = (class(&p.source_class)?, class(&p.target)?);
+            let mut keys = Vec::with_capacity(self.levels.len());
+            for &level in &self.levels {
+                let key = p.key(level).ok_or_else(|| AugmenterError::PlanLevel {
+                    path: source.clone(),
+                    target: p.target.clone(),
+                    level,
+                })?;
+                if key != self.keys.key(p.source_hash, target, level, p.seed) {
+                    return Err(AugmenterError::PlanKey {
+                        path: source,
+                        target: p.target.clone(),
+                        level,
+                    });
+                }
+                keys.push(key);
+            }
+            targets.push(target);
+            let slot = index.slots.len();
+            index.slots.push(PlanSlot {
+                source_class,
+                target,
+                variant: p.variant,
+                seed: p.seed,
+                source_hash: p.source_hash,
+                keys,
+            });
+            index
+                .by_source
+                .entry(source_id.to_string())
+                .or_insert_with(|| (false, Vec::new()))
+                .1
+                .push(slot);
+        }
+        index.sources_left = index.by_source.len();
+        targets.sort_unstable();
+        targets.dedup();
+        {
+            let mut state = self.state();
+            // Every target was just resolved to one of the policy's classes.
+            let _ = state.policy.add_targets(&targets);
+            state.plan = Some(index);
+        }
+        Ok(self)
     }
 
     pub fn keys(&self) -> &KeySpace {
@@ -342,13 +482,17 @@ impl<I: GenieItem> Augmenter<I> {
         let real = labelled.iter().filter(|&&(i, _)| !items[i].is_generated());
         state.policy.observe(real.map(|&(_, l)| l));
         self.keep_prototypes(&mut state, &items, &labelled);
-        let proposals = {
+        let proposals = if state.plan.is_some() {
+            self.start_planned(&mut state, &items, &labelled);
+            Vec::new()
+        } else {
             let confusion = self.confusion_guard();
             state.policy.propose(&labels, confusion.as_deref())
         };
         drop(state);
 
-        // New pairs: hashing the preprocessed source is the costly part, done unlocked.
+        // New pairs: reading and hashing the preprocessed source is the costly part, done
+        // unlocked.
         let mut to_request = Vec::new();
         for p in proposals {
             let (index, source_class) = labelled[p.index];
@@ -356,26 +500,31 @@ impl<I: GenieItem> Augmenter<I> {
                 continue;
             };
             let mut state = self.state();
-            if let Some(id) = state.policy.register(source_class, p.target, source.hash) {
-                let seed = state.policy.config().seed;
+            let run_seed = state.policy.config().seed;
+            for variant in 0..state.policy.config().variants {
+                let Some(id) = state
+                    .policy
+                    .register(source_class, p.target, source.hash, variant)
+                else {
+                    continue;
+                };
+                let seed = self
+                    .keys
+                    .pair_seed(run_seed, source.hash, p.target, variant);
                 let keys = self
                     .levels
                     .iter()
                     .map(|&l| self.keys.key(source.hash, p.target, l, seed))
                     .collect();
-                state.pairs.push(PairEntry {
-                    item: items[index].clone(),
-                    target: p.target,
+                self.push_pair(
+                    &mut state,
+                    items[index].clone(),
+                    p.target,
                     seed,
+                    source.hash,
                     keys,
-                    pair_key: self.keys.pair_key(source.hash, p.target, seed),
-                    choice: None,
-                });
-                state.status.push(PairStatus {
-                    cached: 0,
-                    current: self.fixed_index as u32,
-                });
-                to_request.push((id, source));
+                );
+                to_request.push((id, source.clone()));
             }
         }
         for (id, source) in to_request {
@@ -448,6 +597,88 @@ impl<I: GenieItem> Augmenter<I> {
         items
     }
 
+    fn push_pair(
+        &self,
+        state: &mut State<I>,
+        item: I,
+        target: usize,
+        seed: u64,
+        source_hash: [u8; 32],
+        keys: Vec<CacheKey>,
+    ) {
+        state.pairs.push(PairEntry {
+            item,
+            target,
+            seed,
+            source_hash,
+            keys,
+            pair_key: self.keys.pair_key(source_hash, target, seed),
+            choice: None,
+            scored_seq: 0,
+        });
+        state.status.push(PairStatus {
+            cached: 0,
+            current: self.fixed_index as u32,
+        });
+    }
+
+    /// Starts the planned pairs of the batch's real items that pass for the first time; with a
+    /// generator, queues them to be checked against the cache and requested if missing.
+    fn start_planned(&self, state: &mut State<I>, items: &[I], labelled: &[(usize, usize)]) {
+        let Some(plan) = state.plan.as_mut() else {
+            return;
+        };
+        if plan.sources_left == 0 {
+            return;
+        }
+        let mut started = Vec::new();
+        for &(i, label) in labelled {
+            let item = &items[i];
+            if item.is_generated() {
+                continue;
+            }
+            let Some(source) = item.source_id() else {
+                continue;
+            };
+            let Some((seen, slots)) = plan.by_source.get_mut(source) else {
+                continue;
+            };
+            if std::mem::replace(seen, true) {
+                continue;
+            }
+            plan.sources_left -= 1;
+            for &slot in slots.iter() {
+                if plan.slots[slot].source_class == label {
+                    started.push((slot, i));
+                } else {
+                    self.counters.bad_items.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        source,
+                        label,
+                        "a planned source's item has another label than the plan; skipped"
+                    );
+                }
+            }
+        }
+        let mut new_pairs = Vec::new();
+        for (slot, i) in started {
+            let Some(plan) = state.plan.as_ref() else {
+                return;
+            };
+            let p = &plan.slots[slot];
+            let (class, target, variant, seed, hash) =
+                (p.source_class, p.target, p.variant, p.seed, p.source_hash);
+            let keys = p.keys.clone();
+            if let Some(id) = state.policy.register_planned(class, target, hash, variant) {
+                self.push_pair(state, items[i].clone(), target, seed, hash, keys);
+                new_pairs.push(id);
+            }
+        }
+        if self.generator.is_some() {
+            state.retry.extend(new_pairs);
+        }
+    }
+
     fn keep_prototypes(&self, state: &mut State<I>, items: &[I], labelled: &[(usize, usize)]) {
         if !self.config.ada {
             return;
@@ -463,9 +694,11 @@ impl<I: GenieItem> Augmenter<I> {
         }
     }
 
-    fn source_of(&self, item: &I) -> Option<crate::generator::SourceImage> {
+    /// The item's source as the engine takes it: its original at full resolution
+    /// ([`GenieItem::source_rgb`]), resized and cropped to the engine's size, hashed.
+    fn source_of(&self, item: &I) -> Option<SourceImage> {
         let source = item
-            .rgb()
+            .source_rgb()
             .map_err(|e| e.to_string())
             .and_then(|rgb| self.keys.source(&rgb).map_err(|e| e.to_string()));
         match source {
@@ -517,15 +750,25 @@ impl<I: GenieItem> Augmenter<I> {
         }
     }
 
-    fn request(&self, id: PairId, source: crate::generator::SourceImage) {
+    fn request(&self, id: PairId, source: SourceImage) {
         let Some(generator) = &self.generator else {
             return;
         };
-        let (target, seed) = {
+        let (target, seed, hash) = {
             let state = self.state();
             let e = &state.pairs[id];
-            (e.target, e.seed)
+            (e.target, e.seed, e.source_hash)
         };
+        if source.hash != hash {
+            // The source changed since its keys were made (e.g. a file rewritten after
+            // planning): its images would land under keys nobody reads.
+            self.counters.bad_items.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                pair = id,
+                "a source no longer has the pixels its keys were made from; not requested"
+            );
+            return;
+        }
         let request =
             self.keys
                 .request(source, target, self.levels.clone(), seed, Priority::Online);
@@ -566,15 +809,38 @@ impl<I: GenieItem> Augmenter<I> {
             if !generator.has_room(Priority::Online) {
                 return;
             }
-            let item = {
+            let (id, item, missing) = {
                 let mut state = self.state();
                 let Some(id) = state.retry.pop_front() else {
                     return;
                 };
-                (id, state.pairs[id].item.clone())
+                let cached = state.status[id].cached;
+                let missing: Vec<(usize, CacheKey)> = state.pairs[id]
+                    .keys
+                    .iter()
+                    .enumerate()
+                    .filter(|&(level, _)| cached & (1 << level) == 0)
+                    .map(|(level, &key)| (level, key))
+                    .collect();
+                (id, state.pairs[id].item.clone(), missing)
             };
-            if let Some(source) = self.source_of(&item.1) {
-                self.request(item.0, source);
+            // Pre-warmed levels need no request, and no reading or hashing of the source.
+            let found: Vec<usize> = missing
+                .iter()
+                .filter(|(_, key)| self.cache.contains(key).unwrap_or(false))
+                .map(|&(level, _)| level)
+                .collect();
+            if !found.is_empty() {
+                let mut state = self.state();
+                for level in &found {
+                    state.status[id].cached |= 1 << level;
+                }
+            }
+            if found.len() == missing.len() {
+                continue;
+            }
+            if let Some(source) = self.source_of(&item) {
+                self.request(id, source);
             }
         }
     }
@@ -624,11 +890,13 @@ impl<I: GenieItem> Augmenter<I> {
     }
 
     /// Pairs the Ada selector should (re)score for `model_version`: every level cached, no
-    /// choice from this version yet, and a prototype available. At most `limit`.
+    /// choice from this version yet, and a prototype available. At most `limit`: the pairs
+    /// never scored first, then the least recently scored, so that no pair starves when model
+    /// versions come faster than the selector gets through every pair.
     pub(crate) fn ada_work(&self, model_version: u64, limit: usize) -> Vec<AdaWork<I>> {
         let state = self.state();
         let full = (1u32 << self.levels.len()) - 1;
-        state
+        let mut due: Vec<(bool, u64, PairId)> = state
             .pairs
             .iter()
             .enumerate()
@@ -639,12 +907,25 @@ impl<I: GenieItem> Augmenter<I> {
                     .is_none_or(|c| c.model_version < model_version)
             })
             .filter(|(_, e)| !state.prototypes[e.target].is_empty())
-            .take(limit)
-            .map(|(id, e)| AdaWork {
-                pair: id,
-                source: e.item.clone(),
-                target: e.target,
-                keys: e.keys.clone(),
+            .map(|(id, e)| (e.scored_seq != 0, e.scored_seq, id))
+            .collect();
+        if limit == 0 {
+            return Vec::new();
+        }
+        if due.len() > limit {
+            due.select_nth_unstable(limit - 1);
+            due.truncate(limit);
+        }
+        due.sort_unstable();
+        due.into_iter()
+            .map(|(_, _, id)| {
+                let e = &state.pairs[id];
+                AdaWork {
+                    pair: id,
+                    source: e.item.clone(),
+                    target: e.target,
+                    keys: e.keys.clone(),
+                }
             })
             .collect()
     }
@@ -669,7 +950,9 @@ impl<I: GenieItem> Augmenter<I> {
             };
             st.current = self.level_index(&record) as u32;
             e.choice = Some(record.clone());
-            (e.pair_key, self.keys.class_name(e.target))
+            state.score_seq += 1;
+            e.scored_seq = state.score_seq;
+            (e.pair_key, self.keys.class_label(e.target))
         };
         if record.level.is_some() {
             let (pair_key, target) = filed;
@@ -731,7 +1014,35 @@ impl<I: GenieItem> Augmenter<I> {
                 .iter()
                 .filter(|e| e.choice.as_ref().is_some_and(|c| c.level.is_some()))
                 .count(),
+            planned: state.plan.as_ref().map_or(0, |p| p.slots.len()),
         }
+    }
+
+    /// Uses per hard negative so far (min / median / max over the pairs that are ready to mix
+    /// or were mixed).
+    pub fn exposure(&self) -> Exposure {
+        let state = self.state();
+        let mut uses: Vec<u64> = (0..state.pairs.len())
+            .map(|id| (id, state.policy.uses(id)))
+            .filter(|&(id, n)| n > 0 || state.status[id].is_ready())
+            .map(|(_, n)| n)
+            .collect();
+        uses.sort_unstable();
+        match (uses.first(), uses.last()) {
+            (Some(&min), Some(&max)) => Exposure {
+                images: uses.len(),
+                min,
+                median: uses[uses.len() / 2],
+                max,
+                total: uses.iter().sum(),
+            },
+            _ => Exposure::default(),
+        }
+    }
+
+    /// How many times pair `id` was mixed into a batch.
+    pub fn uses(&self, id: PairId) -> u64 {
+        self.state().policy.uses(id)
     }
 
     /// The source image, target and current level of a pair (for reports and tests).
@@ -756,5 +1067,82 @@ impl<I: GenieItem> Augmenter<I> {
     pub fn pair_key(&self, id: PairId, level: NoiseLevel) -> Option<CacheKey> {
         let index = self.levels.iter().position(|&l| l == level)?;
         self.state().pairs.get(id).map(|e| e.keys[index])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cache::MemoryStore;
+    use crate::engine::EngineFingerprint;
+    use crate::loader::image_item;
+    use crate::policy::{ClassStats, PolicyConfig};
+
+    fn augmenter() -> Augmenter<burn_dataset::vision::ImageDatasetItem> {
+        let fingerprint = EngineFingerprint {
+            model: "m".into(),
+            scheduler: "s".into(),
+            steps: 1,
+            guidance: "1".into(),
+            resolution: 4,
+            dtype: "f32".into(),
+            algorithm_version: 1,
+        };
+        let keys = KeySpace::new(fingerprint, 4, vec!["a".into(), "b".into()]);
+        let policy = Policy::with_targets(
+            ClassStats::from_counts(vec![100, 5]),
+            &[1],
+            PolicyConfig::long_tail(),
+        )
+        .unwrap();
+        let cache = Arc::new(Cache::new(Arc::new(MemoryStore::new()), 0));
+        Augmenter::new(policy, keys, cache, None, AugmenterConfig::default()).unwrap()
+    }
+
+    /// Versions come faster than the selector scores every pair: with a budget of 50 pairs
+    /// per version, each of 1200 pairs is scored within ⌈1200 / 50⌉ = 24 versions, and again
+    /// within every 24 after that (the pairs never scored first, then the least recently).
+    #[test]
+    fn the_selector_starves_no_pair() {
+        let augmenter = augmenter();
+        let item = image_item(&image::RgbImage::new(4, 4), 0, "x");
+        let (pairs, budget) = (1200usize, 50usize);
+        {
+            let mut state = augmenter.state();
+            let full = (1u32 << augmenter.levels.len()) - 1;
+            for i in 0..pairs {
+                let mut hash = [0u8; 32];
+                hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                let keys = vec![CacheKey::from_bytes(hash); augmenter.levels.len()];
+                augmenter.push_pair(&mut state, item.clone(), 1, i as u64, hash, keys);
+                state.status[i].cached = full;
+            }
+            state.prototypes[1].push(item.clone());
+        }
+        let rounds = pairs.div_ceil(budget) as u64;
+        let mut last_scored = vec![0u64; pairs];
+        for version in 1..=4 * rounds {
+            let work = augmenter.ada_work(version, budget);
+            assert_eq!(work.len(), budget);
+            for w in work {
+                last_scored[w.pair] = version;
+                augmenter.record_choice(
+                    w.pair,
+                    AdaRecord {
+                        // Every other pair unscorable: a verdict either way.
+                        level: (w.pair % 2 == 0).then_some(NoiseLevel::GENIE_DEFAULT),
+                        curve: Vec::new(),
+                        model_version: version,
+                    },
+                );
+            }
+            if version >= rounds {
+                let stale = last_scored
+                    .iter()
+                    .filter(|&&v| v + rounds <= version)
+                    .count();
+                assert_eq!(stale, 0, "version {version}: {stale} pairs waited too long");
+            }
+        }
     }
 }

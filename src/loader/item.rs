@@ -17,6 +17,8 @@ pub enum ItemError {
     Empty,
     #[error("item is too large: {width}×{height}")]
     TooLarge { width: usize, height: usize },
+    #[error("cannot read the item's source image: {0}")]
+    Source(String),
 }
 
 /// A dataset item genie can take sources from and make hard negatives of.
@@ -24,14 +26,32 @@ pub enum ItemError {
 /// Implement it for your own item type in a few lines: the class label (or `None` for items
 /// without a single label, which genie then leaves alone), the pixels as RGB, and an item built
 /// like `self` (same size, same layout) holding a generated image and the target's label.
+/// Items that know the file they came from should also say so ([`GenieItem::source_rgb`],
+/// [`GenieItem::source_id`]): diffusion then starts from the original, not from the small
+/// training copy, and pre-warm plans find their sources.
 pub trait GenieItem: Clone + Send + Sync + 'static {
     /// The class index, if the item has exactly one.
     fn label(&self) -> Option<usize>;
 
-    /// The pixels as 8-bit RGB.
+    /// The pixels as 8-bit RGB, as training sees them.
     fn rgb(&self) -> Result<RgbImage, ItemError>;
 
-    /// An item shaped like `self` that holds `image` (resized as needed) labelled `label`.
+    /// The image diffusion starts from, at the best resolution the item can give (the engine
+    /// resizes and crops it to its own size; cache keys hash what the engine receives). By
+    /// default the item's own pixels; `ImageDatasetItem` reads its original file.
+    fn source_rgb(&self) -> Result<RgbImage, ItemError> {
+        self.rgb()
+    }
+
+    /// Which source of a pre-warm plan this item is: `<class folder>/<file name>`, as
+    /// [`crate::warm::source_id`] names a plan's sources (so the dataset may move between
+    /// planning and training). `None` (the default) for items without a file.
+    fn source_id(&self) -> Option<&str> {
+        None
+    }
+
+    /// An item shaped like `self` that holds `image` (resized keeping its aspect ratio and
+    /// centre-cropped, never stretched) labelled `label`.
     /// `origin` names the generated image (its cache key) for logs and debugging.
     fn with_generated(
         &self,
@@ -99,12 +119,13 @@ impl GenieItem for ImageDatasetItem {
         let image = if image.dimensions() == (width as u32, height as u32) {
             image
         } else {
-            resized = image::imageops::resize(
+            resized = crate::image_io::resize_cover_crop(
                 image,
                 width as u32,
                 height as u32,
                 image::imageops::FilterType::Triangle,
-            );
+            )
+            .map_err(|_| ItemError::Empty)?;
             &resized
         };
         let mut out = Vec::with_capacity(width * height * channels);
@@ -139,6 +160,25 @@ impl GenieItem for ImageDatasetItem {
         })
     }
 
+    /// The file `image_path` names, when it is a regular file (burn's `ImageFolderDataset`
+    /// sets it): read at full resolution with genie's safe decoder. Otherwise (an in-memory
+    /// item, a generated one) the item's pixels.
+    fn source_rgb(&self) -> Result<RgbImage, ItemError> {
+        match original_file(self) {
+            Some(path) => {
+                crate::image_io::open_rgb(path).map_err(|e| ItemError::Source(e.to_string()))
+            }
+            None => self.rgb(),
+        }
+    }
+
+    fn source_id(&self) -> Option<&str> {
+        if self.is_generated() {
+            return None;
+        }
+        crate::warm::source_id(&self.image_path)
+    }
+
     fn is_generated(&self) -> bool {
         self.image_path.starts_with(GENERATED_PATH_PREFIX)
     }
@@ -151,6 +191,15 @@ impl GenieItem for ImageDatasetItem {
         };
         pixels + self.image_path.len() + std::mem::size_of::<Self>()
     }
+}
+
+/// The regular file an `ImageDatasetItem` was read from, if it names one.
+fn original_file(item: &ImageDatasetItem) -> Option<&std::path::Path> {
+    if item.image_path.is_empty() || item.is_generated() {
+        return None;
+    }
+    let path = std::path::Path::new(&item.image_path);
+    path.is_file().then_some(path)
 }
 
 fn channels_of(len: usize, width: usize, height: usize) -> Result<usize, ItemError> {
@@ -226,6 +275,45 @@ mod tests {
                 std::mem::discriminant(&item.image)
             );
         }
+    }
+
+    #[test]
+    fn generated_images_are_center_cropped_to_the_item_not_stretched() {
+        // A square generation with a red border into a wide item: the crop drops the top and
+        // bottom (the border's rows), a stretch would keep them.
+        let square = RgbImage::from_fn(32, 32, |_, y| {
+            if !(8..24).contains(&y) {
+                image::Rgb([255, 0, 0])
+            } else {
+                image::Rgb([0, 0, 255])
+            }
+        });
+        let wide = image_item(&gradient(16, 8), 0, "w.png");
+        let generated = wide.with_generated(&square, 1, "k").unwrap();
+        let rgb = generated.rgb().unwrap();
+        assert_eq!(rgb.dimensions(), (16, 8));
+        assert!(rgb.pixels().all(|p| p.0[2] > 200 && p.0[0] < 60), "{rgb:?}");
+    }
+
+    #[test]
+    fn the_source_is_the_original_file_when_the_item_names_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cat").join("001.png");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        let original = gradient(64, 48);
+        original.save(&path).unwrap();
+        let thumb = image::imageops::resize(&original, 8, 6, image::imageops::FilterType::Triangle);
+        let item = image_item(&thumb, 0, path.display().to_string());
+        assert_eq!(item.source_rgb().unwrap(), original);
+        assert_eq!(item.source_id(), Some("cat/001.png"));
+        // No file: the item's own pixels; a generated item has no source id.
+        let in_memory = image_item(&thumb, 0, "synthetic:train/3");
+        assert_eq!(in_memory.source_rgb().unwrap(), thumb);
+        let generated = item.with_generated(&original, 1, "k").unwrap();
+        assert_eq!(generated.source_id(), None);
+        // A file that cannot be decoded is an error, not a silent fallback.
+        std::fs::write(&path, b"not a png").unwrap();
+        assert!(matches!(item.source_rgb(), Err(ItemError::Source(_))));
     }
 
     #[test]

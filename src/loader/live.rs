@@ -244,7 +244,8 @@ fn select_loop<M: Module, I: GenieItem, F: FeatureExtractor<M, I>>(
     }
 }
 
-fn embed<M, I, F: FeatureExtractor<M, I>>(
+/// One embedding per item, as rows of `f32`; a wrong row count or unreadable tensor is an error.
+pub(crate) fn embed<M, I, F: FeatureExtractor<M, I>>(
     extractor: &F,
     model: &M,
     items: Vec<I>,
@@ -298,7 +299,30 @@ fn score<M, I: GenieItem, F: FeatureExtractor<M, I>>(
             .map_err(|e| e.to_string())?;
         items.push(item);
     }
+    let source = items.remove(0);
+    choose(
+        extractor,
+        model,
+        augmenter.levels(),
+        source,
+        items,
+        &prototype,
+    )
+}
+
+/// Algorithm 1 for one pair: embeds the source and its generated images (one per level, in
+/// order) in one call, and picks the level after the largest jump towards `prototype`.
+pub(crate) fn choose<M, I, F: FeatureExtractor<M, I>>(
+    extractor: &F,
+    model: &M,
+    levels: &[crate::engine::NoiseLevel],
+    source: I,
+    generated: Vec<I>,
+    prototype: &[f64],
+) -> Result<ada::AdaChoice, String> {
+    let mut items = Vec::with_capacity(generated.len() + 1);
+    items.push(source);
+    items.extend(generated);
     let embedded = embed(extractor, model, items)?;
-    ada::select(augmenter.levels(), &embedded[0], &prototype, &embedded[1..])
-        .map_err(|e| e.to_string())
+    ada::select(levels, &embedded[0], prototype, &embedded[1..]).map_err(|e| e.to_string())
 }

@@ -6,7 +6,8 @@
 //!   into each batch as soon as they are cached; generation happens in the background.
 //! - [`GenieDataset`] wraps your `Dataset`: the paper's offline protocol, original items plus the
 //!   planned hard negatives, fixed length.
-//! - [`LiveModel`] + your [`FeatureExtractor`]: r* per pair chosen by the model being trained.
+//! - [`LiveModel`] + your [`FeatureExtractor`]: r* per pair chosen by the model being trained;
+//!   [`Observed`] wraps your model so that burn's `SupervisedTraining` feeds it.
 //! - [`ConfusionMetric`] or [`crate::policy::SharedConfusion::record`]: which classes are
 //!   confused with each target (its sources).
 //! - [`GenieItem`]: what genie needs of an item; implemented for burn's `ImageDatasetItem`.
@@ -17,16 +18,18 @@ mod dataset;
 mod item;
 mod live;
 mod metric;
+mod observed;
 
 pub use crate::generator::KeySpace;
 pub use augmenter::{
-    AdaRecord, Augmenter, AugmenterConfig, AugmenterError, AugmenterStats, ItemMemory,
+    AdaRecord, Augmenter, AugmenterConfig, AugmenterError, AugmenterStats, Exposure, ItemMemory,
 };
 pub use batcher::GenieBatcher;
-pub use dataset::{GenieDataset, OfflinePlan, PlannedNegative};
+pub use dataset::{AdaOutcome, GenieDataset, OfflinePlan, PlannedNegative};
 pub use item::{image_item, GenieItem, ItemError, GENERATED_PATH_PREFIX};
 pub use live::{FeatureExtractor, LiveConfig, LiveModel, SelectorStats};
 pub use metric::{predictions_and_targets, ConfusionInput, ConfusionMetric};
+pub use observed::Observed;
 
 use crate::cache::{CacheError, CacheKey};
 use crate::generator::GeneratorError;
@@ -47,4 +50,10 @@ pub enum LoaderError {
     Generator(#[from] GeneratorError),
     #[error("hard negative {0} is no longer in the cache (removed by gc?)")]
     MissingEntry(CacheKey),
+    #[error("no noise levels to plan")]
+    NoLevels,
+    #[error("plan source {path}: {message}")]
+    Plan { path: String, message: String },
+    #[error("item {index} is out of range: the dataset has {len} items")]
+    OutOfRange { index: usize, len: usize },
 }

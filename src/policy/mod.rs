@@ -28,6 +28,8 @@ pub enum PolicyError {
     BadMixFraction(f64),
     #[error("{0} must be at least 1")]
     Zero(&'static str),
+    #[error("uses per epoch must be a positive number, got {0}")]
+    BadExposure(f64),
 }
 
 /// The paper's long-tail quota: each Few class is augmented with up to 50 generated images.
@@ -71,7 +73,18 @@ pub struct PolicyConfig {
     pub mixing: Mixing,
     /// New (source, target) pairs started per batch; bounds the per-batch cost of hashing sources.
     pub new_pairs_per_batch: usize,
-    /// Diffusion seed of every pair: fixed so that reruns and pre-warmed caches hit.
+    /// Hard negatives per (source image, target): each variant starts from its own noise and
+    /// counts towards the target's quota (`per_target`).
+    pub variants: u32,
+    /// How often each hard negative enters training, in uses per epoch (an epoch is the
+    /// dataset's item count of real items seen). `Some(1.0)` (the default) adds each generated
+    /// image to training about as often as a real item, as the paper's offline protocol does.
+    /// A higher rate (or `None`: as often as `mix_fraction` allows) shows the few ready images
+    /// over and over and takes more items from the classes that give way to them.
+    pub uses_per_epoch: Option<f64>,
+    /// The run seed every pair's noise seed is derived from
+    /// ([`crate::generator::KeySpace::pair_seed`]), and the seed of the policy's own choices:
+    /// fixed, so that reruns and pre-warmed caches hit.
     pub seed: u64,
 }
 
@@ -85,6 +98,8 @@ impl PolicyConfig {
             mix_fraction: 0.25,
             mixing: Mixing::Replace,
             new_pairs_per_batch: 4,
+            variants: 1,
+            uses_per_epoch: Some(1.0),
             seed: 0,
         }
     }
@@ -105,6 +120,12 @@ impl PolicyConfig {
         if let SourceStrategy::TopConfused { k: 0 } = self.sources {
             return Err(PolicyError::Zero("the number of confused source classes"));
         }
+        if self.variants == 0 {
+            return Err(PolicyError::Zero("the number of variants per pair"));
+        }
+        if let Some(rate) = self.uses_per_epoch.filter(|r| !(r.is_finite() && *r > 0.0)) {
+            return Err(PolicyError::BadExposure(rate));
+        }
         Ok(())
     }
 }
@@ -112,7 +133,8 @@ impl PolicyConfig {
 /// Index of a pair in its [`Policy`].
 pub type PairId = usize;
 
-/// One hard negative to make: this source image, shown as the target class.
+/// One hard negative to make: this source image, shown as the target class (one of
+/// [`PolicyConfig::variants`] per source and target).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pair {
     pub id: PairId,
@@ -120,7 +142,16 @@ pub struct Pair {
     pub target: usize,
     /// Pixel hash of the preprocessed source image (as in the cache key).
     pub source_hash: [u8; 32],
-    pub seed: u64,
+    pub variant: u32,
+}
+
+/// What mixing reads and writes of each pair every batch, kept compact.
+#[derive(Clone, Copy, Debug)]
+struct MixSlot {
+    uses: u32,
+    target: u32,
+    /// The pair may be mixed again once this many real items have been seen.
+    next_use: u64,
 }
 
 /// A batch item that could start a new pair.
@@ -147,10 +178,12 @@ pub struct Policy {
     is_target: Vec<bool>,
     pairs: Vec<Pair>,
     by_target: Vec<Vec<PairId>>,
-    known: HashSet<([u8; 32], usize)>,
-    /// Per pair, what mixing reads of it every batch, packed: `(uses, target)`.
-    mix_slots: Vec<(u32, u32)>,
+    known: HashSet<([u8; 32], usize, u32)>,
+    /// One per pair, same index.
+    mix_slots: Vec<MixSlot>,
     counts: BatchCounts,
+    /// Real items per epoch: the dataset's size, for [`PolicyConfig::uses_per_epoch`].
+    items_per_epoch: u64,
     /// `Some(n)` while the targets wait for `n` real items to be seen in batches
     /// ([`Policy::long_tail_from_batches`]).
     decide_after: Option<u64>,
@@ -186,6 +219,7 @@ impl Policy {
         let mut policy =
             Self::with_targets(ClassStats::from_counts(vec![0; num_classes]), &[], config)?;
         policy.decide_after = Some(items_per_epoch as u64);
+        policy.items_per_epoch = items_per_epoch as u64;
         Ok(policy)
     }
 
@@ -202,6 +236,7 @@ impl Policy {
             *is_target.get_mut(t).ok_or(PolicyError::UnknownTarget(t))? = true;
         }
         let rng = ChaCha8Rng::seed_from_u64(config.seed ^ 0x6765_6e69_6570_6f6c);
+        let items_per_epoch = (stats.counts().iter().sum::<usize>() as u64).max(1);
         Ok(Policy {
             config,
             stats,
@@ -211,6 +246,7 @@ impl Policy {
             known: HashSet::new(),
             mix_slots: Vec::new(),
             counts: BatchCounts::new(classes),
+            items_per_epoch,
             decide_after: None,
             rng,
         })
@@ -293,6 +329,18 @@ impl Policy {
             .collect()
     }
 
+    /// Makes these classes targets too (e.g. those of a pre-warm plan); an unknown class is an
+    /// error.
+    pub fn add_targets(&mut self, targets: &[usize]) -> Result<(), PolicyError> {
+        for &t in targets {
+            *self
+                .is_target
+                .get_mut(t)
+                .ok_or(PolicyError::UnknownTarget(t))? = true;
+        }
+        Ok(())
+    }
+
     pub fn is_target(&self, class: usize) -> bool {
         self.is_target.get(class).copied().unwrap_or(false)
     }
@@ -316,9 +364,12 @@ impl Policy {
 
     /// How many times each pair has been mixed into a batch.
     pub fn uses(&self, id: PairId) -> u64 {
-        self.mix_slots
-            .get(id)
-            .map_or(0, |&(uses, _)| u64::from(uses))
+        self.mix_slots.get(id).map_or(0, |s| u64::from(s.uses))
+    }
+
+    /// Real items per epoch, the unit of [`PolicyConfig::uses_per_epoch`].
+    pub fn items_per_epoch(&self) -> u64 {
+        self.items_per_epoch
     }
 
     /// Source classes of `target`'s hard negatives, ascending for `Uniform`, most confused first
@@ -391,19 +442,46 @@ impl Policy {
         proposals
     }
 
-    /// Records the pair (source image `source_hash` of `source_class`, `target`); `None` when the
-    /// target's quota is full, the pair already exists, or the classes are not a valid pair.
+    /// Records variant `variant` of the pair (source image `source_hash` of `source_class`,
+    /// `target`); `None` when the target's quota is full, the pair already exists, or the
+    /// classes are not a valid pair.
     pub fn register(
         &mut self,
         source_class: usize,
         target: usize,
         source_hash: [u8; 32],
+        variant: u32,
+    ) -> Option<PairId> {
+        if !self.is_target(target) || !self.quota_left(target) {
+            return None;
+        }
+        self.insert_pair(source_class, target, source_hash, variant)
+    }
+
+    /// Records a pair a pre-warm plan chose: the plan's quotas and targets stand (the target
+    /// becomes a target); `None` for a duplicate or a pair of one class with itself.
+    pub fn register_planned(
+        &mut self,
+        source_class: usize,
+        target: usize,
+        source_hash: [u8; 32],
+        variant: u32,
+    ) -> Option<PairId> {
+        *self.is_target.get_mut(target)? = true;
+        self.insert_pair(source_class, target, source_hash, variant)
+    }
+
+    fn insert_pair(
+        &mut self,
+        source_class: usize,
+        target: usize,
+        source_hash: [u8; 32],
+        variant: u32,
     ) -> Option<PairId> {
         if source_class == target
             || source_class >= self.num_classes()
-            || !self.is_target(target)
-            || !self.quota_left(target)
-            || !self.known.insert((source_hash, target))
+            || target >= self.num_classes()
+            || !self.known.insert((source_hash, target, variant))
         {
             return None;
         }
@@ -413,16 +491,24 @@ impl Policy {
             source_class,
             target,
             source_hash,
-            seed: self.config.seed,
+            variant,
         });
         self.by_target[target].push(id);
-        self.mix_slots.push((0, target as u32));
+        self.mix_slots.push(MixSlot {
+            uses: 0,
+            target: target as u32,
+            next_use: 0,
+        });
         Some(id)
     }
 
     /// Plans how `ready` pairs (their images are available) enter a batch with `labels`: at most
     /// `⌊mix_fraction · len⌋` of them, least-used first and spread over targets, each replacing an
     /// item of the batch's most over-represented class (or appended). Counts the planned uses.
+    ///
+    /// With [`PolicyConfig::uses_per_epoch`] a pair used now waits `1 / rate` of an epoch (in
+    /// real items seen) before it can be used again, so a few ready images are not shown in
+    /// every batch.
     ///
     /// The spread is exact when at most 4× the budget pairs are ready; beyond that it is among a
     /// sample of the 4× budget least used (random among equals), which keeps a batch's cost
@@ -436,14 +522,20 @@ impl Policy {
         // per candidate: uses in the high half, a per-batch random tiebreak in the low half.
         // Selecting the 4·budget least used first keeps this linear in the number of ready pairs.
         let salt = self.rng.next_u64();
+        let now = self.counts.seen_total();
         let mut candidates: Vec<(u64, PairId)> = Vec::with_capacity(ready.len());
         candidates.extend(ready.iter().filter_map(|&id| {
-            let (uses, _) = *self.mix_slots.get(id)?;
-            Some((
-                (u64::from(uses) << 32) | (mix64(salt ^ id as u64) >> 32),
-                id,
-            ))
+            let slot = self.mix_slots.get(id)?;
+            (slot.next_use <= now).then(|| {
+                (
+                    (u64::from(slot.uses) << 32) | (mix64(salt ^ id as u64) >> 32),
+                    id,
+                )
+            })
         }));
+        if candidates.is_empty() {
+            return MixPlan::default();
+        }
         let pool = (4 * budget).min(candidates.len());
         if pool < candidates.len() {
             candidates.select_nth_unstable(pool);
@@ -466,7 +558,7 @@ impl Policy {
                 .iter()
                 .take_while(|&&(k, _)| k >> 32 == tier)
             {
-                let taken = &mut taken_per_target[self.mix_slots[id].1 as usize];
+                let taken = &mut taken_per_target[self.mix_slots[id].target as usize];
                 ranked.push((*taken, key, id));
                 *taken += 1;
             }
@@ -475,9 +567,13 @@ impl Policy {
             let room = budget - insert.len();
             insert.extend(ranked.iter().take(room).map(|&(_, _, id)| id));
         }
+        let wait = self.config.uses_per_epoch.map_or(0, |rate| {
+            ((self.items_per_epoch as f64 / rate).ceil() as u64).max(1)
+        });
         for &id in &insert {
-            let uses = &mut self.mix_slots[id].0;
-            *uses = uses.saturating_add(1);
+            let slot = &mut self.mix_slots[id];
+            slot.uses = slot.uses.saturating_add(1);
+            slot.next_use = now.saturating_add(wait);
         }
         let replace = match self.config.mixing {
             Mixing::Append => Vec::new(),
@@ -522,14 +618,19 @@ impl Policy {
         chosen
     }
 
-    /// The offline plan of the paper's protocol: for every target, up to the quota of distinct
-    /// source items drawn (seeded, without replacement) from its source classes. `labels[i]` is
-    /// the label of dataset item `i`; returns (item index, target) sorted by target, then item.
+    /// The offline plan of the paper's protocol: for every target, up to the quota of hard
+    /// negatives from distinct source items drawn (seeded, without replacement) from its source
+    /// classes, [`PolicyConfig::variants`] per source. `labels[i]` is the label of dataset item
+    /// `i`; returns (item index, target, variant) sorted by target, then item, then variant.
+    ///
+    /// Pre-warm plans (`genie warm plan`) and [`crate::loader::OfflinePlan`] are both made here,
+    /// so the same dataset, policy and seed give the same pairs.
     pub fn offline_plan(
         &self,
         labels: &[usize],
         confusion: Option<&ConfusionMatrix>,
-    ) -> Vec<(usize, usize)> {
+    ) -> Vec<(usize, usize, u32)> {
+        let variants = self.config.variants.max(1) as usize;
         let mut plan = Vec::new();
         for target in self.targets() {
             let sources = self.sources_for(target, confusion);
@@ -538,9 +639,13 @@ impl Policy {
                 .collect();
             let mut rng = ChaCha8Rng::seed_from_u64(self.config.seed ^ ((target as u64) << 20));
             shuffle(&mut pool, &mut rng);
-            pool.truncate(self.config.per_target);
+            pool.truncate(self.config.per_target.div_ceil(variants));
             pool.sort_unstable();
-            plan.extend(pool.into_iter().map(|i| (i, target)));
+            let pairs = pool
+                .into_iter()
+                .flat_map(|i| (0..variants as u32).map(move |v| (i, target, v)))
+                .take(self.config.per_target);
+            plan.extend(pairs);
         }
         plan
     }

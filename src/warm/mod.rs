@@ -20,7 +20,7 @@ mod status;
 
 pub use confusion::{read_confusion, ConfusionFileError};
 pub use folder::{FolderError, ImageFolder};
-pub use plan::{read_plan, write_plan, PlanEntry, PlanError};
+pub use plan::{plan_pairs, read_plan, source_id, write_plan, PlanEntry, PlanError, PlannedPair};
 pub use planner::{build_plan, PlanMode, PlanOptions, PlanSummary, PlannerError};
 pub use shard::{Shard, ShardError};
 pub use status::{

@@ -13,13 +13,98 @@ use crate::engine::NoiseLevel;
 pub struct PlanEntry {
     pub key: CacheKey,
     pub source: PathBuf,
+    /// The source's class id (its folder name).
     pub source_class: String,
+    /// The target's class id (its folder name); the prompt says its name.
     pub target: String,
     pub prompt: String,
     /// r as written by [`NoiseLevel`]'s `Display` (`"0.8"`), never a binary float.
     #[serde(with = "level_as_text")]
     pub r: NoiseLevel,
+    /// The pair's noise seed, derived from the run seed ([`crate::seed::pair_seed`]).
     pub seed: u64,
+    /// Which of the pair's hard negatives this is (0, 1, … with `--variants`).
+    #[serde(default)]
+    pub variant: u32,
+    /// Pixel hash of the preprocessed source (64 hex digits): the training side checks the
+    /// plan's keys against its own engine with it, without reading the source.
+    #[serde(with = "hash_as_hex")]
+    pub source_hash: [u8; 32],
+}
+
+impl PlanEntry {
+    /// Which dataset item this entry's source is: [`source_id`] of its path.
+    pub fn source_id(&self) -> Option<&str> {
+        self.source.to_str().and_then(source_id)
+    }
+}
+
+/// A source's identity across machines and dataset moves: the last two components of its path,
+/// `<class folder>/<file name>` (unique in the image-folder layout plans are made from).
+/// `None` for a path with fewer than two components.
+pub fn source_id(path: &str) -> Option<&str> {
+    let trimmed = path.trim_end_matches(['/', '\\']);
+    let file_start = trimmed.rfind(['/', '\\'])?;
+    let class_start = trimmed[..file_start]
+        .rfind(['/', '\\'])
+        .map_or(0, |i| i + 1);
+    let id = &trimmed[class_start..];
+    (class_start < file_start && file_start + 1 < trimmed.len()).then_some(id)
+}
+
+/// All levels of one (source, target, variant) of a plan.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PlannedPair {
+    pub source: PathBuf,
+    pub source_class: String,
+    pub target: String,
+    pub variant: u32,
+    pub seed: u64,
+    pub source_hash: [u8; 32],
+    /// (level, key), ascending by level.
+    pub levels: Vec<(NoiseLevel, CacheKey)>,
+}
+
+impl PlannedPair {
+    /// The key of `level`, if the plan has it.
+    pub fn key(&self, level: NoiseLevel) -> Option<CacheKey> {
+        self.levels
+            .iter()
+            .find(|(l, _)| *l == level)
+            .map(|&(_, k)| k)
+    }
+
+    pub fn source_id(&self) -> Option<&str> {
+        self.source.to_str().and_then(source_id)
+    }
+}
+
+/// Groups a plan's entries into pairs (one per source, target and variant), in a stable order
+/// (source path, target, variant).
+pub fn plan_pairs(entries: &[PlanEntry]) -> Vec<PlannedPair> {
+    let mut groups: std::collections::BTreeMap<(&Path, &str, u32, u64), PlannedPair> =
+        Default::default();
+    for e in entries {
+        let pair = groups
+            .entry((e.source.as_path(), e.target.as_str(), e.variant, e.seed))
+            .or_insert_with(|| PlannedPair {
+                source: e.source.clone(),
+                source_class: e.source_class.clone(),
+                target: e.target.clone(),
+                variant: e.variant,
+                seed: e.seed,
+                source_hash: e.source_hash,
+                levels: Vec::new(),
+            });
+        pair.levels.push((e.r, e.key));
+    }
+    groups
+        .into_values()
+        .map(|mut p| {
+            p.levels.sort_unstable();
+            p
+        })
+        .collect()
 }
 
 /// Why a plan file cannot be read or written.
@@ -94,6 +179,21 @@ pub fn read_plan(path: &Path) -> Result<Vec<PlanEntry>, PlanError> {
     Ok(entries)
 }
 
+mod hash_as_hex {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(hash: &[u8; 32], s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&crate::cache::CacheKey::from_bytes(*hash).to_hex())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+        let text = String::deserialize(d)?;
+        crate::cache::CacheKey::from_hex(&text)
+            .map(|k| *k.as_bytes())
+            .map_err(|_| serde::de::Error::custom("source_hash: expected 64 lowercase hex digits"))
+    }
+}
+
 mod level_as_text {
     use crate::engine::NoiseLevel;
     use serde::{Deserialize, Deserializer, Serializer};
@@ -139,7 +239,41 @@ mod tests {
             prompt: "a photo of a cat.".into(),
             r: NoiseLevel::GENIE_DEFAULT,
             seed: n,
+            variant: 0,
+            source_hash: [n as u8; 32],
         }
+    }
+
+    #[test]
+    fn source_ids_are_the_class_folder_and_file_name() {
+        assert_eq!(source_id("data/train/cat/001.png"), Some("cat/001.png"));
+        assert_eq!(source_id("/abs/cat/001.png"), Some("cat/001.png"));
+        assert_eq!(source_id("cat/001.png"), Some("cat/001.png"));
+        assert_eq!(source_id("C:\\d\\cat\\1.jpg"), Some("cat\\1.jpg"));
+        assert_eq!(source_id("001.png"), None);
+        assert_eq!(source_id("/001.png"), None);
+        assert_eq!(source_id(""), None);
+    }
+
+    #[test]
+    fn entries_group_into_pairs_by_source_target_and_variant() {
+        let mut a = entry(1);
+        let mut b = entry(2);
+        b.source = a.source.clone();
+        b.r = NoiseLevel::parse("0.5").unwrap();
+        b.seed = a.seed;
+        let mut c = entry(3);
+        c.source = a.source.clone();
+        c.seed = a.seed;
+        c.variant = 1;
+        a.variant = 0;
+        let pairs = plan_pairs(&[a.clone(), b.clone(), c]);
+        assert_eq!(pairs.len(), 2);
+        assert_eq!(pairs[0].levels.len(), 2);
+        assert_eq!(pairs[0].levels[0].0, NoiseLevel::parse("0.5").unwrap());
+        assert_eq!(pairs[0].key(NoiseLevel::GENIE_DEFAULT), Some(a.key));
+        assert_eq!(pairs[1].variant, 1);
+        assert_eq!(pairs[0].source_id(), Some("dogs/1.png"));
     }
 
     #[test]

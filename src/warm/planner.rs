@@ -31,6 +31,10 @@ pub struct PlanOptions {
     pub per_class: Option<usize>,
     pub sources: SourceStrategy,
     pub confusion: Option<ConfusionMatrix>,
+    /// Hard negatives per (source image, target), each from its own noise; they count towards
+    /// the quota.
+    pub variants: u32,
+    /// The run seed; each pair's noise seed is derived from it ([`KeySpace::pair_seed`]).
     pub seed: u64,
 }
 
@@ -52,9 +56,17 @@ pub enum PlannerError {
     Policy(#[from] PolicyError),
     #[error("no noise levels to plan")]
     NoLevels,
+    #[error("the class names hold {names} classes, the folder {folder}")]
+    ClassCount { names: usize, folder: usize },
 }
 
-/// Plans `options` over `folder`; keys come from `keys` (whose class names must be the folder's).
+/// Plans `options` over `folder`; keys come from `keys`, whose classes must be the folder's (in
+/// order; their names may differ, e.g. from a class-name file).
+///
+/// The (source image, target, variant) choice is [`Policy::offline_plan`] over the folder's
+/// labels, the same function [`crate::loader::OfflinePlan`] calls, and every seed comes from
+/// [`KeySpace::pair_seed`]: a training run that loads this plan (or plans the same dataset with
+/// the same policy and seed) finds every key it mixes.
 pub fn build_plan(
     folder: &ImageFolder,
     options: &PlanOptions,
@@ -65,14 +77,22 @@ pub fn build_plan(
     }
     let labels = folder.labels();
     let classes = folder.classes.len();
-    let pairs: Vec<(usize, usize)> = match &options.mode {
+    if keys.num_classes() != classes {
+        return Err(PlannerError::ClassCount {
+            names: keys.num_classes(),
+            folder: classes,
+        });
+    }
+    let variants = options.variants.max(1);
+    let pairs: Vec<(usize, usize, u32)> = match &options.mode {
         PlanMode::Pairs(named) => {
             let quota = options.per_class.unwrap_or(crate::policy::LONG_TAIL_QUOTA);
             let mut pairs = Vec::new();
             for (s, t) in named {
                 let (s, t) = (folder.class_index(s)?, folder.class_index(t)?);
-                let sources = (0..labels.len()).filter(|&i| labels[i] == s).take(quota);
-                pairs.extend(sources.map(|i| (i, t)));
+                let sources = (0..labels.len()).filter(|&i| labels[i] == s);
+                let each = sources.flat_map(|i| (0..variants).map(move |v| (i, t, v)));
+                pairs.extend(each.take(quota));
             }
             pairs
         }
@@ -85,6 +105,7 @@ pub fn build_plan(
             let config = PolicyConfig {
                 per_target: options.per_class.unwrap_or(base.per_target),
                 sources: options.sources,
+                variants,
                 seed: options.seed,
                 ..base
             };
@@ -100,9 +121,8 @@ pub fn build_plan(
 
     let mut hashes: HashMap<usize, Option<[u8; 32]>> = HashMap::new();
     let mut summary = PlanSummary::default();
-    let mut per_target = vec![0usize; classes];
     let mut entries = Vec::new();
-    for (index, target) in pairs {
+    for (index, target, variant) in pairs {
         let (path, source_class) = &folder.images[index];
         let hash = *hashes.entry(index).or_insert_with(|| {
             match crate::image_io::load_source(path, keys.resolution()) {
@@ -114,22 +134,31 @@ pub fn build_plan(
             }
         });
         let Some(hash) = hash else { continue };
+        let seed = keys.pair_seed(options.seed, hash, target, variant);
         for &level in &options.levels {
             entries.push(PlanEntry {
-                key: keys.key(hash, target, level, options.seed),
+                key: keys.key(hash, target, level, seed),
                 source: path.clone(),
                 source_class: folder.classes[*source_class].clone(),
                 target: folder.classes[target].clone(),
                 prompt: keys.prompt(target),
                 r: level,
-                seed: options.seed,
+                seed,
+                variant,
+                source_hash: hash,
             });
-            per_target[target] += 1;
         }
     }
+    // Two files with identical pixels are one source: their entries share keys.
     entries.sort_by_key(|e| e.key);
     entries.dedup_by_key(|e| e.key);
     summary.entries = entries.len();
+    let mut per_target = vec![0usize; classes];
+    for e in &entries {
+        if let Ok(t) = folder.class_index(&e.target) {
+            per_target[t] += 1;
+        }
+    }
     summary.per_target = per_target
         .into_iter()
         .enumerate()

@@ -173,6 +173,8 @@ mod tests {
             prompt: "a photo of a b.".into(),
             r: NoiseLevel::GENIE_DEFAULT,
             seed: 0,
+            variant: 0,
+            source_hash: [n; 32],
         }
     }
 
