@@ -1231,29 +1231,24 @@ fn class_name_files_name_the_prompts_and_keep_ids_apart() {
     let o = out.display().to_string();
     let cache = tmp.path().join("cache");
     let c = cache.display().to_string();
+    let generate = |extra: &[&str]| {
+        let mut args = vec![
+            "generate", "--model", "tiny", "--steps", "2", "--levels", "0.8", "--source", &s,
+        ];
+        args.extend_from_slice(extra);
+        genie(tmp.path(), &args)
+    };
     let run = |targets: &str, out: &str| {
-        genie(
-            tmp.path(),
-            &[
-                "generate",
-                "--model",
-                "tiny",
-                "--steps",
-                "2",
-                "--levels",
-                "0.8",
-                "--source",
-                &s,
-                "--class-names",
-                &n,
-                "--targets",
-                targets,
-                "--cache",
-                &c,
-                "--out",
-                out,
-            ],
-        )
+        generate(&[
+            "--class-names",
+            &n,
+            "--targets",
+            targets,
+            "--cache",
+            &c,
+            "--out",
+            out,
+        ])
     };
     let r = run("n02012849,n03126707", &o);
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
@@ -1271,26 +1266,14 @@ fn class_name_files_name_the_prompts_and_keep_ids_apart() {
         "{json}"
     );
     let single = tmp.path().join("single");
-    let r = genie(
-        tmp.path(),
-        &[
-            "generate",
-            "--model",
-            "tiny",
-            "--steps",
-            "2",
-            "--levels",
-            "0.8",
-            "--source",
-            &s,
-            "--class-names",
-            &n,
-            "--target",
-            "n01440764",
-            "--out",
-            single.to_str().unwrap(),
-        ],
-    );
+    let r = generate(&[
+        "--class-names",
+        &n,
+        "--target",
+        "n01440764",
+        "--out",
+        single.to_str().unwrap(),
+    ]);
     assert!(r.status.success());
     assert!(
         String::from_utf8_lossy(&r.stderr).contains("\"a photo of a tench.\""),
@@ -1310,24 +1293,12 @@ fn class_name_files_name_the_prompts_and_keep_ids_apart() {
     }
     // Without a file: two names with one folder name would overwrite each other.
     let bad = tmp.path().join("collide");
-    let r = genie(
-        tmp.path(),
-        &[
-            "generate",
-            "--model",
-            "tiny",
-            "--steps",
-            "2",
-            "--levels",
-            "0.8",
-            "--source",
-            &s,
-            "--targets",
-            "golden retriever,golden_retriever",
-            "--out",
-            bad.to_str().unwrap(),
-        ],
-    );
+    let r = generate(&[
+        "--targets",
+        "golden retriever,golden_retriever",
+        "--out",
+        bad.to_str().unwrap(),
+    ]);
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(
         !r.status.success() && stderr.contains("golden_retriever/"),

@@ -966,6 +966,30 @@ fn a_loaded_plan_is_exactly_what_training_mixes_from_a_pre_warmed_cache() {
         assert_eq!(targets, ["delta", "gamma"]);
     });
 
+    // The offline protocol takes the same plan: every pair found in the dataset, all cached.
+    let inner = InMemDataset::new(items.clone());
+    let offline =
+        OfflinePlan::from_plan(&inner, &pairs, &keys, &[NoiseLevel::GENIE_DEFAULT]).unwrap();
+    assert_eq!(offline.negatives.len(), 12);
+    assert!(offline.missing(&cache).unwrap().is_empty());
+    let with_negatives = GenieDataset::new(inner, Arc::clone(&cache), &offline).unwrap();
+    assert_eq!(with_negatives.len(), items.len() + 12);
+    // A plan source the dataset lacks is an error that names it.
+    let without_source: Vec<_> = items
+        .iter()
+        .filter(|i| i.source_id() != pairs[0].source_id())
+        .cloned()
+        .collect();
+    assert_eq!(without_source.len(), items.len() - 1);
+    let err = OfflinePlan::from_plan(
+        &InMemDataset::new(without_source),
+        &pairs,
+        &keys,
+        &[NoiseLevel::GENIE_DEFAULT],
+    )
+    .err()
+    .unwrap();
+    assert!(err.to_string().contains("not in the dataset"), "{err}");
     // The plan must fit this run: other levels, or another engine, are errors up front.
     let fixed_only = || {
         Augmenter::<ImageDatasetItem>::new(

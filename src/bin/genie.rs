@@ -490,6 +490,23 @@ fn level_file(dir: &Path, level: NoiseLevel, variant: Option<u32>) -> PathBuf {
     }
 }
 
+/// The key space of a command: `classes`, with `--superclass` for those without their own.
+fn key_space(
+    engine: &diffusion::EnginePlan,
+    classes: Vec<genie::classes::ClassInfo>,
+    superclass: Option<&String>,
+) -> genie::generator::KeySpace {
+    let keys = genie::generator::KeySpace::with_classes(
+        engine.fingerprint.clone(),
+        engine.resolution,
+        classes,
+    );
+    match superclass {
+        Some(s) => keys.with_superclass(s.clone()),
+        None => keys,
+    }
+}
+
 /// The class-name file of `--class-names`, if given.
 fn read_class_names(path: Option<&Path>) -> Result<Option<genie::classes::ClassNames>> {
     path.map(genie::classes::ClassNames::read)
@@ -589,14 +606,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
         .iter()
         .map(|&l| plan.level_start(l))
         .collect::<Result<Vec<_>, _>>()?;
-    let mut keys = genie::generator::KeySpace::with_classes(
-        plan.fingerprint.clone(),
-        plan.resolution,
-        classes,
-    );
-    if let Some(superclass) = &args.superclass {
-        keys = keys.with_superclass(superclass.clone());
-    }
+    let keys = key_space(&plan, classes, args.superclass.as_ref());
     let mut pairs = Vec::new();
     for (img, dir) in raw.iter().zip(&source_dirs) {
         let src = img
@@ -919,7 +929,6 @@ fn read_pairs(path: &Path) -> Result<Vec<(String, String)>> {
 }
 
 fn warm_plan(args: WarmPlanArgs) -> Result<()> {
-    use genie::generator::KeySpace;
     use genie::policy::SourceStrategy;
     use genie::warm::{build_plan, write_plan, ImageFolder, PlanMode, PlanOptions};
 
@@ -945,10 +954,7 @@ fn warm_plan(args: WarmPlanArgs) -> Result<()> {
     let classes = genie::classes::classes_for(&folder.classes, names.as_ref())?;
     let engine =
         diffusion::plan_engine(&model_source(&args.model)?, &engine_options(&args.model)?)?;
-    let mut keys = KeySpace::with_classes(engine.fingerprint, engine.resolution, classes);
-    if let Some(superclass) = &args.superclass {
-        keys = keys.with_superclass(superclass.clone());
-    }
+    let keys = key_space(&engine, classes, args.superclass.as_ref());
     let (sources, confusion) = match args.sources.as_slice() {
         [kind] if kind == "uniform" => (SourceStrategy::Uniform, None),
         [kind, file] if kind == "confusion" => {
@@ -1129,14 +1135,7 @@ fn sheet(args: SheetArgs) -> Result<()> {
     let src = SourceImage::new(source.clone());
     let names = read_class_names(args.class_names.as_deref())?;
     let classes = genie::classes::classes_for(&[args.target.trim()], names.as_ref())?;
-    let mut keys = genie::generator::KeySpace::with_classes(
-        plan.fingerprint.clone(),
-        plan.resolution,
-        classes,
-    );
-    if let Some(superclass) = &args.superclass {
-        keys = keys.with_superclass(superclass.clone());
-    }
+    let keys = key_space(&plan, classes, args.superclass.as_ref());
     let seed = keys.pair_seed(args.seed, src.hash, 0, args.variant);
     let mut levels = Vec::new();
     for &level in &args.levels {

@@ -631,6 +631,19 @@ impl<I: GenieItem> Augmenter<I> {
         if plan.sources_left == 0 {
             return;
         }
+        // After a whole epoch every item has passed: planned sources still unseen are not in
+        // this dataset. Say so once, and stop looking (it costs every batch a lookup per item).
+        let seen = state.policy.batch_counts().seen_total();
+        if seen > state.policy.items_per_epoch() + labelled.len() as u64 {
+            tracing::warn!(
+                missing = plan.sources_left,
+                "planned sources never passed through a batch in a whole epoch: they are not in \
+                 this dataset (or their items have no `<class>/<file>` source id); their pairs are \
+                 not used"
+            );
+            plan.sources_left = 0;
+            return;
+        }
         let mut started = Vec::new();
         for &(i, label) in labelled {
             let item = &items[i];

@@ -55,6 +55,11 @@ pub struct AdaOutcome {
     pub unscorable: usize,
 }
 
+/// Real items per class embedded for a target's prototype (the first ones of the dataset): a
+/// few-shot support set is smaller, a long-tail Few class too; this bounds the embedding call of
+/// a large target class.
+const PROTOTYPE_ITEMS: usize = 64;
+
 /// The level a plan mixes before (or without) GeNIe-Ada: GeNIe's 0.8 when generated, else the
 /// first.
 fn fixed_level(levels: &[NoiseLevel]) -> Option<NoiseLevel> {
@@ -218,8 +223,8 @@ impl OfflinePlan {
 
     /// GeNIe-Ada with a model given now (e.g. the frozen backbone of the few-shot protocol):
     /// for each pair whose levels are all cached, embeds its source, its generated images and
-    /// its target's real items of `dataset` (the prototype) with `extractor`, and takes the
-    /// level Algorithm 1 chooses. Other pairs keep the fixed level.
+    /// its target's real items of `dataset` (the prototype, from up to 64 of them) with
+    /// `extractor`, and takes the level Algorithm 1 chooses. Other pairs keep the fixed level.
     pub fn choose_levels<D: Dataset<I>, I: GenieItem, M, F: FeatureExtractor<M, I>>(
         &mut self,
         dataset: &D,
@@ -236,7 +241,10 @@ impl OfflinePlan {
         for index in 0..dataset.len() {
             let item = get(dataset, index)?;
             if let Some(label) = item.label().filter(|_| !item.is_generated()) {
-                by_class.entry(label).or_default().push(index);
+                let members = by_class.entry(label).or_default();
+                if members.len() < PROTOTYPE_ITEMS {
+                    members.push(index);
+                }
             }
         }
         let mut prototypes: HashMap<usize, Option<Vec<f64>>> = HashMap::new();
