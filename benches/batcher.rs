@@ -387,7 +387,7 @@ fn train_step(c: &mut Criterion) {
     group.sample_size(30);
     group.measurement_time(Duration::from_secs(20));
     let mut run = |name: &str, batcher: &dyn Batcher<ImageDatasetItem, ImageBatch>| {
-        let mut model = Some(Cnn::new(10, SIDE as usize, &device));
+        let mut model = Some(Cnn::new(10, &device));
         let mut optim = AdamConfig::new().init();
         let mut i = 0;
         group.bench_function(name, |b| {

@@ -148,7 +148,7 @@ fn train_backbone(
 ) -> Result<common::Cnn> {
     let device = Device::flex().autodiff();
     let batcher = common::ImageBatcher { side };
-    let mut model = common::Cnn::new(classes, side as usize, &device);
+    let mut model = common::Cnn::new(classes, &device);
     let mut optim = AdamConfig::new().init();
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
     let loader = DataLoaderBuilder::new(batcher)

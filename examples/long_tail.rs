@@ -39,7 +39,7 @@ use genie::cache::Cache;
 use genie::generator::Generator;
 use genie::loader::{
     image_item, predictions_and_targets, Augmenter, AugmenterConfig, GenieBatcher, GenieItem,
-    KeySpace, LiveConfig, LiveModel,
+    KeySpace, LiveConfig, LiveModel, OfflinePlan,
 };
 use genie::policy::{ClassStats, Group, Policy, PolicyConfig, SharedConfusion};
 use genie::synthetic;
@@ -66,6 +66,10 @@ struct Args {
     /// Generate nothing: mix only what the cache already holds (with --plan and --cache).
     #[arg(long)]
     no_generator: bool,
+    /// Generate while training (the batcher starts pairs as their sources pass and mixes them
+    /// once ready) instead of generating every planned hard negative before training.
+    #[arg(long)]
+    online: bool,
     /// Training epochs per run.
     #[arg(long, default_value_t = 8)]
     epochs: usize,
@@ -180,13 +184,12 @@ struct Outcome {
 }
 
 fn train(args: &Args, data: &Data, online: Option<&Online>, device: &Device) -> Result<Outcome> {
-    let side = args.image_size as usize;
     let classes = data.classes.len();
     let batcher = ImageBatcher {
         side: args.image_size,
     };
     let train_device = device.clone().autodiff();
-    let mut model = Cnn::new(classes, side, &train_device);
+    let mut model = Cnn::new(classes, &train_device);
     let mut optim = AdamConfig::new().init();
     let loss_fn = CrossEntropyLossConfig::new().init(&train_device);
     let loader = match online {
@@ -395,9 +398,9 @@ fn main() -> Result<()> {
     };
     let confusion = SharedConfusion::new(classes);
     let policy = if args.stats_from_batches {
-        Policy::long_tail_from_batches(classes, data.train.len(), policy_config)?
+        Policy::long_tail_from_batches(classes, data.train.len(), policy_config.clone())?
     } else {
-        Policy::long_tail(stats.clone(), policy_config)?
+        Policy::long_tail(stats.clone(), policy_config.clone())?
     };
     let keys = KeySpace::with_classes(
         plan.fingerprint.clone(),
@@ -406,7 +409,7 @@ fn main() -> Result<()> {
     );
     let mut augmenter = Augmenter::new(
         policy,
-        keys,
+        keys.clone(),
         Arc::clone(&cache),
         generator.clone(),
         AugmenterConfig {
@@ -420,6 +423,31 @@ fn main() -> Result<()> {
         let pairs = genie::warm::plan_pairs(&entries);
         println!("loaded plan: {} pairs from {}", pairs.len(), file.display());
         augmenter = augmenter.with_plan(&pairs)?;
+    } else if let (Some(generator), false) = (&generator, args.online || args.stats_from_batches) {
+        // The paper's protocol: the hard negatives exist before training starts. Plan them
+        // (the policy's offline plan, uniform sources: no confusions are known yet), generate
+        // what the cache lacks, and let the batcher mix exactly those pairs.
+        let planner = Policy::long_tail(stats.clone(), policy_config.clone())?;
+        let train_set = InMemDataset::new(data.train.clone());
+        let offline = OfflinePlan::new(&train_set, &planner, &keys, augmenter.levels(), None)?;
+        let started = Instant::now();
+        offline.request_missing(&train_set, &keys, generator)?;
+        let keys_to_wait: Vec<_> = offline.negatives.iter().flat_map(|n| &n.keys).collect();
+        for (n, key) in keys_to_wait.iter().enumerate() {
+            generator.wait(key, std::time::Duration::from_secs(24 * 3600))?;
+            if (n + 1) % 50 == 0 || n + 1 == keys_to_wait.len() {
+                print!(
+                    "\rgenerating the hard negatives first: {}/{} images ({:.0} s)",
+                    n + 1,
+                    keys_to_wait.len(),
+                    started.elapsed().as_secs_f64()
+                );
+                use std::io::Write as _;
+                std::io::stdout().flush()?;
+            }
+        }
+        println!();
+        augmenter = augmenter.with_plan(&offline.pairs(&train_set, &keys)?)?;
     }
     let augmenter = Arc::new(augmenter);
     let online = Online {

@@ -1,10 +1,13 @@
-//! Deterministic drawn-shape and texture images: a long-tailed classification dataset made in code.
+//! Deterministic drawn-shape images: a long-tailed classification dataset made in code.
 //!
 //! Examples, tests and benches need a labelled, class-imbalanced image set that exists without
-//! network access, downloads or licences, and that is the same on every machine. Each class is a
-//! distinct geometry (shapes and textures) drawn with random placement, colours and a little
-//! noise, so a small CNN can learn it at 32×32 but colour alone does not give the label away.
-//! Everything is a pure function of its arguments: the same call always gives the same pixels.
+//! network access, downloads or licences, and that is the same on every machine. Each class is
+//! one shape (its label), drawn with random placement, size, rotation and colour on a random
+//! background: plain, a gradient, stripes, checks, dots or waves, in colours of its own. The
+//! backgrounds, colours and textures are shared by every class, so only the shape tells the
+//! class: a hard negative that keeps a source's background and colours but shows another
+//! shape is a meaningful one (the shapes model, `genie::diffusion::shapes`, was trained on
+//! these images). Everything is a pure function of its arguments.
 
 use std::path::{Path, PathBuf};
 
@@ -14,17 +17,11 @@ use rand_core::{RngCore, SeedableRng};
 
 /// Class names in label order; also the folder names [`write_image_folder`] uses.
 pub const CLASS_NAMES: [&str; 10] = [
-    "circle",
-    "square",
-    "triangle",
-    "cross",
-    "ring",
-    "stripes",
-    "checkerboard",
-    "dots",
-    "diamond",
-    "gradient",
+    "circle", "square", "triangle", "cross", "ring", "diamond", "star", "crescent", "heart",
+    "arrow",
 ];
+/// Background styles, shared by every class.
+pub const BACKGROUNDS: [&str; 6] = ["plain", "gradient", "stripes", "checks", "dots", "waves"];
 /// Smallest image side [`render`] accepts: below this the shapes are no longer recognisable.
 pub const MIN_SIZE: u32 = 8;
 /// Largest image side [`render`] accepts, to keep generation cheap.
@@ -64,9 +61,20 @@ const BALANCED_STREAM: u64 = 0x4241_4c41_4e43_4544;
 
 /// Draws one image of `class` (an index into [`CLASS_NAMES`]) with side `size`.
 ///
-/// Position, scale, rotation or phase, both colours and the pixel noise all come from a ChaCha8
-/// stream seeded by `(class, seed)`.
+/// Position, scale, rotation, the background style and its texture, all colours and the pixel
+/// noise come from a ChaCha8 stream seeded by `(class, seed)`.
 pub fn render(class: usize, seed: u64, size: u32) -> Result<RgbImage, SyntheticError> {
+    render_on(class, seed, size, None)
+}
+
+/// [`render`] with the background style forced (an index into [`BACKGROUNDS`]), e.g. to compare
+/// shapes on plain backgrounds.
+pub fn render_on(
+    class: usize,
+    seed: u64,
+    size: u32,
+    background: Option<usize>,
+) -> Result<RgbImage, SyntheticError> {
     if class >= CLASS_NAMES.len() {
         return Err(SyntheticError::UnknownClass { class });
     }
@@ -74,19 +82,25 @@ pub fn render(class: usize, seed: u64, size: u32) -> Result<RgbImage, SyntheticE
         return Err(SyntheticError::SizeOutOfRange { size });
     }
     let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, class as u64));
-    let pattern = Pattern::sample(class, &mut rng);
-    let (fg, bg) = colours(&mut rng);
-    // One pixel in local pattern units: the width of the anti-aliased edge, so shapes look the
+    let shape = Shape::sample(class, &mut rng);
+    let mut backdrop = Backdrop::sample(&mut rng);
+    if let Some(style) = background {
+        backdrop.style = style.min(BACKGROUNDS.len() - 1);
+    }
+    let fg = foreground(&mut rng, &backdrop.colours);
+    // One pixel in local shape units: the width of the anti-aliased edge, so shapes look the
     // same (not jagged or blurred) at every size.
-    let aa = 2.0 / size as f32 / pattern.scale;
+    let aa = 2.0 / size as f32 / shape.scale;
+    let aa_image = 2.0 / size as f32;
     let mut img = RgbImage::new(size, size);
     for (x, y, px) in img.enumerate_pixels_mut() {
         let u = 2.0 * (x as f32 + 0.5) / size as f32 - 1.0;
         let v = 2.0 * (y as f32 + 0.5) / size as f32 - 1.0;
-        let cover = pattern.coverage(u, v, aa);
+        let cover = shape.coverage(u, v, aa);
+        let bg = backdrop.colour(u, v, aa_image);
         let noise = rng.next_u32().to_le_bytes();
         *px = Rgb(std::array::from_fn(|c| {
-            let base = f32::from(bg[c]) + cover * (f32::from(fg[c]) - f32::from(bg[c]));
+            let base = bg[c] + cover * (f32::from(fg[c]) - bg[c]);
             let jitter = f32::from(noise[c] % 25) - 12.0;
             (base + jitter).round().clamp(0.0, 255.0) as u8
         }));
@@ -197,92 +211,144 @@ fn uniform(rng: &mut ChaCha8Rng, lo: f32, hi: f32) -> f32 {
     lo + (hi - lo) * (rng.next_u32() >> 8) as f32 / (1u32 << 24) as f32
 }
 
-/// Random foreground and background with a minimum luminance gap, so the pattern is visible in
-/// grayscale too, and a random sign, so "bright" or "dark" says nothing about the class.
-fn colours(rng: &mut ChaCha8Rng) -> ([u8; 3], [u8; 3]) {
-    let luma =
-        |c: [u8; 3]| 0.299 * f32::from(c[0]) + 0.587 * f32::from(c[1]) + 0.114 * f32::from(c[2]);
-    let mut pick = || -> [u8; 3] { std::array::from_fn(|_| (rng.next_u32() >> 24) as u8) };
-    let bg = pick();
-    for _ in 0..32 {
-        let fg = pick();
-        if (luma(fg) - luma(bg)).abs() >= 70.0 {
-            return (fg, bg);
-        }
-    }
-    // Rare (bg near mid-grey and unlucky draws): the complement is as far away as it gets.
-    (bg.map(|c| 255 - c), bg)
+fn luma(c: [u8; 3]) -> f32 {
+    0.299 * f32::from(c[0]) + 0.587 * f32::from(c[1]) + 0.114 * f32::from(c[2])
 }
 
-/// A class's geometry after its random draws: where the local frame is and what to draw in it.
-struct Pattern {
+fn random_colour(rng: &mut ChaCha8Rng) -> [u8; 3] {
+    std::array::from_fn(|_| (rng.next_u32() >> 24) as u8)
+}
+
+/// A foreground with a luminance gap of at least 70 to both background colours, so the shape is
+/// visible in grayscale too; bright or dark says nothing about the class.
+fn foreground(rng: &mut ChaCha8Rng, background: &[[u8; 3]; 2]) -> [u8; 3] {
+    for _ in 0..64 {
+        let fg = random_colour(rng);
+        if background
+            .iter()
+            .all(|&bg| (luma(fg) - luma(bg)).abs() >= 70.0)
+        {
+            return fg;
+        }
+    }
+    // Rare (a background spanning mid-grey): black or white, whichever is farther.
+    let mean = (luma(background[0]) + luma(background[1])) / 2.0;
+    if mean > 127.0 {
+        [0, 0, 0]
+    } else {
+        [255, 255, 255]
+    }
+}
+
+/// A background: one of [`BACKGROUNDS`], in two related colours.
+struct Backdrop {
+    style: usize,
+    colours: [[u8; 3]; 2],
+    /// Direction of gradients, stripes and waves, and the rotation of checks and dots.
+    cos: f32,
+    sin: f32,
+    /// Texture period in image half-widths.
+    period: f32,
+    phase: (f32, f32),
+}
+
+impl Backdrop {
+    fn sample(rng: &mut ChaCha8Rng) -> Self {
+        let style = (rng.next_u32() % BACKGROUNDS.len() as u32) as usize;
+        let a = random_colour(rng);
+        // The second colour is the first, shifted: a textured background reads as one colour
+        // family, and the foreground can stand apart from both.
+        let shift = uniform(rng, 35.0, 80.0) * if luma(a) > 127.0 { -1.0 } else { 1.0 };
+        let b = a.map(|c| (f32::from(c) + shift).clamp(0.0, 255.0) as u8);
+        let angle = uniform(rng, 0.0, std::f32::consts::TAU);
+        Backdrop {
+            style,
+            colours: [a, b],
+            cos: angle.cos(),
+            sin: angle.sin(),
+            period: uniform(rng, 0.22, 0.45),
+            phase: (uniform(rng, 0.0, 1.0), uniform(rng, 0.0, 1.0)),
+        }
+    }
+
+    /// The background's colour at image coordinates `(u, v)`, each in -1..1.
+    fn colour(&self, u: f32, v: f32, aa: f32) -> [f32; 3] {
+        let (s, t) = (self.cos * u + self.sin * v, -self.sin * u + self.cos * v);
+        let p = self.period;
+        // Soft-edged band of half of each period, 1 inside.
+        let band = |w: f32, phase: f32| {
+            let d = ((w / p + phase).rem_euclid(1.0) - 0.5).abs() * p - 0.25 * p;
+            (0.5 - d / aa).clamp(0.0, 1.0)
+        };
+        let mix = match self.style {
+            0 => 0.0,
+            1 => (0.5 + 0.5 * s).clamp(0.0, 1.0),
+            2 => band(s, self.phase.0),
+            3 => {
+                let (x, y) = (band(s, self.phase.0), band(t, self.phase.1));
+                x + y - 2.0 * x * y
+            }
+            4 => {
+                let cell = |w: f32, phase: f32| ((w / p + phase).rem_euclid(1.0) - 0.5) * p;
+                let d = cell(s, self.phase.0).hypot(cell(t, self.phase.1)) - 0.25 * p;
+                (0.5 - d / aa).clamp(0.0, 1.0)
+            }
+            _ => {
+                let k = std::f32::consts::TAU / (2.0 * p);
+                0.5 + 0.5
+                    * ((k * s + self.phase.0 * 6.0).sin() * (k * t + self.phase.1 * 6.0).sin())
+            }
+        };
+        let [a, b] = self.colours;
+        std::array::from_fn(|c| f32::from(a[c]) + mix * (f32::from(b[c]) - f32::from(a[c])))
+    }
+}
+
+/// A class's shape after its random draws: where its local frame is, how big and turned.
+struct Shape {
     class: usize,
     centre: (f32, f32),
     /// Local units per image half-width: shapes have radius about 1 in local units.
     scale: f32,
     cos: f32,
     sin: f32,
-    /// Texture period (stripes, checks, dots) or gradient steepness, in local units.
-    period: f32,
-    phase: (f32, f32),
-    /// Dot radius as a fraction of the period.
-    radius: f32,
 }
 
-impl Pattern {
+impl Shape {
     fn sample(class: usize, rng: &mut ChaCha8Rng) -> Self {
-        let tau = std::f32::consts::TAU;
-        let scale = match class {
-            0..=4 | 8 => uniform(rng, 0.45, 0.72),
-            _ => 1.0, // textures fill the frame at their own period
-        };
-        // Shapes stay inside the frame; textures fill it and take their offset from `phase`.
+        let scale = uniform(rng, 0.45, 0.72);
         let reach = (0.95 - scale).max(0.0);
         let centre = (uniform(rng, -reach, reach), uniform(rng, -reach, reach));
-        // Square and diamond turn only a little: a square at 45° would be a diamond.
+        // Square and diamond turn only a little (a square at 45° would be a diamond); hearts
+        // stay upright-ish.
         let angle = match class {
-            1 | 8 => uniform(rng, -0.35, 0.35),
-            _ => uniform(rng, 0.0, tau),
+            1 | 5 => uniform(rng, -0.35, 0.35),
+            8 => uniform(rng, -0.5, 0.5),
+            _ => uniform(rng, 0.0, std::f32::consts::TAU),
         };
-        let period = match class {
-            5 => uniform(rng, 0.3, 0.55),
-            6 => uniform(rng, 0.4, 0.7),
-            7 => uniform(rng, 0.35, 0.55),
-            _ => uniform(rng, 0.7, 1.0),
-        };
-        let phase = (uniform(rng, 0.0, 1.0), uniform(rng, 0.0, 1.0));
-        let radius = uniform(rng, 0.2, 0.3);
-        Self {
+        Shape {
             class,
             centre,
             scale,
             cos: angle.cos(),
             sin: angle.sin(),
-            period,
-            phase,
-            radius,
         }
     }
 
-    /// How much of the pixel at image coordinates `(u, v)` (each in -1..1) is foreground.
+    /// How much of the pixel at image coordinates `(u, v)` (each in -1..1) is the shape.
     fn coverage(&self, u: f32, v: f32, aa: f32) -> f32 {
         let du = (u - self.centre.0) / self.scale;
         let dv = (v - self.centre.1) / self.scale;
         let x = self.cos * du + self.sin * dv;
         let y = -self.sin * du + self.cos * dv;
-        if self.class == 9 {
-            return (0.5 + 0.5 * x * self.period).clamp(0.0, 1.0);
-        }
         // Signed distance (negative inside) turned into a one-pixel-wide soft edge.
         (0.5 - self.distance(x, y) / aa).clamp(0.0, 1.0)
     }
 
-    /// Signed distance to the class's outline; exact near edges, which is all anti-aliasing needs.
+    /// Signed distance to the class's outline (`y` grows downwards); exact or a close bound
+    /// near edges, which is all anti-aliasing needs.
     fn distance(&self, x: f32, y: f32) -> f32 {
-        let (p, (ax, ay)) = (self.period, (x.abs(), y.abs()));
-        // Distance to the edge of a band that covers half of each period, negative inside.
-        let band =
-            |t: f32, phase: f32| ((t / p + phase).rem_euclid(1.0) - 0.5).abs() * p - 0.25 * p;
+        let (ax, ay) = (x.abs(), y.abs());
         match self.class {
             0 => x.hypot(y) - 1.0,
             1 => ax.max(ay) - 0.85,
@@ -293,24 +359,60 @@ impl Pattern {
             }
             3 => (ax - 1.0).max(ay - 0.28).min((ax - 0.28).max(ay - 1.0)),
             4 => (x.hypot(y) - 0.75).abs() - 0.22,
-            5 => band(x, self.phase.0),
-            6 => {
-                // Inside where both bands agree: a checker is the XNOR of two stripe sets.
-                let (bx, by) = (band(x, self.phase.0), band(y, self.phase.1));
-                -(bx * by).signum() * bx.abs().min(by.abs())
-            }
-            7 => {
-                let cell = |t: f32, phase: f32| ((t / p + phase).rem_euclid(1.0) - 0.5) * p;
-                cell(x, self.phase.0).hypot(cell(y, self.phase.1)) - self.radius * p
-            }
-            _ => {
+            5 => {
                 // Tall rhombus, half-width A and half-height B: distance to its edge lines.
                 const A: f32 = 0.65;
                 const B: f32 = 1.05;
                 (ax / A + ay / B - 1.0) * A * B / (A * A + B * B).sqrt()
             }
+            6 => star(x, -y, 1.0, 0.42),
+            7 => (x.hypot(y) - 1.0).max(0.8 - (x - 0.45).hypot(y)),
+            8 => heart(x / 1.7, (0.85 - y) / 1.7) * 1.7,
+            _ => {
+                // Shaft and head, pointing along +x.
+                let shaft = (x + 0.35).abs().max(0.0) - 0.6;
+                let shaft = shaft.max(ay - 0.2);
+                let head_back = 0.15 - x;
+                // Edges from (0.15, ±0.65) to (1.0, 0).
+                let (nx, ny) = (0.65f32, 0.85f32);
+                let n = nx.hypot(ny);
+                let edge = (nx * (x - 1.0) + ny * ay) / n;
+                shaft.min(head_back.max(edge))
+            }
         }
     }
+}
+
+/// Inigo Quilez's exact signed distance to a five-pointed star of outer radius `r` and inner
+/// ratio `rf`, `y` up.
+fn star(x: f32, y: f32, r: f32, rf: f32) -> f32 {
+    const K1: (f32, f32) = (0.809_017, -0.587_785_24);
+    const K2: (f32, f32) = (-0.809_017, -0.587_785_24);
+    let (mut px, mut py) = (x.abs(), y);
+    let d1 = 2.0 * (K1.0 * px + K1.1 * py).max(0.0);
+    px -= d1 * K1.0;
+    py -= d1 * K1.1;
+    let d2 = 2.0 * (K2.0 * px + K2.1 * py).max(0.0);
+    px -= d2 * K2.0;
+    py -= d2 * K2.1;
+    px = px.abs();
+    py -= r;
+    let (bax, bay) = (-rf * K1.1, rf * K1.0 - 1.0);
+    let h = ((px * bax + py * bay) / (bax * bax + bay * bay)).clamp(0.0, r);
+    let (dx, dy) = (px - bax * h, py - bay * h);
+    dx.hypot(dy) * (py * bax - px * bay).signum()
+}
+
+/// Inigo Quilez's exact signed distance to a heart whose tip is at the origin and whose lobes
+/// reach about y = 1 (`y` up).
+fn heart(x: f32, y: f32) -> f32 {
+    let px = x.abs();
+    let dot2 = |a: f32, b: f32| a * a + b * b;
+    if y + px > 1.0 {
+        return dot2(px - 0.25, y - 0.75).sqrt() - std::f32::consts::SQRT_2 / 4.0;
+    }
+    let m = 0.5 * (px + y).max(0.0);
+    dot2(px, y - 1.0).min(dot2(px - m, y - m)).sqrt() * (px - y).signum()
 }
 
 #[cfg(test)]
@@ -411,8 +513,8 @@ mod tests {
 
     /// Features that ignore the random colours (bright-on-dark or dark-on-bright) and placement,
     /// so class means do not average away: minority-tone area, edge length, perimeter² / area
-    /// (compactness), mid-tone area (soft gradients), how peaked the edge orientations are
-    /// (straight edges versus curves) and the orientation histogram itself.
+    /// (compactness), mid-tone area, how peaked the edge orientations are (straight edges versus
+    /// curves), whether the shape covers its own centroid, and the orientation histogram.
     fn features(img: &RgbImage) -> Vec<f32> {
         let g = image::imageops::grayscale(img);
         let (lo, hi) = (g.iter().min().copied(), g.iter().max().copied());
@@ -435,9 +537,58 @@ mod tests {
         let edges: f32 = hist.iter().sum();
         let peak = hist.iter().fold(0.0f32, |m, &h| m.max(h)) / edges.max(1e-6);
         let compact = (edges * edges / (minority + 1.0)).ln();
-        let mut f = vec![minority, edges, compact, midtone, peak];
+        // Whether the minority tone's centroid lies in that tone (a star's does, a crescent's
+        // or a ring's does not): the mean over the 3×3 pixels around it.
+        let in_minority = |v: f32| (v > 0.5) == (bright <= n.len() as f32 - bright);
+        let (mut sx, mut sy, mut count) = (0.0f32, 0.0f32, 0.0f32);
+        for (i, &v) in n.iter().enumerate() {
+            if in_minority(v) {
+                sx += (i % w) as f32;
+                sy += (i / w) as f32;
+                count += 1.0;
+            }
+        }
+        let (cx, cy) = (
+            (sx / count.max(1.0)).round() as usize,
+            (sy / count.max(1.0)).round() as usize,
+        );
+        let h = n.len() / w;
+        let mut centre = 0.0f32;
+        for dy in 0..3 {
+            for dx in 0..3 {
+                let (x, y) = (
+                    (cx + dx).saturating_sub(1).min(w - 1),
+                    (cy + dy).saturating_sub(1).min(h - 1),
+                );
+                centre += f32::from(u8::from(in_minority(n[y * w + x]))) / 9.0;
+            }
+        }
+        let mut f = vec![minority, edges, compact, midtone, peak, centre];
         f.extend(hist.iter().map(|h| h / edges.max(1e-6)));
         f
+    }
+
+    #[test]
+    fn backgrounds_are_shared_by_every_class() {
+        // Every class is drawn on every background style, and a style's share is the same
+        // across classes (within sampling noise): the background never tells the class.
+        let n = 600;
+        for (class, name) in CLASS_NAMES.iter().enumerate() {
+            let mut counts = [0usize; BACKGROUNDS.len()];
+            for seed in 0..n {
+                let mut rng = ChaCha8Rng::seed_from_u64(mix(seed, class as u64));
+                let _ = Shape::sample(class, &mut rng);
+                counts[Backdrop::sample(&mut rng).style] += 1;
+            }
+            let expected = n as f64 / BACKGROUNDS.len() as f64;
+            for (style, &c) in counts.iter().enumerate() {
+                assert!(
+                    (c as f64 - expected).abs() < 0.3 * expected,
+                    "{name} on {}: {c} of {n}",
+                    BACKGROUNDS[style]
+                );
+            }
+        }
     }
 
     #[test]
@@ -447,8 +598,9 @@ mod tests {
         let n = 64;
         let stats: Vec<Vec<(f32, f32)>> = (0..CLASS_NAMES.len())
             .map(|class| {
+                // The shapes alone: on plain backgrounds (textures are shared by every class).
                 let fs: Vec<_> = (0..n)
-                    .map(|s| features(&render(class, s, 32).unwrap()))
+                    .map(|s| features(&render_on(class, s, 32, Some(0)).unwrap()))
                     .collect();
                 let column = |d: usize| fs.iter().map(move |f: &Vec<f32>| f[d]);
                 (0..fs[0].len())

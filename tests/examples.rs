@@ -245,6 +245,8 @@ fn long_tail_trains_on_a_pre_warmed_plan_with_the_generator_off() {
             "--cache",
             &c,
             "--no-generator",
+            "--model",
+            "tiny",
             "--steps",
             "2",
             "--epochs",

@@ -80,6 +80,25 @@ fn tokenizer_matches_transformers_on_both_file_layouts() {
     let tok = ClipTokenizer::from_dir(tmp.path(), 77).unwrap();
     assert_eq!(tok.encode(prompt).unwrap().ids, expected);
     assert_eq!(tok.encode("").unwrap().ids, expected_empty);
+    // transformers 5 may write its padding and truncation into tokenizer.json: ignored.
+    let padded = tempfile::tempdir().unwrap();
+    let mut json: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("tokenizer.json")).unwrap())
+            .unwrap();
+    let pad_id = expected[76];
+    json["padding"] = serde_json::json!({
+        "strategy": {"Fixed": 77}, "direction": "Right", "pad_to_multiple_of": null,
+        "pad_id": pad_id, "pad_type_id": 0, "pad_token": "<|endoftext|>"
+    });
+    json["truncation"] = serde_json::json!({
+        "direction": "Right", "max_length": 77, "strategy": "LongestFirst", "stride": 0
+    });
+    std::fs::write(padded.path().join("tokenizer.json"), json.to_string()).unwrap();
+    let tok_padded = ClipTokenizer::from_dir(padded.path(), 77).unwrap();
+    let e = tok_padded.encode(prompt).unwrap();
+    assert_eq!(e.ids, expected);
+    assert!(!e.truncated);
+    assert_eq!(tok_padded.encode("").unwrap().ids, expected_empty);
     // Over-long prompts are cut to 77 ids with EOS last, as diffusers does.
     let long = tok.encode(&"cat ".repeat(200)).unwrap();
     assert!(long.truncated);

@@ -14,11 +14,13 @@ use genie::diffusion::{self, tiny, EngineOptions, ModelSource};
 use genie::factory::SdEngineFactory;
 use genie::loader::{FeatureExtractor, GenieItem};
 
-/// The classifier: two conv blocks, a 64-d embedding (what GeNIe-Ada projects), a linear head.
+/// The classifier: three conv blocks, a global max pool (a shape is recognised wherever it is
+/// drawn), a 64-d embedding (what GeNIe-Ada projects), a linear head. Any input side works.
 #[derive(Module, Debug)]
 pub struct Cnn {
     conv1: Conv2d,
     conv2: Conv2d,
+    conv3: Conv2d,
     pool: MaxPool2d,
     embed: Linear,
     head: Linear,
@@ -26,7 +28,7 @@ pub struct Cnn {
 }
 
 impl Cnn {
-    pub fn new(classes: usize, side: usize, device: &Device) -> Self {
+    pub fn new(classes: usize, device: &Device) -> Self {
         let conv = |i, o| {
             Conv2dConfig::new([i, o], [3, 3])
                 .with_padding(PaddingConfig2d::Same)
@@ -35,8 +37,9 @@ impl Cnn {
         Cnn {
             conv1: conv(3, 16),
             conv2: conv(16, 32),
+            conv3: conv(32, 64),
             pool: MaxPool2dConfig::new([2, 2]).with_strides([2, 2]).init(),
-            embed: LinearConfig::new(32 * (side / 4) * (side / 4), 64).init(device),
+            embed: LinearConfig::new(64, 64).init(device),
             head: LinearConfig::new(64, classes).init(device),
             relu: Relu::new(),
         }
@@ -47,9 +50,11 @@ impl Cnn {
             .pool
             .forward(self.relu.forward(self.conv1.forward(images)));
         let x = self.pool.forward(self.relu.forward(self.conv2.forward(x)));
-        let [n, c, h, w] = x.dims();
-        self.relu
-            .forward(self.embed.forward(x.reshape([n, c * h * w])))
+        let x = self.relu.forward(self.conv3.forward(x));
+        let [n, c, _, _] = x.dims();
+        // Global max pool over the positions.
+        let x = x.max_dim(3).max_dim(2).reshape([n, c]);
+        self.relu.forward(self.embed.forward(x))
     }
 
     pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
@@ -123,12 +128,25 @@ impl FeatureExtractor<Cnn, ImageDatasetItem> for Embeddings {
     }
 }
 
-/// Where the examples generate: the engine's devices (one generator worker each) and dtype.
+/// The models built into genie.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BuiltinModel {
+    /// genie's shapes model: a small Stable Diffusion trained on the drawn shapes (64 px).
+    Shapes,
+    /// A tiny random model: fast, but its images are noise.
+    Tiny,
+}
+
+/// Which engine the examples generate with, where (one generator worker per device), in which
+/// dtype.
 #[derive(clap::Args, Clone, Debug)]
 pub struct EngineArgs {
-    /// Diffusers-layout Stable Diffusion folder (default: the tiny random model).
+    /// Diffusers-layout Stable Diffusion folder (e.g. SD 1.5) instead of a built-in model.
     #[arg(long)]
     pub weights: Option<std::path::PathBuf>,
+    /// The built-in model used without --weights.
+    #[arg(long, value_enum, default_value = "shapes")]
+    pub model: BuiltinModel,
     /// Diffusion steps N (the paper uses 50; fewer keeps the CPU run short).
     #[arg(long, default_value_t = 10)]
     pub steps: usize,
@@ -141,18 +159,22 @@ pub struct EngineArgs {
     pub dtype: String,
 }
 
-/// The engine the examples use: Stable Diffusion from `--weights`, or the tiny random model
-/// (whose images are noise, as the note printed here says), on `--device` in `--dtype`; and the
-/// generator configuration with one worker per device.
+/// The engine the examples use: Stable Diffusion from `--weights`, else the shapes model (or
+/// the tiny random one, whose images are noise, as the note printed here says), on `--device`
+/// in `--dtype`; and the generator configuration with one worker per device.
 pub fn engine_factory(
     args: &EngineArgs,
 ) -> anyhow::Result<(SdEngineFactory, genie::generator::GeneratorConfig)> {
     // One engine worker shares the CPU with the training loop.
     diffusion::pin_cpu_threads();
-    let source = match &args.weights {
-        Some(dir) => ModelSource::Local(dir.clone()),
-        None => {
-            println!("note: the tiny engine has random weights; its hard negatives are noise (use --weights for Stable Diffusion)");
+    let source = match (&args.weights, args.model) {
+        (Some(dir), _) => ModelSource::Local(dir.clone()),
+        (None, BuiltinModel::Shapes) => {
+            println!("engine: genie's shapes model (a small Stable Diffusion trained on the drawn shapes, 64 px)");
+            diffusion::shapes::source()?
+        }
+        (None, BuiltinModel::Tiny) => {
+            println!("note: the tiny engine has random weights; its hard negatives are noise");
             ModelSource::Local(tiny::ensure_tiny_model(&tiny::default_tiny_dir())?)
         }
     };

@@ -266,6 +266,9 @@ enum CacheCommand {
 
 #[derive(Clone, Copy, ValueEnum)]
 enum BuiltinModel {
+    /// genie's shapes model: a small Stable Diffusion trained on the drawn-shapes dataset (64 px,
+    /// prompts "a photo of a {circle|square|triangle|cross|ring|diamond|star|crescent|heart|arrow}.").
+    Shapes,
     /// A tiny random model written on first use (fast, offline; its images are meaningless).
     Tiny,
     /// Stable Diffusion 1.5 from the Hugging Face Hub at a pinned revision (HF_HOME, HF_HUB_OFFLINE).
@@ -282,7 +285,7 @@ struct ModelArgs {
         required_unless_present = "model"
     )]
     weights: Option<PathBuf>,
-    /// A built-in model instead of --weights.
+    /// A built-in model instead of --weights (`shapes` shows the method; `tiny` is fast noise).
     #[arg(long, value_enum)]
     model: Option<BuiltinModel>,
     /// Denoising steps N of the full schedule (r runs the last ⌊N·r⌋).
@@ -422,6 +425,7 @@ fn model_source(args: &ModelArgs) -> Result<ModelSource> {
             eprintln!("note: the tiny model has random weights: its images are meaningless (use --weights for real ones)");
             ModelSource::Local(dir)
         }
+        (None, Some(BuiltinModel::Shapes)) => diffusion::shapes::source()?,
         (None, Some(BuiltinModel::Sd15)) => ModelSource::sd15(),
         (None, None) => bail!("give --weights DIR or --model tiny|sd15"),
     })
@@ -1023,6 +1027,7 @@ fn model_args(m: &ModelArgs) -> Vec<String> {
     match (&m.weights, m.model) {
         (Some(dir), _) => args.extend(["--weights".into(), dir.display().to_string()]),
         (None, Some(BuiltinModel::Tiny)) => args.extend(["--model".into(), "tiny".into()]),
+        (None, Some(BuiltinModel::Shapes)) => args.extend(["--model".into(), "shapes".into()]),
         (None, Some(BuiltinModel::Sd15)) => args.extend(["--model".into(), "sd15".into()]),
         (None, None) => {}
     }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod model;
 pub mod parity;
 pub mod scheduler;
+pub mod shapes;
 pub mod tiny;
 pub mod tokenizer;
 pub mod unet;

@@ -263,7 +263,13 @@ pub fn ensure_tiny_model(dir: &Path) -> Result<std::path::PathBuf, DiffusionErro
 
 /// Where `--model tiny` keeps its model: `$GENIE_HOME/tiny-v{N}`, or the user's cache folder.
 pub fn default_tiny_dir() -> std::path::PathBuf {
-    let base = std::env::var_os("GENIE_HOME")
+    genie_home().join(format!("tiny-v{TINY_MODEL_VERSION}"))
+}
+
+/// genie's own folder for the models it writes: `$GENIE_HOME`, else `$XDG_CACHE_HOME/genie`,
+/// else `~/.cache/genie`, else the temporary folder.
+pub fn genie_home() -> std::path::PathBuf {
+    std::env::var_os("GENIE_HOME")
         .map(std::path::PathBuf::from)
         .or_else(|| {
             std::env::var_os("XDG_CACHE_HOME").map(|p| std::path::PathBuf::from(p).join("genie"))
@@ -271,6 +277,5 @@ pub fn default_tiny_dir() -> std::path::PathBuf {
         .or_else(|| {
             std::env::var_os("HOME").map(|p| std::path::PathBuf::from(p).join(".cache/genie"))
         })
-        .unwrap_or_else(|| std::env::temp_dir().join("genie"));
-    base.join(format!("tiny-v{TINY_MODEL_VERSION}"))
+        .unwrap_or_else(|| std::env::temp_dir().join("genie"))
 }

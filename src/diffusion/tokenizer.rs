@@ -60,7 +60,12 @@ impl ClipTokenizer {
         let vocab = dir.join("vocab.json");
         let merges = dir.join("merges.txt");
         let inner = if json.is_file() {
-            Tokenizer::from_file(&json).map_err(|e| load_err(&json, e))?
+            let mut tok = Tokenizer::from_file(&json).map_err(|e| load_err(&json, e))?;
+            // transformers 5 writes its padding (to 77) and truncation into tokenizer.json;
+            // `encode` frames, cuts and pads the ids itself, as diffusers' call does.
+            tok.with_padding(None);
+            tok.with_truncation(None).map_err(|e| load_err(&json, e))?;
+            tok
         } else if vocab.is_file() && merges.is_file() {
             Self::from_vocab_merges(&vocab, &merges)?
         } else {

@@ -27,6 +27,8 @@ pub struct PlannedNegative {
     pub variant: u32,
     /// The pair's noise seed ([`KeySpace::pair_seed`]).
     pub seed: u64,
+    /// Pixel hash of the source as the engine takes it.
+    pub source_hash: [u8; 32],
     /// One key per level of [`OfflinePlan::levels`], in that order.
     pub keys: Vec<CacheKey>,
     /// The level the hard negative is taken at: the plan's fixed level, or the pair's GeNIe-Ada
@@ -111,6 +113,7 @@ impl OfflinePlan {
                 target,
                 variant,
                 seed,
+                source_hash: hash,
                 key: keys.key(hash, target, fixed, seed),
                 keys: level_keys,
                 level: fixed,
@@ -172,6 +175,7 @@ impl OfflinePlan {
                 target,
                 variant: p.variant,
                 seed: p.seed,
+                source_hash: p.source_hash,
                 keys: level_keys,
                 level: fixed,
                 key,
@@ -181,6 +185,42 @@ impl OfflinePlan {
             levels: levels.to_vec(),
             negatives,
         })
+    }
+
+    /// The plan as a pre-warm plan's pairs, for [`crate::loader::Augmenter::with_plan`]: a
+    /// training run then mixes exactly these pairs (e.g. generated before it starts). Each
+    /// source is named by its item's [`GenieItem::source_id`]; an item without one is an error.
+    pub fn pairs<D: Dataset<I>, I: GenieItem>(
+        &self,
+        dataset: &D,
+        keys: &KeySpace,
+    ) -> Result<Vec<PlannedPair>, LoaderError> {
+        let mut pairs = Vec::with_capacity(self.negatives.len());
+        for n in &self.negatives {
+            let item = get(dataset, n.source_index)?;
+            let source = item.source_id().ok_or_else(|| LoaderError::Plan {
+                path: format!("dataset item {}", n.source_index),
+                message: "the item has no source id (`<class>/<file>`) to find it by".into(),
+            })?;
+            let source_class = item.label().map_or_else(String::new, |l| keys.class_id(l));
+            let mut levels: Vec<(NoiseLevel, CacheKey)> = self
+                .levels
+                .iter()
+                .copied()
+                .zip(n.keys.iter().copied())
+                .collect();
+            levels.sort_unstable();
+            pairs.push(PlannedPair {
+                source: source.into(),
+                source_class,
+                target: keys.class_id(n.target),
+                variant: n.variant,
+                seed: n.seed,
+                source_hash: n.source_hash,
+                levels,
+            });
+        }
+        Ok(pairs)
     }
 
     /// The planned negatives `cache` does not hold every level of yet.
