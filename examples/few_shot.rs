@@ -10,13 +10,15 @@
 //! on the queries.
 //!
 //! ```text
-//! cargo run --release --example few_shot                    # drawn shapes, tiny engine
+//! cargo run --release --example few_shot                    # drawn shapes, shapes model
 //! cargo run --release --example few_shot -- --ada           # r* per pair by GeNIe-Ada
 //! cargo run --release --example few_shot -- --shots 5 --episodes 10 --weights SD15_DIR --device cuda:0 --dtype f16
 //! ```
 //!
-//! With the default tiny random engine the hard negatives are noise: the run shows the protocol,
-//! not the method's gains.
+//! The default engine is genie's shapes model (a small Stable Diffusion trained on the drawn
+//! shapes), so the hard negatives are real ones; `--model tiny` is the random tiny model (fast,
+//! noise). The linear layer on raw pixels is a small stand-in for the paper's frozen backbone and
+//! logistic regression: its numbers show the protocol, not the paper's accuracies.
 
 use std::sync::Arc;
 

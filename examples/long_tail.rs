@@ -7,15 +7,17 @@
 //! histogram of chosen r*, and peak resident memory.
 //!
 //! ```text
-//! cargo run --release --example long_tail                       # drawn shapes, tiny engine
+//! cargo run --release --example long_tail                       # drawn shapes, shapes model
 //! cargo run --release --example long_tail -- --data DIR --weights SD15_DIR --device cuda:0 --dtype f16
 //! cargo run --release --example long_tail -- --data DIR --plan plan.jsonl --cache DIR --no-generator
 //! ```
 //!
-//! By default the dataset is made in code (10 classes of drawn shapes and textures, 500 down to
-//! 5 training images per class) and the engine is the tiny random model: its images are noise,
-//! so the run shows the machinery, not the method's gains. With `--weights` (a diffusers-layout
-//! Stable Diffusion 1.5 folder) and a real dataset, it is the paper's long-tail protocol.
+//! By default the dataset is made in code (10 classes of drawn shapes on shared backgrounds, 500
+//! down to 5 training images per class) and the engine is genie's shapes model, a small Stable
+//! Diffusion trained on those shapes (`--model tiny`: the random tiny model, fast noise). The
+//! planned hard negatives are generated before training, as in the paper's protocol (`--online`
+//! generates while training instead). With `--weights` (a diffusers-layout Stable Diffusion 1.5
+//! folder) and a real dataset, it is the paper's long-tail protocol.
 //! `--data DIR` reads the image-folder layout: `DIR/train/<class>/*.png` and
 //! `DIR/test/<class>/*.png`; the classifier trains at `--image-size` while diffusion reads the
 //! original files. `--class-names FILE` names WordNet-id folders for the prompts. `--plan` takes

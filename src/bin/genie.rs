@@ -427,7 +427,7 @@ fn model_source(args: &ModelArgs) -> Result<ModelSource> {
         }
         (None, Some(BuiltinModel::Shapes)) => diffusion::shapes::source()?,
         (None, Some(BuiltinModel::Sd15)) => ModelSource::sd15(),
-        (None, None) => bail!("give --weights DIR or --model tiny|sd15"),
+        (None, None) => bail!("give --weights DIR or --model shapes|tiny|sd15"),
     })
 }
 
