@@ -191,6 +191,9 @@ fn train(args: &Args, data: &Data, online: Option<&Online>, device: &Device) -> 
         side: args.image_size,
     };
     let train_device = device.clone().autodiff();
+    // Every run starts from the same weights and sees the same batch order (`shuffle` below), so
+    // the runs being compared differ only in their hard negatives.
+    train_device.seed(args.seed);
     let mut model = Cnn::new(classes, &train_device);
     let mut optim = AdamConfig::new().init();
     let loss_fn = CrossEntropyLossConfig::new().init(&train_device);

@@ -171,8 +171,10 @@ fn img2img_keeps_the_source_class_at_low_r_and_shows_the_target_at_high_r() {
     let shapes = shapes::ensure_shapes_model(&home.path().join("shapes")).unwrap();
     let (kept, moved) = low_and_high(ModelSource::Local(shapes), &judge);
     eprintln!("shapes model: {kept}/20 keep the source's class at r = 0.1, {moved}/20 show the target at r = 0.9");
+    // Chance is 2 of 20 for either count; this model gives 14 and 20 (BENCHMARKS.md). The
+    // bounds leave room for the judge's training to differ slightly between machines.
     assert!(
-        kept >= 12,
+        kept >= 10,
         "at r = 0.1 only {kept} of 20 are still their source's class"
     );
     assert!(

@@ -41,6 +41,10 @@ from diffusers import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
+# The shared CLIP vocabulary layout (scripts/clip_vocab.py).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
+from clip_vocab import build_vocab, write_vocab_and_merges  # noqa: E402
+
 CLASSES = [
     "circle", "square", "triangle", "cross", "ring", "diamond", "star", "crescent", "heart",
     "arrow",
@@ -64,21 +68,6 @@ def log(*args):
 # ------------------------------------------------------------------------------------------
 
 
-def bytes_to_unicode():
-    """Exactly OpenAI CLIP's / GPT-2's byte -> unicode table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(
-        range(ord("®"), ord("ÿ") + 1)
-    )
-    cs = bs[:]
-    n = 0
-    for b in range(2**8):
-        if b not in bs:
-            bs.append(b)
-            cs.append(2**8 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
 def word_merges(words):
     """Left-to-right merges that turn each word into a single `word</w>` token."""
     merges, made = [], set()
@@ -99,22 +88,8 @@ def word_merges(words):
 
 def write_tokenizer(folder):
     merges = word_merges(WORDS)
-    vocab = list(bytes_to_unicode().values())
-    vocab = vocab + [v + "</w>" for v in vocab]
-    known = set(vocab)
-    for a, b in merges:
-        assert a in known and b in known and a + b not in known, (a, b)
-        vocab.append(a + b)
-        known.add(a + b)
-    vocab.extend(["<|startoftext|>", "<|endoftext|>"])
-    ids = {tok: i for i, tok in enumerate(vocab)}
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump(ids, f, ensure_ascii=False)
-    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n")
-        for a, b in merges:
-            f.write(f"{a} {b}\n")
+    ids = build_vocab(merges)
+    write_vocab_and_merges(folder, ids, merges)
     tokenizer = CLIPTokenizer(
         os.path.join(folder, "vocab.json"),
         os.path.join(folder, "merges.txt"),

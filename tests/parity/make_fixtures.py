@@ -27,6 +27,10 @@ import shutil
 import sys
 import tempfile
 
+# The shared CLIP vocabulary layout (scripts/clip_vocab.py).
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "scripts"))
+from clip_vocab import build_vocab, bytes_to_unicode, write_vocab_and_merges  # noqa: E402
+
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
@@ -140,43 +144,6 @@ def dir_size(path):
 # --------------------------------------------------------------------------------------
 # Tokenizer (OpenAI CLIP style vocab, tiny merge list)
 # --------------------------------------------------------------------------------------
-
-
-def bytes_to_unicode():
-    """Exactly OpenAI CLIP's / GPT-2's byte -> unicode table."""
-    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
-    cs = bs[:]
-    n = 0
-    for b in range(2**8):
-        if b not in bs:
-            bs.append(b)
-            cs.append(2**8 + n)
-            n += 1
-    return dict(zip(bs, [chr(c) for c in cs]))
-
-
-def build_vocab():
-    """Vocab built the way OpenAI CLIP's SimpleTokenizer builds it."""
-    vocab = list(bytes_to_unicode().values())
-    vocab = vocab + [v + "</w>" for v in vocab]
-    known = set(vocab)
-    for a, b in MERGES:
-        assert a in known and b in known, f"invalid merge {a!r} {b!r}"
-        assert a + b not in known, f"duplicate merge result {a + b!r}"
-        vocab.append(a + b)
-        known.add(a + b)
-    vocab.extend(["<|startoftext|>", "<|endoftext|>"])
-    return {tok: i for i, tok in enumerate(vocab)}
-
-
-def write_vocab_and_merges(folder, vocab):
-    os.makedirs(folder, exist_ok=True)
-    with open(os.path.join(folder, "vocab.json"), "w", encoding="utf-8") as f:
-        json.dump(vocab, f, ensure_ascii=False)
-    with open(os.path.join(folder, "merges.txt"), "w", encoding="utf-8") as f:
-        f.write("#version: 0.2\n")
-        for a, b in MERGES:
-            f.write(f"{a} {b}\n")
 
 
 def reference_clip_bpe(text, vocab, max_length=77):
@@ -303,11 +270,11 @@ def main():
     os.makedirs(FIXTURES)
 
     # ---------------- tokenizer ----------------
-    vocab = build_vocab()
+    vocab = build_vocab(MERGES)
     bos_id = vocab["<|startoftext|>"]
     eos_id = vocab["<|endoftext|>"]
     tok_src = tempfile.mkdtemp(prefix="genie_tok_")
-    write_vocab_and_merges(tok_src, vocab)
+    write_vocab_and_merges(tok_src, vocab, MERGES)
     tokenizer = CLIPTokenizer.from_pretrained(tok_src, model_max_length=77)
     assert tokenizer.bos_token_id == bos_id and tokenizer.eos_token_id == eos_id
     assert tokenizer.pad_token_id == eos_id
@@ -400,7 +367,7 @@ def main():
     # transformers >= 5 only writes tokenizer.json + tokenizer_config.json; add the classic
     # SD 1.5 files (vocab.json, merges.txt, special_tokens_map.json) as well.
     tok_dir = os.path.join(MODEL_DIR, "tokenizer")
-    write_vocab_and_merges(tok_dir, vocab)
+    write_vocab_and_merges(tok_dir, vocab, MERGES)
     with open(os.path.join(tok_dir, "special_tokens_map.json"), "w") as f:
         json.dump(
             {
