@@ -38,7 +38,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_dataset::vision::ImageDatasetItem;
 use clap::Parser;
 use genie::cache::Cache;
-use genie::generator::Generator;
+use genie::generator::{Generator, WaitOutcome};
 use genie::loader::{
     image_item, predictions_and_targets, Augmenter, AugmenterConfig, GenieBatcher, GenieItem,
     KeySpace, LiveConfig, LiveModel, OfflinePlan,
@@ -438,8 +438,12 @@ fn main() -> Result<()> {
         let started = Instant::now();
         offline.request_missing(&train_set, &keys, generator)?;
         let keys_to_wait: Vec<_> = offline.negatives.iter().flat_map(|n| &n.keys).collect();
+        let mut not_ready = Vec::new();
         for (n, key) in keys_to_wait.iter().enumerate() {
-            generator.wait(key, std::time::Duration::from_secs(24 * 3600))?;
+            let outcome = generator.wait(key, std::time::Duration::from_secs(24 * 3600))?;
+            if outcome != WaitOutcome::Ready {
+                not_ready.push(outcome);
+            }
             if (n + 1) % 50 == 0 || n + 1 == keys_to_wait.len() {
                 print!(
                     "\rgenerating the hard negatives first: {}/{} images ({:.0} s)",
@@ -451,7 +455,18 @@ fn main() -> Result<()> {
                 std::io::stdout().flush()?;
             }
         }
-        println!();
+        println!(
+            "\nready before training: {} of {} planned images",
+            keys_to_wait.len() - not_ready.len(),
+            keys_to_wait.len()
+        );
+        if let Some(first) = not_ready.first() {
+            // Those pairs are requested again by the batcher and mixed once they are ready.
+            println!(
+                "  {} not ready (the first: {first:?}); the batcher retries them while training",
+                not_ready.len()
+            );
+        }
         augmenter = augmenter.with_plan(&offline.pairs(&train_set, &keys)?)?;
     }
     let augmenter = Arc::new(augmenter);

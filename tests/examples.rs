@@ -90,6 +90,10 @@ fn long_tail_runs_and_its_report_adds_up() {
         );
     }
     // "hard negatives: M mixed into batches, P pairs, G images generated, D requests deferred"
+    // The paper's protocol: every planned image exists before the GeNIe run trains (Ada:
+    // five levels for each of the 18 pairs).
+    let ready = numbers(&out, "ready before training:");
+    assert_eq!(ready, [90.0, 90.0], "{out}");
     let totals = numbers(&out, "hard negatives:");
     let (mixed, pairs, generated) = (totals[0], totals[1], totals[2]);
     assert_eq!(pairs, 18.0, "3 Few classes × 6 per class");
@@ -181,6 +185,34 @@ fn few_shot_chooses_r_per_pair_with_a_frozen_backbone() {
 /// Pre-warm, then train: `genie warm plan` and `genie warm run` on an image folder, then the
 /// long-tail example on the same folder with that plan and no generator. Every hard negative
 /// mixed is a cache hit and every planned pair is used.
+#[test]
+fn long_tail_online_generates_while_it_trains() {
+    let out = run(
+        "long_tail",
+        &[
+            "--online",
+            "--model",
+            "tiny",
+            "--epochs",
+            "3",
+            "--steps",
+            "2",
+            "--per-class",
+            "6",
+            "--skip-baseline",
+        ],
+    );
+    assert!(
+        !out.contains("generating the hard negatives first"),
+        "nothing is generated before training:\n{out}"
+    );
+    // Pairs start as their sources pass through the batcher, and ready ones are mixed.
+    let totals = numbers(&out, "hard negatives:");
+    let (mixed, pairs, generated) = (totals[0], totals[1], totals[2]);
+    assert!(pairs > 0.0 && pairs <= 18.0, "{totals:?}");
+    assert!(generated > 0.0 && mixed > 0.0, "{totals:?}");
+}
+
 #[test]
 fn long_tail_trains_on_a_pre_warmed_plan_with_the_generator_off() {
     let home = tempfile::tempdir().unwrap();
