@@ -359,8 +359,18 @@ fn main() -> Result<()> {
         at_star += usize::from(label_at(choice.level) == *target);
         at_five += usize::from(label_at(sweep[0]) == *target);
         at_eight += usize::from(label_at(NoiseLevel::GENIE_DEFAULT) == *target);
-        if example_sheet.is_none() && label_at(choice.level) == *target && *source_label != *target
-        {
+        // The README's sheet: the pair whose r* shows the clearest semantic switch (the
+        // judge's label turns into T exactly at r*, after the largest rise of d_m); the first
+        // pair whose r* image is T is the fallback. A chosen example, said so where it is shown.
+        let labelled_t = label_at(choice.level) == *target && *source_label != *target;
+        let rise = choice.curve[choice.index] - choice.curve[choice.index - 1];
+        let switch = labelled_t && rise > 0.0 && label_at(sweep[choice.index - 1]) != *target;
+        let score = if switch { rise } else { f64::NEG_INFINITY };
+        let better = match &example_sheet {
+            None => labelled_t,
+            Some((best, _, _)) => score > *best,
+        };
+        if better {
             let record = genie::cache::AdaChoiceRecord::new(
                 keys.class_label(*target),
                 &sweep,
@@ -375,11 +385,22 @@ fn main() -> Result<()> {
                     image: Some(images[index(l)].clone()),
                 })
                 .collect();
-            example_sheet = Some(contact_sheet(source, &sheet_levels, Some(&record), 128));
-            println!(
-                "\ncontact sheet: a {} shown as a {} (r* = {})",
-                CLASS_NAMES[*source_label], CLASS_NAMES[*target], choice.level
+            let caption = format!(
+                "a {} shown as a {} (r* = {}; {})",
+                CLASS_NAMES[*source_label],
+                CLASS_NAMES[*target],
+                choice.level,
+                if switch {
+                    "the judge's label turns into the target at r*"
+                } else {
+                    "no pair's label switched exactly at r*"
+                }
             );
+            example_sheet = Some((
+                score,
+                contact_sheet(source, &sheet_levels, Some(&record), 128),
+                caption,
+            ));
         }
     }
     let n = pairs.len() as f64;
@@ -401,8 +422,9 @@ fn main() -> Result<()> {
         "| at r = 0.8 (GeNIe) | {:.0} % |",
         100.0 * at_eight as f64 / n
     );
-    if let Some(sheet) = example_sheet {
+    if let Some((_, sheet, caption)) = example_sheet {
         sheet.save(args.out.join("shapes-sheet.png"))?;
+        println!("\ncontact sheet (shapes-sheet.png): {caption}");
     }
     println!(
         "\npictures in {}; {:.0} s in all",
