@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Measures the contributor's loop on this machine, from a fresh clone of the committed HEAD:
+#   1. clean build of the README's first command (`cargo run --example long_tail`, built, not run)
+#   2. the README's second command after it (`cargo test --locked`, built): what it recompiles
+#   3. an edit in src/cache/ to a test build
+#   4. the test run, and its ten slowest tests
+#   5. with --ci: `.ci/run` on another fresh clone
+# Usage: scripts/dev-loop.sh [--ci] [--only-ci] [--keep] [WORKDIR]   (default WORKDIR: /tmp/genie-dev-loop)
+# Each step prints one `step: seconds` line; the whole report is also written to WORKDIR/report.txt.
+# The first four steps take about 25 minutes on 2 cores, `.ci/run` about as long again.
+set -euo pipefail
+
+ci=0
+steps=1
+keep=0
+work=/tmp/genie-dev-loop
+for arg in "$@"; do
+    case "$arg" in
+        --ci) ci=1 ;;
+        --only-ci) ci=1 steps=0 ;;
+        --keep) keep=1 ;;
+        -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+        -*) echo "unknown option: $arg" >&2; exit 2 ;;
+        *) work="$arg" ;;
+    esac
+done
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+export CARGO_TERM_COLOR=never
+# A fresh clone owns its target folder: nothing reused from the developer's own builds.
+unset CARGO_TARGET_DIR RUSTC_WRAPPER
+mkdir -p "$work"
+report="$work/report.txt"
+: >"$report"
+say() { echo "$*" | tee -a "$report"; }
+
+# Runs a command in the clone, logging to WORKDIR/<name>.log; prints the seconds it took.
+timed() {
+    local name="$1" label="$2" dir="$3"
+    shift 3
+    local t0 t1
+    t0=$(date +%s.%N)
+    if ! (cd "$dir" && "$@") >"$work/$name.log" 2>&1; then
+        say "$label: FAILED (see $work/$name.log)"
+        tail -20 "$work/$name.log"
+        exit 1
+    fi
+    t1=$(date +%s.%N)
+    say "$label: $(echo "$t1 - $t0" | bc | xargs printf '%.0f') s"
+}
+
+# The crates a build log compiled, other than genie itself.
+dependencies_compiled() {
+    grep -E '^\s+Compiling ' "$1" | grep -v ' genie v' | sed -E 's/^\s+Compiling //' || true
+}
+
+say "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB, $(uname -m); $(cargo --version)"
+say "commit: $(git -C "$repo" rev-parse --short HEAD)"
+
+if [ "$steps" = 1 ]; then
+    clone="$work/clone"
+    rm -rf "$clone"
+    git clone --quiet "$repo" "$clone"
+
+    timed 1-run-build "1 clean build of \`cargo run --example long_tail\`" "$clone" \
+        cargo build --locked --example long_tail
+    say "  crates compiled: $(grep -cE '^\s+Compiling ' "$work/1-run-build.log")"
+
+    timed 2-test-build "2 then \`cargo test --locked\` (build)" "$clone" cargo test --locked --no-run
+    recompiled="$(dependencies_compiled "$work/2-test-build.log")"
+    say "  dependencies recompiled: $(if [ -z "$recompiled" ]; then echo none; else echo "$recompiled" | wc -l; fi)"
+    [ -z "$recompiled" ] || echo "$recompiled" | head -20 | sed 's/^/    /' | tee -a "$report"
+
+    echo "// dev-loop edit $(date +%s)" >>"$clone/src/cache/mod.rs"
+    timed 3-edit "3 edit in src/cache/ to test build" "$clone" cargo test --locked --no-run
+    git -C "$clone" checkout --quiet src/cache/mod.rs
+
+    # The test run as `cargo test` does it (each test executable from the package root, then the
+    # doctests), but with libtest's per-test times. They are an unstable option: RUSTC_BOOTSTRAP is
+    # given to the test executables only, since cargo would rebuild everything if rustc saw it.
+    (cd "$clone" && cargo test --locked --no-run --message-format=json 2>/dev/null) \
+        | python3 -c 'import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("reason") == "compiler-artifact" and m["profile"]["test"] and m.get("executable"):
+        print(m["executable"])' >"$work/test-executables.txt"
+    run_tests() {
+        local exe
+        while read -r exe; do
+            RUSTC_BOOTSTRAP=1 "$exe" -Z unstable-options --report-time
+        done <"$work/test-executables.txt"
+        cargo test --locked --doc
+    }
+    timed 4-test-run "4 test run (\`cargo test --locked\`, built)" "$clone" run_tests
+    say "  ten slowest tests:"
+    grep -hE '^test .* <[0-9.]+s>$' "$work/4-test-run.log" \
+        | sed -E 's/^test (.*) \.\.\. (ok|ignored|FAILED) <([0-9.]+)s>$/\3 \1/' \
+        | sort -rn | head -10 | sed 's/^/    /' | tee -a "$report"
+    say "  $(grep -hE '^test result:' "$work/4-test-run.log" | awk '{p+=$4; f+=$6; i+=$8} END {print p " passed, " f " failed, " i " ignored"}')"
+    say "  target folder: $(du -sh "$clone/target" | cut -f1)"
+    [ "$keep" = 1 ] || rm -rf "$clone/target"
+fi
+
+if [ "$ci" = 1 ]; then
+    clone="$work/ci-clone"
+    rm -rf "$clone"
+    git clone --quiet "$repo" "$clone"
+    timed 5-ci "5 .ci/run on a fresh clone" "$clone" .ci/run
+    [ "$keep" = 1 ] || rm -rf "$clone/target"
+fi
+say "report: $report"
