@@ -71,7 +71,8 @@ if [ "$steps" = 1 ]; then
     say "  dependencies recompiled: $(if [ -z "$recompiled" ]; then echo none; else echo "$recompiled" | wc -l; fi)"
     [ -z "$recompiled" ] || echo "$recompiled" | head -20 | sed 's/^/    /' | tee -a "$report"
 
-    echo "// dev-loop edit $(date +%s)" >>"$clone/src/cache/mod.rs"
+    # A change to the library's interface (not a comment, which incremental builds skip).
+    echo "pub const DEV_LOOP_EDIT: u64 = $(date +%s);" >>"$clone/src/cache/mod.rs"
     timed 3-edit "3 edit in src/cache/ to test build" "$clone" cargo test --locked --no-run
     git -C "$clone" checkout --quiet src/cache/mod.rs
 

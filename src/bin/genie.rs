@@ -672,6 +672,9 @@ fn generate(args: GenerateArgs) -> Result<()> {
             ..GeneratorConfig::default()
         };
         let generator = Generator::start(factory.clone(), cache.clone(), config)?;
+        // The whole run is queued before any batch is taken, so reruns batch alike and give the
+        // same pixels.
+        generator.hold();
         let bar = indicatif::ProgressBar::new(misses as u64).with_style(
             indicatif::ProgressStyle::with_template(
                 "{spinner} generating {pos}/{len} images [{elapsed_precise}, eta {eta}] {per_sec}",
@@ -699,6 +702,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
             ))?;
             waiting.extend(receipt.levels.into_iter().map(|(_, k, _)| k));
         }
+        generator.release();
         let mut failures = Vec::new();
         for k in &waiting {
             match generator.wait(k, Duration::from_secs(7 * 24 * 3600))? {

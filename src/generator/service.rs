@@ -2,7 +2,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -194,6 +194,8 @@ struct Shared {
     /// Signalled whenever keys leave `pending`.
     settled: Condvar,
     mode: AtomicU8,
+    /// Workers take no new batch while set (see [`Generator::hold`]).
+    held: AtomicBool,
 }
 
 const RUNNING: u8 = 0;
@@ -242,6 +244,7 @@ impl Generator {
             failures: Mutex::new(HashMap::new()),
             settled: Condvar::new(),
             mode: AtomicU8::new(RUNNING),
+            held: AtomicBool::new(false),
         });
         let mut workers = Vec::with_capacity(config.devices.len());
         for device in &config.devices {
@@ -299,6 +302,23 @@ impl Generator {
             seed,
             fingerprint: &self.shared.fingerprint,
         })
+    }
+
+    /// Workers take no new batch until [`release`](Self::release); what is in flight finishes.
+    /// Queue a whole run while held and each worker then takes its batches in queue order, so
+    /// the same requests are grouped into the same engine calls on every run: batched and single
+    /// chains differ in the last bits, which can move a pixel by one step, and `genie generate`
+    /// promises the same pixels for the same inputs. Shutting down releases the hold.
+    pub fn hold(&self) {
+        self.shared.held.store(true, Ordering::Release);
+    }
+
+    /// Lets workers take batches again after [`hold`](Self::hold).
+    pub fn release(&self) {
+        self.shared.held.store(false, Ordering::Release);
+        for _ in 0..self.shared.config.devices.len() {
+            let _ = self.wake.try_send(());
+        }
     }
 
     /// Asks for a request's levels; never waits for generation or for a lock held by a worker.
@@ -547,8 +567,9 @@ impl Worker {
             if mode == CANCELLING {
                 return None;
             }
+            let held = mode == RUNNING && self.shared.held.load(Ordering::Acquire);
             let mut batch = Vec::new();
-            while batch.len() < self.shared.config.max_batch {
+            while !held && batch.len() < self.shared.config.max_batch {
                 match self.online.try_recv().or_else(|_| self.prewarm.try_recv()) {
                     Ok(item) => batch.push(item),
                     Err(_) => break,

@@ -1,6 +1,5 @@
-//! Helpers shared by the cache integration tests: deterministic keys, content, metadata and randomness.
-
-#![allow(dead_code)] // each test file uses a different subset
+//! Helpers shared by the tests: deterministic cache keys, content, metadata and randomness; child
+//! test processes; private copies of model and fixture folders.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -101,12 +100,20 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
     out
 }
 
-/// Runs this test binary again as a child process running only the ignored test `name`.
-pub fn child_command(name: &str) -> std::process::Command {
+/// Runs this test binary again as a child process running only the ignored test `name` of
+/// `module` (the caller's `module_path!()`).
+pub fn child_command(module: &str, name: &str) -> std::process::Command {
+    // libtest names a test by its path inside the test crate: `it::cache_crash` -> `cache_crash::name`.
+    let in_crate = module.split_once("::").map_or("", |(_, rest)| rest);
+    let test = if in_crate.is_empty() {
+        name.to_string()
+    } else {
+        format!("{in_crate}::{name}")
+    };
     let exe = std::env::current_exe().expect("path of the test binary");
     let mut command = std::process::Command::new(exe);
     command.args([
-        name,
+        test.as_str(),
         "--exact",
         "--ignored",
         "--nocapture",
@@ -132,6 +139,20 @@ pub fn wait_for_line(child: &mut Child, ready: &str) -> BufReader<ChildStdout> {
         // marker may share its line.
         if line.trim_end().ends_with(ready) {
             return reader;
+        }
+    }
+}
+
+/// Copies a folder tree (regular files and folders only).
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
         }
     }
 }

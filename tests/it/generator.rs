@@ -365,6 +365,46 @@ fn online_requests_go_before_prewarm_and_jobs_are_batched() {
     assert_eq!(log.batch_sizes, [1, 3, 3]);
 }
 
+/// A held generator takes nothing; released, it takes the whole queue in order, in full batches,
+/// however slowly the requests arrived: reruns group jobs alike (and give the same pixels).
+#[test]
+fn a_held_generator_batches_the_whole_queue_in_order_once_released() {
+    let factory = TestFactory::new(None);
+    let (_dir, cache) = cache();
+    let generator = Generator::start(factory.clone(), cache, config("h", 1, 100, 3)).unwrap();
+    generator.hold();
+    for i in 1..=5 {
+        generator
+            .request(request("held", i, &[800], Priority::Online))
+            .unwrap();
+        // Time enough for an unheld worker to take each request alone.
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(generator.stats().in_flight, 0);
+    assert!(factory.log.lock().unwrap().batch_sizes.is_empty());
+    generator.release();
+    generator.shutdown(Shutdown::Drain);
+    let log = factory.log.lock().unwrap();
+    assert_eq!(log.batch_sizes, [3, 2]);
+    let seeds: Vec<u64> = log.generated.iter().map(|g| g.2).collect();
+    assert_eq!(seeds, [1, 2, 3, 4, 5]);
+}
+
+/// Shutting down a held generator does not wait for a release: `Drain` finishes the queue.
+#[test]
+fn a_held_generator_still_drains_on_shutdown() {
+    let factory = TestFactory::new(None);
+    let (_dir, cache) = cache();
+    let generator = Generator::start(factory.clone(), cache, config("hd", 1, 100, 4)).unwrap();
+    generator.hold();
+    generator
+        .request(request("held", 1, &[500, 800], Priority::Prewarm))
+        .unwrap();
+    let stats = generator.shutdown(Shutdown::Drain);
+    assert_eq!(stats.done, 2);
+    assert_eq!(factory.log.lock().unwrap().batch_sizes, [1]);
+}
+
 #[test]
 fn failures_back_off_and_panics_restart_the_engine() {
     let factory = TestFactory::new(None);

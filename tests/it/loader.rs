@@ -162,7 +162,7 @@ fn config(ada: bool) -> AugmenterConfig {
 }
 
 /// The long-tail policy, mixing as often as the batch fraction allows (these tests look at
-/// single batches, not epochs; the per-epoch rate is tested in `tests/policy.rs`).
+/// single batches, not epochs; the per-epoch rate is tested in `tests/it/policy.rs`).
 fn policy(per_target: usize) -> Policy {
     Policy::long_tail(
         stats(),

@@ -19,7 +19,7 @@ use genie::{Engine, Job, NoiseLevel};
 use image::RgbImage;
 use sha2::Digest;
 
-#[path = "../examples/common/mod.rs"]
+#[path = "../../examples/common/mod.rs"]
 mod common;
 use common::{Cnn, ImageBatcher};
 

@@ -1,7 +1,5 @@
 //! Several processes and threads write overlapping keys at once: each key is committed exactly once, intact, and the losers leave nothing behind.
 
-mod cache_support;
-
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::Path;
@@ -10,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use cache_support::{child_command, content, files_under, key, meta, wait_for_line, Rng};
+use crate::support::{child_command, content, files_under, key, meta, wait_for_line, Rng};
 use genie::cache::{Cache, CacheKey, DiskStore, GcPolicy, Lookup, MemoryStore, PutOutcome, Store};
 use image::RgbImage;
 
@@ -93,7 +91,7 @@ fn processes_writing_the_same_keys_commit_each_once() {
     let go_file = dir.path().join("go");
     let mut children = Vec::new();
     for writer in 0..PROCESSES {
-        let mut child = child_command("concurrent_child_entry")
+        let mut child = child_command(module_path!(), "concurrent_child_entry")
             .env(CHILD_DIR_ENV, &cache_dir)
             .env(CHILD_ID_ENV, writer.to_string())
             .env(GO_FILE_ENV, &go_file)

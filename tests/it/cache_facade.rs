@@ -1,10 +1,8 @@
 //! The `Cache` facade: memory hits, store hits, counters, the byte budget, and images that verify but do not decode.
 
-mod cache_support;
-
 use std::sync::Arc;
 
-use cache_support::{content, key, meta};
+use crate::support::{content, key, meta};
 use genie::cache::{
     Cache, CacheCounters, DiskStore, Lookup, MemoryStore, MemoryTier, PutOutcome, Store,
 };

@@ -2,9 +2,7 @@
 //! (diffusers `save_pretrained`) goes through genie's real loader and must reproduce diffusers'
 //! img2img (and text-to-image at r = 1) for DDIM and DPM-Solver++ within 1e-4 relative error.
 
-mod fs_support;
-
-use fs_support::copy_dir;
+use crate::support::copy_dir;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

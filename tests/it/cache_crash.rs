@@ -1,14 +1,12 @@
 //! SIGKILLs a writer process at random moments, round after round: no corrupt entry is ever served and every committed entry is intact.
 #![cfg(unix)]
 
-mod cache_support;
-
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use cache_support::{child_command, content, files_under, key, meta, wait_for_line, Rng};
+use crate::support::{child_command, content, files_under, key, meta, wait_for_line, Rng};
 use genie::cache::{DiskStore, GcPolicy, Lookup, Store};
 
 const CHILD_DIR_ENV: &str = "GENIE_CACHE_CHILD_DIR";
@@ -61,7 +59,7 @@ fn sigkilled_writers_never_leave_a_corrupt_entry() {
     let mut max_committed = 0;
 
     for round in 0..ROUNDS {
-        let mut child = child_command("child_writer_entry")
+        let mut child = child_command(module_path!(), "child_writer_entry")
             .env(CHILD_DIR_ENV, dir.path())
             .env(CHILD_SEED_ENV, (round as u64 * 7919).to_string())
             .stdout(Stdio::piped())

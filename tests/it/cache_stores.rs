@@ -4,11 +4,9 @@
 //! such server can be started (install it with `pip install 'moto[server]'`, or point
 //! `GENIE_MOTO_SERVER` at its `moto_server` program).
 
-mod cache_support;
-
 use std::sync::{Arc, Barrier};
 
-use cache_support::{content, key, meta};
+use crate::support::{content, key, meta};
 use genie::cache::{
     AdaChoiceRecord, Cache, CacheKey, DiskStore, Lookup, MemoryStore, PutOutcome, Store,
 };

@@ -1,7 +1,7 @@
 //! The README's main job keeps working: `examples/long_tail.rs` and `examples/few_shot.rs` run
 //! end to end on the tiny engine (short settings), and what they print adds up.
 //!
-//! `cargo test` builds the examples before it runs any test; with `cargo test --test examples`
+//! `cargo test` builds the examples before it runs any test; with `cargo test --test it examples::`
 //! alone they may be missing, and the test says how to build them.
 
 use std::path::{Path, PathBuf};

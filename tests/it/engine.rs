@@ -1,9 +1,7 @@
 //! The engine on a tiny model written by genie itself, through the real loader: chains, seeds,
 //! typed errors for bad jobs and bad model folders.
 
-mod fs_support;
-
-use fs_support::copy_dir;
+use crate::support::copy_dir;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 

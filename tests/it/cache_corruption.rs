@@ -1,13 +1,11 @@
 //! Damaged and hostile caches: flipped, truncated and garbled entries are detected, quarantined and reported; hostile layouts get clear errors; gc removes the right entries.
 
-mod cache_support;
-
 use std::collections::BTreeSet;
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use cache_support::{content, files_under, key, meta, Rng};
+use crate::support::{content, files_under, key, meta, Rng};
 use genie::cache::{
     CacheError, CacheKey, Defect, DiskStore, GcPolicy, Lookup, MemoryStore, PutOutcome, Store,
     MANIFEST_FORMAT,

@@ -1,0 +1,27 @@
+//! genie's integration tests, in one test binary: each module is one area, `support` holds the
+//! helpers they share.
+//!
+//! One binary links burn and candle once instead of once per file (16 files took minutes of
+//! linking and gigabytes of disk). Run one area with `cargo test --test it cache_`, the fast tests
+//! alone with `cargo test --lib --test it -- --skip examples:: --skip shapes:: --skip cli::`
+//! (see the README's "Developing genie"). Tests that need a process of their own
+//! (`cache_crash`, `cache_concurrency`) start this binary again as a child running one ignored test.
+
+mod support;
+
+mod ada_reference;
+mod cache_concurrency;
+mod cache_corruption;
+mod cache_crash;
+mod cache_facade;
+mod cache_stores;
+mod cli;
+mod engine;
+mod examples;
+mod generator;
+mod loader;
+mod parity;
+mod policy;
+mod shapes;
+mod supervised;
+mod warm;
