@@ -2,10 +2,10 @@
 //! helpers they share.
 //!
 //! One binary links burn and candle once instead of once per file (16 files took minutes of
-//! linking and gigabytes of disk). Run one area with `cargo test --test it cache_`, the fast tests
-//! alone with `cargo test --lib --test it -- --skip examples:: --skip shapes:: --skip cli::`
-//! (see the README's "Developing genie"). Tests that need a process of their own
-//! (`cache_crash`, `cache_concurrency`) start this binary again as a child running one ignored test.
+//! linking and gigabytes of disk). Run one area with `cargo test --test it cache_`, the fast
+//! tests alone with `cargo test-fast` (an alias in `.cargo/config.toml`; see the README's
+//! "Developing genie"). The tests that need a process of their own (`cache_crash`,
+//! `cache_concurrency`) start this binary again as a child that runs one ignored test.
 
 mod support;
 
