@@ -90,20 +90,11 @@ const MAX_NAME_BYTES: usize = 512;
 impl ClassNames {
     /// Reads and checks a class-name file (see the module docs for the formats).
     pub fn read(path: &Path) -> Result<Self, ClassNameError> {
-        let meta = std::fs::metadata(path).map_err(|source| ClassNameError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        if !meta.is_file() {
-            return Err(ClassNameError::Read {
+        let text =
+            crate::safe_open::read_to_string(path).map_err(|source| ClassNameError::Read {
                 path: path.to_path_buf(),
-                source: std::io::Error::other("not a regular file"),
-            });
-        }
-        let text = std::fs::read_to_string(path).map_err(|source| ClassNameError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
+                source,
+            })?;
         let csv = path
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("csv"));

@@ -4,6 +4,7 @@
 //! knowing candle. The candle implementation is [`crate::diffusion::SdEngine`].
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use image::RgbImage;
@@ -197,6 +198,28 @@ pub struct JobOutput {
     pub images: Vec<LevelImage>,
 }
 
+/// Asks running [`Engine::generate`] calls to stop early; clones share one flag.
+///
+/// A batch of 512 px chains takes minutes on a CPU: without this, shutting a generator down (or
+/// a training program ending) would wait for it.
+#[derive(Clone, Debug, Default)]
+pub struct CancelToken(Arc<AtomicBool>);
+
+impl CancelToken {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Stops every engine watching this token at its next check; cannot be undone.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::Release);
+    }
+
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Acquire)
+    }
+}
+
 /// Anything that turns jobs into images. The real one is [`crate::diffusion::SdEngine`].
 pub trait Engine {
     type Error: std::error::Error + Send + Sync + 'static;
@@ -209,4 +232,10 @@ pub trait Engine {
 
     /// Runs a batch of jobs; outputs are in job order.
     fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, Self::Error>;
+
+    /// Lets `token` stop this engine's `generate` calls early (between denoising steps, with an
+    /// error). Engines whose calls are short may ignore it, as the default does.
+    fn set_cancel(&mut self, token: CancelToken) {
+        let _ = token;
+    }
 }

@@ -57,17 +57,7 @@ fn limits() -> Limits {
 /// Decodes any supported image file (format from its content, not its name) into RGB. Only
 /// regular files are opened (a FIFO or a device would block or never end).
 pub fn open_rgb(path: &Path) -> Result<RgbImage, ImageError> {
-    let meta = std::fs::metadata(path).map_err(|source| ImageError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if !meta.is_file() {
-        return Err(ImageError::Io {
-            path: path.to_path_buf(),
-            source: std::io::Error::other("not a regular file"),
-        });
-    }
-    let file = std::fs::File::open(path).map_err(|source| ImageError::Io {
+    let file = crate::safe_open::open_regular(path).map_err(|source| ImageError::Io {
         path: path.to_path_buf(),
         source,
     })?;
@@ -97,6 +87,10 @@ pub fn decode_rgb(bytes: &[u8]) -> Result<RgbImage, ImageError> {
         .into_rgb8())
 }
 
+/// How much wider (or taller) than the target a source may be before [`resize_cover_crop`] cuts
+/// out its centre before resizing (see there).
+const MAX_COVER_ASPECT: u64 = 4;
+
 /// GeNIe's preprocessing: resize so the shorter side is `size` (bicubic), then center-crop to
 /// `size`×`size`. An image that is already `size`×`size` is returned unchanged.
 pub fn resize_center_crop(img: &RgbImage, size: u32) -> Result<RgbImage, ImageError> {
@@ -118,25 +112,60 @@ pub fn resize_cover_crop(
     if (w, h) == (width, height) {
         return Ok(img.clone());
     }
+    let plan = cover_plan(w, h, width, height);
+    let resized = if plan.source == (0, 0, w, h) {
+        image::imageops::resize(img, plan.resized.0, plan.resized.1, filter)
+    } else {
+        let (x, y, cw, ch) = plan.source;
+        let centre = image::imageops::crop_imm(img, x, y, cw, ch).to_image();
+        image::imageops::resize(&centre, plan.resized.0, plan.resized.1, filter)
+    };
+    let (nw, nh) = plan.resized;
+    let (x, y) = ((nw - width) / 2, (nh - height) / 2);
+    Ok(image::imageops::crop_imm(&resized, x, y, width, height).to_image())
+}
+
+/// How [`resize_cover_crop`] sizes its work: the part of the source it resizes (x, y, w, h) and
+/// the size it resizes that to, which covers the target.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct CoverPlan {
+    source: (u32, u32, u32, u32),
+    resized: (u32, u32),
+}
+
+/// Resizing a thin image to cover the target would make it huge (16384×1 covering 96² is
+/// 1.5 M×96 pixels), all but the centre of which the crop then throws away. So past
+/// `MAX_COVER_ASPECT` times the target's aspect only the source's centre is resized, and the work
+/// is bounded by the output (about 4× its area; the square of its longer side when the source is
+/// one pixel thin); sources closer to the target's shape are resized whole, as always.
+fn cover_plan(w: u32, h: u32, width: u32, height: u32) -> CoverPlan {
     let (w64, h64, tw, th) = (
         u64::from(w),
         u64::from(h),
         u64::from(width),
         u64::from(height),
     );
+    let (mut x, mut y, mut cw, mut ch) = (0, 0, w64, h64);
+    if w64 * th > MAX_COVER_ASPECT * tw * h64 {
+        cw = (MAX_COVER_ASPECT * tw * h64).div_ceil(th).clamp(1, w64);
+        x = (w64 - cw) / 2;
+    } else if h64 * tw > MAX_COVER_ASPECT * th * w64 {
+        ch = (MAX_COVER_ASPECT * th * w64).div_ceil(tw).clamp(1, h64);
+        y = (h64 - ch) / 2;
+    }
     // The side whose scale is larger binds; round the other so the crop never needs more
     // pixels than exist.
-    let (nw, nh) = if tw * h64 >= th * w64 {
-        let nh = ((h64 * tw + w64 / 2) / w64) as u32;
+    let resized = if tw * ch >= th * cw {
+        let nh = ((ch * tw + cw / 2) / cw) as u32;
         (width, nh.max(height))
     } else {
-        let nw = ((w64 * th + h64 / 2) / h64) as u32;
+        let nw = ((cw * th + ch / 2) / ch) as u32;
         (nw.max(width), height)
     };
-    let resized = image::imageops::resize(img, nw, nh, filter);
-    let x = (nw - width) / 2;
-    let y = (nh - height) / 2;
-    Ok(image::imageops::crop_imm(&resized, x, y, width, height).to_image())
+    CoverPlan {
+        source: (x as u32, y as u32, cw as u32, ch as u32),
+        resized,
+    }
 }
 
 /// Opens and preprocesses a source image for an engine of resolution `size`.
@@ -295,6 +324,53 @@ mod tests {
         );
     }
 
+    /// The resize covers the target and, however thin the source, stays within a few times the
+    /// target's area (it was 16384 times for a 16384×1 source); sources up to 4 times the target's
+    /// aspect are resized whole, as before.
+    #[test]
+    fn cover_work_is_bounded_by_the_output() {
+        let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+        let mut next = |max: u32| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % u64::from(max)) as u32 + 1
+        };
+        let mut shapes = vec![(16384, 1, 96, 96), (1, 16384, 96, 96), (16384, 3, 64, 32)];
+        for _ in 0..2000 {
+            let long = next(16384);
+            shapes.push((next(long), next(long), next(512), next(512)));
+        }
+        for (w, h, tw, th) in shapes {
+            let plan = cover_plan(w, h, tw, th);
+            let (x, y, cw, ch) = plan.source;
+            let (nw, nh) = plan.resized;
+            let case = format!("{w}×{h} to {tw}×{th}: {plan:?}");
+            assert!(x + cw <= w && y + ch <= h && cw > 0 && ch > 0, "{case}");
+            assert!(nw >= tw && nh >= th, "{case}");
+            // A source cannot be cut thinner than one pixel: covering 1×512 from 16384×1 takes
+            // 512×512, hence the square of the longer target side.
+            let longer = u64::from(tw.max(th));
+            assert!(
+                u64::from(nw) * u64::from(nh)
+                    <= 5 * u64::from(tw) * u64::from(th) + longer * longer,
+                "{case}"
+            );
+            // Only sources past 4 times the target's aspect are cut (and not always: a source
+            // smaller than the cut keeps all of its few pixels).
+            let close = u64::from(w) * u64::from(th) <= 4 * u64::from(tw) * u64::from(h)
+                && u64::from(h) * u64::from(tw) <= 4 * u64::from(th) * u64::from(w);
+            if close {
+                assert_eq!(plan.source, (0, 0, w, h), "{case}");
+            }
+        }
+        let thin = RgbImage::from_fn(16384, 1, |x, _| image::Rgb([(x % 251) as u8, 0, 0]));
+        assert_eq!(
+            resize_center_crop(&thin, 96).unwrap().dimensions(),
+            (96, 96)
+        );
+    }
+
     #[cfg(unix)]
     #[test]
     fn a_fifo_is_refused_without_blocking() {
@@ -304,7 +380,14 @@ mod tests {
         if !status.is_ok_and(|s| s.success()) {
             return; // no mkfifo on this system: nothing to check
         }
-        let e = open_rgb(&fifo).unwrap_err();
-        assert!(e.to_string().contains("not a regular file"), "{e}");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(open_rgb(&fifo).map(|_| ()).map_err(|e| e.to_string()));
+        });
+        let e = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("opening a FIFO must not block")
+            .unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 }

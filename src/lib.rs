@@ -10,6 +10,7 @@
 //! - [`engine`]: the plain-Rust interface (jobs, noise levels, images) every generator speaks;
 //! - [`diffusion`]: Stable Diffusion img2img on candle ([`diffusion::SdEngine`]);
 //! - [`image_io`], [`noise`]: safe decoding and preprocessing; seeded, device-independent noise;
+//! - [`safe_open`]: user-named files opened without blocking (regular files only);
 //! - [`generator`]: a background service that turns requests into cached images on N devices;
 //! - [`classes`], [`seed`]: class ids and the names prompts use; per-pair noise seeds;
 //! - [`policy`], [`ada`]: which hard negatives to make (plain Rust), and GeNIe-Ada's choice of r;
@@ -29,10 +30,11 @@ pub mod loader;
 pub mod noise;
 pub mod pictures;
 pub mod policy;
+pub mod safe_open;
 pub mod seed;
 pub mod synthetic;
 pub mod warm;
 
 pub use engine::{
-    Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel, PromptTemplate,
+    CancelToken, Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel, PromptTemplate,
 };

@@ -76,11 +76,11 @@ struct BenchArgs {
     #[arg(long, value_delimiter = ',', default_value = "0.8", value_parser = parse_level)]
     levels: Vec<NoiseLevel>,
     /// Jobs per engine call, comma-separated: each is timed separately.
-    #[arg(long, value_delimiter = ',', default_value = "1")]
-    batch: Vec<usize>,
+    #[arg(long, value_delimiter = ',', default_value = "1", value_parser = clap::value_parser!(u16).range(1..=256))]
+    batch: Vec<u16>,
     /// Timed runs per batch size, after one untimed warm-up run.
-    #[arg(long, default_value_t = 3)]
-    repeats: usize,
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    repeats: u16,
     /// Print one JSON object per batch size instead of a table.
     #[arg(long)]
     json: bool,
@@ -140,8 +140,8 @@ struct SheetArgs {
     /// Which variant of the pair to show.
     #[arg(long, default_value_t = 0)]
     variant: u32,
-    /// Tile side in pixels.
-    #[arg(long, default_value_t = 256)]
+    /// Tile side in pixels (16 to 1024).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(16..=1024))]
     tile: u32,
     /// The PNG to write.
     #[arg(long, value_name = "FILE")]
@@ -210,8 +210,8 @@ struct WarmPlanArgs {
     #[arg(long, value_name = "FILE")]
     class_names: Option<PathBuf>,
     /// Hard negatives per (source, target), each from its own noise (they count towards the
-    /// quota).
-    #[arg(long, default_value_t = 1)]
+    /// quota; 1 to 1000).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     variants: u32,
     /// The run seed; each (source, target, variant) draws its own noise from it.
     #[arg(long, default_value_t = 0)]
@@ -245,11 +245,11 @@ enum CacheCommand {
         location: String,
         #[arg(long, value_name = "FILE")]
         out: PathBuf,
-        /// Thumbnails per target class and level.
-        #[arg(long, default_value_t = 8)]
-        per_level: usize,
-        /// Thumbnail side in pixels.
-        #[arg(long, default_value_t = 96)]
+        /// Thumbnails per target class and level (0 to 1000).
+        #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(0..=1000))]
+        per_level: u16,
+        /// Thumbnail side in pixels (16 to 512).
+        #[arg(long, default_value_t = 96, value_parser = clap::value_parser!(u32).range(16..=512))]
         thumbnail: u32,
     },
     /// Remove entries older than --max-age, then the oldest until the cache fits --max-size.
@@ -338,8 +338,8 @@ struct GenerateArgs {
     /// Noise levels r in (0, 1], comma-separated; 1 is text-to-image.
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.6,0.7,0.8,0.9", value_parser = parse_level)]
     levels: Vec<NoiseLevel>,
-    /// Hard negatives per (source, target), each from its own noise: rNNNN-vK.png.
-    #[arg(long, default_value_t = 1)]
+    /// Hard negatives per (source, target), each from its own noise: rNNNN-vK.png (1 to 1000).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
     variants: u32,
     /// The run seed; each (source, target, variant) draws its own noise from it.
     #[arg(long, default_value_t = 0)]
@@ -481,10 +481,18 @@ fn slug(name: &str) -> String {
         .collect();
     if s.trim_matches('_').is_empty() {
         "x".into()
+    } else if s.len() > MAX_SLUG_BYTES {
+        // File systems refuse names past 255 bytes, and only after the images are made: a long
+        // name keeps its start and gets a hash of the whole, so it stays readable and unique.
+        let hash = blake3::hash(name.as_bytes()).to_hex();
+        format!("{}-{}", &s[..MAX_SLUG_BYTES - 17], &hash[..16])
     } else {
         s
     }
 }
+
+/// Longest output folder name `slug` makes (well below every file system's 255).
+const MAX_SLUG_BYTES: usize = 96;
 
 /// `DIR/rNNNN.png`, or `DIR/rNNNN-vK.png` when a pair has several variants.
 fn level_file(dir: &Path, level: NoiseLevel, variant: Option<u32>) -> PathBuf {
@@ -533,6 +541,34 @@ fn unique_slugs<'a>(names: impl IntoIterator<Item = &'a str>, what: &str) -> Res
         slugs.push(s);
     }
     Ok(slugs)
+}
+
+/// Checks, before any image is made, that `dir` (or, if it does not exist yet, the folder it
+/// would be made in) takes files, so that an unusable output folder (read only, on /proc, a file)
+/// fails first rather than after the work. Leaves nothing behind.
+fn check_writable(dir: &Path) -> Result<()> {
+    let mut existing = dir;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(parent) if !parent.as_os_str().is_empty() => existing = parent,
+            _ => {
+                existing = Path::new(".");
+                break;
+            }
+        }
+    }
+    if !existing.is_dir() {
+        bail!(
+            "cannot write in {}: {} is not a folder",
+            dir.display(),
+            existing.display()
+        );
+    }
+    tempfile::Builder::new()
+        .prefix(".genie-write-check")
+        .tempfile_in(existing)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    Ok(())
 }
 
 /// One (source, target, variant) and where its images go.
@@ -664,6 +700,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     if single {
         eprintln!("prompt: {:?}", keys.prompt(0));
     }
+    check_writable(&args.out)?;
 
     if misses > 0 {
         let config = GeneratorConfig {
@@ -842,7 +879,7 @@ fn cache_command(cmd: CacheCommand) -> Result<()> {
             let store = genie::cache::open_store(&location, false)?;
             let options = genie::pictures::ReportOptions {
                 title: format!("genie cache {location}"),
-                thumbnails_per_level: per_level,
+                thumbnails_per_level: per_level.into(),
                 thumbnail_px: thumbnail,
             };
             let (html, summary) = genie::pictures::cache_report(store.as_ref(), &options)?;
@@ -913,8 +950,8 @@ fn cache_command(cmd: CacheCommand) -> Result<()> {
 }
 
 fn read_pairs(path: &Path) -> Result<Vec<(String, String)>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text = genie::safe_open::read_to_string(path)
+        .with_context(|| format!("cannot read {}", path.display()))?;
     let mut pairs = Vec::new();
     for (n, line) in text.lines().enumerate() {
         let line = line.split('#').next().unwrap_or("").trim();
@@ -1062,13 +1099,27 @@ fn shell_word(arg: &str) -> String {
 }
 
 fn warm_status(args: WarmStatusArgs) -> Result<ExitCode> {
-    use genie::warm::{done_markers, marker_shard_count, read_plan, slurm_array_list, warm_status};
+    use genie::warm::{
+        check_count, done_markers, marker_shard_count, read_plan, skipped_reports,
+        slurm_array_list, warm_status,
+    };
 
     let entries = read_plan(&args.plan)?;
     let markers = done_markers(&args.plan);
-    let count = args.shards.or(marker_shard_count(&markers)).unwrap_or(1);
-    let store = genie::cache::open_store(&args.cache, false)?;
-    let status = warm_status(&entries, count, &markers, |k| store.contains(k))?;
+    let count = check_count(args.shards.or(marker_shard_count(&markers)).unwrap_or(1))?;
+    // Before the first `warm run` the cache folder is missing or empty: every entry is missing.
+    let store = match genie::cache::open_store(&args.cache, false) {
+        Ok(store) => Some(store),
+        Err(genie::cache::CacheError::NotACache { path })
+            if std::fs::read_dir(&path).map_or(true, |mut d| d.next().is_none()) =>
+        {
+            None
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let status = warm_status(&entries, count, &markers, |k| {
+        store.as_ref().map_or(Ok(false), |s| s.contains(k))
+    })?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&status)?);
     } else {
@@ -1095,6 +1146,12 @@ fn warm_status(args: WarmStatusArgs) -> Result<ExitCode> {
                 s.missing()
             );
         }
+        for (report, held_back) in skipped_reports(&args.plan, count) {
+            println!(
+                "  {held_back} missing entries wait on sources that could not be read: see {}",
+                report.display()
+            );
+        }
     }
     let incomplete = status.incomplete();
     if incomplete.is_empty() {
@@ -1103,9 +1160,9 @@ fn warm_status(args: WarmStatusArgs) -> Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let run_args: Vec<String> = std::fs::read(summary_path(&args.plan))
+    let run_args: Vec<String> = genie::safe_open::read_to_string(&summary_path(&args.plan))
         .ok()
-        .and_then(|bytes| serde_json::from_slice::<serde_json::Value>(&bytes).ok())
+        .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok())
         .and_then(|v| serde_json::from_value(v["run_args"].clone()).ok())
         .unwrap_or_else(|| vec!["<the engine options of warm plan>".into()]);
     let common = [
@@ -1186,7 +1243,7 @@ fn sheet(args: SheetArgs) -> Result<()> {
 }
 
 fn warm_run(args: WarmRunArgs) -> Result<()> {
-    use genie::warm::{done_marker, read_plan, Shard, ShardError};
+    use genie::warm::{done_marker, read_plan, skipped_report, Shard, ShardError};
 
     let entries = read_plan(&args.plan)?;
     let shard = match Shard::resolve(args.shard.as_deref(), args.shards, |v| {
@@ -1211,6 +1268,7 @@ fn warm_run(args: WarmRunArgs) -> Result<()> {
         todo.len()
     );
     let mut generated = (0, 0);
+    let mut unreadable: Vec<(PathBuf, usize, String)> = Vec::new();
     if !todo.is_empty() {
         let factory = Arc::new(SdEngineFactory::new(
             model_source(&args.model)?,
@@ -1234,8 +1292,15 @@ fn warm_run(args: WarmRunArgs) -> Result<()> {
         }
         let mut waiting = Vec::new();
         for ((source, target, prompt, seed), group) in groups {
-            let img = image_io::load_source(&source, plan.resolution)
-                .with_context(|| format!("source {}", source.display()))?;
+            // A source that cannot be read holds back its own entries only: the rest of the
+            // shard is made, and the source is reported (here and by `warm status`).
+            let img = match image_io::load_source(&source, plan.resolution) {
+                Ok(img) => img,
+                Err(e) => {
+                    unreadable.push((source.clone(), group.len(), error_line(&e.into())));
+                    continue;
+                }
+            };
             let src = SourceImage::new(img);
             for e in &group {
                 let key = CacheKey::new(&KeyInputs {
@@ -1310,6 +1375,29 @@ fn warm_run(args: WarmRunArgs) -> Result<()> {
     if let Some(dir) = marker.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
+    let report = skipped_report(&args.plan, shard);
+    if !unreadable.is_empty() {
+        let lines: String = unreadable
+            .iter()
+            .map(|(path, entries, why)| format!("{}\t{entries}\t{why}\n", path.display()))
+            .collect();
+        image_io::write_atomic(&report, lines.as_bytes())?;
+        let held_back: usize = unreadable.iter().map(|u| u.1).sum();
+        bail!(
+            "shard {shard}: {} sources cannot be read, holding back {held_back} planned entries \
+             (listed in {}); the other {} entries are cached. First: {}: {}",
+            unreadable.len(),
+            report.display(),
+            mine.len() - held_back,
+            unreadable[0].0.display(),
+            unreadable[0].2
+        );
+    }
+    if let Err(e) = std::fs::remove_file(&report) {
+        if e.kind() != std::io::ErrorKind::NotFound {
+            return Err(e).with_context(|| format!("cannot remove {}", report.display()));
+        }
+    }
     image_io::write_atomic(&marker, format!("{} entries\n", mine.len()).as_bytes())?;
     println!(
         "shard {shard} complete: {} entries cached; this run generated {} images in {} engine calls ({})",
@@ -1327,9 +1415,6 @@ const SAMPLE_PNG: &[u8] = include_bytes!("../../assets/sample.png");
 fn bench(args: BenchArgs) -> Result<()> {
     use genie::Engine as _;
 
-    if args.batch.contains(&0) || args.repeats == 0 {
-        bail!("--batch sizes and --repeats must be at least 1");
-    }
     let source = model_source(&args.model)?;
     let opts = engine_options(&args.model)?;
     let raw = match &args.source {
@@ -1356,7 +1441,7 @@ fn bench(args: BenchArgs) -> Result<()> {
         );
         println!("  batch   images/call   s/call (median)   s/image   peak RSS");
     }
-    for &batch in &args.batch {
+    for batch in args.batch.iter().map(|&b| usize::from(b)) {
         let jobs: Vec<Job> = (0..batch)
             .map(|i| Job {
                 source: Some(Arc::clone(&img)),
@@ -1367,7 +1452,7 @@ fn bench(args: BenchArgs) -> Result<()> {
             })
             .collect();
         engine.generate(&jobs)?; // warm-up: kernels, allocator, caches
-        let mut seconds = Vec::with_capacity(args.repeats);
+        let mut seconds = Vec::with_capacity(args.repeats.into());
         for _ in 0..args.repeats {
             let started = std::time::Instant::now();
             let out = engine.generate(&jobs)?;
@@ -1491,6 +1576,8 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a terminal: logs redirected to a file stay plain text.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let cli = Cli::parse();
     let done = |r: Result<()>| r.map(|()| ExitCode::SUCCESS);
@@ -1507,15 +1594,75 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", error_line(&e));
             ExitCode::FAILURE
         }
     }
 }
 
+/// Longest error line printed; past it the line is cut (a 1 MB plan line is not echoed whole).
+const MAX_ERROR_CHARS: usize = 2000;
+
+/// The error and its causes on one line: a cause whose text the line already holds is not
+/// repeated (many errors quote their source), control characters (a terminal escape in a class
+/// name) are shown escaped, and the line is cut at `MAX_ERROR_CHARS`.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    let mut shown = String::new();
+    for (n, c) in line.chars().enumerate() {
+        if n == MAX_ERROR_CHARS {
+            let rest = line.chars().count() - n;
+            shown.push_str(&format!("… ({rest} more characters)"));
+            break;
+        }
+        if c.is_control() {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn error_lines_say_each_cause_once_escaped_and_bounded() {
+        let io = std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory");
+        let e = anyhow::Error::new(io)
+            .context("cannot read x.png: No such file or directory")
+            .context("loading sources");
+        assert_eq!(
+            error_line(&e),
+            "loading sources: cannot read x.png: No such file or directory"
+        );
+        let e = anyhow::anyhow!("unknown class \u{1b}[31mred\nline");
+        assert_eq!(error_line(&e), "unknown class \\u{1b}[31mred\\nline");
+        let e = anyhow::anyhow!("bad line {}", "x".repeat(1_000_000));
+        let line = error_line(&e);
+        assert!(
+            line.chars().count() < MAX_ERROR_CHARS + 40,
+            "{}",
+            line.len()
+        );
+        assert!(
+            line.ends_with("more characters)"),
+            "{}",
+            &line[line.len() - 40..]
+        );
+    }
 
     #[test]
     fn sizes_and_ages_parse() {
@@ -1534,5 +1681,9 @@ mod tests {
         assert_eq!(slug("golden retriever"), "golden_retriever");
         assert_eq!(slug("../etc"), "___etc");
         assert_eq!(slug("///"), "x");
+        let long = "a".repeat(10_000);
+        let (a, b) = (slug(&long), slug(&format!("{long}b")));
+        assert_eq!(a.len(), MAX_SLUG_BYTES);
+        assert!(a.starts_with("aaaa") && a != b, "{a} {b}");
     }
 }

@@ -192,6 +192,9 @@ impl DiskStore {
         let root = fs::canonicalize(given)
             .map_err(CacheError::io_at("resolve the cache folder", given))?;
         let marker_present = check_marker(&root)?;
+        if !marker_present {
+            refuse_foreign_content(&root)?;
+        }
         let tmp = ensure_dir(&root, &root.join(TMP_DIR))?;
         if !marker_present {
             write_marker(&root, &tmp)?;
@@ -478,7 +481,7 @@ impl DiskStore {
         if meta.len() > limit {
             return Ok(FileRead::TooLong { len: meta.len() });
         }
-        let file = match File::open(path) {
+        let file = match crate::safe_open::open_regular(path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileRead::Absent),
             Err(e) => return Err(CacheError::io("open", path, e)),
@@ -1068,6 +1071,31 @@ fn ensure_dir(root: &Path, path: &Path) -> Result<PathBuf, CacheError> {
 
 /// Reads the marker if there is one: `Ok(false)` when absent, an error when it is not ours
 /// or from a newer genie.
+/// A folder without a marker becomes a cache only if it holds nothing but what a cache being
+/// created leaves (a creation interrupted before its marker): `--cache` pointed at a folder of
+/// images or a home folder by mistake is an error, not a cache that adopts and later gc's it.
+fn refuse_foreign_content(root: &Path) -> Result<(), CacheError> {
+    let ours = [
+        TMP_DIR,
+        OBJECTS_DIR,
+        MANIFESTS_DIR,
+        QUARANTINE_DIR,
+        GC_LOCK_FILE,
+    ];
+    let entries = fs::read_dir(root).map_err(CacheError::io_at("list", root))?;
+    for entry in entries {
+        let entry = entry.map_err(CacheError::io_at("list", root))?;
+        let name = entry.file_name();
+        if !ours.iter().any(|n| name == *n) {
+            return Err(CacheError::NotEmpty {
+                path: root.to_path_buf(),
+                example: name.to_string_lossy().into_owned(),
+            });
+        }
+    }
+    Ok(())
+}
+
 fn check_marker(root: &Path) -> Result<bool, CacheError> {
     let path = root.join(MARKER_FILE);
     let bad = |detail: String| CacheError::BadMarker {
@@ -1085,7 +1113,7 @@ fn check_marker(root: &Path) -> Result<bool, CacheError> {
     if meta.len() > MAX_MANIFEST_BYTES {
         return Err(bad(format!("{} bytes long", meta.len())));
     }
-    let bytes = fs::read(&path).map_err(CacheError::io_at("read", &path))?;
+    let bytes = crate::safe_open::read(&path).map_err(CacheError::io_at("read", &path))?;
     judge_marker(&path, &bytes)?;
     Ok(true)
 }

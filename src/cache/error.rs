@@ -33,6 +33,8 @@ pub enum CacheError {
     },
     #[error("{path} is not a genie cache (no such folder, or no genie-cache.json marker in it)")]
     NotACache { path: PathBuf },
+    #[error("{path} is not a genie cache (no genie-cache.json) and is not empty (it holds {example:?}): give a new or empty folder for a new cache")]
+    NotEmpty { path: PathBuf, example: String },
     #[error("cache folder {path} exists but is not a directory")]
     NotADirectory { path: PathBuf },
     #[error("{path} is a symlink to {target}{}; the cache's own folders must be real folders inside its root", outside_note(.outside_root))]

@@ -88,7 +88,7 @@ pub struct ConfigReader {
 
 impl ConfigReader {
     pub fn open(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+        let text = crate::safe_open::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
             source,
         })?;

@@ -27,7 +27,9 @@ pub use model::{Component, ModelFiles, ModelSource};
 pub use scheduler::{SchedulerConfig, SchedulerError, SchedulerKind};
 pub use tokenizer::{ClipTokenizer, TokenizerError};
 
-use crate::engine::{Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel};
+use crate::engine::{
+    CancelToken, Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel,
+};
 use crate::image_io::pixel_hash;
 use config::{ConfigReader, TextSpec, VaeSpec};
 use scheduler::{ChainState, TimestepGrid};
@@ -37,6 +39,11 @@ use vae::Vae;
 /// Bumped whenever a change to this engine changes the pixels it produces for the same inputs.
 /// 2: the UNet's timestep sinusoids are computed in f32 in every dtype (f16/bf16 pixels changed).
 pub const ALGORITHM_VERSION: u32 = 2;
+
+/// Largest image side an engine accepts. Attention memory grows with the fourth power of the
+/// side (SD 1.5 at 1024 px already needs ~17 GB for one guided chain's largest attention map);
+/// a larger request is a typed error, not an allocation failure that aborts the process.
+pub const MAX_SIZE: u32 = 1024;
 
 /// Everything that can go wrong loading or running the engine.
 #[derive(Debug, thiserror::Error)]
@@ -58,6 +65,8 @@ pub enum DiffusionError {
     },
     #[error("Hugging Face Hub ({repo}): {message}")]
     Hub { repo: String, message: String },
+    #[error("cancelled")]
+    Cancelled,
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error(transparent)]
@@ -204,9 +213,9 @@ impl Plan {
         let factor = vae_spec.scale_factor();
         let size = opts.size.unwrap_or((unet_spec.sample_size * factor) as u32);
         let down = factor * unet_spec.downsampling();
-        if size == 0 || size as usize % down != 0 {
+        if size == 0 || size as usize % down != 0 || size > MAX_SIZE {
             return Err(DiffusionError::Options(format!(
-                "size {size} must be a positive multiple of {down} for this model"
+                "size {size} must be a positive multiple of {down}, at most {MAX_SIZE}, for this model"
             )));
         }
         let scheduler = SchedulerConfig::from_file(&files.scheduler_config, opts.scheduler)?;
@@ -311,6 +320,7 @@ pub struct SdEngine {
     chains_per_call: usize,
     uncond: Tensor,
     source_latents: lru::LruCache<blake3::Hash, Tensor>,
+    cancel: CancelToken,
 }
 
 fn build_err<'a>(
@@ -397,6 +407,7 @@ impl SdEngine {
             }),
             uncond: Tensor::zeros(1, DType::F32, dev)?,
             source_latents: lru::LruCache::new(NonZeroUsize::new(64).expect("nonzero")),
+            cancel: CancelToken::default(),
             unet_spec,
             opts,
         };
@@ -598,6 +609,9 @@ impl SdEngine {
     fn denoise(&self, unet: &UNet, dt: DType, chains: &mut [Chain]) -> Result<(), DiffusionError> {
         let guided = self.opts.guidance > 1.0;
         for i in 0..self.grid.len() {
+            if self.cancel.is_cancelled() {
+                return Err(DiffusionError::Cancelled);
+            }
             let t = self.grid.timesteps[i];
             let active: Vec<usize> = (0..chains.len())
                 .filter(|&c| chains[c].start.index <= i)
@@ -795,6 +809,10 @@ impl Engine for SdEngine {
 
     fn resolution(&self) -> u32 {
         self.size
+    }
+
+    fn set_cancel(&mut self, token: CancelToken) {
+        self.cancel = token;
     }
 
     fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, DiffusionError> {

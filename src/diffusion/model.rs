@@ -187,7 +187,8 @@ fn file_hash(path: &Path) -> Result<blake3::Hash, DiffusionError> {
         file: path.to_path_buf(),
         message: format!("cannot hash: {e}"),
     };
-    let meta = std::fs::metadata(path).map_err(bad)?;
+    let file = crate::safe_open::open_regular(path).map_err(bad)?;
+    let meta = file.metadata().map_err(bad)?;
     let id = (
         path.to_path_buf(),
         meta.len(),
@@ -198,7 +199,7 @@ fn file_hash(path: &Path) -> Result<blake3::Hash, DiffusionError> {
         return Ok(h);
     }
     let mut hasher = blake3::Hasher::new();
-    hasher.update_mmap(path).map_err(bad)?;
+    hasher.update_reader(file).map_err(bad)?;
     let h = hasher.finalize();
     if let Ok(mut m) = memo.lock() {
         m.insert(id, h);
@@ -251,7 +252,7 @@ fn sharded_files(index: &Path) -> Result<Vec<PathBuf>, DiffusionError> {
         file: index.to_path_buf(),
         message,
     };
-    let text = std::fs::read_to_string(index).map_err(|e| bad(e.to_string()))?;
+    let text = crate::safe_open::read_to_string(index).map_err(|e| bad(e.to_string()))?;
     let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(e.to_string()))?;
     let map = json["weight_map"]
         .as_object()
@@ -300,7 +301,7 @@ fn check_safetensors(file: &Path) -> Result<(), DiffusionError> {
         file: file.to_path_buf(),
         message,
     };
-    let f = std::fs::File::open(file).map_err(|e| bad(format!("cannot open: {e}")))?;
+    let f = crate::safe_open::open_regular(file).map_err(|e| bad(format!("cannot open: {e}")))?;
     // SAFETY: read-only mapping of a file we only read; see var_builder.
     let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| bad(format!("cannot map: {e}")))?;
     let st = safetensors::SafeTensors::deserialize(&mmap)

@@ -133,10 +133,13 @@ impl Fixtures {
             path: dir.join(file),
             message,
         };
-        let text = std::fs::read_to_string(dir.join("meta.json"))
+        let text = crate::safe_open::read_to_string(&dir.join("meta.json"))
             .map_err(|e| bad("meta.json", e.to_string()))?;
         let meta: Value =
             serde_json::from_str(&text).map_err(|e| bad("meta.json", e.to_string()))?;
+        // candle opens the file itself; a FIFO in its place would block that open.
+        crate::safe_open::open_regular(&dir.join("outputs.safetensors"))
+            .map_err(|e| bad("outputs.safetensors", e.to_string()))?;
         let tensors = candle_core::safetensors::load(dir.join("outputs.safetensors"), &Device::Cpu)
             .map_err(|e| bad("outputs.safetensors", e.to_string()))?;
         Ok(Fixtures {

@@ -105,6 +105,7 @@ pub fn ensure_shapes_model(dir: &Path) -> Result<PathBuf, DiffusionError> {
         }
         std::fs::write(&path, bytes).map_err(|e| write_err(&path, e))?;
     }
+    super::tiny::make_readable_by_all(tmp.path())?;
     if dir.exists() {
         // A damaged or partial copy: move it aside, then replace it.
         let aside = parent.join(format!(

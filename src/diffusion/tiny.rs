@@ -250,6 +250,7 @@ pub fn ensure_tiny_model(dir: &Path) -> Result<std::path::PathBuf, DiffusionErro
         .tempdir_in(parent)
         .map_err(|e| DiffusionError::Write(format!("{}: {e}", parent.display())))?;
     write_tiny_model(tmp.path(), TINY_MODEL_SEED)?;
+    make_readable_by_all(tmp.path())?;
     let staged = tmp.keep();
     if let Err(e) = std::fs::rename(&staged, dir) {
         let _ = std::fs::remove_dir_all(&staged);
@@ -259,6 +260,20 @@ pub fn ensure_tiny_model(dir: &Path) -> Result<std::path::PathBuf, DiffusionErro
         }
     }
     Ok(dir.to_path_buf())
+}
+
+/// A staging folder is made private (0700) by `tempfile`; the model it becomes is shared by
+/// everyone who uses the same `GENIE_HOME`, so it is opened to reading like any other install.
+pub(crate) fn make_readable_by_all(dir: &Path) -> Result<(), DiffusionError> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
+            .map_err(|e| DiffusionError::Write(format!("{}: {e}", dir.display())))?;
+    }
+    #[cfg(not(unix))]
+    let _ = dir;
+    Ok(())
 }
 
 /// Where `--model tiny` keeps its model: `$GENIE_HOME/tiny-v{N}`, or the user's cache folder.

@@ -155,7 +155,7 @@ impl ClipTokenizer {
 fn pad_token(dir: &Path) -> Option<String> {
     ["special_tokens_map.json", "tokenizer_config.json"]
         .iter()
-        .filter_map(|f| std::fs::read_to_string(dir.join(f)).ok())
+        .filter_map(|f| crate::safe_open::read_to_string(&dir.join(f)).ok())
         .filter_map(|t| serde_json::from_str::<Value>(&t).ok())
         .find_map(|v| match &v["pad_token"] {
             Value::String(s) => Some(s.clone()),

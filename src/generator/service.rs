@@ -12,7 +12,7 @@ use image::RgbImage;
 
 use super::stats::{Counters, GeneratorStats};
 use crate::cache::{Cache, CacheError, CacheKey, EntryMeta, KeyInputs};
-use crate::engine::{Engine, EngineFingerprint, Job, JobOutput, NoiseLevel};
+use crate::engine::{CancelToken, Engine, EngineFingerprint, Job, JobOutput, NoiseLevel};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -21,6 +21,7 @@ pub trait DynEngine: Send {
     fn fingerprint(&self) -> &EngineFingerprint;
     fn resolution(&self) -> u32;
     fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, BoxError>;
+    fn set_cancel(&mut self, token: CancelToken);
 }
 
 impl<E: Engine + Send> DynEngine for E {
@@ -32,6 +33,9 @@ impl<E: Engine + Send> DynEngine for E {
     }
     fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, BoxError> {
         Engine::generate(self, jobs).map_err(|e| Box::new(e) as BoxError)
+    }
+    fn set_cancel(&mut self, token: CancelToken) {
+        Engine::set_cancel(self, token);
     }
 }
 
@@ -196,6 +200,9 @@ struct Shared {
     mode: AtomicU8,
     /// Workers take no new batch while set (see [`Generator::hold`]).
     held: AtomicBool,
+    /// Every engine watches it; `Shutdown::Cancel` (and dropping the generator) sets it, so a
+    /// batch in flight stops within one denoising step.
+    cancel: CancelToken,
 }
 
 const RUNNING: u8 = 0;
@@ -245,6 +252,7 @@ impl Generator {
             settled: Condvar::new(),
             mode: AtomicU8::new(RUNNING),
             held: AtomicBool::new(false),
+            cancel: CancelToken::new(),
         });
         let mut workers = Vec::with_capacity(config.devices.len());
         for device in &config.devices {
@@ -468,7 +476,8 @@ impl Generator {
     }
 
     /// Stops the workers and joins them. With [`Shutdown::Cancel`] the queued work is dropped
-    /// (and counted); batches in flight finish and are stored whole.
+    /// (and counted), and batches in flight stop within one denoising step (engines that watch
+    /// their [`CancelToken`]) and are dropped too; with `Drain` everything queued is made.
     pub fn shutdown(mut self, mode: Shutdown) -> GeneratorStats {
         self.stop(mode);
         self.stats()
@@ -480,6 +489,9 @@ impl Generator {
             Shutdown::Cancel => CANCELLING,
         };
         self.shared.mode.store(code, Ordering::Release);
+        if code == CANCELLING {
+            self.shared.cancel.cancel();
+        }
         // Wake every sleeping worker: each sees the mode on its next look at the queues.
         for _ in 0..self.workers.len() {
             let _ = self.wake.try_send(());
@@ -591,7 +603,10 @@ impl Worker {
     /// One attempt at making this worker's engine.
     fn create_engine(&self) -> Result<Box<dyn DynEngine>, String> {
         match catch_unwind(AssertUnwindSafe(|| self.factory.create(&self.device))) {
-            Ok(Ok(engine)) if engine.fingerprint() == &self.shared.fingerprint => Ok(engine),
+            Ok(Ok(mut engine)) if engine.fingerprint() == &self.shared.fingerprint => {
+                engine.set_cancel(self.shared.cancel.clone());
+                Ok(engine)
+            }
             Ok(Ok(_)) => Err("the engine's fingerprint differs from the factory's".into()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => {
@@ -673,6 +688,10 @@ impl Worker {
                         batch.len()
                     );
                     batch.iter().for_each(|item| self.shared.fail(item, &msg));
+                }
+                Ok(Err(_)) if self.shared.cancel.is_cancelled() => {
+                    // Stopped by a cancelling shutdown: nothing failed, nothing to back off from.
+                    Counters::add(&c.dropped, levels);
                 }
                 Ok(Err(e)) => {
                     let msg = e.to_string();

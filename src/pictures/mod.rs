@@ -13,5 +13,5 @@ mod font;
 mod report;
 mod sheet;
 
-pub use report::{cache_report, ReportOptions, ReportSummary};
-pub use sheet::{contact_sheet, SheetLevel};
+pub use report::{cache_report, ReportOptions, ReportSummary, MAX_THUMBNAIL_PX};
+pub use sheet::{contact_sheet, SheetLevel, MAX_TILE_PX};

@@ -17,9 +17,12 @@ pub struct ReportOptions {
     pub title: String,
     /// Thumbnails per (target class, level); counts always cover every entry.
     pub thumbnails_per_level: usize,
-    /// Thumbnail side in pixels.
+    /// Thumbnail side in pixels, used within 16 ..= [`MAX_THUMBNAIL_PX`].
     pub thumbnail_px: u32,
 }
+
+/// Largest thumbnail side: the page inlines every thumbnail, so this bounds its size.
+pub const MAX_THUMBNAIL_PX: u32 = 512;
 
 impl Default for ReportOptions {
     fn default() -> Self {
@@ -137,7 +140,11 @@ pub fn cache_report(
                 manifests.len()
             );
             for m in chosen.into_iter().take(options.thumbnails_per_level) {
-                match thumbnail(store, &m.key, options.thumbnail_px)? {
+                match thumbnail(
+                    store,
+                    &m.key,
+                    options.thumbnail_px.clamp(16, MAX_THUMBNAIL_PX),
+                )? {
                     Some(data) => {
                         summary.thumbnails += 1;
                         let _ = write!(

@@ -15,6 +15,9 @@ pub struct SheetLevel {
     pub image: Option<RgbImage>,
 }
 
+/// Largest tile side: the sheet's memory grows with its square.
+pub const MAX_TILE_PX: u32 = 1024;
+
 const GAP: u32 = 8;
 const MARK_WIDTH: u32 = 4;
 
@@ -22,14 +25,14 @@ const MARK_WIDTH: u32 = 4;
 /// a `choice`, the tile of r* is framed and labelled `r*`, and the d_m curve is plotted under
 /// the row, one point under each tile whose level the choice scored.
 ///
-/// Tiles are `tile` pixels square (images are resized to fit).
+/// Tiles are `tile` pixels square (images are resized to fit), within 16 ..= [`MAX_TILE_PX`].
 pub fn contact_sheet(
     source: &RgbImage,
     levels: &[SheetLevel],
     choice: Option<&AdaChoiceRecord>,
     tile: u32,
 ) -> RgbImage {
-    let tile = tile.max(16);
+    let tile = tile.clamp(16, MAX_TILE_PX);
     let scale = (tile / 64).clamp(1, 4);
     let label_h = canvas::text_height(scale) + 2 * GAP;
     let curve = choice.and_then(|c| curve_points(c, levels));

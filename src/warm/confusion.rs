@@ -50,7 +50,7 @@ pub fn read_confusion(
     path: &Path,
     classes: &[String],
 ) -> Result<ConfusionMatrix, ConfusionFileError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfusionFileError::Io {
+    let text = crate::safe_open::read_to_string(path).map_err(|source| ConfusionFileError::Io {
         path: path.to_path_buf(),
         source,
     })?;

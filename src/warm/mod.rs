@@ -22,8 +22,8 @@ pub use confusion::{read_confusion, ConfusionFileError};
 pub use folder::{FolderError, ImageFolder};
 pub use plan::{plan_pairs, read_plan, source_id, write_plan, PlanEntry, PlanError, PlannedPair};
 pub use planner::{build_plan, PlanMode, PlanOptions, PlanSummary, PlannerError};
-pub use shard::{Shard, ShardError};
+pub use shard::{check_count, Shard, ShardError, MAX_SHARDS};
 pub use status::{
-    done_marker, done_markers, marker_shard_count, slurm_array_list, warm_status, ShardProgress,
-    WarmStatus,
+    done_marker, done_markers, marker_shard_count, skipped_report, skipped_reports,
+    slurm_array_list, warm_status, ShardProgress, WarmStatus,
 };

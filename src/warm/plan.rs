@@ -153,7 +153,7 @@ pub fn read_plan(path: &Path) -> Result<Vec<PlanEntry>, PlanError> {
         path: path.to_path_buf(),
         source,
     };
-    let file = std::fs::File::open(path).map_err(io)?;
+    let file = crate::safe_open::open_regular(path).map_err(io)?;
     let mut entries = Vec::new();
     let mut seen = std::collections::HashMap::new();
     for (n, line) in std::io::BufReader::new(file).lines().enumerate() {

@@ -20,7 +20,13 @@ pub enum ShardError {
     MissingCount,
     #[error("shard index {index} is not below the shard count {count}")]
     OutOfRange { index: u32, count: u32 },
+    #[error("the shard count must be between 1 and {MAX_SHARDS}, not {0}")]
+    Count(u32),
 }
+
+/// Most shards a plan may be split into. Status keeps a row per shard, so the count sizes memory;
+/// 65 536 tasks is past any array job a scheduler accepts (Slurm's default MaxArraySize is 1001).
+pub const MAX_SHARDS: u32 = 65_536;
 
 /// Task `index` of `count`: owns the keys whose [`CacheKey::shard`] is `index`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -34,7 +40,8 @@ impl Shard {
     pub const ALL: Shard = Shard { index: 0, count: 1 };
 
     pub fn new(index: u32, count: u32) -> Result<Self, ShardError> {
-        if count == 0 || index >= count {
+        check_count(count)?;
+        if index >= count {
             return Err(ShardError::OutOfRange { index, count });
         }
         Ok(Shard { index, count })
@@ -86,6 +93,14 @@ impl Shard {
     }
 }
 
+/// `count` if it is a usable shard count (1 ..= [`MAX_SHARDS`]).
+pub fn check_count(count: u32) -> Result<u32, ShardError> {
+    if count == 0 || count > MAX_SHARDS {
+        return Err(ShardError::Count(count));
+    }
+    Ok(count)
+}
+
 impl fmt::Display for Shard {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.index, self.count)
@@ -115,9 +130,33 @@ mod tests {
             }
         );
         assert_eq!(Shard::parse(" 0 / 1 ").unwrap(), Shard::ALL);
-        for bad in ["16/16", "1/0", "a/2", "3", "-1/4", ""] {
+        for bad in [
+            "16/16",
+            "1/0",
+            "a/2",
+            "3",
+            "-1/4",
+            "",
+            "0/4294967295",
+            "0/65537",
+        ] {
             assert!(Shard::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn shard_counts_are_bounded() {
+        assert_eq!(check_count(MAX_SHARDS), Ok(MAX_SHARDS));
+        assert_eq!(check_count(0), Err(ShardError::Count(0)));
+        assert_eq!(check_count(u32::MAX), Err(ShardError::Count(u32::MAX)));
+        assert_eq!(
+            Shard::new(0, MAX_SHARDS + 1),
+            Err(ShardError::Count(MAX_SHARDS + 1))
+        );
+        assert_eq!(
+            Shard::resolve(None, Some(0), env(&[("SLURM_ARRAY_TASK_ID", "0")])),
+            Err(ShardError::Count(0))
+        );
     }
 
     #[test]

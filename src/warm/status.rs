@@ -69,7 +69,8 @@ impl WarmStatus {
     }
 }
 
-/// The progress of a plan split in `count` shards, asking `is_cached` about every key.
+/// The progress of a plan split in `count` shards, asking `is_cached` about every key. `count`
+/// sizes a row per shard: check a count from outside with [`check_count`](super::check_count).
 pub fn warm_status<E>(
     entries: &[PlanEntry],
     count: u32,
@@ -129,6 +130,38 @@ pub fn marker_shard_count(markers: &[Shard]) -> Option<u32> {
         }
     }
     counts.into_iter().max().map(|(_, c)| c)
+}
+
+/// Where a shard lists the planned sources it could not read: `<plan>.done/skipped-<I>-of-<N>`
+/// (tab-separated path, entries, reason), so `warm status` can say why entries stay missing.
+pub fn skipped_report(plan: &Path, shard: Shard) -> PathBuf {
+    done_dir(plan).join(format!("skipped-{}-of-{}", shard.index, shard.count))
+}
+
+/// The skipped-source reports of shards of `count`, with how many entries each holds back.
+pub fn skipped_reports(plan: &Path, count: u32) -> Vec<(PathBuf, usize)> {
+    let Ok(dir) = std::fs::read_dir(done_dir(plan)) else {
+        return Vec::new();
+    };
+    let suffix = format!("-of-{count}");
+    let mut reports: Vec<(PathBuf, usize)> = dir
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name();
+            let name = name.to_string_lossy();
+            name.starts_with("skipped-") && name.ends_with(&suffix)
+        })
+        .map(|e| {
+            let entries = crate::safe_open::read_to_string(&e.path())
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.split('\t').nth(1)?.parse::<usize>().ok())
+                .sum();
+            (e.path(), entries)
+        })
+        .collect();
+    reports.sort();
+    reports
 }
 
 fn done_dir(plan: &Path) -> PathBuf {

@@ -649,3 +649,24 @@ fn disk_and_memory_stores_keep_the_same_contract() {
     exercise_store(&DiskStore::open(dir.path()).expect("open"));
     exercise_store(&MemoryStore::new());
 }
+
+/// A folder that is not a cache and holds something else is refused and left as it was; one
+/// holding only what an interrupted creation leaves becomes a cache.
+#[test]
+fn a_foreign_non_empty_folder_is_not_adopted_as_a_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("holiday.jpg"), b"not ours").unwrap();
+    let err = DiskStore::open(dir.path()).unwrap_err();
+    assert!(matches!(err, CacheError::NotEmpty { .. }), "{err}");
+    assert!(err.to_string().contains("holiday.jpg"), "{err}");
+    let left: Vec<_> = fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(left, ["holiday.jpg"]);
+
+    let interrupted = tempfile::tempdir().unwrap();
+    fs::create_dir(interrupted.path().join("tmp")).unwrap();
+    DiskStore::open(interrupted.path()).unwrap();
+    assert!(interrupted.path().join("genie-cache.json").is_file());
+}

@@ -708,7 +708,22 @@ fn warm_end_to_end_plan_three_shards_status_sheet_and_report() {
             ],
         )
     };
-    std::fs::create_dir_all(home.join("cache")).unwrap();
+    // Before any run (no cache folder yet, then an empty one): everything is missing.
+    for _ in 0..2 {
+        let o = status("3");
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(
+            o.status.code(),
+            Some(3),
+            "{stdout}{}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(
+            stdout.contains(&format!("0 cached, {planned} missing")),
+            "{stdout}"
+        );
+        std::fs::create_dir_all(home.join("cache")).unwrap();
+    }
     assert!(warm_run(home, &plan, &cache, "0/3").status.success());
     let o = status("3");
     assert_eq!(
@@ -1102,7 +1117,156 @@ fn bench_times_the_engine_per_batch_size_and_refuses_empty_batches() {
     }
     let o = genie(tmp.path(), &["bench", "--model", "tiny", "--batch", "0"]);
     assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("at least 1"));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("1..=256"));
+}
+
+/// `genie args` in a fresh process that must end within a minute (a blocking open would hang).
+fn genie_within_a_minute(home: &Path, args: &[&str]) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_genie"))
+        .args(args)
+        .env("GENIE_HOME", home)
+        .env("HF_HUB_OFFLINE", "1")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("genie {args:?} still runs after a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+/// Numbers that size memory are bounded (they aborted the process on a failed allocation) and
+/// user-named files that are FIFOs are refused at once (opening one blocked forever): each is a
+/// one-line error, exit 1 or a usage error, and nothing is written.
+#[test]
+fn hostile_sizes_and_fifos_are_refused_without_abort_or_hang() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fifo = tmp.path().join("z.png");
+    let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    // SAFETY: a valid NUL-terminated path; mkfifo only creates a file.
+    assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+    let plan = tmp.path().join("plan.jsonl");
+    std::fs::write(&plan, "").unwrap();
+    let cache = tmp.path().join("cache");
+    let out = tmp.path().join("out");
+    let (fifo, plan, cache, o) = (
+        fifo.to_str().unwrap(),
+        plan.to_str().unwrap(),
+        cache.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    let sample = sample();
+    let g = [
+        "generate", "--model", "tiny", "--steps", "2", "--levels", "0.5", "--out", o,
+    ];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            [&g[..], &["--source", fifo, "--target", "cat"]].concat(),
+            "FIFO",
+        ),
+        (
+            [
+                &g[..],
+                &["--source", &sample, "--target", "cat", "--size", "100000"],
+            ]
+            .concat(),
+            "at most 1024",
+        ),
+        (
+            [
+                &g[..],
+                &[
+                    "--source",
+                    &sample,
+                    "--target",
+                    "cat",
+                    "--variants",
+                    "4294967295",
+                ],
+            ]
+            .concat(),
+            "1..=1000",
+        ),
+        (vec!["bench", "--model", "tiny", "--source", fifo], "FIFO"),
+        (
+            vec!["bench", "--model", "tiny", "--batch", "100000"],
+            "1..=256",
+        ),
+        (
+            vec![
+                "warm",
+                "status",
+                "--plan",
+                plan,
+                "--cache",
+                cache,
+                "--shards",
+                "4294967295",
+            ],
+            "between 1 and 65536",
+        ),
+        (
+            vec![
+                "warm", "status", "--plan", plan, "--cache", cache, "--shards", "0",
+            ],
+            "between 1 and 65536",
+        ),
+        (
+            vec![
+                "warm",
+                "run",
+                "--model",
+                "tiny",
+                "--plan",
+                plan,
+                "--cache",
+                cache,
+                "--shard",
+                "0/4294967295",
+            ],
+            "0/4294967295",
+        ),
+        (
+            vec!["warm", "status", "--plan", fifo, "--cache", cache],
+            "FIFO",
+        ),
+        (
+            vec![
+                "sheet", "--model", "tiny", "--cache", cache, "--source", &sample, "--target",
+                "cat", "--tile", "100000", "--out", o,
+            ],
+            "16..=1024",
+        ),
+        (
+            vec![
+                "cache",
+                "report",
+                cache,
+                "--out",
+                o,
+                "--thumbnail",
+                "100000",
+            ],
+            "16..=512",
+        ),
+    ];
+    for (args, expected) in cases {
+        let r = genie_within_a_minute(tmp.path(), &args);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            matches!(r.status.code(), Some(1 | 2)),
+            "{args:?}: {:?}\n{stderr}",
+            r.status
+        );
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert!(!out.exists(), "{args:?} wrote {}", out.display());
+    }
 }
 
 #[test]
@@ -1365,4 +1529,130 @@ fn warm_plan_takes_prompts_from_a_class_name_file() {
         "{stderr}"
     );
     assert!(!bad.exists());
+}
+
+/// A 10 000-character target is written under a short, unique folder name (it failed with "File
+/// name too long" after generating), and an output folder that cannot take files fails before
+/// any image is made.
+#[test]
+fn long_names_fit_the_file_system_and_bad_output_folders_fail_first() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sources = tmp.path().join("sources");
+    std::fs::create_dir(&sources).unwrap();
+    std::fs::copy(sample(), sources.join("a.png")).unwrap();
+    let long = "x".repeat(10_000);
+    let targets = format!("{long},{long}y");
+    let out = tmp.path().join("out");
+    let (dir, o) = (sources.to_str().unwrap(), out.to_str().unwrap());
+    let args = [
+        "generate", "--model", "tiny", "--steps", "2", "--levels", "0.5",
+    ];
+    let r = genie(
+        tmp.path(),
+        &[
+            &args[..],
+            &["--source-dir", dir, "--targets", &targets, "--out", o],
+        ]
+        .concat(),
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let written: Vec<_> = std::fs::read_dir(out.join("a"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(written.len(), 2, "{written:?}");
+    assert!(
+        written
+            .iter()
+            .all(|n| n.len() <= 96 && n.starts_with("xxxx")),
+        "{written:?}"
+    );
+
+    let r = genie(
+        tmp.path(),
+        &[
+            &args[..],
+            &[
+                "--source",
+                &sample(),
+                "--target",
+                "cat",
+                "--out",
+                "/proc/genie-out",
+            ],
+        ]
+        .concat(),
+    );
+    let stderr = String::from_utf8_lossy(&r.stderr);
+    assert_eq!(r.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("/proc/genie-out"), "{stderr}");
+    assert!(!stderr.contains("generating"), "{stderr}");
+}
+
+/// A planned source that cannot be read holds back its own entries only: the rest of the shard is
+/// made, the run fails naming it, `warm status` says why entries are missing, and once the source
+/// is back a rerun completes the shard.
+#[test]
+fn an_unreadable_plan_source_is_skipped_counted_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    let data = write_dataset(home);
+    let plan = home.join("plan.jsonl");
+    let planned = warm_plan(
+        home,
+        &data,
+        &plan,
+        &["--levels", "0.5,0.8", "--per-class", "3"],
+    );
+    let first: serde_json::Value = serde_json::from_str(
+        std::fs::read_to_string(&plan)
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap(),
+    )
+    .unwrap();
+    let source = std::path::PathBuf::from(first["source"].as_str().unwrap());
+    let held_back = std::fs::read_to_string(&plan)
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains(&format!("{:?}", source.display().to_string())))
+        .count();
+    assert!(
+        held_back >= 1 && held_back < planned,
+        "{held_back} of {planned}"
+    );
+    let aside = home.join("aside.png");
+    std::fs::rename(&source, &aside).unwrap();
+    let cache = home.join("cache").display().to_string();
+
+    let o = warm_run(home, &plan, &cache, "0/1");
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("1 sources cannot be read"), "{stderr}");
+    assert!(stderr.contains(&source.display().to_string()), "{stderr}");
+    assert!(!home.join("plan.jsonl.done/0-of-1").exists());
+    let p = plan.display().to_string();
+    let o = genie(home, &["warm", "status", "--plan", &p, "--cache", &cache]);
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert_eq!(o.status.code(), Some(3), "{stdout}");
+    assert!(
+        stdout.contains(&format!(
+            "{} cached, {held_back} missing",
+            planned - held_back
+        )),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(&format!(
+            "{held_back} missing entries wait on sources that could not be read"
+        )),
+        "{stdout}"
+    );
+
+    std::fs::rename(&aside, &source).unwrap();
+    let o = warm_run(home, &plan, &cache, "0/1");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(home.join("plan.jsonl.done/0-of-1").exists());
+    assert!(!home.join("plan.jsonl.done/skipped-0-of-1").exists());
 }

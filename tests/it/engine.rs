@@ -631,3 +631,39 @@ fn non_finite_f32_output_is_an_error_not_an_image() {
     );
     assert!(err.to_string().contains("non-finite"), "{err}");
 }
+
+/// A cancelled token stops `generate` at its next denoising step with `Cancelled`; an engine
+/// given a fresh token runs again.
+#[test]
+fn a_cancelled_engine_stops_and_a_fresh_token_runs_again() {
+    let mut engine = load(tiny_model(), opts(SchedulerKind::Ddim, 4)).unwrap();
+    let token = genie::CancelToken::new();
+    engine.set_cancel(token.clone());
+    let jobs = [job(Some(source(1)), "a photo of a cat.", &[500, 800], 3)];
+    assert!(engine.generate(&jobs).is_ok());
+    token.cancel();
+    assert!(matches!(
+        engine.generate(&jobs),
+        Err(DiffusionError::Cancelled)
+    ));
+    engine.set_cancel(genie::CancelToken::new());
+    assert_eq!(engine.generate(&jobs).unwrap().len(), 1);
+}
+
+/// Built-in models are written for everyone sharing a `GENIE_HOME`: their folders are readable by
+/// other users (the staging folder they are renamed from is private).
+#[cfg(unix)]
+#[test]
+fn built_in_model_folders_are_readable_by_other_users() {
+    use std::os::unix::fs::PermissionsExt;
+    let home = tempfile::tempdir().unwrap();
+    let tiny_dir = tiny::ensure_tiny_model(&home.path().join("tiny")).unwrap();
+    let shapes_dir =
+        genie::diffusion::shapes::ensure_shapes_model(&home.path().join("shapes")).unwrap();
+    for dir in [tiny_dir, shapes_dir] {
+        for path in [dir.clone(), dir.join("unet"), dir.join("model_index.json")] {
+            let mode = std::fs::metadata(&path).unwrap().permissions().mode();
+            assert_eq!(mode & 0o044, 0o044, "{} is {mode:o}", path.display());
+        }
+    }
+}

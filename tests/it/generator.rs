@@ -11,7 +11,7 @@ use genie::generator::{
     DynEngine, EngineFactory, Generator, GeneratorConfig, LevelOutcome, Priority, Request,
     Shutdown, SourceImage, WaitOutcome,
 };
-use genie::{Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel};
+use genie::{CancelToken, Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel};
 use image::RgbImage;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -403,6 +403,83 @@ fn a_held_generator_still_drains_on_shutdown() {
     let stats = generator.shutdown(Shutdown::Drain);
     assert_eq!(stats.done, 2);
     assert_eq!(factory.log.lock().unwrap().batch_sizes, [1]);
+}
+
+/// An engine whose calls take a minute unless cancelled, checking its token every millisecond.
+struct SlowEngine {
+    fp: EngineFingerprint,
+    cancel: CancelToken,
+}
+
+impl Engine for SlowEngine {
+    type Error = std::io::Error;
+    fn resolution(&self) -> u32 {
+        8
+    }
+    fn fingerprint(&self) -> &EngineFingerprint {
+        &self.fp
+    }
+    fn set_cancel(&mut self, token: CancelToken) {
+        self.cancel = token;
+    }
+    fn generate(&mut self, _jobs: &[Job]) -> Result<Vec<JobOutput>, std::io::Error> {
+        for _ in 0..60_000 {
+            if self.cancel.is_cancelled() {
+                return Err(std::io::Error::other("cancelled"));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Err(std::io::Error::other("the slow engine was never cancelled"))
+    }
+}
+
+struct SlowFactory(EngineFingerprint);
+
+impl EngineFactory for SlowFactory {
+    fn fingerprint(&self) -> &EngineFingerprint {
+        &self.0
+    }
+    fn resolution(&self) -> u32 {
+        8
+    }
+    fn create(&self, _device: &str) -> Result<Box<dyn DynEngine>, BoxError> {
+        Ok(Box::new(SlowEngine {
+            fp: self.0.clone(),
+            cancel: CancelToken::default(),
+        }))
+    }
+}
+
+/// Cancelling reaches inside a batch in flight: shutdown returns in well under the minute the
+/// batch would take, the batch's levels count as dropped, not failed, and so does dropping the
+/// generator (a training program that ends does not wait for its last batch).
+#[test]
+fn cancel_stops_the_batch_in_flight() {
+    for drop_it in [false, true] {
+        let (_dir, cache) = cache();
+        let factory = Arc::new(SlowFactory(fingerprint()));
+        let generator = Generator::start(factory, cache, config("c", 1, 100, 4)).unwrap();
+        generator
+            .request(request("slow", 1, &[500, 800], Priority::Online))
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while generator.stats().in_flight == 0 {
+            assert!(Instant::now() < deadline, "the batch never started");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        let started = Instant::now();
+        if drop_it {
+            drop(generator);
+        } else {
+            let stats = generator.shutdown(Shutdown::Cancel);
+            assert_eq!((stats.dropped, stats.failed), (2, 0), "{stats:?}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "stopping took {:?}",
+            started.elapsed()
+        );
+    }
 }
 
 #[test]
