@@ -853,11 +853,24 @@ fn cache_command(cmd: CacheCommand) -> Result<()> {
                 return Ok(());
             }
             println!("{} entries, {}", stats.entries, human_bytes(stats.bytes));
+            if stats.unusable_manifests > 0 {
+                println!(
+                    "{} manifests are unusable and counted in nothing below: `genie cache verify` \
+                     lists them, `--repair` quarantines them",
+                    stats.unusable_manifests
+                );
+            }
+            if stats.newer_format_manifests > 0 {
+                println!(
+                    "{} manifests come from a newer genie and are counted in nothing below",
+                    stats.newer_format_manifests
+                );
+            }
             println!("\nby target class:");
             for (target, g) in &stats.by_target {
                 println!(
                     "  {:<30} {:>8} entries  {:>10}",
-                    target,
+                    printable(target),
                     g.entries,
                     human_bytes(g.bytes)
                 );
@@ -1049,7 +1062,7 @@ fn warm_plan(args: WarmPlanArgs) -> Result<()> {
         args.out.display()
     );
     for (target, n) in &summary.per_target {
-        println!("  {target:<24} {n:>7}");
+        println!("  {:<24} {n:>7}", printable(target));
     }
     Ok(())
 }
@@ -1600,6 +1613,20 @@ fn main() -> ExitCode {
     }
 }
 
+/// `text` with control characters escaped: a class name read from a file or a cache may hold a
+/// terminal escape sequence, which is shown, not obeyed.
+fn printable(text: &str) -> String {
+    let mut shown = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            shown.extend(c.escape_default());
+        } else {
+            shown.push(c);
+        }
+    }
+    shown
+}
+
 /// Longest error line printed; past it the line is cut (a 1 MB plan line is not echoed whole).
 const MAX_ERROR_CHARS: usize = 2000;
 
@@ -1618,25 +1645,25 @@ fn error_line(e: &anyhow::Error) -> String {
         }
         line.push_str(&text);
     }
-    let mut shown = String::new();
-    for (n, c) in line.chars().enumerate() {
-        if n == MAX_ERROR_CHARS {
-            let rest = line.chars().count() - n;
-            shown.push_str(&format!("… ({rest} more characters)"));
-            break;
+    let line = printable(&line);
+    match line.char_indices().nth(MAX_ERROR_CHARS) {
+        Some((cut, _)) => {
+            let rest = line[cut..].chars().count();
+            format!("{}… ({rest} more characters)", &line[..cut])
         }
-        if c.is_control() {
-            shown.extend(c.escape_default());
-        } else {
-            shown.push(c);
-        }
+        None => line,
     }
-    shown
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn printable_escapes_control_characters_only() {
+        assert_eq!(printable("tench, Tinca"), "tench, Tinca");
+        assert_eq!(printable("\u{1b}[2Jcat\r"), "\\u{1b}[2Jcat\\r");
+    }
 
     #[test]
     fn error_lines_say_each_cause_once_escaped_and_bounded() {

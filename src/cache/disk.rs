@@ -481,16 +481,27 @@ impl DiskStore {
         if meta.len() > limit {
             return Ok(FileRead::TooLong { len: meta.len() });
         }
+        // One file this process may not read (mode 000, another user's) is a defect of its entry,
+        // reported and quarantined like any other, not an error that stops every command on
+        // the whole cache.
+        let unreadable = |e: io::Error| {
+            FileRead::Defective(Defect::Unreadable {
+                path: path.to_path_buf(),
+                why: e.to_string(),
+            })
+        };
         let file = match crate::safe_open::open_regular(path) {
             Ok(file) => file,
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileRead::Absent),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(unreadable(e)),
             Err(e) => return Err(CacheError::io("open", path, e)),
         };
         let mut bytes = Vec::with_capacity(meta.len() as usize);
-        file.take(limit.saturating_add(1))
-            .read_to_end(&mut bytes)
-            .map_err(CacheError::io_at("read", path))?;
-        Ok(FileRead::Bytes(bytes))
+        match file.take(limit.saturating_add(1)).read_to_end(&mut bytes) {
+            Ok(_) => Ok(FileRead::Bytes(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(unreadable(e)),
+            Err(e) => Err(CacheError::io("read", path, e)),
+        }
     }
 
     /// Reads a manifest file; one too long to be a manifest is defective.

@@ -64,6 +64,8 @@ pub enum Defect {
     ContentMissing { path: PathBuf },
     #[error("{path} is not a regular file")]
     NotAFile { path: PathBuf },
+    #[error("{path} cannot be read ({why})")]
+    Unreadable { path: PathBuf, why: String },
     #[error("{path} is a symlink to {target}{}; the cache never writes symlinks and does not follow them", outside_note(.outside_root))]
     Symlink {
         path: PathBuf,
@@ -153,7 +155,12 @@ pub trait Store: Send + Sync {
 
     /// Totals over every committed manifest.
     fn stats(&self) -> Result<CacheStats, CacheError> {
-        Ok(CacheStats::from_manifests(&self.manifests()?.manifests))
+        let scan = self.manifests()?;
+        Ok(CacheStats {
+            unusable_manifests: scan.bad.len() as u64,
+            newer_format_manifests: scan.newer_format.len() as u64,
+            ..CacheStats::from_manifests(&scan.manifests)
+        })
     }
 }
 
@@ -175,6 +182,11 @@ pub struct CacheStats {
     pub by_target: BTreeMap<String, GroupStats>,
     /// Entry count per noise level in thousandths.
     pub by_level: BTreeMap<u16, u64>,
+    /// Manifests that could not be used (garbage, misfiled, unreadable): counted in nothing
+    /// above; `genie cache verify` lists them and `--repair` quarantines them.
+    pub unusable_manifests: u64,
+    /// Manifests written by a newer genie, left alone and counted in nothing above.
+    pub newer_format_manifests: u64,
 }
 
 impl CacheStats {

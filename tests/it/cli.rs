@@ -1656,3 +1656,25 @@ fn an_unreadable_plan_source_is_skipped_counted_and_reported() {
     assert!(home.join("plan.jsonl.done/0-of-1").exists());
     assert!(!home.join("plan.jsonl.done/skipped-0-of-1").exists());
 }
+
+/// Files with identical pixels are one source: the plan holds their entries once, and its summary
+/// (printed and written beside it) counts what the plan holds, not what was drawn.
+#[test]
+fn warm_plan_counts_identical_sources_once() {
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path();
+    let data = write_dataset(home);
+    // Every source image becomes the same picture under its own name.
+    for class in ["dog", "cat"] {
+        for entry in std::fs::read_dir(data.join(class)).unwrap() {
+            std::fs::copy(data.join("dog/0.png"), entry.unwrap().path()).unwrap();
+        }
+    }
+    let plan = home.join("plan.jsonl");
+    let planned = warm_plan(home, &data, &plan, &["--levels", "0.5", "--per-class", "6"]);
+    let summary: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(home.join("plan.jsonl.summary.json")).unwrap())
+            .unwrap();
+    assert_eq!(summary["entries"], planned);
+    assert!(planned < 6, "identical sources collapse: {planned}");
+}
