@@ -914,7 +914,7 @@ fn cache_command(cmd: CacheCommand) -> Result<()> {
         }
         CacheCommand::Verify { dir, repair } => {
             let store = DiskStore::open_existing(&dir)?;
-            let report = store.verify(repair)?;
+            let report = store.verify_with(repair, genie::cache::check_image)?;
             for bad in &report.bad {
                 println!("bad: {} — {}", bad.location, bad.defect);
             }

@@ -272,12 +272,35 @@ impl DiskStore {
     /// Checks every committed entry (manifest and content). With `repair`, moves each bad one
     /// into `quarantine/`. Manifests from a newer genie are counted and left alone.
     pub fn verify(&self, repair: bool) -> Result<VerifyReport, CacheError> {
+        self.verify_with(repair, |_| Ok(()))
+    }
+
+    /// [`verify`](Self::verify), and every entry whose bytes are intact must also pass
+    /// `content_check` (e.g. [`check_image`](super::check_image): a PNG of the manifest's size);
+    /// one that fails is a bad entry like any other. The store itself knows only bytes.
+    pub fn verify_with(
+        &self,
+        repair: bool,
+        content_check: impl Fn(&StoredEntry) -> Result<(), Defect>,
+    ) -> Result<VerifyReport, CacheError> {
         let mut report = VerifyReport::default();
         for (key, path) in self.manifest_files()? {
             match self.check_entry(&key) {
-                Ok(Checked::Valid(_)) => {
+                Ok(Checked::Valid(entry)) => {
                     report.checked += 1;
-                    report.ok += 1;
+                    match content_check(&entry) {
+                        Ok(()) => report.ok += 1,
+                        Err(defect) => {
+                            if repair && Store::quarantine(self, &entry.manifest, &defect)? {
+                                report.quarantined += 1;
+                            }
+                            report.bad.push(BadEntry {
+                                key: Some(key),
+                                location: path.display().to_string(),
+                                defect,
+                            });
+                        }
+                    }
                 }
                 // Removed (by gc or a reader) while we listed: nothing to judge.
                 Ok(Checked::Absent) => {}

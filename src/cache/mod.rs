@@ -288,6 +288,12 @@ impl Cache {
     }
 }
 
+/// Whether an entry's content is an image of the size its manifest promises (for
+/// [`DiskStore::verify_with`]).
+pub fn check_image(entry: &StoredEntry) -> Result<(), Defect> {
+    decode_entry(entry).map(|_| ())
+}
+
 /// Decodes an entry's PNG and checks it has the size its manifest promises.
 fn decode_entry(entry: &StoredEntry) -> Result<RgbImage, Defect> {
     let image =

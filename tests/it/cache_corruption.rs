@@ -717,3 +717,44 @@ fn an_unreadable_file_is_a_defect_of_its_entry_not_of_the_cache() {
     assert_eq!((report.ok, report.quarantined), (2, 1), "{report:?}");
     assert!(matches!(store.get(&key(1)), Ok(Lookup::Hit(_))));
 }
+
+/// An entry whose bytes match their manifest but whose image contradicts it (another size, or
+/// not an image) passes the byte-level `verify` and fails `verify_with(check_image)`, which
+/// `genie cache verify` runs; `--repair` quarantines it and keeps the good one.
+#[test]
+fn verify_with_check_image_catches_an_image_that_contradicts_its_manifest() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = DiskStore::open(dir.path()).expect("open");
+    let png =
+        |side: u32| genie::image_io::encode_png(&image::RgbImage::new(side, side)).expect("png");
+    // meta() promises 64×64.
+    store
+        .put(&key(0), &png(64), &meta("images", 0))
+        .expect("put");
+    store
+        .put(&key(1), &png(32), &meta("images", 1))
+        .expect("put");
+    let bytes_only = store.verify(false).expect("verify");
+    assert_eq!((bytes_only.ok, bytes_only.bad.len()), (2, 0));
+    let report = store
+        .verify_with(false, genie::cache::check_image)
+        .expect("verify");
+    assert_eq!((report.ok, report.bad.len()), (1, 1));
+    assert!(
+        matches!(
+            report.bad[0].defect,
+            Defect::WrongDimensions {
+                found_width: 32,
+                ..
+            }
+        ),
+        "{:?}",
+        report.bad[0].defect
+    );
+    let repaired = store
+        .verify_with(true, genie::cache::check_image)
+        .expect("repair");
+    assert_eq!(repaired.quarantined, 1);
+    assert!(matches!(store.get(&key(1)), Ok(Lookup::Miss)));
+    assert!(matches!(store.get(&key(0)), Ok(Lookup::Hit(_))));
+}
