@@ -2,9 +2,10 @@
 //! failures and panics, shutdown, and an end-to-end run through the real engine on a tiny model.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use crate::support::{engine_fingerprint, Gate};
 use genie::cache::Cache;
 use genie::diffusion::{tiny, EngineOptions, ModelSource, SchedulerKind, SdEngine};
 use genie::generator::{
@@ -17,15 +18,7 @@ use image::RgbImage;
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn fingerprint() -> EngineFingerprint {
-    EngineFingerprint {
-        model: "test-engine".into(),
-        scheduler: "none".into(),
-        steps: 1,
-        guidance: "1".into(),
-        resolution: 8,
-        dtype: "f32".into(),
-        algorithm_version: 1,
-    }
+    engine_fingerprint("test-engine", 8)
 }
 
 /// What the test engine saw: each generated (prompt, level, seed), and each call's job count.
@@ -33,29 +26,6 @@ fn fingerprint() -> EngineFingerprint {
 struct Log {
     generated: Vec<(String, u16, u64)>,
     batch_sizes: Vec<usize>,
-}
-
-/// Blocks engine calls until opened.
-#[derive(Default)]
-struct Gate {
-    open: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl Gate {
-    fn closed() -> Arc<Self> {
-        Arc::new(Gate::default())
-    }
-    fn open(&self) {
-        *self.open.lock().unwrap() = true;
-        self.cv.notify_all();
-    }
-    fn pass(&self) {
-        let mut open = self.open.lock().unwrap();
-        while !*open {
-            open = self.cv.wait(open).unwrap();
-        }
-    }
 }
 
 /// A deterministic engine: an 8×8 image whose pixels encode the job; panics or fails on demand.

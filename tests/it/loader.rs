@@ -2,9 +2,10 @@
 //! their target, keeps the batch size and memory budget, follows GeNIe-Ada's r*; GenieDataset
 //! follows the quotas; the confusion metric feeds the policy; one end-to-end run on the tiny model.
 
-use std::sync::{mpsc, Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+use crate::support::{engine_fingerprint, Gate};
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::{Dataset, InMemDataset};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -31,15 +32,7 @@ fn names() -> Vec<String> {
 }
 
 fn fingerprint() -> EngineFingerprint {
-    EngineFingerprint {
-        model: "colour-engine".into(),
-        scheduler: "none".into(),
-        steps: 1,
-        guidance: "1".into(),
-        resolution: SIDE,
-        dtype: "f32".into(),
-        algorithm_version: 1,
-    }
+    engine_fingerprint("colour-engine", SIDE)
 }
 
 /// The colour of a generated image: the crossover from "source" (red) to "target" (green)
@@ -52,25 +45,6 @@ fn level_colour(level: NoiseLevel) -> Rgb<u8> {
 }
 
 /// Closed gates block engine calls until opened.
-#[derive(Default)]
-struct Gate {
-    open: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl Gate {
-    fn open(&self) {
-        *self.open.lock().unwrap() = true;
-        self.cv.notify_all();
-    }
-    fn pass(&self) {
-        let mut open = self.open.lock().unwrap();
-        while !*open {
-            open = self.cv.wait(open).unwrap();
-        }
-    }
-}
-
 struct ColourEngine {
     fp: EngineFingerprint,
     gate: Arc<Gate>,

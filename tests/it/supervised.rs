@@ -22,7 +22,7 @@ use genie::loader::{
     GenieItem, KeySpace, LiveConfig, LiveModel, Observed,
 };
 use genie::policy::{ClassStats, Policy, PolicyConfig, SharedConfusion};
-use genie::{EngineFingerprint, NoiseLevel};
+use genie::NoiseLevel;
 use image::{Rgb, RgbImage};
 
 const SIDE: u32 = 4;
@@ -113,15 +113,7 @@ fn setup() -> (KeySpace, Vec<ImageDatasetItem>) {
         .flat_map(|(c, &n)| (0..n).map(move |i| item(c, i)))
         .collect();
     let names: Vec<String> = ["a", "b", "c"].map(String::from).to_vec();
-    let fingerprint = EngineFingerprint {
-        model: "prewarmed".into(),
-        scheduler: "none".into(),
-        steps: 1,
-        guidance: "1".into(),
-        resolution: SIDE,
-        dtype: "f32".into(),
-        algorithm_version: 1,
-    };
+    let fingerprint = crate::support::engine_fingerprint("prewarmed", SIDE);
     (KeySpace::new(fingerprint, SIDE, names), items)
 }
 

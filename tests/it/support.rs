@@ -4,9 +4,46 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout};
+use std::sync::{Arc, Condvar, Mutex};
 
 use genie::cache::{CacheKey, EntryMeta, KeyInputs};
 use genie::{EngineFingerprint, NoiseLevel};
+
+/// The fingerprint of a test engine (one step, no guidance) named `model`, making `resolution` px.
+pub fn engine_fingerprint(model: &str, resolution: u32) -> EngineFingerprint {
+    EngineFingerprint {
+        model: model.into(),
+        scheduler: "none".into(),
+        steps: 1,
+        guidance: "1".into(),
+        resolution,
+        dtype: "f32".into(),
+        algorithm_version: 1,
+    }
+}
+
+/// Blocks test engines' calls until opened (closed when made).
+#[derive(Default)]
+pub struct Gate {
+    open: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Gate {
+    pub fn closed() -> Arc<Self> {
+        Arc::new(Gate::default())
+    }
+    pub fn open(&self) {
+        *self.open.lock().unwrap() = true;
+        self.cv.notify_all();
+    }
+    pub fn pass(&self) {
+        let mut open = self.open.lock().unwrap();
+        while !*open {
+            open = self.cv.wait(open).unwrap();
+        }
+    }
+}
 
 pub fn fingerprint() -> EngineFingerprint {
     EngineFingerprint {
