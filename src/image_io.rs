@@ -6,6 +6,16 @@ use std::path::{Path, PathBuf};
 use image::imageops::FilterType;
 use image::{ImageReader, Limits, RgbImage};
 
+/// File extensions (lower case) of the images genie reads from folders.
+pub const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"];
+
+/// Whether `path` is named like an image genie reads (by extension, any case).
+pub fn has_image_extension(path: &Path) -> bool {
+    path.extension()
+        .and_then(|e| e.to_str())
+        .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()))
+}
+
 /// Largest width or height we decode; larger inputs are refused before any pixel is read.
 pub const MAX_DIMENSION: u32 = 16_384;
 /// Largest allocation the decoder may make for one image.

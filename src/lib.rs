@@ -32,6 +32,7 @@ pub mod pictures;
 pub mod policy;
 pub mod safe_open;
 pub mod seed;
+mod sync;
 pub mod synthetic;
 pub mod warm;
 

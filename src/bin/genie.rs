@@ -450,15 +450,7 @@ fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
         .with_context(|| format!("cannot read --source-dir {}", dir.display()))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.is_file()
-                && p.extension().and_then(|e| e.to_str()).is_some_and(|e| {
-                    matches!(
-                        e.to_ascii_lowercase().as_str(),
-                        "png" | "jpg" | "jpeg" | "webp" | "bmp" | "gif" | "tif" | "tiff"
-                    )
-                })
-        })
+        .filter(|p| p.is_file() && image_io::has_image_extension(p))
         .collect();
     files.sort();
     if files.is_empty() {
@@ -1317,7 +1309,7 @@ fn warm_run(args: WarmRunArgs) -> Result<()> {
             let src = SourceImage::new(img);
             for e in &group {
                 let key = CacheKey::new(&KeyInputs {
-                    source: (!e.r.is_text_to_image()).then_some(src.hash),
+                    source: Some(src.hash),
                     prompt: &prompt,
                     level: e.r,
                     seed,

@@ -44,6 +44,10 @@ pub struct KeyParseError(pub String);
 impl CacheKey {
     /// Hashes the canonical encoding of `inputs`.
     ///
+    /// A text-to-image level (r = 1) never sees its source, so its key leaves the source out
+    /// whatever `inputs.source` holds: every caller gets the same key for the same image (this
+    /// rule lives here alone).
+    ///
     /// Every field is framed (strings by length, options by a tag byte, integers at fixed width,
     /// little-endian) so that no two different inputs share an encoding.
     pub fn new(inputs: &KeyInputs<'_>) -> Self {
@@ -71,6 +75,7 @@ impl CacheKey {
             seed,
             fingerprint,
         } = *inputs;
+        let source = source.filter(|_| !(with_level && level.is_text_to_image()));
         match source {
             None => enc.u8(0),
             Some(hash) => {
@@ -330,6 +335,11 @@ mod tests {
             for field in 0..FIELD_COUNT {
                 let mut changed = inputs.clone();
                 mutate(&mut changed, field, delta);
+                if field == 0 && inputs.level == 1000 {
+                    // Text-to-image keys leave the source out.
+                    prop_assert_eq!(key, changed.key());
+                    continue;
+                }
                 prop_assert_ne!(key, changed.key(), "field {} did not change the key", field);
             }
         }
@@ -375,6 +385,20 @@ mod tests {
         let mut b = fixed_inputs();
         b.source = Some([0; 32]);
         assert_ne!(a.key(), b.key());
+    }
+
+    /// Text-to-image never sees its source: whatever source the caller passes, the key is the
+    /// one without it; at any other level the source counts.
+    #[test]
+    fn text_to_image_keys_leave_the_source_out() {
+        let mut with = fixed_inputs();
+        with.level = 1000;
+        let mut without = with.clone();
+        without.source = None;
+        assert_eq!(with.key(), without.key());
+        with.level = 999;
+        without.level = 999;
+        assert_ne!(with.key(), without.key());
     }
 
     /// Pins the encoding: if this changes, every existing cache silently misses, so a change

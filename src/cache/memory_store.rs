@@ -1,7 +1,7 @@
 //! An in-process [`Store`] (a map behind a mutex): for tests, and proof that callers need no disk.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Mutex, MutexGuard};
 
 use super::error::CacheError;
 use super::key::CacheKey;
@@ -22,9 +22,7 @@ impl MemoryStore {
     }
 
     fn lock(&self) -> MutexGuard<'_, HashMap<CacheKey, StoredEntry>> {
-        // Every operation leaves the map consistent, so a panic elsewhere while the lock was
-        // held cannot have left it half-updated.
-        self.entries.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.entries)
     }
 }
 
@@ -110,13 +108,13 @@ impl Store for MemoryStore {
     }
 
     fn put_record(&self, key: &CacheKey, record: &[u8]) -> Result<(), CacheError> {
-        let mut records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut records = crate::sync::lock(&self.records);
         records.insert(*key, record.to_vec());
         Ok(())
     }
 
     fn get_record(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, CacheError> {
-        let records = self.records.lock().unwrap_or_else(PoisonError::into_inner);
+        let records = crate::sync::lock(&self.records);
         Ok(records.get(key).cloned())
     }
 }

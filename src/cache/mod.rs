@@ -24,7 +24,7 @@ mod store;
 
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use image::RgbImage;
@@ -282,9 +282,7 @@ impl Cache {
     }
 
     fn memory(&self) -> MutexGuard<'_, MemoryTier> {
-        // The tier's operations cannot panic half-way, so a poisoned lock still guards
-        // consistent data.
-        self.memory.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.memory)
     }
 }
 

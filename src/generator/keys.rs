@@ -137,8 +137,8 @@ impl KeySpace {
         )?))
     }
 
-    /// The cache key of one level; `seed` is the pair's ([`KeySpace::pair_seed`]). The source
-    /// is left out of text-to-image keys (r = 1 never sees it).
+    /// The cache key of one level; `seed` is the pair's ([`KeySpace::pair_seed`]). Text-to-image
+    /// keys leave the source out ([`CacheKey::new`]).
     pub fn key(
         &self,
         source_hash: impl Into<Option<[u8; 32]>>,
@@ -147,7 +147,7 @@ impl KeySpace {
         seed: u64,
     ) -> CacheKey {
         CacheKey::new(&KeyInputs {
-            source: source_hash.into().filter(|_| !level.is_text_to_image()),
+            source: source_hash.into(),
             prompt: &self.prompt(target),
             level,
             seed,

@@ -3,7 +3,7 @@
 use std::collections::{HashMap, HashSet};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -13,6 +13,7 @@ use image::RgbImage;
 use super::stats::{Counters, GeneratorStats};
 use crate::cache::{Cache, CacheError, CacheKey, EntryMeta, KeyInputs};
 use crate::engine::{CancelToken, Engine, EngineFingerprint, Job, JobOutput, NoiseLevel};
+use crate::sync::lock;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -209,11 +210,6 @@ const RUNNING: u8 = 0;
 const DRAINING: u8 = 1;
 const CANCELLING: u8 = 2;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    // A worker that panicked while holding a lock left consistent data (sets and maps only).
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
 /// The background generation service.
 pub struct Generator {
     shared: Arc<Shared>,
@@ -304,7 +300,7 @@ impl Generator {
         seed: u64,
     ) -> CacheKey {
         CacheKey::new(&KeyInputs {
-            source: source.filter(|_| !level.is_text_to_image()).map(|s| s.hash),
+            source: source.map(|s| s.hash),
             prompt,
             level,
             seed,

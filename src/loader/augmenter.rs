@@ -437,8 +437,7 @@ impl<I: GenieItem> Augmenter<I> {
     }
 
     fn state(&self) -> MutexGuard<'_, State<I>> {
-        // Bookkeeping stays consistent between statements, so a poisoned lock is still usable.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.state)
     }
 
     /// Runs `f` on the policy (e.g. to read its targets or groups).
@@ -749,7 +748,7 @@ impl<I: GenieItem> Augmenter<I> {
     }
 
     fn built(&self) -> MutexGuard<'_, BuiltItems<I>> {
-        self.built.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.built)
     }
 
     /// Memory held by ready-made hard-negative items (the decoded images are in the cache's

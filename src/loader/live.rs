@@ -21,6 +21,7 @@ use burn::tensor::Tensor;
 use super::augmenter::{AdaRecord, AdaWork, Augmenter};
 use super::item::GenieItem;
 use crate::ada;
+use crate::sync::lock;
 
 /// Turns items into embeddings with a model: usually the model's backbone (the layer before the
 /// classifier head) on a batch built by your own batcher.
@@ -168,10 +169,6 @@ fn halt<M>(shared: &Shared<M>, thread: &mut Option<JoinHandle<()>>) {
             tracing::error!("the GeNIe-Ada selector thread panicked");
         }
     }
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn select_loop<M: Module, I: GenieItem, F: FeatureExtractor<M, I>>(

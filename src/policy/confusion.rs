@@ -104,8 +104,7 @@ impl SharedConfusion {
     }
 
     pub fn lock(&self) -> MutexGuard<'_, ConfusionMatrix> {
-        // A panic while holding the lock leaves plain counts behind, still usable.
-        self.0.lock().unwrap_or_else(|e| e.into_inner())
+        crate::sync::lock(&self.0)
     }
 }
 

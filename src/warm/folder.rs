@@ -26,8 +26,6 @@ pub struct ImageFolder {
     pub warnings: Vec<String>,
 }
 
-const IMAGE_EXTENSIONS: [&str; 8] = ["png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff"];
-
 impl ImageFolder {
     /// Reads `dir`: every sub-folder not starting with `.` is a class, every file in it with an
     /// image extension is an image (not recursive). Files are not decoded here.
@@ -75,11 +73,7 @@ impl ImageFolder {
                         source,
                     })?
                     .path();
-                let is_image = path
-                    .extension()
-                    .and_then(|e| e.to_str())
-                    .is_some_and(|e| IMAGE_EXTENSIONS.contains(&e.to_ascii_lowercase().as_str()));
-                if path.is_file() && is_image {
+                if path.is_file() && crate::image_io::has_image_extension(&path) {
                     files.push(path);
                 }
             }
