@@ -2,8 +2,8 @@
 //!
 //! Trains the same small CNN twice with burn — once with the plain batcher, once with
 //! `GenieBatcher` (hard negatives for the Few classes, r chosen per pair by GeNIe-Ada with the
-//! live model) — and prints per-group accuracy (Many / Medium / Few), how many hard negatives
-//! were mixed in, each group's share of the training items before and after mixing, the
+//! live model) — and prints accuracy per group (Many / Medium / Few) and overall, how many hard
+//! negatives were mixed in, each group's share of the training items before and after mixing, the
 //! histogram of chosen r*, and peak resident memory.
 //!
 //! ```text
@@ -318,6 +318,29 @@ fn group_accuracy(
         .collect()
 }
 
+/// Accuracy over every test item, and balanced accuracy (the mean of the per-class accuracies,
+/// which weighs each class alike however many test items it has).
+fn overall_accuracy(outcome: &Outcome) -> [(&'static str, f64); 2] {
+    let (right, total) = outcome
+        .per_class
+        .iter()
+        .fold((0, 0), |(r, t), &(cr, ct)| (r + cr, t + ct));
+    let per_class: Vec<f64> = outcome
+        .per_class
+        .iter()
+        .filter(|&&(_, t)| t > 0)
+        .map(|&(r, t)| 100.0 * r as f64 / t as f64)
+        .collect();
+    let ratio = |num: f64, den: f64| if den == 0.0 { f64::NAN } else { num / den };
+    [
+        ("Overall", ratio(100.0 * right as f64, total as f64)),
+        (
+            "Balanced",
+            ratio(per_class.iter().sum(), per_class.len() as f64),
+        ),
+    ]
+}
+
 /// An accuracy, or `-` for a group without classes.
 fn percent(accuracy: f64) -> String {
     if accuracy.is_nan() {
@@ -498,6 +521,13 @@ fn main() -> Result<()> {
             .as_ref()
             .map_or("-".to_string(), |w| percent(w[i].1));
         println!("  {:<8}{base:>12}{:>12}", g.to_string(), percent(*acc));
+    }
+    let without_all = baseline.as_ref().map(overall_accuracy);
+    for (i, (name, acc)) in overall_accuracy(&genie).iter().enumerate() {
+        let base = without_all
+            .as_ref()
+            .map_or("-".to_string(), |w| percent(w[i].1));
+        println!("  {name:<8}{base:>12}{:>12}", percent(*acc));
     }
     let s = augmenter.stats();
     println!(

@@ -82,13 +82,33 @@ fn long_tail_runs_and_its_report_adds_up() {
         .split("accuracy by group")
         .nth(1)
         .expect("the accuracy section");
-    for group in ["Many", "Medium", "Few"] {
-        let acc = numbers(accuracy, group);
+    let groups: Vec<Vec<f64>> = ["Many", "Medium", "Few"]
+        .iter()
+        .map(|group| {
+            let acc = numbers(accuracy, group);
+            assert!(
+                acc.len() >= 2 && acc.iter().all(|a| (0.0..=100.0).contains(a)),
+                "{group}: {acc:?}"
+            );
+            acc
+        })
+        .collect();
+    // Overall accuracy is the groups' accuracies weighted by their test items, so it lies
+    // between the lowest and the highest of them, in each run; balanced accuracy is a percentage.
+    let overall = numbers(accuracy, "Overall");
+    for (run, &all) in overall.iter().enumerate() {
+        let of_groups = groups.iter().map(|g| g[run]);
+        let (lo, hi) = of_groups.fold((f64::MAX, f64::MIN), |(l, h), a| (l.min(a), h.max(a)));
         assert!(
-            acc.len() >= 2 && acc.iter().all(|a| (0.0..=100.0).contains(a)),
-            "{group}: {acc:?}"
+            lo - 0.05 <= all && all <= hi + 0.05,
+            "overall {all} outside [{lo}, {hi}]"
         );
     }
+    let balanced = numbers(accuracy, "Balanced");
+    assert!(
+        balanced.len() == overall.len() && balanced.iter().all(|a| (0.0..=100.0).contains(a)),
+        "{balanced:?}"
+    );
     // "hard negatives: M mixed into batches, P pairs, G images generated, D requests deferred"
     // The paper's protocol: every planned image exists before the GeNIe run trains (Ada:
     // five levels for each of the 18 pairs).
