@@ -463,24 +463,36 @@ fn main() -> Result<()> {
         offline.request_missing(&train_set, &keys, generator)?;
         let keys_to_wait: Vec<_> = offline.negatives.iter().flat_map(|n| &n.keys).collect();
         let mut not_ready = Vec::new();
+        // On a terminal the progress line is redrawn in place; in a log file (Slurm, CI,
+        // `> run.log`) it is a plain line every 10 s, never `\r`-joined updates.
+        let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
+        let mut last_line = Instant::now();
         for (n, key) in keys_to_wait.iter().enumerate() {
             let outcome = generator.wait(key, std::time::Duration::from_secs(24 * 3600))?;
             if outcome != WaitOutcome::Ready {
                 not_ready.push(outcome);
             }
-            if (n + 1) % 50 == 0 || n + 1 == keys_to_wait.len() {
-                print!(
-                    "\rgenerating the hard negatives first: {}/{} images ({:.0} s)",
-                    n + 1,
-                    keys_to_wait.len(),
-                    started.elapsed().as_secs_f64()
-                );
+            let last = n + 1 == keys_to_wait.len();
+            let progress = format!(
+                "generating the hard negatives first: {}/{} images ({:.0} s)",
+                n + 1,
+                keys_to_wait.len(),
+                started.elapsed().as_secs_f64()
+            );
+            if terminal && ((n + 1) % 50 == 0 || last) {
+                print!("\r{progress}");
                 use std::io::Write as _;
                 std::io::stdout().flush()?;
+                if last {
+                    println!();
+                }
+            } else if !terminal && (last || last_line.elapsed().as_secs() >= 10) {
+                println!("{progress}");
+                last_line = Instant::now();
             }
         }
         println!(
-            "\nready before training: {} of {} planned images",
+            "ready before training: {} of {} planned images",
             keys_to_wait.len() - not_ready.len(),
             keys_to_wait.len()
         );

@@ -112,6 +112,12 @@ fn long_tail_runs_and_its_report_adds_up() {
     // "hard negatives: M mixed into batches, P pairs, G images generated, D requests deferred"
     // The paper's protocol: every planned image exists before the GeNIe run trains (Ada:
     // five levels for each of the 18 pairs).
+    // Not a terminal: the progress is plain lines, not `\r`-joined redraws.
+    assert!(!out.contains('\r'), "{out:?}");
+    assert!(
+        out.contains("generating the hard negatives first: 90/90 images"),
+        "{out}"
+    );
     let ready = numbers(&out, "ready before training:");
     assert_eq!(ready, [90.0, 90.0], "{out}");
     let totals = numbers(&out, "hard negatives:");
