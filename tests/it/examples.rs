@@ -112,6 +112,14 @@ fn long_tail_runs_and_its_report_adds_up() {
     // "hard negatives: M mixed into batches, P pairs, G images generated, D requests deferred"
     // The paper's protocol: every planned image exists before the GeNIe run trains (Ada:
     // five levels for each of the 18 pairs).
+    // Throughput compares warm runs (epochs 2 and 3), and the ratio is the two rates'.
+    let throughput = numbers(&out, "throughput (after a warm-up epoch):");
+    let (plain, with, ratio) = (throughput[0], throughput[1], throughput[2]);
+    assert!(plain > 0.0 && with > 0.0, "{throughput:?}");
+    assert!(
+        (ratio - with / plain).abs() < 0.01 + 0.05 * ratio,
+        "{throughput:?}"
+    );
     // Not a terminal: the progress is plain lines, not `\r`-joined redraws.
     assert!(!out.contains('\r'), "{out:?}");
     assert!(
