@@ -10,9 +10,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use genie::cache::{Cache, CacheKey, DiskStore, GcPolicy, KeyInputs};
 use genie::diffusion::{self, parity, tiny, EngineOptions, ModelSource, SchedulerKind, SdEngine};
 use genie::factory::SdEngineFactory;
-use genie::generator::{
-    Generator, GeneratorConfig, Priority, Request, Shutdown, SourceImage, WaitOutcome,
-};
+use genie::generator::{Generator, GeneratorConfig, Priority, Request, Shutdown, SourceImage};
 use genie::{image_io, Job, NoiseLevel, PromptTemplate};
 
 #[derive(Parser)]
@@ -732,14 +730,10 @@ fn generate(args: GenerateArgs) -> Result<()> {
             waiting.extend(receipt.levels.into_iter().map(|(_, k, _)| k));
         }
         generator.release();
-        let mut failures = Vec::new();
-        for k in &waiting {
-            match generator.wait(k, Duration::from_secs(7 * 24 * 3600))? {
-                WaitOutcome::Ready => bar.inc(1),
-                WaitOutcome::Failed(msg) => failures.push(msg),
-                other => failures.push(format!("{other:?}")),
-            }
-        }
+        let failures =
+            generator.wait_all(&waiting, Duration::from_secs(7 * 24 * 3600), |n, _| {
+                bar.set_position(n as u64)
+            })?;
         bar.finish_and_clear();
         generator.shutdown(Shutdown::Drain);
         if let Some(first) = failures.first() {
@@ -1347,24 +1341,18 @@ fn warm_run(args: WarmRunArgs) -> Result<()> {
         .with_message(shard.to_string());
         let started = std::time::Instant::now();
         let mut last_log = started;
-        let mut failures = Vec::new();
-        for (n, k) in waiting.iter().enumerate() {
-            match generator.wait(k, Duration::from_secs(7 * 24 * 3600))? {
-                WaitOutcome::Ready => bar.inc(1),
-                WaitOutcome::Failed(msg) => failures.push(msg),
-                other => failures.push(format!("{other:?}")),
-            }
+        let week = Duration::from_secs(7 * 24 * 3600);
+        let failures = generator.wait_all(&waiting, week, |done, total| {
+            bar.set_position(done as u64);
             if bar.is_hidden() && last_log.elapsed() > Duration::from_secs(30) {
                 last_log = std::time::Instant::now();
-                let rate = (n + 1) as f64 / started.elapsed().as_secs_f64();
+                let rate = done as f64 / started.elapsed().as_secs_f64();
                 eprintln!(
-                    "shard {shard}: {}/{} done, {rate:.2} images/s, eta {:.0} s",
-                    n + 1,
-                    waiting.len(),
-                    (waiting.len() - n - 1) as f64 / rate.max(1e-9)
+                    "shard {shard}: {done}/{total} done, {rate:.2} images/s, eta {:.0} s",
+                    (total - done) as f64 / rate.max(1e-9)
                 );
             }
-        }
+        })?;
         bar.finish_and_clear();
         let stats = generator.shutdown(Shutdown::Drain);
         generated = (stats.done, stats.engine_calls);

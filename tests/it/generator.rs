@@ -452,6 +452,34 @@ fn cancel_stops_the_batch_in_flight() {
     }
 }
 
+/// `wait_all` settles every key in order, reports progress after each, and returns the reasons of
+/// those that did not become ready.
+#[test]
+fn wait_all_reports_progress_and_the_failures() {
+    let factory = TestFactory::new(None);
+    let (_dir, cache) = cache();
+    let generator = Generator::start(factory, cache, config("w", 1, 100, 1)).unwrap();
+    let mut keys = Vec::new();
+    for (prompt, seed) in [("fine", 1), ("please fail", 2), ("fine too", 3)] {
+        let receipt = generator
+            .request(request(prompt, seed, &[500, 800], Priority::Online))
+            .unwrap();
+        keys.extend(receipt.levels.into_iter().map(|(_, k, _)| k));
+    }
+    let mut seen = Vec::new();
+    let failures = generator
+        .wait_all(&keys, Duration::from_secs(10), |done, total| {
+            seen.push((done, total))
+        })
+        .unwrap();
+    assert_eq!(seen, (1..=6).map(|n| (n, 6)).collect::<Vec<_>>());
+    assert_eq!(failures.len(), 2, "{failures:?}");
+    assert!(
+        failures.iter().all(|f| f.contains("asked to fail")),
+        "{failures:?}"
+    );
+}
+
 #[test]
 fn failures_back_off_and_panics_restart_the_engine() {
     let factory = TestFactory::new(None);
