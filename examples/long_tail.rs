@@ -41,7 +41,7 @@ use genie::cache::Cache;
 use genie::generator::{Generator, WaitOutcome};
 use genie::loader::{
     image_item, predictions_and_targets, Augmenter, AugmenterConfig, GenieBatcher, GenieItem,
-    KeySpace, LiveConfig, LiveModel, OfflinePlan,
+    KeySpace, LiveConfig, LiveModel, OfflinePlan, ScoringMode,
 };
 use genie::policy::{ClassStats, Group, Policy, PolicyConfig, SharedConfusion};
 use genie::synthetic;
@@ -86,6 +86,10 @@ struct Args {
     /// Use the fixed level r = 0.8 instead of GeNIe-Ada.
     #[arg(long)]
     no_ada: bool,
+    /// Apply GeNIe-Ada's choices the moment they are scored, never waiting for the scoring:
+    /// a little faster when scoring is slow, but two runs of one seed then differ.
+    #[arg(long)]
+    fast_ada: bool,
     /// Cache directory (default: a fresh temporary one).
     #[arg(long)]
     cache: Option<PathBuf>,
@@ -211,6 +215,15 @@ fn train(args: &Args, data: &Data, online: Option<&Online>, device: &Device) -> 
             .set_device(train_device.clone())
             .build(InMemDataset::new(data.train.clone())),
     };
+    let live_config = LiveConfig {
+        every: 20,
+        mode: if args.fast_ada {
+            ScoringMode::Asynchronous
+        } else {
+            ScoringMode::Reproducible
+        },
+        ..LiveConfig::default()
+    };
     let live = match online.filter(|o| o.ada) {
         Some(o) => Some(LiveModel::start(
             Arc::clone(&o.augmenter),
@@ -218,16 +231,14 @@ fn train(args: &Args, data: &Data, online: Option<&Online>, device: &Device) -> 
                 batcher: batcher.clone(),
                 device: device.clone(),
             },
-            LiveConfig {
-                every: 20,
-                ..LiveConfig::default()
-            },
+            live_config.clone(),
         )?),
         None => None,
     };
     // Throughput is timed after the first epoch (allocator, caches and the backend's first
     // calls warm up there), so the two runs compare warm against warm.
     let mut started = Instant::now();
+    let all_started = Instant::now();
     let mut steps = 0;
     for epoch in 1..=args.epochs {
         if epoch == 2 {
@@ -267,11 +278,24 @@ fn train(args: &Args, data: &Data, online: Option<&Online>, device: &Device) -> 
         );
     }
     let seconds = started.elapsed().as_secs_f64();
+    let total_seconds = all_started.elapsed().as_secs_f64();
     if let Some(live) = live {
         let s = live.stop();
         println!(
-            "  GeNIe-Ada: {} snapshots, {} pairs scored, {} unscorable",
-            s.snapshots, s.scored, s.unscorable
+            "  GeNIe-Ada: {} snapshots in {} steps, {} pairs scored, {} unscorable; {} images \
+             embedded for {} trained ({:.1} % of the training compute, budget {:.0} %); scoring \
+             took {:.1} s ({:.1} % of the training time), training waited {:.2} s for it",
+            s.snapshots,
+            s.steps,
+            s.scored,
+            s.unscorable,
+            s.embedded,
+            s.trained,
+            100.0 * s.compute_share(),
+            100.0 * live_config.share,
+            s.scoring_seconds,
+            100.0 * s.scoring_seconds / total_seconds,
+            s.waited_seconds
         );
     }
 
@@ -466,7 +490,12 @@ fn main() -> Result<()> {
         let train_set = InMemDataset::new(data.train.clone());
         let offline = OfflinePlan::new(&train_set, &planner, &keys, augmenter.levels(), None)?;
         let started = Instant::now();
-        offline.request_missing(&train_set, &keys, generator)?;
+        // Queued whole before any batch is taken, so that batches (and with them the last bits
+        // of each image) do not depend on timing: the same seed gives the same pixels.
+        generator.hold();
+        let requested = offline.request_missing(&train_set, &keys, generator);
+        generator.release();
+        requested?;
         let keys_to_wait: Vec<_> = offline.negatives.iter().flat_map(|n| &n.keys).collect();
         let mut not_ready = Vec::new();
         // On a terminal the progress line is redrawn in place; in a log file (Slurm, CI,

@@ -118,6 +118,9 @@ pub struct AugmenterStats {
     /// Source items whose pixels could not be read (or no longer match their plan entry).
     pub bad_items: u64,
     pub ada_choices: usize,
+    /// Pairs GeNIe-Ada can score: every level known to be cached, and real images of the
+    /// target kept for its prototype.
+    pub ada_scorable: usize,
     /// Pairs of the loaded pre-warm plan (0 without a plan); `pairs` of them have started.
     pub planned: usize,
 }
@@ -199,6 +202,8 @@ struct State<I> {
 #[derive(Default)]
 struct Counters {
     batches: AtomicU64,
+    /// Items handed to training (after mixing).
+    items: AtomicU64,
     mixed: AtomicU64,
     requested: AtomicU64,
     deferred: AtomicU64,
@@ -257,6 +262,15 @@ pub(crate) struct AdaWork<I> {
     pub source: I,
     pub target: usize,
     pub keys: Vec<CacheKey>,
+}
+
+/// The pairs the Ada selector scores with one model version, in order, with the real items of
+/// their targets (for the prototypes) as they were when the round was planned.
+pub(crate) struct AdaRound<I> {
+    pub pairs: Vec<AdaWork<I>>,
+    pub prototypes: Vec<(usize, Vec<I>)>,
+    /// Items the round embeds.
+    pub cost: u64,
 }
 
 /// The online hard-negative state of one training run; see the module docs.
@@ -593,7 +607,16 @@ impl<I: GenieItem> Augmenter<I> {
             }
         }
         items.extend(appended);
+        self.counters
+            .items
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
         items
+    }
+
+    /// Items this augmenter has handed to training so far, hard negatives included: the
+    /// measure of training work that GeNIe-Ada's scoring budget is a share of.
+    pub fn items_batched(&self) -> u64 {
+        self.counters.items.load(Ordering::Relaxed)
     }
 
     fn push_pair(
@@ -901,54 +924,76 @@ impl<I: GenieItem> Augmenter<I> {
         }
     }
 
-    /// Pairs the Ada selector should (re)score for `model_version`: every level cached, no
-    /// choice from this version yet, and a prototype available. At most `limit`: the pairs
-    /// never scored first, then the least recently scored, so that no pair starves when model
-    /// versions come faster than the selector gets through every pair.
-    pub(crate) fn ada_work(&self, model_version: u64, limit: usize) -> Vec<AdaWork<I>> {
-        let state = self.state();
+    /// Whether the Ada selector has anything to score: a pair with every level cached and a
+    /// prototype for its target.
+    pub(crate) fn has_ada_candidates(&self) -> bool {
+        self.scorable(&self.state()).next().is_some()
+    }
+
+    /// The pairs GeNIe-Ada can score: every level cached, and a prototype for the target.
+    fn scorable<'a>(&self, state: &'a State<I>) -> impl Iterator<Item = PairId> + 'a {
         let full = (1u32 << self.levels.len()) - 1;
-        let mut due: Vec<(bool, u64, PairId)> = state
+        state
             .pairs
             .iter()
             .enumerate()
-            .filter(|&(id, _)| state.status[id].cached == full)
+            .filter(move |&(id, e)| {
+                state.status[id].cached == full && !state.prototypes[e.target].is_empty()
+            })
+            .map(|(id, _)| id)
+    }
+
+    /// The selector's next round for `model_version`, costing at most `budget` embedded items
+    /// (a pair costs one per level plus its source; each target once, its prototype items).
+    /// Due are the pairs with every level cached, no verdict from this version yet and a
+    /// prototype; the pairs never scored come first, then the least recently scored, so that no
+    /// pair starves however small the budget. Everything the round reads of the run (items,
+    /// prototypes) is copied now, so that its outcome depends on this moment only.
+    pub(crate) fn ada_round(&self, model_version: u64, budget: u64) -> AdaRound<I> {
+        let state = self.state();
+        let mut due: Vec<(bool, u64, PairId)> = self
+            .scorable(&state)
+            .map(|id| (id, &state.pairs[id]))
             .filter(|(_, e)| {
                 e.choice
                     .as_ref()
                     .is_none_or(|c| c.model_version < model_version)
             })
-            .filter(|(_, e)| !state.prototypes[e.target].is_empty())
             .map(|(id, e)| (e.scored_seq != 0, e.scored_seq, id))
             .collect();
-        if limit == 0 {
-            return Vec::new();
-        }
-        if due.len() > limit {
-            due.select_nth_unstable(limit - 1);
-            due.truncate(limit);
-        }
         due.sort_unstable();
-        due.into_iter()
-            .map(|(_, _, id)| {
-                let e = &state.pairs[id];
-                AdaWork {
-                    pair: id,
-                    source: e.item.clone(),
-                    target: e.target,
-                    keys: e.keys.clone(),
-                }
-            })
-            .collect()
-    }
-
-    /// The real items kept for `target`'s prototype.
-    pub(crate) fn prototype_items(&self, target: usize) -> Vec<I> {
-        self.state()
-            .prototypes
-            .get(target)
-            .cloned()
-            .unwrap_or_default()
+        let per_pair = self.levels.len() as u64 + 1;
+        let mut round = AdaRound {
+            pairs: Vec::new(),
+            prototypes: Vec::new(),
+            cost: 0,
+        };
+        for (_, _, id) in due {
+            let e = &state.pairs[id];
+            let new_target = !round.prototypes.iter().any(|(t, _)| *t == e.target);
+            let prototype = &state.prototypes[e.target];
+            let cost = per_pair
+                + if new_target {
+                    prototype.len() as u64
+                } else {
+                    0
+                };
+            if round.cost + cost > budget {
+                // Strictly in order: skipping to a cheaper pair could starve a costly one.
+                break;
+            }
+            round.cost += cost;
+            if new_target {
+                round.prototypes.push((e.target, prototype.clone()));
+            }
+            round.pairs.push(AdaWork {
+                pair: id,
+                source: e.item.clone(),
+                target: e.target,
+                keys: e.keys.clone(),
+            });
+        }
+        round
     }
 
     /// Records the selector's verdict for a pair, and files a scored one in the cache (for
@@ -1026,6 +1071,7 @@ impl<I: GenieItem> Augmenter<I> {
                 .iter()
                 .filter(|e| e.choice.as_ref().is_some_and(|c| c.level.is_some()))
                 .count(),
+            ada_scorable: self.scorable(&state).count(),
             planned: state.plan.as_ref().map_or(0, |p| p.slots.len()),
         }
     }
@@ -1134,9 +1180,12 @@ mod tests {
         let rounds = pairs.div_ceil(budget) as u64;
         let mut last_scored = vec![0u64; pairs];
         for version in 1..=4 * rounds {
-            let work = augmenter.ada_work(version, budget);
-            assert_eq!(work.len(), budget);
-            for w in work {
+            // A budget of exactly 50 pairs, plus the target's one prototype item.
+            let per_pair = augmenter.levels.len() as u64 + 1;
+            let round = augmenter.ada_round(version, budget as u64 * per_pair + 1);
+            assert_eq!(round.pairs.len(), budget);
+            assert_eq!(round.cost, budget as u64 * per_pair + 1);
+            for w in round.pairs {
                 last_scored[w.pair] = version;
                 augmenter.record_choice(
                     w.pair,

@@ -2,25 +2,33 @@
 //! GeNIe-Ada with them to choose r* per (source, target) pair.
 //!
 //! The training loop calls [`LiveModel::observe`] after its optimiser step; every `every` calls a
-//! copy of `model.valid()` (cheap: burn shares parameter buffers) becomes the current snapshot
-//! with a new version number. The selector embeds, with the user's [`FeatureExtractor`], each
-//! pair's source, its generated images and its target's real images, runs
-//! [`crate::ada::select`] and records r* for that version. Pairs are re-scored as versions move
-//! on; no new diffusion is needed, because every level is already cached.
+//! copy of `model.valid()` (cheap: burn shares parameter buffers) becomes a snapshot with a new
+//! version number, with the round of pairs it will score. The selector embeds, with the user's
+//! [`FeatureExtractor`], each pair's source, its generated images and its target's real images,
+//! runs [`crate::ada::select`] and records r* for that version. Pairs are re-scored as versions
+//! move on; no new diffusion is needed, because every level is already cached.
+//!
+//! Scoring has a budget ([`LiveConfig::share`], 5 % of the training compute by default): a round
+//! takes the pairs never scored first, then the least recently scored, as many as the budget
+//! affords, so every pair gets a choice and none starves. By default
+//! ([`ScoringMode::Reproducible`]) a round is planned at a fixed step and its choices apply at
+//! the next snapshot, so the same seed gives the same batches in every run.
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::Instant;
 
 use burn::module::Module;
 use burn::tensor::Tensor;
+use crossbeam::channel::{Receiver, Sender};
 
-use super::augmenter::{AdaRecord, AdaWork, Augmenter};
+use super::augmenter::{AdaRecord, AdaRound, AdaWork, Augmenter};
 use super::item::GenieItem;
 use crate::ada;
+use crate::policy::PairId;
 use crate::sync::lock;
 
 /// Turns items into embeddings with a model: usually the model's backbone (the layer before the
@@ -38,52 +46,121 @@ pub trait FeatureExtractor<M, I>: Send + Sync + 'static {
     fn embed(&self, model: &M, items: Vec<I>) -> Tensor<2>;
 }
 
-/// How often the live model is snapshotted and how much the selector does per round.
+/// When the selector's choices take effect.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ScoringMode {
+    /// Each snapshot's pairs are fixed when it is taken, scored in the background while
+    /// training goes on, and their choices applied at the next snapshot (or [`LiveModel::sync`]),
+    /// which first waits for them. Batches then see choices at the same steps in every run:
+    /// the same seed gives the same choices and the same batches, bit for bit, on one machine.
+    #[default]
+    Reproducible,
+    /// Choices apply the moment they are scored and training never waits, but thread timing
+    /// decides which batches see which choice, so two runs differ. For when scoring is slow
+    /// next to a snapshot interval.
+    Asynchronous,
+}
+
+/// How often the live model is snapshotted, how much scoring it may cost, and when choices
+/// take effect.
 #[derive(Clone, Debug)]
 pub struct LiveConfig {
-    /// Publish a snapshot every this many `observe` calls (the first call always publishes).
+    /// Consider a snapshot every this many `observe` calls (optimiser steps). One is taken when
+    /// the budget affords at least one pair, so under a small budget snapshots come less often.
     pub every: usize,
-    /// Pairs scored per selector round (one embedding call each).
-    pub pairs_per_round: usize,
-    /// How long the selector sleeps when it has nothing to do.
-    pub idle_wait: Duration,
+    /// The share of training compute scoring may use, counted in items: a trained item costs
+    /// [`TRAINED_ITEM_COST`] embedded items (forward and backward), and scoring a pair embeds
+    /// its source, one image per level and, once per snapshot, its target's prototype items.
+    /// `f64::INFINITY` scores every due pair at every snapshot.
+    pub share: f64,
+    pub mode: ScoringMode,
 }
+
+/// Embedded items one trained item is worth in the budget: a training step is a forward pass and
+/// a backward pass (about twice the forward's work), scoring a forward pass only.
+pub const TRAINED_ITEM_COST: f64 = 3.0;
+
+/// Items embedded per extractor call when a round scores several pairs.
+const EMBED_BATCH: usize = 64;
 
 impl Default for LiveConfig {
     fn default() -> Self {
         LiveConfig {
             every: 50,
-            pairs_per_round: 8,
-            idle_wait: Duration::from_millis(200),
+            share: 0.05,
+            mode: ScoringMode::Reproducible,
         }
     }
 }
 
-/// Selector counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What the selector did and what it cost.
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct SelectorStats {
+    /// `observe` calls (optimiser steps) seen.
+    pub steps: u64,
+    /// Snapshots taken (model versions).
     pub snapshots: u64,
     /// Pairs scored (a level chosen).
     pub scored: u64,
     /// Pairs that could not be scored (degenerate embeddings, missing images, extractor panics).
     pub unscorable: u64,
+    /// Items embedded for scoring (sources, generated images, prototypes).
+    pub embedded: u64,
+    /// Items trained while there was something to score: what the budget is a share of.
+    pub trained: u64,
+    /// Seconds the selector spent scoring.
+    pub scoring_seconds: f64,
+    /// Seconds training waited for a round to finish (reproducible mode only).
+    pub waited_seconds: f64,
 }
 
-struct Shared<M> {
-    snapshot: Mutex<Option<(M, u64)>>,
-    wake: Condvar,
-    stop: AtomicBool,
+impl SelectorStats {
+    /// The share of the budget's compute that scoring used: embedded items over
+    /// [`TRAINED_ITEM_COST`] × trained items.
+    pub fn compute_share(&self) -> f64 {
+        if self.trained == 0 {
+            return 0.0;
+        }
+        self.embedded as f64 / (TRAINED_ITEM_COST * self.trained as f64)
+    }
+}
+
+/// A request to the selector thread; each is answered on `reply` once handled, which is how
+/// the training thread orders its effects against its own steps.
+enum Message<M> {
+    /// Plan a round under the budget and, if it is not empty, take `model` as a new version and
+    /// score the round. Answered with the new version, if any, as soon as the round is planned.
+    Snapshot {
+        model: M,
+        unbudgeted: bool,
+        reply: Sender<Option<u64>>,
+    },
+    /// Apply the choices of the round scored last (after it has finished).
+    Commit { reply: Sender<()> },
+}
+
+#[derive(Default)]
+struct Counters {
     version: AtomicU64,
     scored: AtomicU64,
     unscorable: AtomicU64,
+    embedded: AtomicU64,
+    trained: AtomicU64,
+    scoring_nanos: AtomicU64,
+    waited_nanos: AtomicU64,
+    /// A round is being scored (asynchronous mode skips snapshots meanwhile).
+    busy: AtomicBool,
+    /// The selector should stop after the batch in hand.
+    stopping: AtomicBool,
 }
 
 /// The model being trained, as GeNIe-Ada sees it; see the module docs.
 pub struct LiveModel<M> {
-    shared: Arc<Shared<M>>,
-    every: usize,
+    counters: Arc<Counters>,
+    config: LiveConfig,
     calls: AtomicUsize,
-    thread: Option<JoinHandle<()>>,
+    messages: Mutex<Option<Sender<Message<M>>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl<M: Module + 'static> LiveModel<M> {
@@ -93,152 +170,343 @@ impl<M: Module + 'static> LiveModel<M> {
         extractor: F,
         config: LiveConfig,
     ) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared {
-            snapshot: Mutex::new(None),
-            wake: Condvar::new(),
-            stop: AtomicBool::new(false),
-            version: AtomicU64::new(0),
-            scored: AtomicU64::new(0),
-            unscorable: AtomicU64::new(0),
-        });
-        let thread_shared = Arc::clone(&shared);
-        let round = config.pairs_per_round.max(1);
-        let idle = config.idle_wait;
+        let counters = Arc::new(Counters::default());
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let mut selector = Selector {
+            augmenter,
+            extractor,
+            counters: Arc::clone(&counters),
+            share: if config.share.is_nan() {
+                0.0
+            } else {
+                config.share.max(0.0)
+            },
+            mode: config.mode,
+            credit: 0.0,
+            items_seen: 0,
+            pending: Vec::new(),
+        };
         let thread = std::thread::Builder::new()
             .name("genie-ada".into())
-            .spawn(move || select_loop(&thread_shared, &augmenter, &extractor, round, idle))?;
+            .spawn(move || selector.run(&rx))?;
         Ok(LiveModel {
-            shared,
-            every: config.every.max(1),
+            counters,
+            config: LiveConfig {
+                every: config.every.max(1),
+                ..config
+            },
             calls: AtomicUsize::new(0),
-            thread: Some(thread),
+            messages: Mutex::new(Some(tx)),
+            thread: Mutex::new(Some(thread)),
         })
     }
 
-    /// Call after each optimiser step; publishes `model.valid()` every `every` calls.
+    /// Call after each optimiser step. Every `every` calls it applies the last round's choices
+    /// (reproducible mode: after waiting for the round) and takes `model.valid()` as a new
+    /// snapshot when the budget affords scoring at least one pair.
     pub fn observe(&self, model: &M) {
         let n = self.calls.fetch_add(1, Ordering::Relaxed);
-        if n % self.every == 0 {
-            self.publish(model.valid());
+        if (n + 1) % self.config.every != 0 {
+            return;
         }
+        self.snapshot(model.valid(), false);
     }
 
-    /// Makes `model` the current snapshot at once; returns its version (1, 2, …).
-    pub fn publish(&self, model: M) -> u64 {
-        let version = self.shared.version.fetch_add(1, Ordering::AcqRel) + 1;
-        *lock(&self.shared.snapshot) = Some((model, version));
-        self.shared.wake.notify_all();
-        version
+    /// Takes `model` as a snapshot now and scores every due pair with it, whatever the budget;
+    /// returns its version (1, 2, …), or `None` when no pair is due. In reproducible mode its
+    /// choices apply at the next snapshot or [`sync`](Self::sync).
+    pub fn publish(&self, model: M) -> Option<u64> {
+        self.snapshot(model, true)
+    }
+
+    fn snapshot(&self, model: M, unbudgeted: bool) -> Option<u64> {
+        match self.config.mode {
+            ScoringMode::Reproducible => self.sync(),
+            // The selector is still on the last round: this snapshot is skipped, not queued.
+            ScoringMode::Asynchronous if self.counters.busy.load(Ordering::Acquire) => return None,
+            ScoringMode::Asynchronous => {}
+        }
+        self.ask(|reply| Message::Snapshot {
+            model,
+            unbudgeted,
+            reply,
+        })
+        .flatten()
+    }
+
+    /// Waits for the round being scored and applies its choices. Reproducible mode does this at
+    /// every snapshot; call it yourself to see the last snapshot's choices before training ends.
+    pub fn sync(&self) {
+        let started = Instant::now();
+        self.ask(|reply| Message::Commit { reply });
+        let waited = started.elapsed().as_nanos() as u64;
+        self.counters
+            .waited_nanos
+            .fetch_add(waited, Ordering::Relaxed);
+    }
+
+    /// Sends a message and waits for its answer (`None` once the selector has stopped).
+    fn ask<R>(&self, message: impl FnOnce(Sender<R>) -> Message<M>) -> Option<R> {
+        let (reply, answer) = crossbeam::channel::bounded(1);
+        let sent = lock(&self.messages)
+            .as_ref()
+            .is_some_and(|tx| tx.send(message(reply)).is_ok());
+        if !sent {
+            return None;
+        }
+        answer.recv().ok()
     }
 
     /// The version of the latest snapshot (0 before the first).
     pub fn version(&self) -> u64 {
-        self.shared.version.load(Ordering::Acquire)
+        self.counters.version.load(Ordering::Acquire)
     }
 
     pub fn stats(&self) -> SelectorStats {
+        let c = &self.counters;
+        let seconds = |n: &AtomicU64| n.load(Ordering::Relaxed) as f64 * 1e-9;
         SelectorStats {
+            steps: self.calls.load(Ordering::Relaxed) as u64,
             snapshots: self.version(),
-            scored: self.shared.scored.load(Ordering::Relaxed),
-            unscorable: self.shared.unscorable.load(Ordering::Relaxed),
+            scored: c.scored.load(Ordering::Relaxed),
+            unscorable: c.unscorable.load(Ordering::Relaxed),
+            embedded: c.embedded.load(Ordering::Relaxed),
+            trained: c.trained.load(Ordering::Relaxed),
+            scoring_seconds: seconds(&c.scoring_nanos),
+            waited_seconds: seconds(&c.waited_nanos),
         }
     }
 
-    /// Stops the selector after its current pair and waits for it.
-    pub fn stop(mut self) -> SelectorStats {
+    /// Applies the last round's choices, stops the selector and waits for it.
+    pub fn stop(self) -> SelectorStats {
+        self.sync();
         self.halt();
         self.stats()
     }
 
-    fn halt(&mut self) {
-        halt(&self.shared, &mut self.thread);
+    fn halt(&self) {
+        // Closing the channel ends the selector's loop after the message in hand.
+        self.counters.stopping.store(true, Ordering::Release);
+        lock(&self.messages).take();
+        if let Some(thread) = lock(&self.thread).take() {
+            if thread.join().is_err() {
+                tracing::error!("the GeNIe-Ada selector thread panicked");
+            }
+        }
     }
 }
 
 impl<M> Drop for LiveModel<M> {
     fn drop(&mut self) {
-        halt(&self.shared, &mut self.thread);
-    }
-}
-
-fn halt<M>(shared: &Shared<M>, thread: &mut Option<JoinHandle<()>>) {
-    shared.stop.store(true, Ordering::Release);
-    shared.wake.notify_all();
-    if let Some(thread) = thread.take() {
-        if thread.join().is_err() {
-            tracing::error!("the GeNIe-Ada selector thread panicked");
+        self.counters.stopping.store(true, Ordering::Release);
+        lock(&self.messages).take();
+        if let Some(thread) = lock(&self.thread).take() {
+            let _ = thread.join();
         }
     }
 }
 
-fn select_loop<M: Module, I: GenieItem, F: FeatureExtractor<M, I>>(
-    shared: &Shared<M>,
-    augmenter: &Augmenter<I>,
-    extractor: &F,
-    round: usize,
-    idle: Duration,
-) {
-    // Prototypes per target for the snapshot they were computed with.
-    let mut prototypes: HashMap<usize, (u64, Vec<f64>)> = HashMap::new();
-    while !shared.stop.load(Ordering::Acquire) {
-        // Only the version is read while idle; the model is cloned once there is work for it.
-        let version = lock(&shared.snapshot).as_ref().map(|(_, v)| *v);
-        let work = version.map_or_else(Vec::new, |v| augmenter.ada_work(v, round));
-        let snapshot = if work.is_empty() {
-            None
-        } else {
-            lock(&shared.snapshot).clone()
-        };
-        let Some((model, version)) = snapshot else {
-            let guard = lock(&shared.snapshot);
-            let _ = shared
-                .wake
-                .wait_timeout(guard, idle)
-                .unwrap_or_else(|e| e.into_inner());
-            continue;
-        };
-        for w in work {
-            if shared.stop.load(Ordering::Acquire) {
-                return;
+/// The selector thread's state: the run it scores for and its budget account.
+struct Selector<I, F> {
+    augmenter: Arc<Augmenter<I>>,
+    extractor: F,
+    counters: Arc<Counters>,
+    share: f64,
+    mode: ScoringMode,
+    /// Embedded items the budget still affords.
+    credit: f64,
+    /// `augmenter.items_batched()` at the last snapshot.
+    items_seen: u64,
+    /// Verdicts of the last round, not applied yet (reproducible mode).
+    pending: Vec<(PairId, AdaRecord)>,
+}
+
+impl<I: GenieItem, F> Selector<I, F> {
+    fn run<M: Module>(&mut self, messages: &Receiver<Message<M>>)
+    where
+        F: FeatureExtractor<M, I>,
+    {
+        for message in messages {
+            match message {
+                Message::Snapshot {
+                    model,
+                    unbudgeted,
+                    reply,
+                } => {
+                    let Some((version, round)) = self.plan(unbudgeted) else {
+                        let _ = reply.send(None);
+                        continue;
+                    };
+                    self.counters.busy.store(true, Ordering::Release);
+                    let _ = reply.send(Some(version));
+                    let started = Instant::now();
+                    let verdicts = self.score(&model, version, round);
+                    self.counters
+                        .scoring_nanos
+                        .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
+                    match self.mode {
+                        ScoringMode::Reproducible => self.pending = verdicts,
+                        ScoringMode::Asynchronous => self.apply(verdicts),
+                    }
+                    self.counters.busy.store(false, Ordering::Release);
+                }
+                Message::Commit { reply } => {
+                    let verdicts = std::mem::take(&mut self.pending);
+                    self.apply(verdicts);
+                    let _ = reply.send(());
+                }
             }
-            let pair = w.pair;
-            let scored = std::panic::catch_unwind(AssertUnwindSafe(|| {
-                score(augmenter, extractor, &model, version, w, &mut prototypes)
-            }));
-            let record = match scored {
-                Ok(Ok(choice)) => {
-                    shared.scored.fetch_add(1, Ordering::Relaxed);
-                    AdaRecord {
-                        level: Some(choice.level),
-                        curve: choice.curve,
-                        model_version: version,
-                    }
-                }
-                Ok(Err(reason)) => {
-                    shared.unscorable.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(pair, %reason, "GeNIe-Ada cannot score a pair; keeping the fixed level");
-                    AdaRecord {
-                        level: None,
-                        curve: Vec::new(),
-                        model_version: version,
-                    }
-                }
-                Err(_) => {
-                    shared.unscorable.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        pair,
-                        "the feature extractor panicked; keeping the fixed level"
-                    );
-                    AdaRecord {
-                        level: None,
-                        curve: Vec::new(),
-                        model_version: version,
-                    }
-                }
-            };
-            augmenter.record_choice(pair, record);
         }
     }
+
+    /// Adds the training done since the last snapshot to the budget (only while there is
+    /// something to score, so that an idle start does not bank a burst) and plans the round
+    /// the budget affords, under the next version.
+    fn plan(&mut self, unbudgeted: bool) -> Option<(u64, AdaRound<I>)> {
+        let items = self.augmenter.items_batched();
+        let trained = items.saturating_sub(self.items_seen);
+        self.items_seen = items;
+        if !self.augmenter.has_ada_candidates() {
+            return None;
+        }
+        self.counters.trained.fetch_add(trained, Ordering::Relaxed);
+        self.credit += self.share * TRAINED_ITEM_COST * trained as f64;
+        let budget = if unbudgeted || self.credit.is_infinite() {
+            u64::MAX
+        } else {
+            self.credit as u64
+        };
+        let version = self.counters.version.load(Ordering::Acquire) + 1;
+        let round = self.augmenter.ada_round(version, budget);
+        if round.pairs.is_empty() {
+            return None;
+        }
+        if !unbudgeted {
+            self.credit -= round.cost as f64;
+        }
+        self.counters.version.store(version, Ordering::Release);
+        Some((version, round))
+    }
+
+    fn apply(&self, verdicts: Vec<(PairId, AdaRecord)>) {
+        for (pair, record) in verdicts {
+            self.augmenter.record_choice(pair, record);
+        }
+    }
+
+    /// Scores a round's pairs with one model version: each target's prototype once, then the
+    /// pairs' sources and generated images in batches of about [`EMBED_BATCH`] items.
+    fn score<M>(&self, model: &M, version: u64, round: AdaRound<I>) -> Vec<(PairId, AdaRecord)>
+    where
+        F: FeatureExtractor<M, I>,
+    {
+        let mut prototypes: HashMap<usize, Result<Vec<f64>, String>> = HashMap::new();
+        for (target, items) in round.prototypes {
+            self.count_embedded(items.len());
+            let prototype = guarded(|| embed(&self.extractor, model, items))
+                .and_then(|e| ada::prototype(&e).map_err(|e| e.to_string()));
+            prototypes.insert(target, prototype);
+        }
+        let levels = self.augmenter.levels();
+        let mut verdicts = Vec::with_capacity(round.pairs.len());
+        let per_chunk = (EMBED_BATCH / (levels.len() + 1)).max(1);
+        let mut pairs = round.pairs.into_iter().peekable();
+        while pairs.peek().is_some() && !self.counters.stopping.load(Ordering::Acquire) {
+            let chunk: Vec<AdaWork<I>> = pairs.by_ref().take(per_chunk).collect();
+            // Each pair's items (source first), or why it cannot be scored.
+            let mut prepared = Vec::with_capacity(chunk.len());
+            for work in chunk {
+                let items = match prototypes.get(&work.target) {
+                    Some(Ok(_)) => self.pair_items(&work),
+                    Some(Err(reason)) => Err(reason.clone()),
+                    None => Err("no prototype".to_string()),
+                };
+                prepared.push((work.pair, work.target, items));
+            }
+            let all: Vec<I> = prepared
+                .iter()
+                .filter_map(|(_, _, items)| items.as_ref().ok())
+                .flatten()
+                .cloned()
+                .collect();
+            self.count_embedded(all.len());
+            let mut embedded = guarded(|| embed(&self.extractor, model, all)).map(Vec::into_iter);
+            for (pair, target, items) in prepared {
+                let choice = items.and_then(|items| {
+                    let rows: Vec<Vec<f32>> = match &mut embedded {
+                        Ok(rows) => rows.by_ref().take(items.len()).collect(),
+                        Err(reason) => return Err(reason.clone()),
+                    };
+                    let Some(Ok(prototype)) = prototypes.get(&target) else {
+                        return Err("no prototype".to_string());
+                    };
+                    ada::select(levels, &rows[0], prototype, &rows[1..]).map_err(|e| e.to_string())
+                });
+                verdicts.push((pair, self.verdict(pair, version, choice)));
+            }
+        }
+        verdicts
+    }
+
+    fn count_embedded(&self, items: usize) {
+        self.counters
+            .embedded
+            .fetch_add(items as u64, Ordering::Relaxed);
+    }
+
+    /// A pair's source and its generated images, one per level, as items.
+    fn pair_items(&self, work: &AdaWork<I>) -> Result<Vec<I>, String> {
+        let mut items = Vec::with_capacity(work.keys.len() + 1);
+        items.push(work.source.clone());
+        for key in &work.keys {
+            let image = self
+                .augmenter
+                .cache()
+                .get_image(key)
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| format!("{key} is no longer cached"))?;
+            let item = work
+                .source
+                .with_generated(&image, work.target, &key.to_string())
+                .map_err(|e| e.to_string())?;
+            items.push(item);
+        }
+        Ok(items)
+    }
+
+    fn verdict(
+        &self,
+        pair: PairId,
+        version: u64,
+        choice: Result<ada::AdaChoice, String>,
+    ) -> AdaRecord {
+        match choice {
+            Ok(choice) => {
+                self.counters.scored.fetch_add(1, Ordering::Relaxed);
+                AdaRecord {
+                    level: Some(choice.level),
+                    curve: choice.curve,
+                    model_version: version,
+                }
+            }
+            Err(reason) => {
+                self.counters.unscorable.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(pair, %reason, "GeNIe-Ada cannot score a pair; keeping the fixed level");
+                AdaRecord {
+                    level: None,
+                    curve: Vec::new(),
+                    model_version: version,
+                }
+            }
+        }
+    }
+}
+
+/// Runs the user's extractor, turning a panic into an error: a bad batch costs its pairs'
+/// verdicts, not the selector.
+fn guarded<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    std::panic::catch_unwind(AssertUnwindSafe(f))
+        .unwrap_or_else(|_| Err("the feature extractor panicked".to_string()))
 }
 
 /// One embedding per item, as rows of `f32`; a wrong row count or unreadable tensor is an error.
@@ -262,49 +530,6 @@ pub(crate) fn embed<M, I, F: FeatureExtractor<M, I>>(
         .try_to_vec::<f32>()
         .map_err(|e| format!("{e:?}"))?;
     Ok(values.chunks(dim.max(1)).map(<[f32]>::to_vec).collect())
-}
-
-fn score<M, I: GenieItem, F: FeatureExtractor<M, I>>(
-    augmenter: &Augmenter<I>,
-    extractor: &F,
-    model: &M,
-    version: u64,
-    work: AdaWork<I>,
-    prototypes: &mut HashMap<usize, (u64, Vec<f64>)>,
-) -> Result<ada::AdaChoice, String> {
-    let prototype = match prototypes.get(&work.target) {
-        Some((v, p)) if *v == version => p.clone(),
-        _ => {
-            let items = augmenter.prototype_items(work.target);
-            let embedded = embed(extractor, model, items)?;
-            let p = ada::prototype(&embedded).map_err(|e| e.to_string())?;
-            prototypes.insert(work.target, (version, p.clone()));
-            p
-        }
-    };
-    let mut items = Vec::with_capacity(work.keys.len() + 1);
-    items.push(work.source.clone());
-    for key in &work.keys {
-        let image = augmenter
-            .cache()
-            .get_image(key)
-            .map_err(|e| e.to_string())?
-            .ok_or_else(|| format!("{key} is no longer cached"))?;
-        let item = work
-            .source
-            .with_generated(&image, work.target, &key.to_string())
-            .map_err(|e| e.to_string())?;
-        items.push(item);
-    }
-    let source = items.remove(0);
-    choose(
-        extractor,
-        model,
-        augmenter.levels(),
-        source,
-        items,
-        &prototype,
-    )
 }
 
 /// Algorithm 1 for one pair: embeds the source and its generated images (one per level, in

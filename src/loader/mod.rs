@@ -27,7 +27,9 @@ pub use augmenter::{
 pub use batcher::GenieBatcher;
 pub use dataset::{AdaOutcome, GenieDataset, OfflinePlan, PlannedNegative};
 pub use item::{image_item, GenieItem, ItemError, GENERATED_PATH_PREFIX};
-pub use live::{FeatureExtractor, LiveConfig, LiveModel, SelectorStats};
+pub use live::{
+    FeatureExtractor, LiveConfig, LiveModel, ScoringMode, SelectorStats, TRAINED_ITEM_COST,
+};
 pub use metric::{predictions_and_targets, ConfusionInput, ConfusionMetric};
 pub use observed::Observed;
 

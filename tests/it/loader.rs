@@ -372,24 +372,20 @@ fn batcher_uses_the_level_ada_chose_with_the_live_model() {
     );
 
     let device = Device::default();
-    let model = colour_model();
-    let live = LiveModel::start(
-        Arc::clone(&augmenter),
-        MeanColour,
-        LiveConfig {
-            every: 1,
-            ..LiveConfig::default()
-        },
-    )
-    .unwrap();
-    live.observe(&model);
+    let live = LiveModel::start(Arc::clone(&augmenter), MeanColour, LiveConfig::default()).unwrap();
     let chosen = NoiseLevel::parse("0.6").unwrap();
     let pairs = augmenter.stats().pairs;
-    wait_until("GeNIe-Ada choices", || {
-        // Keep batching so that the probes find every level of every pair.
+    // Keep batching so that the probes find every level of every pair.
+    wait_until("every level of every pair", || {
         batcher.batch(batch(7), &device);
-        augmenter.stats().ada_choices == pairs
+        augmenter.stats().ada_scorable == pairs
     });
+    assert_eq!(live.publish(colour_model()), Some(1));
+    // Reproducible mode: the choices apply at the next snapshot or sync, not before.
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(augmenter.stats().ada_choices, 0);
+    live.sync();
+    assert_eq!(augmenter.stats().ada_choices, pairs);
     for (id, record) in augmenter.ada_records() {
         assert_eq!(record.level, Some(chosen), "pair {id}: {record:?}");
         assert_eq!(record.curve.len(), 5);
@@ -406,13 +402,12 @@ fn batcher_uses_the_level_ada_chose_with_the_live_model() {
     // A new model version re-scores every pair without new diffusion; this model sees the
     // colours differently, so every choice moves.
     let before = augmenter.stats().requested;
-    assert_eq!(live.publish(blind_model()), 2);
-    wait_until("re-selection", || {
-        augmenter
-            .ada_records()
-            .iter()
-            .all(|(_, r)| r.model_version == 2)
-    });
+    assert_eq!(live.publish(blind_model()), Some(2));
+    live.sync();
+    assert!(augmenter
+        .ada_records()
+        .iter()
+        .all(|(_, r)| r.model_version == 2));
     assert_eq!(augmenter.stats().requested, before);
     for (id, record) in augmenter.ada_records() {
         let level = record.level.expect("scored");
@@ -423,31 +418,28 @@ fn batcher_uses_the_level_ada_chose_with_the_live_model() {
         assert_eq!(augmenter.current_level(id), Some(level));
     }
     // Every choice is filed in the cache too (for `genie sheet`), the latest version winning.
-    wait_until("choices filed in the cache", || {
-        augmenter.ada_records().iter().all(|(id, r)| {
-            let key = augmenter.pair_record_key(*id).unwrap();
-            augmenter
-                .cache()
-                .ada_choice(&key)
-                .unwrap()
-                .is_some_and(|filed| {
-                    // JSON keeps d_m to within an ulp (serde_json's float parsing).
-                    let close = filed.curve.len() == r.curve.len()
-                        && filed
-                            .curve
-                            .iter()
-                            .zip(&r.curve)
-                            .all(|(a, b)| (a - b).abs() <= 1e-12 * b.abs().max(1.0));
-                    filed.model_version == 2
-                        && filed.chosen_level() == r.level
-                        && close
-                        && filed.noise_levels() == NoiseLevel::ADA_SWEEP.to_vec()
-                })
-        })
-    });
+    for (id, r) in augmenter.ada_records() {
+        let key = augmenter.pair_record_key(id).unwrap();
+        let filed = augmenter.cache().ada_choice(&key).unwrap().expect("filed");
+        // JSON keeps d_m to within an ulp (serde_json's float parsing).
+        let close = filed.curve.len() == r.curve.len()
+            && filed
+                .curve
+                .iter()
+                .zip(&r.curve)
+                .all(|(a, b)| (a - b).abs() <= 1e-12 * b.abs().max(1.0));
+        assert!(
+            filed.model_version == 2
+                && filed.chosen_level() == r.level
+                && close
+                && filed.noise_levels() == NoiseLevel::ADA_SWEEP.to_vec(),
+            "pair {id}: {filed:?} vs {r:?}"
+        );
+    }
     let stats = live.stop();
     assert_eq!(stats.unscorable, 0);
-    assert!(stats.scored >= 2 * pairs as u64);
+    assert_eq!(stats.scored, 2 * pairs as u64);
+    assert_eq!(stats.snapshots, 2);
 }
 
 #[test]
