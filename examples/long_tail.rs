@@ -4,7 +4,11 @@
 //! `GenieBatcher` (hard negatives for the Few classes, r chosen per pair by GeNIe-Ada with the
 //! live model) — and prints accuracy per group (Many / Medium / Few) and overall, how many hard
 //! negatives were mixed in, each group's share of the training items before and after mixing, the
-//! histogram of chosen r*, and peak resident memory.
+//! histogram of chosen r*, GeNIe-Ada's scoring costs, throughput and peak resident memory. The two
+//! trainings run an epoch each in turn, so that both are timed warm on the same process. GeNIe-Ada
+//! scores reproducibly (`--fast-ada`: asynchronously, not reproducible): the same command twice
+//! prints the same tables. `--seeds 0,1,2` runs once per seed and ends with each accuracy's mean ±
+//! standard deviation over the seeds.
 //!
 //! ```text
 //! cargo run --release --example long_tail                       # drawn shapes, shapes model
@@ -29,11 +33,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use burn::data::dataloader::DataLoader;
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataset::InMemDataset;
 use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_dataset::vision::ImageDatasetItem;
 use clap::Parser;
@@ -48,9 +53,9 @@ use genie::synthetic;
 use genie::NoiseLevel;
 
 mod common;
-use common::{Cnn, Embeddings, ImageBatcher};
+use common::{Cnn, Embeddings, ImageBatch, ImageBatcher};
 
-#[derive(Parser, Debug)]
+#[derive(Parser, Clone, Debug)]
 #[command(about = "Long-tailed classification with and without GeNIe hard negatives")]
 struct Args {
     /// Image-folder dataset with train/ and test/ (default: drawn shapes made in code).
@@ -90,6 +95,10 @@ struct Args {
     /// a little faster when scoring is slow, but two runs of one seed then differ.
     #[arg(long)]
     fast_ada: bool,
+    /// GeNIe-Ada's scoring budget: the share of the training compute it may use (embedded
+    /// items against three per trained item).
+    #[arg(long, default_value_t = LiveConfig::default().share)]
+    ada_share: f64,
     /// Cache directory (default: a fresh temporary one).
     #[arg(long)]
     cache: Option<PathBuf>,
@@ -107,6 +116,10 @@ struct Args {
     uses_per_epoch: f64,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Run once per seed (e.g. `0,1,2`) and end with each accuracy's mean ± standard
+    /// deviation over the seeds.
+    #[arg(long, value_delimiter = ',', conflicts_with = "seed")]
+    seeds: Vec<u64>,
 }
 
 struct Data {
@@ -189,138 +202,207 @@ struct Outcome {
     seconds: f64,
 }
 
-fn train(args: &Args, data: &Data, online: Option<&Online>, device: &Device) -> Result<Outcome> {
-    let classes = data.classes.len();
-    let batcher = ImageBatcher {
-        side: args.image_size,
-    };
-    let train_device = device.clone().autodiff();
-    // Every run starts from the same weights and sees the same batch order (`shuffle` below), so
-    // the runs being compared differ only in their hard negatives.
-    train_device.seed(args.seed);
-    let mut model = Cnn::new(classes, &train_device);
-    let mut optim = AdamConfig::new().init();
-    let loss_fn = CrossEntropyLossConfig::new().init(&train_device);
-    let loader = match online {
-        Some(o) => {
-            DataLoaderBuilder::new(GenieBatcher::new(batcher.clone(), Arc::clone(&o.augmenter)))
+/// One training run, an epoch at a time, so that the run without hard negatives and the run
+/// with them can be interleaved: both are then timed on the same warm process, not one on a
+/// cold start and the other on a warm one.
+struct Training<'a> {
+    online: Option<&'a Online>,
+    model: Cnn,
+    optim: ModuleOptimizer,
+    loss_fn: CrossEntropyLoss,
+    loader: Arc<dyn DataLoader<ImageBatch>>,
+    live: Option<LiveModel<Cnn>>,
+    live_config: LiveConfig,
+    /// Steps and seconds of the timed epochs (all but the first, which warms up).
+    steps: usize,
+    seconds: f64,
+    all_seconds: f64,
+}
+
+impl<'a> Training<'a> {
+    fn start(
+        args: &Args,
+        data: &Data,
+        online: Option<&'a Online>,
+        device: &Device,
+    ) -> Result<Self> {
+        let classes = data.classes.len();
+        let batcher = ImageBatcher {
+            side: args.image_size,
+        };
+        let train_device = device.clone().autodiff();
+        // Every run starts from the same weights and sees the same batch order (`shuffle`
+        // below), so the runs being compared differ only in their hard negatives.
+        train_device.seed(args.seed);
+        let model = Cnn::new(classes, &train_device);
+        let loader = match online {
+            Some(o) => {
+                DataLoaderBuilder::new(GenieBatcher::new(batcher.clone(), Arc::clone(&o.augmenter)))
+                    .batch_size(args.batch_size)
+                    .shuffle(args.seed)
+                    .set_device(train_device.clone())
+                    .build(InMemDataset::new(data.train.clone()))
+            }
+            None => DataLoaderBuilder::new(batcher.clone())
                 .batch_size(args.batch_size)
                 .shuffle(args.seed)
                 .set_device(train_device.clone())
-                .build(InMemDataset::new(data.train.clone()))
-        }
-        None => DataLoaderBuilder::new(batcher.clone())
-            .batch_size(args.batch_size)
-            .shuffle(args.seed)
-            .set_device(train_device.clone())
-            .build(InMemDataset::new(data.train.clone())),
-    };
-    let live_config = LiveConfig {
-        every: 20,
-        mode: if args.fast_ada {
-            ScoringMode::Asynchronous
-        } else {
-            ScoringMode::Reproducible
-        },
-        ..LiveConfig::default()
-    };
-    let live = match online.filter(|o| o.ada) {
-        Some(o) => Some(LiveModel::start(
-            Arc::clone(&o.augmenter),
-            Embeddings {
-                batcher: batcher.clone(),
-                device: device.clone(),
+                .build(InMemDataset::new(data.train.clone())),
+        };
+        let live_config = LiveConfig {
+            every: 20,
+            share: args.ada_share,
+            mode: if args.fast_ada {
+                ScoringMode::Asynchronous
+            } else {
+                ScoringMode::Reproducible
             },
-            live_config.clone(),
-        )?),
-        None => None,
-    };
-    // Throughput is timed after the first epoch (allocator, caches and the backend's first
-    // calls warm up there), so the two runs compare warm against warm.
-    let mut started = Instant::now();
-    let all_started = Instant::now();
-    let mut steps = 0;
-    for epoch in 1..=args.epochs {
-        if epoch == 2 {
-            started = Instant::now();
-            steps = 0;
-        }
+        };
+        let live = match online.filter(|o| o.ada) {
+            Some(o) => Some(LiveModel::start(
+                Arc::clone(&o.augmenter),
+                Embeddings {
+                    batcher,
+                    device: device.clone(),
+                },
+                live_config.clone(),
+            )?),
+            None => None,
+        };
+        Ok(Training {
+            online,
+            model,
+            optim: AdamConfig::new().init(),
+            loss_fn: CrossEntropyLossConfig::new().init(&train_device),
+            loader,
+            live,
+            live_config,
+            steps: 0,
+            seconds: 0.0,
+            all_seconds: 0.0,
+        })
+    }
+
+    /// Trains one epoch; returns what to print of it. `timed`: count it in the throughput.
+    fn epoch(&mut self, timed: bool) -> Result<String> {
+        let started = Instant::now();
         let mut loss_sum = 0.0;
         let mut batches = 0;
-        for batch in loader.iter() {
+        for batch in self.loader.iter() {
             let batch = batch?;
-            let logits = model.forward(batch.images);
-            if let Some(o) = online {
+            let logits = self.model.forward(batch.images);
+            if let Some(o) = self.online {
                 let (p, t) = predictions_and_targets(&logits, &batch.targets)?;
                 o.confusion.record(&p, &t);
             }
-            let loss = loss_fn.forward(logits, batch.targets);
+            let loss = self.loss_fn.forward(logits, batch.targets);
             loss_sum += loss.clone().into_scalar::<f32>() as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(1e-3, model, grads);
-            if let Some(live) = &live {
-                live.observe(&model);
+            let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+            self.model = self.optim.step(1e-3, self.model.clone(), grads);
+            if let Some(live) = &self.live {
+                live.observe(&self.model);
             }
             batches += 1;
-            steps += 1;
         }
-        let extra = online.map_or(String::new(), |o| {
+        let seconds = started.elapsed().as_secs_f64();
+        self.all_seconds += seconds;
+        if timed {
+            self.seconds += seconds;
+            self.steps += batches;
+        }
+        let extra = self.online.map_or(String::new(), |o| {
             let s = o.augmenter.stats();
             let done = o.generator.as_ref().map_or(0, |g| g.stats().done);
             format!(
-                "  hard negatives mixed {:>5}, pairs {:>3}, ready {:>3}, generated {:>4}",
+                ", hard negatives mixed {:>5}, pairs {:>3}, ready {:>3}, generated {:>4}",
                 s.mixed, s.pairs, s.ready, done
             )
         });
-        println!(
-            "  epoch {epoch:>2}: loss {:.3}{extra}",
+        Ok(format!(
+            "loss {:.3}{extra}",
             loss_sum / batches.max(1) as f64
-        );
-    }
-    let seconds = started.elapsed().as_secs_f64();
-    let total_seconds = all_started.elapsed().as_secs_f64();
-    if let Some(live) = live {
-        let s = live.stop();
-        println!(
-            "  GeNIe-Ada: {} snapshots in {} steps, {} pairs scored, {} unscorable; {} images \
-             embedded for {} trained ({:.1} % of the training compute, budget {:.0} %); scoring \
-             took {:.1} s ({:.1} % of the training time), training waited {:.2} s for it",
-            s.snapshots,
-            s.steps,
-            s.scored,
-            s.unscorable,
-            s.embedded,
-            s.trained,
-            100.0 * s.compute_share(),
-            100.0 * live_config.share,
-            s.scoring_seconds,
-            100.0 * s.scoring_seconds / total_seconds,
-            s.waited_seconds
-        );
+        ))
     }
 
-    let model = model.valid();
-    let mut per_class = vec![(0usize, 0usize); classes];
-    for chunk in data.test.chunks(128) {
-        let logits = model.forward(batcher.images(chunk, device));
-        let labels: Vec<i64> = chunk
-            .iter()
-            .map(|i| i.label().unwrap_or(0) as i64)
-            .collect();
-        let targets = Tensor::<1, Int>::from_data(TensorData::new(labels, [chunk.len()]), device);
-        let (p, t) = predictions_and_targets(&logits, &targets)?;
-        for (p, t) in p.into_iter().zip(t) {
-            per_class[t].1 += 1;
-            if p == t {
-                per_class[t].0 += 1;
+    /// Ends the run (GeNIe-Ada's last choices applied, its costs printed) and tests the model.
+    fn finish(self, data: &Data, batcher: &ImageBatcher, device: &Device) -> Result<Outcome> {
+        if let Some(live) = self.live {
+            let s = live.stop();
+            println!(
+                "GeNIe-Ada: {} snapshots in {} steps, {} scorings ({} unscorable); first choices \
+                 embedded {} images, re-scoring {} ({:.1} % of the training compute of {} \
+                 trained items, budget {:.0} %); scoring took {:.1} s ({:.1} % of the training \
+                 time), training waited {:.2} s for it",
+                s.snapshots,
+                s.steps,
+                s.scored + s.unscorable,
+                s.unscorable,
+                s.embedded_first,
+                s.embedded - s.embedded_first,
+                100.0 * s.compute_share(),
+                s.trained,
+                100.0 * self.live_config.share,
+                s.scoring_seconds,
+                100.0 * s.scoring_seconds / self.all_seconds.max(1e-9),
+                s.waited_seconds
+            );
+        }
+        let model = self.model.valid();
+        let mut per_class = vec![(0usize, 0usize); data.classes.len()];
+        for chunk in data.test.chunks(128) {
+            let logits = model.forward(batcher.images(chunk, device));
+            let labels: Vec<i64> = chunk
+                .iter()
+                .map(|i| i.label().unwrap_or(0) as i64)
+                .collect();
+            let targets =
+                Tensor::<1, Int>::from_data(TensorData::new(labels, [chunk.len()]), device);
+            let (p, t) = predictions_and_targets(&logits, &targets)?;
+            for (p, t) in p.into_iter().zip(t) {
+                per_class[t].1 += 1;
+                if p == t {
+                    per_class[t].0 += 1;
+                }
             }
         }
+        Ok(Outcome {
+            per_class,
+            steps: self.steps,
+            seconds: self.seconds,
+        })
     }
-    Ok(Outcome {
-        per_class,
-        steps,
-        seconds,
-    })
+}
+
+/// Trains the baseline (unless skipped) and the GeNIe run side by side, an epoch of each in
+/// turn.
+fn train_both(
+    args: &Args,
+    data: &Data,
+    online: &Online,
+    device: &Device,
+) -> Result<(Option<Outcome>, Outcome)> {
+    let mut baseline = if args.skip_baseline {
+        None
+    } else {
+        Some(Training::start(args, data, None, device)?)
+    };
+    let mut genie = Training::start(args, data, Some(online), device)?;
+    for epoch in 1..=args.epochs {
+        // The first epoch warms up (allocator, caches, the backend's first calls), unless it is
+        // the only one.
+        let timed = epoch > 1 || args.epochs == 1;
+        if let Some(b) = &mut baseline {
+            println!("  epoch {epoch:>2} baseline: {}", b.epoch(timed)?);
+        }
+        println!("  epoch {epoch:>2} GeNIe:    {}", genie.epoch(timed)?);
+    }
+    let batcher = ImageBatcher {
+        side: args.image_size,
+    };
+    let baseline = baseline
+        .map(|b| b.finish(data, &batcher, device))
+        .transpose()?;
+    Ok((baseline, genie.finish(data, &batcher, device)?))
 }
 
 fn group_accuracy(
@@ -394,6 +476,74 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    if args.seeds.is_empty() {
+        run_seed(&args)?;
+        return Ok(());
+    }
+    let mut reports = Vec::new();
+    for &seed in &args.seeds {
+        println!("\n=== seed {seed} ===");
+        reports.push(run_seed(&Args {
+            seed,
+            ..args.clone()
+        })?);
+    }
+    print_over_seeds(&args.seeds, &reports);
+    Ok(())
+}
+
+/// What one seed's run reports, for the table over seeds: accuracy per row (Many, Medium, Few,
+/// Overall, Balanced) without and with hard negatives, and the throughput ratio.
+struct SeedReport {
+    rows: Vec<(String, Option<f64>, f64)>,
+    ratio: Option<f64>,
+}
+
+/// Mean ± sample standard deviation, then each value: `40.1 ± 5.4 (46.0 / 39.0 / 35.4)`.
+fn mean_spread(values: &[f64]) -> String {
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = if values.len() > 1 {
+        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    let each: Vec<String> = values.iter().map(|v| format!("{v:.1}")).collect();
+    format!("{mean:.1} ± {:.1} ({})", var.sqrt(), each.join(" / "))
+}
+
+fn print_over_seeds(seeds: &[u64], reports: &[SeedReport]) {
+    let list: Vec<String> = seeds.iter().map(u64::to_string).collect();
+    println!(
+        "\naccuracy over seeds {} (%, mean ± standard deviation, then each seed)",
+        list.join(", ")
+    );
+    println!("  {:<10}{:<34}GeNIe", "group", "baseline");
+    for (i, (name, _, _)) in reports[0].rows.iter().enumerate() {
+        // A group without classes has no accuracy (NaN): left out of its mean.
+        let column = |pick: &dyn Fn(&SeedReport) -> Option<f64>| {
+            let values: Vec<f64> = reports
+                .iter()
+                .filter_map(pick)
+                .filter(|v| !v.is_nan())
+                .collect();
+            if values.is_empty() {
+                "-".to_string()
+            } else {
+                mean_spread(&values)
+            }
+        };
+        let base = column(&|r| r.rows[i].1);
+        let with = column(&|r| Some(r.rows[i].2));
+        println!("  {name:<10}{base:<34}{with}");
+    }
+    let ratios: Vec<f64> = reports.iter().filter_map(|r| r.ratio).collect();
+    if !ratios.is_empty() {
+        println!("  throughput ratio {}", mean_spread(&ratios));
+    }
+}
+
+fn run_seed(args: &Args) -> Result<SeedReport> {
     let data = match &args.data {
         Some(dir) => folder_data(dir, args.class_names.as_deref(), args.image_size)?,
         None => synthetic_data(args.image_size, args.seed)?,
@@ -428,12 +578,6 @@ fn main() -> Result<()> {
     }
 
     let device = Device::flex();
-    let baseline = if args.skip_baseline {
-        None
-    } else {
-        println!("\ntraining without hard negatives");
-        Some(train(&args, &data, None, &device)?)
-    };
 
     let (factory, generator_config) = common::engine_factory(&args.engine)?;
     let plan = factory.plan().clone();
@@ -548,11 +692,21 @@ fn main() -> Result<()> {
         ada: !args.no_ada,
     };
     println!(
-        "\ntraining with GeNIe hard negatives ({}, cache {})",
+        "\ntraining {}with GeNIe hard negatives ({}, cache {}){}",
+        if args.skip_baseline {
+            ""
+        } else {
+            "without and "
+        },
         if args.no_ada { "r = 0.8" } else { "GeNIe-Ada" },
-        cache_dir.display()
+        cache_dir.display(),
+        if args.skip_baseline {
+            ""
+        } else {
+            ", an epoch of each in turn"
+        }
     );
-    let genie = train(&args, &data, Some(&online), &device)?;
+    let (baseline, genie) = train_both(args, &data, &online, &device)?;
     drop(online);
     // Dropping the last handle (with the augmenter, at the end) cancels what is still queued.
     let generated = generator.as_ref().map_or(0, |g| g.stats().done);
@@ -619,13 +773,14 @@ fn main() -> Result<()> {
         "pairs without a GeNIe-Ada choice (mixed at r = 0.8): {}",
         s.pairs - scored
     );
+    let mut ratio = None;
     if let Some(b) = &baseline {
         let (plain, with) = (
             b.steps as f64 / b.seconds,
             genie.steps as f64 / genie.seconds,
         );
         let warm = if args.epochs > 1 {
-            "after a warm-up epoch"
+            "after a warm-up epoch, epochs interleaved"
         } else {
             "one epoch, not warmed up"
         };
@@ -633,9 +788,18 @@ fn main() -> Result<()> {
             "\nthroughput ({warm}): baseline {plain:.1} steps/s, GeNIe {with:.1} steps/s, ratio {:.2}",
             with / plain
         );
+        ratio = Some(with / plain);
     }
     if let Some(mib) = peak_rss_mib() {
         println!("peak resident memory: {mib:.0} MiB");
     }
-    Ok(())
+    let mut rows: Vec<(String, Option<f64>, f64)> = with
+        .iter()
+        .enumerate()
+        .map(|(i, (g, acc))| (g.to_string(), without.as_ref().map(|w| w[i].1), *acc))
+        .collect();
+    for (i, (name, acc)) in overall_accuracy(&genie).iter().enumerate() {
+        rows.push((name.to_string(), without_all.map(|w| w[i].1), *acc));
+    }
+    Ok(SeedReport { rows, ratio })
 }

@@ -269,8 +269,10 @@ pub(crate) struct AdaWork<I> {
 pub(crate) struct AdaRound<I> {
     pub pairs: Vec<AdaWork<I>>,
     pub prototypes: Vec<(usize, Vec<I>)>,
-    /// Items the round embeds.
+    /// Items the round embeds within the budget (re-scoring).
     pub cost: u64,
+    /// Items it embeds outside the budget (first choices, or everything when unbudgeted).
+    pub first: u64,
 }
 
 /// The online hard-negative state of one training run; see the module docs.
@@ -943,12 +945,16 @@ impl<I: GenieItem> Augmenter<I> {
             .map(|(id, _)| id)
     }
 
-    /// The selector's next round for `model_version`, costing at most `budget` embedded items
-    /// (a pair costs one per level plus its source; each target once, its prototype items).
-    /// Due are the pairs with every level cached, no verdict from this version yet and a
-    /// prototype; the pairs never scored come first, then the least recently scored, so that no
-    /// pair starves however small the budget. Everything the round reads of the run (items,
-    /// prototypes) is copied now, so that its outcome depends on this moment only.
+    /// The selector's next round for `model_version`. Due are the pairs with every level
+    /// cached, no verdict from this version yet and a prototype. Every due pair never scored
+    /// is in it, outside the budget: its first choice is part of making its hard negative, like
+    /// its diffusion, and waits for nothing. Re-scoring costs at most `budget` embedded items (a
+    /// pair costs its source and one image per level; a target, once, its prototype items): the
+    /// least recently scored pairs first, of one target per round (the most overdue pair's, so
+    /// that its prototype is embedded once for all of them and targets take turns), so that no
+    /// pair starves however small the budget. `u64::MAX` takes every due pair. Everything the
+    /// round reads of the run (items, prototypes) is copied now, so that its outcome depends on
+    /// this moment only.
     pub(crate) fn ada_round(&self, model_version: u64, budget: u64) -> AdaRound<I> {
         let state = self.state();
         let mut due: Vec<(bool, u64, PairId)> = self
@@ -967,22 +973,30 @@ impl<I: GenieItem> Augmenter<I> {
             pairs: Vec::new(),
             prototypes: Vec::new(),
             cost: 0,
+            first: 0,
         };
-        for (_, _, id) in due {
+        let mut only = None;
+        for (rescore, _, id) in due {
             let e = &state.pairs[id];
+            let charged = rescore && budget != u64::MAX;
+            if charged && *only.get_or_insert(e.target) != e.target {
+                continue;
+            }
             let new_target = !round.prototypes.iter().any(|(t, _)| *t == e.target);
             let prototype = &state.prototypes[e.target];
-            let cost = per_pair
-                + if new_target {
-                    prototype.len() as u64
-                } else {
-                    0
-                };
-            if round.cost + cost > budget {
-                // Strictly in order: skipping to a cheaper pair could starve a costly one.
-                break;
+            let mut cost = per_pair;
+            if new_target {
+                cost += prototype.len() as u64;
             }
-            round.cost += cost;
+            if charged {
+                if round.cost + cost > budget {
+                    // Strictly in order: skipping to a cheaper pair could starve a costly one.
+                    break;
+                }
+                round.cost += cost;
+            } else {
+                round.first += cost;
+            }
             if new_target {
                 round.prototypes.push((e.target, prototype.clone()));
             }
@@ -1146,10 +1160,10 @@ mod tests {
             dtype: "f32".into(),
             algorithm_version: 1,
         };
-        let keys = KeySpace::new(fingerprint, 4, vec!["a".into(), "b".into()]);
+        let keys = KeySpace::new(fingerprint, 4, vec!["a".into(), "b".into(), "c".into()]);
         let policy = Policy::with_targets(
-            ClassStats::from_counts(vec![100, 5]),
-            &[1],
+            ClassStats::from_counts(vec![100, 5, 5]),
+            &[1, 2],
             PolicyConfig::long_tail(),
         )
         .unwrap();
@@ -1157,9 +1171,10 @@ mod tests {
         Augmenter::new(policy, keys, cache, None, AugmenterConfig::default()).unwrap()
     }
 
-    /// Versions come faster than the selector scores every pair: with a budget of 50 pairs
-    /// per version, each of 1200 pairs is scored within ⌈1200 / 50⌉ = 24 versions, and again
-    /// within every 24 after that (the pairs never scored first, then the least recently).
+    /// Versions come faster than the selector re-scores every pair: the first round gives every
+    /// pair its first choice (outside the budget); with a budget of 50 pairs per version after
+    /// that, each of 1200 pairs is scored again within ⌈1200 / 50⌉ = 24 versions (the least
+    /// recently scored first).
     #[test]
     fn the_selector_starves_no_pair() {
         let augmenter = augmenter();
@@ -1177,14 +1192,68 @@ mod tests {
             }
             state.prototypes[1].push(item.clone());
         }
+        starve_no_pair(&augmenter, pairs, budget);
+    }
+
+    /// Two targets, their pairs interleaved: each budgeted re-scoring round serves one target
+    /// (its prototype embedded once), the targets take turns, and no pair waits longer than a
+    /// full pass takes.
+    #[test]
+    fn budgeted_rounds_serve_one_target_at_a_time_and_starve_none() {
+        let augmenter = augmenter();
+        let item = image_item(&image::RgbImage::new(4, 4), 0, "x");
+        let (pairs, budget) = (600usize, 30usize);
+        {
+            let mut state = augmenter.state();
+            let full = (1u32 << augmenter.levels.len()) - 1;
+            for i in 0..pairs {
+                let mut hash = [0u8; 32];
+                hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
+                let keys = vec![CacheKey::from_bytes(hash); augmenter.levels.len()];
+                let target = 1 + i % 2;
+                augmenter.push_pair(&mut state, item.clone(), target, i as u64, hash, keys);
+                state.status[i].cached = full;
+            }
+            state.prototypes[1].push(item.clone());
+            state.prototypes[2].push(item.clone());
+        }
+        starve_no_pair(&augmenter, pairs, budget);
+        // Unbudgeted, a round takes every due pair of every target.
+        let all = augmenter.ada_round(u64::MAX - 1, u64::MAX);
+        assert_eq!((all.pairs.len(), all.prototypes.len()), (pairs, 2));
+    }
+
+    /// Scores a first round (every pair, outside the budget), then budgeted rounds of `budget`
+    /// pairs, and checks that every pair is scored again within ⌈pairs / budget⌉ rounds and
+    /// that every target is served.
+    fn starve_no_pair(
+        augmenter: &Augmenter<burn_dataset::vision::ImageDatasetItem>,
+        pairs: usize,
+        budget: usize,
+    ) {
+        let mut targets_served = std::collections::BTreeSet::new();
         let rounds = pairs.div_ceil(budget) as u64;
+        let per_pair = augmenter.levels.len() as u64 + 1;
         let mut last_scored = vec![0u64; pairs];
         for version in 1..=4 * rounds {
-            // A budget of exactly 50 pairs, plus the target's one prototype item.
-            let per_pair = augmenter.levels.len() as u64 + 1;
+            // A budget of exactly `budget` pairs, plus the target's one prototype item.
             let round = augmenter.ada_round(version, budget as u64 * per_pair + 1);
-            assert_eq!(round.pairs.len(), budget);
-            assert_eq!(round.cost, budget as u64 * per_pair + 1);
+            if version == 1 {
+                // First choices are outside the budget: every pair has one after the first round.
+                assert_eq!(round.pairs.len(), pairs);
+                assert_eq!(round.cost, 0);
+                let prototypes = round.prototypes.len() as u64;
+                assert_eq!(round.first, pairs as u64 * per_pair + prototypes);
+            } else {
+                assert_eq!(round.pairs.len(), budget);
+                assert_eq!((round.cost, round.first), (budget as u64 * per_pair + 1, 0));
+                assert_eq!(round.prototypes.len(), 1);
+                assert!(round
+                    .pairs
+                    .iter()
+                    .all(|w| w.target == round.prototypes[0].0));
+                targets_served.insert(round.pairs[0].target);
+            }
             for w in round.pairs {
                 last_scored[w.pair] = version;
                 augmenter.record_choice(
@@ -1197,7 +1266,7 @@ mod tests {
                     },
                 );
             }
-            if version >= rounds {
+            if version > rounds {
                 let stale = last_scored
                     .iter()
                     .filter(|&&v| v + rounds <= version)
@@ -1205,5 +1274,9 @@ mod tests {
                 assert_eq!(stale, 0, "version {version}: {stale} pairs waited too long");
             }
         }
+        let targets: std::collections::BTreeSet<usize> = (0..pairs)
+            .map(|id| augmenter.state().pairs[id].target)
+            .collect();
+        assert_eq!(targets_served, targets);
     }
 }

@@ -8,9 +8,9 @@
 //! runs [`crate::ada::select`] and records r* for that version. Pairs are re-scored as versions
 //! move on; no new diffusion is needed, because every level is already cached.
 //!
-//! Scoring has a budget ([`LiveConfig::share`], 5 % of the training compute by default): a round
-//! takes the pairs never scored first, then the least recently scored, as many as the budget
-//! affords, so every pair gets a choice and none starves. By default
+//! Every pair gets its first choice at the first snapshot after its levels are cached. Re-scoring
+//! has a budget ([`LiveConfig::share`], 2 % of the training compute by default): a round takes the
+//! least recently scored pairs, as many as the budget affords, so none starves. By default
 //! ([`ScoringMode::Reproducible`]) a round is planned at a fixed step and its choices apply at
 //! the next snapshot, so the same seed gives the same batches in every run.
 
@@ -66,12 +66,16 @@ pub enum ScoringMode {
 #[derive(Clone, Debug)]
 pub struct LiveConfig {
     /// Consider a snapshot every this many `observe` calls (optimiser steps). One is taken when
-    /// the budget affords at least one pair, so under a small budget snapshots come less often.
+    /// a pair awaits its first choice or the budget affords re-scoring one, so under a small
+    /// budget snapshots come less often.
     pub every: usize,
-    /// The share of training compute scoring may use, counted in items: a trained item costs
+    /// The share of training compute re-scoring may use, counted in items: a trained item costs
     /// [`TRAINED_ITEM_COST`] embedded items (forward and backward), and scoring a pair embeds
     /// its source, one image per level and, once per snapshot, its target's prototype items.
-    /// `f64::INFINITY` scores every due pair at every snapshot.
+    /// A pair's first choice is outside the budget (it is part of making the hard negative, and
+    /// a pair without one is mixed at the fixed level): every pair is scored at the first
+    /// snapshot after its levels are cached. `f64::INFINITY` re-scores every pair at every
+    /// snapshot.
     pub share: f64,
     pub mode: ScoringMode,
 }
@@ -87,7 +91,7 @@ impl Default for LiveConfig {
     fn default() -> Self {
         LiveConfig {
             every: 50,
-            share: 0.05,
+            share: 0.02,
             mode: ScoringMode::Reproducible,
         }
     }
@@ -106,6 +110,8 @@ pub struct SelectorStats {
     pub unscorable: u64,
     /// Items embedded for scoring (sources, generated images, prototypes).
     pub embedded: u64,
+    /// Of those, the items embedded for pairs' first choices (outside the budget).
+    pub embedded_first: u64,
     /// Items trained while there was something to score: what the budget is a share of.
     pub trained: u64,
     /// Seconds the selector spent scoring.
@@ -115,13 +121,13 @@ pub struct SelectorStats {
 }
 
 impl SelectorStats {
-    /// The share of the budget's compute that scoring used: embedded items over
-    /// [`TRAINED_ITEM_COST`] × trained items.
+    /// The share of the training compute that re-scoring used (what the budget limits):
+    /// items embedded within the budget over [`TRAINED_ITEM_COST`] × trained items.
     pub fn compute_share(&self) -> f64 {
         if self.trained == 0 {
             return 0.0;
         }
-        self.embedded as f64 / (TRAINED_ITEM_COST * self.trained as f64)
+        (self.embedded - self.embedded_first) as f64 / (TRAINED_ITEM_COST * self.trained as f64)
     }
 }
 
@@ -145,6 +151,7 @@ struct Counters {
     scored: AtomicU64,
     unscorable: AtomicU64,
     embedded: AtomicU64,
+    embedded_first: AtomicU64,
     trained: AtomicU64,
     scoring_nanos: AtomicU64,
     waited_nanos: AtomicU64,
@@ -271,6 +278,7 @@ impl<M: Module + 'static> LiveModel<M> {
             scored: c.scored.load(Ordering::Relaxed),
             unscorable: c.unscorable.load(Ordering::Relaxed),
             embedded: c.embedded.load(Ordering::Relaxed),
+            embedded_first: c.embedded_first.load(Ordering::Relaxed),
             trained: c.trained.load(Ordering::Relaxed),
             scoring_seconds: seconds(&c.scoring_nanos),
             waited_seconds: seconds(&c.waited_nanos),
@@ -326,6 +334,7 @@ impl<I: GenieItem, F> Selector<I, F> {
     where
         F: FeatureExtractor<M, I>,
     {
+        let pool = scoring_pool();
         for message in messages {
             match message {
                 Message::Snapshot {
@@ -340,7 +349,11 @@ impl<I: GenieItem, F> Selector<I, F> {
                     self.counters.busy.store(true, Ordering::Release);
                     let _ = reply.send(Some(version));
                     let started = Instant::now();
-                    let verdicts = self.score(&model, version, round);
+                    let this = &*self;
+                    let verdicts = match &pool {
+                        Some(pool) => pool.install(move || this.score(&model, version, round)),
+                        None => this.score(&model, version, round),
+                    };
                     self.counters
                         .scoring_nanos
                         .fetch_add(started.elapsed().as_nanos() as u64, Ordering::Relaxed);
@@ -381,10 +394,12 @@ impl<I: GenieItem, F> Selector<I, F> {
         if round.pairs.is_empty() {
             return None;
         }
-        if !unbudgeted {
-            self.credit -= round.cost as f64;
-        }
-        self.counters.version.store(version, Ordering::Release);
+        self.credit -= round.cost as f64;
+        let c = &self.counters;
+        c.embedded
+            .fetch_add(round.cost + round.first, Ordering::Relaxed);
+        c.embedded_first.fetch_add(round.first, Ordering::Relaxed);
+        c.version.store(version, Ordering::Release);
         Some((version, round))
     }
 
@@ -402,7 +417,6 @@ impl<I: GenieItem, F> Selector<I, F> {
     {
         let mut prototypes: HashMap<usize, Result<Vec<f64>, String>> = HashMap::new();
         for (target, items) in round.prototypes {
-            self.count_embedded(items.len());
             let prototype = guarded(|| embed(&self.extractor, model, items))
                 .and_then(|e| ada::prototype(&e).map_err(|e| e.to_string()));
             prototypes.insert(target, prototype);
@@ -429,7 +443,6 @@ impl<I: GenieItem, F> Selector<I, F> {
                 .flatten()
                 .cloned()
                 .collect();
-            self.count_embedded(all.len());
             let mut embedded = guarded(|| embed(&self.extractor, model, all)).map(Vec::into_iter);
             for (pair, target, items) in prepared {
                 let choice = items.and_then(|items| {
@@ -446,12 +459,6 @@ impl<I: GenieItem, F> Selector<I, F> {
             }
         }
         verdicts
-    }
-
-    fn count_embedded(&self, items: usize) {
-        self.counters
-            .embedded
-            .fetch_add(items as u64, Ordering::Relaxed);
     }
 
     /// A pair's source and its generated images, one per level, as items.
@@ -499,6 +506,32 @@ impl<I: GenieItem, F> Selector<I, F> {
                 }
             }
         }
+    }
+}
+
+/// The selector's own one-thread rayon pool, at a low OS priority. burn's CPU backend runs its
+/// kernels on the current rayon pool; in the global one, training's, a scoring kernel would
+/// hold up every training step that waits for a pool thread. On a pool of its own, scoring
+/// takes the cycles training leaves idle, and the training threads go first when both want a
+/// core. (GPU backends do not use rayon: there this changes nothing.)
+fn scoring_pool() -> Option<rayon::ThreadPool> {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .thread_name(|_| "genie-ada-pool".into())
+        .start_handler(|_| lower_priority())
+        .build()
+        .map_err(|e| tracing::warn!(error = %e, "no pool of its own for GeNIe-Ada's scoring"))
+        .ok()
+}
+
+/// Lowers the calling thread's scheduling priority (niceness 10). Not Linux's `SCHED_IDLE`: a
+/// scoring thread that never runs while training keeps the cores busy would make training wait
+/// at every reproducible-mode barrier.
+fn lower_priority() {
+    #[cfg(target_os = "linux")]
+    // SAFETY: setpriority has no memory effects; on Linux `who = 0` names the calling thread.
+    unsafe {
+        libc::setpriority(libc::PRIO_PROCESS, 0, 10);
     }
 }
 

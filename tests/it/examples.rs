@@ -113,7 +113,10 @@ fn long_tail_runs_and_its_report_adds_up() {
     // The paper's protocol: every planned image exists before the GeNIe run trains (Ada:
     // five levels for each of the 18 pairs).
     // Throughput compares warm runs (epochs 2 and 3), and the ratio is the two rates'.
-    let throughput = numbers(&out, "throughput (after a warm-up epoch):");
+    let throughput = numbers(
+        &out,
+        "throughput (after a warm-up epoch, epochs interleaved):",
+    );
     let (plain, with, ratio) = (throughput[0], throughput[1], throughput[2]);
     assert!(plain > 0.0 && with > 0.0, "{throughput:?}");
     assert!(
@@ -157,7 +160,17 @@ fn long_tail_runs_and_its_report_adds_up() {
     );
     // GeNIe-Ada scored pairs with the live model, and the r* histogram counts each scored
     // pair once; the others are mixed at 0.8.
-    let scorings = numbers(&out, "GeNIe-Ada:")[1];
+    // "GeNIe-Ada: S snapshots in N steps, K scorings (U unscorable); first choices embedded F
+    // images, re-scoring R (P % of the training compute of T trained items, budget B %); …"
+    let ada = numbers(&out, "GeNIe-Ada:");
+    let (scorings, first, rescoring, share, budget) = (ada[2], ada[4], ada[5], ada[6], ada[8]);
+    assert!(first > 0.0, "first choices embed images: {ada:?}");
+    // The budget holds: re-scoring used at most its share (rounded to 0.1 %).
+    assert!(share <= budget + 0.05, "{ada:?}");
+    assert!(
+        (share / 100.0 * 3.0 * ada[7] - rescoring).abs() <= 0.001 * 3.0 * ada[7] + 1.0,
+        "the share is re-scoring's items over three per trained item: {ada:?}"
+    );
     let histogram = r_histogram(&out);
     let scored: f64 = histogram.iter().sum();
     let unscored = numbers(&out, "pairs without a GeNIe-Ada choice")[1];
@@ -172,6 +185,91 @@ fn long_tail_runs_and_its_report_adds_up() {
     let (images, max, epochs) = (exposure[0], exposure[3], exposure[4]);
     assert!(images > 0.0 && max <= epochs, "{exposure:?}");
     assert!(numbers(&out, "peak resident memory:")[0] > 0.0);
+}
+
+/// `--seeds a,b`: one run per seed, then each accuracy's mean ± spread over them, from the
+/// seeds' own tables; and GeNIe-Ada's reproducible default: the same command twice prints the
+/// same tables, bit for bit.
+#[test]
+fn long_tail_over_seeds_summarises_each_seed_and_repeats_exactly() {
+    let cache = tempfile::tempdir().unwrap();
+    let args = [
+        "--seeds",
+        "0,1",
+        "--epochs",
+        "3",
+        "--steps",
+        "2",
+        "--per-class",
+        "4",
+        "--cache",
+        cache.path().to_str().unwrap(),
+    ];
+    let first = run("long_tail", &args);
+    // The rows of each seed's table: [baseline, GeNIe] per group.
+    let tables: Vec<Vec<(String, [f64; 2])>> = first
+        .split("accuracy by group (test set)")
+        .skip(1)
+        .map(|section| {
+            ["Many", "Medium", "Few", "Overall", "Balanced"]
+                .iter()
+                .map(|&g| {
+                    let n = numbers(section, g);
+                    (g.to_string(), [n[0], n[1]])
+                })
+                .collect()
+        })
+        .collect();
+    assert_eq!(tables.len(), 2, "{first}");
+    let summary = first
+        .split("accuracy over seeds 0, 1")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no summary over seeds:\n{first}"));
+    for (row, (group, _)) in tables[0].iter().enumerate() {
+        // "Few  m ± s (a / b)  m ± s (a / b)": baseline, then GeNIe.
+        let n = numbers(summary, group);
+        for (column, values) in n.chunks(4).enumerate() {
+            let seeds = [tables[0][row].1[column], tables[1][row].1[column]];
+            let mean = (seeds[0] + seeds[1]) / 2.0;
+            assert!(
+                (values[0] - mean).abs() < 0.051,
+                "{group}: {n:?} vs {seeds:?}"
+            );
+            assert!((values[2] - seeds[0]).abs() < 0.051, "{group}: {n:?}");
+            assert!((values[3] - seeds[1]).abs() < 0.051, "{group}: {n:?}");
+            let spread = (seeds[0] - seeds[1]).abs() / 2f64.sqrt();
+            assert!(
+                (values[1] - spread).abs() < 0.051 + 0.01 * spread,
+                "{group}: {n:?}"
+            );
+        }
+    }
+    // Again, with every image now cached: the same accuracies, choices and mixing.
+    let again = run("long_tail", &args);
+    let report = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| {
+                let l = l.trim();
+                [
+                    "Many",
+                    "Medium",
+                    "Few ",
+                    "Overall",
+                    "Balanced",
+                    "r = ",
+                    "hard negatives:",
+                ]
+                .iter()
+                .any(|p| l.starts_with(p))
+            })
+            // Generated counts differ (the first run made the images): compare mixing only.
+            .map(|l| l.split(" pairs, ").next().unwrap_or(l).to_string())
+            .collect()
+    };
+    assert_eq!(report(&first), report(&again));
+    assert!(report(&first).iter().any(|l| l.trim().starts_with("r = ")));
+    // The seeds differ (data, weights, order): the spread is not an artefact of one run.
+    assert_ne!(tables[0], tables[1], "{first}");
 }
 
 /// The counts of the `r = …: n` lines of a report.
