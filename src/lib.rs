@@ -16,13 +16,15 @@
 //! - [`policy`], [`ada`]: which hard negatives to make (plain Rust), and GeNIe-Ada's choice of r;
 //! - [`loader`]: the burn integration (`GenieBatcher`, `GenieDataset`, the live Ada model);
 //! - [`warm`]: offline pre-warming plans, shards and their status;
-//! - [`pictures`]: contact sheets and HTML reports of a cache.
+//! - [`pictures`]: contact sheets and HTML reports of a cache;
+//! - [`eval`]: the paper's evaluation protocols on features (episodes, a logistic probe, CIs).
 
 pub mod ada;
 pub mod cache;
 pub mod classes;
 pub mod diffusion;
 pub mod engine;
+pub mod eval;
 pub mod factory;
 pub mod generator;
 pub mod image_io;

@@ -17,6 +17,7 @@ mod cache_facade;
 mod cache_stores;
 mod cli;
 mod engine;
+mod eval;
 mod examples;
 mod generator;
 mod loader;

@@ -1,0 +1,303 @@
+//! [`LogisticRegression`]: the few-shot probe, a multinomial logistic regression with an L2
+//! penalty fitted by L-BFGS — the objective and solver of scikit-learn's `LogisticRegression`
+//! (checked against it in the tests).
+//!
+//! It minimises Σᵢ −log softmax(W xᵢ + b)[yᵢ] + ‖W‖² / (2C) over W (classes × dim) and b; the
+//! intercepts are not penalised. Starting from zero, every step keeps Σ b = 0 (each gradient's
+//! intercept part sums to zero), as scikit-learn's do, so the intercepts are comparable too.
+
+use argmin::core::{CostFunction, Error as ArgminError, Executor, Gradient, State};
+use argmin::solver::linesearch::MoreThuenteLineSearch;
+use argmin::solver::quasinewton::LBFGS;
+
+/// The probe's settings.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LogisticRegression {
+    /// Inverse regularisation strength (scikit-learn's `C`, default 1).
+    pub c: f64,
+    /// L-BFGS iterations at most.
+    pub max_iters: u64,
+    /// Stop when the gradient's norm (of the objective divided by the number of samples) is
+    /// below this.
+    pub tolerance: f64,
+}
+
+impl Default for LogisticRegression {
+    fn default() -> Self {
+        LogisticRegression {
+            c: 1.0,
+            max_iters: 1000,
+            tolerance: 1e-8,
+        }
+    }
+}
+
+/// Why a probe cannot be fitted.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum LogRegError {
+    #[error("no samples to fit")]
+    Empty,
+    #[error("{features} feature vectors but {labels} labels")]
+    Lengths { features: usize, labels: usize },
+    #[error("feature vector {index} has {got} values, the first has {expected}")]
+    Dimension {
+        index: usize,
+        got: usize,
+        expected: usize,
+    },
+    #[error("label {label} of sample {index} is not below the {classes} classes")]
+    Label {
+        index: usize,
+        label: usize,
+        classes: usize,
+    },
+    #[error("feature vector {0} has a NaN or infinite value")]
+    NonFinite(usize),
+    #[error("C must be positive and finite, got {0}")]
+    Penalty(f64),
+    #[error("L-BFGS failed: {0}")]
+    Solver(String),
+}
+
+/// A fitted probe: `W` row-major (classes × dim) and `b`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct FittedProbe {
+    pub classes: usize,
+    pub dim: usize,
+    pub weights: Vec<f64>,
+    pub intercepts: Vec<f64>,
+    /// L-BFGS iterations used.
+    pub iterations: u64,
+}
+
+impl FittedProbe {
+    /// The class with the highest score (the first on ties).
+    pub fn predict(&self, x: &[f32]) -> usize {
+        let scores = self.scores(x);
+        let mut best = 0;
+        for (c, &s) in scores.iter().enumerate() {
+            if s > scores[best] {
+                best = c;
+            }
+        }
+        best
+    }
+
+    /// W x + b.
+    pub fn scores(&self, x: &[f32]) -> Vec<f64> {
+        (0..self.classes)
+            .map(|c| {
+                let row = &self.weights[c * self.dim..(c + 1) * self.dim];
+                self.intercepts[c]
+                    + row
+                        .iter()
+                        .zip(x)
+                        .map(|(w, &v)| w * f64::from(v))
+                        .sum::<f64>()
+            })
+            .collect()
+    }
+
+    /// Percent of `features` predicted as their `labels`.
+    pub fn accuracy(&self, features: &[Vec<f32>], labels: &[usize]) -> f64 {
+        if features.is_empty() {
+            return f64::NAN;
+        }
+        let right = features
+            .iter()
+            .zip(labels)
+            .filter(|(x, &y)| self.predict(x) == y)
+            .count();
+        100.0 * right as f64 / features.len() as f64
+    }
+}
+
+impl LogisticRegression {
+    /// Fits the probe on `features` (one vector per sample, all of one length) labelled
+    /// `labels` (each below `classes`).
+    pub fn fit(
+        &self,
+        features: &[Vec<f32>],
+        labels: &[usize],
+        classes: usize,
+    ) -> Result<FittedProbe, LogRegError> {
+        if !(self.c > 0.0 && self.c.is_finite()) {
+            return Err(LogRegError::Penalty(self.c));
+        }
+        let first = features.first().ok_or(LogRegError::Empty)?;
+        if features.len() != labels.len() {
+            return Err(LogRegError::Lengths {
+                features: features.len(),
+                labels: labels.len(),
+            });
+        }
+        let dim = first.len();
+        for (index, (x, &label)) in features.iter().zip(labels).enumerate() {
+            if x.len() != dim {
+                return Err(LogRegError::Dimension {
+                    index,
+                    got: x.len(),
+                    expected: dim,
+                });
+            }
+            if x.iter().any(|v| !v.is_finite()) {
+                return Err(LogRegError::NonFinite(index));
+            }
+            if label >= classes {
+                return Err(LogRegError::Label {
+                    index,
+                    label,
+                    classes,
+                });
+            }
+        }
+        let problem = Objective {
+            x: features
+                .iter()
+                .map(|x| x.iter().map(|&v| f64::from(v)).collect())
+                .collect(),
+            y: labels.to_vec(),
+            classes,
+            dim,
+            // The objective is divided by n (as scikit-learn does) so that the tolerance means
+            // the same whatever the number of samples.
+            penalty: 1.0 / (self.c * features.len() as f64),
+        };
+        let solver = LBFGS::new(MoreThuenteLineSearch::new(), 10)
+            .with_tolerance_grad(self.tolerance)
+            .and_then(|s| s.with_tolerance_cost(0.0))
+            .map_err(|e| LogRegError::Solver(e.to_string()))?;
+        let start = vec![0.0; classes * (dim + 1)];
+        let result = Executor::new(problem, solver)
+            .configure(|state| state.param(start).max_iters(self.max_iters))
+            .run()
+            .map_err(|e| LogRegError::Solver(e.to_string()))?;
+        let state = result.state();
+        let params = state
+            .get_best_param()
+            .ok_or_else(|| LogRegError::Solver("no parameters".into()))?;
+        Ok(FittedProbe {
+            classes,
+            dim,
+            weights: params[..classes * dim].to_vec(),
+            intercepts: params[classes * dim..].to_vec(),
+            iterations: state.get_iter(),
+        })
+    }
+}
+
+/// The mean cross-entropy plus penalty · ‖W‖² / 2, over parameters [W row-major, b].
+struct Objective {
+    x: Vec<Vec<f64>>,
+    y: Vec<usize>,
+    classes: usize,
+    dim: usize,
+    penalty: f64,
+}
+
+impl Objective {
+    /// The objective and its gradient at `p`.
+    fn evaluate(&self, p: &[f64]) -> (f64, Vec<f64>) {
+        let (k, d) = (self.classes, self.dim);
+        let (w, b) = p.split_at(k * d);
+        let n = self.x.len() as f64;
+        let mut loss = 0.0;
+        let mut grad = vec![0.0; p.len()];
+        let mut z = vec![0.0; k];
+        for (x, &y) in self.x.iter().zip(&self.y) {
+            for c in 0..k {
+                z[c] = b[c]
+                    + w[c * d..(c + 1) * d]
+                        .iter()
+                        .zip(x)
+                        .map(|(a, b)| a * b)
+                        .sum::<f64>();
+            }
+            let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let sum: f64 = z.iter().map(|v| (v - max).exp()).sum();
+            let log_sum = max + sum.ln();
+            loss += log_sum - z[y];
+            for c in 0..k {
+                let dz = ((z[c] - log_sum).exp() - if c == y { 1.0 } else { 0.0 }) / n;
+                for (g, xi) in grad[c * d..(c + 1) * d].iter_mut().zip(x) {
+                    *g += dz * xi;
+                }
+                grad[k * d + c] += dz;
+            }
+        }
+        let mut square = 0.0;
+        for (g, wi) in grad[..k * d].iter_mut().zip(w) {
+            *g += self.penalty * wi;
+            square += wi * wi;
+        }
+        (loss / n + 0.5 * self.penalty * square, grad)
+    }
+}
+
+impl CostFunction for Objective {
+    type Param = Vec<f64>;
+    type Output = f64;
+
+    fn cost(&self, p: &Vec<f64>) -> Result<f64, ArgminError> {
+        Ok(self.evaluate(p).0)
+    }
+}
+
+impl Gradient for Objective {
+    type Param = Vec<f64>;
+    type Gradient = Vec<f64>;
+
+    fn gradient(&self, p: &Vec<f64>) -> Result<Vec<f64>, ArgminError> {
+        Ok(self.evaluate(p).1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_gradient_is_the_objectives() {
+        let problem = Objective {
+            x: vec![vec![0.5, -1.0], vec![2.0, 0.25], vec![-0.5, 1.5]],
+            y: vec![0, 2, 1],
+            classes: 3,
+            dim: 2,
+            penalty: 0.3,
+        };
+        let p: Vec<f64> = (0..9).map(|i| (i as f64 * 0.37).sin()).collect();
+        let (_, grad) = problem.evaluate(&p);
+        for i in 0..p.len() {
+            let mut up = p.clone();
+            let mut down = p.clone();
+            up[i] += 1e-6;
+            down[i] -= 1e-6;
+            let numeric = (problem.evaluate(&up).0 - problem.evaluate(&down).0) / 2e-6;
+            assert!(
+                (numeric - grad[i]).abs() < 1e-7,
+                "{i}: {numeric} vs {}",
+                grad[i]
+            );
+        }
+    }
+
+    #[test]
+    fn bad_inputs_are_named() {
+        let probe = LogisticRegression::default();
+        assert_eq!(probe.fit(&[], &[], 2), Err(LogRegError::Empty));
+        let x = vec![vec![1.0, 2.0], vec![1.0]];
+        assert!(matches!(
+            probe.fit(&x, &[0, 1], 2),
+            Err(LogRegError::Dimension { index: 1, .. })
+        ));
+        let x = vec![vec![1.0], vec![f32::NAN]];
+        assert_eq!(probe.fit(&x, &[0, 1], 2), Err(LogRegError::NonFinite(1)));
+        let x = vec![vec![1.0], vec![2.0]];
+        assert!(matches!(
+            probe.fit(&x, &[0, 2], 2),
+            Err(LogRegError::Label { label: 2, .. })
+        ));
+        let strict = LogisticRegression { c: 0.0, ..probe };
+        assert_eq!(strict.fit(&x, &[0, 1], 2), Err(LogRegError::Penalty(0.0)));
+    }
+}
