@@ -499,8 +499,9 @@ struct SeedReport {
     ratio: Option<f64>,
 }
 
-/// Mean ± sample standard deviation, then each value: `40.1 ± 5.4 (46.0 / 39.0 / 35.4)`.
-fn mean_spread(values: &[f64]) -> String {
+/// Mean ± sample standard deviation, then each value, with `decimals`:
+/// `40.1 ± 5.4 (46.0 / 39.0 / 35.4)`.
+fn mean_spread(values: &[f64], decimals: usize) -> String {
     let n = values.len() as f64;
     let mean = values.iter().sum::<f64>() / n;
     let var = if values.len() > 1 {
@@ -508,8 +509,12 @@ fn mean_spread(values: &[f64]) -> String {
     } else {
         0.0
     };
-    let each: Vec<String> = values.iter().map(|v| format!("{v:.1}")).collect();
-    format!("{mean:.1} ± {:.1} ({})", var.sqrt(), each.join(" / "))
+    let each: Vec<String> = values.iter().map(|v| format!("{v:.decimals$}")).collect();
+    format!(
+        "{mean:.decimals$} ± {:.decimals$} ({})",
+        var.sqrt(),
+        each.join(" / ")
+    )
 }
 
 fn print_over_seeds(seeds: &[u64], reports: &[SeedReport]) {
@@ -530,7 +535,7 @@ fn print_over_seeds(seeds: &[u64], reports: &[SeedReport]) {
             if values.is_empty() {
                 "-".to_string()
             } else {
-                mean_spread(&values)
+                mean_spread(&values, 1)
             }
         };
         let base = column(&|r| r.rows[i].1);
@@ -539,7 +544,7 @@ fn print_over_seeds(seeds: &[u64], reports: &[SeedReport]) {
     }
     let ratios: Vec<f64> = reports.iter().filter_map(|r| r.ratio).collect();
     if !ratios.is_empty() {
-        println!("  throughput ratio {}", mean_spread(&ratios));
+        println!("  throughput ratio {}", mean_spread(&ratios, 2));
     }
 }
 
