@@ -1,5 +1,6 @@
-//! The paper's evaluation protocols, in plain Rust on features: N-way K-shot episodes, a
-//! logistic-regression probe, and mean ± 95 % confidence intervals.
+//! The paper's evaluation protocols, in plain Rust on images and features: N-way K-shot
+//! episodes, the traditional augmentations of its baselines, a logistic-regression probe, and
+//! mean ± 95 % confidence intervals.
 //!
 //! Nothing here knows burn or candle: a backbone turns images into feature vectors elsewhere,
 //! and these modules sample the episodes, fit the probe on the support features and score it on
@@ -22,10 +23,12 @@
 //! assert_eq!(MeanCi::of(&[50.0, 60.0, 70.0]).mean, 60.0);
 //! ```
 
+mod augment;
 mod episodes;
 mod logreg;
 mod stats;
 
+pub use augment::{augment, Augmentation};
 pub use episodes::{sample_episodes, Episode, EpisodeError, EpisodeSpec};
 pub use logreg::{FittedProbe, LogRegError, LogisticRegression};
 pub use stats::MeanCi;
