@@ -25,10 +25,15 @@
 
 mod augment;
 mod episodes;
+mod few_shot;
 mod logreg;
 mod stats;
 
 pub use augment::{augment, Augmentation};
 pub use episodes::{sample_episodes, Episode, EpisodeError, EpisodeSpec};
+pub use few_shot::{
+    csv_table, markdown_table, run_few_shot, Backbone, FewShotConfig, FewShotError,
+    GeneratedImages, Method, MethodResult,
+};
 pub use logreg::{FittedProbe, LogRegError, LogisticRegression};
 pub use stats::MeanCi;

@@ -1,0 +1,357 @@
+//! [`run_few_shot`]: the paper's few-shot protocol over one split — the same episodes for every
+//! method, a frozen backbone's features, one logistic-regression probe per episode and method,
+//! query accuracy as mean ± 95 % CI — and its tables (Markdown and CSV).
+//!
+//! Every method gets the K real support images of each class plus `extra_per_shot`·K more
+//! labelled images (the paper's 4·K: traditional augmentations of the support images, or
+//! generated images), so that the labelled totals stay comparable across methods.
+
+use std::fmt::Write as _;
+
+use image::RgbImage;
+
+use super::augment::{augment, Augmentation};
+use super::episodes::{sample_episodes, Episode, EpisodeError, EpisodeSpec};
+use super::logreg::{LogRegError, LogisticRegression};
+use super::stats::MeanCi;
+use crate::engine::NoiseLevel;
+
+/// The methods of the paper's Table 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Method {
+    /// The support images alone.
+    Plain,
+    /// Weak traditional augmentation of the support images.
+    Weak,
+    /// Strong traditional augmentation of the support images.
+    Strong,
+    /// Img2Img of the class's own support images at r = 0.3.
+    Img2ImgLow,
+    /// Img2Img of the class's own support images at r = 0.7.
+    Img2ImgHigh,
+    /// Text to image (r = 1: the source is noise).
+    Txt2Img,
+    /// GeNIe: the episode's other classes' support images at r = 0.8, towards this class.
+    Genie,
+    /// GeNIe-Ada: as GeNIe, r chosen per pair by Algorithm 1 with the frozen backbone.
+    GenieAda,
+}
+
+impl Method {
+    pub const ALL: [Method; 8] = [
+        Method::Plain,
+        Method::Weak,
+        Method::Strong,
+        Method::Img2ImgLow,
+        Method::Img2ImgHigh,
+        Method::Txt2Img,
+        Method::Genie,
+        Method::GenieAda,
+    ];
+
+    /// Its name in tables.
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Plain => "no augmentation",
+            Method::Weak => "weak augmentation",
+            Method::Strong => "strong augmentation",
+            Method::Img2ImgLow => "Img2Img-L (r = 0.3)",
+            Method::Img2ImgHigh => "Img2Img-H (r = 0.7)",
+            Method::Txt2Img => "Txt2Img",
+            Method::Genie => "GeNIe (r = 0.8)",
+            Method::GenieAda => "GeNIe-Ada",
+        }
+    }
+
+    /// Its name on the command line and in CSV files.
+    pub fn slug(self) -> &'static str {
+        match self {
+            Method::Plain => "none",
+            Method::Weak => "weak",
+            Method::Strong => "strong",
+            Method::Img2ImgLow => "img2img-l",
+            Method::Img2ImgHigh => "img2img-h",
+            Method::Txt2Img => "txt2img",
+            Method::Genie => "genie",
+            Method::GenieAda => "genie-ada",
+        }
+    }
+
+    /// The method a slug names.
+    pub fn from_slug(slug: &str) -> Option<Method> {
+        Method::ALL.into_iter().find(|m| m.slug() == slug)
+    }
+
+    /// The fixed noise level of its generated images; `None` for the traditional methods and
+    /// for GeNIe-Ada (a level per pair).
+    pub fn level(self) -> Option<NoiseLevel> {
+        let at = |t| NoiseLevel::from_thousandths(t);
+        match self {
+            Method::Img2ImgLow => at(300),
+            Method::Img2ImgHigh => at(700),
+            Method::Txt2Img => Some(NoiseLevel::TEXT_TO_IMAGE),
+            Method::Genie => Some(NoiseLevel::GENIE_DEFAULT),
+            Method::Plain | Method::Weak | Method::Strong | Method::GenieAda => None,
+        }
+    }
+
+    /// Whether its extra images are generated (from the cache) rather than augmented.
+    pub fn is_generative(self) -> bool {
+        !matches!(self, Method::Plain | Method::Weak | Method::Strong)
+    }
+}
+
+/// A frozen backbone: images to feature vectors (one per image, in order, all of one length).
+pub trait Backbone {
+    fn features(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>, String>;
+}
+
+/// Where a generative method's images come from (usually the cache): `count` images labelled as
+/// class `way` of `episode`, for `method`. GeNIe's sources are the support images of the
+/// episode's other classes; Img2Img's the class's own.
+pub trait GeneratedImages {
+    fn images(
+        &self,
+        method: Method,
+        episode: &Episode,
+        way: usize,
+        count: usize,
+    ) -> Result<Vec<RgbImage>, String>;
+}
+
+/// The protocol's settings.
+#[derive(Clone, Debug)]
+pub struct FewShotConfig {
+    pub spec: EpisodeSpec,
+    /// Episodes (the paper: 600).
+    pub episodes: usize,
+    pub seed: u64,
+    /// Extra labelled images per support image (the paper: 4).
+    pub extra_per_shot: usize,
+    /// Side of the augmented copies (the backbone's input size).
+    pub image_size: u32,
+    pub probe: LogisticRegression,
+    pub methods: Vec<Method>,
+}
+
+/// One method's outcome.
+#[derive(Clone, Debug, PartialEq)]
+pub struct MethodResult {
+    pub method: Method,
+    pub accuracy: MeanCi,
+    /// Query accuracy (%) per episode, in episode order.
+    pub per_episode: Vec<f64>,
+}
+
+/// Why the protocol cannot run.
+#[derive(Debug, thiserror::Error)]
+pub enum FewShotError {
+    #[error(transparent)]
+    Episodes(#[from] EpisodeError),
+    #[error("image {index}: {message}")]
+    Image { index: usize, message: String },
+    #[error("the backbone failed: {0}")]
+    Backbone(String),
+    #[error("the backbone gave {got} feature vectors for {expected} images")]
+    FeatureCount { got: usize, expected: usize },
+    #[error("{method} needs generated images, and none were given")]
+    NoGenerated { method: &'static str },
+    #[error("{method}, episode {episode}, class {class:?}: {message}")]
+    Generated {
+        method: &'static str,
+        episode: usize,
+        class: String,
+        message: String,
+    },
+    #[error("the probe, {method}, episode {episode}: {source}")]
+    Probe {
+        method: &'static str,
+        episode: usize,
+        source: LogRegError,
+    },
+}
+
+/// Runs every method of `config` on the same episodes of a split: `members[c]` are the image
+/// indices of class `c` (named `names[c]`), `image(i)` reads image `i`. Episode by episode, the
+/// support and query images are embedded once; each method adds its extra images, fits the
+/// probe on the L2-normalised support features and scores the queries. `progress` is called
+/// after each episode with the number done.
+#[allow(clippy::too_many_arguments)]
+pub fn run_few_shot(
+    members: &[Vec<usize>],
+    names: &[String],
+    image: &dyn Fn(usize) -> Result<RgbImage, String>,
+    backbone: &dyn Backbone,
+    generated: Option<&dyn GeneratedImages>,
+    config: &FewShotConfig,
+    progress: &mut dyn FnMut(usize),
+) -> Result<Vec<MethodResult>, FewShotError> {
+    let episodes = sample_episodes(members, names, config.spec, config.episodes, config.seed)?;
+    if generated.is_none() {
+        if let Some(m) = config.methods.iter().find(|m| m.is_generative()) {
+            return Err(FewShotError::NoGenerated { method: m.name() });
+        }
+    }
+    let mut per_method: Vec<Vec<f64>> = vec![Vec::new(); config.methods.len()];
+    let embed = |images: &[RgbImage]| -> Result<Vec<Vec<f32>>, FewShotError> {
+        let features = backbone.features(images).map_err(FewShotError::Backbone)?;
+        if features.len() != images.len() {
+            return Err(FewShotError::FeatureCount {
+                got: features.len(),
+                expected: images.len(),
+            });
+        }
+        Ok(features.iter().map(|f| normalised(f)).collect())
+    };
+    let load =
+        |index: usize| image(index).map_err(|message| FewShotError::Image { index, message });
+    for (n, episode) in episodes.iter().enumerate() {
+        let support: Vec<Vec<RgbImage>> = episode
+            .support
+            .iter()
+            .map(|s| s.iter().map(|&i| load(i)).collect::<Result<_, _>>())
+            .collect::<Result<_, _>>()?;
+        let (mut support_x, mut support_y) = (Vec::new(), Vec::new());
+        for (way, images) in support.iter().enumerate() {
+            support_x.extend(embed(images)?);
+            support_y.extend(std::iter::repeat_n(way, images.len()));
+        }
+        let (mut query_x, mut query_y) = (Vec::new(), Vec::new());
+        for (way, indices) in episode.queries.iter().enumerate() {
+            let images: Vec<RgbImage> =
+                indices.iter().map(|&i| load(i)).collect::<Result<_, _>>()?;
+            query_x.extend(embed(&images)?);
+            query_y.extend(std::iter::repeat_n(way, images.len()));
+        }
+        for (m, &method) in config.methods.iter().enumerate() {
+            let (mut x, mut y) = (support_x.clone(), support_y.clone());
+            for (way, images) in support.iter().enumerate() {
+                let extra =
+                    extra_images(method, episode, n, way, images, generated, config, names)?;
+                if !extra.is_empty() {
+                    x.extend(embed(&extra)?);
+                    y.extend(std::iter::repeat_n(way, extra.len()));
+                }
+            }
+            let probe = config
+                .probe
+                .fit(&x, &y, config.spec.ways)
+                .map_err(|source| FewShotError::Probe {
+                    method: method.name(),
+                    episode: n,
+                    source,
+                })?;
+            per_method[m].push(probe.accuracy(&query_x, &query_y));
+        }
+        progress(n + 1);
+    }
+    Ok(config
+        .methods
+        .iter()
+        .zip(per_method)
+        .map(|(&method, per_episode)| MethodResult {
+            method,
+            accuracy: MeanCi::of(&per_episode),
+            per_episode,
+        })
+        .collect())
+}
+
+/// A method's extra labelled images for class `way` of an episode.
+#[allow(clippy::too_many_arguments)]
+fn extra_images(
+    method: Method,
+    episode: &Episode,
+    number: usize,
+    way: usize,
+    support: &[RgbImage],
+    generated: Option<&dyn GeneratedImages>,
+    config: &FewShotConfig,
+    names: &[String],
+) -> Result<Vec<RgbImage>, FewShotError> {
+    let count = config.extra_per_shot * support.len();
+    let kind = match method {
+        Method::Plain => return Ok(Vec::new()),
+        Method::Weak => Augmentation::Weak,
+        Method::Strong => Augmentation::Strong,
+        _ => {
+            let source = generated.ok_or(FewShotError::NoGenerated {
+                method: method.name(),
+            })?;
+            let images = source
+                .images(method, episode, way, count)
+                .map_err(|message| FewShotError::Generated {
+                    method: method.name(),
+                    episode: number,
+                    class: names[episode.classes[way]].clone(),
+                    message,
+                })?;
+            return Ok(images);
+        }
+    };
+    Ok((0..count)
+        .map(|i| {
+            let seed = mix(
+                config.seed,
+                &[number as u64, way as u64, i as u64, kind as u64],
+            );
+            augment(&support[i % support.len()], kind, config.image_size, seed)
+        })
+        .collect())
+}
+
+/// A seed for one augmented copy, from the run's seed and where the copy is (splitmix64 steps).
+fn mix(seed: u64, parts: &[u64]) -> u64 {
+    parts.iter().fold(seed, |h, &p| {
+        let mut z = h ^ p.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    })
+}
+
+/// `v / ‖v‖` (a zero vector stays zero).
+fn normalised(v: &[f32]) -> Vec<f32> {
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 && norm.is_finite() {
+        v.iter().map(|x| x / norm).collect()
+    } else {
+        v.to_vec()
+    }
+}
+
+/// Table 1's layout: method, accuracy ± 95 % CI, episodes.
+pub fn markdown_table(results: &[MethodResult], spec: EpisodeSpec) -> String {
+    let mut out = format!(
+        "| method | {}-way {}-shot accuracy (%) | episodes |\n| --- | --- | --- |\n",
+        spec.ways, spec.shots
+    );
+    for r in results {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            r.method.name(),
+            r.accuracy,
+            r.accuracy.n
+        );
+    }
+    out
+}
+
+/// One row per method: `method,ways,shots,episodes,mean,ci95`.
+pub fn csv_table(results: &[MethodResult], spec: EpisodeSpec) -> String {
+    let mut out = String::from("method,ways,shots,episodes,mean,ci95\n");
+    for r in results {
+        let _ = writeln!(
+            out,
+            "{},{},{},{},{:.4},{:.4}",
+            r.method.slug(),
+            spec.ways,
+            spec.shots,
+            r.accuracy.n,
+            r.accuracy.mean,
+            r.accuracy.ci95
+        );
+    }
+    out
+}
