@@ -26,6 +26,7 @@
 mod augment;
 mod episodes;
 mod few_shot;
+mod hard_negatives;
 mod logreg;
 mod stats;
 
@@ -35,5 +36,6 @@ pub use few_shot::{
     csv_table, markdown_table, run_few_shot, Backbone, FewShotConfig, FewShotError,
     GeneratedImages, Method, MethodResult,
 };
+pub use hard_negatives::{CachedEpisodes, NeededPair};
 pub use logreg::{FittedProbe, LogRegError, LogisticRegression};
 pub use stats::MeanCi;

@@ -268,3 +268,177 @@ mod few_shot {
         assert_eq!(err.to_string(), "image 30: truncated PNG");
     }
 }
+
+mod cached {
+    use std::sync::Arc;
+
+    use genie::cache::{Cache, EntryMeta, MemoryStore};
+    use genie::eval::{
+        run_few_shot, sample_episodes, Backbone, CachedEpisodes, EpisodeSpec, FewShotConfig,
+        GeneratedImages, LogisticRegression, Method,
+    };
+    use genie::generator::KeySpace;
+    use genie::NoiseLevel;
+    use image::{Rgb, RgbImage};
+
+    const BASE: [[u8; 3]; 4] = [[220, 30, 30], [30, 220, 30], [30, 30, 220], [220, 220, 30]];
+
+    fn split() -> (Vec<Vec<usize>>, Vec<String>) {
+        let members = (0..4).map(|c| (c * 10..(c + 1) * 10).collect()).collect();
+        (members, ["a", "b", "c", "d"].map(String::from).to_vec())
+    }
+
+    fn original(index: usize) -> Result<RgbImage, String> {
+        let shade = (index % 10) as u8 * 3;
+        Ok(RgbImage::from_pixel(
+            16,
+            16,
+            Rgb(BASE[index / 10].map(|v| v.saturating_sub(shade))),
+        ))
+    }
+
+    struct MeanColour;
+
+    impl Backbone for MeanColour {
+        fn features(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>, String> {
+            Ok(images
+                .iter()
+                .map(|img| {
+                    let n = img.pixels().len() as f32;
+                    (0..3)
+                        .map(|c| img.pixels().map(|p| p.0[c] as f32).sum::<f32>() / n)
+                        .collect()
+                })
+                .collect())
+        }
+    }
+
+    /// A generated image: the source's colour below r = 0.7, the target's from 0.7 on, with the
+    /// level written into pixel (0, 0)'s blue so that tests can tell levels apart.
+    fn generated(source: usize, target: usize, level: NoiseLevel) -> RgbImage {
+        let colour = if level.thousandths() >= 700 {
+            BASE[target]
+        } else {
+            original(source).unwrap().get_pixel(0, 0).0
+        };
+        let mut img = RgbImage::from_pixel(16, 16, Rgb(colour));
+        img.put_pixel(
+            0,
+            0,
+            Rgb([colour[0], colour[1], (level.thousandths() / 4) as u8]),
+        );
+        img
+    }
+
+    fn keys() -> KeySpace {
+        let fingerprint = crate::support::engine_fingerprint("eval-cached", 16);
+        KeySpace::new(fingerprint, 16, split().1)
+    }
+
+    fn spec() -> EpisodeSpec {
+        EpisodeSpec {
+            ways: 3,
+            shots: 1,
+            queries: 4,
+        }
+    }
+
+    #[test]
+    fn generated_images_come_from_the_cache_and_ada_picks_the_level_after_the_jump() {
+        let keys = keys();
+        let cache = Cache::new(Arc::new(MemoryStore::new()), 1 << 20);
+        let source = CachedEpisodes::new(&keys, &cache, &original, 9).with_backbone(&MeanColour);
+        let (members, names) = split();
+        let episodes = sample_episodes(&members, &names, spec(), 5, 2).unwrap();
+        let methods = [
+            Method::Genie,
+            Method::GenieAda,
+            Method::Img2ImgHigh,
+            Method::Txt2Img,
+        ];
+        // Nothing cached yet: the error names the missing image and what to do.
+        let err = source
+            .images(Method::Genie, &episodes[0], 0, 4)
+            .unwrap_err();
+        assert!(
+            err.contains("is not in the cache") && err.contains("genie warm run"),
+            "{err}"
+        );
+        // Pre-warm every pair the run needs, as a generator or `genie warm run` would.
+        let mut filled = 0;
+        for episode in &episodes {
+            for way in 0..3 {
+                for method in methods {
+                    for pair in source.pairs(method, episode, way, 4).unwrap() {
+                        assert_eq!(pair.target, episode.classes[way]);
+                        if matches!(method, Method::Genie | Method::GenieAda) {
+                            assert!(!episode.support[way].contains(&pair.source));
+                        } else {
+                            assert_eq!(pair.source, episode.support[way][0]);
+                        }
+                        for (&level, key) in pair.levels.iter().zip(&pair.keys) {
+                            let meta = EntryMeta {
+                                target: names[pair.target].clone(),
+                                prompt: keys.prompt(pair.target),
+                                level,
+                                seed: pair.seed,
+                                source: None,
+                                fingerprint: keys.fingerprint().clone(),
+                                width: 0,
+                                height: 0,
+                            };
+                            let image = generated(pair.source, pair.target, level);
+                            cache.put_image(key, &image, meta).unwrap();
+                            filled += 1;
+                        }
+                    }
+                }
+            }
+        }
+        // GeNIe: the other two classes' support images, two variants each, at r = 0.8.
+        let pairs = source.pairs(Method::Genie, &episodes[0], 0, 4).unwrap();
+        assert_eq!(
+            pairs.iter().map(|p| p.variant).collect::<Vec<_>>(),
+            [0, 0, 1, 1]
+        );
+        assert!(pairs
+            .iter()
+            .all(|p| p.levels == [NoiseLevel::GENIE_DEFAULT]));
+        let images = source.images(Method::Genie, &episodes[0], 0, 4).unwrap();
+        for (pair, image) in pairs.iter().zip(&images) {
+            assert_eq!(
+                image,
+                &generated(pair.source, pair.target, NoiseLevel::GENIE_DEFAULT)
+            );
+        }
+        // GeNIe-Ada: the largest jump towards the target is between 0.6 and 0.7, so r* = 0.7.
+        let ada = source.images(Method::GenieAda, &episodes[0], 1, 4).unwrap();
+        let pairs = source.pairs(Method::GenieAda, &episodes[0], 1, 4).unwrap();
+        let r07 = NoiseLevel::parse("0.7").unwrap();
+        for (pair, image) in pairs.iter().zip(&ada) {
+            assert_eq!(image, &generated(pair.source, pair.target, r07));
+        }
+        // The whole protocol over the complete cache, no generator.
+        let config = FewShotConfig {
+            spec: spec(),
+            episodes: 5,
+            seed: 2,
+            extra_per_shot: 4,
+            image_size: 16,
+            probe: LogisticRegression::default(),
+            methods: methods.to_vec(),
+        };
+        let results = run_few_shot(
+            &members,
+            &names,
+            &original,
+            &MeanColour,
+            Some(&source),
+            &config,
+            &mut |_| {},
+        )
+        .unwrap();
+        assert_eq!(results.len(), 4);
+        assert!(filled > 0 && results.iter().all(|r| r.per_episode.len() == 5));
+    }
+}
