@@ -281,37 +281,77 @@ fn r_histogram(out: &str) -> Vec<f64> {
         .collect()
 }
 
+/// The few-shot protocol: every method of Table 1 on the same episodes, its table in Markdown
+/// and CSV; a rerun over the same cache does no diffusion and prints the same table.
 #[test]
-fn few_shot_gives_each_episode_the_papers_quota() {
-    let out = run(
-        "few_shot",
-        &["--episodes", "2", "--steps", "2", "--queries", "5"],
+fn few_shot_compares_every_method_and_reruns_from_the_cache() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("out");
+    let args = [
+        "--model",
+        "tiny",
+        "--steps",
+        "4",
+        "--episodes",
+        "2",
+        "--queries",
+        "4",
+        "--cache",
+        cache.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    let first = run("few_shot", &args);
+    let generated = numbers(&first, "generated ")[0];
+    // 5-way 1-shot, 2 episodes: up to 4 images per class and method, GeNIe-Ada's at 5 levels.
+    assert!(generated > 0.0, "{first}");
+    let csv = std::fs::read_to_string(out.join("few_shot.csv")).unwrap();
+    let rows: Vec<&str> = csv.lines().skip(1).collect();
+    let slugs: Vec<&str> = rows.iter().map(|r| r.split(',').next().unwrap()).collect();
+    assert_eq!(
+        slugs,
+        [
+            "none",
+            "weak",
+            "strong",
+            "img2img-l",
+            "img2img-h",
+            "txt2img",
+            "genie",
+            "genie-ada"
+        ]
     );
-    let episodes: Vec<&str> = out.lines().filter(|l| l.starts_with("episode ")).collect();
-    assert_eq!(episodes.len(), 2, "{out}");
-    for line in episodes {
-        // 5-way 1-shot: 4 hard negatives for each of the 5 classes.
-        assert!(line.contains("+ 20 hard negatives"), "{line}");
+    for row in &rows {
+        let fields: Vec<&str> = row.split(',').collect();
+        assert_eq!(&fields[1..4], ["5", "1", "2"], "{row}");
+        let mean: f64 = fields[4].parse().unwrap();
+        assert!((0.0..=100.0).contains(&mean), "{row}");
     }
-    let mean = numbers(&out, "mean accuracy:");
-    assert_eq!(mean.len(), 2);
-    assert!(mean.iter().all(|a| (0.0..=100.0).contains(a)), "{mean:?}");
+    let md = std::fs::read_to_string(out.join("few_shot.md")).unwrap();
+    assert_eq!(md.lines().count(), 2 + 8, "{md}");
+    assert!(first.contains(&md), "the printed table is the written one");
+
+    let again = run("few_shot", &args);
+    assert_eq!(numbers(&again, "generated ")[0], 0.0, "{again}");
+    assert_eq!(
+        std::fs::read_to_string(out.join("few_shot.csv")).unwrap(),
+        csv
+    );
 }
 
-/// Offline GeNIe-Ada: the five levels per pair, r* from the episode's frozen backbone.
 #[test]
-fn few_shot_chooses_r_per_pair_with_a_frozen_backbone() {
-    let out = run(
-        "few_shot",
-        &["--episodes", "2", "--steps", "2", "--queries", "5", "--ada"],
+fn few_shot_names_an_unknown_method() {
+    let output = std::process::Command::new(example("few_shot"))
+        .args(["--model", "tiny", "--methods", "none,magic"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("unknown method \"magic\"") && stderr.contains("genie-ada"),
+        "{stderr}"
     );
-    let scored: f64 = out
-        .lines()
-        .filter(|l| l.contains("GeNIe-Ada with the frozen backbone"))
-        .map(|l| numbers(l, "GeNIe-Ada with the frozen backbone:")[0])
-        .sum();
-    assert!(scored > 0.0, "{out}");
-    assert_eq!(r_histogram(&out).iter().sum::<f64>(), 2.0 * 20.0, "{out}");
 }
 
 /// Pre-warm, then train: `genie warm plan` and `genie warm run` on an image folder, then the
