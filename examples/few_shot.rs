@@ -33,7 +33,6 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::Device;
 use burn_dataset::vision::ImageDatasetItem;
 use clap::Parser;
-use genie::cache::Cache;
 use genie::eval::{
     csv_table, markdown_table, run_few_shot, sample_episodes, Backbone, CachedEpisodes,
     EpisodeSpec, FewShotConfig, LogisticRegression, Method,
@@ -205,14 +204,7 @@ fn main() -> Result<()> {
     );
     let backbone = train_backbone(base, args.base_classes, args.image_size, args.seed)?;
 
-    let (cache_dir, _temp) = match &args.cache {
-        Some(dir) => (dir.clone(), None),
-        None => {
-            let t = tempfile::tempdir()?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
-    let cache = Arc::new(Cache::open_dir(&cache_dir, 64 << 20)?);
+    let (cache, cache_dir, _temp) = common::open_cache(args.cache.as_deref())?;
     let keys = KeySpace::new(plan.fingerprint.clone(), plan.resolution, names.clone());
     let original = |i: usize| -> Result<RgbImage, String> {
         images

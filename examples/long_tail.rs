@@ -42,7 +42,6 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_dataset::vision::ImageDatasetItem;
 use clap::Parser;
-use genie::cache::Cache;
 use genie::generator::{Generator, WaitOutcome};
 use genie::loader::{
     image_item, predictions_and_targets, Augmenter, AugmenterConfig, GenieBatcher, GenieItem,
@@ -586,14 +585,7 @@ fn run_seed(args: &Args) -> Result<SeedReport> {
 
     let (factory, generator_config) = common::engine_factory(&args.engine)?;
     let plan = factory.plan().clone();
-    let (cache_dir, _temp) = match &args.cache {
-        Some(dir) => (dir.clone(), None),
-        None => {
-            let t = tempfile::tempdir()?;
-            (t.path().to_path_buf(), Some(t))
-        }
-    };
-    let cache = Arc::new(Cache::open_dir(&cache_dir, 64 << 20)?);
+    let (cache, cache_dir, _temp) = common::open_cache(args.cache.as_deref())?;
     let generator = if args.no_generator {
         println!("generator: off (only what the cache holds is mixed in)");
         None

@@ -202,3 +202,22 @@ pub fn engine_factory(
     };
     Ok((SdEngineFactory::new(source, options)?, config))
 }
+
+/// The examples' cache: `dir`, or a fresh temporary folder (kept alive by the returned guard).
+pub fn open_cache(
+    dir: Option<&std::path::Path>,
+) -> anyhow::Result<(
+    std::sync::Arc<genie::cache::Cache>,
+    std::path::PathBuf,
+    Option<tempfile::TempDir>,
+)> {
+    let (path, temp) = match dir {
+        Some(dir) => (dir.to_path_buf(), None),
+        None => {
+            let t = tempfile::tempdir()?;
+            (t.path().to_path_buf(), Some(t))
+        }
+    };
+    let cache = genie::cache::Cache::open_dir(&path, 64 << 20)?;
+    Ok((std::sync::Arc::new(cache), path, temp))
+}

@@ -1178,20 +1178,8 @@ mod tests {
     #[test]
     fn the_selector_starves_no_pair() {
         let augmenter = augmenter();
-        let item = image_item(&image::RgbImage::new(4, 4), 0, "x");
         let (pairs, budget) = (1200usize, 50usize);
-        {
-            let mut state = augmenter.state();
-            let full = (1u32 << augmenter.levels.len()) - 1;
-            for i in 0..pairs {
-                let mut hash = [0u8; 32];
-                hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
-                let keys = vec![CacheKey::from_bytes(hash); augmenter.levels.len()];
-                augmenter.push_pair(&mut state, item.clone(), 1, i as u64, hash, keys);
-                state.status[i].cached = full;
-            }
-            state.prototypes[1].push(item.clone());
-        }
+        add_scorable_pairs(&augmenter, pairs, |_| 1);
         starve_no_pair(&augmenter, pairs, budget);
     }
 
@@ -1201,26 +1189,35 @@ mod tests {
     #[test]
     fn budgeted_rounds_serve_one_target_at_a_time_and_starve_none() {
         let augmenter = augmenter();
-        let item = image_item(&image::RgbImage::new(4, 4), 0, "x");
         let (pairs, budget) = (600usize, 30usize);
-        {
-            let mut state = augmenter.state();
-            let full = (1u32 << augmenter.levels.len()) - 1;
-            for i in 0..pairs {
-                let mut hash = [0u8; 32];
-                hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
-                let keys = vec![CacheKey::from_bytes(hash); augmenter.levels.len()];
-                let target = 1 + i % 2;
-                augmenter.push_pair(&mut state, item.clone(), target, i as u64, hash, keys);
-                state.status[i].cached = full;
-            }
-            state.prototypes[1].push(item.clone());
-            state.prototypes[2].push(item.clone());
-        }
+        add_scorable_pairs(&augmenter, pairs, |i| 1 + i % 2);
         starve_no_pair(&augmenter, pairs, budget);
         // Unbudgeted, a round takes every due pair of every target.
         let all = augmenter.ada_round(u64::MAX - 1, u64::MAX);
         assert_eq!((all.pairs.len(), all.prototypes.len()), (pairs, 2));
+    }
+
+    /// Adds `pairs` pairs with every level cached, pair `i` towards `target(i)`, and a prototype
+    /// item for each target.
+    fn add_scorable_pairs(
+        augmenter: &Augmenter<burn_dataset::vision::ImageDatasetItem>,
+        pairs: usize,
+        target: impl Fn(usize) -> usize,
+    ) {
+        let item = image_item(&image::RgbImage::new(4, 4), 0, "x");
+        let mut state = augmenter.state();
+        let full = (1u32 << augmenter.levels.len()) - 1;
+        for i in 0..pairs {
+            let mut hash = [0u8; 32];
+            hash[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let keys = vec![CacheKey::from_bytes(hash); augmenter.levels.len()];
+            let t = target(i);
+            augmenter.push_pair(&mut state, item.clone(), t, i as u64, hash, keys);
+            state.status[i].cached = full;
+            if state.prototypes[t].is_empty() {
+                state.prototypes[t].push(item.clone());
+            }
+        }
     }
 
     /// Scores a first round (every pair, outside the budget), then budgeted rounds of `budget`

@@ -17,6 +17,19 @@ fn matrix(v: &serde_json::Value) -> Vec<Vec<f32>> {
         .collect()
 }
 
+/// Each image's mean colour, channels in 0..=255: the toy backbone of the few-shot tests.
+fn mean_colours(images: &[image::RgbImage]) -> Vec<Vec<f32>> {
+    images
+        .iter()
+        .map(|img| {
+            let n = img.pixels().len() as f32;
+            (0..3)
+                .map(|c| img.pixels().map(|p| p.0[c] as f32).sum::<f32>() / n)
+                .collect()
+        })
+        .collect()
+}
+
 fn labels(v: &serde_json::Value) -> Vec<usize> {
     v.as_array()
         .unwrap()
@@ -99,13 +112,10 @@ mod few_shot {
 
     impl Backbone for MeanColour {
         fn features(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>, String> {
-            Ok(images
-                .iter()
-                .map(|img| {
-                    let n = img.pixels().len() as f32;
-                    let mut f: Vec<f32> = (0..3)
-                        .map(|c| img.pixels().map(|p| p.0[c] as f32).sum::<f32>() / n / 255.0)
-                        .collect();
+            Ok(super::mean_colours(images)
+                .into_iter()
+                .map(|f| {
+                    let mut f: Vec<f32> = f.iter().map(|v| v / 255.0).collect();
                     f.push(0.2);
                     f
                 })
@@ -301,15 +311,7 @@ mod cached {
 
     impl Backbone for MeanColour {
         fn features(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>, String> {
-            Ok(images
-                .iter()
-                .map(|img| {
-                    let n = img.pixels().len() as f32;
-                    (0..3)
-                        .map(|c| img.pixels().map(|p| p.0[c] as f32).sum::<f32>() / n)
-                        .collect()
-                })
-                .collect())
+            Ok(super::mean_colours(images))
         }
     }
 
