@@ -65,9 +65,13 @@ struct Args {
     #[arg(long, default_value_t = 30)]
     per_class: usize,
     /// Methods to compare (default: all): none, weak, strong, img2img-l, img2img-h, txt2img,
-    /// genie, genie-ada.
+    /// genie, genie-ada, and genie@R for GeNIe at level R.
     #[arg(long, value_delimiter = ',')]
     methods: Vec<String>,
+    /// Also run GeNIe at each of GeNIe-Ada's levels (the paper's Table 4; no extra diffusion
+    /// when GeNIe-Ada runs too) and plot accuracy against r (`--out`: few_shot_sweep.png).
+    #[arg(long)]
+    sweep: bool,
     #[command(flatten)]
     engine: common::EngineArgs,
     /// Side of the backbone's input images.
@@ -150,19 +154,29 @@ fn main() -> Result<()> {
     if args.base_classes == 0 || args.base_classes >= all {
         bail!("--base-classes must be between 1 and {}", all - 1);
     }
-    let methods = if args.methods.is_empty() {
+    let mut methods = if args.methods.is_empty() {
         Method::ALL.to_vec()
     } else {
         args.methods
             .iter()
             .map(|m| {
                 Method::from_slug(m).with_context(|| {
-                    let known: Vec<&str> = Method::ALL.iter().map(|m| m.slug()).collect();
-                    format!("unknown method {m:?} (known: {})", known.join(", "))
+                    let known: Vec<String> = Method::ALL.iter().map(|m| m.slug()).collect();
+                    format!(
+                        "unknown method {m:?} (known: {}, genie@R)",
+                        known.join(", ")
+                    )
                 })
             })
             .collect::<Result<_>>()?
     };
+    if args.sweep {
+        for m in Method::sweep() {
+            if !methods.contains(&m) {
+                methods.push(m);
+            }
+        }
+    }
     let spec = EpisodeSpec {
         ways: args.ways,
         shots: args.shots,
@@ -303,11 +317,30 @@ fn main() -> Result<()> {
     let md = markdown_table(&results, spec);
     let csv = csv_table(&results, spec);
     println!("\n{md}\n{csv}");
+    // Table 4: GeNIe's accuracy against r.
+    let sweep: Vec<(f64, f64, f64)> = results
+        .iter()
+        .filter_map(|r| match r.method {
+            Method::GenieAt(level) => Some((level.as_f64(), r.accuracy.mean, r.accuracy.ci95)),
+            _ => None,
+        })
+        .collect();
+    if !sweep.is_empty() {
+        println!("accuracy against r (GeNIe at each level)");
+        for (r, mean, ci) in &sweep {
+            println!("  r = {r:.1}: {mean:.2} ± {ci:.2}");
+        }
+    }
     if let Some(dir) = &args.out {
         std::fs::create_dir_all(dir)?;
         std::fs::write(dir.join("few_shot.md"), &md)?;
         std::fs::write(dir.join("few_shot.csv"), &csv)?;
         println!("wrote {}", dir.join("few_shot.md").display());
+        if !sweep.is_empty() {
+            let png = dir.join("few_shot_sweep.png");
+            genie::pictures::accuracy_plot(&sweep).save(&png)?;
+            println!("wrote {}", png.display());
+        }
     }
     Ok(())
 }

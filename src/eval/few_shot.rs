@@ -35,6 +35,9 @@ pub enum Method {
     Genie,
     /// GeNIe-Ada: as GeNIe, r chosen per pair by Algorithm 1 with the frozen backbone.
     GenieAda,
+    /// GeNIe at a given level: the paper's Table 4 sweeps r. At GeNIe-Ada's levels it reuses
+    /// GeNIe-Ada's images (same pairs, same seeds, same keys).
+    GenieAt(NoiseLevel),
 }
 
 impl Method {
@@ -49,9 +52,14 @@ impl Method {
         Method::GenieAda,
     ];
 
+    /// GeNIe at each of GeNIe-Ada's levels (Table 4's sweep).
+    pub fn sweep() -> Vec<Method> {
+        NoiseLevel::ADA_SWEEP.map(Method::GenieAt).to_vec()
+    }
+
     /// Its name in tables.
-    pub fn name(self) -> &'static str {
-        match self {
+    pub fn name(self) -> String {
+        let name = match self {
             Method::Plain => "no augmentation",
             Method::Weak => "weak augmentation",
             Method::Strong => "strong augmentation",
@@ -60,12 +68,14 @@ impl Method {
             Method::Txt2Img => "Txt2Img",
             Method::Genie => "GeNIe (r = 0.8)",
             Method::GenieAda => "GeNIe-Ada",
-        }
+            Method::GenieAt(level) => return format!("GeNIe (r = {level})"),
+        };
+        name.to_string()
     }
 
-    /// Its name on the command line and in CSV files.
-    pub fn slug(self) -> &'static str {
-        match self {
+    /// Its name on the command line and in CSV files (`genie@0.6` for a sweep level).
+    pub fn slug(self) -> String {
+        let slug = match self {
             Method::Plain => "none",
             Method::Weak => "weak",
             Method::Strong => "strong",
@@ -74,11 +84,16 @@ impl Method {
             Method::Txt2Img => "txt2img",
             Method::Genie => "genie",
             Method::GenieAda => "genie-ada",
-        }
+            Method::GenieAt(level) => return format!("genie@{level}"),
+        };
+        slug.to_string()
     }
 
     /// The method a slug names.
     pub fn from_slug(slug: &str) -> Option<Method> {
+        if let Some(level) = slug.strip_prefix("genie@") {
+            return NoiseLevel::parse(level).ok().map(Method::GenieAt);
+        }
         Method::ALL.into_iter().find(|m| m.slug() == slug)
     }
 
@@ -91,6 +106,7 @@ impl Method {
             Method::Img2ImgHigh => at(700),
             Method::Txt2Img => Some(NoiseLevel::TEXT_TO_IMAGE),
             Method::Genie => Some(NoiseLevel::GENIE_DEFAULT),
+            Method::GenieAt(level) => Some(level),
             Method::Plain | Method::Weak | Method::Strong | Method::GenieAda => None,
         }
     }
@@ -155,17 +171,17 @@ pub enum FewShotError {
     #[error("the backbone gave {got} feature vectors for {expected} images")]
     FeatureCount { got: usize, expected: usize },
     #[error("{method} needs generated images, and none were given")]
-    NoGenerated { method: &'static str },
+    NoGenerated { method: String },
     #[error("{method}, episode {episode}, class {class:?}: {message}")]
     Generated {
-        method: &'static str,
+        method: String,
         episode: usize,
         class: String,
         message: String,
     },
     #[error("the probe, {method}, episode {episode}: {source}")]
     Probe {
-        method: &'static str,
+        method: String,
         episode: usize,
         source: LogRegError,
     },

@@ -94,7 +94,7 @@ impl<'a> CachedEpisodes<'a> {
             (_, None) => return Ok(Vec::new()),
         };
         let sources: Vec<usize> = match method {
-            Method::Genie | Method::GenieAda => episode
+            Method::Genie | Method::GenieAda | Method::GenieAt(_) => episode
                 .support
                 .iter()
                 .enumerate()

@@ -248,12 +248,7 @@ mod few_shot {
         )
         .unwrap_err();
         assert!(
-            matches!(
-                err,
-                FewShotError::NoGenerated {
-                    method: "GeNIe (r = 0.8)"
-                }
-            ),
+            matches!(&err, FewShotError::NoGenerated { method } if method == "GeNIe (r = 0.8)"),
             "{err}"
         );
         let broken = |i: usize| {

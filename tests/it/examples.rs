@@ -301,6 +301,7 @@ fn few_shot_compares_every_method_and_reruns_from_the_cache() {
         cache.to_str().unwrap(),
         "--out",
         out.to_str().unwrap(),
+        "--sweep",
     ];
     let first = run("few_shot", &args);
     let generated = numbers(&first, "generated ")[0];
@@ -319,9 +320,33 @@ fn few_shot_compares_every_method_and_reruns_from_the_cache() {
             "img2img-h",
             "txt2img",
             "genie",
-            "genie-ada"
+            "genie-ada",
+            "genie@0.5",
+            "genie@0.6",
+            "genie@0.7",
+            "genie@0.8",
+            "genie@0.9"
         ]
     );
+    // The sweep's r = 0.8 is GeNIe's own images (same pairs, seeds and keys): the same numbers.
+    let fields = |slug: &str| {
+        let row = rows
+            .iter()
+            .find(|r| r.starts_with(&format!("{slug},")))
+            .unwrap();
+        row.split(',')
+            .skip(4)
+            .map(str::to_string)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(fields("genie"), fields("genie@0.8"));
+    assert_eq!(
+        r_histogram(&first).len(),
+        5,
+        "Table 4's five levels: {first}"
+    );
+    let png = image::open(out.join("few_shot_sweep.png")).unwrap();
+    assert!(png.width() > 100 && png.height() > 100);
     for row in &rows {
         let fields: Vec<&str> = row.split(',').collect();
         assert_eq!(&fields[1..4], ["5", "1", "2"], "{row}");
@@ -329,7 +354,7 @@ fn few_shot_compares_every_method_and_reruns_from_the_cache() {
         assert!((0.0..=100.0).contains(&mean), "{row}");
     }
     let md = std::fs::read_to_string(out.join("few_shot.md")).unwrap();
-    assert_eq!(md.lines().count(), 2 + 8, "{md}");
+    assert_eq!(md.lines().count(), 2 + 13, "{md}");
     assert!(first.contains(&md), "the printed table is the written one");
 
     let again = run("few_shot", &args);
