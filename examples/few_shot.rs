@@ -37,7 +37,7 @@ use genie::eval::{
     csv_table, markdown_table, run_few_shot, sample_episodes, Backbone, CachedEpisodes,
     EpisodeSpec, FewShotConfig, LogisticRegression, Method,
 };
-use genie::generator::{Generator, KeySpace, Priority, Shutdown};
+use genie::generator::{Generator, KeySpace, LevelOutcome, Priority, Shutdown};
 use genie::loader::image_item;
 use genie::synthetic;
 use image::RgbImage;
@@ -230,9 +230,7 @@ fn main() -> Result<()> {
 
     // Every pair the run needs, generated first in one queue.
     let episodes = sample_episodes(&members, &names, spec, args.episodes, args.seed)?;
-    let generator = Generator::start(Arc::new(factory), Arc::clone(&cache), generator_config)?;
-    generator.hold();
-    let mut wanted = Vec::new();
+    let mut missing = Vec::new();
     let mut seen = std::collections::HashSet::new();
     for episode in &episodes {
         for way in 0..args.ways {
@@ -242,30 +240,40 @@ fn main() -> Result<()> {
                     .pairs(method, episode, way, count)
                     .map_err(anyhow::Error::msg)?
                 {
-                    if !seen.insert(pair.keys.clone()) {
-                        continue;
-                    }
-                    let missing = pair
+                    let absent = pair
                         .keys
                         .iter()
                         .any(|k| !cache.contains(k).unwrap_or(false));
-                    if missing {
-                        let from = (method != Method::Txt2Img)
-                            .then(|| source.source(pair.source))
-                            .transpose()
-                            .map_err(anyhow::Error::msg)?;
-                        generator.request(keys.request(
-                            from,
-                            pair.target,
-                            pair.levels.clone(),
-                            pair.seed,
-                            Priority::Prewarm,
-                        ))?;
-                        wanted.extend(pair.keys.iter().copied());
+                    if absent && seen.insert(pair.keys.clone()) {
+                        missing.push((method, pair));
                     }
                 }
             }
         }
+    }
+    // Room for the whole run in the queue: it is queued before any batch is taken, so that the
+    // batches, and with them the last bits of each image, do not depend on timing.
+    let mut generator_config = generator_config;
+    generator_config.queue_capacity = generator_config.queue_capacity.max(missing.len());
+    let generator = Generator::start(Arc::new(factory), Arc::clone(&cache), generator_config)?;
+    generator.hold();
+    let mut wanted = Vec::new();
+    for (method, pair) in &missing {
+        let from = (*method != Method::Txt2Img)
+            .then(|| source.source(pair.source))
+            .transpose()
+            .map_err(anyhow::Error::msg)?;
+        let receipt = generator.request(keys.request(
+            from,
+            pair.target,
+            pair.levels.clone(),
+            pair.seed,
+            Priority::Prewarm,
+        ))?;
+        if receipt.count(LevelOutcome::Dropped) + receipt.count(LevelOutcome::BackingOff) > 0 {
+            bail!("the generator's queue refused part of the run; nothing was lost, run again");
+        }
+        wanted.extend(pair.keys.iter().copied());
     }
     generator.release();
     let started = Instant::now();

@@ -147,7 +147,7 @@ pub trait Store: Send + Sync {
     /// `false`, when the committed entry is no longer that one.
     fn quarantine(&self, manifest: &Manifest, defect: &Defect) -> Result<bool, CacheError>;
 
-    /// Stores a side record (see [`super::record`]) under `key`, replacing any earlier one.
+    /// Stores a side record (see the `record` module) under `key`, replacing any earlier one.
     fn put_record(&self, key: &CacheKey, record: &[u8]) -> Result<(), CacheError>;
 
     /// The side record under `key`, if any (unverified bytes: records are advisory).
