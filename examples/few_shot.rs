@@ -17,7 +17,7 @@
 //! cargo run --release --example few_shot -- --shots 5 --episodes 600 --cache DIR --out DIR
 //! ```
 //!
-//! The numbers are those of a 20-px CNN trained on four shape classes for a few epochs, not the
+//! The numbers are those of a 32-px CNN trained on four shape classes for a few epochs, not the
 //! paper's ResNet on mini-ImageNet: they show the protocol working, not the paper's accuracies.
 
 use std::path::PathBuf;
@@ -75,7 +75,7 @@ struct Args {
     #[command(flatten)]
     engine: common::EngineArgs,
     /// Side of the backbone's input images.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = 32)]
     image_size: u32,
     /// Cache directory (default: a fresh temporary one).
     #[arg(long)]
