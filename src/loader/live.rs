@@ -383,10 +383,12 @@ impl<I: GenieItem, F> Selector<I, F> {
             return None;
         }
         self.counters.trained.fetch_add(trained, Ordering::Relaxed);
-        self.credit += self.share * TRAINED_ITEM_COST * trained as f64;
-        let budget = if unbudgeted || self.credit.is_infinite() {
+        // An unlimited share is no budget at all: it must not enter the credit, where ∞ · 0 (a
+        // snapshot with nothing trained since the last) would be NaN and stop re-scoring for good.
+        let budget = if unbudgeted || self.share.is_infinite() {
             u64::MAX
         } else {
+            self.credit += self.share * TRAINED_ITEM_COST * trained as f64;
             self.credit as u64
         };
         let version = self.counters.version.load(Ordering::Acquire) + 1;

@@ -442,6 +442,45 @@ fn batcher_uses_the_level_ada_chose_with_the_live_model() {
     assert_eq!(stats.snapshots, 2);
 }
 
+/// `share: ∞` re-scores every pair at every snapshot, also at a snapshot with nothing trained
+/// since the one before (no batch in between).
+#[test]
+fn an_unlimited_share_rescores_every_pair_at_every_snapshot() {
+    let cache = memory_cache(1 << 20);
+    let generator = open_generator(Arc::clone(&cache), 64);
+    let augmenter =
+        Arc::new(Augmenter::new(policy(2), keys(), cache, Some(generator), config(true)).unwrap());
+    let batcher = GenieBatcher::new(Identity, Arc::clone(&augmenter));
+    let device = Device::default();
+    let pairs = augmenter.stats().pairs.max(1);
+    wait_until("every level of every pair", || {
+        batcher.batch(batch(7), &device);
+        let s = augmenter.stats();
+        s.pairs >= pairs && s.ada_scorable == s.pairs
+    });
+    let pairs = augmenter.stats().pairs;
+    let live = LiveModel::start(
+        Arc::clone(&augmenter),
+        MeanColour,
+        LiveConfig {
+            every: 1,
+            share: f64::INFINITY,
+            ..LiveConfig::default()
+        },
+    )
+    .unwrap();
+    let model = colour_model();
+    for version in 1..=3u64 {
+        live.observe(&model);
+        live.sync();
+        assert_eq!(live.version(), version);
+        let records = augmenter.ada_records();
+        assert_eq!(records.len(), pairs);
+        assert!(records.iter().all(|(_, r)| r.model_version == version));
+    }
+    assert_eq!(live.stop().scored, 3 * pairs as u64);
+}
+
 #[test]
 fn memory_held_hard_negatives_stay_within_the_budget() {
     // Room for about three 8×8 images in memory; many more pairs than that.
