@@ -22,6 +22,10 @@ pub enum Augmentation {
 
 /// One augmented copy of `image`, `size` × `size`, drawn with `seed`.
 pub fn augment(image: &RgbImage, kind: Augmentation, size: u32, seed: u64) -> RgbImage {
+    if image.width() == 0 || image.height() == 0 {
+        // Nothing to crop: a black image of the size asked for, rather than a panic.
+        return RgbImage::new(size, size);
+    }
     let mut rng = Draws(ChaCha8Rng::seed_from_u64(seed));
     let mut out = resized_crop(image, size, &mut rng);
     if rng.chance(0.5) {
@@ -221,6 +225,16 @@ mod tests {
             })
             .count();
         assert!(changed > 40, "{changed} of 50 strong copies changed colour");
+    }
+
+    #[test]
+    fn an_empty_image_gives_a_black_one() {
+        let empty = RgbImage::new(0, 7);
+        for kind in [Augmentation::Weak, Augmentation::Strong] {
+            let out = augment(&empty, kind, 8, 1);
+            assert_eq!(out.dimensions(), (8, 8));
+            assert!(out.pixels().all(|p| p.0 == [0, 0, 0]));
+        }
     }
 
     #[test]

@@ -158,7 +158,7 @@ impl<'a> CachedEpisodes<'a> {
         for at in 0..pair.keys.len() {
             images.push(self.read(pair, at)?);
         }
-        let features = backbone.features(&images)?;
+        let features = features_of(backbone, &images)?;
         let fixed = pair
             .levels
             .iter()
@@ -196,7 +196,20 @@ impl GeneratedImages for CachedEpisodes<'_> {
             .map(|&i| (self.original)(i))
             .collect::<Result<_, _>>()?;
         let prototype =
-            crate::ada::prototype(&backbone.features(&support)?).map_err(|e| e.to_string())?;
+            crate::ada::prototype(&features_of(backbone, &support)?).map_err(|e| e.to_string())?;
         pairs.iter().map(|p| self.choose(p, &prototype)).collect()
     }
+}
+
+/// The backbone's features of `images`, one vector per image or an error saying otherwise.
+fn features_of(backbone: &dyn Backbone, images: &[RgbImage]) -> Result<Vec<Vec<f32>>, String> {
+    let features = backbone.features(images)?;
+    if features.len() != images.len() {
+        return Err(format!(
+            "the backbone gave {} feature vectors for {} images",
+            features.len(),
+            images.len()
+        ));
+    }
+    Ok(features)
 }

@@ -310,6 +310,17 @@ mod cached {
         }
     }
 
+    /// A broken backbone: one feature vector short.
+    struct Short;
+
+    impl Backbone for Short {
+        fn features(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>, String> {
+            let mut f = super::mean_colours(images);
+            f.pop();
+            Ok(f)
+        }
+    }
+
     /// A generated image: the source's colour below r = 0.7, the target's from 0.7 on, with the
     /// level written into pixel (0, 0)'s blue so that tests can tell levels apart.
     fn generated(source: usize, target: usize, level: NoiseLevel) -> RgbImage {
@@ -437,5 +448,11 @@ mod cached {
         .unwrap();
         assert_eq!(results.len(), 4);
         assert!(filled > 0 && results.iter().all(|r| r.per_episode.len() == 5));
+        // A backbone that drops a vector is an error naming it, not a panic.
+        let short = CachedEpisodes::new(&keys, &cache, &original, 9).with_backbone(&Short);
+        let err = short
+            .images(Method::GenieAda, &episodes[0], 1, 4)
+            .unwrap_err();
+        assert!(err.contains("feature vectors for"), "{err}");
     }
 }
