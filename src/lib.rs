@@ -20,6 +20,7 @@
 //! - [`eval`]: the paper's evaluation protocols on features (episodes, a logistic probe, CIs).
 
 pub mod ada;
+pub mod backbone;
 pub mod cache;
 pub mod classes;
 pub mod diffusion;

@@ -10,6 +10,7 @@
 mod support;
 
 mod ada_reference;
+mod backbone;
 mod cache_concurrency;
 mod cache_corruption;
 mod cache_crash;

@@ -1,0 +1,112 @@
+//! Frozen image backbones in burn for the evaluation protocols: torchvision's ResNet-18/34/50,
+//! loaded from PyTorch (`.pth`/`.pt`) or safetensors weights with burn-store's import.
+//!
+//! A backbone turns images into feature vectors ([`crate::eval::Backbone`]); nothing here knows
+//! candle or the cache. Checkpoints from torchvision load as they are; the usual wrappers are
+//! unwrapped by key remapping: a `state_dict`/`model` top-level entry, the `module.` prefix of
+//! `DataParallel`, the `backbone.`/`encoder.` prefix of self-supervised checkpoints (UniSiam,
+//! SimCLR-style), and a classifier head (`fc.*`) is ignored.
+//!
+//! ```no_run
+//! use burn::tensor::Device;
+//! use genie::backbone::{load_resnet, ResNetBackbone, ResNetConfig, ResNetDepth};
+//! use genie::eval::Backbone;
+//!
+//! let device = Device::flex();
+//! let config = ResNetConfig::torchvision(ResNetDepth::R18);
+//! let model = load_resnet("resnet18-f37072fd.pth".as_ref(), config, &device)?;
+//! let backbone = ResNetBackbone::new(model, 224, device);
+//! let image = image::RgbImage::new(84, 84);
+//! let features = backbone.features(&[image]).unwrap();
+//! assert_eq!(features[0].len(), config.feature_dim());
+//! # Ok::<(), genie::backbone::BackboneError>(())
+//! ```
+
+mod load;
+mod resnet;
+
+pub use load::{load_resnet, BackboneError};
+pub use resnet::{ResNet, ResNetConfig, ResNetDepth};
+
+use burn::tensor::{Device, Tensor, TensorData};
+use image::imageops::FilterType;
+use image::RgbImage;
+
+/// ImageNet's channel means and standard deviations, which torchvision's weights expect.
+const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Images through at most this many at a time, so memory stays bounded on long lists.
+const BATCH: usize = 32;
+
+/// A frozen ResNet with its preprocessing: resize to `side`×`side` (bilinear), scale to
+/// [0, 1], normalise with ImageNet's statistics, pool the last stage.
+#[derive(Debug)]
+pub struct ResNetBackbone {
+    model: ResNet,
+    side: u32,
+    device: Device,
+}
+
+impl ResNetBackbone {
+    /// `side`: the input resolution (224 for torchvision's weights; mini-ImageNet's 84-px images
+    /// are usually upsampled to it).
+    pub fn new(model: ResNet, side: u32, device: Device) -> Self {
+        ResNetBackbone {
+            model,
+            side: side.max(1),
+            device,
+        }
+    }
+
+    /// Images → the normalised `[n, 3, side, side]` tensor the network reads.
+    pub fn tensor(&self, images: &[RgbImage]) -> Tensor<4> {
+        let side = self.side as usize;
+        let plane = side * side;
+        let mut values = vec![0f32; images.len() * 3 * plane];
+        for (img, out) in images.iter().zip(values.chunks_mut(3 * plane)) {
+            let resized;
+            let img = if img.dimensions() == (self.side, self.side) {
+                img
+            } else if img.width() == 0 || img.height() == 0 {
+                // An empty image reads as black rather than failing the episode.
+                resized = RgbImage::new(self.side, self.side);
+                &resized
+            } else {
+                resized = image::imageops::resize(img, self.side, self.side, FilterType::Triangle);
+                &resized
+            };
+            for (i, px) in img.pixels().enumerate() {
+                for c in 0..3 {
+                    out[c * plane + i] = (px[c] as f32 / 255.0 - MEAN[c]) / STD[c];
+                }
+            }
+        }
+        Tensor::from_data(
+            TensorData::new(values, [images.len(), 3, side, side]),
+            &self.device,
+        )
+    }
+
+    /// The network itself, for callers with their own preprocessing.
+    pub fn model(&self) -> &ResNet {
+        &self.model
+    }
+}
+
+impl crate::eval::Backbone for ResNetBackbone {
+    fn features(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>, String> {
+        let mut features = Vec::with_capacity(images.len());
+        for chunk in images.chunks(BATCH) {
+            let out = self.model.features(self.tensor(chunk));
+            let [_, dim] = out.dims();
+            let values = out
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| format!("reading the backbone's features: {e:?}"))?;
+            features.extend(values.chunks(dim.max(1)).map(<[f32]>::to_vec));
+        }
+        Ok(features)
+    }
+}
