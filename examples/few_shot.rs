@@ -22,7 +22,7 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use burn::data::dataloader::DataLoaderBuilder;
@@ -37,7 +37,7 @@ use genie::eval::{
     csv_table, markdown_table, run_few_shot, sample_episodes, Backbone, CachedEpisodes,
     EpisodeSpec, FewShotConfig, LogisticRegression, Method,
 };
-use genie::generator::{Generator, KeySpace, LevelOutcome, Priority, Shutdown};
+use genie::generator::{Generator, KeySpace, Shutdown};
 use genie::loader::image_item;
 use genie::synthetic;
 use image::RgbImage;
@@ -230,75 +230,28 @@ fn main() -> Result<()> {
 
     // Every pair the run needs, generated first in one queue.
     let episodes = sample_episodes(&members, &names, spec, args.episodes, args.seed)?;
-    let mut missing = Vec::new();
-    let mut seen = std::collections::HashSet::new();
-    for episode in &episodes {
-        for way in 0..args.ways {
-            for &method in methods.iter().filter(|m| m.is_generative()) {
-                let count = 4 * args.shots;
-                for pair in source
-                    .pairs(method, episode, way, count)
-                    .map_err(anyhow::Error::msg)?
-                {
-                    let absent = pair
-                        .keys
-                        .iter()
-                        .any(|k| !cache.contains(k).unwrap_or(false));
-                    if absent && seen.insert(pair.keys.clone()) {
-                        missing.push((method, pair));
-                    }
-                }
-            }
-        }
-    }
-    // Room for the whole run in the queue: it is queued before any batch is taken, so that the
-    // batches, and with them the last bits of each image, do not depend on timing.
+    let missing = source
+        .missing_pairs(&episodes, &methods, 4 * args.shots)
+        .map_err(anyhow::Error::msg)?;
+    let levels: usize = missing.iter().map(|(_, p)| p.levels.len()).sum();
     let mut generator_config = generator_config;
-    generator_config.queue_capacity = generator_config.queue_capacity.max(missing.len());
+    generator_config.queue_capacity = generator_config.queue_capacity.max(levels);
     let generator = Generator::start(Arc::new(factory), Arc::clone(&cache), generator_config)?;
-    generator.hold();
-    let mut wanted = Vec::new();
-    for (method, pair) in &missing {
-        let from = (*method != Method::Txt2Img)
-            .then(|| source.source(pair.source))
-            .transpose()
-            .map_err(anyhow::Error::msg)?;
-        let receipt = generator.request(keys.request(
-            from,
-            pair.target,
-            pair.levels.clone(),
-            pair.seed,
-            Priority::Prewarm,
-        ))?;
-        if receipt.count(LevelOutcome::Dropped) + receipt.count(LevelOutcome::BackingOff) > 0 {
-            bail!("the generator's queue refused part of the run; nothing was lost, run again");
-        }
-        wanted.extend(pair.keys.iter().copied());
-    }
-    generator.release();
     let started = Instant::now();
     let mut last_line = Instant::now();
-    let failures = generator.wait_all(&wanted, Duration::from_secs(24 * 3600), |n, total| {
-        if n == total || last_line.elapsed().as_secs() >= 10 {
-            println!(
-                "generating: {n}/{total} images ({:.0} s)",
-                started.elapsed().as_secs_f64()
-            );
-            last_line = Instant::now();
-        }
-    })?;
-    if let Some(first) = failures.first() {
-        bail!(
-            "{} images could not be generated; the first: {first}",
-            failures.len()
-        );
-    }
+    let made = source
+        .generate(&generator, &missing, &mut |n, total| {
+            if n == total || last_line.elapsed().as_secs() >= 10 {
+                println!(
+                    "generating: {n}/{total} images ({:.0} s)",
+                    started.elapsed().as_secs_f64()
+                );
+                last_line = Instant::now();
+            }
+        })
+        .map_err(anyhow::Error::msg)?;
     generator.shutdown(Shutdown::Drain);
-    println!(
-        "generated {} images (cache {})",
-        wanted.len(),
-        cache_dir.display()
-    );
+    println!("generated {made} images (cache {})", cache_dir.display());
 
     let config = FewShotConfig {
         spec,
@@ -326,13 +279,7 @@ fn main() -> Result<()> {
     let csv = csv_table(&results, spec);
     println!("\n{md}\n{csv}");
     // Table 4: GeNIe's accuracy against r.
-    let sweep: Vec<(f64, f64, f64)> = results
-        .iter()
-        .filter_map(|r| match r.method {
-            Method::GenieAt(level) => Some((level.as_f64(), r.accuracy.mean, r.accuracy.ci95)),
-            _ => None,
-        })
-        .collect();
+    let sweep = genie::eval::sweep_points(&results);
     if !sweep.is_empty() {
         println!("accuracy against r (GeNIe at each level)");
         for (r, mean, ci) in &sweep {

@@ -169,7 +169,8 @@ fn check(path: &Path, config: ResNetConfig, result: &ApplyResult) -> Result<(), 
                 expected,
                 found,
             } => format!(
-                "{path}: expected {:?}, found {:?}",
+                "{}: expected {:?}, found {:?}",
+                checkpoint_name(path),
                 expected.as_slice(),
                 found.as_slice()
             ),
@@ -184,7 +185,12 @@ fn check(path: &Path, config: ResNetConfig, result: &ApplyResult) -> Result<(), 
         });
     }
     if !result.missing.is_empty() {
-        let missing: Vec<String> = result.missing.iter().map(|(p, _)| p.clone()).collect();
+        let mut missing: Vec<String> = result
+            .missing
+            .iter()
+            .map(|(p, _)| checkpoint_name(p))
+            .collect();
+        missing.sort();
         let hint = if result.applied.is_empty() && !result.unused.is_empty() {
             format!(
                 " (none of the expected names were found; the file has e.g. {})",
@@ -207,4 +213,19 @@ fn check(path: &Path, config: ResNetConfig, result: &ApplyResult) -> Result<(), 
         });
     }
     Ok(())
+}
+
+/// A [`ResNet`] path as the checkpoint names it (torchvision's `weight`/`bias` for batch norm's
+/// `gamma`/`beta`, `downsample.0/1`), so an error names what the user can look for in the file.
+fn checkpoint_name(path: &str) -> String {
+    let path = path
+        .replace(".downsample.conv.", ".downsample.0.")
+        .replace(".downsample.bn.", ".downsample.1.");
+    if let Some(stem) = path.strip_suffix(".gamma") {
+        format!("{stem}.weight")
+    } else if let Some(stem) = path.strip_suffix(".beta") {
+        format!("{stem}.bias")
+    } else {
+        path
+    }
 }

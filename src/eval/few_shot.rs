@@ -371,3 +371,15 @@ pub fn csv_table(results: &[MethodResult], spec: EpisodeSpec) -> String {
     }
     out
 }
+
+/// Table 4's points: (r, mean accuracy, 95 % CI) of each GeNIe-at-a-level method in `results`,
+/// in their order (empty without a sweep).
+pub fn sweep_points(results: &[MethodResult]) -> Vec<(f64, f64, f64)> {
+    results
+        .iter()
+        .filter_map(|r| match r.method {
+            Method::GenieAt(level) => Some((level.as_f64(), r.accuracy.mean, r.accuracy.ci95)),
+            _ => None,
+        })
+        .collect()
+}

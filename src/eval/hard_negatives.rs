@@ -15,7 +15,7 @@ use super::episodes::Episode;
 use super::few_shot::{Backbone, GeneratedImages, Method};
 use crate::cache::{Cache, CacheKey};
 use crate::engine::NoiseLevel;
-use crate::generator::{KeySpace, SourceImage};
+use crate::generator::{Generator, KeySpace, LevelOutcome, Priority, SourceImage};
 
 /// One pair a method needs: split image `source` towards split class `target`, `variant`-th
 /// noise, at `levels` (one key each).
@@ -127,6 +127,92 @@ impl<'a> CachedEpisodes<'a> {
                 })
             })
             .collect()
+    }
+
+    /// Every pair `methods` need over `episodes` (`per_class` extra images per class) that the
+    /// cache lacks, each once, in episode order: what a generator or a pre-warm plan must make
+    /// before [`run_few_shot`](super::run_few_shot) can run without diffusion.
+    pub fn missing_pairs(
+        &self,
+        episodes: &[Episode],
+        methods: &[Method],
+        per_class: usize,
+    ) -> Result<Vec<(Method, NeededPair)>, String> {
+        let mut missing = Vec::new();
+        let mut seen = std::collections::HashSet::new();
+        for episode in episodes {
+            for way in 0..episode.classes.len() {
+                for &method in methods.iter().filter(|m| m.is_generative()) {
+                    for pair in self.pairs(method, episode, way, per_class)? {
+                        let mut absent = false;
+                        for key in &pair.keys {
+                            absent |= !self
+                                .cache
+                                .contains(key)
+                                .map_err(|e| format!("reading the cache at {key}: {e}"))?;
+                        }
+                        if absent && seen.insert(pair.keys.clone()) {
+                            missing.push((method, pair));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(missing)
+    }
+
+    /// Makes `missing` with `generator` and waits for it; `progress(done, total)` is called as
+    /// images land. Everything is queued before the generator's workers take any of it (so the
+    /// batches, and with them the images' last bits, do not depend on timing): the generator's
+    /// queue must hold `missing`'s levels. Returns the number of images made.
+    pub fn generate(
+        &self,
+        generator: &Generator,
+        missing: &[(Method, NeededPair)],
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<usize, String> {
+        generator.hold();
+        let mut wanted = Vec::new();
+        let queued = missing.iter().try_for_each(|(method, pair)| {
+            // Text-to-image reads no source (its keys ignore it).
+            let from = (*method != Method::Txt2Img)
+                .then(|| self.source(pair.source))
+                .transpose()?;
+            let receipt = generator
+                .request(self.keys.request(
+                    from,
+                    pair.target,
+                    pair.levels.clone(),
+                    pair.seed,
+                    Priority::Prewarm,
+                ))
+                .map_err(|e| e.to_string())?;
+            if receipt.count(LevelOutcome::Dropped) + receipt.count(LevelOutcome::BackingOff) > 0 {
+                return Err(
+                    "the generator's queue refused part of the run (make its capacity at least \
+                     the number of images); nothing was lost, run again"
+                        .to_string(),
+                );
+            }
+            wanted.extend(pair.keys.iter().copied());
+            Ok(())
+        });
+        generator.release();
+        queued?;
+        let failures = generator
+            .wait_all(
+                &wanted,
+                std::time::Duration::from_secs(7 * 24 * 3600),
+                progress,
+            )
+            .map_err(|e| e.to_string())?;
+        if let Some(first) = failures.first() {
+            return Err(format!(
+                "{} images could not be generated; the first: {first}",
+                failures.len()
+            ));
+        }
+        Ok(wanted.len())
     }
 
     fn read(&self, pair: &NeededPair, at: usize) -> Result<RgbImage, String> {

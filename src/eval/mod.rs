@@ -33,7 +33,7 @@ mod stats;
 pub use augment::{augment, Augmentation};
 pub use episodes::{sample_episodes, Episode, EpisodeError, EpisodeSpec};
 pub use few_shot::{
-    csv_table, markdown_table, run_few_shot, Backbone, FewShotConfig, FewShotError,
+    csv_table, markdown_table, run_few_shot, sweep_points, Backbone, FewShotConfig, FewShotError,
     GeneratedImages, Method, MethodResult,
 };
 pub use hard_negatives::{CachedEpisodes, NeededPair};

@@ -456,3 +456,156 @@ mod cached {
         assert!(err.contains("feature vectors for"), "{err}");
     }
 }
+
+/// `genie eval few-shot` end to end on drawn shapes with the tiny engine and the width-4
+/// ResNet-18 fixture: an incomplete cache without a generator is an error; `--plan-out` and
+/// `genie warm run` fill it; the run then does no diffusion and tables every method; `--generate`
+/// on an empty cache gives the same table; bad splits and backbones are named errors.
+#[test]
+fn eval_few_shot_cli_plans_warms_and_tables_every_method() {
+    use std::path::Path;
+    use std::process::{Command, Output};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let data = tmp.path().join("data");
+    let classes = genie::synthetic::CLASS_NAMES.len();
+    let items = genie::synthetic::balanced_dataset(4, classes, 64, 3).unwrap();
+    genie::synthetic::write_image_folder(&items, &data).unwrap();
+    let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/eval/resnet18_w4.pth");
+    // `set`: (flag, value) replacing the default's value; `extra`: more arguments.
+    let run_with = |set: &[(&str, &str)], extra: &[&str]| -> Output {
+        let mut args: Vec<String> = [
+            "eval",
+            "few-shot",
+            "--backbone",
+            "resnet18",
+            "--backbone-width",
+            "4",
+            "--input-size",
+            "32",
+            "--ways",
+            "3",
+            "--shots",
+            "1",
+            "--queries",
+            "2",
+            "--episodes",
+            "2",
+            "--extra-per-shot",
+            "1",
+            "--model",
+            "tiny",
+            "--steps",
+            "4",
+        ]
+        .map(String::from)
+        .to_vec();
+        for (flag, value) in set {
+            let at = args.iter().position(|a| a == flag).unwrap() + 1;
+            args[at] = value.to_string();
+        }
+        args.extend(["--data".into(), data.display().to_string()]);
+        args.extend(["--backbone-weights".into(), weights.display().to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Command::new(env!("CARGO_BIN_EXE_genie"))
+            .args(&args)
+            .env("GENIE_HOME", &home)
+            .env("HF_HUB_OFFLINE", "1")
+            .output()
+            .unwrap()
+    };
+    let run = |extra: &[&str]| run_with(&[], extra);
+    let text = |o: &Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let cache = tmp.path().join("cache").display().to_string();
+
+    let o = run(&["--cache", &cache]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("not in the cache"), "{}", text(&o));
+    assert!(text(&o).contains("--plan-out"), "{}", text(&o));
+
+    let plan = tmp.path().join("plan.jsonl");
+    let p = plan.display().to_string();
+    let o = run(&["--cache", &cache, "--plan-out", &p]);
+    assert!(o.status.success(), "{}", text(&o));
+    let planned = std::fs::read_to_string(&plan).unwrap().lines().count();
+    // Img2Img-L, Img2Img-H, Txt2Img and GeNIe need one image per class and episode, GeNIe-Ada
+    // five levels (one of them GeNIe's own): at most 2 · 3 · 8, fewer where episodes share.
+    assert!(planned > 0 && planned <= 48, "{planned}");
+
+    let o = Command::new(env!("CARGO_BIN_EXE_genie"))
+        .args([
+            "warm", "run", "--plan", &p, "--cache", &cache, "--model", "tiny", "--steps", "4",
+        ])
+        .env("GENIE_HOME", &home)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+
+    let o = run(&["--cache", &cache]);
+    assert!(o.status.success(), "{}", text(&o));
+    let out = text(&o);
+    assert!(out.contains("0 hard negatives needed"), "{out}");
+    assert!(!out.contains("generating"), "{out}");
+    for method in genie::eval::Method::ALL {
+        let row = out
+            .lines()
+            .find(|l| l.starts_with(&format!("| {} |", method.name())))
+            .unwrap_or_else(|| panic!("no row for {}: {out}", method.name()));
+        // `| name | mean ± ci | 2 |`: two episodes each.
+        assert!(row.ends_with("| 2 |"), "{row}");
+    }
+    let csv_rows: Vec<&str> = out.lines().filter(|l| l.contains(",3,1,2,")).collect();
+    assert_eq!(csv_rows.len(), 8, "{out}");
+    for row in &csv_rows {
+        let mean: f64 = row.split(',').nth(4).unwrap().parse().unwrap();
+        assert!((0.0..=100.0).contains(&mean), "{row}");
+    }
+
+    // The same run generating into an empty cache: the same images, the same table.
+    let fresh = tmp.path().join("fresh").display().to_string();
+    let report = tmp.path().join("report");
+    let r = report.display().to_string();
+    let o = run(&[
+        "--cache",
+        &fresh,
+        "--generate",
+        "--out",
+        &r,
+        "--methods",
+        "genie,genie-ada",
+        "--sweep",
+    ]);
+    assert!(o.status.success(), "{}", text(&o));
+    let csv = std::fs::read_to_string(report.join("few_shot.csv")).unwrap();
+    for slug in ["genie,", "genie-ada,"] {
+        let ours = csv.lines().find(|l| l.starts_with(slug)).unwrap();
+        assert!(csv_rows.contains(&ours), "{ours} not in {csv_rows:?}");
+    }
+    assert!(report.join("few_shot_sweep.png").is_file());
+
+    // Bad input, each named.
+    let o = run_with(&[("--ways", "20")], &["--cache", &cache]);
+    assert!(!o.status.success());
+    assert!(
+        text(&o).contains("20-way episodes need 20 classes"),
+        "{}",
+        text(&o)
+    );
+    let o = run_with(&[("--queries", "10")], &["--cache", &cache]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("has 4 images"), "{}", text(&o));
+    let o = run_with(&[("--backbone-width", "8")], &["--cache", &cache]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("wrong shape"), "{}", text(&o));
+    let o = run_with(&[("--backbone", "resnet34")], &["--cache", &cache]);
+    assert!(!o.status.success());
+    assert!(text(&o).contains("layer1.2.bn1.weight"), "{}", text(&o));
+}

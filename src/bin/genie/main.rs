@@ -1,5 +1,7 @@
 //! `genie`: generate GeNIe hard negatives and manage their cache from the command line.
 
+mod eval;
+
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -41,6 +43,9 @@ enum Command {
     /// Check this build on a device and dtype against the diffusers parity fixtures (exit 3 if
     /// any tensor is off by more than the tolerance).
     Parity(ParityArgs),
+    /// The paper's evaluation protocols on your data (few-shot episodes on a frozen backbone).
+    #[command(subcommand)]
+    Eval(eval::EvalCommand),
 }
 
 #[derive(Args)]
@@ -1403,7 +1408,7 @@ fn warm_run(args: WarmRunArgs) -> Result<()> {
 }
 
 /// The sample source image, built in so that `genie bench` runs anywhere the binary is copied.
-const SAMPLE_PNG: &[u8] = include_bytes!("../../assets/sample.png");
+const SAMPLE_PNG: &[u8] = include_bytes!("../../../assets/sample.png");
 
 fn bench(args: BenchArgs) -> Result<()> {
     use genie::Engine as _;
@@ -1583,6 +1588,7 @@ fn main() -> ExitCode {
         Command::Sheet(args) => done(sheet(*args)),
         Command::Bench(args) => done(bench(*args)),
         Command::Parity(args) => parity(args),
+        Command::Eval(cmd) => done(eval::eval_command(cmd)),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,341 @@
+//! `genie eval few-shot`: the paper's few-shot protocol (Table 1, Table 4) on an image-folder
+//! split with a frozen ResNet, hard negatives from the cache.
+
+use std::num::NonZeroUsize;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+use burn::tensor::Device;
+use clap::{Args, Subcommand};
+use genie::backbone::{load_resnet, ResNetBackbone, ResNetConfig, ResNetDepth};
+use genie::cache::Cache;
+use genie::diffusion;
+use genie::eval::{
+    csv_table, markdown_table, run_few_shot, sample_episodes, sweep_points, CachedEpisodes,
+    EpisodeSpec, FewShotConfig, LogisticRegression, Method, NeededPair,
+};
+use genie::factory::SdEngineFactory;
+use genie::generator::{Generator, GeneratorConfig, Shutdown};
+use genie::image_io;
+use genie::warm::{write_plan, ImageFolder, PlanEntry};
+use image::RgbImage;
+
+use super::{
+    engine_options, key_space, model_args, model_source, printable, read_class_names, shell_word,
+    ModelArgs,
+};
+
+#[derive(Subcommand)]
+pub(crate) enum EvalCommand {
+    /// N-way K-shot episodes on a frozen backbone with a logistic-regression probe: every
+    /// method on the same episodes, mean accuracy ± 95 % CI (the paper's Table 1 and Table 4).
+    FewShot(Box<FewShotArgs>),
+}
+
+#[derive(Args)]
+pub(crate) struct FewShotArgs {
+    /// The test split: one sub-folder of images per class (mini-ImageNet / tiered-ImageNet
+    /// layout).
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// A class-name file for the prompts (`n01440764 tench` lines, or CSV `id,name`).
+    #[arg(long, value_name = "FILE")]
+    class_names: Option<PathBuf>,
+    #[arg(long)]
+    superclass: Option<String>,
+    /// The frozen backbone: resnet18, resnet34 or resnet50 (torchvision's layout).
+    #[arg(long, default_value = "resnet18")]
+    backbone: ResNetDepth,
+    /// Its weights: .pth/.pt (torchvision, UniSiam, DataParallel checkpoints) or .safetensors.
+    #[arg(long, value_name = "FILE")]
+    backbone_weights: PathBuf,
+    /// The backbone's first-stage width (64 in torchvision; smaller only for test networks).
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u32).range(1..=1024))]
+    backbone_width: u32,
+    /// The side images are resized to for the backbone.
+    #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(8..=1024))]
+    input_size: u32,
+    #[arg(long, default_value_t = 5)]
+    ways: usize,
+    #[arg(long, default_value_t = 1)]
+    shots: usize,
+    /// Query images per class (the paper: 16).
+    #[arg(long, default_value_t = 16)]
+    queries: usize,
+    /// Episodes (the paper: 600).
+    #[arg(long, default_value_t = 600)]
+    episodes: usize,
+    /// Extra labelled images per support image for every method but "none" (the paper: 4).
+    #[arg(long, default_value_t = 4)]
+    extra_per_shot: usize,
+    /// Methods (default: all): none, weak, strong, img2img-l, img2img-h, txt2img, genie,
+    /// genie-ada, and genie@R for GeNIe at level R.
+    #[arg(long, value_delimiter = ',')]
+    methods: Vec<String>,
+    /// Also GeNIe at each of GeNIe-Ada's levels (Table 4) and a plot of accuracy against r.
+    #[arg(long)]
+    sweep: bool,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// The hard-negative cache: a folder or s3://bucket/prefix.
+    #[arg(long, value_name = "DIR_OR_URL")]
+    cache: String,
+    /// Make the hard negatives the cache lacks with the engine here (without it, an incomplete
+    /// cache is an error that says what is missing).
+    #[arg(long, conflicts_with = "plan_out")]
+    generate: bool,
+    /// Write the hard negatives the cache lacks as a plan for `genie warm run` and stop.
+    #[arg(long, value_name = "FILE")]
+    plan_out: Option<PathBuf>,
+    /// Write few_shot.md, few_shot.csv (and with --sweep few_shot_sweep.png) here.
+    #[arg(long, value_name = "DIR")]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    model: ModelArgs,
+}
+
+/// Decoded images of the split kept in memory: an episode reads each of its images several
+/// times (support, methods, GeNIe-Ada's sources), and episodes share images.
+const DECODED_IMAGES: usize = 4096;
+
+pub(crate) fn eval_command(cmd: EvalCommand) -> Result<()> {
+    match cmd {
+        EvalCommand::FewShot(args) => few_shot(*args),
+    }
+}
+
+fn few_shot(args: FewShotArgs) -> Result<()> {
+    let spec = EpisodeSpec {
+        ways: args.ways,
+        shots: args.shots,
+        queries: args.queries,
+    };
+    let methods = methods(&args.methods, args.sweep)?;
+    let folder = ImageFolder::scan(&args.data)?;
+    for w in &folder.warnings {
+        eprintln!("warning: {w}");
+    }
+    let mut members = vec![Vec::new(); folder.classes.len()];
+    for (i, (_, class)) in folder.images.iter().enumerate() {
+        members[*class].push(i);
+    }
+    let names = read_class_names(args.class_names.as_deref())?;
+    let classes = genie::classes::classes_for(&folder.classes, names.as_ref())?;
+    let episodes = sample_episodes(&members, &folder.classes, spec, args.episodes, args.seed)?;
+
+    let engine =
+        diffusion::plan_engine(&model_source(&args.model)?, &engine_options(&args.model)?)?;
+    let keys = key_space(&engine, classes, args.superclass.as_ref());
+    let cache = Arc::new(Cache::open(&args.cache, 64 << 20)?);
+    let decoded = Mutex::new(lru::LruCache::<usize, RgbImage>::new(
+        NonZeroUsize::new(DECODED_IMAGES).unwrap_or(NonZeroUsize::MIN),
+    ));
+    let original = |i: usize| -> Result<RgbImage, String> {
+        if let Some(img) = decoded.lock().map_err(|e| e.to_string())?.get(&i) {
+            return Ok(img.clone());
+        }
+        let (path, _) = folder
+            .images
+            .get(i)
+            .ok_or_else(|| format!("no image {i}"))?;
+        let img = image_io::open_rgb(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        decoded
+            .lock()
+            .map_err(|e| e.to_string())?
+            .put(i, img.clone());
+        Ok(img)
+    };
+
+    let started = Instant::now();
+    let config = ResNetConfig {
+        depth: args.backbone,
+        width: args.backbone_width as usize,
+    };
+    let device = Device::flex();
+    let model = load_resnet(&args.backbone_weights, config, &device)?;
+    let backbone = ResNetBackbone::new(model, args.input_size, device);
+    let source = CachedEpisodes::new(&keys, &cache, &original, args.seed).with_backbone(&backbone);
+    let missing = source
+        .missing_pairs(&episodes, &methods, args.extra_per_shot * args.shots)
+        .map_err(anyhow::Error::msg)?;
+    let images: usize = missing.iter().map(|(_, p)| p.levels.len()).sum();
+    println!(
+        "{}-way {}-shot, {} queries, {} episodes over {} classes and {} images; {} hard \
+         negatives needed that the cache lacks",
+        args.ways,
+        args.shots,
+        args.queries,
+        args.episodes,
+        folder.classes.len(),
+        folder.images.len(),
+        images
+    );
+    if let Some(plan) = &args.plan_out {
+        return write_missing_plan(plan, &args, &folder, &keys, &source, &missing);
+    }
+    if !missing.is_empty() {
+        if !args.generate {
+            let (_, first) = &missing[0];
+            bail!(
+                "{images} hard negatives are not in the cache {} (the first: {} towards {:?} at \
+                 r = {}): pass --generate to make them here, or --plan-out FILE and run the plan \
+                 with `genie warm run`",
+                args.cache,
+                folder.images[first.source].0.display(),
+                printable(&keys.class_label(first.target)),
+                first.levels[0]
+            );
+        }
+        let factory =
+            SdEngineFactory::new(model_source(&args.model)?, engine_options(&args.model)?)?;
+        let generator_config = GeneratorConfig {
+            devices: args.model.device.clone(),
+            queue_capacity: images.max(1),
+            ..GeneratorConfig::default()
+        };
+        let generator = Generator::start(Arc::new(factory), Arc::clone(&cache), generator_config)?;
+        let mut last_line = Instant::now();
+        let made = source
+            .generate(&generator, &missing, &mut |n, total| {
+                if n == total || last_line.elapsed().as_secs() >= 10 {
+                    println!(
+                        "generating: {n}/{total} ({:.0} s)",
+                        started.elapsed().as_secs_f64()
+                    );
+                    last_line = Instant::now();
+                }
+            })
+            .map_err(anyhow::Error::msg)?;
+        generator.shutdown(Shutdown::Drain);
+        println!("generated {made} hard negatives into {}", args.cache);
+    }
+
+    let config = FewShotConfig {
+        spec,
+        episodes: args.episodes,
+        seed: args.seed,
+        extra_per_shot: args.extra_per_shot,
+        image_size: engine.resolution,
+        probe: LogisticRegression::default(),
+        methods,
+    };
+    let mut last_line = Instant::now();
+    let results = run_few_shot(
+        &members,
+        &folder.classes,
+        &original,
+        &backbone,
+        Some(&source),
+        &config,
+        &mut |n| {
+            if n == args.episodes || last_line.elapsed().as_secs() >= 10 {
+                println!(
+                    "episodes: {n}/{} ({:.0} s)",
+                    args.episodes,
+                    started.elapsed().as_secs_f64()
+                );
+                last_line = Instant::now();
+            }
+        },
+    )?;
+    let md = markdown_table(&results, spec);
+    let csv = csv_table(&results, spec);
+    println!("\n{md}\n{csv}");
+    let sweep = sweep_points(&results);
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create --out {}", dir.display()))?;
+        image_io::write_atomic(&dir.join("few_shot.md"), md.as_bytes())?;
+        image_io::write_atomic(&dir.join("few_shot.csv"), csv.as_bytes())?;
+        if !sweep.is_empty() {
+            let png = image_io::encode_png(&genie::pictures::accuracy_plot(&sweep))?;
+            image_io::write_atomic(&dir.join("few_shot_sweep.png"), &png)?;
+        }
+        println!("wrote {}", dir.display());
+    }
+    Ok(())
+}
+
+/// The methods of `--methods` (all when empty), with GeNIe at every level of the sweep.
+fn methods(slugs: &[String], sweep: bool) -> Result<Vec<Method>> {
+    let mut methods: Vec<Method> = if slugs.is_empty() {
+        Method::ALL.to_vec()
+    } else {
+        slugs
+            .iter()
+            .map(|m| {
+                Method::from_slug(m).with_context(|| {
+                    let known: Vec<String> = Method::ALL.iter().map(|m| m.slug()).collect();
+                    format!(
+                        "unknown method {m:?} (known: {}, genie@R)",
+                        known.join(", ")
+                    )
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    if sweep {
+        for m in Method::sweep() {
+            if !methods.contains(&m) {
+                methods.push(m);
+            }
+        }
+    }
+    Ok(methods)
+}
+
+/// `--plan-out`: the missing hard negatives as a `genie warm run` plan (one entry per level).
+fn write_missing_plan(
+    plan: &std::path::Path,
+    args: &FewShotArgs,
+    folder: &ImageFolder,
+    keys: &genie::generator::KeySpace,
+    source: &CachedEpisodes,
+    missing: &[(Method, NeededPair)],
+) -> Result<()> {
+    let mut entries = Vec::new();
+    // GeNIe's r = 0.8 image of a pair is also one of GeNIe-Ada's levels: planned once.
+    let mut planned = std::collections::HashSet::new();
+    for (_, pair) in missing {
+        let (path, class) = &folder.images[pair.source];
+        let hash = source.source(pair.source).map_err(anyhow::Error::msg)?.hash;
+        for (&r, &key) in pair.levels.iter().zip(&pair.keys) {
+            if !planned.insert(key) {
+                continue;
+            }
+            entries.push(PlanEntry {
+                key,
+                source: path.clone(),
+                source_class: folder.classes[*class].clone(),
+                target: folder.classes[pair.target].clone(),
+                prompt: keys.prompt(pair.target),
+                r,
+                seed: pair.seed,
+                variant: pair.variant,
+                source_hash: hash,
+            });
+        }
+    }
+    write_plan(plan, &mut entries)?;
+    let run: Vec<String> = ["genie", "warm", "run", "--plan"]
+        .into_iter()
+        .map(String::from)
+        .chain([
+            plan.display().to_string(),
+            "--cache".into(),
+            args.cache.clone(),
+        ])
+        .chain(model_args(&args.model))
+        .map(|a| shell_word(&a))
+        .collect();
+    println!(
+        "wrote {} hard negatives to {}; make them with\n  {}\nthen run this command again \
+         without --plan-out",
+        entries.len(),
+        plan.display(),
+        run.join(" ")
+    );
+    Ok(())
+}
