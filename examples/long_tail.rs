@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use burn::data::dataloader::DataLoader;
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataset::InMemDataset;
@@ -150,21 +150,6 @@ fn synthetic_data(side: u32, seed: u64) -> Result<Data> {
     })
 }
 
-/// The images of an image folder, read with genie's safe decoder (a bad file is an error
-/// naming it) and resized to the classifier's size; each item keeps its file's path, from which
-/// diffusion reads the original.
-fn image_items(folder: &genie::warm::ImageFolder, side: u32) -> Result<Vec<ImageDatasetItem>> {
-    let mut items = Vec::with_capacity(folder.images.len());
-    for (path, label) in &folder.images {
-        let img = genie::image_io::open_rgb(path)
-            .with_context(|| format!("reading {}", path.display()))?;
-        let img = genie::image_io::resize_center_crop(&img, side)
-            .with_context(|| format!("resizing {}", path.display()))?;
-        items.push(image_item(&img, *label, path.display().to_string()));
-    }
-    Ok(items)
-}
-
 fn folder_data(dir: &Path, names: Option<&Path>, side: u32) -> Result<Data> {
     // The same scan as `genie warm plan`, so that labels and plan class ids agree.
     let train = genie::warm::ImageFolder::scan(&dir.join("train"))?;
@@ -183,8 +168,8 @@ fn folder_data(dir: &Path, names: Option<&Path>, side: u32) -> Result<Data> {
     let names = names.map(genie::classes::ClassNames::read).transpose()?;
     Ok(Data {
         classes: genie::classes::classes_for(&train.classes, names.as_ref())?,
-        train: image_items(&train, side)?,
-        test: image_items(&test, side)?,
+        train: genie::loader::folder_items(&train, side)?,
+        test: genie::loader::folder_items(&test, side)?,
     })
 }
 

@@ -1,5 +1,6 @@
-//! Frozen image backbones in burn for the evaluation protocols: torchvision's ResNet-18/34/50,
-//! loaded from PyTorch (`.pth`/`.pt`) or safetensors weights with burn-store's import.
+//! Image backbones in burn for the evaluation protocols: torchvision's ResNet-18/34/50, loaded
+//! from PyTorch (`.pth`/`.pt`) or safetensors weights with burn-store's import, frozen (few-shot)
+//! or with a classifier head to fine-tune (long-tail).
 //!
 //! A backbone turns images into feature vectors ([`crate::eval::Backbone`]); nothing here knows
 //! candle or the cache. Checkpoints from torchvision load as they are; the usual wrappers are
@@ -22,9 +23,11 @@
 //! # Ok::<(), genie::backbone::BackboneError>(())
 //! ```
 
+mod classifier;
 mod load;
 mod resnet;
 
+pub use classifier::{ResNetClassifier, ResNetEmbeddings};
 pub use load::{load_resnet, BackboneError};
 pub use resnet::{ResNet, ResNetConfig, ResNetDepth};
 
@@ -61,37 +64,44 @@ impl ResNetBackbone {
 
     /// Images → the normalised `[n, 3, side, side]` tensor the network reads.
     pub fn tensor(&self, images: &[RgbImage]) -> Tensor<4> {
-        let side = self.side as usize;
-        let plane = side * side;
-        let mut values = vec![0f32; images.len() * 3 * plane];
-        for (img, out) in images.iter().zip(values.chunks_mut(3 * plane)) {
-            let resized;
-            let img = if img.dimensions() == (self.side, self.side) {
-                img
-            } else if img.width() == 0 || img.height() == 0 {
-                // An empty image reads as black rather than failing the episode.
-                resized = RgbImage::new(self.side, self.side);
-                &resized
-            } else {
-                resized = image::imageops::resize(img, self.side, self.side, FilterType::Triangle);
-                &resized
-            };
-            for (i, px) in img.pixels().enumerate() {
-                for c in 0..3 {
-                    out[c * plane + i] = (px[c] as f32 / 255.0 - MEAN[c]) / STD[c];
-                }
-            }
-        }
-        Tensor::from_data(
-            TensorData::new(values, [images.len(), 3, side, side]),
-            &self.device,
-        )
+        image_tensor(images, self.side, &self.device)
     }
 
     /// The network itself, for callers with their own preprocessing.
     pub fn model(&self) -> &ResNet {
         &self.model
     }
+}
+
+/// Images → the `[n, 3, side, side]` tensor torchvision's ResNets read: resized (bilinear) to
+/// `side`×`side`, scaled to [0, 1], normalised with ImageNet's statistics. An empty image reads as
+/// black rather than failing the batch.
+pub fn image_tensor(images: &[RgbImage], side: u32, device: &Device) -> Tensor<4> {
+    let side = side.max(1);
+    let plane = side as usize * side as usize;
+    let mut values = vec![0f32; images.len() * 3 * plane];
+    for (img, out) in images.iter().zip(values.chunks_mut(3 * plane)) {
+        let resized;
+        let img = if img.dimensions() == (side, side) {
+            img
+        } else if img.width() == 0 || img.height() == 0 {
+            resized = RgbImage::new(side, side);
+            &resized
+        } else {
+            resized = image::imageops::resize(img, side, side, FilterType::Triangle);
+            &resized
+        };
+        for (i, px) in img.pixels().enumerate() {
+            for c in 0..3 {
+                out[c * plane + i] = (px[c] as f32 / 255.0 - MEAN[c]) / STD[c];
+            }
+        }
+    }
+    let side = side as usize;
+    Tensor::from_data(
+        TensorData::new(values, [images.len(), 3, side, side]),
+        device,
+    )
 }
 
 impl crate::eval::Backbone for ResNetBackbone {

@@ -129,9 +129,11 @@ impl<'a> CachedEpisodes<'a> {
             .collect()
     }
 
-    /// Every pair `methods` need over `episodes` (`per_class` extra images per class) that the
-    /// cache lacks, each once, in episode order: what a generator or a pre-warm plan must make
-    /// before [`run_few_shot`](super::run_few_shot) can run without diffusion.
+    /// Every pair `methods` need over `episodes` (`per_class` extra images per class) with a
+    /// level the cache lacks, in episode order, a pair only when it adds a key no earlier pair
+    /// listed: what a generator or a pre-warm plan must make before
+    /// [`run_few_shot`](super::run_few_shot) can run without diffusion. [`missing_keys`] counts
+    /// the images.
     pub fn missing_pairs(
         &self,
         episodes: &[Episode],
@@ -139,19 +141,28 @@ impl<'a> CachedEpisodes<'a> {
         per_class: usize,
     ) -> Result<Vec<(Method, NeededPair)>, String> {
         let mut missing = Vec::new();
-        let mut seen = std::collections::HashSet::new();
+        // Keys already listed: GeNIe's r = 0.8 image and the sweep's are among GeNIe-Ada's
+        // levels of the same pair, and episodes share pairs.
+        let mut listed = std::collections::HashSet::new();
         for episode in episodes {
             for way in 0..episode.classes.len() {
                 for &method in methods.iter().filter(|m| m.is_generative()) {
                     for pair in self.pairs(method, episode, way, per_class)? {
-                        let mut absent = false;
+                        let mut new = false;
                         for key in &pair.keys {
-                            absent |= !self
+                            if listed.contains(key) {
+                                continue;
+                            }
+                            let cached = self
                                 .cache
                                 .contains(key)
                                 .map_err(|e| format!("reading the cache at {key}: {e}"))?;
+                            if !cached {
+                                listed.insert(*key);
+                                new = true;
+                            }
                         }
-                        if absent && seen.insert(pair.keys.clone()) {
+                        if new {
                             missing.push((method, pair));
                         }
                     }
@@ -173,6 +184,7 @@ impl<'a> CachedEpisodes<'a> {
     ) -> Result<usize, String> {
         generator.hold();
         let mut wanted = Vec::new();
+        let mut distinct = std::collections::HashSet::new();
         let queued = missing.iter().try_for_each(|(method, pair)| {
             // Text-to-image reads no source (its keys ignore it).
             let from = (*method != Method::Txt2Img)
@@ -194,7 +206,7 @@ impl<'a> CachedEpisodes<'a> {
                         .to_string(),
                 );
             }
-            wanted.extend(pair.keys.iter().copied());
+            wanted.extend(pair.keys.iter().filter(|&&k| distinct.insert(k)));
             Ok(())
         });
         generator.release();
@@ -298,4 +310,14 @@ fn features_of(backbone: &dyn Backbone, images: &[RgbImage]) -> Result<Vec<Vec<f
         ));
     }
     Ok(features)
+}
+
+/// The distinct keys of `pairs` (the images a [`CachedEpisodes::missing_pairs`] list stands for,
+/// at most: a pair's other levels may be cached already).
+pub fn missing_keys(pairs: &[(Method, NeededPair)]) -> usize {
+    pairs
+        .iter()
+        .flat_map(|(_, p)| p.keys.iter())
+        .collect::<std::collections::HashSet<_>>()
+        .len()
 }

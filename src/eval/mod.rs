@@ -1,6 +1,6 @@
 //! The paper's evaluation protocols, in plain Rust on images and features: N-way K-shot
-//! episodes, the traditional augmentations of its baselines, a logistic-regression probe, and
-//! mean ± 95 % confidence intervals.
+//! episodes, the traditional augmentations of its baselines, a logistic-regression probe,
+//! mean ± 95 % confidence intervals, and the long-tail report per group of classes.
 //!
 //! Nothing here knows burn or candle: a backbone turns images into feature vectors elsewhere,
 //! and these modules sample the episodes, fit the probe on the support features and score it on
@@ -28,6 +28,7 @@ mod episodes;
 mod few_shot;
 mod hard_negatives;
 mod logreg;
+mod long_tail;
 mod stats;
 
 pub use augment::{augment, Augmentation};
@@ -36,6 +37,7 @@ pub use few_shot::{
     csv_table, markdown_table, run_few_shot, sweep_points, Backbone, FewShotConfig, FewShotError,
     GeneratedImages, Method, MethodResult,
 };
-pub use hard_negatives::{CachedEpisodes, NeededPair};
+pub use hard_negatives::{missing_keys, CachedEpisodes, NeededPair};
 pub use logreg::{FittedProbe, LogRegError, LogisticRegression};
+pub use long_tail::{long_tail_csv, long_tail_markdown, GroupAccuracy};
 pub use stats::MeanCi;

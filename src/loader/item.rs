@@ -228,6 +228,24 @@ pub fn image_item(image: &RgbImage, label: usize, path: impl Into<String>) -> Im
     }
 }
 
+/// The images of an image folder ([`crate::warm::ImageFolder`], the scan `genie warm plan` makes,
+/// so labels and plan class ids agree) as items at `side`×`side`: read with genie's safe decoder,
+/// resized and center-cropped. Each item keeps its file's path, from which diffusion reads the
+/// original at full resolution. An unreadable file is an error naming it.
+pub fn folder_items(
+    folder: &crate::warm::ImageFolder,
+    side: u32,
+) -> Result<Vec<ImageDatasetItem>, super::LoaderError> {
+    let mut items = Vec::with_capacity(folder.images.len());
+    for (index, (path, label)) in folder.images.iter().enumerate() {
+        let image = crate::image_io::open_rgb(path)
+            .and_then(|img| crate::image_io::resize_center_crop(&img, side))
+            .map_err(|source| super::LoaderError::Image { index, source })?;
+        items.push(image_item(&image, *label, path.display().to_string()));
+    }
+    Ok(items)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ pub use augmenter::{
 };
 pub use batcher::GenieBatcher;
 pub use dataset::{AdaOutcome, GenieDataset, OfflinePlan, PlannedNegative};
-pub use item::{image_item, GenieItem, ItemError, GENERATED_PATH_PREFIX};
+pub use item::{folder_items, image_item, GenieItem, ItemError, GENERATED_PATH_PREFIX};
 pub use live::{
     FeatureExtractor, LiveConfig, LiveModel, ScoringMode, SelectorStats, TRAINED_ITEM_COST,
 };

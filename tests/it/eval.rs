@@ -464,7 +464,7 @@ mod cached {
 #[test]
 fn eval_few_shot_cli_plans_warms_and_tables_every_method() {
     use std::path::Path;
-    use std::process::{Command, Output};
+    use std::process::Output;
 
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path().join("home");
@@ -508,50 +508,42 @@ fn eval_few_shot_cli_plans_warms_and_tables_every_method() {
         args.extend(["--data".into(), data.display().to_string()]);
         args.extend(["--backbone-weights".into(), weights.display().to_string()]);
         args.extend(extra.iter().map(|s| s.to_string()));
-        Command::new(env!("CARGO_BIN_EXE_genie"))
-            .args(&args)
-            .env("GENIE_HOME", &home)
-            .env("HF_HUB_OFFLINE", "1")
-            .output()
-            .unwrap()
+        genie_cli(&home, &args)
     };
     let run = |extra: &[&str]| run_with(&[], extra);
-    let text = |o: &Output| {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&o.stdout),
-            String::from_utf8_lossy(&o.stderr)
-        )
-    };
     let cache = tmp.path().join("cache").display().to_string();
 
     let o = run(&["--cache", &cache]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("not in the cache"), "{}", text(&o));
-    assert!(text(&o).contains("--plan-out"), "{}", text(&o));
+    assert!(
+        output_text(&o).contains("not in the cache"),
+        "{}",
+        output_text(&o)
+    );
+    assert!(
+        output_text(&o).contains("--plan-out"),
+        "{}",
+        output_text(&o)
+    );
 
     let plan = tmp.path().join("plan.jsonl");
     let p = plan.display().to_string();
     let o = run(&["--cache", &cache, "--plan-out", &p]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let planned = std::fs::read_to_string(&plan).unwrap().lines().count();
     // Img2Img-L, Img2Img-H, Txt2Img and GeNIe need one image per class and episode, GeNIe-Ada
     // five levels (one of them GeNIe's own): at most 2 · 3 · 8, fewer where episodes share.
     assert!(planned > 0 && planned <= 48, "{planned}");
 
-    let o = Command::new(env!("CARGO_BIN_EXE_genie"))
-        .args([
-            "warm", "run", "--plan", &p, "--cache", &cache, "--model", "tiny", "--steps", "4",
-        ])
-        .env("GENIE_HOME", &home)
-        .env("HF_HUB_OFFLINE", "1")
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    let warm = [
+        "warm", "run", "--plan", &p, "--cache", &cache, "--model", "tiny", "--steps", "4",
+    ];
+    let o = genie_cli(&home, &warm.map(String::from));
+    assert!(o.status.success(), "{}", output_text(&o));
 
     let o = run(&["--cache", &cache]);
-    assert!(o.status.success(), "{}", text(&o));
-    let out = text(&o);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let out = output_text(&o);
     assert!(out.contains("0 hard negatives needed"), "{out}");
     assert!(!out.contains("generating"), "{out}");
     for method in genie::eval::Method::ALL {
@@ -583,7 +575,7 @@ fn eval_few_shot_cli_plans_warms_and_tables_every_method() {
         "genie,genie-ada",
         "--sweep",
     ]);
-    assert!(o.status.success(), "{}", text(&o));
+    assert!(o.status.success(), "{}", output_text(&o));
     let csv = std::fs::read_to_string(report.join("few_shot.csv")).unwrap();
     for slug in ["genie,", "genie-ada,"] {
         let ours = csv.lines().find(|l| l.starts_with(slug)).unwrap();
@@ -595,17 +587,164 @@ fn eval_few_shot_cli_plans_warms_and_tables_every_method() {
     let o = run_with(&[("--ways", "20")], &["--cache", &cache]);
     assert!(!o.status.success());
     assert!(
-        text(&o).contains("20-way episodes need 20 classes"),
+        output_text(&o).contains("20-way episodes need 20 classes"),
         "{}",
-        text(&o)
+        output_text(&o)
     );
     let o = run_with(&[("--queries", "10")], &["--cache", &cache]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("has 4 images"), "{}", text(&o));
+    assert!(
+        output_text(&o).contains("has 4 images"),
+        "{}",
+        output_text(&o)
+    );
     let o = run_with(&[("--backbone-width", "8")], &["--cache", &cache]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("wrong shape"), "{}", text(&o));
+    assert!(
+        output_text(&o).contains("wrong shape"),
+        "{}",
+        output_text(&o)
+    );
     let o = run_with(&[("--backbone", "resnet34")], &["--cache", &cache]);
     assert!(!o.status.success());
-    assert!(text(&o).contains("layer1.2.bn1.weight"), "{}", text(&o));
+    assert!(
+        output_text(&o).contains("layer1.2.bn1.weight"),
+        "{}",
+        output_text(&o)
+    );
+}
+
+/// `genie eval long-tail` end to end on drawn long-tailed shapes with the tiny engine and the
+/// width-4 ResNet-18: an incomplete cache is an error, `--generate` fills it and the table has
+/// a row per method with the groups the split has; a rerun over the complete cache does no
+/// diffusion and prints the same table; fine-tuning from PyTorch weights runs; a test folder
+/// with other classes is a named error.
+#[test]
+fn eval_long_tail_cli_trains_every_method_and_repeats_exactly() {
+    use std::process::Output;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let home = tmp.path().join("home");
+    let data = tmp.path().join("data");
+    let classes = genie::synthetic::CLASS_NAMES.len();
+    let counts = genie::synthetic::long_tail_counts(classes, 24, 3);
+    let train = genie::synthetic::long_tail_dataset(&counts, 64, 5).unwrap();
+    genie::synthetic::write_image_folder(&train, &data.join("train")).unwrap();
+    let test = genie::synthetic::balanced_dataset(3, classes, 64, 5).unwrap();
+    genie::synthetic::write_image_folder(&test, &data.join("test")).unwrap();
+    let cache = tmp.path().join("cache").display().to_string();
+    let run = |extra: &[&str]| -> Output {
+        let mut args: Vec<String> = [
+            "eval",
+            "long-tail",
+            "--backbone",
+            "resnet18",
+            "--backbone-width",
+            "4",
+            "--input-size",
+            "32",
+            "--epochs",
+            "1",
+            "--batch-size",
+            "32",
+            "--per-class",
+            "3",
+            "--model",
+            "tiny",
+            "--steps",
+            "4",
+            "--cache",
+            &cache,
+        ]
+        .map(String::from)
+        .to_vec();
+        args.extend(["--data".into(), data.display().to_string()]);
+        args.extend(extra.iter().map(|s| s.to_string()));
+        genie_cli(&home, &args)
+    };
+    let table = |out: &str| -> Vec<String> {
+        out.lines()
+            .filter(|l| {
+                l.starts_with("| ") && !l.starts_with("| method") && !l.starts_with("| ---")
+            })
+            .map(String::from)
+            .collect()
+    };
+
+    let o = run(&[]);
+    assert!(!o.status.success());
+    assert!(
+        output_text(&o).contains("not in the cache"),
+        "{}",
+        output_text(&o)
+    );
+
+    let report = tmp.path().join("report");
+    let r = report.display().to_string();
+    let o = run(&["--generate", "--out", &r]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    let first = table(&output_text(&o));
+    assert_eq!(first.len(), 3, "{}", output_text(&o));
+    for (row, name) in first
+        .iter()
+        .zip(["baseline", "GeNIe (r = 0.8)", "GeNIe-Ada"])
+    {
+        // No class has more than 100 images: Many is empty; Medium and Few are measured.
+        assert!(row.starts_with(&format!("| {name} | - | ")), "{row}");
+    }
+    assert!(
+        output_text(&o).contains("hard negatives added"),
+        "{}",
+        output_text(&o)
+    );
+    let csv = std::fs::read_to_string(report.join("long_tail.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 4, "{csv}");
+
+    let o = run(&[]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(
+        !output_text(&o).contains("generating"),
+        "{}",
+        output_text(&o)
+    );
+    assert_eq!(
+        table(&output_text(&o)),
+        first,
+        "the same seed gives the same table"
+    );
+
+    let weights =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/eval/resnet18_w4.pth");
+    let w = weights.display().to_string();
+    let o = run(&["--methods", "baseline", "--backbone-weights", &w]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert_eq!(table(&output_text(&o)).len(), 1);
+
+    std::fs::create_dir_all(data.join("test/zebra")).unwrap();
+    let o = run(&[]);
+    assert!(!o.status.success());
+    assert!(
+        output_text(&o).contains("other class folders"),
+        "{}",
+        output_text(&o)
+    );
+}
+
+/// Runs the `genie` binary offline with its home (the tiny model's folder) in `home`.
+fn genie_cli(home: &std::path::Path, args: &[String]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_genie"))
+        .args(args)
+        .env("GENIE_HOME", home)
+        .env("HF_HUB_OFFLINE", "1")
+        .output()
+        .unwrap()
+}
+
+/// A run's stdout and stderr, together.
+fn output_text(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
 }

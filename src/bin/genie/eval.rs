@@ -1,5 +1,6 @@
 //! `genie eval few-shot`: the paper's few-shot protocol (Table 1, Table 4) on an image-folder
-//! split with a frozen ResNet, hard negatives from the cache.
+//! split with a frozen ResNet, hard negatives from the cache (`eval long-tail` is in
+//! `long_tail.rs`).
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -32,6 +33,10 @@ pub(crate) enum EvalCommand {
     /// N-way K-shot episodes on a frozen backbone with a logistic-regression probe: every
     /// method on the same episodes, mean accuracy ± 95 % CI (the paper's Table 1 and Table 4).
     FewShot(Box<FewShotArgs>),
+    /// Train or fine-tune a ResNet on a long-tailed folder without and with GeNIe / GeNIe-Ada
+    /// hard negatives for the Few classes; accuracy per group on a balanced test folder (the
+    /// paper's Table 3).
+    LongTail(Box<super::long_tail::LongTailArgs>),
 }
 
 #[derive(Args)]
@@ -79,21 +84,29 @@ pub(crate) struct FewShotArgs {
     sweep: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// The hard-negative cache: a folder or s3://bucket/prefix.
-    #[arg(long, value_name = "DIR_OR_URL")]
-    cache: String,
-    /// Make the hard negatives the cache lacks with the engine here (without it, an incomplete
-    /// cache is an error that says what is missing).
-    #[arg(long, conflicts_with = "plan_out")]
-    generate: bool,
-    /// Write the hard negatives the cache lacks as a plan for `genie warm run` and stop.
-    #[arg(long, value_name = "FILE")]
-    plan_out: Option<PathBuf>,
     /// Write few_shot.md, few_shot.csv (and with --sweep few_shot_sweep.png) here.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     #[command(flatten)]
-    model: ModelArgs,
+    hard_negatives: HardNegativeArgs,
+}
+
+/// Where an evaluation's hard negatives come from, shared by `few-shot` and `long-tail`.
+#[derive(Args)]
+pub(crate) struct HardNegativeArgs {
+    /// The hard-negative cache: a folder or s3://bucket/prefix.
+    #[arg(long, value_name = "DIR_OR_URL")]
+    pub(crate) cache: String,
+    /// Make the hard negatives the cache lacks with the engine here (without it, an incomplete
+    /// cache is an error that says what is missing).
+    #[arg(long, conflicts_with = "plan_out")]
+    pub(crate) generate: bool,
+    /// Write the hard negatives the cache lacks as a plan for `genie warm run` and stop.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) plan_out: Option<PathBuf>,
+    /// The Stable Diffusion options: part of the keys, so the same as the plan's and warm run's.
+    #[command(flatten)]
+    pub(crate) model: ModelArgs,
 }
 
 /// Decoded images of the split kept in memory: an episode reads each of its images several
@@ -103,10 +116,12 @@ const DECODED_IMAGES: usize = 4096;
 pub(crate) fn eval_command(cmd: EvalCommand) -> Result<()> {
     match cmd {
         EvalCommand::FewShot(args) => few_shot(*args),
+        EvalCommand::LongTail(args) => super::long_tail::long_tail(*args),
     }
 }
 
 fn few_shot(args: FewShotArgs) -> Result<()> {
+    let hn = &args.hard_negatives;
     let spec = EpisodeSpec {
         ways: args.ways,
         shots: args.shots,
@@ -125,10 +140,9 @@ fn few_shot(args: FewShotArgs) -> Result<()> {
     let classes = genie::classes::classes_for(&folder.classes, names.as_ref())?;
     let episodes = sample_episodes(&members, &folder.classes, spec, args.episodes, args.seed)?;
 
-    let engine =
-        diffusion::plan_engine(&model_source(&args.model)?, &engine_options(&args.model)?)?;
+    let engine = diffusion::plan_engine(&model_source(&hn.model)?, &engine_options(&hn.model)?)?;
     let keys = key_space(&engine, classes, args.superclass.as_ref());
-    let cache = Arc::new(Cache::open(&args.cache, 64 << 20)?);
+    let cache = Arc::new(Cache::open(&hn.cache, 64 << 20)?);
     let decoded = Mutex::new(lru::LruCache::<usize, RgbImage>::new(
         NonZeroUsize::new(DECODED_IMAGES).unwrap_or(NonZeroUsize::MIN),
     ));
@@ -160,7 +174,9 @@ fn few_shot(args: FewShotArgs) -> Result<()> {
     let missing = source
         .missing_pairs(&episodes, &methods, args.extra_per_shot * args.shots)
         .map_err(anyhow::Error::msg)?;
-    let images: usize = missing.iter().map(|(_, p)| p.levels.len()).sum();
+    let images = genie::eval::missing_keys(&missing);
+    // The queue holds levels as requested, repeats included.
+    let queued: usize = missing.iter().map(|(_, p)| p.levels.len()).sum();
     println!(
         "{}-way {}-shot, {} queries, {} episodes over {} classes and {} images; {} hard \
          negatives needed that the cache lacks",
@@ -172,27 +188,26 @@ fn few_shot(args: FewShotArgs) -> Result<()> {
         folder.images.len(),
         images
     );
-    if let Some(plan) = &args.plan_out {
+    if let Some(plan) = &hn.plan_out {
         return write_missing_plan(plan, &args, &folder, &keys, &source, &missing);
     }
     if !missing.is_empty() {
-        if !args.generate {
+        if !hn.generate {
             let (_, first) = &missing[0];
             bail!(
                 "{images} hard negatives are not in the cache {} (the first: {} towards {:?} at \
                  r = {}): pass --generate to make them here, or --plan-out FILE and run the plan \
                  with `genie warm run`",
-                args.cache,
+                hn.cache,
                 folder.images[first.source].0.display(),
                 printable(&keys.class_label(first.target)),
                 first.levels[0]
             );
         }
-        let factory =
-            SdEngineFactory::new(model_source(&args.model)?, engine_options(&args.model)?)?;
+        let factory = SdEngineFactory::new(model_source(&hn.model)?, engine_options(&hn.model)?)?;
         let generator_config = GeneratorConfig {
-            devices: args.model.device.clone(),
-            queue_capacity: images.max(1),
+            devices: hn.model.device.clone(),
+            queue_capacity: queued.max(1),
             ..GeneratorConfig::default()
         };
         let generator = Generator::start(Arc::new(factory), Arc::clone(&cache), generator_config)?;
@@ -209,7 +224,7 @@ fn few_shot(args: FewShotArgs) -> Result<()> {
             })
             .map_err(anyhow::Error::msg)?;
         generator.shutdown(Shutdown::Drain);
-        println!("generated {made} hard negatives into {}", args.cache);
+        println!("generated {made} hard negatives into {}", hn.cache);
     }
 
     let config = FewShotConfig {
@@ -295,6 +310,7 @@ fn write_missing_plan(
     source: &CachedEpisodes,
     missing: &[(Method, NeededPair)],
 ) -> Result<()> {
+    let hn = &args.hard_negatives;
     let mut entries = Vec::new();
     // GeNIe's r = 0.8 image of a pair is also one of GeNIe-Ada's levels: planned once.
     let mut planned = std::collections::HashSet::new();
@@ -318,16 +334,26 @@ fn write_missing_plan(
             });
         }
     }
-    write_plan(plan, &mut entries)?;
+    report_plan(plan, &mut entries, &hn.cache, &hn.model)
+}
+
+/// Writes a `--plan-out` plan and prints the `genie warm run` command that fills `cache`.
+pub(crate) fn report_plan(
+    plan: &std::path::Path,
+    entries: &mut [PlanEntry],
+    cache: &str,
+    model: &ModelArgs,
+) -> Result<()> {
+    write_plan(plan, entries)?;
     let run: Vec<String> = ["genie", "warm", "run", "--plan"]
         .into_iter()
         .map(String::from)
         .chain([
             plan.display().to_string(),
             "--cache".into(),
-            args.cache.clone(),
+            cache.to_string(),
         ])
-        .chain(model_args(&args.model))
+        .chain(model_args(model))
         .map(|a| shell_word(&a))
         .collect();
     println!(

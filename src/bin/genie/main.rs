@@ -1,6 +1,7 @@
 //! `genie`: generate GeNIe hard negatives and manage their cache from the command line.
 
 mod eval;
+mod long_tail;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -43,7 +44,8 @@ enum Command {
     /// Check this build on a device and dtype against the diffusers parity fixtures (exit 3 if
     /// any tensor is off by more than the tolerance).
     Parity(ParityArgs),
-    /// The paper's evaluation protocols on your data (few-shot episodes on a frozen backbone).
+    /// The paper's evaluation protocols on your data: few-shot episodes on a frozen backbone,
+    /// long-tail training per group of classes.
     #[command(subcommand)]
     Eval(eval::EvalCommand),
 }
