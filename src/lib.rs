@@ -16,8 +16,11 @@
 //! - [`policy`], [`ada`]: which hard negatives to make (plain Rust), and GeNIe-Ada's choice of r;
 //! - [`loader`]: the burn integration (`GenieBatcher`, `GenieDataset`, the live Ada model);
 //! - [`warm`]: offline pre-warming plans, shards and their status;
+//! - [`remote`]: `genie serve`, the generator behind HTTP + JSON (`serve` feature);
 //! - [`pictures`]: contact sheets and HTML reports of a cache;
-//! - [`eval`]: the paper's evaluation protocols on features (episodes, a logistic probe, CIs).
+//! - [`eval`]: the paper's evaluation protocols on features (episodes, a logistic probe, CIs,
+//!   the long-tail report);
+//! - [`backbone`]: torchvision's ResNets in burn with PyTorch weights, for the protocols.
 
 pub mod ada;
 pub mod backbone;
@@ -33,6 +36,7 @@ pub mod loader;
 pub mod noise;
 pub mod pictures;
 pub mod policy;
+pub mod remote;
 pub mod safe_open;
 pub mod seed;
 mod sync;

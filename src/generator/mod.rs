@@ -16,4 +16,4 @@ pub use service::{
     DynEngine, EngineFactory, Generator, GeneratorConfig, GeneratorError, LevelOutcome, Priority,
     Receipt, Request, Shutdown, SourceImage, WaitOutcome,
 };
-pub use stats::GeneratorStats;
+pub use stats::{DeviceStats, GeneratorStats};

@@ -145,6 +145,9 @@ pub struct GeneratorConfig {
     /// First wait before a failed key may be requested again; doubles per failure.
     pub failure_backoff: Duration,
     pub max_backoff: Duration,
+    /// Make each worker's engine when the service starts rather than at its first batch (a
+    /// server wants to be ready, with its model loaded, before it says so).
+    pub load_at_start: bool,
 }
 
 impl Default for GeneratorConfig {
@@ -155,6 +158,7 @@ impl Default for GeneratorConfig {
             max_batch: 4,
             failure_backoff: Duration::from_secs(5),
             max_backoff: Duration::from_secs(600),
+            load_at_start: false,
         }
     }
 }
@@ -210,6 +214,25 @@ const RUNNING: u8 = 0;
 const DRAINING: u8 = 1;
 const CANCELLING: u8 = 2;
 
+/// Checks what every generator checks of a request: the source's size, and a source for every
+/// level below 1.0.
+pub(crate) fn check_request(req: &Request, resolution: u32) -> Result<(), GeneratorError> {
+    if let Some(src) = &req.source {
+        let (w, h) = src.pixels.dimensions();
+        let r = resolution;
+        if (w, h) != (r, r) {
+            return Err(GeneratorError::Request(format!(
+                "source is {w}x{h}; the engine expects {r}x{r}"
+            )));
+        }
+    } else if req.levels.iter().any(|l| !l.is_text_to_image()) {
+        return Err(GeneratorError::Request(
+            "levels below 1.0 need a source image".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// The background generation service.
 pub struct Generator {
     shared: Arc<Shared>,
@@ -242,7 +265,7 @@ impl Generator {
             fingerprint: factory.fingerprint().clone(),
             resolution: factory.resolution(),
             config: config.clone(),
-            counters: Counters::new(),
+            counters: Counters::new(&config.devices),
             pending: Mutex::new(HashSet::new()),
             failures: Mutex::new(HashMap::new()),
             settled: Condvar::new(),
@@ -251,8 +274,9 @@ impl Generator {
             cancel: CancelToken::new(),
         });
         let mut workers = Vec::with_capacity(config.devices.len());
-        for device in &config.devices {
+        for (index, device) in config.devices.iter().enumerate() {
             let worker = Worker {
+                index,
                 shared: shared.clone(),
                 factory: factory.clone(),
                 device: device.clone(),
@@ -327,19 +351,7 @@ impl Generator {
 
     /// Asks for a request's levels; never waits for generation or for a lock held by a worker.
     pub fn request(&self, req: Request) -> Result<Receipt, GeneratorError> {
-        if let Some(src) = &req.source {
-            let (w, h) = src.pixels.dimensions();
-            let r = self.shared.resolution;
-            if (w, h) != (r, r) {
-                return Err(GeneratorError::Request(format!(
-                    "source is {w}x{h}; the engine expects {r}x{r}"
-                )));
-            }
-        } else if req.levels.iter().any(|l| !l.is_text_to_image()) {
-            return Err(GeneratorError::Request(
-                "levels below 1.0 need a source image".into(),
-            ));
-        }
+        check_request(&req, self.shared.resolution)?;
         let c = &self.shared.counters;
         let running = self.shared.mode.load(Ordering::Acquire) == RUNNING;
         let now = Instant::now();
@@ -547,11 +559,17 @@ impl Shared {
         self.settled.notify_all();
     }
 
-    fn fail(&self, item: &WorkItem, message: &str) {
-        self.fail_levels(&item.target, &item.levels, message);
+    fn fail(&self, device: usize, item: &WorkItem, message: &str) {
+        self.fail_levels(device, &item.target, &item.levels, message);
     }
 
-    fn fail_levels(&self, target: &str, levels: &[(NoiseLevel, CacheKey)], message: &str) {
+    fn fail_levels(
+        &self,
+        device: usize,
+        target: &str,
+        levels: &[(NoiseLevel, CacheKey)],
+        message: &str,
+    ) {
         let now = Instant::now();
         let mut failures = lock(&self.failures);
         for (level, key) in levels {
@@ -572,10 +590,13 @@ impl Shared {
             f.message = message.to_string();
         }
         Counters::add(&self.counters.failed, levels.len() as u64);
+        Counters::add(&self.counters.devices[device].failed, levels.len() as u64);
     }
 }
 
 struct Worker {
+    /// Which of the configured devices (and of the per-device counters) this is.
+    index: usize,
     shared: Arc<Shared>,
     factory: Arc<dyn EngineFactory>,
     device: String,
@@ -587,6 +608,10 @@ struct Worker {
 impl Worker {
     fn mode(&self) -> u8 {
         self.shared.mode.load(Ordering::Acquire)
+    }
+
+    fn device_counters(&self) -> &super::stats::DeviceCounters {
+        &self.shared.counters.devices[self.index]
     }
 
     /// Up to `max_batch` items, online first; `None` when it is time to stop.
@@ -619,6 +644,14 @@ impl Worker {
 
     /// One attempt at making this worker's engine.
     fn create_engine(&self) -> Result<Box<dyn DynEngine>, String> {
+        let made = self.try_create_engine();
+        if made.is_ok() {
+            self.device_counters().loaded.store(1, Ordering::Relaxed);
+        }
+        made
+    }
+
+    fn try_create_engine(&self) -> Result<Box<dyn DynEngine>, String> {
         match catch_unwind(AssertUnwindSafe(|| self.factory.create(&self.device))) {
             Ok(Ok(mut engine)) if engine.fingerprint() == &self.shared.fingerprint => {
                 engine.set_cancel(self.shared.cancel.clone());
@@ -638,6 +671,16 @@ impl Worker {
         // reason (so waiters learn it instead of hanging) and creation is retried after a backoff.
         let mut engine: Option<Box<dyn DynEngine>> = None;
         let mut creation_error: Option<(String, Instant, Duration)> = None;
+        if self.shared.config.load_at_start {
+            match self.create_engine() {
+                Ok(e) => engine = Some(e),
+                Err(msg) => {
+                    tracing::error!(device = %self.device, error = %msg, "cannot create engine");
+                    let delay = self.shared.config.failure_backoff;
+                    creation_error = Some((msg, Instant::now() + delay, delay));
+                }
+            }
+        }
         while let Some(mut batch) = self.next_batch() {
             self.skip_cached(&mut batch);
             if batch.is_empty() {
@@ -670,7 +713,9 @@ impl Worker {
                     .as_ref()
                     .map_or("no engine", |(m, _, _)| m.as_str());
                 let msg = format!("cannot create the engine on {}: {msg}", self.device);
-                batch.iter().for_each(|item| self.shared.fail(item, &msg));
+                batch
+                    .iter()
+                    .for_each(|item| self.shared.fail(self.index, item, &msg));
                 batch.iter().for_each(|item| self.shared.forget(item));
                 continue;
             };
@@ -691,6 +736,7 @@ impl Worker {
                 tracing::debug_span!("generate", device = %self.device, jobs = jobs.len(), levels)
                     .entered();
             Counters::add(&c.engine_calls, 1);
+            Counters::add(&self.device_counters().engine_calls, 1);
             let result = catch_unwind(AssertUnwindSafe(|| active.generate(&jobs)));
             match result {
                 Ok(Ok(outputs)) if outputs.len() == batch.len() => {
@@ -704,7 +750,9 @@ impl Worker {
                         outputs.len(),
                         batch.len()
                     );
-                    batch.iter().for_each(|item| self.shared.fail(item, &msg));
+                    batch
+                        .iter()
+                        .for_each(|item| self.shared.fail(self.index, item, &msg));
                 }
                 Ok(Err(_)) if self.shared.cancel.is_cancelled() => {
                     // Stopped by a cancelling shutdown: nothing failed, nothing to back off from.
@@ -712,7 +760,9 @@ impl Worker {
                 }
                 Ok(Err(e)) => {
                     let msg = e.to_string();
-                    batch.iter().for_each(|item| self.shared.fail(item, &msg));
+                    batch
+                        .iter()
+                        .for_each(|item| self.shared.fail(self.index, item, &msg));
                 }
                 Err(panic) => {
                     Counters::add(&c.panics, 1);
@@ -723,10 +773,12 @@ impl Worker {
                         .unwrap_or_else(|| "engine panicked".into());
                     tracing::error!(device = %self.device, panic = %msg, "engine panicked; restarting it");
                     batch.iter().for_each(|item| {
-                        self.shared.fail(item, &format!("engine panicked: {msg}"))
+                        self.shared
+                            .fail(self.index, item, &format!("engine panicked: {msg}"))
                     });
                     // The next batch builds a fresh engine.
                     engine = None;
+                    self.device_counters().loaded.store(0, Ordering::Relaxed);
                 }
             }
             c.in_flight.fetch_sub(levels, Ordering::Relaxed);
@@ -760,8 +812,11 @@ impl Worker {
 
     fn store(&self, item: &WorkItem, output: JobOutput) {
         if output.images.len() != item.levels.len() {
-            self.shared
-                .fail(item, "engine returned the wrong number of images");
+            self.shared.fail(
+                self.index,
+                item,
+                "engine returned the wrong number of images",
+            );
             return;
         }
         for ((level, key), image) in item.levels.iter().zip(output.images) {
@@ -781,6 +836,7 @@ impl Worker {
             match self.shared.cache.put_image(key, &image.image, meta) {
                 Ok(_) => {
                     Counters::add(&self.shared.counters.done, 1);
+                    Counters::add(&self.device_counters().done, 1);
                     lock(&self.shared.failures).remove(key);
                 }
                 Err(e) => {
@@ -791,8 +847,11 @@ impl Worker {
                         seed: item.seed,
                         levels: vec![(*level, *key)],
                     };
-                    self.shared
-                        .fail(&single, &format!("cannot store in the cache: {e}"));
+                    self.shared.fail(
+                        self.index,
+                        &single,
+                        &format!("cannot store in the cache: {e}"),
+                    );
                 }
             }
         }

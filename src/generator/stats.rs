@@ -16,12 +16,35 @@ pub(crate) struct Counters {
     pub failed: AtomicU64,
     pub panics: AtomicU64,
     pub engine_calls: AtomicU64,
+    /// One per worker, in the order of the configured devices.
+    pub devices: Vec<DeviceCounters>,
     pub started: Instant,
 }
 
+/// What one worker (one device) did.
+#[derive(Debug)]
+pub(crate) struct DeviceCounters {
+    pub device: String,
+    /// 1 while the worker holds a working engine.
+    pub loaded: AtomicU64,
+    pub done: AtomicU64,
+    pub failed: AtomicU64,
+    pub engine_calls: AtomicU64,
+}
+
 impl Counters {
-    pub fn new() -> Self {
+    pub fn new(devices: &[String]) -> Self {
         Counters {
+            devices: devices
+                .iter()
+                .map(|d| DeviceCounters {
+                    device: d.clone(),
+                    loaded: AtomicU64::new(0),
+                    done: AtomicU64::new(0),
+                    failed: AtomicU64::new(0),
+                    engine_calls: AtomicU64::new(0),
+                })
+                .collect(),
             queued: AtomicU64::new(0),
             deduplicated: AtomicU64::new(0),
             cached: AtomicU64::new(0),
@@ -56,6 +79,17 @@ impl Counters {
             failed: get(&self.failed),
             panics: get(&self.panics),
             engine_calls: get(&self.engine_calls),
+            devices: self
+                .devices
+                .iter()
+                .map(|d| DeviceStats {
+                    device: d.device.clone(),
+                    engine_loaded: get(&d.loaded) > 0,
+                    done: get(&d.done),
+                    failed: get(&d.failed),
+                    engine_calls: get(&d.engine_calls),
+                })
+                .collect(),
             images_per_second: if elapsed > 0.0 {
                 done as f64 / elapsed
             } else {
@@ -91,6 +125,28 @@ pub struct GeneratorStats {
     pub panics: u64,
     /// Engine calls made (each serves a batch of jobs).
     pub engine_calls: u64,
+    /// Per worker, in the order of the configured devices.
+    pub devices: Vec<DeviceStats>,
     /// `done` per second since the service started.
     pub images_per_second: f64,
+}
+
+impl GeneratorStats {
+    /// Workers holding a working engine now.
+    pub fn engines_loaded(&self) -> usize {
+        self.devices.iter().filter(|d| d.engine_loaded).count()
+    }
+}
+
+/// A snapshot of one worker's counters.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct DeviceStats {
+    pub device: String,
+    /// Whether the worker holds a working engine now.
+    pub engine_loaded: bool,
+    /// Levels this worker generated and stored.
+    pub done: u64,
+    /// Levels whose generation or storage failed on this worker.
+    pub failed: u64,
+    pub engine_calls: u64,
 }

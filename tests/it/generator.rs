@@ -143,6 +143,7 @@ fn config(tag: &str, devices: usize, capacity: usize, batch: usize) -> Generator
         max_batch: batch,
         failure_backoff: Duration::from_secs(60),
         max_backoff: Duration::from_secs(60),
+        load_at_start: false,
     }
 }
 

@@ -24,6 +24,7 @@ mod generator;
 mod loader;
 mod parity;
 mod policy;
+mod serve;
 mod shapes;
 mod supervised;
 mod warm;

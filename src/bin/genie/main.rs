@@ -2,6 +2,7 @@
 
 mod eval;
 mod long_tail;
+mod serve;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -44,6 +45,9 @@ enum Command {
     /// Check this build on a device and dtype against the diffusers parity fixtures (exit 3 if
     /// any tensor is off by more than the tolerance).
     Parity(ParityArgs),
+    /// Run the generator as a server for training jobs elsewhere (HTTP + JSON; needs the
+    /// `serve` feature): they send requests, it fills the shared cache. SIGTERM drains the queue.
+    Serve(Box<serve::ServeArgs>),
     /// The paper's evaluation protocols on your data: few-shot episodes on a frozen backbone,
     /// long-tail training per group of classes.
     #[command(subcommand)]
@@ -1591,6 +1595,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => done(bench(*args)),
         Command::Parity(args) => parity(args),
         Command::Eval(cmd) => done(eval::eval_command(cmd)),
+        Command::Serve(args) => done(serve::serve(*args)),
     };
     match result {
         Ok(code) => code,

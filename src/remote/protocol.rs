@@ -1,0 +1,289 @@
+//! The wire format of `genie serve`: JSON bodies, their limits, and their conversion to generator types.
+//!
+//! Version 1. Every answer that is not a success carries an [`ErrorBody`] whose `kind` a client
+//! can match on; pixels travel as base64 of raw RGB8 rows at the server's resolution.
+
+use base64::Engine as _;
+use serde::{Deserialize, Serialize};
+
+use crate::cache::CacheKey;
+use crate::engine::{EngineFingerprint, NoiseLevel};
+use crate::generator::{LevelOutcome, Priority, Receipt, SourceImage, WaitOutcome};
+
+/// Bumped when a change would make an old client misread the server.
+pub const PROTOCOL_VERSION: u32 = 1;
+/// Most requests in one `POST /v1/requests`.
+pub const MAX_REQUESTS_PER_BATCH: usize = 256;
+/// Most levels in one request (the Ada sweep plus the fixed level is 6).
+pub const MAX_LEVELS_PER_REQUEST: usize = 32;
+/// Longest prompt or target label, in bytes.
+pub const MAX_TEXT_BYTES: usize = 4096;
+/// Longest a `GET /v1/keys/{key}?wait_ms=` waits.
+pub const MAX_WAIT_MS: u64 = 30_000;
+
+/// `GET /v1/info`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServerInfo {
+    pub protocol: u32,
+    pub fingerprint: EngineFingerprint,
+    /// Side length of the sources the server accepts.
+    pub resolution: u32,
+    /// Random per server process: a client that sees it change knows the server restarted and
+    /// that whatever it had queued is gone.
+    pub instance: String,
+    pub version: String,
+}
+
+/// `POST /v1/requests`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RequestBatch {
+    /// The engine the client's keys are made for; refused unless it is the server's.
+    pub fingerprint: EngineFingerprint,
+    pub requests: Vec<WireRequest>,
+}
+
+/// One [`Request`](crate::generator::Request) on the wire.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireRequest {
+    /// `None` only for text-to-image.
+    pub source: Option<WireSource>,
+    pub target: String,
+    pub prompt: String,
+    /// Levels in thousandths (800 is r = 0.8).
+    pub levels: Vec<u16>,
+    pub seed: u64,
+    pub priority: WirePriority,
+}
+
+/// A source image: always its pixel hash, and its pixels unless the server is known to hold them.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireSource {
+    /// blake3 of the pixels, hex.
+    pub hash: String,
+    /// base64 of `resolution × resolution × 3` bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixels: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WirePriority {
+    Online,
+    Prewarm,
+}
+
+/// The answer to a [`RequestBatch`]: one entry per request, in order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct BatchAnswer {
+    /// The server's [`ServerInfo::instance`]: a client sees a restart in the first answer after it.
+    pub instance: String,
+    pub answers: Vec<RequestAnswer>,
+}
+
+/// What became of one request: its levels' outcomes, or why it was refused.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RequestAnswer {
+    Levels(Vec<WireLevel>),
+    Refused(ErrorBody),
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct WireLevel {
+    pub level: u16,
+    pub key: CacheKey,
+    pub outcome: WireOutcome,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireOutcome {
+    Queued,
+    AlreadyPending,
+    AlreadyCached,
+    BackingOff,
+    Dropped,
+}
+
+/// `GET /v1/keys/{key}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct KeyState {
+    pub state: WireWait,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WireWait {
+    Ready,
+    Failed,
+    NotPending,
+    TimedOut,
+}
+
+/// A refusal, of a whole call (with a 4xx/5xx status) or of one request in a batch.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    pub kind: ErrorKind,
+    pub message: String,
+}
+
+/// Why a call or request was refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// Not JSON, or not this shape.
+    Malformed,
+    /// Well formed but invalid (a level out of range, a source of the wrong size, …).
+    BadRequest,
+    /// Larger than the server's body limit.
+    TooLarge,
+    /// The client's keys are for another engine.
+    FingerprintMismatch,
+    /// A hash-only source the server does not hold: send the pixels.
+    UnknownSource,
+    /// The pixels do not hash to the hash sent with them.
+    HashMismatch,
+    /// The server is draining for shutdown.
+    ShuttingDown,
+    NotFound,
+    Internal,
+}
+
+impl std::fmt::Display for ErrorKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = serde_json::to_value(self)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        f.write_str(&name)
+    }
+}
+
+impl ErrorBody {
+    pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
+        ErrorBody {
+            kind,
+            message: message.into(),
+        }
+    }
+}
+
+impl From<Priority> for WirePriority {
+    fn from(p: Priority) -> Self {
+        match p {
+            Priority::Online => WirePriority::Online,
+            Priority::Prewarm => WirePriority::Prewarm,
+        }
+    }
+}
+
+impl From<WirePriority> for Priority {
+    fn from(p: WirePriority) -> Self {
+        match p {
+            WirePriority::Online => Priority::Online,
+            WirePriority::Prewarm => Priority::Prewarm,
+        }
+    }
+}
+
+impl WireOutcome {
+    pub fn from_outcome(o: LevelOutcome) -> Self {
+        match o {
+            LevelOutcome::Queued => WireOutcome::Queued,
+            LevelOutcome::AlreadyPending => WireOutcome::AlreadyPending,
+            LevelOutcome::AlreadyCached => WireOutcome::AlreadyCached,
+            LevelOutcome::BackingOff => WireOutcome::BackingOff,
+            LevelOutcome::Dropped => WireOutcome::Dropped,
+        }
+    }
+
+    pub fn outcome(self) -> LevelOutcome {
+        match self {
+            WireOutcome::Queued => LevelOutcome::Queued,
+            WireOutcome::AlreadyPending => LevelOutcome::AlreadyPending,
+            WireOutcome::AlreadyCached => LevelOutcome::AlreadyCached,
+            WireOutcome::BackingOff => LevelOutcome::BackingOff,
+            WireOutcome::Dropped => LevelOutcome::Dropped,
+        }
+    }
+}
+
+impl From<&WaitOutcome> for KeyState {
+    fn from(w: &WaitOutcome) -> Self {
+        let (state, message) = match w {
+            WaitOutcome::Ready => (WireWait::Ready, None),
+            WaitOutcome::Failed(m) => (WireWait::Failed, Some(m.clone())),
+            WaitOutcome::NotPending => (WireWait::NotPending, None),
+            WaitOutcome::TimedOut => (WireWait::TimedOut, None),
+        };
+        KeyState { state, message }
+    }
+}
+
+impl KeyState {
+    pub fn outcome(&self) -> WaitOutcome {
+        match self.state {
+            WireWait::Ready => WaitOutcome::Ready,
+            WireWait::Failed => WaitOutcome::Failed(self.message.clone().unwrap_or_default()),
+            WireWait::NotPending => WaitOutcome::NotPending,
+            WireWait::TimedOut => WaitOutcome::TimedOut,
+        }
+    }
+}
+
+/// A receipt as the server sends it.
+pub fn wire_levels(receipt: &Receipt) -> Vec<WireLevel> {
+    receipt
+        .levels
+        .iter()
+        .map(|&(level, key, outcome)| WireLevel {
+            level: level.thousandths(),
+            key,
+            outcome: WireOutcome::from_outcome(outcome),
+        })
+        .collect()
+}
+
+/// A server's levels as a receipt; `None` when a level is out of range (a broken server).
+pub fn receipt_of(levels: &[WireLevel]) -> Option<Receipt> {
+    let levels = levels
+        .iter()
+        .map(|l| {
+            Some((
+                NoiseLevel::from_thousandths(l.level)?,
+                l.key,
+                l.outcome.outcome(),
+            ))
+        })
+        .collect::<Option<Vec<_>>>()?;
+    Some(Receipt { levels })
+}
+
+pub fn hash_hex(hash: &[u8; 32]) -> String {
+    blake3::Hash::from(*hash).to_hex().to_string()
+}
+
+pub fn parse_hash(hex: &str) -> Option<[u8; 32]> {
+    blake3::Hash::from_hex(hex).ok().map(|h| *h.as_bytes())
+}
+
+pub fn encode_pixels(source: &SourceImage) -> String {
+    base64::engine::general_purpose::STANDARD.encode(source.pixels.as_raw())
+}
+
+/// Decodes pixels sent for a `side × side` source; the error says what was wrong.
+pub fn decode_pixels(b64: &str, side: u32) -> Result<image::RgbImage, String> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .map_err(|e| format!("pixels are not base64: {e}"))?;
+    let want = side as usize * side as usize * 3;
+    if bytes.len() != want {
+        return Err(format!(
+            "pixels are {} bytes; a {side}x{side} RGB source is {want}",
+            bytes.len()
+        ));
+    }
+    image::RgbImage::from_raw(side, side, bytes).ok_or_else(|| "pixels do not fit".to_string())
+}

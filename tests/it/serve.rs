@@ -1,0 +1,415 @@
+//! `genie serve` as a child process on loopback with the tiny engine: it answers requests at
+//! once and fills the cache, refuses another engine's keys by name, answers malformed, oversized
+//! and hostile input with typed 4xx and keeps serving, reports Prometheus metrics, and drains its
+//! queue on SIGTERM. The HTTP client is a few lines over a `TcpStream`, so the tests can also send
+//! bytes no client library would.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use genie::generator::SourceImage;
+use genie::remote::protocol::{
+    encode_pixels, hash_hex, BatchAnswer, ErrorBody, ErrorKind, KeyState, RequestAnswer,
+    RequestBatch, ServerInfo, WireOutcome, WirePriority, WireRequest, WireSource, WireWait,
+};
+
+/// A `genie serve` child; killed when dropped.
+struct Server {
+    child: Child,
+    addr: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start(home: &std::path::Path, cache: &std::path::Path, extra: &[&str]) -> Server {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_genie"))
+        .args([
+            "serve",
+            "--model",
+            "tiny",
+            "--steps",
+            "4",
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .arg("--cache")
+        .arg(cache)
+        .args(extra)
+        .env("GENIE_HOME", home)
+        .env("HF_HUB_OFFLINE", "1")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let addr = line
+        .split("http://")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no address in {line:?}"))
+        .to_string();
+    let server = Server { child, addr };
+    // Ready once the engine is loaded.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while http(&server.addr, "GET", "/readyz", b"").0 != 200 {
+        assert!(Instant::now() < deadline, "the server never became ready");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    server
+}
+
+/// One HTTP/1.1 call; (status, body).
+fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    raw(addr, &[head.as_bytes(), body].concat())
+}
+
+/// Sends `bytes` as they are; (status, body), status 0 when the answer is not HTTP.
+fn raw(addr: &str, bytes: &[u8]) -> (u16, String) {
+    let Ok(mut stream) = TcpStream::connect(addr) else {
+        return (0, String::new());
+    };
+    stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let _ = stream.write_all(bytes);
+    let mut answer = Vec::new();
+    let _ = stream.read_to_end(&mut answer);
+    let text = String::from_utf8_lossy(&answer).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map_or(String::new(), |(_, b)| b.to_string());
+    (status, body)
+}
+
+fn info(addr: &str) -> ServerInfo {
+    let (status, body) = http(addr, "GET", "/v1/info", b"");
+    assert_eq!(status, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+/// A drawn 64-px source (the tiny model's side).
+fn source(seed: u64) -> SourceImage {
+    let item = genie::synthetic::balanced_dataset(1, 1, 64, seed).unwrap();
+    SourceImage::new(item[0].image.clone())
+}
+
+fn request(src: &SourceImage, target: &str, levels: &[u16], with_pixels: bool) -> WireRequest {
+    WireRequest {
+        source: Some(WireSource {
+            hash: hash_hex(&src.hash),
+            pixels: with_pixels.then(|| encode_pixels(src)),
+        }),
+        target: target.into(),
+        prompt: format!("a photo of a {target}"),
+        levels: levels.to_vec(),
+        seed: 7,
+        priority: WirePriority::Prewarm,
+    }
+}
+
+fn post(addr: &str, batch: &RequestBatch) -> (u16, String) {
+    http(
+        addr,
+        "POST",
+        "/v1/requests",
+        &serde_json::to_vec(batch).unwrap(),
+    )
+}
+
+fn answers(body: &str) -> Vec<RequestAnswer> {
+    serde_json::from_str::<BatchAnswer>(body)
+        .unwrap_or_else(|e| panic!("{e}: {body}"))
+        .answers
+}
+
+fn error_kind(body: &str) -> ErrorKind {
+    serde_json::from_str::<ErrorBody>(body)
+        .unwrap_or_else(|e| panic!("{e}: {body}"))
+        .kind
+}
+
+#[test]
+fn serve_answers_at_once_fills_the_cache_and_reports_metrics() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache_dir = tmp.path().join("cache");
+    let server = start(tmp.path(), &cache_dir, &[]);
+    assert_eq!(http(&server.addr, "GET", "/healthz", b"").0, 200);
+    let info = info(&server.addr);
+    assert_eq!(info.resolution, 64);
+
+    let src = source(1);
+    let batch = RequestBatch {
+        fingerprint: info.fingerprint.clone(),
+        requests: vec![request(&src, "star", &[500, 800], true)],
+    };
+    let (status, body) = post(&server.addr, &batch);
+    assert_eq!(status, 200, "{body}");
+    let RequestAnswer::Levels(levels) = &answers(&body)[0] else {
+        panic!("refused: {body}");
+    };
+    assert_eq!(levels.len(), 2);
+    assert!(
+        levels.iter().all(|l| l.outcome == WireOutcome::Queued),
+        "{body}"
+    );
+    for level in levels {
+        let (status, body) = http(
+            &server.addr,
+            "GET",
+            &format!("/v1/keys/{}?wait_ms=30000", level.key),
+            b"",
+        );
+        assert_eq!(status, 200, "{body}");
+        let state: KeyState = serde_json::from_str(&body).unwrap();
+        assert_eq!(state.state, WireWait::Ready, "{body}");
+    }
+    // The same request again: cached. The pixels are remembered, so the hash alone will do.
+    let again = RequestBatch {
+        fingerprint: info.fingerprint.clone(),
+        requests: vec![request(&src, "star", &[500, 800], false)],
+    };
+    let (status, body) = post(&server.addr, &again);
+    assert_eq!(status, 200, "{body}");
+    let RequestAnswer::Levels(again_levels) = &answers(&body)[0] else {
+        panic!("refused: {body}");
+    };
+    assert!(
+        again_levels
+            .iter()
+            .all(|l| l.outcome == WireOutcome::AlreadyCached),
+        "{body}"
+    );
+
+    let (status, metrics) = http(&server.addr, "GET", "/metrics", b"");
+    assert_eq!(status, 200);
+    for line in [
+        "genie_levels_done_total 2",
+        "genie_levels_cached_total 2",
+        "genie_queue_depth 0",
+        "genie_device_engine_loaded{device=\"cpu\"} 1",
+        "genie_device_levels_done_total{device=\"cpu\"} 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
+    drop(server);
+
+    // What the server wrote, read by a training process: decodable images of the right size.
+    let cache = genie::cache::Cache::open_dir(&cache_dir, 1 << 20).unwrap();
+    for level in levels {
+        let image = cache.get_image(&level.key).unwrap().expect("cached");
+        assert_eq!(image.dimensions(), (64, 64));
+    }
+}
+
+#[test]
+fn serve_refuses_other_engines_and_hostile_input_and_keeps_serving() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(
+        tmp.path(),
+        &tmp.path().join("cache"),
+        &["--body-limit", "64KiB"],
+    );
+    let info = info(&server.addr);
+    let src = source(2);
+    let addr = server.addr.as_str();
+
+    // Keys made for another engine: refused, naming both.
+    let mut other = info.fingerprint.clone();
+    other.steps = 50;
+    let (status, body) = post(
+        addr,
+        &RequestBatch {
+            fingerprint: other,
+            requests: vec![request(&src, "star", &[800], true)],
+        },
+    );
+    assert_eq!(status, 409, "{body}");
+    assert_eq!(error_kind(&body), ErrorKind::FingerprintMismatch);
+    assert!(
+        body.contains("4 steps") && body.contains("50 steps"),
+        "{body}"
+    );
+
+    // Not JSON, the wrong JSON, too large, too many requests.
+    let (status, body) = http(addr, "POST", "/v1/requests", b"{not json");
+    assert_eq!(
+        (status, error_kind(&body)),
+        (400, ErrorKind::Malformed),
+        "{body}"
+    );
+    let (status, body) = http(addr, "POST", "/v1/requests", br#"{"requests": 3}"#);
+    assert_eq!(
+        (status, error_kind(&body)),
+        (400, ErrorKind::Malformed),
+        "{body}"
+    );
+    let (status, body) = http(addr, "POST", "/v1/requests", &vec![b' '; 100 << 10]);
+    assert_eq!(
+        (status, error_kind(&body)),
+        (413, ErrorKind::TooLarge),
+        "{body}"
+    );
+    let many = RequestBatch {
+        fingerprint: info.fingerprint.clone(),
+        requests: vec![request(&src, "star", &[800], false); 300],
+    };
+    let (status, body) = post(addr, &many);
+    assert_eq!(
+        (status, error_kind(&body)),
+        (400, ErrorKind::BadRequest),
+        "{body}"
+    );
+
+    // Per request: each refused with its reason, the good one beside them taken.
+    let mut bad_hash = request(&src, "star", &[800], true);
+    bad_hash.source.as_mut().unwrap().hash = hash_hex(&[7; 32]);
+    let mut short_pixels = request(&src, "star", &[800], true);
+    short_pixels.source.as_mut().unwrap().pixels = Some("AAAA".into());
+    let unknown = request(&source(3), "star", &[800], false);
+    let batch = RequestBatch {
+        fingerprint: info.fingerprint.clone(),
+        requests: vec![
+            request(&src, "star", &[0, 1001], true),
+            bad_hash,
+            short_pixels,
+            unknown,
+            request(&src, "star", &[800], true),
+        ],
+    };
+    let (status, body) = post(addr, &batch);
+    assert_eq!(status, 200, "{body}");
+    let kinds: Vec<Option<ErrorKind>> = answers(&body)
+        .iter()
+        .map(|a| match a {
+            RequestAnswer::Refused(e) => Some(e.kind),
+            RequestAnswer::Levels(_) => None,
+        })
+        .collect();
+    assert_eq!(
+        kinds,
+        vec![
+            Some(ErrorKind::BadRequest),
+            Some(ErrorKind::HashMismatch),
+            Some(ErrorKind::BadRequest),
+            Some(ErrorKind::UnknownSource),
+            None
+        ],
+        "{body}"
+    );
+
+    // A key that is not one, an unknown path, garbage on the socket.
+    let (status, body) = http(addr, "GET", "/v1/keys/xyz", b"");
+    assert_eq!(
+        (status, error_kind(&body)),
+        (400, ErrorKind::BadRequest),
+        "{body}"
+    );
+    let (status, body) = http(addr, "GET", "/v2/anything", b"");
+    assert_eq!(
+        (status, error_kind(&body)),
+        (404, ErrorKind::NotFound),
+        "{body}"
+    );
+    assert_eq!(raw(addr, &[0xff; 4096]).0, 400);
+    // A huge declared body that never comes is refused at once, not waited for.
+    let started = Instant::now();
+    let huge = b"POST /v1/requests HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n{";
+    let (status, body) = raw(addr, huge);
+    assert_eq!(
+        (status, error_kind(&body)),
+        (413, ErrorKind::TooLarge),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+
+    // Still serving, and the refusals are counted by kind.
+    assert_eq!(http(addr, "GET", "/healthz", b"").0, 200);
+    let (_, metrics) = http(addr, "GET", "/metrics", b"");
+    for kind in [
+        "malformed",
+        "too_large",
+        "fingerprint_mismatch",
+        "hash_mismatch",
+    ] {
+        let prefix = format!("genie_http_refused_total{{kind=\"{kind}\"}} ");
+        assert!(
+            metrics.lines().any(|l| l.starts_with(&prefix)),
+            "no {prefix:?} in\n{metrics}"
+        );
+    }
+}
+
+#[test]
+fn serve_drains_its_queue_on_sigterm() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache_dir = tmp.path().join("cache");
+    let mut server = start(tmp.path(), &cache_dir, &[]);
+    let info = info(&server.addr);
+    let requests: Vec<WireRequest> = (10..16)
+        .map(|seed| request(&source(seed), "heart", &[500, 600, 700, 800, 900], true))
+        .collect();
+    let (status, body) = post(
+        &server.addr,
+        &RequestBatch {
+            fingerprint: info.fingerprint,
+            requests,
+        },
+    );
+    assert_eq!(status, 200, "{body}");
+    let mut keys = Vec::new();
+    for answer in answers(&body) {
+        match answer {
+            RequestAnswer::Levels(levels) => keys.extend(levels.iter().map(|l| l.key)),
+            RequestAnswer::Refused(e) => panic!("refused: {e:?}"),
+        }
+    }
+    assert_eq!(keys.len(), 30);
+    // SAFETY: kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the server did not stop");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    server
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert!(stderr.contains("stopped after 30 images"), "{stderr}");
+    let cache = genie::cache::Cache::open_dir(&cache_dir, 1 << 20).unwrap();
+    for key in &keys {
+        assert!(cache.contains(key).unwrap(), "{key} was not drained");
+    }
+}
