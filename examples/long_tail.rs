@@ -14,6 +14,7 @@
 //! cargo run --release --example long_tail                       # drawn shapes, shapes model
 //! cargo run --release --example long_tail -- --data DIR --weights SD15_DIR --device cuda:0 --dtype f16
 //! cargo run --release --example long_tail -- --data DIR --plan plan.jsonl --cache DIR --no-generator
+//! cargo run --release --example long_tail -- --generator http://127.0.0.1:8700 --cache DIR
 //! ```
 //!
 //! By default the dataset is made in code (10 classes of drawn shapes on shared backgrounds, 500
@@ -26,7 +27,9 @@
 //! `DIR/test/<class>/*.png`; the classifier trains at `--image-size` while diffusion reads the
 //! original files. `--class-names FILE` names WordNet-id folders for the prompts. `--plan` takes
 //! exactly the pairs of a `genie warm plan` (pre-warmed with `genie warm run`); with
-//! `--no-generator` nothing is generated and only the pre-warmed cache is mixed in.
+//! `--no-generator` nothing is generated and only the pre-warmed cache is mixed in. With
+//! `--generator URL` a `genie serve` generates (started with the same engine options and
+//! `--cache`): this process then runs no diffusion.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -42,12 +45,13 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_dataset::vision::ImageDatasetItem;
 use clap::Parser;
-use genie::generator::{Generator, WaitOutcome};
+use genie::generator::{Generator, HardNegativeGenerator, WaitOutcome};
 use genie::loader::{
     image_item, predictions_and_targets, Augmenter, AugmenterConfig, GenieBatcher, GenieItem,
     KeySpace, LiveConfig, LiveModel, OfflinePlan, ScoringMode,
 };
 use genie::policy::{ClassStats, Group, Policy, PolicyConfig, SharedConfusion};
+use genie::remote::{RemoteConfig, RemoteGenerator};
 use genie::synthetic;
 use genie::NoiseLevel;
 
@@ -70,8 +74,12 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     plan: Option<PathBuf>,
     /// Generate nothing: mix only what the cache already holds (with --plan and --cache).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "generator")]
     no_generator: bool,
+    /// Generate with a `genie serve` (http://HOST:PORT) instead of workers in this process; its
+    /// cache folder must be --cache, and its engine options these (the keys are checked).
+    #[arg(long, value_name = "URL")]
+    generator: Option<String>,
     /// Generate while training (the batcher starts pairs as their sources pass and mixes them
     /// once ready) instead of generating every planned hard negative before training.
     #[arg(long)]
@@ -571,8 +579,21 @@ fn run_seed(args: &Args) -> Result<SeedReport> {
     let (factory, generator_config) = common::engine_factory(&args.engine)?;
     let plan = factory.plan().clone();
     let (cache, cache_dir, _temp) = common::open_cache(args.cache.as_deref())?;
-    let generator = if args.no_generator {
-        println!("generator: off (only what the cache holds is mixed in)");
+    let remote = match &args.generator {
+        Some(url) => {
+            if args.cache.is_none() {
+                bail!("--generator {url} fills the server's cache: give it as --cache DIR");
+            }
+            let remote = RemoteGenerator::connect(url, &plan.fingerprint, RemoteConfig::default())?;
+            println!("generator: genie serve at {url}");
+            Some(Arc::new(remote))
+        }
+        None => None,
+    };
+    let generator = if args.no_generator || remote.is_some() {
+        if args.no_generator {
+            println!("generator: off (only what the cache holds is mixed in)");
+        }
         None
     } else {
         Some(Arc::new(Generator::start(
@@ -603,12 +624,21 @@ fn run_seed(args: &Args) -> Result<SeedReport> {
         },
     )?
     .with_confusion(confusion.clone());
+    // What requests go to: the server, or the workers in this process.
+    let requester: Option<Arc<dyn HardNegativeGenerator>> = match (&remote, &generator) {
+        (Some(r), _) => {
+            augmenter = augmenter.with_generator(r.clone());
+            Some(r.clone())
+        }
+        (None, Some(g)) => Some(g.clone()),
+        (None, None) => None,
+    };
     if let Some(file) = &args.plan {
         let entries = genie::warm::read_plan(file)?;
         let pairs = genie::warm::plan_pairs(&entries);
         println!("loaded plan: {} pairs from {}", pairs.len(), file.display());
         augmenter = augmenter.with_plan(&pairs)?;
-    } else if let (Some(generator), false) = (&generator, args.online || args.stats_from_batches) {
+    } else if let (Some(requester), false) = (&requester, args.online || args.stats_from_batches) {
         // The paper's protocol: the hard negatives exist before training starts. Plan them
         // (the policy's offline plan, uniform sources: no confusions are known yet), generate
         // what the cache lacks, and let the batcher mix exactly those pairs.
@@ -618,9 +648,14 @@ fn run_seed(args: &Args) -> Result<SeedReport> {
         let started = Instant::now();
         // Queued whole before any batch is taken, so that batches (and with them the last bits
         // of each image) do not depend on timing: the same seed gives the same pixels.
-        generator.hold();
-        let requested = offline.request_missing(&train_set, &keys, generator);
-        generator.release();
+        // (A server batches as requests arrive: its pixels are not reproducible bit for bit.)
+        if let Some(g) = &generator {
+            g.hold();
+        }
+        let requested = offline.request_missing_from(&train_set, &keys, &cache, requester.as_ref());
+        if let Some(g) = &generator {
+            g.release();
+        }
         requested?;
         let keys_to_wait: Vec<_> = offline.negatives.iter().flat_map(|n| &n.keys).collect();
         let mut not_ready = Vec::new();
@@ -629,7 +664,7 @@ fn run_seed(args: &Args) -> Result<SeedReport> {
         let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
         let mut last_line = Instant::now();
         for (n, key) in keys_to_wait.iter().enumerate() {
-            let outcome = generator.wait(key, std::time::Duration::from_secs(24 * 3600))?;
+            let outcome = requester.wait(key, std::time::Duration::from_secs(24 * 3600))?;
             if outcome != WaitOutcome::Ready {
                 not_ready.push(outcome);
             }

@@ -5,15 +5,20 @@
 //! (deduplicated by cache key), already cached, backing off after a failure, or dropped because the
 //! bounded queue is full — and the workers fill the cache in the background, online requests before
 //! pre-warm work, several jobs per engine call so that their chains share UNet calls.
-//! [`KeySpace`] names hard negatives (prompt, request, cache key) the same way for every caller.
+//! [`HardNegativeGenerator`] is what callers need of it, so that a remote generator
+//! (`genie serve`) can stand in for it. [`KeySpace`] names hard negatives (prompt, request, cache key) the same way for every caller.
 
+mod api;
 mod keys;
 mod service;
 mod stats;
 
+pub use api::HardNegativeGenerator;
 pub use keys::KeySpace;
 pub use service::{
     DynEngine, EngineFactory, Generator, GeneratorConfig, GeneratorError, LevelOutcome, Priority,
     Receipt, Request, Shutdown, SourceImage, WaitOutcome,
 };
 pub use stats::{DeviceStats, GeneratorStats};
+
+pub(crate) use service::{check_request, level_key};

@@ -97,8 +97,10 @@ pub enum LevelOutcome {
     AlreadyCached,
     /// Failed recently; not retried until its backoff ends.
     BackingOff,
-    /// The queue was full or the service is shutting down.
+    /// The queue was full, the service is shutting down, or (remote) the server is unreachable.
     Dropped,
+    /// Handed to a remote generator's sender; its real outcome comes later as a late receipt.
+    Sent,
 }
 
 /// The answer to a request: the cache key and outcome of each level, in request order.
@@ -173,6 +175,9 @@ pub enum GeneratorError {
     Cache(#[from] CacheError),
     #[error("cannot start worker thread: {0}")]
     Spawn(#[source] std::io::Error),
+    /// A remote generator could not answer (unreachable, or it refused the call).
+    #[error("remote generator: {0}")]
+    Remote(String),
 }
 
 /// One unit of work: a source, a prompt and the levels of it not yet cached.
@@ -213,6 +218,24 @@ struct Shared {
 const RUNNING: u8 = 0;
 const DRAINING: u8 = 1;
 const CANCELLING: u8 = 2;
+
+/// The cache key of one level of a request to an engine with `fingerprint` (what every
+/// generator, in this process or remote, answers for it).
+pub(crate) fn level_key(
+    fingerprint: &EngineFingerprint,
+    source: Option<&SourceImage>,
+    prompt: &str,
+    level: NoiseLevel,
+    seed: u64,
+) -> CacheKey {
+    CacheKey::new(&KeyInputs {
+        source: source.map(|s| s.hash),
+        prompt,
+        level,
+        seed,
+        fingerprint,
+    })
+}
 
 /// Checks what every generator checks of a request: the source's size, and a source for every
 /// level below 1.0.
@@ -323,13 +346,7 @@ impl Generator {
         level: NoiseLevel,
         seed: u64,
     ) -> CacheKey {
-        CacheKey::new(&KeyInputs {
-            source: source.map(|s| s.hash),
-            prompt,
-            level,
-            seed,
-            fingerprint: &self.shared.fingerprint,
-        })
+        level_key(&self.shared.fingerprint, source, prompt, level, seed)
     }
 
     /// Workers take no new batch until [`release`](Self::release); what is in flight finishes.
@@ -435,6 +452,7 @@ impl Generator {
                 LevelOutcome::AlreadyCached => &c.cached,
                 LevelOutcome::BackingOff => &c.backing_off,
                 LevelOutcome::Dropped => &c.dropped,
+                LevelOutcome::Sent => continue,
             };
             Counters::add(counter, 1);
         }

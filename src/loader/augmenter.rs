@@ -20,7 +20,9 @@ use super::item::GenieItem;
 use crate::cache::{AdaChoiceRecord, Cache, CacheKey};
 use crate::engine::NoiseLevel;
 use crate::generator::KeySpace;
-use crate::generator::{Generator, LevelOutcome, Priority, SourceImage};
+use crate::generator::{
+    Generator, HardNegativeGenerator, LevelOutcome, Priority, Receipt, SourceImage,
+};
 use crate::policy::{BatchCounts, ConfusionMatrix, PairId, Policy, SharedConfusion};
 use crate::warm::PlannedPair;
 
@@ -194,6 +196,8 @@ struct State<I> {
     /// Real items of each target class, for its Ada prototype.
     prototypes: Vec<Vec<I>>,
     retry: VecDeque<PairId>,
+    /// The pair each level key belongs to, for answers that come after the request (remote).
+    by_key: HashMap<CacheKey, PairId>,
     probe_cursor: usize,
     plan: Option<PlanIndex>,
     score_seq: u64,
@@ -279,7 +283,7 @@ pub(crate) struct AdaRound<I> {
 pub struct Augmenter<I> {
     keys: KeySpace,
     cache: Arc<Cache>,
-    generator: Option<Arc<Generator>>,
+    generator: Option<Arc<dyn HardNegativeGenerator>>,
     confusion: Option<SharedConfusion>,
     config: AugmenterConfig,
     levels: Vec<NoiseLevel>,
@@ -299,6 +303,7 @@ impl<I: GenieItem> Augmenter<I> {
         generator: Option<Arc<Generator>>,
         config: AugmenterConfig,
     ) -> Result<Self, AugmenterError> {
+        let generator = generator.map(|g| g as Arc<dyn HardNegativeGenerator>);
         if keys.num_classes() != policy.num_classes() {
             return Err(AugmenterError::ClassNames {
                 classes: keys.num_classes(),
@@ -343,6 +348,7 @@ impl<I: GenieItem> Augmenter<I> {
                 status: Vec::new(),
                 prototypes: vec![Vec::new(); classes],
                 retry: VecDeque::new(),
+                by_key: HashMap::new(),
                 probe_cursor: 0,
                 plan: None,
                 score_seq: 0,
@@ -354,6 +360,14 @@ impl<I: GenieItem> Augmenter<I> {
             }),
             counters: Counters::default(),
         })
+    }
+
+    /// Asks `generator` for hard negatives instead of the one given to [`Augmenter::new`]: a
+    /// [`RemoteGenerator`](crate::remote::RemoteGenerator) (`genie serve` in another process)
+    /// or any other [`HardNegativeGenerator`]. Its images must land in this augmenter's cache.
+    pub fn with_generator(mut self, generator: Arc<dyn HardNegativeGenerator>) -> Self {
+        self.generator = Some(generator);
+        self
     }
 
     /// Reads source classes from this confusion matrix (for `SourceStrategy::TopConfused`).
@@ -545,6 +559,7 @@ impl<I: GenieItem> Augmenter<I> {
         for (id, source) in to_request {
             self.request(id, source);
         }
+        self.take_late_receipts();
         self.retry_deferred();
         self.probe();
 
@@ -630,6 +645,10 @@ impl<I: GenieItem> Augmenter<I> {
         source_hash: [u8; 32],
         keys: Vec<CacheKey>,
     ) {
+        let id = state.pairs.len();
+        for key in &keys {
+            state.by_key.insert(*key, id);
+        }
         state.pairs.push(PairEntry {
             item,
             target,
@@ -818,14 +837,23 @@ impl<I: GenieItem> Augmenter<I> {
             }
         };
         let mut state = self.state();
+        self.apply_receipt(&mut state, id, &receipt);
+    }
+
+    /// Records what the generator said of a pair's levels (at once, or later for a remote one).
+    fn apply_receipt(&self, state: &mut State<I>, id: PairId, receipt: &Receipt) {
         let mut deferred = false;
-        for (i, (_, _, outcome)) in receipt.levels.iter().enumerate() {
+        for (_, key, outcome) in &receipt.levels {
+            let Some(i) = state.pairs[id].keys.iter().position(|k| k == key) else {
+                continue;
+            };
             match outcome {
                 LevelOutcome::AlreadyCached => state.status[id].cached |= 1 << i,
                 LevelOutcome::Queued => {
                     self.counters.requested.fetch_add(1, Ordering::Relaxed);
                 }
-                LevelOutcome::AlreadyPending => {}
+                // The answer comes later, as a late receipt.
+                LevelOutcome::AlreadyPending | LevelOutcome::Sent => {}
                 LevelOutcome::BackingOff | LevelOutcome::Dropped => {
                     self.counters.deferred.fetch_add(1, Ordering::Relaxed);
                     deferred = true;
@@ -834,6 +862,27 @@ impl<I: GenieItem> Augmenter<I> {
         }
         if deferred {
             state.retry.push_back(id);
+        }
+    }
+
+    /// Applies a remote generator's answers to requests sent in earlier batches.
+    fn take_late_receipts(&self) {
+        let Some(generator) = &self.generator else {
+            return;
+        };
+        let receipts = generator.late_receipts();
+        if receipts.is_empty() {
+            return;
+        }
+        let mut state = self.state();
+        for receipt in receipts {
+            let id = receipt
+                .levels
+                .iter()
+                .find_map(|(_, key, _)| state.by_key.get(key).copied());
+            if let Some(id) = id {
+                self.apply_receipt(&mut state, id, &receipt);
+            }
         }
     }
 

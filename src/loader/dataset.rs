@@ -14,7 +14,7 @@ use super::LoaderError;
 use crate::cache::{Cache, CacheKey};
 use crate::engine::NoiseLevel;
 use crate::generator::KeySpace;
-use crate::generator::{Generator, LevelOutcome, Priority};
+use crate::generator::{Generator, HardNegativeGenerator, LevelOutcome, Priority};
 use crate::policy::{ConfusionMatrix, Policy};
 use crate::warm::PlannedPair;
 
@@ -246,8 +246,21 @@ impl OfflinePlan {
         keys: &KeySpace,
         generator: &Generator,
     ) -> Result<usize, LoaderError> {
+        self.request_missing_from(dataset, keys, generator.cache(), generator)
+    }
+
+    /// [`request_missing`](Self::request_missing) from any generator, e.g. a
+    /// [`RemoteGenerator`](crate::remote::RemoteGenerator): `cache` is the one it stores into. A
+    /// remote generator's levels count when they are sent.
+    pub fn request_missing_from<D: Dataset<I>, I: GenieItem>(
+        &self,
+        dataset: &D,
+        keys: &KeySpace,
+        cache: &Cache,
+        generator: &dyn HardNegativeGenerator,
+    ) -> Result<usize, LoaderError> {
         let mut queued = 0;
-        for n in self.missing(generator.cache())? {
+        for n in self.missing(cache)? {
             let source = source_of(dataset, keys, n.source_index)?;
             let receipt = generator.request(keys.request(
                 source,
@@ -256,7 +269,7 @@ impl OfflinePlan {
                 n.seed,
                 Priority::Prewarm,
             ))?;
-            queued += receipt.count(LevelOutcome::Queued);
+            queued += receipt.count(LevelOutcome::Queued) + receipt.count(LevelOutcome::Sent);
         }
         Ok(queued)
     }

@@ -195,7 +195,8 @@ impl WireOutcome {
             LevelOutcome::AlreadyPending => WireOutcome::AlreadyPending,
             LevelOutcome::AlreadyCached => WireOutcome::AlreadyCached,
             LevelOutcome::BackingOff => WireOutcome::BackingOff,
-            LevelOutcome::Dropped => WireOutcome::Dropped,
+            // A server never answers `Sent`; it is the client's placeholder.
+            LevelOutcome::Dropped | LevelOutcome::Sent => WireOutcome::Dropped,
         }
     }
 

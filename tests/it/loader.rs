@@ -5,7 +5,7 @@
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use crate::support::{engine_fingerprint, Gate};
+use crate::support::{engine_fingerprint, Gate, Identity};
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::{Dataset, InMemDataset};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -165,16 +165,6 @@ fn batch(round: usize) -> Vec<ImageDatasetItem> {
     let mut items: Vec<_> = (0..13).map(|i| item(0, round * 100 + i)).collect();
     items.extend((1..CLASSES).map(|c| item(c, round * 100 + 50)));
     items
-}
-
-/// The plain batcher: hands its items back.
-#[derive(Clone)]
-struct Identity;
-
-impl Batcher<ImageDatasetItem, Vec<ImageDatasetItem>> for Identity {
-    fn batch(&self, items: Vec<ImageDatasetItem>, _device: &Device) -> Vec<ImageDatasetItem> {
-        items
-    }
 }
 
 fn keys() -> KeySpace {

@@ -29,15 +29,19 @@ impl Drop for Server {
 }
 
 fn start(home: &std::path::Path, cache: &std::path::Path, extra: &[&str]) -> Server {
+    start_at("127.0.0.1:0", home, cache, extra)
+}
+
+/// A server on `listen` (port 0: any free one).
+fn start_at(
+    listen: &str,
+    home: &std::path::Path,
+    cache: &std::path::Path,
+    extra: &[&str],
+) -> Server {
     let mut child = Command::new(env!("CARGO_BIN_EXE_genie"))
         .args([
-            "serve",
-            "--model",
-            "tiny",
-            "--steps",
-            "4",
-            "--listen",
-            "127.0.0.1:0",
+            "serve", "--model", "tiny", "--steps", "4", "--listen", listen,
         ])
         .arg("--cache")
         .arg(cache)
@@ -412,4 +416,162 @@ fn serve_drains_its_queue_on_sigterm() {
     for key in &keys {
         assert!(cache.contains(key).unwrap(), "{key} was not drained");
     }
+}
+
+/// A batch of 16 drawn 64-px items dominated by class 0, one of each other class (class 3 is
+/// the Few class the policy targets).
+fn batch(round: usize) -> Vec<burn_dataset::vision::ImageDatasetItem> {
+    let draw = |class: usize, n: usize| {
+        let items = genie::synthetic::balanced_dataset(1, 4, 64, (round * 100 + n) as u64).unwrap();
+        let it = items.into_iter().find(|i| i.label == class).unwrap();
+        genie::loader::image_item(&it.image, class, format!("{class}/{round}-{n}.png"))
+    };
+    let mut items: Vec<_> = (0..13).map(|n| draw(0, n)).collect();
+    items.extend((1..4).map(|c| draw(c, 50)));
+    items
+}
+
+#[test]
+fn a_batcher_mixes_a_servers_hard_negatives_and_outlives_the_server() {
+    use genie::loader::{Augmenter, AugmenterConfig, GenieBatcher, GenieItem, KeySpace};
+    use genie::policy::{ClassStats, Policy, PolicyConfig};
+    use genie::remote::{RemoteConfig, RemoteError, RemoteGenerator};
+    use std::sync::Arc;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let cache_dir = tmp.path().join("cache");
+    let server = start(tmp.path(), &cache_dir, &[]);
+    let info = info(&server.addr);
+    let url = format!("http://{}", server.addr);
+
+    // A job whose keys are for another engine is refused at connect, naming both.
+    let mut other = info.fingerprint.clone();
+    other.steps = 50;
+    match RemoteGenerator::connect(&url, &other, RemoteConfig::default()) {
+        Err(e @ RemoteError::FingerprintMismatch { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("4 steps") && text.contains("50 steps"),
+                "{text}"
+            );
+        }
+        Err(e) => panic!("expected a fingerprint mismatch, got {e}"),
+        Ok(_) => panic!("expected a fingerprint mismatch"),
+    }
+
+    let config = RemoteConfig {
+        backoff: Duration::from_millis(50),
+        max_backoff: Duration::from_millis(200),
+        ..RemoteConfig::default()
+    };
+    let remote = Arc::new(RemoteGenerator::connect(&url, &info.fingerprint, config).unwrap());
+    let cache = Arc::new(genie::cache::Cache::open_dir(&cache_dir, 16 << 20).unwrap());
+    let names: Vec<String> = genie::synthetic::CLASS_NAMES[..4]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    let keys = KeySpace::new(info.fingerprint.clone(), info.resolution, names);
+    let policy = Policy::long_tail(
+        ClassStats::from_counts(vec![300, 120, 60, 5]),
+        // A few new pairs in every batch, for longer than the test runs: requests keep going
+        // out while the server is down and after it is back.
+        PolicyConfig {
+            per_target: 1000,
+            new_pairs_per_batch: 2,
+            uses_per_epoch: None,
+            ..PolicyConfig::long_tail()
+        },
+    )
+    .unwrap();
+    let augmenter = Augmenter::new(
+        policy,
+        keys,
+        cache,
+        None,
+        AugmenterConfig {
+            ada: false,
+            ..AugmenterConfig::default()
+        },
+    )
+    .unwrap()
+    .with_generator(remote.clone());
+    let batcher = GenieBatcher::new(crate::support::Identity, Arc::new(augmenter));
+    let device = burn::tensor::Device::default();
+    let mut round = 0;
+    let mut mixed_until = |batcher: &GenieBatcher<_, _>, what: &str| {
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            let b: Vec<burn_dataset::vision::ImageDatasetItem> =
+                burn::data::dataloader::batcher::Batcher::batch(batcher, batch(round), &device);
+            round += 1;
+            assert_eq!(b.len(), 16);
+            if b.iter().any(GenieItem::is_generated) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no hard negative mixed {what}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    mixed_until(&batcher, "from the first server");
+    let mixed_before = batcher.augmenter().stats().mixed;
+
+    // The server dies: batches keep coming, un-augmented where nothing is cached, never waiting.
+    let port = server.addr.rsplit(':').next().unwrap().to_string();
+    drop(server);
+    for _ in 0..30 {
+        let started = Instant::now();
+        let b: Vec<burn_dataset::vision::ImageDatasetItem> =
+            burn::data::dataloader::batcher::Batcher::batch(&batcher, batch(round), &device);
+        round += 1;
+        assert_eq!(b.len(), 16);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "a batch waited on the network"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let down = remote.stats();
+    assert!(!down.up, "{down:?}");
+    assert!(down.dropped_unreachable > 0, "{down:?}");
+
+    // It comes back on the same address: the client reconnects and mixing resumes with images
+    // the new server made.
+    let server = start_at(&format!("127.0.0.1:{port}"), tmp.path(), &cache_dir, &[]);
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let b: Vec<burn_dataset::vision::ImageDatasetItem> =
+            burn::data::dataloader::batcher::Batcher::batch(&batcher, batch(round), &device);
+        round += 1;
+        let (_, metrics) = http(&server.addr, "GET", "/metrics", b"");
+        let made = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("genie_levels_done_total "))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if made > 0 && b.iter().any(GenieItem::is_generated) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "mixing did not resume after the restart"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let back = remote.stats();
+    assert!(back.up && back.reconnects >= 1, "{back:?}");
+    assert!(batcher.augmenter().stats().mixed > mixed_before);
+    drop(server);
+
+    // Nothing half-written: every entry of the cache verifies.
+    let o = Command::new(env!("CARGO_BIN_EXE_genie"))
+        .args(["cache", "verify"])
+        .arg(&cache_dir)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
 }

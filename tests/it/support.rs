@@ -193,3 +193,22 @@ pub fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+/// The plain batcher: hands its items back.
+#[derive(Clone)]
+pub struct Identity;
+
+impl
+    burn::data::dataloader::batcher::Batcher<
+        burn_dataset::vision::ImageDatasetItem,
+        Vec<burn_dataset::vision::ImageDatasetItem>,
+    > for Identity
+{
+    fn batch(
+        &self,
+        items: Vec<burn_dataset::vision::ImageDatasetItem>,
+        _device: &burn::tensor::Device,
+    ) -> Vec<burn_dataset::vision::ImageDatasetItem> {
+        items
+    }
+}

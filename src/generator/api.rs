@@ -1,0 +1,49 @@
+//! What a training loop needs from a generator, whether it runs in this process or behind `genie serve`.
+
+use std::time::Duration;
+
+use super::service::{Generator, GeneratorError, Priority, Receipt, Request, WaitOutcome};
+use crate::cache::CacheKey;
+use crate::engine::EngineFingerprint;
+
+/// A source of hard negatives: the in-process [`Generator`] or a
+/// [`RemoteGenerator`](crate::remote::RemoteGenerator). Both store into a cache the caller reads;
+/// the caller learns that an image is ready by finding it there.
+pub trait HardNegativeGenerator: Send + Sync {
+    /// The engine the generated images come from; it is part of every cache key.
+    fn fingerprint(&self) -> &EngineFingerprint;
+
+    /// Asks for a request's levels and answers at once, never waiting on generation or on the
+    /// network. A remote generator answers [`LevelOutcome::Sent`](super::LevelOutcome::Sent) and
+    /// delivers the server's answer later through [`late_receipts`](Self::late_receipts).
+    fn request(&self, req: Request) -> Result<Receipt, GeneratorError>;
+
+    /// Whether a request of `priority` would be taken now (a hint: a caller that would do work
+    /// only to be refused can skip it).
+    fn has_room(&self, priority: Priority) -> bool;
+
+    /// Waits until `key` is settled (cached or failed), at most `timeout`.
+    fn wait(&self, key: &CacheKey, timeout: Duration) -> Result<WaitOutcome, GeneratorError>;
+
+    /// Answers to earlier [`Sent`](super::LevelOutcome::Sent) levels that arrived since the
+    /// last call, each for the whole request it answers. In-process generators answer at once
+    /// and return none.
+    fn late_receipts(&self) -> Vec<Receipt> {
+        Vec::new()
+    }
+}
+
+impl HardNegativeGenerator for Generator {
+    fn fingerprint(&self) -> &EngineFingerprint {
+        Generator::fingerprint(self)
+    }
+    fn request(&self, req: Request) -> Result<Receipt, GeneratorError> {
+        Generator::request(self, req)
+    }
+    fn has_room(&self, priority: Priority) -> bool {
+        Generator::has_room(self, priority)
+    }
+    fn wait(&self, key: &CacheKey, timeout: Duration) -> Result<WaitOutcome, GeneratorError> {
+        Generator::wait(self, key, timeout)
+    }
+}
