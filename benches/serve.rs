@@ -1,0 +1,244 @@
+//! `genie serve` benchmarks (a plain harness: latency percentiles and rates, not means).
+//!
+//! 1. Round trip of `POST /v1/requests` on loopback (one request whose level is cached: the
+//!    protocol's own cost), and of `RemoteGenerator::request` (only a queue push: what the
+//!    batcher pays).
+//! 2. Images/s on the tiny model: the in-process generator against the same generator behind
+//!    `genie serve`, fed by a `RemoteGenerator` (goal ≥ 0.95×).
+//!
+//! `cargo bench --bench serve` (results in BENCHMARKS.md).
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use genie::cache::Cache;
+use genie::diffusion::{tiny, EngineOptions, ModelSource, SchedulerKind};
+use genie::factory::SdEngineFactory;
+use genie::generator::{
+    Generator, GeneratorConfig, HardNegativeGenerator, Priority, Request, Shutdown, SourceImage,
+    WaitOutcome,
+};
+// `HardNegativeGenerator` brings `RemoteGenerator`'s `request` and `wait` into scope.
+use genie::remote::protocol::{encode_pixels, hash_hex, RequestBatch, WireRequest, WireSource};
+use genie::remote::server::{self, ServeConfig};
+use genie::remote::{RemoteConfig, RemoteGenerator};
+use genie::NoiseLevel;
+use image::RgbImage;
+
+const JOBS: usize = 32;
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn sources(n: usize) -> Vec<SourceImage> {
+    (0..n)
+        .map(|i| {
+            SourceImage::new(RgbImage::from_fn(64, 64, |x, y| {
+                image::Rgb([x as u8 * 4, y as u8 * 4, (i * 7) as u8])
+            }))
+        })
+        .collect()
+}
+
+fn request(source: &SourceImage, seed: u64) -> Request {
+    Request {
+        source: Some(source.clone()),
+        target: "cat".into(),
+        prompt: "a photo of a cat.".into(),
+        levels: vec![NoiseLevel::GENIE_DEFAULT],
+        seed,
+        priority: Priority::Prewarm,
+    }
+}
+
+/// A server on a free loopback port in this process; its address and the handle that stops it.
+struct Running {
+    addr: String,
+    stop: std::sync::mpsc::Sender<()>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+fn serve(generator: Generator) -> Running {
+    let (stop, stopped) = std::sync::mpsc::channel::<()>();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let thread = std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            addr_tx.send(listener.local_addr().unwrap()).unwrap();
+            let shutdown = async move {
+                let _ = tokio::task::spawn_blocking(move || stopped.recv()).await;
+            };
+            server::serve(generator, listener, ServeConfig::default(), shutdown)
+                .await
+                .unwrap();
+        });
+    });
+    let addr = addr_rx.recv().unwrap().to_string();
+    Running { addr, stop, thread }
+}
+
+fn factory() -> (tempfile::TempDir, Arc<SdEngineFactory>) {
+    let model = tempfile::tempdir().unwrap();
+    tiny::write_tiny_model(model.path(), 1).unwrap();
+    let opts = EngineOptions {
+        scheduler: SchedulerKind::DpmSolverPp,
+        steps: 50,
+        ..EngineOptions::default()
+    };
+    let factory =
+        Arc::new(SdEngineFactory::new(ModelSource::Local(model.path().into()), opts).unwrap());
+    (model, factory)
+}
+
+fn config() -> GeneratorConfig {
+    GeneratorConfig {
+        max_batch: 8,
+        queue_capacity: 4096,
+        load_at_start: true,
+        ..GeneratorConfig::default()
+    }
+}
+
+fn round_trip(factory: &Arc<SdEngineFactory>) {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(Cache::open_dir(dir.path(), 64 << 20).unwrap());
+    let generator = Generator::start(factory.clone(), cache.clone(), config()).unwrap();
+    let fingerprint = generator.fingerprint().clone();
+    let running = serve(generator);
+    let url = format!("http://{}", running.addr);
+    let src = &sources(1)[0];
+    // Cache the one level first, so every timed call is answered `already_cached`.
+    let remote = RemoteGenerator::connect(&url, &fingerprint, RemoteConfig::default()).unwrap();
+    remote.request(request(src, 0)).unwrap();
+    let wire = |with_pixels: bool| RequestBatch {
+        fingerprint: fingerprint.clone(),
+        requests: vec![WireRequest {
+            source: Some(WireSource {
+                hash: hash_hex(&src.hash),
+                pixels: with_pixels.then(|| encode_pixels(src)),
+            }),
+            target: "cat".into(),
+            prompt: "a photo of a cat.".into(),
+            levels: vec![800],
+            seed: 0,
+            priority: genie::remote::protocol::WirePriority::Prewarm,
+        }],
+    };
+    let agent = ureq::AgentBuilder::new().build();
+    let post = |batch: &RequestBatch| {
+        let body = serde_json::to_string(batch).unwrap();
+        agent
+            .post(&format!("{url}/v1/requests"))
+            .set("Content-Type", "application/json")
+            .send_string(&body)
+            .unwrap()
+            .into_string()
+            .unwrap()
+    };
+    // Wait until the level is cached.
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while !post(&wire(true)).contains("already_cached") {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for (label, with_pixels) in [("hash only", false), ("with 64-px pixels", true)] {
+        let batch = wire(with_pixels);
+        let n = 2000;
+        let mut times = Vec::with_capacity(n);
+        for _ in 0..n {
+            let t = Instant::now();
+            std::hint::black_box(post(&batch));
+            times.push(t.elapsed());
+        }
+        times.sort();
+        println!(
+            "POST /v1/requests round trip on loopback, 1 cached request, {label}, {n} calls: p50 {:?}  p99 {:?}  max {:?}",
+            percentile(&times, 0.5),
+            percentile(&times, 0.99),
+            times[n - 1]
+        );
+    }
+    let n = 20_000;
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let t = Instant::now();
+        std::hint::black_box(remote.request(request(src, i % 100)).unwrap());
+        times.push(t.elapsed());
+    }
+    times.sort();
+    println!(
+        "RemoteGenerator::request (queue push), {n} calls: p50 {:?}  p99 {:?}  max {:?}",
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times[n - 1]
+    );
+    drop(remote);
+    let _ = running.stop.send(());
+    running.thread.join().unwrap();
+}
+
+fn throughput(factory: &Arc<SdEngineFactory>) {
+    let sources = sources(JOBS);
+    // In process.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(Cache::open_dir(dir.path(), 64 << 20).unwrap());
+    let generator = Generator::start(factory.clone(), cache, config()).unwrap();
+    let start = Instant::now();
+    let keys: Vec<_> = sources
+        .iter()
+        .map(|s| generator.request(request(s, 1)).unwrap().levels[0].1)
+        .collect();
+    for key in &keys {
+        assert_eq!(
+            generator.wait(key, Duration::from_secs(600)).unwrap(),
+            WaitOutcome::Ready
+        );
+    }
+    let local = JOBS as f64 / start.elapsed().as_secs_f64();
+    generator.shutdown(Shutdown::Drain);
+
+    // Behind the server, fed by the client.
+    let dir = tempfile::tempdir().unwrap();
+    let cache = Arc::new(Cache::open_dir(dir.path(), 64 << 20).unwrap());
+    let generator = Generator::start(factory.clone(), cache, config()).unwrap();
+    let fingerprint = generator.fingerprint().clone();
+    let running = serve(generator);
+    let remote = RemoteGenerator::connect(
+        &format!("http://{}", running.addr),
+        &fingerprint,
+        RemoteConfig::default(),
+    )
+    .unwrap();
+    let start = Instant::now();
+    let keys: Vec<_> = sources
+        .iter()
+        .map(|s| remote.request(request(s, 1)).unwrap().levels[0].1)
+        .collect();
+    for key in &keys {
+        assert_eq!(
+            remote.wait(key, Duration::from_secs(600)).unwrap(),
+            WaitOutcome::Ready
+        );
+    }
+    let served = JOBS as f64 / start.elapsed().as_secs_f64();
+    drop(remote);
+    let _ = running.stop.send(());
+    running.thread.join().unwrap();
+    println!(
+        "tiny model, {JOBS} jobs at r = 0.8, DPM 50 steps, max_batch 8: in process {local:.2} images/s, behind genie serve {served:.2} images/s ({:.3}x)",
+        served / local
+    );
+}
+
+fn main() {
+    genie::diffusion::pin_cpu_threads();
+    let (_model, factory) = factory();
+    round_trip(&factory);
+    throughput(&factory);
+}
