@@ -100,14 +100,7 @@ impl Backbone for Cnn {
             .map(|img| image_item(img, 0, "episode"))
             .collect();
         let device = Device::flex();
-        let features = self.model.features(self.batcher.images(&items, &device));
-        let [_, dim] = features.dims();
-        let values = features
-            .into_data()
-            .convert::<f32>()
-            .try_to_vec::<f32>()
-            .map_err(|e| format!("{e:?}"))?;
-        Ok(values.chunks(dim.max(1)).map(<[f32]>::to_vec).collect())
+        genie::backbone::feature_rows(self.model.features(self.batcher.images(&items, &device)))
     }
 }
 

@@ -104,18 +104,22 @@ pub fn image_tensor(images: &[RgbImage], side: u32, device: &Device) -> Tensor<4
     )
 }
 
+/// A `[n, d]` feature tensor as `n` vectors, what [`crate::eval::Backbone`] returns.
+pub fn feature_rows(features: Tensor<2>) -> Result<Vec<Vec<f32>>, String> {
+    let [_, dim] = features.dims();
+    let values = features
+        .into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .map_err(|e| format!("reading the backbone's features: {e:?}"))?;
+    Ok(values.chunks(dim.max(1)).map(<[f32]>::to_vec).collect())
+}
+
 impl crate::eval::Backbone for ResNetBackbone {
     fn features(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>, String> {
         let mut features = Vec::with_capacity(images.len());
         for chunk in images.chunks(BATCH) {
-            let out = self.model.features(self.tensor(chunk));
-            let [_, dim] = out.dims();
-            let values = out
-                .into_data()
-                .convert::<f32>()
-                .try_into_vec::<f32>()
-                .map_err(|e| format!("reading the backbone's features: {e:?}"))?;
-            features.extend(values.chunks(dim.max(1)).map(<[f32]>::to_vec));
+            features.extend(feature_rows(self.model.features(self.tensor(chunk)))?);
         }
         Ok(features)
     }

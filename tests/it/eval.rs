@@ -514,12 +514,7 @@ fn eval_few_shot_cli_plans_warms_and_tables_every_method() {
     let cache = tmp.path().join("cache").display().to_string();
 
     let o = run(&["--cache", &cache]);
-    assert!(!o.status.success());
-    assert!(
-        output_text(&o).contains("not in the cache"),
-        "{}",
-        output_text(&o)
-    );
+    fails_saying(&o, "not in the cache");
     assert!(
         output_text(&o).contains("--plan-out"),
         "{}",
@@ -585,33 +580,13 @@ fn eval_few_shot_cli_plans_warms_and_tables_every_method() {
 
     // Bad input, each named.
     let o = run_with(&[("--ways", "20")], &["--cache", &cache]);
-    assert!(!o.status.success());
-    assert!(
-        output_text(&o).contains("20-way episodes need 20 classes"),
-        "{}",
-        output_text(&o)
-    );
+    fails_saying(&o, "20-way episodes need 20 classes");
     let o = run_with(&[("--queries", "10")], &["--cache", &cache]);
-    assert!(!o.status.success());
-    assert!(
-        output_text(&o).contains("has 4 images"),
-        "{}",
-        output_text(&o)
-    );
+    fails_saying(&o, "has 4 images");
     let o = run_with(&[("--backbone-width", "8")], &["--cache", &cache]);
-    assert!(!o.status.success());
-    assert!(
-        output_text(&o).contains("wrong shape"),
-        "{}",
-        output_text(&o)
-    );
+    fails_saying(&o, "wrong shape");
     let o = run_with(&[("--backbone", "resnet34")], &["--cache", &cache]);
-    assert!(!o.status.success());
-    assert!(
-        output_text(&o).contains("layer1.2.bn1.weight"),
-        "{}",
-        output_text(&o)
-    );
+    fails_saying(&o, "layer1.2.bn1.weight");
 }
 
 /// `genie eval long-tail` end to end on drawn long-tailed shapes with the tiny engine and the
@@ -672,12 +647,7 @@ fn eval_long_tail_cli_trains_every_method_and_repeats_exactly() {
     };
 
     let o = run(&[]);
-    assert!(!o.status.success());
-    assert!(
-        output_text(&o).contains("not in the cache"),
-        "{}",
-        output_text(&o)
-    );
+    fails_saying(&o, "not in the cache");
 
     let report = tmp.path().join("report");
     let r = report.display().to_string();
@@ -722,12 +692,7 @@ fn eval_long_tail_cli_trains_every_method_and_repeats_exactly() {
 
     std::fs::create_dir_all(data.join("test/zebra")).unwrap();
     let o = run(&[]);
-    assert!(!o.status.success());
-    assert!(
-        output_text(&o).contains("other class folders"),
-        "{}",
-        output_text(&o)
-    );
+    fails_saying(&o, "other class folders");
 }
 
 /// Runs the `genie` binary offline with its home (the tiny model's folder) in `home`.
@@ -747,4 +712,10 @@ fn output_text(o: &std::process::Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+/// Asserts that a run failed and said `text`.
+fn fails_saying(o: &std::process::Output, text: &str) {
+    assert!(!o.status.success(), "{}", output_text(o));
+    assert!(output_text(o).contains(text), "{}", output_text(o));
 }
