@@ -8,6 +8,9 @@
 //! - `train_step`: a full step of the example CNN (batch, forward, backward, Adam) with the plain
 //!   batcher vs GenieBatcher while the generator is saturated (its engine never finishes, its
 //!   queue is full) and the cache is empty, so every batch starts pairs and is refused.
+//! - The same with the generator behind `genie serve` on loopback (a server in this process,
+//!   reached through a `RemoteGenerator`): `genie_remote_all_cached` and its paired ratio, and
+//!   `genie_remote_saturated_server`.
 
 use std::hint::black_box;
 use std::sync::{Arc, Condvar, Mutex};
@@ -24,6 +27,8 @@ use genie::cache::{Cache, MemoryStore};
 use genie::generator::{DynEngine, EngineFactory, Generator, GeneratorConfig};
 use genie::loader::{image_item, Augmenter, AugmenterConfig, GenieBatcher, GenieItem, KeySpace};
 use genie::policy::{ClassStats, Policy, PolicyConfig};
+use genie::remote::server::{BackgroundServer, ServeConfig};
+use genie::remote::{RemoteConfig, RemoteGenerator};
 use genie::warm::PlannedPair;
 use genie::{synthetic, Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel};
 use image::RgbImage;
@@ -180,6 +185,42 @@ fn augmenter(
     (Arc::new(augmenter), generator)
 }
 
+/// [`augmenter`] with its generator behind `genie serve` on loopback: the server writes into the
+/// cache the augmenter reads (shared here; a folder or bucket between machines).
+fn remote_augmenter(
+    stats: ClassStats,
+    queue_capacity: usize,
+    gate: Arc<Gate>,
+) -> (Arc<Augmenter<ImageDatasetItem>>, BackgroundServer) {
+    let cache = Arc::new(Cache::new(Arc::new(MemoryStore::new()), 256 << 20));
+    let generator = Generator::start(
+        Arc::new(FlatFactory(gate)),
+        Arc::clone(&cache),
+        GeneratorConfig {
+            queue_capacity,
+            ..GeneratorConfig::default()
+        },
+    )
+    .unwrap();
+    let server = BackgroundServer::start(generator, "127.0.0.1:0", ServeConfig::default()).unwrap();
+    let remote =
+        RemoteGenerator::connect(&server.url(), &fingerprint(), RemoteConfig::default()).unwrap();
+    let policy = Policy::long_tail(stats, most_mixing()).unwrap();
+    let augmenter = Augmenter::new(
+        policy,
+        keys(),
+        cache,
+        None,
+        AugmenterConfig {
+            ada: false,
+            ..AugmenterConfig::default()
+        },
+    )
+    .unwrap()
+    .with_generator(Arc::new(remote));
+    (Arc::new(augmenter), server)
+}
+
 fn keys() -> KeySpace {
     KeySpace::new(
         fingerprint(),
@@ -320,8 +361,38 @@ fn batch_assembly(c: &mut Criterion) {
             let _: ImageBatch = genie_planned.batch(work[i].clone(), &device);
         })
     });
+    let (remote, _server) = remote_augmenter(dataset().1, 4096, {
+        let gate = Arc::new(Gate::default());
+        gate.set(true);
+        gate
+    });
+    let genie_remote = GenieBatcher::new(plain.clone(), Arc::clone(&remote));
+    for round in 0..100 {
+        for b in &warm {
+            let _: ImageBatch = genie_remote.batch(b.clone(), &device);
+        }
+        let s = remote.stats();
+        if s.pairs == 150 && s.ready == 150 {
+            break;
+        }
+        assert!(round < 99, "remote warm-up did not converge: {s:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    group.bench_function("genie_remote_all_cached", |b| {
+        b.iter(|| {
+            i = (i + 1) % work.len();
+            let _: ImageBatch = genie_remote.batch(work[i].clone(), &device);
+        })
+    });
     group.finish();
     paired_ratio("all cached, most mixing", &plain, &genie, &work, &device);
+    paired_ratio(
+        "remote client, all cached, most mixing",
+        &plain,
+        &genie_remote,
+        &work,
+        &device,
+    );
     paired_ratio("plan loaded", &plain, &genie_planned, &work, &device);
     let p = planned.stats();
     assert!(p.mixed > 0 && p.lookups_failed == 0, "{p:?}");
@@ -401,9 +472,20 @@ fn train_step(c: &mut Criterion) {
             })
         });
     };
+    let (remote, server) = remote_augmenter(dataset().1, 8, Arc::clone(&gate));
+    let genie_remote = GenieBatcher::new(plain.clone(), Arc::clone(&remote));
     run("plain", &plain);
     run("genie_saturated_generator", &genie);
+    run("genie_remote_saturated_server", &genie_remote);
     group.finish();
+    let r = remote.stats();
+    eprintln!(
+        "train_step, remote: {} pairs started, {} levels deferred, {} mixed",
+        r.pairs, r.deferred, r.mixed
+    );
+    // The server drains its queue when it stops: let its engine finish first.
+    gate.set(true);
+    drop(server);
     let s = augmenter.stats();
     assert_eq!(s.mixed, 0);
     eprintln!(

@@ -20,7 +20,7 @@ use genie::generator::{
 };
 // `HardNegativeGenerator` brings `RemoteGenerator`'s `request` and `wait` into scope.
 use genie::remote::protocol::{encode_pixels, hash_hex, RequestBatch, WireRequest, WireSource};
-use genie::remote::server::{self, ServeConfig};
+use genie::remote::server::{BackgroundServer, ServeConfig};
 use genie::remote::{RemoteConfig, RemoteGenerator};
 use genie::NoiseLevel;
 use image::RgbImage;
@@ -52,35 +52,8 @@ fn request(source: &SourceImage, seed: u64) -> Request {
     }
 }
 
-/// A server on a free loopback port in this process; its address and the handle that stops it.
-struct Running {
-    addr: String,
-    stop: std::sync::mpsc::Sender<()>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-fn serve(generator: Generator) -> Running {
-    let (stop, stopped) = std::sync::mpsc::channel::<()>();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let thread = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            addr_tx.send(listener.local_addr().unwrap()).unwrap();
-            let shutdown = async move {
-                let _ = tokio::task::spawn_blocking(move || stopped.recv()).await;
-            };
-            server::serve(generator, listener, ServeConfig::default(), shutdown)
-                .await
-                .unwrap();
-        });
-    });
-    let addr = addr_rx.recv().unwrap().to_string();
-    Running { addr, stop, thread }
+fn serve(generator: Generator) -> BackgroundServer {
+    BackgroundServer::start(generator, "127.0.0.1:0", ServeConfig::default()).unwrap()
 }
 
 fn factory() -> (tempfile::TempDir, Arc<SdEngineFactory>) {
@@ -111,7 +84,7 @@ fn round_trip(factory: &Arc<SdEngineFactory>) {
     let generator = Generator::start(factory.clone(), cache.clone(), config()).unwrap();
     let fingerprint = generator.fingerprint().clone();
     let running = serve(generator);
-    let url = format!("http://{}", running.addr);
+    let url = running.url();
     let src = &sources(1)[0];
     // Cache the one level first, so every timed call is answered `already_cached`.
     let remote = RemoteGenerator::connect(&url, &fingerprint, RemoteConfig::default()).unwrap();
@@ -179,8 +152,7 @@ fn round_trip(factory: &Arc<SdEngineFactory>) {
         times[n - 1]
     );
     drop(remote);
-    let _ = running.stop.send(());
-    running.thread.join().unwrap();
+    running.stop().unwrap();
 }
 
 fn throughput(factory: &Arc<SdEngineFactory>) {
@@ -209,12 +181,8 @@ fn throughput(factory: &Arc<SdEngineFactory>) {
     let generator = Generator::start(factory.clone(), cache, config()).unwrap();
     let fingerprint = generator.fingerprint().clone();
     let running = serve(generator);
-    let remote = RemoteGenerator::connect(
-        &format!("http://{}", running.addr),
-        &fingerprint,
-        RemoteConfig::default(),
-    )
-    .unwrap();
+    let remote =
+        RemoteGenerator::connect(&running.url(), &fingerprint, RemoteConfig::default()).unwrap();
     let start = Instant::now();
     let keys: Vec<_> = sources
         .iter()
@@ -228,8 +196,7 @@ fn throughput(factory: &Arc<SdEngineFactory>) {
     }
     let served = JOBS as f64 / start.elapsed().as_secs_f64();
     drop(remote);
-    let _ = running.stop.send(());
-    running.thread.join().unwrap();
+    running.stop().unwrap();
     println!(
         "tiny model, {JOBS} jobs at r = 0.8, DPM 50 steps, max_batch 8: in process {local:.2} images/s, behind genie serve {served:.2} images/s ({:.3}x)",
         served / local

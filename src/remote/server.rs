@@ -78,6 +78,85 @@ impl AppState {
     }
 }
 
+/// A server running on a thread of its own (with its own async runtime), for a process that
+/// wants one beside its other work: benchmarks, tests, a trainer that hosts the generator for
+/// others. [`stop`](Self::stop) drains it like SIGTERM does.
+pub struct BackgroundServer {
+    addr: std::net::SocketAddr,
+    stop: std::sync::mpsc::Sender<()>,
+    thread: Option<std::thread::JoinHandle<Result<GeneratorStats, ServeError>>>,
+}
+
+impl BackgroundServer {
+    /// Binds `listen` (port 0: a free one) and serves `generator` there.
+    pub fn start(
+        generator: Generator,
+        listen: &str,
+        config: ServeConfig,
+    ) -> Result<Self, ServeError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(ServeError::Listen)?;
+        let listener = runtime
+            .block_on(tokio::net::TcpListener::bind(listen))
+            .map_err(ServeError::Listen)?;
+        let addr = listener.local_addr().map_err(ServeError::Listen)?;
+        let (stop, stopped) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("genie-serve".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    let shutdown = async move {
+                        // Either a stop or the handle dropped.
+                        let _ = tokio::task::spawn_blocking(move || stopped.recv()).await;
+                    };
+                    serve(generator, listener, config, shutdown).await
+                })
+            })
+            .map_err(ServeError::Listen)?;
+        Ok(BackgroundServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// The address it listens on.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.addr
+    }
+
+    /// `http://ADDR`, what a [`RemoteGenerator`](super::RemoteGenerator) connects to.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops taking calls, drains the queue and returns the generator's final counters.
+    pub fn stop(mut self) -> Result<GeneratorStats, ServeError> {
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<GeneratorStats, ServeError> {
+        let _ = self.stop.send(());
+        match self.thread.take() {
+            Some(thread) => thread.join().unwrap_or_else(|_| {
+                Err(ServeError::Server(std::io::Error::other(
+                    "the server thread panicked",
+                )))
+            }),
+            None => Ok(GeneratorStats::default()),
+        }
+    }
+}
+
+impl Drop for BackgroundServer {
+    fn drop(&mut self) {
+        let _ = self.finish();
+    }
+}
+
 /// Serves `generator` on `listener` until `shutdown` resolves, then stops taking connections,
 /// finishes the calls in flight, drains the generator's queue and returns its final counters.
 pub async fn serve(
