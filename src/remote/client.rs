@@ -37,7 +37,8 @@ pub struct RemoteConfig {
     pub max_batch_bytes: usize,
     /// Timeout of one call (connect, send, answer).
     pub timeout: Duration,
-    /// First pause before trying an unreachable server again; doubles up to `max_backoff`.
+    /// First pause before trying an unreachable server again (doubles up to `max_backoff`), and
+    /// how long retries wait after the server said its queue was full.
     pub backoff: Duration,
     pub max_backoff: Duration,
 }
@@ -121,6 +122,10 @@ struct Shared {
     resolution: u32,
     config: RemoteConfig,
     up: AtomicBool,
+    /// Until when (ms since `started`) the server's queue was last seen full: retries would only
+    /// be refused again, and each costs a source hash and an HTTP call.
+    full_until_ms: AtomicU64,
+    started: Instant,
     stop: AtomicBool,
     late: Mutex<std::collections::VecDeque<Receipt>>,
     /// Keys answered `Sent` whose server answer has not come yet.
@@ -133,6 +138,15 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Shared {
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// Whether the server said its queue was full less than a backoff ago.
+    fn server_full(&self) -> bool {
+        self.now_ms() < self.full_until_ms.load(Ordering::Relaxed)
+    }
+
     fn deliver(&self, receipt: Receipt) {
         let mut unanswered = lock(&self.unanswered);
         for (_, key, _) in &receipt.levels {
@@ -201,6 +215,8 @@ impl RemoteGenerator {
             resolution: info.resolution,
             config,
             up: AtomicBool::new(true),
+            full_until_ms: AtomicU64::new(0),
+            started: Instant::now(),
             stop: AtomicBool::new(false),
             late: Mutex::new(Default::default()),
             unanswered: Mutex::new(Default::default()),
@@ -313,7 +329,9 @@ impl HardNegativeGenerator for RemoteGenerator {
     }
 
     fn has_room(&self, _priority: Priority) -> bool {
-        self.shared.up.load(Ordering::Acquire) && self.queue.as_ref().is_some_and(|q| !q.is_full())
+        self.shared.up.load(Ordering::Acquire)
+            && !self.shared.server_full()
+            && self.queue.as_ref().is_some_and(|q| !q.is_full())
     }
 
     /// Asks the server (long polls of at most 30 s each); this one call does wait on the network.
@@ -497,6 +515,13 @@ impl SenderThread {
             RequestAnswer::Levels(levels) => match receipt_of(&levels) {
                 Some(receipt) => {
                     c.answered.fetch_add(1, Ordering::Relaxed);
+                    if receipt.count(LevelOutcome::Dropped) > 0 {
+                        // The server's queue is full: hold retries back for a backoff.
+                        let pause = self.shared.config.backoff.as_millis() as u64;
+                        self.shared
+                            .full_until_ms
+                            .store(self.shared.now_ms() + pause, Ordering::Relaxed);
+                    }
                     if let Some(src) = &req.source {
                         self.known_sources.put(src.hash, ());
                     }

@@ -575,3 +575,59 @@ fn a_batcher_mixes_a_servers_hard_negatives_and_outlives_the_server() {
         String::from_utf8_lossy(&o.stderr)
     );
 }
+
+#[test]
+fn a_client_holds_retries_back_while_the_servers_queue_is_full() {
+    use genie::generator::{HardNegativeGenerator, LevelOutcome, Priority, Request};
+    use genie::remote::{RemoteConfig, RemoteGenerator};
+
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(
+        tmp.path(),
+        &tmp.path().join("cache"),
+        &["--queue-capacity", "1"],
+    );
+    let info = info(&server.addr);
+    let config = RemoteConfig {
+        backoff: Duration::from_secs(30),
+        ..RemoteConfig::default()
+    };
+    let remote = RemoteGenerator::connect(
+        &format!("http://{}", server.addr),
+        &info.fingerprint,
+        config,
+    )
+    .unwrap();
+    assert!(remote.has_room(Priority::Prewarm));
+    for seed in 0..20 {
+        let src = source(100 + seed);
+        remote
+            .request(Request {
+                source: Some(src),
+                target: "star".into(),
+                prompt: "a photo of a star".into(),
+                levels: vec![genie::NoiseLevel::GENIE_DEFAULT],
+                seed,
+                priority: Priority::Prewarm,
+            })
+            .unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut dropped = 0;
+    while dropped == 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the server never said its queue was full"
+        );
+        dropped += remote
+            .late_receipts()
+            .iter()
+            .map(|r| r.count(LevelOutcome::Dropped))
+            .sum::<usize>();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(
+        !remote.has_room(Priority::Prewarm),
+        "a full server queue should hold retries back"
+    );
+}
