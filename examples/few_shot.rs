@@ -15,6 +15,7 @@
 //! ```text
 //! cargo run --release --example few_shot                          # 5-way 1-shot, 20 episodes
 //! cargo run --release --example few_shot -- --shots 5 --episodes 600 --cache DIR --out DIR
+//! cargo run --release --example few_shot -- --generator http://127.0.0.1:8700 --cache DIR
 //! ```
 //!
 //! The numbers are those of a 32-px CNN trained on four shape classes for a few epochs, not the
@@ -39,6 +40,7 @@ use genie::eval::{
 };
 use genie::generator::{Generator, KeySpace, Shutdown};
 use genie::loader::image_item;
+use genie::remote::{RemoteConfig, RemoteGenerator};
 use genie::synthetic;
 use image::RgbImage;
 
@@ -80,6 +82,10 @@ struct Args {
     /// Cache directory (default: a fresh temporary one).
     #[arg(long)]
     cache: Option<PathBuf>,
+    /// Generate with a `genie serve` (http://HOST:PORT, started with the same engine options
+    /// and this --cache) instead of workers in this process.
+    #[arg(long, value_name = "URL")]
+    generator: Option<String>,
     /// Write few_shot.md and few_shot.csv here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -227,23 +233,42 @@ fn main() -> Result<()> {
         .missing_pairs(&episodes, &methods, 4 * args.shots)
         .map_err(anyhow::Error::msg)?;
     let levels: usize = missing.iter().map(|(_, p)| p.levels.len()).sum();
-    let mut generator_config = generator_config;
-    generator_config.queue_capacity = generator_config.queue_capacity.max(levels);
-    let generator = Generator::start(Arc::new(factory), Arc::clone(&cache), generator_config)?;
     let started = Instant::now();
     let mut last_line = Instant::now();
-    let made = source
-        .generate(&generator, &missing, &mut |n, total| {
-            if n == total || last_line.elapsed().as_secs() >= 10 {
-                println!(
-                    "generating: {n}/{total} images ({:.0} s)",
-                    started.elapsed().as_secs_f64()
-                );
-                last_line = Instant::now();
+    let mut progress = |n: usize, total: usize| {
+        if n == total || last_line.elapsed().as_secs() >= 10 {
+            println!(
+                "generating: {n}/{total} images ({:.0} s)",
+                started.elapsed().as_secs_f64()
+            );
+            last_line = Instant::now();
+        }
+    };
+    let made = match &args.generator {
+        Some(url) => {
+            if args.cache.is_none() {
+                bail!("--generator {url} fills the server's cache: give it as --cache DIR");
             }
-        })
-        .map_err(anyhow::Error::msg)?;
-    generator.shutdown(Shutdown::Drain);
+            // Room in the client's queue for the whole run (the server's is --queue-capacity).
+            let config = RemoteConfig {
+                queue_capacity: missing.len().max(1024),
+                ..RemoteConfig::default()
+            };
+            let remote = RemoteGenerator::connect(url, &plan.fingerprint, config)?;
+            println!("generator: genie serve at {url}");
+            source.generate(&remote, &missing, &mut progress)
+        }
+        None => {
+            let mut generator_config = generator_config;
+            generator_config.queue_capacity = generator_config.queue_capacity.max(levels);
+            let generator =
+                Generator::start(Arc::new(factory), Arc::clone(&cache), generator_config)?;
+            let made = source.generate(&generator, &missing, &mut progress);
+            generator.shutdown(Shutdown::Drain);
+            made
+        }
+    }
+    .map_err(anyhow::Error::msg)?;
     println!("generated {made} images (cache {})", cache_dir.display());
 
     let config = FewShotConfig {

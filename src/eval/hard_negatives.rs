@@ -15,7 +15,9 @@ use super::episodes::Episode;
 use super::few_shot::{Backbone, GeneratedImages, Method};
 use crate::cache::{Cache, CacheKey};
 use crate::engine::NoiseLevel;
-use crate::generator::{Generator, KeySpace, LevelOutcome, Priority, SourceImage};
+use crate::generator::{
+    HardNegativeGenerator, KeySpace, LevelOutcome, Priority, SourceImage, WaitOutcome,
+};
 
 /// One pair a method needs: split image `source` towards split class `target`, `variant`-th
 /// noise, at `levels` (one key each).
@@ -172,13 +174,14 @@ impl<'a> CachedEpisodes<'a> {
         Ok(missing)
     }
 
-    /// Makes `missing` with `generator` and waits for it; `progress(done, total)` is called as
-    /// images land. Everything is queued before the generator's workers take any of it (so the
-    /// batches, and with them the images' last bits, do not depend on timing): the generator's
-    /// queue must hold `missing`'s levels. Returns the number of images made.
+    /// Makes `missing` with `generator` (in this process, or a `genie serve` through a
+    /// [`RemoteGenerator`](crate::remote::RemoteGenerator)) and waits for it; `progress(done,
+    /// total)` is called as images land. In process, everything is queued before the workers
+    /// take any of it (so the batches, and with them the images' last bits, do not depend on
+    /// timing): the queue must hold `missing`'s levels. Returns the number of images made.
     pub fn generate(
         &self,
-        generator: &Generator,
+        generator: &dyn HardNegativeGenerator,
         missing: &[(Method, NeededPair)],
         progress: &mut dyn FnMut(usize, usize),
     ) -> Result<usize, String> {
@@ -211,13 +214,18 @@ impl<'a> CachedEpisodes<'a> {
         });
         generator.release();
         queued?;
-        let failures = generator
-            .wait_all(
-                &wanted,
-                std::time::Duration::from_secs(7 * 24 * 3600),
-                progress,
-            )
-            .map_err(|e| e.to_string())?;
+        let mut failures = Vec::new();
+        for (n, key) in wanted.iter().enumerate() {
+            match generator
+                .wait(key, std::time::Duration::from_secs(7 * 24 * 3600))
+                .map_err(|e| e.to_string())?
+            {
+                WaitOutcome::Ready => {}
+                WaitOutcome::Failed(message) => failures.push(message),
+                other => failures.push(format!("{key}: {other:?}")),
+            }
+            progress(n + 1, wanted.len());
+        }
         if let Some(first) = failures.first() {
             return Err(format!(
                 "{} images could not be generated; the first: {first}",

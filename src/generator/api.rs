@@ -31,6 +31,14 @@ pub trait HardNegativeGenerator: Send + Sync {
     fn late_receipts(&self) -> Vec<Receipt> {
         Vec::new()
     }
+
+    /// Takes no new batch until [`release`](Self::release), so that a run queued whole is
+    /// batched the same way every time (see [`Generator::hold`]). A remote generator batches as
+    /// requests reach its server and cannot promise that: a no-op there.
+    fn hold(&self) {}
+
+    /// Lets work go on after [`hold`](Self::hold).
+    fn release(&self) {}
 }
 
 impl HardNegativeGenerator for Generator {
@@ -45,5 +53,11 @@ impl HardNegativeGenerator for Generator {
     }
     fn wait(&self, key: &CacheKey, timeout: Duration) -> Result<WaitOutcome, GeneratorError> {
         Generator::wait(self, key, timeout)
+    }
+    fn hold(&self) {
+        Generator::hold(self)
+    }
+    fn release(&self) {
+        Generator::release(self)
     }
 }
