@@ -25,7 +25,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataset::InMemDataset;
 use burn::module::Module;
@@ -153,29 +153,7 @@ fn main() -> Result<()> {
     if args.base_classes == 0 || args.base_classes >= all {
         bail!("--base-classes must be between 1 and {}", all - 1);
     }
-    let mut methods = if args.methods.is_empty() {
-        Method::ALL.to_vec()
-    } else {
-        args.methods
-            .iter()
-            .map(|m| {
-                Method::from_slug(m).with_context(|| {
-                    let known: Vec<String> = Method::ALL.iter().map(|m| m.slug()).collect();
-                    format!(
-                        "unknown method {m:?} (known: {}, genie@R)",
-                        known.join(", ")
-                    )
-                })
-            })
-            .collect::<Result<_>>()?
-    };
-    if args.sweep {
-        for m in Method::sweep() {
-            if !methods.contains(&m) {
-                methods.push(m);
-            }
-        }
-    }
+    let methods = Method::selection(&args.methods, args.sweep).map_err(anyhow::Error::msg)?;
     let spec = EpisodeSpec {
         ways: args.ways,
         shots: args.shots,

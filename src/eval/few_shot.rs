@@ -90,6 +90,36 @@ impl Method {
     }
 
     /// The method a slug names.
+    /// The methods a command line names (every one of [`Method::ALL`] when `slugs` is empty),
+    /// with GeNIe at each of [`Method::sweep`]'s levels added when `sweep`. An unknown slug is
+    /// an error that lists the known ones.
+    pub fn selection(slugs: &[String], sweep: bool) -> Result<Vec<Method>, String> {
+        let mut methods: Vec<Method> = if slugs.is_empty() {
+            Method::ALL.to_vec()
+        } else {
+            slugs
+                .iter()
+                .map(|m| {
+                    Method::from_slug(m).ok_or_else(|| {
+                        let known: Vec<String> = Method::ALL.iter().map(|m| m.slug()).collect();
+                        format!(
+                            "unknown method {m:?} (known: {}, genie@R)",
+                            known.join(", ")
+                        )
+                    })
+                })
+                .collect::<Result<_, _>>()?
+        };
+        if sweep {
+            for m in Method::sweep() {
+                if !methods.contains(&m) {
+                    methods.push(m);
+                }
+            }
+        }
+        Ok(methods)
+    }
+
     pub fn from_slug(slug: &str) -> Option<Method> {
         if let Some(level) = slug.strip_prefix("genie@") {
             return NoiseLevel::parse(level).ok().map(Method::GenieAt);

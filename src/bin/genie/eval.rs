@@ -127,7 +127,7 @@ fn few_shot(args: FewShotArgs) -> Result<()> {
         shots: args.shots,
         queries: args.queries,
     };
-    let methods = methods(&args.methods, args.sweep)?;
+    let methods = Method::selection(&args.methods, args.sweep).map_err(anyhow::Error::msg)?;
     let folder = ImageFolder::scan(&args.data)?;
     for w in &folder.warnings {
         eprintln!("warning: {w}");
@@ -271,34 +271,6 @@ fn few_shot(args: FewShotArgs) -> Result<()> {
         println!("wrote {}", dir.display());
     }
     Ok(())
-}
-
-/// The methods of `--methods` (all when empty), with GeNIe at every level of the sweep.
-fn methods(slugs: &[String], sweep: bool) -> Result<Vec<Method>> {
-    let mut methods: Vec<Method> = if slugs.is_empty() {
-        Method::ALL.to_vec()
-    } else {
-        slugs
-            .iter()
-            .map(|m| {
-                Method::from_slug(m).with_context(|| {
-                    let known: Vec<String> = Method::ALL.iter().map(|m| m.slug()).collect();
-                    format!(
-                        "unknown method {m:?} (known: {}, genie@R)",
-                        known.join(", ")
-                    )
-                })
-            })
-            .collect::<Result<_>>()?
-    };
-    if sweep {
-        for m in Method::sweep() {
-            if !methods.contains(&m) {
-                methods.push(m);
-            }
-        }
-    }
-    Ok(methods)
 }
 
 /// `--plan-out`: the missing hard negatives as a `genie warm run` plan (one entry per level).
