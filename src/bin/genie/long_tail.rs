@@ -177,7 +177,9 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
     let engine = diffusion::plan_engine(&model_source(&hn.model)?, &engine_options(&hn.model)?)?;
     let keys = key_space(&engine, infos, args.superclass.as_ref());
     let cache = Arc::new(Cache::open(&hn.cache, 64 << 20)?);
-    let train_set = || InMemDataset::new(train_items.clone());
+    // One copy of the training images, shared by the plan and every run (each run's
+    // `GenieDataset` wraps it; cloning the items per run would hold the dataset several times).
+    let train_set = Arc::new(InMemDataset::new(train_items));
     let levels: &[NoiseLevel] = if runs.contains(&Run::GenieAda) {
         &NoiseLevel::ADA_SWEEP
     } else {
@@ -186,7 +188,7 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
     let generative = runs.iter().any(|&r| r != Run::Baseline);
     let plan = if generative {
         let policy = Policy::long_tail(stats.clone(), policy_config)?;
-        OfflinePlan::new(&train_set(), &policy, &keys, levels, None)?
+        OfflinePlan::new(&train_set, &policy, &keys, levels, None)?
     } else {
         OfflinePlan::default()
     };
@@ -237,7 +239,7 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
                 keys.class_label(n.target)
             );
         }
-        generate(&args, &plan, &train_set(), &keys, &cache, missing.len())?;
+        generate(&args, &plan, &train_set, &keys, &cache, missing.len())?;
     }
 
     let device = Device::flex();
@@ -246,9 +248,9 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
     for run in runs {
         let started = Instant::now();
         let model = match run {
-            Run::Baseline => train_model(&args, &train_set(), classes)?,
+            Run::Baseline => train_model(&args, &train_set, classes)?,
             Run::Genie => {
-                let data = GenieDataset::new(train_set(), Arc::clone(&cache), &plan)?;
+                let data = GenieDataset::new(Arc::clone(&train_set), Arc::clone(&cache), &plan)?;
                 println!(
                     "{}: {} hard negatives added",
                     run.name(),
@@ -262,7 +264,7 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
                     .context("GeNIe-Ada needs the baseline's model")?;
                 let mut ada = plan.clone();
                 let outcome = ada.choose_levels(
-                    &train_set(),
+                    &train_set,
                     &cache,
                     chooser,
                     &ResNetEmbeddings {
@@ -279,7 +281,7 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
                     outcome.incomplete,
                     histogram(&ada)
                 );
-                let data = GenieDataset::new(train_set(), Arc::clone(&cache), &ada)?;
+                let data = GenieDataset::new(Arc::clone(&train_set), Arc::clone(&cache), &ada)?;
                 train_model(&args, &data, classes)?
             }
         };
@@ -316,7 +318,7 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
 fn generate(
     args: &LongTailArgs,
     plan: &OfflinePlan,
-    train: &InMemDataset<ImageDatasetItem>,
+    train: &Arc<InMemDataset<ImageDatasetItem>>,
     keys: &KeySpace,
     cache: &Arc<Cache>,
     missing: usize,
