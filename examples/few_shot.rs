@@ -39,7 +39,7 @@ use genie::eval::{
     EpisodeSpec, FewShotConfig, LogisticRegression, Method,
 };
 use genie::generator::{Generator, KeySpace, Shutdown};
-use genie::loader::image_item;
+use genie::loader::{image_item, TrainDevice, TrainDeviceSpec};
 use genie::remote::{RemoteConfig, RemoteGenerator};
 use genie::synthetic;
 use image::RgbImage;
@@ -76,6 +76,10 @@ struct Args {
     sweep: bool,
     #[command(flatten)]
     engine: common::EngineArgs,
+    /// Where the backbone trains and embeds: cpu, vulkan[:N], wgpu[:N] (with genie's
+    /// burn-vulkan / burn-wgpu features) or auto (the first GPU found, else cpu).
+    #[arg(long, env = "BURN_DEVICE", default_value = "cpu")]
+    train_device: TrainDeviceSpec,
     /// Side of the backbone's input images.
     #[arg(long, default_value_t = 32)]
     image_size: u32,
@@ -97,6 +101,7 @@ struct Args {
 struct Cnn {
     model: common::Cnn,
     batcher: common::ImageBatcher,
+    device: Device,
 }
 
 impl Backbone for Cnn {
@@ -105,8 +110,10 @@ impl Backbone for Cnn {
             .iter()
             .map(|img| image_item(img, 0, "episode"))
             .collect();
-        let device = Device::flex();
-        genie::backbone::feature_rows(self.model.features(self.batcher.images(&items, &device)))
+        genie::backbone::feature_rows(
+            self.model
+                .features(self.batcher.images(&items, &self.device)),
+        )
     }
 }
 
@@ -116,8 +123,9 @@ fn train_backbone(
     classes: usize,
     side: u32,
     seed: u64,
+    on: &Device,
 ) -> Result<Cnn> {
-    let device = Device::flex().autodiff();
+    let device = on.clone().autodiff();
     device.seed(seed);
     let batcher = common::ImageBatcher { side };
     let mut model = common::Cnn::new(classes, &device);
@@ -139,6 +147,7 @@ fn train_backbone(
     Ok(Cnn {
         model: model.valid(),
         batcher,
+        device: on.clone(),
     })
 }
 
@@ -193,7 +202,15 @@ fn main() -> Result<()> {
         names.join(", "),
         args.base_classes
     );
-    let backbone = train_backbone(base, args.base_classes, args.image_size, args.seed)?;
+    let device = TrainDevice::open_spec(args.train_device)?;
+    println!("training device: {device}");
+    let backbone = train_backbone(
+        base,
+        args.base_classes,
+        args.image_size,
+        args.seed,
+        device.device(),
+    )?;
 
     let (cache, cache_dir, _temp) = common::open_cache(args.cache.as_deref())?;
     let keys = KeySpace::new(plan.fingerprint.clone(), plan.resolution, names.clone());

@@ -48,7 +48,7 @@ use clap::Parser;
 use genie::generator::{Generator, HardNegativeGenerator, WaitOutcome};
 use genie::loader::{
     image_item, predictions_and_targets, Augmenter, AugmenterConfig, GenieBatcher, GenieItem,
-    KeySpace, LiveConfig, LiveModel, OfflinePlan, ScoringMode,
+    KeySpace, LiveConfig, LiveModel, OfflinePlan, ScoringMode, TrainDevice, TrainDeviceSpec,
 };
 use genie::policy::{ClassStats, Group, Policy, PolicyConfig, SharedConfusion};
 use genie::remote::{RemoteConfig, RemoteGenerator};
@@ -92,6 +92,10 @@ struct Args {
     /// Side of the classifier's input images.
     #[arg(long, default_value_t = 32)]
     image_size: u32,
+    /// Where the classifier trains (and GeNIe-Ada embeds): cpu, vulkan[:N], wgpu[:N] (with
+    /// genie's burn-vulkan / burn-wgpu features) or auto (the first GPU found, else cpu).
+    #[arg(long, env = "BURN_DEVICE", default_value = "cpu")]
+    train_device: TrainDeviceSpec,
     /// Hard negatives per Few class (the paper's quota is 50).
     #[arg(long, default_value_t = 50)]
     per_class: usize,
@@ -468,17 +472,24 @@ fn main() -> Result<()> {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let args = Args::parse();
+    // Opened once: a GPU runtime cannot be initialised twice in a process.
+    let train_device = TrainDevice::open_spec(args.train_device)?;
+    println!("training device: {train_device}");
+    let device = train_device.device();
     if args.seeds.is_empty() {
-        run_seed(&args)?;
+        run_seed(&args, device)?;
         return Ok(());
     }
     let mut reports = Vec::new();
     for &seed in &args.seeds {
         println!("\n=== seed {seed} ===");
-        reports.push(run_seed(&Args {
-            seed,
-            ..args.clone()
-        })?);
+        reports.push(run_seed(
+            &Args {
+                seed,
+                ..args.clone()
+            },
+            device,
+        )?);
     }
     print_over_seeds(&args.seeds, &reports);
     Ok(())
@@ -540,7 +551,7 @@ fn print_over_seeds(seeds: &[u64], reports: &[SeedReport]) {
     }
 }
 
-fn run_seed(args: &Args) -> Result<SeedReport> {
+fn run_seed(args: &Args, device: &Device) -> Result<SeedReport> {
     let data = match &args.data {
         Some(dir) => folder_data(dir, args.class_names.as_deref(), args.image_size)?,
         None => synthetic_data(args.image_size, args.seed)?,
@@ -573,8 +584,6 @@ fn run_seed(args: &Args) -> Result<SeedReport> {
             .collect();
         println!("  {g:<6} {}", names.join(", "));
     }
-
-    let device = Device::flex();
 
     let (factory, generator_config) = common::engine_factory(&args.engine)?;
     let plan = factory.plan().clone();
@@ -723,7 +732,7 @@ fn run_seed(args: &Args) -> Result<SeedReport> {
             ", an epoch of each in turn"
         }
     );
-    let (baseline, genie) = train_both(args, &data, &online, &device)?;
+    let (baseline, genie) = train_both(args, &data, &online, device)?;
     drop(online);
     // Dropping the last handle (with the augmenter, at the end) cancels what is still queued.
     let generated = generator.as_ref().map_or(0, |g| g.stats().done);

@@ -81,6 +81,8 @@ fi
 export PATH="$cu13/bin:$PATH" CUDA_ROOT="$cu13" CUDA_PATH="$cu13" CUDA_COMPUTE_CAP="$COMPUTE_CAP"
 export RUSTFLAGS="-L $links ${RUSTFLAGS:-}"
 export CARGO_TARGET_DIR="$root/target/cuda"
+# GENIE_EXTRA_FEATURES adds to the CUDA features, e.g. `serve` for `genie serve` on the GPU.
+features="$features${GENIE_EXTRA_FEATURES:+,$GENIE_EXTRA_FEATURES}"
 cargo build --release --locked --features "$features" --bin genie
 
 # 4. The libraries to carry with the binary.

@@ -9,6 +9,8 @@
 #   scripts/gpu-bench/on-device.sh bench-genie      # genie's half of run.sh (SD 1.5, random weights)
 #   scripts/gpu-bench/on-device.sh bench-diffusers  # diffusers' half
 #   scripts/gpu-bench/on-device.sh flops            # FLOPs per image and the measured matmul rate
+#   scripts/gpu-bench/on-device.sh train-device     # burn trains genie's ResNet on the GPU as on the CPU
+#                                                   # (pack-train-device.sh; GENIE_TRAIN_DEVICE=vulkan)
 #
 # Each step fits in a few minutes; results go to $OUT (default bench-results/gpu).
 set -euo pipefail
@@ -19,6 +21,19 @@ export OUT=${OUT:-$root/bench-results/gpu}
 export PYTHON=${PYTHON:-python3}
 scratch=${SCRATCH:-${TMPDIR:-/tmp}/genie-gpu}
 mkdir -p "$OUT" "$scratch"
+
+# The burn GPU training test needs neither the CUDA build nor Python.
+if [ "${1:-}" = train-device ]; then
+    test_bin="$scratch/it-train-device"
+    if [ ! -x "$test_bin" ]; then
+        xz -dc "$bundle/it-train-device.xz" > "$test_bin.part"
+        chmod +x "$test_bin.part"
+        mv "$test_bin.part" "$test_bin"
+    fi
+    GENIE_TRAIN_DEVICE=${GENIE_TRAIN_DEVICE:-vulkan} "$test_bin" train_device --nocapture 2>&1 \
+        | tee "$OUT/train-device.txt"
+    exit "${PIPESTATUS[0]}"
+fi
 
 if [ ! -x "$scratch/genie" ]; then
     xz -dc "$bundle/genie.xz" > "$scratch/genie.part"
@@ -65,5 +80,5 @@ case "${1:-}" in
     bench-genie) ENGINES=genie exec "$root/scripts/gpu-bench/run.sh" ;;
     bench-diffusers) ENGINES=diffusers exec "$root/scripts/gpu-bench/run.sh" ;;
     flops) ENGINES=flops exec "$root/scripts/gpu-bench/run.sh" ;;
-    *) sed -n '2,14p' "$0"; exit 2 ;;
+    *) sed -n '2,16p' "$0"; exit 2 ;;
 esac

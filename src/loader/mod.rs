@@ -11,10 +11,12 @@
 //! - [`ConfusionMetric`] or [`crate::policy::SharedConfusion::record`]: which classes are
 //!   confused with each target (its sources).
 //! - [`GenieItem`]: what genie needs of an item; implemented for burn's `ImageDatasetItem`.
+//! - [`TrainDevice`]: the device to train on, named at run time (`cpu`, `vulkan`, `wgpu`, `auto`).
 
 mod augmenter;
 mod batcher;
 mod dataset;
+mod device;
 mod item;
 mod live;
 mod metric;
@@ -26,6 +28,7 @@ pub use augmenter::{
 };
 pub use batcher::GenieBatcher;
 pub use dataset::{AdaOutcome, GenieDataset, OfflinePlan, PlannedNegative};
+pub use device::{built_gpu_backends, TrainDevice, TrainDeviceError, TrainDeviceSpec};
 pub use item::{folder_items, image_item, GenieItem, ItemError, GENERATED_PATH_PREFIX};
 pub use live::{
     FeatureExtractor, LiveConfig, LiveModel, ScoringMode, SelectorStats, TRAINED_ITEM_COST,

@@ -648,6 +648,8 @@ fn eval_long_tail_cli_trains_every_method_and_repeats_exactly() {
 
     let o = run(&[]);
     fails_saying(&o, "not in the cache");
+    let o = run(&["--train-device", "tpu"]);
+    fails_saying(&o, "unknown training device \"tpu\"");
 
     let report = tmp.path().join("report");
     let r = report.display().to_string();
@@ -655,6 +657,11 @@ fn eval_long_tail_cli_trains_every_method_and_repeats_exactly() {
     assert!(o.status.success(), "{}", output_text(&o));
     let first = table(&output_text(&o));
     assert_eq!(first.len(), 3, "{}", output_text(&o));
+    assert!(
+        output_text(&o).contains("training device: cpu (burn flex)"),
+        "{}",
+        output_text(&o)
+    );
     for (row, name) in first
         .iter()
         .zip(["baseline", "GeNIe (r = 0.8)", "GeNIe-Ada"])
@@ -701,6 +708,7 @@ fn genie_cli(home: &std::path::Path, args: &[String]) -> std::process::Output {
         .args(args)
         .env("GENIE_HOME", home)
         .env("HF_HUB_OFFLINE", "1")
+        .env_remove("BURN_DEVICE")
         .output()
         .unwrap()
 }

@@ -32,7 +32,7 @@ fn run(name: &str, args: &[&str]) -> String {
 /// Runs an example; with `home`, as `GENIE_HOME` (where the tiny model is written).
 fn run_in(name: &str, args: &[&str], home: Option<&Path>) -> String {
     let mut command = Command::new(example(name));
-    command.args(args);
+    command.args(args).env_remove("BURN_DEVICE");
     if let Some(home) = home {
         command.env("GENIE_HOME", home);
     }
@@ -125,6 +125,7 @@ fn long_tail_runs_and_its_report_adds_up() {
     );
     // Not a terminal: the progress is plain lines, not `\r`-joined redraws.
     assert!(!out.contains('\r'), "{out:?}");
+    assert!(out.contains("training device: cpu (burn flex)"), "{out}");
     assert!(
         out.contains("generating the hard negatives first: 90/90 images"),
         "{out}"
@@ -363,6 +364,29 @@ fn few_shot_compares_every_method_and_reruns_from_the_cache() {
         std::fs::read_to_string(out.join("few_shot.csv")).unwrap(),
         csv
     );
+}
+
+/// A training device that is not built is named with the feature that builds it; `BURN_DEVICE`
+/// is read as burn reads it.
+#[test]
+fn examples_name_a_training_device_they_cannot_open() {
+    let output = std::process::Command::new(example("few_shot"))
+        .args(["--model", "tiny", "--train-device", "cuda"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("genie serve"), "{stderr}");
+    if genie::loader::built_gpu_backends().is_empty() {
+        let output = std::process::Command::new(example("long_tail"))
+            .args(["--model", "tiny"])
+            .env("BURN_DEVICE", "vulkan")
+            .output()
+            .unwrap();
+        assert!(!output.status.success());
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(stderr.contains("--features burn-vulkan"), "{stderr}");
+    }
 }
 
 #[test]

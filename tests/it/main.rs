@@ -27,4 +27,5 @@ mod policy;
 mod serve;
 mod shapes;
 mod supervised;
+mod train_device;
 mod warm;

@@ -23,6 +23,7 @@ use genie::factory::SdEngineFactory;
 use genie::generator::{Generator, GeneratorConfig, Shutdown, WaitOutcome};
 use genie::loader::{
     folder_items, predictions_and_targets, GenieDataset, GenieItem, KeySpace, OfflinePlan,
+    TrainDevice, TrainDeviceSpec,
 };
 use genie::policy::{ClassStats, Group, Policy, PolicyConfig};
 use genie::warm::{ImageFolder, PlanEntry};
@@ -62,6 +63,10 @@ pub(crate) struct LongTailArgs {
     /// Adam's learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
+    /// Where the classifier trains: cpu, vulkan[:N], wgpu[:N] (genie built with burn-vulkan /
+    /// burn-wgpu) or auto (the first GPU found, else cpu).
+    #[arg(long, env = "BURN_DEVICE", default_value = "cpu")]
+    train_device: TrainDeviceSpec,
     /// Hard negatives per Few class (the paper: 50).
     #[arg(long, default_value_t = 50)]
     per_class: usize,
@@ -122,6 +127,9 @@ fn runs(slugs: &[String]) -> Result<Vec<Run>> {
 pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
     let hn = &args.hard_negatives;
     let runs = runs(&args.methods)?;
+    let train_device = TrainDevice::open_spec(args.train_device)?;
+    println!("training device: {train_device}");
+    let device = train_device.device().clone();
     let scan = |split: &str| -> Result<ImageFolder> {
         let folder = ImageFolder::scan(&args.data.join(split))?;
         for w in &folder.warnings {
@@ -242,13 +250,12 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
         generate(&args, &plan, &train_set, &keys, &cache, missing.len())?;
     }
 
-    let device = Device::flex();
     let mut rows = Vec::new();
     let mut baseline_model: Option<ResNetClassifier> = None;
     for run in runs {
         let started = Instant::now();
         let model = match run {
-            Run::Baseline => train_model(&args, &train_set, classes)?,
+            Run::Baseline => train_model(&args, &train_set, classes, &device)?,
             Run::Genie => {
                 let data = GenieDataset::new(Arc::clone(&train_set), Arc::clone(&cache), &plan)?;
                 println!(
@@ -256,7 +263,7 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
                     run.name(),
                     data.negatives().len()
                 );
-                train_model(&args, &data, classes)?
+                train_model(&args, &data, classes, &device)?
             }
             Run::GenieAda => {
                 let chooser = baseline_model
@@ -282,7 +289,7 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
                     histogram(&ada)
                 );
                 let data = GenieDataset::new(Arc::clone(&train_set), Arc::clone(&cache), &ada)?;
-                train_model(&args, &data, classes)?
+                train_model(&args, &data, classes, &device)?
             }
         };
         let model = model.valid();
@@ -374,8 +381,9 @@ fn train_model(
     args: &LongTailArgs,
     data: &dyn Dataset<ImageDatasetItem>,
     classes: usize,
+    on: &Device,
 ) -> Result<ResNetClassifier> {
-    let device = Device::flex().autodiff();
+    let device = on.clone().autodiff();
     device.seed(args.seed);
     let config = ResNetConfig {
         depth: args.backbone,
