@@ -25,7 +25,7 @@ fn job(levels: &[NoiseLevel]) -> Job {
 }
 
 fn bench(c: &mut Criterion) {
-    genie::diffusion::pin_cpu_threads();
+    genie::diffusion::tune_cpu_process();
     let dir = tempfile::tempdir().unwrap();
     tiny::write_tiny_model(dir.path(), 1).unwrap();
     let opts = EngineOptions {

@@ -163,7 +163,7 @@ fn throughput() {
 }
 
 fn main() {
-    genie::diffusion::pin_cpu_threads();
+    genie::diffusion::tune_cpu_process();
     request_latency();
     throughput();
 }

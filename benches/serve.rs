@@ -204,7 +204,7 @@ fn throughput(factory: &Arc<SdEngineFactory>) {
 }
 
 fn main() {
-    genie::diffusion::pin_cpu_threads();
+    genie::diffusion::tune_cpu_process();
     let (_model, factory) = factory();
     round_trip(&factory);
     throughput(&factory);

@@ -187,7 +187,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    genie::diffusion::pin_cpu_threads();
+    genie::diffusion::tune_cpu_process();
     let started = std::time::Instant::now();
     let (judge, judge_accuracy) = train_judge(&args)?;
     println!(

@@ -166,7 +166,7 @@ pub fn engine_factory(
     args: &EngineArgs,
 ) -> anyhow::Result<(SdEngineFactory, genie::generator::GeneratorConfig)> {
     // One engine worker shares the CPU with the training loop.
-    diffusion::pin_cpu_threads();
+    diffusion::tune_cpu_process();
     let source = match (&args.weights, args.model) {
         (Some(dir), _) => ModelSource::Local(dir.clone()),
         (None, BuiltinModel::Shapes) => {

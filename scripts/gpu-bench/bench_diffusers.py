@@ -56,6 +56,7 @@ def main():
     args = ap.parse_args()
 
     dtype = {"f32": torch.float32, "f16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
+    loading = time.perf_counter()
     pipe = StableDiffusionImg2ImgPipeline.from_pretrained(args.model, torch_dtype=dtype, safety_checker=None)
     pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++",
                                                             solver_order=2)
@@ -64,6 +65,7 @@ def main():
     pipe.vae.config.force_upcast = True
     pipe = pipe.to(args.device)
     pipe.set_progress_bar_config(disable=True)
+    load_seconds = time.perf_counter() - loading
     source = Image.open(SAMPLE).convert("RGB").resize((args.size, args.size), Image.BICUBIC)
     levels = [float(x) for x in args.levels.split(",")]
 
@@ -119,7 +121,7 @@ def main():
             "scheduler": "dpm", "guidance": args.guidance, "levels": [str(r) for r in levels], "batch": batch,
             "images_per_call": images, "seconds_per_call": median, "seconds_per_call_all": seconds,
             "seconds_per_image": median / images, "peak_memory_mib": peak_memory_mib(args.device),
-            "torch": torch.__version__,
+            "load_seconds": load_seconds, "torch": torch.__version__,
         }), flush=True)
 
 

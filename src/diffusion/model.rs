@@ -155,7 +155,8 @@ impl ModelFiles {
 
     /// `blake3:<hex>` over the identity files' names (relative to the model folder) and contents.
     /// Each file's hash is remembered for the life of the process (keyed by path, size and
-    /// modification time), so reloading an engine does not re-read gigabytes of weights.
+    /// modification time), so reloading an engine does not re-read gigabytes of weights, and a
+    /// weight file's across processes ([`super::hash_memo`]), so a start does not either.
     pub fn identity(&self) -> Result<String, DiffusionError> {
         let mut h = blake3::Hasher::new();
         h.update(b"genie-model-identity-v1");
@@ -178,6 +179,9 @@ impl ModelFiles {
     }
 }
 
+/// Files at least this large have their hash remembered across processes ([`super::hash_memo`]).
+const HASH_MEMO_MIN_LEN: u64 = 1 << 20;
+
 fn file_hash(path: &Path) -> Result<blake3::Hash, DiffusionError> {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
@@ -198,9 +202,26 @@ fn file_hash(path: &Path) -> Result<blake3::Hash, DiffusionError> {
     if let Some(h) = memo.lock().ok().and_then(|m| m.get(&id).copied()) {
         return Ok(h);
     }
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(file).map_err(bad)?;
-    let h = hasher.finalize();
+    // Across processes only for weight-sized files: a small file hashes faster than the memo
+    // is read and written.
+    let stamp = (meta.len() >= HASH_MEMO_MIN_LEN)
+        .then(|| super::hash_memo::Stamp::of(&meta))
+        .flatten();
+    let remembered = stamp
+        .as_ref()
+        .and_then(|s| super::hash_memo::recall(path, s));
+    let h = match remembered {
+        Some(h) => h,
+        None => {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update_reader(file).map_err(bad)?;
+            let h = hasher.finalize();
+            if let Some(s) = &stamp {
+                super::hash_memo::remember(path, s, &h);
+            }
+            h
+        }
+    };
     if let Ok(mut m) = memo.lock() {
         m.insert(id, h);
     }

@@ -1574,7 +1574,7 @@ fn human_bytes(n: u64) -> String {
 }
 
 fn main() -> ExitCode {
-    diffusion::pin_cpu_threads();
+    diffusion::tune_cpu_process();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
