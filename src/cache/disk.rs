@@ -1109,12 +1109,16 @@ fn ensure_dir(root: &Path, path: &Path) -> Result<PathBuf, CacheError> {
 /// created leaves (a creation interrupted before its marker): `--cache` pointed at a folder of
 /// images or a home folder by mistake is an error, not a cache that adopts and later gc's it.
 fn refuse_foreign_content(root: &Path) -> Result<(), CacheError> {
+    // The marker is listed too: another process creating the same cache may have written it
+    // since `check_marker` looked (two `genie warm run` shards starting together), and
+    // `write_marker` then finds it and checks it is ours.
     let ours = [
         TMP_DIR,
         OBJECTS_DIR,
         MANIFESTS_DIR,
         QUARANTINE_DIR,
         GC_LOCK_FILE,
+        MARKER_FILE,
     ];
     let entries = fs::read_dir(root).map_err(CacheError::io_at("list", root))?;
     for entry in entries {
@@ -1330,6 +1334,21 @@ mod faults {
 mod tests {
     use super::*;
     use crate::engine::{EngineFingerprint, NoiseLevel};
+
+    /// Two processes creating one cache: the marker the other wrote after this one looked is not
+    /// foreign content; anything else still is.
+    #[test]
+    fn a_marker_written_meanwhile_is_not_foreign_content() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir(dir.path().join(TMP_DIR)).unwrap();
+        fs::write(dir.path().join(MARKER_FILE), marker_json()).unwrap();
+        refuse_foreign_content(dir.path()).unwrap();
+        fs::write(dir.path().join("holiday.jpg"), b"x").unwrap();
+        assert!(matches!(
+            refuse_foreign_content(dir.path()),
+            Err(CacheError::NotEmpty { .. })
+        ));
+    }
 
     fn meta() -> EntryMeta {
         EntryMeta {
