@@ -6,9 +6,11 @@
 //! guidance), while each chain keeps its own sampler state ([`scheduler`]).
 
 pub mod config;
+mod fused;
 mod hash_memo;
 pub mod model;
 pub mod parity;
+pub mod resnet;
 pub mod scheduler;
 pub mod shapes;
 pub mod tiny;

@@ -11,7 +11,9 @@
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn as nn;
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
-use candle_transformers::models::stable_diffusion::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
+
+use super::fused::GroupNormSilu;
+use super::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 
 /// A UNet architecture, as read from `unet/config.json` by [`super::config::unet_spec`].
 #[derive(Clone, Debug, PartialEq)]
@@ -184,7 +186,7 @@ enum Projection {
 /// diffusers' `Transformer2DModel`: group norm, project in, transformer blocks, project out, residual.
 #[derive(Debug)]
 struct Transformer2D {
-    norm: nn::GroupNorm,
+    norm: GroupNormSilu,
     proj_in: Projection,
     blocks: Vec<TransformerBlock>,
     proj_out: Projection,
@@ -198,7 +200,7 @@ impl Transformer2D {
         layers: usize,
         cfg: &UNetConfig,
     ) -> Result<Self> {
-        let norm = nn::group_norm(cfg.norm_num_groups, channels, 1e-6, vb.pp("norm"))?;
+        let norm = GroupNormSilu::new(cfg.norm_num_groups, channels, 1e-6, false, vb.pp("norm"))?;
         let (proj_in, proj_out) = if cfg.use_linear_projection {
             (
                 Projection::Linear(nn::linear(channels, channels, vb.pp("proj_in"))?),
@@ -232,7 +234,7 @@ impl Transformer2D {
         let (b, c, h, w) = xs.dims4()?;
         let to_tokens = |t: Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
         let to_map = |t: Tensor| t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous();
-        let normed = self.norm.forward(xs)?;
+        let normed = self.norm.forward(xs, None)?;
         let mut tokens = match &self.proj_in {
             Projection::Conv(p) => to_tokens(p.forward(&normed)?)?,
             Projection::Linear(p) => p.forward(&to_tokens(normed)?)?,
@@ -312,7 +314,7 @@ pub struct UNet {
     down: Vec<DownBlock>,
     mid: MidBlock,
     up: Vec<UpBlock>,
-    norm_out: nn::GroupNorm,
+    norm_out: GroupNormSilu,
     conv_out: nn::Conv2d,
     config: UNetConfig,
 }
@@ -441,10 +443,11 @@ impl UNet {
             down,
             mid,
             up,
-            norm_out: nn::group_norm(
+            norm_out: GroupNormSilu::new(
                 cfg.norm_num_groups,
                 ch[0],
                 cfg.norm_eps,
+                true,
                 vb.pp("conv_norm_out"),
             )?,
             conv_out: conv(vb.pp("conv_out"), ch[0], cfg.out_channels, 3, 1, 1)?,
@@ -519,7 +522,6 @@ impl UNet {
                 xs = u.forward(&xs.upsample_nearest2d(th, tw)?)?;
             }
         }
-        let xs = nn::ops::silu(&self.norm_out.forward(&xs)?)?;
-        self.conv_out.forward(&xs)
+        self.conv_out.forward(&self.norm_out.forward(&xs, None)?)
     }
 }
