@@ -6,7 +6,7 @@
 //! guidance), while each chain keeps its own sampler state ([`scheduler`]).
 
 pub mod config;
-mod fused;
+pub mod fused;
 mod hash_memo;
 pub mod model;
 pub mod parity;

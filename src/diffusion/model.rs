@@ -156,7 +156,7 @@ impl ModelFiles {
     /// `blake3:<hex>` over the identity files' names (relative to the model folder) and contents.
     /// Each file's hash is remembered for the life of the process (keyed by path, size and
     /// modification time), so reloading an engine does not re-read gigabytes of weights, and a
-    /// weight file's across processes ([`super::hash_memo`]), so a start does not either.
+    /// weight file's across processes (in `$GENIE_HOME/file-hashes.json`), so a start does not either.
     pub fn identity(&self) -> Result<String, DiffusionError> {
         let mut h = blake3::Hasher::new();
         h.update(b"genie-model-identity-v1");

@@ -1,5 +1,5 @@
-//! diffusers' `ResnetBlock2D` (the UNet's and the VAE's residual block) with its group norms and
-//! SiLUs fused ([`super::fused`]), under candle's weight names and config.
+//! diffusers' `ResnetBlock2D` (the UNet's residual block, and the VAE's mid block's) with its group
+//! norms and SiLUs fused ([`super::fused`]), under candle's weight names and config.
 //!
 //! candle's block is the same arithmetic in separate operations; this one adds the timestep
 //! embedding inside the second norm instead of in a broadcast pass of its own, and skips the
