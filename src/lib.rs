@@ -21,17 +21,26 @@
 //! - [`eval`]: the paper's evaluation protocols on features (episodes, a logistic probe, CIs,
 //!   the long-tail report);
 //! - [`backbone`]: torchvision's ResNets in burn with PyTorch weights, for the protocols.
+//!
+//! Features layer the crate (default: all three): `engine` brings [`diffusion`] and [`factory`]
+//! (candle), `burn` brings [`loader`] and [`backbone`] (burn), `cli` the `genie` binary; with
+//! `default-features = false, features = ["burn"]` a training job mixes a pre-warmed cache (or a
+//! `genie serve`'s images) into its batches without compiling candle.
 
 pub mod ada;
+#[cfg(feature = "burn")]
 pub mod backbone;
 pub mod cache;
 pub mod classes;
+#[cfg(feature = "engine")]
 pub mod diffusion;
 pub mod engine;
 pub mod eval;
+#[cfg(feature = "engine")]
 pub mod factory;
 pub mod generator;
 pub mod image_io;
+#[cfg(feature = "burn")]
 pub mod loader;
 pub mod noise;
 pub mod pictures;
