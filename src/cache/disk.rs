@@ -1209,22 +1209,12 @@ fn write_marker(root: &Path, tmp_dir: &Path) -> Result<(), CacheError> {
 
 /// Takes an exclusive lock on `lock`, waiting at most [`GC_LOCK_WAIT`].
 fn lock_exclusively(lock: &File, path: &Path) -> Result<(), CacheError> {
-    let deadline = std::time::Instant::now() + GC_LOCK_WAIT;
-    loop {
-        // fs4's lock (flock) rather than std's File::try_lock, which needs a newer Rust than
-        // the crate's rust-version.
-        match fs4::FileExt::try_lock(lock) {
-            Ok(()) => return Ok(()),
-            Err(fs4::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(fs4::TryLockError::WouldBlock) => {
-                return Err(CacheError::GcBusy {
-                    path: path.to_path_buf(),
-                })
-            }
-            Err(fs4::TryLockError::Error(e)) => return Err(CacheError::io("lock", path, e)),
-        }
+    match crate::sync::lock_file_within(lock, GC_LOCK_WAIT) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(CacheError::GcBusy {
+            path: path.to_path_buf(),
+        }),
+        Err(e) => Err(CacheError::io("lock", path, e)),
     }
 }
 

@@ -169,21 +169,13 @@ fn lock_file(path: &Path) -> std::io::Result<std::fs::File> {
         .truncate(false)
         .write(true)
         .open(path.with_extension("lock"))?;
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(1);
-    loop {
-        match fs4::FileExt::try_lock(&lock) {
-            Ok(()) => return Ok(lock),
-            Err(fs4::TryLockError::WouldBlock) if std::time::Instant::now() < deadline => {
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(fs4::TryLockError::WouldBlock) => {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::WouldBlock,
-                    "another process holds the memo's lock",
-                ))
-            }
-            Err(fs4::TryLockError::Error(e)) => return Err(e),
-        }
+    if crate::sync::lock_file_within(&lock, std::time::Duration::from_secs(1))? {
+        Ok(lock)
+    } else {
+        Err(std::io::Error::new(
+            std::io::ErrorKind::WouldBlock,
+            "another process holds the memo's lock",
+        ))
     }
 }
 

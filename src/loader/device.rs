@@ -132,13 +132,10 @@ impl TrainDevice {
             TrainDeviceSpec::Wgpu(n) => gpu::wgpu(&spec.to_string(), n),
             TrainDeviceSpec::Auto => {
                 let mut misses = Vec::new();
-                for backend in built_gpu_backends() {
-                    let spec = match *backend {
-                        "vulkan" => TrainDeviceSpec::Vulkan(None),
-                        _ => TrainDeviceSpec::Wgpu(None),
-                    };
-                    match Self::open_spec(spec) {
+                for gpu in [TrainDeviceSpec::Vulkan(None), TrainDeviceSpec::Wgpu(None)] {
+                    match Self::open_spec(gpu) {
                         Ok(device) => return Ok(device),
+                        Err(TrainDeviceError::NotBuilt { .. }) => {}
                         Err(e) => misses.push(e.to_string()),
                     }
                 }
