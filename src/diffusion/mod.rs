@@ -6,6 +6,7 @@
 //! guidance), while each chain keeps its own sampler state ([`scheduler`]).
 
 pub mod config;
+pub mod conv;
 pub mod fused;
 mod hash_memo;
 pub mod model;

@@ -1,12 +1,14 @@
-//! diffusers' `ResnetBlock2D` (the UNet's residual block, and the VAE's mid block's) with its group
+//! diffusers' `ResnetBlock2D` (the residual block of the UNet and of the VAE) with its group
 //! norms and SiLUs fused ([`super::fused`]), under candle's weight names and config.
 //!
 //! candle's block is the same arithmetic in separate operations; this one adds the timestep
-//! embedding inside the second norm instead of in a broadcast pass of its own, and skips the
-//! division by an output scale of 1.
+//! embedding inside the second norm instead of in a broadcast pass of its own, adds the shortcut
+//! while the second convolution writes its output, and skips the division by an output scale of 1.
 
 use candle_core::{Module, Result, Tensor};
 use candle_nn as nn;
+
+use super::conv::Conv2d;
 pub use candle_transformers::models::stable_diffusion::resnet::ResnetBlock2DConfig;
 
 use super::fused::GroupNormSilu;
@@ -14,11 +16,11 @@ use super::fused::GroupNormSilu;
 #[derive(Debug)]
 pub struct ResnetBlock2D {
     norm1: GroupNormSilu,
-    conv1: nn::Conv2d,
+    conv1: Conv2d,
     norm2: GroupNormSilu,
-    conv2: nn::Conv2d,
+    conv2: Conv2d,
     time_emb_proj: Option<nn::Linear>,
-    conv_shortcut: Option<nn::Conv2d>,
+    conv_shortcut: Option<Conv2d>,
     output_scale_factor: f64,
 }
 
@@ -34,7 +36,7 @@ impl ResnetBlock2D {
                 padding,
                 ..Default::default()
             };
-            nn::conv2d(cin, cout, k, cfg, vb.pp(name))
+            Conv2d::new(cin, cout, k, cfg, vb.pp(name))
         };
         let groups_out = config.groups_out.unwrap_or(config.groups);
         let shortcut = config
@@ -75,10 +77,9 @@ impl ResnetBlock2D {
             (Some(temb), Some(proj)) => Some(proj.forward(&nn::ops::silu(temb)?)?),
             _ => None,
         };
-        let h = self
+        let out = self
             .conv2
-            .forward(&self.norm2.forward(&h, shift.as_ref())?)?;
-        let out = (shortcut + h)?;
+            .forward_add(&self.norm2.forward(&h, shift.as_ref())?, &shortcut)?;
         if self.output_scale_factor == 1.0 {
             Ok(out)
         } else {

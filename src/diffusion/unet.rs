@@ -10,6 +10,8 @@
 
 use candle_core::{DType, Module, Result, Tensor, D};
 use candle_nn as nn;
+
+use super::conv::Conv2d;
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
 
 use super::fused::GroupNormSilu;
@@ -55,13 +57,13 @@ fn conv(
     k: usize,
     stride: usize,
     padding: usize,
-) -> Result<nn::Conv2d> {
+) -> Result<Conv2d> {
     let cfg = nn::Conv2dConfig {
         padding,
         stride,
         ..Default::default()
     };
-    nn::conv2d(cin, cout, k, cfg, vb)
+    Conv2d::new(cin, cout, k, cfg, vb)
 }
 
 /// GEGLU feed-forward with the exact (erf) GELU, as diffusers computes it.
@@ -179,7 +181,7 @@ impl TransformerBlock {
 
 #[derive(Debug)]
 enum Projection {
-    Conv(nn::Conv2d),
+    Conv(Conv2d),
     Linear(nn::Linear),
 }
 
@@ -242,11 +244,10 @@ impl Transformer2D {
         for block in &self.blocks {
             tokens = block.forward(&tokens, context)?;
         }
-        let out = match &self.proj_out {
-            Projection::Conv(p) => p.forward(&to_map(tokens)?)?,
-            Projection::Linear(p) => to_map(p.forward(&tokens)?)?,
-        };
-        out + xs
+        match &self.proj_out {
+            Projection::Conv(p) => p.forward_add(&to_map(tokens)?, xs),
+            Projection::Linear(p) => to_map(p.forward(&tokens)?)? + xs,
+        }
     }
 }
 
@@ -290,13 +291,13 @@ impl Layer {
 #[derive(Debug)]
 struct DownBlock {
     layers: Vec<Layer>,
-    downsampler: Option<nn::Conv2d>,
+    downsampler: Option<Conv2d>,
 }
 
 #[derive(Debug)]
 struct UpBlock {
     layers: Vec<Layer>,
-    upsampler: Option<nn::Conv2d>,
+    upsampler: Option<Conv2d>,
 }
 
 #[derive(Debug)]
@@ -308,14 +309,14 @@ struct MidBlock {
 /// diffusers' `UNet2DConditionModel` (CrossAttn/plain down and up blocks, cross-attention mid block).
 #[derive(Debug)]
 pub struct UNet {
-    conv_in: nn::Conv2d,
+    conv_in: Conv2d,
     time_proj: Timesteps,
     time_embedding: TimestepEmbedding,
     down: Vec<DownBlock>,
     mid: MidBlock,
     up: Vec<UpBlock>,
     norm_out: GroupNormSilu,
-    conv_out: nn::Conv2d,
+    conv_out: Conv2d,
     config: UNetConfig,
 }
 

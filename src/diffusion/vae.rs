@@ -1,34 +1,33 @@
-//! The Stable Diffusion VAE, assembled from candle's public blocks so that encoding can be deterministic.
+//! The Stable Diffusion VAE, built block by block so that encoding can be deterministic.
 //!
 //! candle's `AutoEncoderKL::encode` returns a `DiagonalGaussianDistribution` whose mean is private
 //! and whose only method draws a random sample. GeNIe (like diffusers' `latent_dist.mode()`)
 //! needs the mean. Rather than sampling and trying to undo the noise, we build the encoder and
-//! decoder ourselves from the same public candle blocks (`DownEncoderBlock2D`,
-//! `UpDecoderBlock2D`, `ResnetBlock2D`) under the same weight names, and take the first
-//! `latent_channels` channels of the moments: exactly the distribution's mean. Building both halves
-//! here also means the encoder weights are loaded once, not twice.
+//! decoder ourselves under diffusers' weight names, and take the first `latent_channels` channels
+//! of the moments: exactly the distribution's mean. Building both halves here also means the
+//! encoder weights are loaded once, not twice. The blocks are diffusers' `DownEncoderBlock2D` and
+//! `UpDecoderBlock2D` (as candle's are) on genie's fused residual block and CPU convolution.
 //!
 //! The mid-block attention is our own: candle's `AttentionBlock` mixes up the images of a batch
 //! larger than one (found by the parity test), and decoding a batch of chains at once matters.
 
-use candle_core::{Module, Result, Tensor};
+use candle_core::{Module, Result, Tensor, D};
 use candle_nn as nn;
 
+use super::conv::Conv2d;
+
 use super::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
-use candle_transformers::models::stable_diffusion::unet_2d_blocks::{
-    DownEncoderBlock2D, DownEncoderBlock2DConfig, UpDecoderBlock2D, UpDecoderBlock2DConfig,
-};
 
 use super::config::VaeSpec;
 
 const EPS: f64 = 1e-6;
 
-fn conv3(vb: nn::VarBuilder, cin: usize, cout: usize) -> Result<nn::Conv2d> {
+fn conv3(vb: nn::VarBuilder, cin: usize, cout: usize) -> Result<Conv2d> {
     let cfg = nn::Conv2dConfig {
         padding: 1,
         ..Default::default()
     };
-    nn::conv2d(cin, cout, 3, cfg, vb)
+    Conv2d::new(cin, cout, 3, cfg, vb)
 }
 
 /// Single-head self-attention over pixels with a residual (diffusers' VAE `Attention`).
@@ -92,19 +91,11 @@ struct MidBlock {
 
 impl MidBlock {
     fn new(vb: nn::VarBuilder, channels: usize, groups: usize) -> Result<Self> {
-        let cfg = ResnetBlock2DConfig {
-            out_channels: Some(channels),
-            temb_channels: None,
-            groups,
-            groups_out: None,
-            eps: EPS,
-            use_in_shortcut: None,
-            output_scale_factor: 1.0,
-        };
+        let both = (channels, channels);
         Ok(MidBlock {
-            resnet0: ResnetBlock2D::new(vb.pp("resnets.0"), channels, cfg)?,
+            resnet0: resnet(vb.pp("resnets.0"), both, groups)?,
             attention: PixelAttention::new(vb.pp("attentions.0"), channels, groups)?,
-            resnet1: ResnetBlock2D::new(vb.pp("resnets.1"), channels, cfg)?,
+            resnet1: resnet(vb.pp("resnets.1"), both, groups)?,
         })
     }
 
@@ -115,21 +106,138 @@ impl MidBlock {
     }
 }
 
+/// Residual blocks, then (except in the last block) a stride-2 convolution: diffusers'
+/// `DownEncoderBlock2D` with `downsample_padding = 0` (pad right and bottom by one, then convolve).
+#[derive(Debug)]
+struct DownBlock {
+    resnets: Vec<ResnetBlock2D>,
+    downsampler: Option<Conv2d>,
+}
+
+impl DownBlock {
+    fn new(
+        vb: nn::VarBuilder,
+        (c_in, c_out): (usize, usize),
+        layers: usize,
+        groups: usize,
+        downsample: bool,
+    ) -> Result<Self> {
+        let downsampler = downsample
+            .then(|| {
+                let cfg = nn::Conv2dConfig {
+                    stride: 2,
+                    ..Default::default()
+                };
+                Conv2d::new(c_out, c_out, 3, cfg, vb.pp("downsamplers.0.conv"))
+            })
+            .transpose()?;
+        Ok(DownBlock {
+            resnets: resnets(vb.pp("resnets"), (c_in, c_out), layers, groups)?,
+            downsampler,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let mut xs = xs.clone();
+        for resnet in &self.resnets {
+            xs = resnet.forward(&xs, None)?;
+        }
+        match &self.downsampler {
+            Some(conv) => conv.forward(&xs.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(
+                D::Minus2,
+                0,
+                1,
+            )?),
+            None => Ok(xs),
+        }
+    }
+}
+
+/// Residual blocks, then (except in the last block) nearest-neighbour ×2 and a convolution:
+/// diffusers' `UpDecoderBlock2D`.
+#[derive(Debug)]
+struct UpBlock {
+    resnets: Vec<ResnetBlock2D>,
+    upsampler: Option<Conv2d>,
+}
+
+impl UpBlock {
+    fn new(
+        vb: nn::VarBuilder,
+        (c_in, c_out): (usize, usize),
+        layers: usize,
+        groups: usize,
+        upsample: bool,
+    ) -> Result<Self> {
+        let upsampler = upsample
+            .then(|| conv3(vb.pp("upsamplers.0.conv"), c_out, c_out))
+            .transpose()?;
+        Ok(UpBlock {
+            resnets: resnets(vb.pp("resnets"), (c_in, c_out), layers, groups)?,
+            upsampler,
+        })
+    }
+
+    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
+        let mut xs = xs.clone();
+        for resnet in &self.resnets {
+            xs = resnet.forward(&xs, None)?;
+        }
+        match &self.upsampler {
+            Some(conv) => {
+                let (_, _, h, w) = xs.dims4()?;
+                conv.forward(&xs.upsample_nearest2d(2 * h, 2 * w)?)
+            }
+            None => Ok(xs),
+        }
+    }
+}
+
+/// `layers` residual blocks without a timestep embedding, the first from `c_in` channels.
+fn resnets(
+    vb: nn::VarBuilder,
+    (c_in, c_out): (usize, usize),
+    layers: usize,
+    groups: usize,
+) -> Result<Vec<ResnetBlock2D>> {
+    (0..layers)
+        .map(|i| resnet(vb.pp(i), (if i == 0 { c_in } else { c_out }, c_out), groups))
+        .collect()
+}
+
+/// A residual block without a timestep embedding, as every block of the VAE has.
+fn resnet(
+    vb: nn::VarBuilder,
+    (c_in, c_out): (usize, usize),
+    groups: usize,
+) -> Result<ResnetBlock2D> {
+    let cfg = ResnetBlock2DConfig {
+        out_channels: Some(c_out),
+        temb_channels: None,
+        groups,
+        groups_out: None,
+        eps: EPS,
+        use_in_shortcut: None,
+        output_scale_factor: 1.0,
+    };
+    ResnetBlock2D::new(vb, c_in, cfg)
+}
+
 /// Encoder + decoder of diffusers' `AutoencoderKL`.
 #[derive(Debug)]
 pub struct Vae {
-    enc_conv_in: nn::Conv2d,
-    enc_down: Vec<DownEncoderBlock2D>,
+    enc_conv_in: Conv2d,
+    enc_down: Vec<DownBlock>,
     enc_mid: MidBlock,
     enc_norm_out: nn::GroupNorm,
-    enc_conv_out: nn::Conv2d,
-    quant_conv: Option<nn::Conv2d>,
-    post_quant_conv: Option<nn::Conv2d>,
-    dec_conv_in: nn::Conv2d,
+    enc_conv_out: Conv2d,
+    quant_conv: Option<Conv2d>,
+    post_quant_conv: Option<Conv2d>,
+    dec_conv_in: Conv2d,
     dec_mid: MidBlock,
-    dec_up: Vec<UpDecoderBlock2D>,
+    dec_up: Vec<UpBlock>,
     dec_norm_out: nn::GroupNorm,
-    dec_conv_out: nn::Conv2d,
+    dec_conv_out: Conv2d,
     latent_channels: usize,
     scaling_factor: f64,
 }
@@ -145,16 +253,15 @@ impl Vae {
         let enc_conv_in = conv3(e.pp("conv_in"), spec.in_channels, ch[0])?;
         let enc_down = (0..ch.len())
             .map(|i| {
-                let cfg = DownEncoderBlock2DConfig {
-                    num_layers: spec.layers_per_block,
-                    resnet_eps: EPS,
-                    resnet_groups: groups,
-                    add_downsample: i + 1 < ch.len(),
-                    downsample_padding: 0,
-                    ..Default::default()
-                };
                 let cin = if i == 0 { ch[0] } else { ch[i - 1] };
-                DownEncoderBlock2D::new(e.pp(format!("down_blocks.{i}")), cin, ch[i], cfg)
+                let vb = e.pp(format!("down_blocks.{i}"));
+                DownBlock::new(
+                    vb,
+                    (cin, ch[i]),
+                    spec.layers_per_block,
+                    groups,
+                    i + 1 < ch.len(),
+                )
             })
             .collect::<Result<Vec<_>>>()?;
         let enc_mid = MidBlock::new(e.pp("mid_block"), last, groups)?;
@@ -163,11 +270,11 @@ impl Vae {
 
         let quant_conv = spec
             .use_quant_conv
-            .then(|| nn::conv2d(2 * lat, 2 * lat, 1, Default::default(), vb.pp("quant_conv")))
+            .then(|| Conv2d::new(2 * lat, 2 * lat, 1, Default::default(), vb.pp("quant_conv")))
             .transpose()?;
         let post_quant_conv = spec
             .use_post_quant_conv
-            .then(|| nn::conv2d(lat, lat, 1, Default::default(), vb.pp("post_quant_conv")))
+            .then(|| Conv2d::new(lat, lat, 1, Default::default(), vb.pp("post_quant_conv")))
             .transpose()?;
 
         let d = vb.pp("decoder");
@@ -176,15 +283,10 @@ impl Vae {
         let rev: Vec<usize> = ch.iter().rev().copied().collect();
         let dec_up = (0..rev.len())
             .map(|i| {
-                let cfg = UpDecoderBlock2DConfig {
-                    num_layers: spec.layers_per_block + 1,
-                    resnet_eps: EPS,
-                    resnet_groups: groups,
-                    add_upsample: i + 1 < rev.len(),
-                    ..Default::default()
-                };
                 let cin = if i == 0 { rev[0] } else { rev[i - 1] };
-                UpDecoderBlock2D::new(d.pp(format!("up_blocks.{i}")), cin, rev[i], cfg)
+                let vb = d.pp(format!("up_blocks.{i}"));
+                let layers = spec.layers_per_block + 1;
+                UpBlock::new(vb, (cin, rev[i]), layers, groups, i + 1 < rev.len())
             })
             .collect::<Result<Vec<_>>>()?;
         let dec_norm_out = nn::group_norm(groups, ch[0], EPS, d.pp("conv_norm_out"))?;
