@@ -19,6 +19,7 @@ pub mod tokenizer;
 pub mod unet;
 pub mod vae;
 
+use std::collections::HashMap;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
 
@@ -612,6 +613,9 @@ impl SdEngine {
     /// group) evaluates all chains that have started.
     fn denoise(&self, unet: &UNet, dt: DType, chains: &mut [Chain]) -> Result<(), DiffusionError> {
         let guided = self.opts.guidance > 1.0;
+        // The cross-attention keys and values of each group's prompts, kept while the group is
+        // unchanged (a group changes only when a chain of another level starts).
+        let mut prepared: HashMap<Vec<usize>, unet::PreparedContext> = HashMap::new();
         for i in 0..self.grid.len() {
             if self.cancel.is_cancelled() {
                 return Err(DiffusionError::Cancelled);
@@ -620,6 +624,7 @@ impl SdEngine {
             let active: Vec<usize> = (0..chains.len())
                 .filter(|&c| chains[c].start.index <= i)
                 .collect();
+            let mut still_used = HashMap::new();
             for group in active.chunks(self.chains_per_call) {
                 let k = group.len();
                 let x = Tensor::cat(
@@ -629,25 +634,33 @@ impl SdEngine {
                         .collect::<Vec<_>>(),
                     0,
                 )?;
-                let cond = Tensor::cat(
-                    &group
-                        .iter()
-                        .map(|&c| &chains[c].context)
-                        .collect::<Vec<_>>(),
-                    0,
-                )?;
-                let (input, context) = if guided {
-                    let uncond = self.uncond.repeat((k, 1, 1))?;
-                    (
-                        Tensor::cat(&[&x, &x], 0)?,
-                        Tensor::cat(&[&uncond, &cond], 0)?,
-                    )
+                let context = match prepared.remove(group) {
+                    Some(context) => context,
+                    None => {
+                        let cond = Tensor::cat(
+                            &group
+                                .iter()
+                                .map(|&c| &chains[c].context)
+                                .collect::<Vec<_>>(),
+                            0,
+                        )?;
+                        let context = if guided {
+                            Tensor::cat(&[&self.uncond.repeat((k, 1, 1))?, &cond], 0)?
+                        } else {
+                            cond
+                        };
+                        unet.prepare_context(&context.to_dtype(dt)?)?
+                    }
+                };
+                let input = if guided {
+                    Tensor::cat(&[&x, &x], 0)?
                 } else {
-                    (x, cond)
+                    x
                 };
                 let out = unet
-                    .forward(&input.to_dtype(dt)?, t as f64, &context.to_dtype(dt)?)?
+                    .forward_prepared(&input.to_dtype(dt)?, t as f64, &context)?
                     .to_dtype(DType::F32)?;
+                still_used.insert(group.to_vec(), context);
                 let eps = if guided {
                     let u = out.narrow(0, 0, k)?;
                     let c = out.narrow(0, k, k)?;
@@ -666,6 +679,7 @@ impl SdEngine {
                     )?;
                 }
             }
+            prepared = still_used;
         }
         Ok(())
     }

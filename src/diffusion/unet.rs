@@ -120,20 +120,35 @@ impl Attention {
         })
     }
 
-    /// `xs` `[b, n, query_dim]` attends to `context` `[b, m, context_dim]` (itself when `None`).
-    fn forward(&self, xs: &Tensor, context: Option<&Tensor>) -> Result<Tensor> {
+    /// `[b, len, heads · head_dim]` → `[b, heads, len, head_dim]`.
+    fn split_heads(&self, t: Tensor) -> Result<Tensor> {
+        let (b, len, c) = t.dims3()?;
+        t.reshape((b, len, self.heads, c / self.heads))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// The keys and values of `context` `[b, m, context_dim]`, split into heads.
+    fn keys_values(&self, context: &Tensor) -> Result<KeysValues> {
+        Ok(KeysValues {
+            keys: self.split_heads(self.to_k.forward(context)?)?,
+            values: self.split_heads(self.to_v.forward(context)?)?,
+        })
+    }
+
+    /// `xs` `[b, n, query_dim]` attends to a context's keys and values (its own when `None`).
+    fn forward(&self, xs: &Tensor, context: Option<&KeysValues>) -> Result<Tensor> {
         let (b, n, _) = xs.dims3()?;
-        let context = context.unwrap_or(xs);
-        let split_heads = |t: Tensor| -> Result<Tensor> {
-            let (b, len, c) = t.dims3()?;
-            t.reshape((b, len, self.heads, c / self.heads))?
-                .transpose(1, 2)?
-                .contiguous()
+        let own;
+        let KeysValues { keys, values } = match context {
+            Some(kv) => kv,
+            None => {
+                own = self.keys_values(xs)?;
+                &own
+            }
         };
-        let q = split_heads((self.to_q.forward(xs)? * self.scale)?)?;
-        let k = split_heads(self.to_k.forward(context)?)?;
-        let v = split_heads(self.to_v.forward(context)?)?;
-        let scores = q.matmul(&k.t()?)?;
+        let q = self.split_heads((self.to_q.forward(xs)? * self.scale)?)?;
+        let scores = q.matmul(&keys.t()?)?;
         // candle's CUDA softmax accumulates half-precision rows in f32; its CPU one accumulates in
         // the input type, where a 4096-long f16 sum is off by whole units: upcast there only.
         let probs = if scores.dtype() != DType::F32 && scores.device().is_cpu() {
@@ -141,8 +156,34 @@ impl Attention {
         } else {
             nn::ops::softmax_last_dim(&scores)?
         };
-        let out = probs.matmul(&v)?.transpose(1, 2)?.reshape((b, n, ()))?;
+        let out = probs.matmul(values)?.transpose(1, 2)?.reshape((b, n, ()))?;
         self.to_out.forward(&out)
+    }
+}
+
+/// One attention's keys and values, `[b, heads, len, head_dim]` each.
+#[derive(Debug, Clone)]
+struct KeysValues {
+    keys: Tensor,
+    values: Tensor,
+}
+
+/// The text conditioning made ready for every cross-attention of one [`UNet`]: each transformer
+/// block's keys and values of the context. They depend on the prompts only, so a denoising loop
+/// computes them once per batch of prompts ([`UNet::prepare_context`]) instead of at every step.
+#[derive(Debug, Clone)]
+pub struct PreparedContext {
+    per_block: Vec<KeysValues>,
+}
+
+/// Hands out a [`PreparedContext`]'s blocks in the order the UNet visits its transformers.
+struct ContextCursor<'a>(std::slice::Iter<'a, KeysValues>);
+
+impl<'a> ContextCursor<'a> {
+    fn next(&mut self) -> Result<&'a KeysValues> {
+        self.0
+            .next()
+            .ok_or_else(|| candle_core::Error::Msg("a context prepared for a smaller UNet".into()))
     }
 }
 
@@ -169,7 +210,7 @@ impl TransformerBlock {
         })
     }
 
-    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+    fn forward(&self, xs: &Tensor, context: &KeysValues) -> Result<Tensor> {
         let xs = (self.attn1.forward(&self.norm1.forward(xs)?, None)? + xs)?;
         let xs = (self
             .attn2
@@ -232,7 +273,7 @@ impl Transformer2D {
         })
     }
 
-    fn forward(&self, xs: &Tensor, context: &Tensor) -> Result<Tensor> {
+    fn forward(&self, xs: &Tensor, context: &mut ContextCursor) -> Result<Tensor> {
         let (b, c, h, w) = xs.dims4()?;
         let to_tokens = |t: Tensor| t.permute((0, 2, 3, 1))?.reshape((b, h * w, c));
         let to_map = |t: Tensor| t.reshape((b, h, w, c))?.permute((0, 3, 1, 2))?.contiguous();
@@ -242,7 +283,7 @@ impl Transformer2D {
             Projection::Linear(p) => p.forward(&to_tokens(normed)?)?,
         };
         for block in &self.blocks {
-            tokens = block.forward(&tokens, context)?;
+            tokens = block.forward(&tokens, context.next()?)?;
         }
         match &self.proj_out {
             Projection::Conv(p) => p.forward_add(&to_map(tokens)?, xs),
@@ -279,7 +320,7 @@ struct Layer {
 }
 
 impl Layer {
-    fn forward(&self, xs: &Tensor, temb: &Tensor, context: &Tensor) -> Result<Tensor> {
+    fn forward(&self, xs: &Tensor, temb: &Tensor, context: &mut ContextCursor) -> Result<Tensor> {
         let xs = self.resnet.forward(xs, Some(temb))?;
         match &self.attention {
             Some(a) => a.forward(&xs, context),
@@ -462,6 +503,40 @@ impl UNet {
 
     /// Predicts the noise (or v, or x₀) of `xs` at `timestep`, one context row per batch row.
     pub fn forward(&self, xs: &Tensor, timestep: f64, context: &Tensor) -> Result<Tensor> {
+        self.forward_prepared(xs, timestep, &self.prepare_context(context)?)
+    }
+
+    /// Every transformer, in the order [`UNet::forward_prepared`] visits them.
+    fn transformers(&self) -> impl Iterator<Item = &Transformer2D> {
+        let down = self.down.iter().flat_map(|b| &b.layers);
+        let up = self.up.iter().flat_map(|b| &b.layers);
+        fn in_layers(l: &Layer) -> Option<&Transformer2D> {
+            l.attention.as_ref()
+        }
+        let mid = self.mid.rest.iter().map(|(t, _)| t);
+        down.filter_map(in_layers)
+            .chain(mid)
+            .chain(up.filter_map(in_layers))
+    }
+
+    /// The keys and values of `context` `[b, m, cross_attention_dim]` for every cross-attention.
+    pub fn prepare_context(&self, context: &Tensor) -> Result<PreparedContext> {
+        let per_block = self
+            .transformers()
+            .flat_map(|t| &t.blocks)
+            .map(|block| block.attn2.keys_values(context))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(PreparedContext { per_block })
+    }
+
+    /// [`UNet::forward`] with the context already prepared (by this UNet).
+    pub fn forward_prepared(
+        &self,
+        xs: &Tensor,
+        timestep: f64,
+        context: &PreparedContext,
+    ) -> Result<Tensor> {
+        let context = &mut ContextCursor(context.per_block.iter());
         let (b, _, h, w) = xs.dims4()?;
         let f = self.config.downsampling();
         let odd_size = h % f != 0 || w % f != 0;
@@ -523,6 +598,74 @@ impl UNet {
                 xs = u.forward(&xs.upsample_nearest2d(th, tw)?)?;
             }
         }
+        if context.0.next().is_some() {
+            candle_core::bail!("a context prepared for a larger UNet");
+        }
         self.conv_out.forward(&self.norm_out.forward(&xs, None)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use candle_core::Device;
+
+    fn tiny(cross_attention: Vec<bool>) -> UNet {
+        let cfg = UNetConfig {
+            in_channels: 4,
+            out_channels: 4,
+            sample_size: 8,
+            block_out_channels: vec![8, 16],
+            cross_attention,
+            heads: vec![2, 2],
+            transformer_layers: vec![1, 2],
+            layers_per_block: 1,
+            downsample_padding: 1,
+            mid_block_scale_factor: 1.0,
+            norm_num_groups: 4,
+            norm_eps: 1e-5,
+            cross_attention_dim: 12,
+            use_linear_projection: false,
+            center_input_sample: false,
+            flip_sin_to_cos: true,
+            freq_shift: 0.0,
+        };
+        let varmap = nn::VarMap::new();
+        let vb = nn::VarBuilder::from_varmap(&varmap, DType::F32, &Device::Cpu);
+        UNet::new(vb, &cfg).unwrap()
+    }
+
+    /// A prepared context gives exactly the plain call's output (so the blocks' keys and values
+    /// are handed out in the order the transformers run), and one prepared by a UNet with other
+    /// transformers is an error.
+    #[test]
+    fn prepared_context_equals_the_plain_call() {
+        let dev = Device::Cpu;
+        let unet = tiny(vec![true, true]);
+        let xs = Tensor::randn(0f32, 1.0, (2, 4, 8, 8), &dev).unwrap();
+        let context = Tensor::randn(0f32, 1.0, (2, 5, 12), &dev).unwrap();
+        let plain = unet.forward(&xs, 500.0, &context).unwrap();
+        let prepared = unet.prepare_context(&context).unwrap();
+        // Transformer blocks: down 1 + 2, mid 2, up 2·2 + 2·1 (one more layer per up block).
+        assert_eq!(prepared.per_block.len(), 11);
+        let reused = unet.forward_prepared(&xs, 500.0, &prepared).unwrap();
+        let diff: f32 = (plain - reused)
+            .unwrap()
+            .abs()
+            .unwrap()
+            .flatten_all()
+            .unwrap()
+            .max(0)
+            .unwrap()
+            .to_scalar()
+            .unwrap();
+        assert_eq!(diff, 0.0);
+
+        let fewer = tiny(vec![false, true]).prepare_context(&context).unwrap();
+        assert!(unet.forward_prepared(&xs, 500.0, &fewer).is_err());
+        let more = PreparedContext {
+            per_block: [prepared.per_block.clone(), fewer.per_block].concat(),
+        };
+        assert!(unet.forward_prepared(&xs, 500.0, &more).is_err());
     }
 }
