@@ -24,8 +24,9 @@ use burn_dataset::vision::ImageDatasetItem;
 use criterion::{criterion_group, criterion_main, Criterion};
 use genie::cache::EntryMeta;
 use genie::cache::{Cache, MemoryStore};
+use genie::classes::ClassInfo;
 use genie::generator::{DynEngine, EngineFactory, Generator, GeneratorConfig};
-use genie::loader::{image_item, Augmenter, AugmenterConfig, GenieBatcher, GenieItem, KeySpace};
+use genie::loader::{image_item, Augmenter, GenieBatcher, GenieItem, KeySpace};
 use genie::policy::{ClassStats, Policy, PolicyConfig};
 use genie::remote::server::{BackgroundServer, ServeConfig};
 use genie::remote::{RemoteConfig, RemoteGenerator};
@@ -171,18 +172,12 @@ fn augmenter(
         .unwrap(),
     );
     let policy = Policy::long_tail(stats, most_mixing()).unwrap();
-    let augmenter = Augmenter::new(
-        policy,
-        keys(),
-        cache,
-        Some(Arc::clone(&generator)),
-        AugmenterConfig {
-            ada: false,
-            ..AugmenterConfig::default()
-        },
-    )
-    .unwrap();
-    (Arc::new(augmenter), generator)
+    let augmenter = Augmenter::builder(policy, classes(), cache)
+        .generator(Arc::clone(&generator))
+        .ada(false)
+        .build()
+        .unwrap();
+    (augmenter, generator)
 }
 
 /// [`augmenter`] with its generator behind `genie serve` on loopback: the server writes into the
@@ -206,27 +201,20 @@ fn remote_augmenter(
     let remote =
         RemoteGenerator::connect(&server.url(), &fingerprint(), RemoteConfig::default()).unwrap();
     let policy = Policy::long_tail(stats, most_mixing()).unwrap();
-    let augmenter = Augmenter::new(
-        policy,
-        keys(),
-        cache,
-        None,
-        AugmenterConfig {
-            ada: false,
-            ..AugmenterConfig::default()
-        },
-    )
-    .unwrap()
-    .with_generator(Arc::new(remote));
-    (Arc::new(augmenter), server)
+    let augmenter = Augmenter::builder(policy, classes(), cache)
+        .generator(Arc::new(remote))
+        .ada(false)
+        .build()
+        .unwrap();
+    (augmenter, server)
+}
+
+fn classes() -> Vec<ClassInfo> {
+    synthetic::CLASS_NAMES.map(ClassInfo::named).to_vec()
 }
 
 fn keys() -> KeySpace {
-    KeySpace::new(
-        fingerprint(),
-        ENGINE_SIDE,
-        synthetic::CLASS_NAMES.map(String::from).to_vec(),
-    )
+    KeySpace::with_classes(fingerprint(), ENGINE_SIDE, classes())
 }
 
 /// The paper's long-tail policy, mixing up to the batch fraction in every batch.
@@ -276,26 +264,19 @@ fn planned_augmenter(
             levels: vec![(level, key)],
         });
     }
-    let augmenter = Augmenter::new(
-        policy,
-        keys,
-        cache,
-        None,
-        AugmenterConfig {
-            ada: false,
-            ..AugmenterConfig::default()
-        },
-    )
-    .unwrap()
-    .with_plan(&pairs)
-    .unwrap();
-    let augmenter = Arc::new(augmenter);
+    let planned = pairs.len();
+    let augmenter = Augmenter::builder(policy, classes(), cache)
+        .pre_warmed_by(keys.fingerprint())
+        .ada(false)
+        .plan(pairs)
+        .build()
+        .unwrap();
     for b in batches(items, 200) {
         augmenter.augment(b);
     }
     let s = augmenter.stats();
     assert!(
-        s.pairs == s.planned && s.ready == s.planned && s.planned == pairs.len(),
+        s.pairs == s.planned && s.ready == s.planned && s.planned == planned,
         "the plan did not start: {s:?}"
     );
     augmenter

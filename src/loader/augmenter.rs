@@ -68,6 +68,11 @@ pub enum AugmenterError {
          its images would never be found"
     )]
     FingerprintMismatch { generator: String, keys: String },
+    #[error(
+        "no engine to take the cache keys from: give the builder a generator, or the fingerprint \
+         of the engine that pre-warmed the cache"
+    )]
+    NoEngine,
     #[error("the plan names class {0:?}, which is not one of the run's class ids")]
     PlanClass(String),
     #[error("the plan's source {0} has no `<class>/<file>` path to find it in the dataset by")]

@@ -15,6 +15,7 @@
 
 mod augmenter;
 mod batcher;
+mod builder;
 mod dataset;
 mod device;
 mod item;
@@ -27,6 +28,7 @@ pub use augmenter::{
     AdaRecord, Augmenter, AugmenterConfig, AugmenterError, AugmenterStats, Exposure, ItemMemory,
 };
 pub use batcher::GenieBatcher;
+pub use builder::AugmenterBuilder;
 pub use dataset::{AdaOutcome, GenieDataset, OfflinePlan, PlannedNegative};
 pub use device::{built_gpu_backends, TrainDevice, TrainDeviceError, TrainDeviceSpec};
 pub use item::{folder_items, image_item, GenieItem, ItemError, GENERATED_PATH_PREFIX};

@@ -677,6 +677,7 @@ fn confusion_metric_feeds_the_policy_matrix() {
 
 #[test]
 fn end_to_end_through_the_real_engine_on_a_disk_cache() {
+    use genie::classes::ClassInfo;
     use genie::diffusion::{tiny, EngineOptions, ModelSource};
     use genie::factory::SdEngineFactory;
     let model = tempfile::tempdir().unwrap();
@@ -700,9 +701,15 @@ fn end_to_end_through_the_real_engine_on_a_disk_cache() {
         )
         .unwrap(),
     );
-    let keys = KeySpace::new(plan.fingerprint.clone(), plan.resolution, names());
-    let augmenter =
-        Arc::new(Augmenter::new(policy(2), keys, cache, Some(generator), config(false)).unwrap());
+    // The keys come from the engine itself: the plan the factory made is what they must match.
+    let classes = names().into_iter().map(ClassInfo::named).collect();
+    let augmenter = Augmenter::builder(policy(2), classes, cache)
+        .generator(generator)
+        .ada(false)
+        .build()
+        .unwrap();
+    assert_eq!(augmenter.keys().fingerprint(), &plan.fingerprint);
+    assert_eq!(augmenter.keys().resolution(), plan.resolution);
     let batcher = GenieBatcher::new(Identity, Arc::clone(&augmenter));
     let device = Device::default();
     let mut mixed = Vec::new();
@@ -1082,4 +1089,74 @@ fn sources_are_read_from_the_original_file_at_full_resolution() {
         let thumb = keys.source(&item.rgb().unwrap()).unwrap();
         assert_ne!(thumb.hash, pair.source_hash, "not the upscaled thumbnail");
     }
+}
+
+/// The builder takes the cache keys from the generator's engine (or from the engine that
+/// pre-warmed the cache), refuses a generator and a pre-warm engine that differ, and refuses to
+/// guess when given neither.
+#[test]
+fn the_builder_derives_keys_from_the_engine_and_refuses_mismatches() {
+    use genie::classes::ClassInfo;
+    use genie::loader::AugmenterError;
+    let classes = || {
+        names()
+            .into_iter()
+            .map(ClassInfo::named)
+            .collect::<Vec<_>>()
+    };
+    let cache = || Arc::new(Cache::new(Arc::new(MemoryStore::new()), 1 << 20));
+    let generator = open_generator(cache(), 8);
+
+    let built = Augmenter::<ImageDatasetItem>::builder(policy(2), classes(), cache())
+        .generator(Arc::clone(&generator))
+        .pre_warmed_by(&fingerprint())
+        .superclass("colour")
+        .config(config(true))
+        .ada(false)
+        .build()
+        .unwrap();
+    assert_eq!(built.keys().fingerprint(), &fingerprint());
+    assert_eq!(built.keys().resolution(), SIDE);
+    assert_eq!(
+        built.keys().prompt(1),
+        "a photo of a beta, a type of colour."
+    );
+    assert_eq!(
+        built.levels(),
+        &[NoiseLevel::GENIE_DEFAULT],
+        "ada(false) after config"
+    );
+
+    let other = engine_fingerprint("another-engine", SIDE);
+    match Augmenter::<ImageDatasetItem>::builder(policy(2), classes(), cache())
+        .generator(Arc::clone(&generator))
+        .pre_warmed_by(&other)
+        .build()
+    {
+        Err(AugmenterError::FingerprintMismatch { generator, keys }) => {
+            assert_eq!(
+                (generator.as_str(), keys.as_str()),
+                ("colour-engine", "another-engine")
+            );
+        }
+        other => panic!(
+            "expected a fingerprint mismatch, got {:?}",
+            other.map(|_| ())
+        ),
+    }
+    let offline = Augmenter::<ImageDatasetItem>::builder(policy(2), classes(), cache())
+        .pre_warmed_by(&other)
+        .build()
+        .unwrap();
+    assert_eq!(offline.keys().fingerprint(), &other);
+    assert!(matches!(
+        Augmenter::<ImageDatasetItem>::builder(policy(2), classes(), cache()).build(),
+        Err(AugmenterError::NoEngine)
+    ));
+    assert!(matches!(
+        Augmenter::<ImageDatasetItem>::builder(policy(2), classes()[..3].to_vec(), cache())
+            .pre_warmed_by(&other)
+            .build(),
+        Err(AugmenterError::ClassNames { .. })
+    ));
 }

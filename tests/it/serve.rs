@@ -433,7 +433,8 @@ fn batch(round: usize) -> Vec<burn_dataset::vision::ImageDatasetItem> {
 
 #[test]
 fn a_batcher_mixes_a_servers_hard_negatives_and_outlives_the_server() {
-    use genie::loader::{Augmenter, AugmenterConfig, GenieBatcher, GenieItem, KeySpace};
+    use genie::classes::ClassInfo;
+    use genie::loader::{Augmenter, GenieBatcher, GenieItem};
     use genie::policy::{ClassStats, Policy, PolicyConfig};
     use genie::remote::{RemoteConfig, RemoteError, RemoteGenerator};
     use std::sync::Arc;
@@ -470,7 +471,6 @@ fn a_batcher_mixes_a_servers_hard_negatives_and_outlives_the_server() {
         .iter()
         .map(|s| s.to_string())
         .collect();
-    let keys = KeySpace::new(info.fingerprint.clone(), info.resolution, names);
     let policy = Policy::long_tail(
         ClassStats::from_counts(vec![300, 120, 60, 5]),
         // A few new pairs in every batch, for longer than the test runs: requests keep going
@@ -483,19 +483,13 @@ fn a_batcher_mixes_a_servers_hard_negatives_and_outlives_the_server() {
         },
     )
     .unwrap();
-    let augmenter = Augmenter::new(
-        policy,
-        keys,
-        cache,
-        None,
-        AugmenterConfig {
-            ada: false,
-            ..AugmenterConfig::default()
-        },
-    )
-    .unwrap()
-    .with_generator(remote.clone());
-    let batcher = GenieBatcher::new(crate::support::Identity, Arc::new(augmenter));
+    let classes = names.into_iter().map(ClassInfo::named).collect();
+    let augmenter = Augmenter::builder(policy, classes, cache)
+        .generator(remote.clone())
+        .ada(false)
+        .build()
+        .unwrap();
+    let batcher = GenieBatcher::new(crate::support::Identity, augmenter);
     let device = burn::tensor::Device::default();
     let mut round = 0;
     let mut mixed_until = |batcher: &GenieBatcher<_, _>, what: &str| {

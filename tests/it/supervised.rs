@@ -182,20 +182,12 @@ fn supervised_training_with_genie_batcher_and_confusion_metric() {
     let policy = Policy::long_tail(stats, config).unwrap();
     assert_eq!(policy.targets(), vec![2]);
     let confusion = SharedConfusion::new(3);
-    let augmenter = Arc::new(
-        Augmenter::new(
-            policy,
-            keys,
-            cache,
-            None,
-            AugmenterConfig {
-                ada: false,
-                ..AugmenterConfig::default()
-            },
-        )
-        .unwrap()
-        .with_confusion(confusion.clone()),
-    );
+    let augmenter = Augmenter::builder(policy, keys.classes().to_vec(), cache)
+        .pre_warmed_by(keys.fingerprint())
+        .ada(false)
+        .confusion(confusion.clone())
+        .build()
+        .unwrap();
 
     let device = Device::flex().autodiff();
     let (train, valid) = loaders(&augmenter, &items, &device);
