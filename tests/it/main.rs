@@ -24,6 +24,7 @@ mod generator;
 mod loader;
 mod parity;
 mod policy;
+mod readme;
 mod serve;
 mod shapes;
 mod supervised;
