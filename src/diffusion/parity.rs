@@ -101,11 +101,11 @@ pub fn compare(
             .flatten_all()?)
     };
     if actual.dims() != expected.dims() {
-        return Err(DiffusionError::Options(format!(
-            "{name}: cannot compare shape {:?} with {:?}",
-            actual.dims(),
-            expected.dims()
-        )));
+        return Err(DiffusionError::ShapeMismatch {
+            name: name.to_string(),
+            actual: actual.dims().to_vec(),
+            expected: expected.dims().to_vec(),
+        });
     }
     let (a, b) = (flat(actual)?, flat(expected)?);
     let diff = (&a - &b)?;
@@ -293,7 +293,7 @@ pub fn check(
             candle_core::DeviceLocation::Cuda { gpu_id } => format!("cuda:{gpu_id}"),
             candle_core::DeviceLocation::Metal { gpu_id } => format!("metal:{gpu_id}"),
         },
-        dtype: super::dtype_name(options.dtype).to_string(),
+        dtype: super::options::dtype_name(options.dtype).to_string(),
         metric: bound.0,
         tolerance: bound.1,
         checks,

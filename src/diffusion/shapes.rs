@@ -90,8 +90,7 @@ pub fn ensure_shapes_model(dir: &Path) -> Result<PathBuf, DiffusionError> {
     if is_complete(dir) {
         return Ok(dir.to_path_buf());
     }
-    let write_err =
-        |path: &Path, e: std::io::Error| DiffusionError::Write(format!("{}: {e}", path.display()));
+    let write_err = |path: &Path, e: std::io::Error| DiffusionError::write(path)(e);
     let parent = dir.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(parent).map_err(|e| write_err(parent, e))?;
     let tmp = tempfile::Builder::new()

@@ -61,11 +61,9 @@ pub fn bytes_to_unicode() -> Vec<(u8, char)> {
 
 fn write(path: &Path, contents: &str) -> Result<(), DiffusionError> {
     if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)
-            .map_err(|e| DiffusionError::Write(format!("{}: {e}", parent.display())))?;
+        std::fs::create_dir_all(parent).map_err(DiffusionError::write(parent))?;
     }
-    std::fs::write(path, contents)
-        .map_err(|e| DiffusionError::Write(format!("{}: {e}", path.display())))
+    std::fs::write(path, contents).map_err(DiffusionError::write(path))
 }
 
 fn write_json(path: &Path, v: &Value) -> Result<(), DiffusionError> {
@@ -108,10 +106,8 @@ pub fn configs(vocab_size: usize) -> (Value, Value, Value) {
 /// Replaces every variable with seeded values: N(0, 1/fan_in) for weights, small values for
 /// biases, and about 1 for normalisation scales, so activations stay in a sane range.
 fn randomise(varmap: &VarMap, seed: u64) -> Result<(), DiffusionError> {
-    let data = varmap
-        .data()
-        .lock()
-        .map_err(|_| DiffusionError::Write("poisoned var map".into()))?;
+    // A poisoned lock only means another thread panicked while holding it; this map is ours.
+    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
     let sorted: BTreeMap<&String, &candle_core::Var> = data.iter().collect();
     for (i, (name, var)) in sorted.into_iter().enumerate() {
         let dims = var.dims().to_vec();
@@ -195,7 +191,7 @@ pub fn write_tiny_model(dir: &Path, seed: u64) -> Result<(), DiffusionError> {
         randomise(varmap, seed)?;
         varmap
             .save(path)
-            .map_err(|e| DiffusionError::Write(format!("{}: {e}", path.display())))
+            .map_err(|e| DiffusionError::write(path)(std::io::Error::other(e)))
     };
     let dev = Device::Cpu;
 
@@ -243,12 +239,11 @@ pub fn ensure_tiny_model(dir: &Path) -> Result<std::path::PathBuf, DiffusionErro
         return Ok(dir.to_path_buf());
     }
     let parent = dir.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent)
-        .map_err(|e| DiffusionError::Write(format!("{}: {e}", parent.display())))?;
+    std::fs::create_dir_all(parent).map_err(DiffusionError::write(parent))?;
     let tmp = tempfile::Builder::new()
         .prefix(".tiny-model-")
         .tempdir_in(parent)
-        .map_err(|e| DiffusionError::Write(format!("{}: {e}", parent.display())))?;
+        .map_err(DiffusionError::write(parent))?;
     write_tiny_model(tmp.path(), TINY_MODEL_SEED)?;
     make_readable_by_all(tmp.path())?;
     let staged = tmp.keep();
@@ -256,7 +251,7 @@ pub fn ensure_tiny_model(dir: &Path) -> Result<std::path::PathBuf, DiffusionErro
         let _ = std::fs::remove_dir_all(&staged);
         // Another process may have won the race; its model is identical.
         if !dir.join("model_index.json").is_file() {
-            return Err(DiffusionError::Write(format!("{}: {e}", dir.display())));
+            return Err(DiffusionError::write(dir)(e));
         }
     }
     Ok(dir.to_path_buf())
@@ -269,7 +264,7 @@ pub(crate) fn make_readable_by_all(dir: &Path) -> Result<(), DiffusionError> {
     {
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o755))
-            .map_err(|e| DiffusionError::Write(format!("{}: {e}", dir.display())))?;
+            .map_err(DiffusionError::write(dir))?;
     }
     #[cfg(not(unix))]
     let _ = dir;
