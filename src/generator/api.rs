@@ -2,7 +2,8 @@
 
 use std::time::Duration;
 
-use super::service::{Generator, GeneratorError, Priority, Receipt, Request, WaitOutcome};
+use super::service::Generator;
+use super::types::{GeneratorError, Priority, Receipt, Request, WaitOutcome};
 use crate::cache::CacheKey;
 use crate::engine::EngineFingerprint;
 

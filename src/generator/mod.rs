@@ -12,13 +12,16 @@ mod api;
 mod keys;
 mod service;
 mod stats;
+mod types;
+mod worker;
 
 pub use api::HardNegativeGenerator;
 pub use keys::KeySpace;
-pub use service::{
-    DynEngine, EngineFactory, Generator, GeneratorConfig, GeneratorError, LevelOutcome, Priority,
-    Receipt, Request, Shutdown, SourceImage, WaitOutcome,
-};
+pub use service::Generator;
 pub use stats::{DeviceStats, GeneratorStats};
+pub use types::{
+    DynEngine, EngineFactory, GeneratorConfig, GeneratorError, LevelOutcome, Priority, Receipt,
+    Request, Shutdown, SourceImage, WaitOutcome,
+};
 
-pub(crate) use service::{check_request, level_key};
+pub(crate) use types::{check_request, level_key};

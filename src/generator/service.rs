@@ -1,260 +1,63 @@
-//! The generator service: bounded priority queues, deduplication by cache key, worker threads.
+//! The generator service: bounded priority queues, deduplication by cache key, the shared
+//! state its workers ([`super::worker`]) fill the cache from.
 
 use std::collections::{HashMap, HashSet};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
-use image::RgbImage;
 
 use super::stats::{Counters, GeneratorStats};
-use crate::cache::{Cache, CacheError, CacheKey, EntryMeta, KeyInputs};
-use crate::engine::{CancelToken, Engine, EngineFingerprint, Job, JobOutput, NoiseLevel};
+use crate::cache::{Cache, CacheKey};
+use crate::engine::{CancelToken, EngineFingerprint, NoiseLevel};
 use crate::sync::lock;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// An engine behind a trait object, so workers of different engine types share one service.
-pub trait DynEngine: Send {
-    fn fingerprint(&self) -> &EngineFingerprint;
-    fn resolution(&self) -> u32;
-    fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, BoxError>;
-    fn set_cancel(&mut self, token: CancelToken);
-}
-
-impl<E: Engine + Send> DynEngine for E {
-    fn fingerprint(&self) -> &EngineFingerprint {
-        Engine::fingerprint(self)
-    }
-    fn resolution(&self) -> u32 {
-        Engine::resolution(self)
-    }
-    fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, BoxError> {
-        Engine::generate(self, jobs).map_err(|e| Box::new(e) as BoxError)
-    }
-    fn set_cancel(&mut self, token: CancelToken) {
-        Engine::set_cancel(self, token);
-    }
-}
-
-/// Makes engines for worker threads. Called on the worker's own thread, at start and again after
-/// a panic, so an engine never crosses threads.
-pub trait EngineFactory: Send + Sync + 'static {
-    /// The fingerprint every engine this factory makes will have (it goes into cache keys).
-    fn fingerprint(&self) -> &EngineFingerprint;
-    /// The side length of the images its engines make and expect as sources.
-    fn resolution(&self) -> u32;
-    /// A fresh engine for `device` (`cpu`, `cuda:0`, …).
-    fn create(&self, device: &str) -> Result<Box<dyn DynEngine>, BoxError>;
-}
-
-/// Who is asking: the training loop's requests go before pre-warm work.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Priority {
-    Online,
-    Prewarm,
-}
-
-/// A preprocessed source image with its pixel hash, computed once so that requests stay cheap.
-#[derive(Clone, Debug)]
-pub struct SourceImage {
-    pub pixels: Arc<RgbImage>,
-    pub hash: [u8; 32],
-}
-
-impl SourceImage {
-    pub fn new(pixels: RgbImage) -> Self {
-        let hash = *crate::image_io::pixel_hash(&pixels).as_bytes();
-        SourceImage {
-            pixels: Arc::new(pixels),
-            hash,
-        }
-    }
-}
-
-/// Hard negatives of one source for one target class, at one or more levels.
-#[derive(Clone, Debug)]
-pub struct Request {
-    /// `None` only for text-to-image (every level 1.0).
-    pub source: Option<SourceImage>,
-    /// The target class label, recorded with each cached image.
-    pub target: String,
-    pub prompt: String,
-    pub levels: Vec<NoiseLevel>,
-    pub seed: u64,
-    pub priority: Priority,
-}
-
-/// What happened to one requested level, decided at once.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LevelOutcome {
-    Queued,
-    /// Already queued or being generated.
-    AlreadyPending,
-    AlreadyCached,
-    /// Failed recently; not retried until its backoff ends.
-    BackingOff,
-    /// The queue was full, the service is shutting down, or (remote) the server is unreachable.
-    Dropped,
-    /// Handed to a remote generator's sender; its real outcome comes later as a late receipt.
-    Sent,
-}
-
-/// The answer to a request: the cache key and outcome of each level, in request order.
-#[derive(Clone, Debug)]
-pub struct Receipt {
-    pub levels: Vec<(NoiseLevel, CacheKey, LevelOutcome)>,
-}
-
-impl Receipt {
-    pub fn count(&self, outcome: LevelOutcome) -> usize {
-        self.levels.iter().filter(|(_, _, o)| *o == outcome).count()
-    }
-}
-
-/// What waiting on a key found.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum WaitOutcome {
-    /// The image is in the cache.
-    Ready,
-    /// Generation failed; the message of the error.
-    Failed(String),
-    /// Neither cached nor pending (never requested, or dropped).
-    NotPending,
-    TimedOut,
-}
-
-/// How to stop.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Shutdown {
-    /// Finish everything queued, then stop.
-    Drain,
-    /// Finish the batches in flight, drop the rest.
-    Cancel,
-}
-
-#[derive(Clone, Debug)]
-pub struct GeneratorConfig {
-    /// Devices, one worker thread (and engine) each.
-    pub devices: Vec<String>,
-    /// Most levels waiting per priority; more are dropped.
-    pub queue_capacity: usize,
-    /// Most jobs one engine call runs together.
-    pub max_batch: usize,
-    /// First wait before a failed key may be requested again; doubles per failure.
-    pub failure_backoff: Duration,
-    pub max_backoff: Duration,
-    /// Make each worker's engine when the service starts rather than at its first batch (a
-    /// server wants to be ready, with its model loaded, before it says so).
-    pub load_at_start: bool,
-}
-
-impl Default for GeneratorConfig {
-    fn default() -> Self {
-        GeneratorConfig {
-            devices: vec!["cpu".into()],
-            queue_capacity: 1024,
-            max_batch: 4,
-            failure_backoff: Duration::from_secs(5),
-            max_backoff: Duration::from_secs(600),
-            load_at_start: false,
-        }
-    }
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum GeneratorError {
-    #[error("generator config: {0}")]
-    Config(String),
-    #[error("request: {0}")]
-    Request(String),
-    #[error(transparent)]
-    Cache(#[from] CacheError),
-    #[error("cannot start worker thread: {0}")]
-    Spawn(#[source] std::io::Error),
-    /// A remote generator could not answer (unreachable, or it refused the call).
-    #[error("remote generator: {0}")]
-    Remote(String),
-}
+use super::types::{
+    check_request, level_key, EngineFactory, GeneratorConfig, GeneratorError, LevelOutcome,
+    Priority, Receipt, Request, Shutdown, SourceImage, WaitOutcome,
+};
+use super::worker::Worker;
 
 /// One unit of work: a source, a prompt and the levels of it not yet cached.
-struct WorkItem {
-    source: Option<SourceImage>,
-    target: String,
-    prompt: String,
-    seed: u64,
-    levels: Vec<(NoiseLevel, CacheKey)>,
+pub(super) struct WorkItem {
+    pub(super) source: Option<SourceImage>,
+    pub(super) target: String,
+    pub(super) prompt: String,
+    pub(super) seed: u64,
+    pub(super) levels: Vec<(NoiseLevel, CacheKey)>,
 }
 
-struct Failure {
-    until: Instant,
-    failures: u32,
-    message: String,
+pub(super) struct Failure {
+    pub(super) until: Instant,
+    pub(super) failures: u32,
+    pub(super) message: String,
 }
 
 /// What every thread shares.
-struct Shared {
-    cache: Arc<Cache>,
-    fingerprint: EngineFingerprint,
-    resolution: u32,
-    config: GeneratorConfig,
-    counters: Counters,
+pub(super) struct Shared {
+    pub(super) cache: Arc<Cache>,
+    pub(super) fingerprint: EngineFingerprint,
+    pub(super) resolution: u32,
+    pub(super) config: GeneratorConfig,
+    pub(super) counters: Counters,
     /// Keys queued or in flight.
-    pending: Mutex<HashSet<CacheKey>>,
-    failures: Mutex<HashMap<CacheKey, Failure>>,
+    pub(super) pending: Mutex<HashSet<CacheKey>>,
+    pub(super) failures: Mutex<HashMap<CacheKey, Failure>>,
     /// Signalled whenever keys leave `pending`.
-    settled: Condvar,
-    mode: AtomicU8,
+    pub(super) settled: Condvar,
+    pub(super) mode: AtomicU8,
     /// Workers take no new batch while set (see [`Generator::hold`]).
-    held: AtomicBool,
+    pub(super) held: AtomicBool,
     /// Every engine watches it; `Shutdown::Cancel` (and dropping the generator) sets it, so a
     /// batch in flight stops within one denoising step.
-    cancel: CancelToken,
+    pub(super) cancel: CancelToken,
 }
 
-const RUNNING: u8 = 0;
-const DRAINING: u8 = 1;
-const CANCELLING: u8 = 2;
-
-/// The cache key of one level of a request to an engine with `fingerprint` (what every
-/// generator, in this process or remote, answers for it).
-pub(crate) fn level_key(
-    fingerprint: &EngineFingerprint,
-    source: Option<&SourceImage>,
-    prompt: &str,
-    level: NoiseLevel,
-    seed: u64,
-) -> CacheKey {
-    CacheKey::new(&KeyInputs {
-        source: source.map(|s| s.hash),
-        prompt,
-        level,
-        seed,
-        fingerprint,
-    })
-}
-
-/// Checks what every generator checks of a request: the source's size, and a source for every
-/// level below 1.0.
-pub(crate) fn check_request(req: &Request, resolution: u32) -> Result<(), GeneratorError> {
-    if let Some(src) = &req.source {
-        let (w, h) = src.pixels.dimensions();
-        let r = resolution;
-        if (w, h) != (r, r) {
-            return Err(GeneratorError::Request(format!(
-                "source is {w}x{h}; the engine expects {r}x{r}"
-            )));
-        }
-    } else if req.levels.iter().any(|l| !l.is_text_to_image()) {
-        return Err(GeneratorError::Request(
-            "levels below 1.0 need a source image".into(),
-        ));
-    }
-    Ok(())
-}
+pub(super) const RUNNING: u8 = 0;
+pub(super) const DRAINING: u8 = 1;
+pub(super) const CANCELLING: u8 = 2;
 
 /// The background generation service.
 pub struct Generator {
@@ -275,9 +78,11 @@ impl Generator {
         config: GeneratorConfig,
     ) -> Result<Self, GeneratorError> {
         if config.devices.is_empty() || config.queue_capacity == 0 || config.max_batch == 0 {
-            return Err(GeneratorError::Config(
-                "need at least one device, a queue capacity and a batch size of at least 1".into(),
-            ));
+            return Err(GeneratorError::Config {
+                devices: config.devices.len(),
+                queue_capacity: config.queue_capacity,
+                max_batch: config.max_batch,
+            });
         }
         let (online, online_rx) = channel::bounded(config.queue_capacity);
         let (prewarm, prewarm_rx) = channel::bounded(config.queue_capacity);
@@ -568,7 +373,7 @@ impl Drop for Generator {
 
 impl Shared {
     /// Removes an item's keys from the pending set and wakes waiters.
-    fn forget(&self, item: &WorkItem) {
+    pub(super) fn forget(&self, item: &WorkItem) {
         let mut pending = lock(&self.pending);
         for (_, key) in &item.levels {
             pending.remove(key);
@@ -577,11 +382,11 @@ impl Shared {
         self.settled.notify_all();
     }
 
-    fn fail(&self, device: usize, item: &WorkItem, message: &str) {
+    pub(super) fn fail(&self, device: usize, item: &WorkItem, message: &str) {
         self.fail_levels(device, &item.target, &item.levels, message);
     }
 
-    fn fail_levels(
+    pub(super) fn fail_levels(
         &self,
         device: usize,
         target: &str,
@@ -609,269 +414,5 @@ impl Shared {
         }
         Counters::add(&self.counters.failed, levels.len() as u64);
         Counters::add(&self.counters.devices[device].failed, levels.len() as u64);
-    }
-}
-
-struct Worker {
-    /// Which of the configured devices (and of the per-device counters) this is.
-    index: usize,
-    shared: Arc<Shared>,
-    factory: Arc<dyn EngineFactory>,
-    device: String,
-    online: Receiver<WorkItem>,
-    prewarm: Receiver<WorkItem>,
-    wake: Receiver<()>,
-}
-
-impl Worker {
-    fn mode(&self) -> u8 {
-        self.shared.mode.load(Ordering::Acquire)
-    }
-
-    fn device_counters(&self) -> &super::stats::DeviceCounters {
-        &self.shared.counters.devices[self.index]
-    }
-
-    /// Up to `max_batch` items, online first; `None` when it is time to stop.
-    fn next_batch(&self) -> Option<Vec<WorkItem>> {
-        loop {
-            let mode = self.mode();
-            if mode == CANCELLING {
-                return None;
-            }
-            let held = mode == RUNNING && self.shared.held.load(Ordering::Acquire);
-            let mut batch = Vec::new();
-            while !held && batch.len() < self.shared.config.max_batch {
-                match self.online.try_recv().or_else(|_| self.prewarm.try_recv()) {
-                    Ok(item) => batch.push(item),
-                    Err(_) => break,
-                }
-            }
-            if !batch.is_empty() {
-                return Some(batch);
-            }
-            if mode == DRAINING {
-                return None;
-            }
-            match self.wake.recv_timeout(Duration::from_millis(200)) {
-                Ok(()) | Err(channel::RecvTimeoutError::Timeout) => {}
-                Err(channel::RecvTimeoutError::Disconnected) => return None,
-            }
-        }
-    }
-
-    /// One attempt at making this worker's engine.
-    fn create_engine(&self) -> Result<Box<dyn DynEngine>, String> {
-        let made = self.try_create_engine();
-        if made.is_ok() {
-            self.device_counters().loaded.store(1, Ordering::Relaxed);
-        }
-        made
-    }
-
-    fn try_create_engine(&self) -> Result<Box<dyn DynEngine>, String> {
-        match catch_unwind(AssertUnwindSafe(|| self.factory.create(&self.device))) {
-            Ok(Ok(mut engine)) if engine.fingerprint() == &self.shared.fingerprint => {
-                engine.set_cancel(self.shared.cancel.clone());
-                Ok(engine)
-            }
-            Ok(Ok(_)) => Err("the engine's fingerprint differs from the factory's".into()),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => {
-                Counters::add(&self.shared.counters.panics, 1);
-                Err("the engine factory panicked".into())
-            }
-        }
-    }
-
-    fn run(self) {
-        // Made lazily and remade after a panic. While it cannot be made, batches fail with the
-        // reason (so waiters learn it instead of hanging) and creation is retried after a backoff.
-        let mut engine: Option<Box<dyn DynEngine>> = None;
-        let mut creation_error: Option<(String, Instant, Duration)> = None;
-        if self.shared.config.load_at_start {
-            match self.create_engine() {
-                Ok(e) => engine = Some(e),
-                Err(msg) => {
-                    tracing::error!(device = %self.device, error = %msg, "cannot create engine");
-                    let delay = self.shared.config.failure_backoff;
-                    creation_error = Some((msg, Instant::now() + delay, delay));
-                }
-            }
-        }
-        while let Some(mut batch) = self.next_batch() {
-            self.skip_cached(&mut batch);
-            if batch.is_empty() {
-                continue;
-            }
-            if engine.is_none() {
-                let retry_due = creation_error
-                    .as_ref()
-                    .is_none_or(|(_, at, _)| Instant::now() >= *at);
-                if retry_due {
-                    match self.create_engine() {
-                        Ok(e) => {
-                            engine = Some(e);
-                            creation_error = None;
-                        }
-                        Err(msg) => {
-                            let delay = creation_error
-                                .as_ref()
-                                .map_or(self.shared.config.failure_backoff, |(_, _, d)| {
-                                    (*d * 2).min(self.shared.config.max_backoff)
-                                });
-                            tracing::error!(device = %self.device, error = %msg, "cannot create engine");
-                            creation_error = Some((msg, Instant::now() + delay, delay));
-                        }
-                    }
-                }
-            }
-            let Some(active) = engine.as_mut() else {
-                let msg = creation_error
-                    .as_ref()
-                    .map_or("no engine", |(m, _, _)| m.as_str());
-                let msg = format!("cannot create the engine on {}: {msg}", self.device);
-                batch
-                    .iter()
-                    .for_each(|item| self.shared.fail(self.index, item, &msg));
-                batch.iter().for_each(|item| self.shared.forget(item));
-                continue;
-            };
-            let levels: u64 = batch.iter().map(|i| i.levels.len() as u64).sum();
-            let c = &self.shared.counters;
-            Counters::add(&c.in_flight, levels);
-            let jobs: Vec<Job> = batch
-                .iter()
-                .map(|item| Job {
-                    source: item.source.as_ref().map(|s| s.pixels.clone()),
-                    prompt: item.prompt.clone(),
-                    levels: item.levels.iter().map(|(l, _)| *l).collect(),
-                    seed: item.seed,
-                    noise: None,
-                })
-                .collect();
-            let _span =
-                tracing::debug_span!("generate", device = %self.device, jobs = jobs.len(), levels)
-                    .entered();
-            Counters::add(&c.engine_calls, 1);
-            Counters::add(&self.device_counters().engine_calls, 1);
-            let result = catch_unwind(AssertUnwindSafe(|| active.generate(&jobs)));
-            match result {
-                Ok(Ok(outputs)) if outputs.len() == batch.len() => {
-                    for (item, output) in batch.iter().zip(outputs) {
-                        self.store(item, output);
-                    }
-                }
-                Ok(Ok(outputs)) => {
-                    let msg = format!(
-                        "engine returned {} outputs for {} jobs",
-                        outputs.len(),
-                        batch.len()
-                    );
-                    batch
-                        .iter()
-                        .for_each(|item| self.shared.fail(self.index, item, &msg));
-                }
-                Ok(Err(_)) if self.shared.cancel.is_cancelled() => {
-                    // Stopped by a cancelling shutdown: nothing failed, nothing to back off from.
-                    Counters::add(&c.dropped, levels);
-                }
-                Ok(Err(e)) => {
-                    let msg = e.to_string();
-                    batch
-                        .iter()
-                        .for_each(|item| self.shared.fail(self.index, item, &msg));
-                }
-                Err(panic) => {
-                    Counters::add(&c.panics, 1);
-                    let msg = panic
-                        .downcast_ref::<&str>()
-                        .map(|s| s.to_string())
-                        .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "engine panicked".into());
-                    tracing::error!(device = %self.device, panic = %msg, "engine panicked; restarting it");
-                    batch.iter().for_each(|item| {
-                        self.shared
-                            .fail(self.index, item, &format!("engine panicked: {msg}"))
-                    });
-                    // The next batch builds a fresh engine.
-                    engine = None;
-                    self.device_counters().loaded.store(0, Ordering::Relaxed);
-                }
-            }
-            c.in_flight.fetch_sub(levels, Ordering::Relaxed);
-            batch.iter().for_each(|item| self.shared.forget(item));
-        }
-    }
-
-    /// Drops levels that reached the cache after they were queued (another process, or a race
-    /// with a request that looked just before a store), so no image is generated twice here.
-    fn skip_cached(&self, batch: &mut Vec<WorkItem>) {
-        for item in batch.iter_mut() {
-            let mut cached = Vec::new();
-            item.levels.retain(|(_, key)| {
-                let hit = self.shared.cache.contains(key).unwrap_or(false);
-                if hit {
-                    cached.push(*key);
-                }
-                !hit
-            });
-            if !cached.is_empty() {
-                let mut pending = lock(&self.shared.pending);
-                cached.iter().for_each(|k| {
-                    pending.remove(k);
-                });
-                drop(pending);
-                self.shared.settled.notify_all();
-            }
-        }
-        batch.retain(|item| !item.levels.is_empty());
-    }
-
-    fn store(&self, item: &WorkItem, output: JobOutput) {
-        if output.images.len() != item.levels.len() {
-            self.shared.fail(
-                self.index,
-                item,
-                "engine returned the wrong number of images",
-            );
-            return;
-        }
-        for ((level, key), image) in item.levels.iter().zip(output.images) {
-            let meta = EntryMeta {
-                target: item.target.clone(),
-                prompt: item.prompt.clone(),
-                level: *level,
-                seed: item.seed,
-                source: item
-                    .source
-                    .as_ref()
-                    .map(|s| blake3::Hash::from(s.hash).to_hex().to_string()),
-                fingerprint: self.shared.fingerprint.clone(),
-                width: image.image.width(),
-                height: image.image.height(),
-            };
-            match self.shared.cache.put_image(key, &image.image, meta) {
-                Ok(_) => {
-                    Counters::add(&self.shared.counters.done, 1);
-                    Counters::add(&self.device_counters().done, 1);
-                    lock(&self.shared.failures).remove(key);
-                }
-                Err(e) => {
-                    let single = WorkItem {
-                        source: None,
-                        target: item.target.clone(),
-                        prompt: String::new(),
-                        seed: item.seed,
-                        levels: vec![(*level, *key)],
-                    };
-                    self.shared.fail(
-                        self.index,
-                        &single,
-                        &format!("cannot store in the cache: {e}"),
-                    );
-                }
-            }
-        }
     }
 }

@@ -684,3 +684,48 @@ fn an_engine_that_cannot_be_made_fails_requests_instead_of_hanging() {
     assert_eq!((stats.failed, stats.done), (2, 0));
     assert_eq!(worker_threads("x"), 0);
 }
+
+/// A config with nothing to run on and requests the engine cannot take are typed errors, said at
+/// once, not queued work that fails later.
+#[test]
+fn bad_configs_and_requests_are_typed_errors() {
+    use genie::generator::GeneratorError;
+    let (_dir, cache) = cache();
+    for (devices, capacity, batch) in [(0, 4, 1), (1, 0, 1), (1, 4, 0)] {
+        let started = Generator::start(
+            TestFactory::new(None),
+            Arc::clone(&cache),
+            config("bad", devices, capacity, batch),
+        );
+        match started {
+            Err(GeneratorError::Config {
+                devices: d,
+                queue_capacity: q,
+                max_batch: b,
+            }) => assert_eq!((d, q, b), (devices, capacity, batch)),
+            other => panic!("expected a config error, got {:?}", other.err()),
+        }
+    }
+    let generator =
+        Generator::start(TestFactory::new(None), cache, config("req", 1, 4, 1)).unwrap();
+    let mut wrong_size = request("a", 0, &[800], Priority::Online);
+    wrong_size.source = Some(SourceImage::new(RgbImage::new(9, 8)));
+    assert!(matches!(
+        generator.request(wrong_size),
+        Err(GeneratorError::SourceSize {
+            width: 9,
+            height: 8,
+            expected: 8
+        })
+    ));
+    let mut no_source = request("a", 0, &[800, 1000], Priority::Online);
+    no_source.source = None;
+    assert!(matches!(
+        generator.request(no_source),
+        Err(GeneratorError::MissingSource)
+    ));
+    let mut text_only = request("a", 0, &[1000], Priority::Online);
+    text_only.source = None;
+    assert!(generator.request(text_only).is_ok());
+    generator.shutdown(Shutdown::Drain);
+}

@@ -1,0 +1,227 @@
+//! What the generator's callers and engines see: requests and their receipts, the config, the
+//! errors, and the engine traits the workers call.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use image::RgbImage;
+
+use crate::cache::{CacheError, CacheKey, KeyInputs};
+use crate::engine::{CancelToken, Engine, EngineFingerprint, Job, JobOutput, NoiseLevel};
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// An engine behind a trait object, so workers of different engine types share one service.
+pub trait DynEngine: Send {
+    fn fingerprint(&self) -> &EngineFingerprint;
+    fn resolution(&self) -> u32;
+    fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, BoxError>;
+    fn set_cancel(&mut self, token: CancelToken);
+}
+
+impl<E: Engine + Send> DynEngine for E {
+    fn fingerprint(&self) -> &EngineFingerprint {
+        Engine::fingerprint(self)
+    }
+    fn resolution(&self) -> u32 {
+        Engine::resolution(self)
+    }
+    fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, BoxError> {
+        Engine::generate(self, jobs).map_err(|e| Box::new(e) as BoxError)
+    }
+    fn set_cancel(&mut self, token: CancelToken) {
+        Engine::set_cancel(self, token);
+    }
+}
+
+/// Makes engines for worker threads. Called on the worker's own thread, at start and again after
+/// a panic, so an engine never crosses threads.
+pub trait EngineFactory: Send + Sync + 'static {
+    /// The fingerprint every engine this factory makes will have (it goes into cache keys).
+    fn fingerprint(&self) -> &EngineFingerprint;
+    /// The side length of the images its engines make and expect as sources.
+    fn resolution(&self) -> u32;
+    /// A fresh engine for `device` (`cpu`, `cuda:0`, …).
+    fn create(&self, device: &str) -> Result<Box<dyn DynEngine>, BoxError>;
+}
+
+/// Who is asking: the training loop's requests go before pre-warm work.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Priority {
+    Online,
+    Prewarm,
+}
+
+/// A preprocessed source image with its pixel hash, computed once so that requests stay cheap.
+#[derive(Clone, Debug)]
+pub struct SourceImage {
+    pub pixels: Arc<RgbImage>,
+    pub hash: [u8; 32],
+}
+
+impl SourceImage {
+    pub fn new(pixels: RgbImage) -> Self {
+        let hash = *crate::image_io::pixel_hash(&pixels).as_bytes();
+        SourceImage {
+            pixels: Arc::new(pixels),
+            hash,
+        }
+    }
+}
+
+/// Hard negatives of one source for one target class, at one or more levels.
+#[derive(Clone, Debug)]
+pub struct Request {
+    /// `None` only for text-to-image (every level 1.0).
+    pub source: Option<SourceImage>,
+    /// The target class label, recorded with each cached image.
+    pub target: String,
+    pub prompt: String,
+    pub levels: Vec<NoiseLevel>,
+    pub seed: u64,
+    pub priority: Priority,
+}
+
+/// What happened to one requested level, decided at once.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LevelOutcome {
+    Queued,
+    /// Already queued or being generated.
+    AlreadyPending,
+    AlreadyCached,
+    /// Failed recently; not retried until its backoff ends.
+    BackingOff,
+    /// The queue was full, the service is shutting down, or (remote) the server is unreachable.
+    Dropped,
+    /// Handed to a remote generator's sender; its real outcome comes later as a late receipt.
+    Sent,
+}
+
+/// The answer to a request: the cache key and outcome of each level, in request order.
+#[derive(Clone, Debug)]
+pub struct Receipt {
+    pub levels: Vec<(NoiseLevel, CacheKey, LevelOutcome)>,
+}
+
+impl Receipt {
+    pub fn count(&self, outcome: LevelOutcome) -> usize {
+        self.levels.iter().filter(|(_, _, o)| *o == outcome).count()
+    }
+}
+
+/// What waiting on a key found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum WaitOutcome {
+    /// The image is in the cache.
+    Ready,
+    /// Generation failed; the message of the error.
+    Failed(String),
+    /// Neither cached nor pending (never requested, or dropped).
+    NotPending,
+    TimedOut,
+}
+
+/// How to stop.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Shutdown {
+    /// Finish everything queued, then stop.
+    Drain,
+    /// Finish the batches in flight, drop the rest.
+    Cancel,
+}
+
+#[derive(Clone, Debug)]
+pub struct GeneratorConfig {
+    /// Devices, one worker thread (and engine) each.
+    pub devices: Vec<String>,
+    /// Most levels waiting per priority; more are dropped.
+    pub queue_capacity: usize,
+    /// Most jobs one engine call runs together.
+    pub max_batch: usize,
+    /// First wait before a failed key may be requested again; doubles per failure.
+    pub failure_backoff: Duration,
+    pub max_backoff: Duration,
+    /// Make each worker's engine when the service starts rather than at its first batch (a
+    /// server wants to be ready, with its model loaded, before it says so).
+    pub load_at_start: bool,
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        GeneratorConfig {
+            devices: vec!["cpu".into()],
+            queue_capacity: 1024,
+            max_batch: 4,
+            failure_backoff: Duration::from_secs(5),
+            max_backoff: Duration::from_secs(600),
+            load_at_start: false,
+        }
+    }
+}
+
+/// Why the generator (in this process or remote) cannot start or take a request.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum GeneratorError {
+    #[error(
+        "generator config: {devices} devices, queue capacity {queue_capacity}, batch size \
+         {max_batch}: each must be at least 1"
+    )]
+    Config {
+        devices: usize,
+        queue_capacity: usize,
+        max_batch: usize,
+    },
+    #[error("request: source is {width}x{height}; the engine expects {expected}x{expected}")]
+    SourceSize {
+        width: u32,
+        height: u32,
+        expected: u32,
+    },
+    #[error("request: levels below 1.0 need a source image")]
+    MissingSource,
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("cannot start worker thread: {0}")]
+    Spawn(#[source] std::io::Error),
+    /// A remote generator could not answer (unreachable, or it refused the call).
+    #[error("remote generator: {0}")]
+    Remote(String),
+}
+
+/// The cache key of one level of a request to an engine with `fingerprint` (what every
+/// generator, in this process or remote, answers for it).
+pub(crate) fn level_key(
+    fingerprint: &EngineFingerprint,
+    source: Option<&SourceImage>,
+    prompt: &str,
+    level: NoiseLevel,
+    seed: u64,
+) -> CacheKey {
+    CacheKey::new(&KeyInputs {
+        source: source.map(|s| s.hash),
+        prompt,
+        level,
+        seed,
+        fingerprint,
+    })
+}
+
+/// Checks what every generator checks of a request: the source's size, and a source for every
+/// level below 1.0.
+pub(crate) fn check_request(req: &Request, resolution: u32) -> Result<(), GeneratorError> {
+    if let Some(src) = &req.source {
+        let (w, h) = src.pixels.dimensions();
+        let r = resolution;
+        if (w, h) != (r, r) {
+            return Err(GeneratorError::SourceSize {
+                width: w,
+                height: h,
+                expected: r,
+            });
+        }
+    } else if req.levels.iter().any(|l| !l.is_text_to_image()) {
+        return Err(GeneratorError::MissingSource);
+    }
+    Ok(())
+}
