@@ -23,9 +23,9 @@ use genie::image_io;
 use genie::warm::{write_plan, ImageFolder, PlanEntry};
 use image::RgbImage;
 
+use super::warm::model_args;
 use super::{
-    engine_options, key_space, model_args, model_source, printable, read_class_names, shell_word,
-    ModelArgs,
+    engine_options, key_space, model_source, printable, read_class_names, shell_word, ModelArgs,
 };
 
 #[derive(Subcommand)]
