@@ -45,7 +45,7 @@ use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_dataset::vision::ImageDatasetItem;
 use clap::Parser;
-use genie::generator::{Generator, HardNegativeGenerator, WaitOutcome};
+use genie::generator::{Generator, HardNegativeGenerator};
 use genie::loader::{
     image_item, predictions_and_targets, Augmenter, AugmenterConfig, GenieBatcher, GenieItem,
     KeySpace, LiveConfig, LiveModel, OfflinePlan, ScoringMode, TrainDevice, TrainDeviceSpec,
@@ -666,28 +666,26 @@ fn run_seed(args: &Args, device: &Device) -> Result<SeedReport> {
             g.release();
         }
         requested?;
-        let keys_to_wait: Vec<_> = offline.negatives.iter().flat_map(|n| &n.keys).collect();
-        let mut not_ready = Vec::new();
+        let keys_to_wait: Vec<_> = offline
+            .negatives
+            .iter()
+            .flat_map(|n| n.keys.clone())
+            .collect();
         // On a terminal the progress line is redrawn in place; in a log file (Slurm, CI,
         // `> run.log`) it is a plain line every 10 s, never `\r`-joined updates.
         let terminal = std::io::IsTerminal::is_terminal(&std::io::stdout());
         let mut last_line = Instant::now();
-        for (n, key) in keys_to_wait.iter().enumerate() {
-            let outcome = requester.wait(key, std::time::Duration::from_secs(24 * 3600))?;
-            if outcome != WaitOutcome::Ready {
-                not_ready.push(outcome);
-            }
-            let last = n + 1 == keys_to_wait.len();
+        let day = std::time::Duration::from_secs(24 * 3600);
+        let not_ready = requester.wait_all(&keys_to_wait, day, &mut |done, total| {
+            let last = done == total;
             let progress = format!(
-                "generating the hard negatives first: {}/{} images ({:.0} s)",
-                n + 1,
-                keys_to_wait.len(),
+                "generating the hard negatives first: {done}/{total} images ({:.0} s)",
                 started.elapsed().as_secs_f64()
             );
-            if terminal && ((n + 1) % 50 == 0 || last) {
+            if terminal && (done % 50 == 0 || last) {
                 print!("\r{progress}");
                 use std::io::Write as _;
-                std::io::stdout().flush()?;
+                let _ = std::io::stdout().flush();
                 if last {
                     println!();
                 }
@@ -695,16 +693,17 @@ fn run_seed(args: &Args, device: &Device) -> Result<SeedReport> {
                 println!("{progress}");
                 last_line = Instant::now();
             }
-        }
+        })?;
         println!(
             "ready before training: {} of {} planned images",
             keys_to_wait.len() - not_ready.len(),
             keys_to_wait.len()
         );
-        if let Some(first) = not_ready.first() {
+        if let Some((key, outcome)) = not_ready.first() {
             // Those pairs are requested again by the batcher and mixed once they are ready.
             println!(
-                "  {} not ready (the first: {first:?}); the batcher retries them while training",
+                "  {} not ready (the first: {key}: {outcome}); the batcher retries them while \
+                 training",
                 not_ready.len()
             );
         }

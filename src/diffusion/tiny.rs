@@ -106,8 +106,7 @@ pub fn configs(vocab_size: usize) -> (Value, Value, Value) {
 /// Replaces every variable with seeded values: N(0, 1/fan_in) for weights, small values for
 /// biases, and about 1 for normalisation scales, so activations stay in a sane range.
 fn randomise(varmap: &VarMap, seed: u64) -> Result<(), DiffusionError> {
-    // A poisoned lock only means another thread panicked while holding it; this map is ours.
-    let data = varmap.data().lock().unwrap_or_else(|e| e.into_inner());
+    let data = crate::sync::lock(varmap.data());
     let sorted: BTreeMap<&String, &candle_core::Var> = data.iter().collect();
     for (i, (name, var)) in sorted.into_iter().enumerate() {
         let dims = var.dims().to_vec();

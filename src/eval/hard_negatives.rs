@@ -15,9 +15,7 @@ use super::episodes::Episode;
 use super::few_shot::{Backbone, GeneratedImages, Method};
 use crate::cache::{Cache, CacheKey};
 use crate::engine::NoiseLevel;
-use crate::generator::{
-    HardNegativeGenerator, KeySpace, LevelOutcome, Priority, SourceImage, WaitOutcome,
-};
+use crate::generator::{HardNegativeGenerator, KeySpace, LevelOutcome, Priority, SourceImage};
 
 /// One pair a method needs: split image `source` towards split class `target`, `variant`-th
 /// noise, at `levels` (one key each).
@@ -214,21 +212,13 @@ impl<'a> CachedEpisodes<'a> {
         });
         generator.release();
         queued?;
-        let mut failures = Vec::new();
-        for (n, key) in wanted.iter().enumerate() {
-            match generator
-                .wait(key, std::time::Duration::from_secs(7 * 24 * 3600))
-                .map_err(|e| e.to_string())?
-            {
-                WaitOutcome::Ready => {}
-                WaitOutcome::Failed(message) => failures.push(message),
-                other => failures.push(format!("{key}: {other:?}")),
-            }
-            progress(n + 1, wanted.len());
-        }
-        if let Some(first) = failures.first() {
+        let week = std::time::Duration::from_secs(7 * 24 * 3600);
+        let failures = generator
+            .wait_all(&wanted, week, progress)
+            .map_err(|e| e.to_string())?;
+        if let Some((key, outcome)) = failures.first() {
             return Err(format!(
-                "{} images could not be generated; the first: {first}",
+                "{} images could not be generated; the first: {key}: {outcome}",
                 failures.len()
             ));
         }

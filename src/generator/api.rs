@@ -26,6 +26,26 @@ pub trait HardNegativeGenerator: Send + Sync {
     /// Waits until `key` is settled (cached or failed), at most `timeout`.
     fn wait(&self, key: &CacheKey, timeout: Duration) -> Result<WaitOutcome, GeneratorError>;
 
+    /// Waits for each of `keys` in turn (at most `timeout` each), calling `progress(settled,
+    /// total)` after each, and returns the keys that did not become ready with why — what every
+    /// batch job does after queueing its run (a progress bar, a log line every few seconds).
+    fn wait_all(
+        &self,
+        keys: &[CacheKey],
+        timeout: Duration,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> Result<Vec<(CacheKey, WaitOutcome)>, GeneratorError> {
+        let mut not_ready = Vec::new();
+        for (n, key) in keys.iter().enumerate() {
+            let outcome = self.wait(key, timeout)?;
+            if outcome != WaitOutcome::Ready {
+                not_ready.push((*key, outcome));
+            }
+            progress(n + 1, keys.len());
+        }
+        Ok(not_ready)
+    }
+
     /// Answers to earlier [`Sent`](super::LevelOutcome::Sent) levels that arrived since the
     /// last call, each for the whole request it answers. In-process generators answer at once
     /// and return none.

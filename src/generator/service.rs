@@ -277,7 +277,7 @@ impl Generator {
                 .shared
                 .settled
                 .wait_timeout(pending, deadline - now)
-                .unwrap_or_else(|p| p.into_inner())
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
                 .0;
         }
         drop(pending);
@@ -289,27 +289,6 @@ impl Generator {
         } else {
             WaitOutcome::NotPending
         })
-    }
-
-    /// Waits for each of `keys` in turn (at most `timeout` each), calling `progress(settled,
-    /// total)` after each, and returns why those that did not become ready did not (for a
-    /// progress bar or a log line: what every batch command does after queueing its run).
-    pub fn wait_all(
-        &self,
-        keys: &[CacheKey],
-        timeout: Duration,
-        mut progress: impl FnMut(usize, usize),
-    ) -> Result<Vec<String>, GeneratorError> {
-        let mut failures = Vec::new();
-        for (n, key) in keys.iter().enumerate() {
-            match self.wait(key, timeout)? {
-                WaitOutcome::Ready => {}
-                WaitOutcome::Failed(message) => failures.push(message),
-                other => failures.push(format!("{other:?}")),
-            }
-            progress(n + 1, keys.len());
-        }
-        Ok(failures)
     }
 
     /// Whether the queue of `priority` has room now. A hint for callers that would do work

@@ -121,6 +121,17 @@ pub enum WaitOutcome {
     TimedOut,
 }
 
+impl std::fmt::Display for WaitOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            WaitOutcome::Ready => f.write_str("ready"),
+            WaitOutcome::Failed(message) => write!(f, "failed: {message}"),
+            WaitOutcome::NotPending => f.write_str("neither cached nor pending (dropped?)"),
+            WaitOutcome::TimedOut => f.write_str("timed out"),
+        }
+    }
+}
+
 /// How to stop.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Shutdown {

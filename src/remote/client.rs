@@ -8,7 +8,7 @@
 
 use std::num::NonZeroUsize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -25,6 +25,7 @@ use crate::generator::{
     check_request, level_key, GeneratorError, HardNegativeGenerator, LevelOutcome, Priority,
     Receipt, Request, WaitOutcome,
 };
+use crate::sync::lock;
 
 /// How the client queues, batches and retries.
 #[derive(Clone, Debug)]
@@ -131,10 +132,6 @@ struct Shared {
     /// Keys answered `Sent` whose server answer has not come yet.
     unanswered: Mutex<std::collections::HashSet<CacheKey>>,
     counters: Counters,
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 impl Shared {

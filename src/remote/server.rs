@@ -25,6 +25,7 @@ use super::protocol::{
 use crate::cache::CacheKey;
 use crate::engine::NoiseLevel;
 use crate::generator::{Generator, GeneratorStats, Request, Shutdown, SourceImage};
+use crate::sync::lock;
 
 /// How the server listens and what it accepts.
 #[derive(Clone, Debug)]
@@ -73,7 +74,7 @@ impl AppState {
     }
 
     fn count_refusal(&self, kind: ErrorKind) {
-        let mut refused = self.refused.lock().unwrap_or_else(|p| p.into_inner());
+        let mut refused = lock(&self.refused);
         *refused.entry(kind.to_string()).or_default() += 1;
     }
 }
@@ -432,7 +433,7 @@ impl AppState {
 
     /// The source of `hash`: from the pixels sent (checked against the hash), else remembered.
     fn source(&self, hash: [u8; 32], pixels: Option<&str>) -> Result<SourceImage, ErrorBody> {
-        let mut sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        let mut sources = lock(&self.sources);
         let Some(pixels) = pixels else {
             return sources.get(&hash).cloned().ok_or_else(|| {
                 ErrorBody::new(
@@ -451,7 +452,7 @@ impl AppState {
                 "the pixels do not hash to the source hash sent with them",
             ));
         }
-        sources = self.sources.lock().unwrap_or_else(|p| p.into_inner());
+        sources = lock(&self.sources);
         sources.put(hash, source.clone());
         Ok(source)
     }
@@ -502,11 +503,7 @@ async fn key_state(
 
 async fn metrics(State(state): State<Arc<AppState>>) -> Response {
     let stats = state.generator.stats();
-    let refused = state
-        .refused
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
+    let refused = lock(&state.refused).clone();
     let text = metrics_text(&stats, state.calls.load(Ordering::Relaxed), &refused);
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }

@@ -9,8 +9,8 @@ use crate::support::{engine_fingerprint, Gate};
 use genie::cache::Cache;
 use genie::diffusion::{tiny, EngineOptions, ModelSource, SchedulerKind, SdEngine};
 use genie::generator::{
-    DynEngine, EngineFactory, Generator, GeneratorConfig, LevelOutcome, Priority, Request,
-    Shutdown, SourceImage, WaitOutcome,
+    DynEngine, EngineFactory, Generator, GeneratorConfig, HardNegativeGenerator, LevelOutcome,
+    Priority, Request, Shutdown, SourceImage, WaitOutcome,
 };
 use genie::{CancelToken, Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel};
 use image::RgbImage;
@@ -469,14 +469,19 @@ fn wait_all_reports_progress_and_the_failures() {
     }
     let mut seen = Vec::new();
     let failures = generator
-        .wait_all(&keys, Duration::from_secs(10), |done, total| {
+        .wait_all(&keys, Duration::from_secs(10), &mut |done, total| {
             seen.push((done, total))
         })
         .unwrap();
     assert_eq!(seen, (1..=6).map(|n| (n, 6)).collect::<Vec<_>>());
     assert_eq!(failures.len(), 2, "{failures:?}");
+    // The two levels of the failing request, in order, each with the engine's message.
+    assert_eq!(failures[0].0, keys[2]);
+    assert_eq!(failures[1].0, keys[3]);
     assert!(
-        failures.iter().all(|f| f.contains("asked to fail")),
+        failures
+            .iter()
+            .all(|(_, outcome)| outcome.to_string().contains("asked to fail")),
         "{failures:?}"
     );
 }

@@ -9,7 +9,9 @@ use clap::Args;
 use genie::cache::Cache;
 use genie::diffusion::{self, EngineOptions, ModelSource, SdEngine};
 use genie::factory::SdEngineFactory;
-use genie::generator::{Generator, GeneratorConfig, Priority, Shutdown, SourceImage};
+use genie::generator::{
+    Generator, GeneratorConfig, HardNegativeGenerator, Priority, Shutdown, SourceImage,
+};
 use genie::{image_io, Job, NoiseLevel, PromptTemplate};
 
 use super::{
@@ -268,16 +270,17 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
         }
         generator.release();
         let failures =
-            generator.wait_all(&waiting, Duration::from_secs(7 * 24 * 3600), |n, _| {
+            generator.wait_all(&waiting, Duration::from_secs(7 * 24 * 3600), &mut |n, _| {
                 bar.set_position(n as u64)
             })?;
         bar.finish_and_clear();
         generator.shutdown(Shutdown::Drain);
         if let Some(first) = failures.first() {
             bail!(
-                "{} of {} images failed; first error: {first}",
+                "{} of {} images failed; first error: {}",
                 failures.len(),
-                waiting.len()
+                waiting.len(),
+                first.1
             );
         }
     }

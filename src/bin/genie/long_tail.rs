@@ -20,7 +20,7 @@ use genie::cache::Cache;
 use genie::diffusion;
 use genie::eval::{long_tail_csv, long_tail_markdown, GroupAccuracy};
 use genie::factory::SdEngineFactory;
-use genie::generator::{Generator, GeneratorConfig, Shutdown, WaitOutcome};
+use genie::generator::{Generator, GeneratorConfig, HardNegativeGenerator, Shutdown};
 use genie::loader::{
     folder_items, predictions_and_targets, GenieDataset, GenieItem, KeySpace, OfflinePlan,
     TrainDevice, TrainDeviceSpec,
@@ -348,26 +348,18 @@ fn generate(
     let wanted: Vec<_> = plan.negatives.iter().flat_map(|n| n.keys.clone()).collect();
     let started = Instant::now();
     let mut last_line = Instant::now();
-    let mut failed = Vec::new();
-    for (i, key) in wanted.iter().enumerate() {
-        match generator.wait(key, Duration::from_secs(7 * 24 * 3600))? {
-            WaitOutcome::Ready => {}
-            other => failed.push(format!("{key}: {other:?}")),
-        }
-        if i + 1 == wanted.len() || last_line.elapsed().as_secs() >= 10 {
-            println!(
-                "generating: {}/{} ({:.0} s)",
-                i + 1,
-                wanted.len(),
-                started.elapsed().as_secs_f64()
-            );
+    let week = Duration::from_secs(7 * 24 * 3600);
+    let failed = generator.wait_all(&wanted, week, &mut |done, total| {
+        if done == total || last_line.elapsed().as_secs() >= 10 {
+            let seconds = started.elapsed().as_secs_f64();
+            println!("generating: {done}/{total} ({seconds:.0} s)");
             last_line = Instant::now();
         }
-    }
+    })?;
     generator.shutdown(Shutdown::Drain);
-    if let Some(first) = failed.first() {
+    if let Some((key, outcome)) = failed.first() {
         bail!(
-            "{} hard negatives could not be generated; the first: {first}",
+            "{} hard negatives could not be generated; the first: {key}: {outcome}",
             failed.len()
         );
     }

@@ -11,7 +11,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use genie::cache::{Cache, CacheKey, KeyInputs};
 use genie::diffusion;
 use genie::factory::SdEngineFactory;
-use genie::generator::{Generator, GeneratorConfig, Priority, Request, Shutdown, SourceImage};
+use genie::generator::{
+    Generator, GeneratorConfig, HardNegativeGenerator, Priority, Request, Shutdown, SourceImage,
+};
 use genie::{image_io, NoiseLevel};
 
 use super::{
@@ -449,7 +451,7 @@ pub(crate) fn warm_run(args: WarmRunArgs) -> Result<()> {
         let started = std::time::Instant::now();
         let mut last_log = started;
         let week = Duration::from_secs(7 * 24 * 3600);
-        let failures = generator.wait_all(&waiting, week, |done, total| {
+        let failures = generator.wait_all(&waiting, week, &mut |done, total| {
             bar.set_position(done as u64);
             if bar.is_hidden() && last_log.elapsed() > Duration::from_secs(30) {
                 last_log = std::time::Instant::now();
@@ -465,9 +467,10 @@ pub(crate) fn warm_run(args: WarmRunArgs) -> Result<()> {
         generated = (stats.done, stats.engine_calls);
         if let Some(first) = failures.first() {
             bail!(
-                "shard {shard}: {} of {} images failed (rerun to retry them); first error: {first}",
+                "shard {shard}: {} of {} images failed (rerun to retry them); first error: {}",
                 failures.len(),
-                waiting.len()
+                waiting.len(),
+                first.1
             );
         }
     }
