@@ -23,7 +23,7 @@ use crate::generator::KeySpace;
 use crate::generator::{
     Generator, HardNegativeGenerator, LevelOutcome, Priority, Receipt, SourceImage,
 };
-use crate::policy::{BatchCounts, ConfusionMatrix, PairId, Policy, SharedConfusion};
+use crate::policy::{BatchCounts, ConfusionMatrix, PairId, Policy, Proposal, SharedConfusion};
 use crate::warm::PlannedPair;
 
 /// Knobs of the online loop beyond the policy's.
@@ -506,27 +506,45 @@ impl<I: GenieItem> Augmenter<I> {
     /// probe, then replace (or extend) items with ready hard negatives. Never waits for generation.
     pub fn augment(&self, mut items: Vec<I>) -> Vec<I> {
         self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        // (index in the batch, label) of the labelled items.
         let labelled: Vec<(usize, usize)> = items
             .iter()
             .enumerate()
             .filter_map(|(i, item)| item.label().map(|l| (i, l)))
             .collect();
         let labels: Vec<usize> = labelled.iter().map(|&(_, l)| l).collect();
+        let proposals = self.observe(&items, &labelled, &labels);
+        self.start_pairs(&items, &labelled, proposals);
+        self.take_late_receipts();
+        self.retry_deferred();
+        self.probe();
+        self.mix(&mut items, &labelled, &labels);
+        self.counters
+            .items
+            .fetch_add(items.len() as u64, Ordering::Relaxed);
+        items
+    }
+
+    /// Phase 1: the class statistics see the batch's real items, target classes' real images
+    /// are kept for their prototypes, and either the plan's pairs of these items start or the
+    /// policy proposes (source item, target) pairs.
+    fn observe(&self, items: &[I], labelled: &[(usize, usize)], labels: &[usize]) -> Vec<Proposal> {
         let mut state = self.state();
         let real = labelled.iter().filter(|&&(i, _)| !items[i].is_generated());
         state.policy.observe(real.map(|&(_, l)| l));
-        self.keep_prototypes(&mut state, &items, &labelled);
-        let proposals = if state.plan.is_some() {
-            self.start_planned(&mut state, &items, &labelled);
+        self.keep_prototypes(&mut state, items, labelled);
+        if state.plan.is_some() {
+            self.start_planned(&mut state, items, labelled);
             Vec::new()
         } else {
             let confusion = self.confusion_guard();
-            state.policy.propose(&labels, confusion.as_deref())
-        };
-        drop(state);
+            state.policy.propose(labels, confusion.as_deref())
+        }
+    }
 
-        // New pairs: reading and hashing the preprocessed source is the costly part, done
-        // unlocked.
+    /// Phase 2: each proposal becomes a pair per variant (its source read and hashed unlocked,
+    /// the costly part), and the generator is asked for its levels.
+    fn start_pairs(&self, items: &[I], labelled: &[(usize, usize)], proposals: Vec<Proposal>) {
         let mut to_request = Vec::new();
         for p in proposals {
             let (index, source_class) = labelled[p.index];
@@ -564,11 +582,12 @@ impl<I: GenieItem> Augmenter<I> {
         for (id, source) in to_request {
             self.request(id, source);
         }
-        self.take_late_receipts();
-        self.retry_deferred();
-        self.probe();
+    }
 
-        // Mixing.
+    /// Phase 3 (after the follow-ups: late receipts, retries, probes): ready hard negatives
+    /// replace items of over-represented classes (or are appended); those that turn out to be
+    /// gone from the cache are marked not ready.
+    fn mix(&self, items: &mut Vec<I>, labelled: &[(usize, usize)], labels: &[usize]) {
         let mut state = self.state();
         let ready: Vec<PairId> = state
             .status
@@ -577,7 +596,7 @@ impl<I: GenieItem> Augmenter<I> {
             .filter(|(_, st)| st.is_ready())
             .map(|(id, _)| id)
             .collect();
-        let plan = state.policy.plan_mix(&labels, &ready);
+        let plan = state.policy.plan_mix(labels, &ready);
         let picks: Vec<(PairId, usize, CacheKey, usize)> = plan
             .insert
             .iter()
@@ -629,10 +648,6 @@ impl<I: GenieItem> Augmenter<I> {
             }
         }
         items.extend(appended);
-        self.counters
-            .items
-            .fetch_add(items.len() as u64, Ordering::Relaxed);
-        items
     }
 
     /// Items this augmenter has handed to training so far, hard negatives included: the
