@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Fuzzes every parser of user, on-disk and network bytes for a bounded time each (issue 20,
+# part 5): pre-warm plans, confusion CSVs, class-name files, images, cache files, `genie serve`
+# bodies and answers, shard specs.
+#
+#   scripts/fuzz.sh                 # every target, 60 s each
+#   FUZZ_SECONDS=600 scripts/fuzz.sh plan_lines cache_files
+#
+# Needs the nightly toolchain and cargo-fuzz (`cargo install cargo-fuzz`). Seeds are in
+# fuzz/seeds/<target>; the growing corpus goes to fuzz/corpus/<target> (not committed). A crash
+# leaves its input in fuzz/artifacts/<target>/ and fails the script: turn it into a fix and a
+# regression test (the input, in the test of the parser it broke).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+seconds=${FUZZ_SECONDS:-60}
+targets=("$@")
+if [ ${#targets[@]} -eq 0 ]; then
+    mapfile -t targets < <(cargo +nightly fuzz list)
+fi
+cargo +nightly fuzz build -O
+failed=()
+for target in "${targets[@]}"; do
+    mkdir -p "fuzz/corpus/$target"
+    echo "== $target ($seconds s)"
+    # Files are written per input (plans, caches): keep them on a RAM disk where there is one.
+    if TMPDIR=${TMPDIR:-/dev/shm} cargo +nightly fuzz run -O "$target" \
+        "fuzz/corpus/$target" "fuzz/seeds/$target" -- \
+        -max_total_time="$seconds" -rss_limit_mb=2048 -max_len=65536 -print_final_stats=1 \
+        2>&1 | grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|==[0-9]+==ERROR|SUMMARY|artifact_prefix|Test unit written)"; then
+        :
+    fi
+    if compgen -G "fuzz/artifacts/$target/*" >/dev/null; then
+        failed+=("$target")
+    fi
+done
+if [ ${#failed[@]} -gt 0 ]; then
+    echo "crashes found in: ${failed[*]} (inputs under fuzz/artifacts/)"
+    exit 1
+fi
+echo "no crashes in ${#targets[@]} targets"
