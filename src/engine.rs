@@ -131,6 +131,18 @@ pub struct EngineFingerprint {
     pub algorithm_version: u32,
 }
 
+impl std::fmt::Display for EngineFingerprint {
+    /// `model (scheduler N steps, guidance G, Rpx, dtype)`: what an error says of two engines
+    /// that differ.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} {} steps, guidance {}, {}px, {})",
+            self.model, self.scheduler, self.steps, self.guidance, self.resolution, self.dtype
+        )
+    }
+}
+
 /// How a prompt is written for a target class.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PromptTemplate {

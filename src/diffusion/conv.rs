@@ -538,17 +538,9 @@ mod tests {
         let theirs = conv.candle.forward(&x).unwrap();
         let residual = Tensor::randn(0f32, 1.0, theirs.dims(), &dev).unwrap();
         let max_diff = |a: Tensor, b: &Tensor| -> f32 {
-            assert_eq!(a.dims(), b.dims());
-            (a - b)
+            crate::diffusion::parity::compare("conv", &a, b)
                 .unwrap()
-                .abs()
-                .unwrap()
-                .flatten_all()
-                .unwrap()
-                .max(0)
-                .unwrap()
-                .to_scalar()
-                .unwrap()
+                .max_abs
         };
         let diff = max_diff(conv.forward(&x).unwrap(), &theirs);
         assert!(diff < 1e-4, "{diff}");

@@ -184,16 +184,9 @@ mod tests {
     use std::collections::HashMap;
 
     fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        (a - b)
+        crate::diffusion::parity::compare("fused", a, b)
             .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap()
+            .max_abs
     }
 
     /// The fused kernel against candle's own operations, with and without SiLU and shift, on

@@ -44,6 +44,8 @@ impl Metric {
 #[derive(Clone, Debug, Serialize)]
 pub struct ParityCheck {
     pub name: String,
+    /// max |genie − diffusers|; infinite when a step count or timestep differs.
+    pub max_abs: f32,
     /// max |genie − diffusers| / max |diffusers|; infinite when a step count or timestep differs.
     pub max_relative: f32,
     /// ‖genie − diffusers‖₂ / ‖diffusers‖₂; infinite when a step count or timestep differs.
@@ -113,9 +115,11 @@ pub fn compare(
     let norm = |t: &Tensor| -> Result<f32, DiffusionError> {
         Ok(t.sqr()?.sum_all()?.to_scalar::<f32>()?.sqrt())
     };
+    let max_abs = max(&diff)?;
     Ok(ParityCheck {
         name: name.to_string(),
-        max_relative: max(&diff)? / max(&b)?.max(1e-12),
+        max_abs,
+        max_relative: max_abs / max(&b)?.max(1e-12),
         l2_relative: norm(&diff)? / norm(&b)?.max(1e-12),
     })
 }
@@ -273,6 +277,7 @@ pub fn check(
             if chain.steps_run as u64 != steps_run || chain.start_timestep as u64 != first {
                 checks.push(ParityCheck {
                     name: format!("{name}_schedule"),
+                    max_abs: f32::INFINITY,
                     max_relative: f32::INFINITY,
                     l2_relative: f32::INFINITY,
                 });

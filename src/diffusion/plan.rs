@@ -112,7 +112,7 @@ pub struct EnginePlan {
 }
 
 impl EnginePlan {
-    /// Where `level` starts on the plan's grid (the same answer as [`SdEngine::level_start`]).
+    /// Where `level` starts on the plan's grid (the same answer as [`SdEngine::level_start`](super::SdEngine::level_start)).
     pub fn level_start(&self, level: NoiseLevel) -> Result<LevelStart, SchedulerError> {
         level_start_on(&self.grid, level)
     }

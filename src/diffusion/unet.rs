@@ -649,17 +649,8 @@ mod tests {
         // Transformer blocks: down 1 + 2, mid 2, up 2·2 + 2·1 (one more layer per up block).
         assert_eq!(prepared.per_block.len(), 11);
         let reused = unet.forward_prepared(&xs, 500.0, &prepared).unwrap();
-        let diff: f32 = (plain - reused)
-            .unwrap()
-            .abs()
-            .unwrap()
-            .flatten_all()
-            .unwrap()
-            .max(0)
-            .unwrap()
-            .to_scalar()
-            .unwrap();
-        assert_eq!(diff, 0.0);
+        let diff = crate::diffusion::parity::compare("unet", &plain, &reused).unwrap();
+        assert_eq!(diff.max_abs, 0.0);
 
         let fewer = tiny(vec![false, true]).prepare_context(&context).unwrap();
         assert!(unet.forward_prepared(&xs, 500.0, &fewer).is_err());

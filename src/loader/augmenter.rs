@@ -320,8 +320,8 @@ impl<I: GenieItem> Augmenter<I> {
             .filter(|g| g.fingerprint() != keys.fingerprint())
         {
             return Err(AugmenterError::FingerprintMismatch {
-                generator: g.fingerprint().model.clone(),
-                keys: keys.fingerprint().model.clone(),
+                generator: g.fingerprint().to_string(),
+                keys: keys.fingerprint().to_string(),
             });
         }
         let mut levels = if config.ada {

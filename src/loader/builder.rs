@@ -157,8 +157,8 @@ impl<I: GenieItem> AugmenterBuilder<I> {
         let fingerprint = match (self.generator.as_ref(), self.engine) {
             (Some(g), Some(engine)) if g.fingerprint() != &engine => {
                 return Err(AugmenterError::FingerprintMismatch {
-                    generator: g.fingerprint().model.clone(),
-                    keys: engine.model,
+                    generator: g.fingerprint().to_string(),
+                    keys: engine.to_string(),
                 })
             }
             (_, Some(engine)) => engine,

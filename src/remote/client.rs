@@ -720,16 +720,10 @@ fn check_fingerprint(
     if &info.fingerprint == fingerprint {
         return Ok(());
     }
-    let describe = |f: &EngineFingerprint| {
-        format!(
-            "{} ({} {} steps, guidance {}, {}px, {})",
-            f.model, f.scheduler, f.steps, f.guidance, f.resolution, f.dtype
-        )
-    };
     Err(RemoteError::FingerprintMismatch {
         url: url.to_string(),
-        server: describe(&info.fingerprint),
-        client: describe(fingerprint),
+        server: info.fingerprint.to_string(),
+        client: fingerprint.to_string(),
     })
 }
 

@@ -61,16 +61,9 @@ fn job(src: Option<Arc<RgbImage>>, prompt: &str, levels: &[u16], seed: u64) -> J
 }
 
 fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    (a - b)
+    genie::diffusion::parity::compare("engine", a, b)
         .unwrap()
-        .abs()
-        .unwrap()
-        .flatten_all()
-        .unwrap()
-        .max(0)
-        .unwrap()
-        .to_scalar()
-        .unwrap()
+        .max_abs
 }
 
 #[test]

@@ -1134,10 +1134,8 @@ fn the_builder_derives_keys_from_the_engine_and_refuses_mismatches() {
         .build()
     {
         Err(AugmenterError::FingerprintMismatch { generator, keys }) => {
-            assert_eq!(
-                (generator.as_str(), keys.as_str()),
-                ("colour-engine", "another-engine")
-            );
+            assert!(generator.starts_with("colour-engine ("), "{generator}");
+            assert!(keys.starts_with("another-engine ("), "{keys}");
         }
         other => panic!(
             "expected a fingerprint mismatch, got {:?}",
