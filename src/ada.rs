@@ -19,6 +19,7 @@ use crate::engine::NoiseLevel;
 /// Why a pair cannot be scored. None of these is a bug in the caller's data flow; the selector
 /// keeps the fixed level for such pairs.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AdaError {
     #[error("GeNIe-Ada needs at least two noise levels, got {0}")]
     TooFewLevels(usize),

@@ -51,6 +51,7 @@ impl ClassInfo {
 
 /// Why a class-name file cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClassNameError {
     #[error("cannot read class-name file {path}: {source}")]
     Read {

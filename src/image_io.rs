@@ -23,6 +23,7 @@ pub const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
 
 /// Why an image could not be read or written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ImageError {
     #[error("cannot read image {path}: {source}")]
     Io {

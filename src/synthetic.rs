@@ -29,6 +29,7 @@ pub const MAX_SIZE: u32 = 1024;
 
 /// Why a synthetic image or dataset could not be made or written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SyntheticError {
     #[error("unknown class {class}: there are {} classes", CLASS_NAMES.len())]
     UnknownClass { class: usize },

@@ -16,6 +16,7 @@ const LISTED: usize = 8;
 
 /// Why a backbone's weights could not be loaded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum BackboneError {
     #[error("cannot read backbone weights {path}: {source}")]
     Io {

@@ -13,6 +13,7 @@ use super::manifest::MAX_CONTENT_BYTES;
 /// A corrupt entry is *not* an error: it is quarantined and reported as a miss (see
 /// [`super::Lookup::Corrupt`]). Errors are the conditions a caller or a person must act on.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CacheError {
     #[error("cache I/O error: cannot {action} {path}: {source}")]
     Io {

@@ -53,6 +53,7 @@ pub enum PutOutcome {
 
 /// What is wrong with a stored entry.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum Defect {
     #[error("manifest is unreadable: {0}")]
     BadManifest(String),

@@ -14,6 +14,7 @@ use super::unet::UNetConfig;
 
 /// A config file that cannot be read or holds something we cannot build.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfigError {
     #[error("cannot read {path}: {source}")]
     Io {

@@ -462,6 +462,7 @@ fn np_arange_down(start: f64, step: f64) -> Vec<f64> {
 
 /// Errors of the timestep arithmetic.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SchedulerError {
     #[error("the number of denoising steps must be at least 1")]
     ZeroSteps,

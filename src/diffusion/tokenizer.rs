@@ -17,6 +17,7 @@ const BOS: &str = "<|startoftext|>";
 const EOS: &str = "<|endoftext|>";
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TokenizerError {
     #[error("tokenizer folder {0} has neither tokenizer.json nor vocab.json + merges.txt")]
     Missing(PathBuf),

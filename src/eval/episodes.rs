@@ -26,6 +26,7 @@ pub struct Episode {
 
 /// Why a split cannot give the episodes asked for.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum EpisodeError {
     #[error("an episode needs at least one way, one shot and one query, got {0:?}")]
     EmptySpec(EpisodeSpec),

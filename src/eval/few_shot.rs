@@ -191,6 +191,7 @@ pub struct MethodResult {
 
 /// Why the protocol cannot run.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FewShotError {
     #[error(transparent)]
     Episodes(#[from] EpisodeError),

@@ -34,6 +34,7 @@ impl Default for LogisticRegression {
 
 /// Why a probe cannot be fitted.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum LogRegError {
     #[error("no samples to fit")]
     Empty,

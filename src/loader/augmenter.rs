@@ -60,6 +60,7 @@ impl Default for AugmenterConfig {
 
 /// Why an augmenter cannot be built.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum AugmenterError {
     #[error("{classes} class names for a policy over {expected} classes")]
     ClassNames { classes: usize, expected: usize },

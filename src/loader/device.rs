@@ -14,6 +14,7 @@ use burn::tensor::Device;
 
 /// Why a training device cannot be named or had.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TrainDeviceError {
     #[error(
         "unknown training device {0:?}: use cpu, vulkan[:N] or wgpu[:N] (genie's `burn-vulkan` / \

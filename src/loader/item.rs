@@ -6,6 +6,7 @@ use image::RgbImage;
 
 /// Why an item's pixels cannot be read or written.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ItemError {
     #[error("item has {len} values, which is not {width}×{height} pixels of 1–4 channels")]
     BadShape {

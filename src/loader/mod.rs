@@ -44,6 +44,7 @@ use crate::image_io::ImageError;
 
 /// Errors of the burn wrappers, naming the dataset item or cache entry involved.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum LoaderError {
     #[error("dataset item {index}: {message}")]
     Dataset { index: usize, message: String },

@@ -19,6 +19,7 @@ pub use groups::{BatchCounts, ClassStats, Group, GroupThresholds};
 
 /// Errors in the policy's inputs.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[non_exhaustive]
 pub enum PolicyError {
     #[error("label {label} is outside the {num_classes} classes")]
     LabelOutOfRange { label: usize, num_classes: usize },

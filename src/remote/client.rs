@@ -58,6 +58,7 @@ impl Default for RemoteConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RemoteError {
     #[error("generator URL {0:?}: expected http://HOST:PORT")]
     Url(String),

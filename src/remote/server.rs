@@ -47,6 +47,7 @@ impl Default for ServeConfig {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     #[error("cannot listen: {0}")]
     Listen(#[source] std::io::Error),

@@ -22,6 +22,7 @@ use crate::policy::ConfusionMatrix;
 
 /// Why a confusion file cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ConfusionFileError {
     #[error("cannot read confusion matrix {path}: {source}")]
     Io {

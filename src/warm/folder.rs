@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 
 /// Why a dataset folder cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum FolderError {
     #[error("cannot read {path}: {source}")]
     Read {

@@ -109,6 +109,7 @@ pub fn plan_pairs(entries: &[PlanEntry]) -> Vec<PlannedPair> {
 
 /// Why a plan file cannot be read or written.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PlanError {
     #[error("{path}: {source}")]
     Io {

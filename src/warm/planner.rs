@@ -49,6 +49,7 @@ pub struct PlanSummary {
 }
 
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum PlannerError {
     #[error(transparent)]
     Folder(#[from] FolderError),

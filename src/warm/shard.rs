@@ -6,6 +6,7 @@ use crate::cache::CacheKey;
 
 /// Why a shard cannot be determined.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum ShardError {
     #[error("shard {0:?} is not I/N with 0 ≤ I < N (e.g. 3/16)")]
     Malformed(String),
