@@ -9,12 +9,14 @@
 //! The `genie warm plan | run | status` commands are thin layers over this module:
 //! [`ImageFolder`] reads the dataset, [`build_plan`] applies the policy (optionally with sources
 //! from a [`read_confusion`] file), [`write_plan`] / [`read_plan`] keep the plan, [`Shard`] says
-//! which keys a task owns, and [`warm_status`] with the [`done_marker`]s tells what is left.
+//! which keys a task owns, [`planned_requests`] turns a shard's entries into checked generator
+//! requests, and [`warm_status`] with the [`done_marker`]s tells what is left.
 
 mod confusion;
 mod folder;
 mod plan;
 mod planner;
+mod requests;
 mod shard;
 mod status;
 
@@ -22,6 +24,7 @@ pub use confusion::{read_confusion, ConfusionFileError};
 pub use folder::{FolderError, ImageFolder};
 pub use plan::{plan_pairs, read_plan, source_id, write_plan, PlanEntry, PlanError, PlannedPair};
 pub use planner::{build_plan, PlanMode, PlanOptions, PlanSummary, PlannerError};
+pub use requests::{planned_requests, KeyMismatch, PlannedRequest};
 pub use shard::{check_count, Shard, ShardError, MAX_SHARDS};
 pub use status::{
     done_marker, done_markers, marker_shard_count, skipped_report, skipped_reports,

@@ -8,11 +8,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand, ValueEnum};
-use genie::cache::{Cache, CacheKey, KeyInputs};
+use genie::cache::Cache;
 use genie::diffusion;
 use genie::factory::SdEngineFactory;
 use genie::generator::{
-    Generator, GeneratorConfig, HardNegativeGenerator, Priority, Request, Shutdown, SourceImage,
+    Generator, GeneratorConfig, HardNegativeGenerator, Priority, Shutdown, SourceImage,
 };
 use genie::{image_io, NoiseLevel};
 
@@ -390,50 +390,21 @@ pub(crate) fn warm_run(args: WarmRunArgs) -> Result<()> {
         };
         let generator = Generator::start(factory, cache.clone(), config)?;
         // One request per (source, target, seed): its levels share one chain grid.
-        let mut groups: std::collections::BTreeMap<_, Vec<&genie::warm::PlanEntry>> =
-            Default::default();
-        for e in &todo {
-            groups
-                .entry((e.source.clone(), e.target.clone(), e.prompt.clone(), e.seed))
-                .or_default()
-                .push(e);
-        }
         let mut waiting = Vec::new();
-        for ((source, target, prompt, seed), group) in groups {
+        for group in genie::warm::planned_requests(todo.iter().copied()) {
             // A source that cannot be read holds back its own entries only: the rest of the
             // shard is made, and the source is reported (here and by `warm status`).
-            let img = match image_io::load_source(&source, plan.resolution) {
+            let img = match image_io::load_source(&group.source, plan.resolution) {
                 Ok(img) => img,
                 Err(e) => {
-                    unreadable.push((source.clone(), group.len(), error_line(&e.into())));
+                    let line = error_line(&e.into());
+                    unreadable.push((group.source.clone(), group.entries.len(), line));
                     continue;
                 }
             };
-            let src = SourceImage::new(img);
-            for e in &group {
-                let key = CacheKey::new(&KeyInputs {
-                    source: Some(src.hash),
-                    prompt: &prompt,
-                    level: e.r,
-                    seed,
-                    fingerprint: &plan.fingerprint,
-                });
-                if key != e.key {
-                    bail!(
-                        "plan entry {} does not match this engine or source (key {key}): run with the \
-                         engine options the plan was made with, or plan again",
-                        e.key
-                    );
-                }
-            }
-            let receipt = generator.request(Request {
-                source: Some(src),
-                target,
-                prompt,
-                levels: group.iter().map(|e| e.r).collect(),
-                seed,
-                priority: Priority::Prewarm,
-            })?;
+            let request =
+                group.request(SourceImage::new(img), &plan.fingerprint, Priority::Prewarm)?;
+            let receipt = generator.request(request)?;
             waiting.extend(receipt.levels.into_iter().map(|(_, k, _)| k));
         }
         let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
