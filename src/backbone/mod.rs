@@ -29,7 +29,7 @@ mod resnet;
 
 pub use classifier::{ResNetClassifier, ResNetEmbeddings};
 pub use load::{load_resnet, BackboneError};
-pub use resnet::{ResNet, ResNetConfig, ResNetDepth};
+pub use resnet::{ResNet, ResNetConfig, ResNetDepth, UnknownDepth};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use image::imageops::FilterType;

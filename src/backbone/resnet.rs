@@ -52,16 +52,19 @@ impl ResNetDepth {
     }
 }
 
+/// A backbone name that is not one of [`ResNetDepth::ALL`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown backbone {0:?}: expected resnet18, resnet34 or resnet50")]
+pub struct UnknownDepth(pub String);
+
 impl std::str::FromStr for ResNetDepth {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = UnknownDepth;
+    fn from_str(s: &str) -> Result<Self, UnknownDepth> {
         let wanted = s.to_ascii_lowercase().replace(['-', '_'], "");
         ResNetDepth::ALL
             .into_iter()
             .find(|d| d.name() == wanted)
-            .ok_or_else(|| {
-                format!("unknown backbone {s:?}: expected resnet18, resnet34 or resnet50")
-            })
+            .ok_or_else(|| UnknownDepth(s.to_string()))
     }
 }
 
@@ -245,5 +248,20 @@ impl ResNet {
         }
         let [n, c, _, _] = x.dims();
         x.mean_dim(3).mean_dim(2).reshape([n, c])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn depth_names_parse_or_are_typed_errors() {
+        assert_eq!("ResNet-50".parse::<ResNetDepth>(), Ok(ResNetDepth::R50));
+        assert_eq!("resnet_18".parse::<ResNetDepth>(), Ok(ResNetDepth::R18));
+        assert_eq!(
+            "vgg16".parse::<ResNetDepth>(),
+            Err(UnknownDepth("vgg16".into()))
+        );
     }
 }

@@ -31,16 +31,14 @@ impl SchedulerKind {
 }
 
 impl std::str::FromStr for SchedulerKind {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = SchedulerError;
+    fn from_str(s: &str) -> Result<Self, SchedulerError> {
         match s.to_ascii_lowercase().as_str() {
             "ddim" => Ok(SchedulerKind::Ddim),
             "dpm" | "dpm++" | "dpmsolver++" | "dpm-solver++" | "dpmsolvermultistep" => {
                 Ok(SchedulerKind::DpmSolverPp)
             }
-            other => Err(format!(
-                "unknown scheduler {other:?} (expected ddim or dpm)"
-            )),
+            _ => Err(SchedulerError::UnknownKind(s.to_string())),
         }
     }
 }
@@ -464,6 +462,8 @@ fn np_arange_down(start: f64, step: f64) -> Vec<f64> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SchedulerError {
+    #[error("unknown scheduler {0:?} (expected ddim or dpm)")]
+    UnknownKind(String),
     #[error("the number of denoising steps must be at least 1")]
     ZeroSteps,
     #[error("{steps} denoising steps is more than the {train} training timesteps")]
@@ -646,6 +646,22 @@ impl SchedulerConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn scheduler_names_parse_or_are_typed_errors() {
+        assert_eq!(
+            "DPM++".parse::<SchedulerKind>().unwrap(),
+            SchedulerKind::DpmSolverPp
+        );
+        assert_eq!(
+            "ddim".parse::<SchedulerKind>().unwrap(),
+            SchedulerKind::Ddim
+        );
+        assert!(matches!(
+            "Euler".parse::<SchedulerKind>(),
+            Err(SchedulerError::UnknownKind(name)) if name == "Euler"
+        ));
+    }
     use crate::engine::NoiseLevel;
 
     /// What diffusers 0.42's `DPMSolverMultistepScheduler.save_pretrained` writes, `-Infinity`

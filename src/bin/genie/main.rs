@@ -113,6 +113,7 @@ fn parse_level(s: &str) -> Result<NoiseLevel, String> {
 
 fn parse_scheduler(s: &str) -> Result<SchedulerKind, String> {
     s.parse()
+        .map_err(|e: diffusion::SchedulerError| e.to_string())
 }
 
 /// `20GiB`, `500MB`, `64k`, `1048576` → bytes.
