@@ -143,6 +143,20 @@ impl std::fmt::Display for EngineFingerprint {
     }
 }
 
+/// A fingerprint for unit tests: arbitrary fields, the given resolution.
+#[cfg(test)]
+pub(crate) fn test_fingerprint(resolution: u32) -> EngineFingerprint {
+    EngineFingerprint {
+        model: "m".into(),
+        scheduler: "s".into(),
+        steps: 10,
+        guidance: "7.5".into(),
+        resolution,
+        dtype: "f32".into(),
+        algorithm_version: 1,
+    }
+}
+
 /// How a prompt is written for a target class.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PromptTemplate {

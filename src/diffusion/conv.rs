@@ -18,6 +18,11 @@ use candle_core::{CpuStorage, CustomOp2, CustomOp3, DType, Layout, Module, Resul
 use candle_nn as nn;
 use rayon::prelude::*;
 
+use super::tensor_io::contiguous_f32;
+
+/// How this module's operations are named in errors.
+const OP: &str = "the CPU convolution";
+
 /// Most floats one im2col buffer holds (16 MiB): larger images are multiplied in row tiles.
 pub const COL_BUDGET: usize = 4 << 20;
 
@@ -109,13 +114,6 @@ impl Module for Conv2d {
     }
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
-        None => candle_core::bail!("the CPU convolution needs contiguous operands"),
-    }
-}
-
 impl ConvOp {
     fn run(
         &self,
@@ -164,7 +162,7 @@ impl CustomOp2 for ConvOp {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, weight) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
+        let (x, weight) = (contiguous_f32(s1, l1, OP)?, contiguous_f32(s2, l2, OP)?);
         self.run(x, l1.shape(), weight, None)
     }
 }
@@ -183,8 +181,8 @@ impl CustomOp3 for ConvOp {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let (x, weight) = (contiguous_f32(s1, l1)?, contiguous_f32(s2, l2)?);
-        let residual = contiguous_f32(s3, l3)?;
+        let (x, weight) = (contiguous_f32(s1, l1, OP)?, contiguous_f32(s2, l2, OP)?);
+        let residual = contiguous_f32(s3, l3, OP)?;
         self.run(x, l1.shape(), weight, Some((residual, l3.shape())))
     }
 }

@@ -12,6 +12,11 @@ use candle_core::{CpuStorage, CustomOp1, CustomOp2, DType, Layout, Module, Resul
 use candle_nn as nn;
 use rayon::prelude::*;
 
+use super::tensor_io::contiguous_f32;
+
+/// How this module's operations are named in errors.
+const OP: &str = "the fused group norm";
+
 /// `silu(group_norm(x + shift))` (or without the SiLU), with diffusers' `GroupNorm` weights.
 #[derive(Debug)]
 pub struct GroupNormSilu {
@@ -141,20 +146,13 @@ impl GroupNormSilu {
     }
 }
 
-fn contiguous_f32<'a>(storage: &'a CpuStorage, layout: &Layout) -> Result<&'a [f32]> {
-    match layout.contiguous_offsets() {
-        Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
-        None => candle_core::bail!("fused group norm needs a contiguous input"),
-    }
-}
-
 impl CustomOp1 for GroupNormSilu {
     fn name(&self) -> &'static str {
         "group-norm-silu"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(storage, layout)?;
+        let x = contiguous_f32(storage, layout, OP)?;
         Ok((self.run(x, None, layout.shape())?, layout.shape().clone()))
     }
 }
@@ -171,8 +169,8 @@ impl CustomOp2 for GroupNormSilu {
         s2: &CpuStorage,
         l2: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = contiguous_f32(s1, l1)?;
-        let shift = contiguous_f32(s2, l2)?;
+        let x = contiguous_f32(s1, l1, OP)?;
+        let shift = contiguous_f32(s2, l2, OP)?;
         Ok((self.run(x, Some(shift), l1.shape())?, l1.shape().clone()))
     }
 }

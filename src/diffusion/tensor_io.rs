@@ -1,6 +1,6 @@
 //! Tensors in and out of the engine: decoded images to 8-bit RGB, initial noise from a file.
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{CpuStorage, DType, Device, Layout, Tensor};
 use image::RgbImage;
 
 use super::DiffusionError;
@@ -48,4 +48,16 @@ pub fn load_noise_file(
         .to_dtype(DType::F32)?
         .flatten_all()?
         .to_vec1::<f32>()?)
+}
+
+/// The f32 elements of a contiguous CPU operand of a custom operation (genie's fused kernels).
+pub(super) fn contiguous_f32<'a>(
+    storage: &'a CpuStorage,
+    layout: &Layout,
+    op: &str,
+) -> candle_core::Result<&'a [f32]> {
+    match layout.contiguous_offsets() {
+        Some((start, end)) => Ok(&storage.as_slice::<f32>()?[start..end]),
+        None => candle_core::bail!("{op} needs contiguous operands"),
+    }
 }

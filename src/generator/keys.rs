@@ -198,15 +198,7 @@ mod tests {
     use super::*;
 
     fn fingerprint() -> EngineFingerprint {
-        EngineFingerprint {
-            model: "m".into(),
-            scheduler: "s".into(),
-            steps: 10,
-            guidance: "7.5".into(),
-            resolution: 8,
-            dtype: "f32".into(),
-            algorithm_version: 1,
-        }
+        crate::engine::test_fingerprint(8)
     }
 
     fn cranes() -> KeySpace {

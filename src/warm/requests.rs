@@ -93,15 +93,7 @@ mod tests {
     use image::RgbImage;
 
     fn fingerprint() -> EngineFingerprint {
-        EngineFingerprint {
-            model: "m".into(),
-            scheduler: "s".into(),
-            steps: 10,
-            guidance: "7.5".into(),
-            resolution: 4,
-            dtype: "f32".into(),
-            algorithm_version: 2,
-        }
+        crate::engine::test_fingerprint(4)
     }
 
     fn entry(source: &SourceImage, file: &str, target: &str, r: u16, seed: u64) -> PlanEntry {
