@@ -132,13 +132,19 @@ pub struct EngineFingerprint {
 }
 
 impl std::fmt::Display for EngineFingerprint {
-    /// `model (scheduler N steps, guidance G, Rpx, dtype)`: what an error says of two engines
-    /// that differ.
+    /// `model (scheduler N steps, guidance G, Rpx, dtype, algorithm V)`: what an error says of
+    /// two engines that differ.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} ({} {} steps, guidance {}, {}px, {})",
-            self.model, self.scheduler, self.steps, self.guidance, self.resolution, self.dtype
+            "{} ({} {} steps, guidance {}, {}px, {}, algorithm {})",
+            self.model,
+            self.scheduler,
+            self.steps,
+            self.guidance,
+            self.resolution,
+            self.dtype,
+            self.algorithm_version
         )
     }
 }

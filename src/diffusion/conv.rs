@@ -264,12 +264,16 @@ impl Geometry {
 
     /// Fills `col` (`[col_rows, rows.len() · out_w]`) for output rows `rows` of one sample.
     fn im2col(&self, image: &[f32], rows: std::ops::Range<usize>, col: &mut [f32]) {
-        let k = self.conv.kernel;
         let width = rows.len() * self.out_w;
-        col.par_chunks_mut(width).enumerate().for_each(|(r, row)| {
-            let tap = (r / (k * k), (r / k) % k, r % k);
-            self.fill_row(image, tap, rows.clone(), row);
-        });
+        col.par_chunks_mut(width)
+            .enumerate()
+            .for_each(|(r, row)| self.fill_row(image, self.tap(r), rows.clone(), row));
+    }
+
+    /// The (input channel, kernel row, kernel column) of im2col row `r`.
+    fn tap(&self, r: usize) -> (usize, usize, usize) {
+        let k = self.conv.kernel;
+        (r / (k * k), (r / k) % k, r % k)
     }
 
     /// The 1×1, stride-1, unpadded case, where a sample is its own im2col.
@@ -347,20 +351,12 @@ fn conv2d_f32(
         // The whole batch side by side: one product reads the weight once.
         let width = n * pixels;
         let mut col = vec![0f32; rows * width];
-        for (i, image) in x.chunks_exact(sample_len).enumerate() {
-            if g.is_pointwise() {
-                for (r, row) in col.chunks_exact_mut(width).enumerate() {
-                    row[i * pixels..(i + 1) * pixels]
-                        .copy_from_slice(&image[r * pixels..(r + 1) * pixels]);
-                }
-            } else {
-                let mut one = vec![0f32; rows * pixels];
-                g.im2col(image, 0..g.out_h, &mut one);
-                for (row, src) in col.chunks_exact_mut(width).zip(one.chunks_exact(pixels)) {
-                    row[i * pixels..(i + 1) * pixels].copy_from_slice(src);
-                }
+        // Each im2col row holds every sample's segment, written in place.
+        col.par_chunks_mut(width).enumerate().for_each(|(r, row)| {
+            for (image, segment) in x.chunks_exact(sample_len).zip(row.chunks_exact_mut(pixels)) {
+                g.fill_row(image, g.tap(r), 0..g.out_h, segment);
             }
-        }
+        });
         let mut product = vec![0f32; c_out * width];
         matmul(
             (c_out, width, rows),
