@@ -2,9 +2,6 @@
 
 use std::path::{Path, PathBuf};
 
-use candle_core::{DType, Device};
-use candle_nn::VarBuilder;
-
 use super::DiffusionError;
 
 /// SD 1.5 on the Hugging Face Hub.
@@ -296,47 +293,6 @@ fn sharded_files(index: &Path) -> Result<Vec<PathBuf>, DiffusionError> {
     }
     files.sort();
     Ok(files)
-}
-
-/// Checks that each file is a complete safetensors file of float tensors, then memory-maps them.
-pub fn var_builder(
-    files: &[PathBuf],
-    dtype: DType,
-    device: &Device,
-) -> Result<VarBuilder<'static>, DiffusionError> {
-    for file in files {
-        check_safetensors(file)?;
-    }
-    // SAFETY: the files were just validated; candle requires they are not modified while mapped,
-    // which holds for model folders (we never write to them while an engine is loaded).
-    unsafe { VarBuilder::from_mmaped_safetensors(files, dtype, device) }.map_err(|e| {
-        DiffusionError::BadWeights {
-            file: files.first().cloned().unwrap_or_default(),
-            message: e.to_string(),
-        }
-    })
-}
-
-fn check_safetensors(file: &Path) -> Result<(), DiffusionError> {
-    let bad = |message: String| DiffusionError::BadWeights {
-        file: file.to_path_buf(),
-        message,
-    };
-    let f = crate::safe_open::open_regular(file).map_err(|e| bad(format!("cannot open: {e}")))?;
-    // SAFETY: read-only mapping of a file we only read; see var_builder.
-    let mmap = unsafe { memmap2::Mmap::map(&f) }.map_err(|e| bad(format!("cannot map: {e}")))?;
-    let st = safetensors::SafeTensors::deserialize(&mmap)
-        .map_err(|e| bad(format!("not a complete safetensors file ({e})")))?;
-    for (name, view) in st.tensors() {
-        use safetensors::Dtype;
-        if !matches!(view.dtype(), Dtype::F32 | Dtype::F16 | Dtype::BF16) {
-            return Err(bad(format!(
-                "tensor {name} has dtype {:?}; expected F32, F16 or BF16",
-                view.dtype()
-            )));
-        }
-    }
-    Ok(())
 }
 
 mod hub {

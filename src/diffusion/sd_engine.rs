@@ -14,9 +14,10 @@ use super::scheduler::{ChainState, TimestepGrid};
 use super::tensor_io::tensor_to_rgb;
 use super::unet::{self, UNet, UNetConfig};
 use super::vae::Vae;
+use super::weights;
 use super::JobError;
 use super::{
-    model, ClipTokenizer, DiffusionError, EngineOptions, ModelFiles, ModelSource, SchedulerConfig,
+    ClipTokenizer, DiffusionError, EngineOptions, ModelFiles, ModelSource, SchedulerConfig,
     SchedulerError,
 };
 use crate::engine::{
@@ -105,7 +106,7 @@ impl SdEngine {
         )?;
 
         let dev = &opts.device;
-        let vb = model::var_builder(&files.text_weights, opts.dtype, dev)?;
+        let vb = weights::var_builder(&files.text_weights, opts.dtype, dev)?;
         // transformers < 5 saves `text_model.`-prefixed names (as SD 1.5 ships); transformers 5 drops it.
         let vb = if vb.contains_tensor("text_model.embeddings.token_embedding.weight") {
             vb.pp("text_model")
@@ -114,9 +115,9 @@ impl SdEngine {
         };
         let text = ClipTextTransformer::new(vb, &text_spec.candle)
             .map_err(build_err("text encoder", &files.text_weights))?;
-        let vb = model::var_builder(&files.vae_weights, DType::F32, dev)?;
+        let vb = weights::var_builder(&files.vae_weights, DType::F32, dev)?;
         let vae = Vae::new(vb, &vae_spec).map_err(build_err("VAE", &files.vae_weights))?;
-        let vb = model::var_builder(&files.unet_weights, opts.dtype, dev)?;
+        let vb = weights::var_builder(&files.unet_weights, opts.dtype, dev)?;
         let unet = UNet::new(vb, &unet_spec).map_err(build_err("UNet", &files.unet_weights))?;
 
         let mut engine = SdEngine {
@@ -438,7 +439,7 @@ impl SdEngine {
         );
         if self.unet_f32.is_none() {
             let files = &self.files.unet_weights;
-            let vb = model::var_builder(files, DType::F32, &self.opts.device)?;
+            let vb = weights::var_builder(files, DType::F32, &self.opts.device)?;
             let unet = UNet::new(vb, &self.unet_spec).map_err(build_err("f32 UNet", files))?;
             self.unet_f32 = Some(unet);
         }
