@@ -15,66 +15,128 @@ use super::manifest::MAX_CONTENT_BYTES;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CacheError {
+    /// A file operation failed.
     #[error("cache I/O error: cannot {action} {path}: {source}")]
     Io {
+        /// What was being done ("write", "rename", …).
         action: &'static str,
+        /// The file or folder.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: io::Error,
     },
+    /// The disk holding the cache is full; nothing half-written was kept.
     #[error(
         "no space left on the device holding {path} (while trying to {action}); \
          free some space or shrink the cache with gc: {source}"
     )]
     DiskFull {
+        /// What was being done.
         action: &'static str,
+        /// The file being written.
         path: PathBuf,
+        /// The I/O error (`ENOSPC`).
         #[source]
         source: io::Error,
     },
+    /// Opening (not creating) a folder that is not a cache.
     #[error("{path} is not a genie cache (no such folder, or no genie-cache.json marker in it)")]
-    NotACache { path: PathBuf },
+    NotACache {
+        /// The folder.
+        path: PathBuf,
+    },
+    /// Creating a cache in a folder that already holds other files.
     #[error("{path} is not a genie cache (no genie-cache.json) and is not empty (it holds {example:?}): give a new or empty folder for a new cache")]
-    NotEmpty { path: PathBuf, example: String },
+    NotEmpty {
+        /// The folder.
+        path: PathBuf,
+        /// One of the names in it.
+        example: String,
+    },
+    /// The cache's root is a file.
     #[error("cache folder {path} exists but is not a directory")]
-    NotADirectory { path: PathBuf },
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// One of the cache's own folders is a symlink (refused: writes could land elsewhere).
     #[error("{path} is a symlink to {target}{}; the cache's own folders must be real folders inside its root", outside_note(.outside_root))]
     Symlink {
+        /// The link.
         path: PathBuf,
+        /// Where it points.
         target: PathBuf,
+        /// Whether that is outside the cache's root.
         outside_root: bool,
     },
+    /// The cache was written by a newer genie whose format this build cannot read.
     #[error(
         "{path} was written by a newer genie (format {found}; this build reads up to {supported}): \
          upgrade genie or use another cache folder"
     )]
     FutureFormat {
+        /// The marker file.
         path: PathBuf,
+        /// Its format version.
         found: u32,
+        /// The newest this build reads.
         supported: u32,
     },
+    /// The marker file exists but is not genie's.
     #[error("{path} is not a genie cache marker ({detail}); is this folder really a genie cache?")]
-    BadMarker { path: PathBuf, detail: String },
+    BadMarker {
+        /// The marker file.
+        path: PathBuf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// Another process is collecting garbage in this cache.
     #[error(
         "another gc is running on this cache (it holds {path}); try again when it has finished"
     )]
-    GcBusy { path: PathBuf },
+    GcBusy {
+        /// The lock file it holds.
+        path: PathBuf,
+    },
+    /// An entry's content is larger than a cache entry may be.
     #[error("cache entry {key} would hold {len} bytes, more than the limit of {max}")]
-    ContentTooLarge { key: CacheKey, len: u64, max: u64 },
+    ContentTooLarge {
+        /// The entry.
+        key: CacheKey,
+        /// Its size.
+        len: u64,
+        /// The limit.
+        max: u64,
+    },
+    /// An entry's manifest or side record cannot be serialised.
     #[error("cannot encode the manifest or side record of {key}: {source}")]
     ManifestEncode {
+        /// The entry.
         key: CacheKey,
+        /// The JSON error.
         #[source]
         source: serde_json::Error,
     },
+    /// An object-store operation failed (`s3://` caches).
     #[error("object storage error: cannot {action} {location}: {message}")]
     Remote {
+        /// What was being done.
         action: &'static str,
+        /// The object.
         location: String,
+        /// The store's account.
         message: String,
     },
+    /// A cache location this build cannot open (e.g. `s3://` without the `s3` feature).
     #[error("cannot open cache {location}: {why}")]
-    UnsupportedLocation { location: String, why: String },
+    UnsupportedLocation {
+        /// The location as given.
+        location: String,
+        /// Why.
+        why: String,
+    },
+    /// An image cannot be encoded into the cache.
     #[error("cannot encode an image for the cache: {0}")]
     Image(#[from] ImageError),
 }

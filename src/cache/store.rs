@@ -12,7 +12,9 @@ use super::manifest::{EntryMeta, Manifest};
 /// A verified entry: its manifest and content bytes, whose length and blake3 match the manifest.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StoredEntry {
+    /// What the entry is (key, size, hash, image metadata).
     pub manifest: Manifest,
+    /// The encoded image.
     pub content: Vec<u8>,
 }
 
@@ -37,6 +39,7 @@ impl Lookup {
         }
     }
 
+    /// Whether the lookup found a verified entry.
     pub fn is_hit(&self) -> bool {
         matches!(self, Lookup::Hit(_))
     }
@@ -55,35 +58,77 @@ pub enum PutOutcome {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Defect {
+    /// The manifest is not a manifest (garbage, truncated, wrong fields).
     #[error("manifest is unreadable: {0}")]
     BadManifest(String),
+    /// The manifest is stored under a key it does not name.
     #[error("manifest is filed under another key (it names {found})")]
-    WrongKey { found: CacheKey },
+    WrongKey {
+        /// The key it names.
+        found: CacheKey,
+    },
+    /// The manifest names a content file outside the cache's naming scheme.
     #[error("manifest names content file {0:?}, which is not a name this cache writes")]
     BadContentName(String),
+    /// The content file is gone.
     #[error("content file {path} is missing")]
-    ContentMissing { path: PathBuf },
+    ContentMissing {
+        /// Where it should be.
+        path: PathBuf,
+    },
+    /// A file of the entry is a folder, a device or a pipe.
     #[error("{path} is not a regular file")]
-    NotAFile { path: PathBuf },
+    NotAFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A file of the entry cannot be read.
     #[error("{path} cannot be read ({why})")]
-    Unreadable { path: PathBuf, why: String },
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        why: String,
+    },
+    /// A file of the entry is a symlink (never followed).
     #[error("{path} is a symlink to {target}{}; the cache never writes symlinks and does not follow them", outside_note(.outside_root))]
     Symlink {
+        /// The link.
         path: PathBuf,
+        /// Where it points.
         target: PathBuf,
+        /// Whether that is outside the cache's root.
         outside_root: bool,
     },
+    /// The content's length is not the manifest's.
     #[error("content is {found} bytes long, the manifest says {expected}")]
-    LengthMismatch { expected: u64, found: u64 },
+    LengthMismatch {
+        /// The manifest's.
+        expected: u64,
+        /// The file's.
+        found: u64,
+    },
+    /// The content's blake3 is not the manifest's.
     #[error("content blake3 is {found}, the manifest says {expected}")]
-    HashMismatch { expected: String, found: String },
+    HashMismatch {
+        /// The manifest's, hex.
+        expected: String,
+        /// The content's, hex.
+        found: String,
+    },
+    /// The content verifies but does not decode as an image.
     #[error("content is not a decodable image: {0}")]
     Undecodable(String),
+    /// The image decodes at another size than the manifest's.
     #[error("image is {found_width}x{found_height}, the manifest says {width}x{height}")]
     WrongDimensions {
+        /// The manifest's width.
         width: u32,
+        /// The manifest's height.
         height: u32,
+        /// The image's width.
         found_width: u32,
+        /// The image's height.
         found_height: u32,
     },
 }
@@ -104,12 +149,14 @@ pub struct BadEntry {
     pub key: Option<CacheKey>,
     /// Where the entry lives, for people: a path for the disk store.
     pub location: String,
+    /// What is wrong.
     pub defect: Defect,
 }
 
 /// Every committed manifest a store holds, with the ones it could not use reported apart.
 #[derive(Clone, Debug, Default)]
 pub struct ManifestScan {
+    /// The usable manifests.
     pub manifests: Vec<Manifest>,
     /// Manifests that are garbage, misfiled or name an impossible content file.
     pub bad: Vec<BadEntry>,
@@ -168,6 +215,7 @@ pub trait Store: Send + Sync {
 /// Count and size of a group of entries.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct GroupStats {
+    /// Entries.
     pub entries: u64,
     /// Content bytes.
     pub bytes: u64,
@@ -176,6 +224,7 @@ pub struct GroupStats {
 /// What a cache holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct CacheStats {
+    /// Committed, usable entries.
     pub entries: u64,
     /// Content bytes (manifests, about a kilobyte each, are not counted).
     pub bytes: u64,
@@ -191,6 +240,7 @@ pub struct CacheStats {
 }
 
 impl CacheStats {
+    /// Totals over `manifests` (the two unusable counts stay 0).
     pub fn from_manifests(manifests: &[Manifest]) -> Self {
         let mut stats = CacheStats::default();
         for manifest in manifests {

@@ -16,31 +16,50 @@ use super::unet::UNetConfig;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// The file cannot be read.
     #[error("cannot read {path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// The file is not JSON (Python's `NaN` / `Infinity` are accepted).
     #[error("{path} is not valid JSON: {source}")]
     Json {
+        /// The file.
         path: PathBuf,
+        /// The parser's account.
         #[source]
         source: serde_json::Error,
     },
+    /// The JSON is not an object.
     #[error("{path} must hold a JSON object")]
-    NotAnObject { path: PathBuf },
+    NotAnObject {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A key holds a value genie cannot build (wrong type, or an option it does not implement).
     #[error("{file}: unsupported value {value} for \"{key}\" (supported: {expected})")]
     Unsupported {
+        /// The file's name.
         file: String,
+        /// The key.
         key: String,
+        /// Its value, as JSON.
         value: String,
+        /// What would be accepted.
         expected: String,
     },
+    /// A key genie does not know: it may change the model, so it is not ignored.
     #[error("{file}: unsupported config key \"{key}\" = {value}")]
     UnknownKey {
+        /// The file's name.
         file: String,
+        /// The key.
         key: String,
+        /// Its value, as JSON.
         value: String,
     },
 }
@@ -88,6 +107,7 @@ pub struct ConfigReader {
 }
 
 impl ConfigReader {
+    /// Reads a config file (Python JSON) that must hold an object.
     pub fn open(path: &Path) -> Result<Self, ConfigError> {
         let text = crate::safe_open::read_to_string(path).map_err(|source| ConfigError::Io {
             path: path.to_path_buf(),
@@ -106,6 +126,7 @@ impl ConfigReader {
         }
     }
 
+    /// A reader over an object already parsed; `file` names it in errors.
     pub fn from_map(map: Map<String, Value>, file: &str) -> Self {
         ConfigReader {
             map,
@@ -114,6 +135,7 @@ impl ConfigReader {
         }
     }
 
+    /// The name errors give the file.
     pub fn file(&self) -> &str {
         &self.file
     }
@@ -144,6 +166,7 @@ impl ConfigReader {
         }
     }
 
+    /// A non-negative integer, or `default` when absent or null.
     pub fn usize_or(&mut self, key: &str, default: usize) -> Result<usize, ConfigError> {
         match self.present(key) {
             None => Ok(default),
@@ -154,6 +177,7 @@ impl ConfigReader {
         }
     }
 
+    /// A non-negative integer that must be there.
     pub fn usize_req(&mut self, key: &str) -> Result<usize, ConfigError> {
         match self.present(key) {
             None => Err(self.bad(key, "a non-negative integer (required)")),
@@ -164,6 +188,7 @@ impl ConfigReader {
         }
     }
 
+    /// A number, or `default` when absent or null.
     pub fn f64_or(&mut self, key: &str, default: f64) -> Result<f64, ConfigError> {
         match self.present(key) {
             None => Ok(default),
@@ -171,6 +196,7 @@ impl ConfigReader {
         }
     }
 
+    /// A boolean, or `default` when absent or null.
     pub fn bool_or(&mut self, key: &str, default: bool) -> Result<bool, ConfigError> {
         match self.present(key) {
             None => Ok(default),
@@ -178,6 +204,7 @@ impl ConfigReader {
         }
     }
 
+    /// A string, or `default` when absent or null.
     pub fn string_or(&mut self, key: &str, default: &str) -> Result<String, ConfigError> {
         match self.present(key) {
             None => Ok(default.to_string()),
@@ -214,6 +241,7 @@ impl ConfigReader {
         }
     }
 
+    /// A list of strings that must be there.
     pub fn string_list(&mut self, key: &str) -> Result<Vec<String>, ConfigError> {
         match self.present(key) {
             Some(Value::Array(items)) => items
@@ -410,15 +438,25 @@ pub fn unet_spec(mut r: ConfigReader) -> Result<UNetConfig, ConfigError> {
 /// Everything we need from `vae/config.json`.
 #[derive(Clone, Debug)]
 pub struct VaeSpec {
+    /// Image channels in (3).
     pub in_channels: usize,
+    /// Image channels out (3).
     pub out_channels: usize,
+    /// Channels of each resolution level, highest resolution first.
     pub block_out_channels: Vec<usize>,
+    /// ResNet blocks per level.
     pub layers_per_block: usize,
+    /// Latent channels (4 for SD).
     pub latent_channels: usize,
+    /// Groups of every group norm.
     pub norm_num_groups: usize,
+    /// Whether the encoder ends in a 1×1 `quant_conv`.
     pub use_quant_conv: bool,
+    /// Whether the decoder starts with a 1×1 `post_quant_conv`.
     pub use_post_quant_conv: bool,
+    /// Latents are multiplied by this after encoding (0.18215 for SD 1.5).
     pub scaling_factor: f64,
+    /// The image side the VAE was trained at.
     pub sample_size: usize,
 }
 
@@ -553,9 +591,11 @@ const HF_GENERIC_KEYS: &[&str] = &[
 /// Everything we need from `text_encoder/config.json` (transformers' `CLIPTextModel`).
 #[derive(Clone, Debug)]
 pub struct TextSpec {
+    /// candle's configuration of the CLIP text transformer.
     pub candle: ClipTextConfig,
 }
 
+/// Reads transformers' `CLIPTextModel` config.
 pub fn text_spec(mut r: ConfigReader) -> Result<TextSpec, ConfigError> {
     match r.take("hidden_act") {
         None | Some(Value::Null) => {}

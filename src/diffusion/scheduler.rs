@@ -22,6 +22,7 @@ pub enum SchedulerKind {
 }
 
 impl SchedulerKind {
+    /// The short name the command line and fingerprints use ("ddim", "dpm").
     pub fn name(self) -> &'static str {
         match self {
             SchedulerKind::Ddim => "ddim",
@@ -43,29 +44,43 @@ impl std::str::FromStr for SchedulerKind {
     }
 }
 
+/// What the UNet predicts (`prediction_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum PredictionType {
+    /// The added noise ε (SD 1.5).
     Epsilon,
+    /// The velocity v = α·ε − σ·x₀ (SD 2.x at 768 px).
     VPrediction,
+    /// The clean sample x₀.
     Sample,
 }
 
+/// How the inference timesteps are spread over the training ones (`timestep_spacing`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum TimestepSpacing {
+    /// Evenly from the last training timestep to 0, rounded.
     Linspace,
+    /// Multiples of `train / steps` from 0, plus `steps_offset` (SD 1.5).
     Leading,
+    /// Multiples of `train / steps` counted down from the last training timestep.
     Trailing,
 }
 
+/// DPM-Solver++ second-order update (`solver_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum SolverType {
+    /// diffusers' default.
     Midpoint,
+    /// Heun's.
     Heun,
 }
 
+/// The σ the last DPM-Solver++ step lands on (`final_sigmas_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum FinalSigmas {
+    /// 0: a fully denoised sample (diffusers' default).
     Zero,
+    /// The schedule's smallest σ.
     SigmaMin,
 }
 
@@ -73,12 +88,17 @@ pub enum FinalSigmas {
 /// `DDIMScheduler.from_config` / `DPMSolverMultistepScheduler.from_config` would build it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct SchedulerConfig {
+    /// The sampler.
     pub kind: SchedulerKind,
+    /// Training timesteps (1000 for SD 1.5).
     pub num_train_timesteps: usize,
     /// `alphas_cumprod` as diffusers computes it (float32), one per training timestep.
     pub alphas_cumprod: Vec<f32>,
+    /// What the UNet predicts.
     pub prediction_type: PredictionType,
+    /// How inference timesteps are chosen.
     pub timestep_spacing: TimestepSpacing,
+    /// Added to every `Leading` timestep (1 for SD 1.5).
     pub steps_offset: usize,
     /// DDIM: use ᾱ = 1 for the step after the last one instead of ᾱ₀.
     pub set_alpha_to_one: bool,
@@ -86,9 +106,13 @@ pub struct SchedulerConfig {
     pub clip_sample: Option<f64>,
     /// DPM-Solver++: 1 or 2.
     pub solver_order: usize,
+    /// DPM-Solver++: the second-order update.
     pub solver_type: SolverType,
+    /// DPM-Solver++: first order for the last steps of short runs (diffusers' stabiliser).
     pub lower_order_final: bool,
+    /// DPM-Solver++: a first-order (Euler) last step.
     pub euler_at_final: bool,
+    /// DPM-Solver++: where the last step lands.
     pub final_sigmas: FinalSigmas,
     /// A short canonical description of every parameter, for engine fingerprints.
     pub canonical: String,
@@ -462,16 +486,37 @@ fn np_arange_down(start: f64, step: f64) -> Vec<f64> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SchedulerError {
+    /// A scheduler name that is neither DDIM nor DPM-Solver++.
     #[error("unknown scheduler {0:?} (expected ddim or dpm)")]
     UnknownKind(String),
+    /// Zero denoising steps.
     #[error("the number of denoising steps must be at least 1")]
     ZeroSteps,
+    /// More inference steps than training timesteps.
     #[error("{steps} denoising steps is more than the {train} training timesteps")]
-    TooManySteps { steps: usize, train: usize },
+    TooManySteps {
+        /// Asked for.
+        steps: usize,
+        /// The schedule's training timesteps.
+        train: usize,
+    },
+    /// The spacing (with `steps_offset`) puts a timestep past the schedule's end.
     #[error("timestep spacing with {steps} steps gives timestep {max}, outside the schedule")]
-    TimestepOutOfRange { steps: usize, max: usize },
+    TimestepOutOfRange {
+        /// Inference steps.
+        steps: usize,
+        /// The largest timestep it gives.
+        max: usize,
+    },
+    /// A noise level so low that no step of the grid runs.
     #[error("level r = {level} runs no denoising step with {steps} steps (needs ⌊steps·r⌋ ≥ 1)")]
-    NoStepsAtLevel { level: String, steps: usize },
+    NoStepsAtLevel {
+        /// The level, as written in keys.
+        level: String,
+        /// Inference steps.
+        steps: usize,
+    },
+    /// A tensor operation of a step failed.
     #[error(transparent)]
     Tensor(#[from] candle_core::Error),
 }
@@ -487,10 +532,12 @@ pub struct TimestepGrid {
 }
 
 impl TimestepGrid {
+    /// Inference steps of a full (r = 1) chain.
     pub fn len(&self) -> usize {
         self.steps
     }
 
+    /// Whether the grid has no step (never, for a grid built by [`SchedulerConfig::grid`]).
     pub fn is_empty(&self) -> bool {
         self.steps == 0
     }

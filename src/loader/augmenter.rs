@@ -62,38 +62,61 @@ impl Default for AugmenterConfig {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AugmenterError {
+    /// The class names do not match the policy's class count.
     #[error("{classes} class names for a policy over {expected} classes")]
-    ClassNames { classes: usize, expected: usize },
+    ClassNames {
+        /// Names given.
+        classes: usize,
+        /// Classes of the policy.
+        expected: usize,
+    },
+    /// The generator runs another engine than the one the keys are made for.
     #[error(
         "the generator's engine ({generator}) is not the one the keys are made for ({keys}): \
          its images would never be found"
     )]
-    FingerprintMismatch { generator: String, keys: String },
+    FingerprintMismatch {
+        /// The generator's engine.
+        generator: String,
+        /// The keys' engine.
+        keys: String,
+    },
+    /// The builder has neither a generator nor a pre-warm fingerprint.
     #[error(
         "no engine to take the cache keys from: give the builder a generator, or the fingerprint \
          of the engine that pre-warmed the cache"
     )]
     NoEngine,
+    /// A plan entry names a class this run does not have.
     #[error("the plan names class {0:?}, which is not one of the run's class ids")]
     PlanClass(String),
+    /// A plan entry's source path has no class folder.
     #[error("the plan's source {0} has no `<class>/<file>` path to find it in the dataset by")]
     PlanSource(String),
+    /// A plan entry lacks a level this run generates.
     #[error(
         "the plan has no r = {level} for {path} as {target:?}, which this run generates \
          (plan with the same levels, or turn GeNIe-Ada off to use the fixed level only)"
     )]
     PlanLevel {
+        /// The source's path.
         path: String,
+        /// The target class.
         target: String,
+        /// The missing level.
         level: NoiseLevel,
     },
+    /// A plan entry's key is not the one this run computes (another engine or classes).
     #[error(
         "the plan's key for {path} as {target:?} at r = {level} is not this run's: the plan was \
          made with another engine, other engine options, or other class names or superclasses"
     )]
     PlanKey {
+        /// The source's path.
         path: String,
+        /// The target class.
         target: String,
+        /// The level.
         level: NoiseLevel,
     },
 }
@@ -104,16 +127,20 @@ pub struct AdaRecord {
     /// `None` when the pair could not be scored (e.g. its prototype equals its source); the
     /// fixed level is then used until the next model version.
     pub level: Option<NoiseLevel>,
+    /// The projection onto the source → prototype line at each swept level.
     pub curve: Vec<f64>,
+    /// The live model's version it was scored with.
     pub model_version: u64,
 }
 
 /// Counters of the online loop.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AugmenterStats {
+    /// Batches augmented.
     pub batches: u64,
     /// Hard negatives put into batches.
     pub mixed: u64,
+    /// (source item, target class) pairs started.
     pub pairs: usize,
     /// Pairs whose image at their current level is known to be cached.
     pub ready: usize,
@@ -125,6 +152,7 @@ pub struct AugmenterStats {
     pub lookups_failed: u64,
     /// Source items whose pixels could not be read (or no longer match their plan entry).
     pub bad_items: u64,
+    /// Pairs with a GeNIe-Ada choice from some model version.
     pub ada_choices: usize,
     /// Pairs GeNIe-Ada can score: every level known to be cached, and real images of the
     /// target kept for its prototype.
@@ -137,10 +165,15 @@ pub struct AugmenterStats {
 /// at a time, its Ada choice or the fixed level), over the pairs ready or used.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Exposure {
+    /// Pairs counted.
     pub images: usize,
+    /// Fewest uses of a pair.
     pub min: u64,
+    /// Median uses.
     pub median: u64,
+    /// Most uses of a pair.
     pub max: u64,
+    /// All uses.
     pub total: u64,
 }
 
@@ -261,8 +294,11 @@ impl<I: GenieItem> BuiltItems<I> {
 /// Bytes held in memory by an augmenter's ready-made items.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ItemMemory {
+    /// Items held.
     pub items: usize,
+    /// Their estimated bytes.
     pub used_bytes: usize,
+    /// [`AugmenterConfig::item_memory_bytes`].
     pub budget_bytes: usize,
 }
 
@@ -455,10 +491,12 @@ impl<I: GenieItem> Augmenter<I> {
         Ok(self)
     }
 
+    /// How this augmenter's cache keys are made.
     pub fn keys(&self) -> &KeySpace {
         &self.keys
     }
 
+    /// The cache its hard negatives are read from.
     pub fn cache(&self) -> &Arc<Cache> {
         &self.cache
     }
@@ -468,6 +506,7 @@ impl<I: GenieItem> Augmenter<I> {
         &self.levels
     }
 
+    /// Its configuration.
     pub fn config(&self) -> &AugmenterConfig {
         &self.config
     }

@@ -24,13 +24,16 @@ pub const MAX_WAIT_MS: u64 = 30_000;
 /// `GET /v1/info`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct ServerInfo {
+    /// The server's [`PROTOCOL_VERSION`].
     pub protocol: u32,
+    /// The engine behind it: the keys it writes are made from this.
     pub fingerprint: EngineFingerprint,
     /// Side length of the sources the server accepts.
     pub resolution: u32,
     /// Random per server process: a client that sees it change knows the server restarted and
     /// that whatever it had queued is gone.
     pub instance: String,
+    /// The server's genie version.
     pub version: String,
 }
 
@@ -39,6 +42,7 @@ pub struct ServerInfo {
 pub struct RequestBatch {
     /// The engine the client's keys are made for; refused unless it is the server's.
     pub fingerprint: EngineFingerprint,
+    /// At most [`MAX_REQUESTS_PER_BATCH`].
     pub requests: Vec<WireRequest>,
 }
 
@@ -47,11 +51,15 @@ pub struct RequestBatch {
 pub struct WireRequest {
     /// `None` only for text-to-image.
     pub source: Option<WireSource>,
+    /// The target class's label.
     pub target: String,
+    /// The full prompt ("a photo of a …").
     pub prompt: String,
     /// Levels in thousandths (800 is r = 0.8).
     pub levels: Vec<u16>,
+    /// The noise seed.
     pub seed: u64,
+    /// Which queue it joins.
     pub priority: WirePriority,
 }
 
@@ -65,10 +73,13 @@ pub struct WireSource {
     pub pixels: Option<String>,
 }
 
+/// A request's [`Priority`] on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WirePriority {
+    /// Asked for by a training loop: served first.
     Online,
+    /// Asked for by a pre-warm: served when no online request waits.
     Prewarm,
 }
 
@@ -77,6 +88,7 @@ pub enum WirePriority {
 pub struct BatchAnswer {
     /// The server's [`ServerInfo::instance`]: a client sees a restart in the first answer after it.
     pub instance: String,
+    /// One per request of the batch, in order.
     pub answers: Vec<RequestAnswer>,
 }
 
@@ -84,48 +96,69 @@ pub struct BatchAnswer {
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RequestAnswer {
+    /// Accepted: what became of each level, in the request's order.
     Levels(Vec<WireLevel>),
+    /// Refused as a whole.
     Refused(ErrorBody),
 }
 
+/// One level of an accepted request: a [`LevelOutcome`] on the wire.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct WireLevel {
+    /// In thousandths.
     pub level: u16,
+    /// The cache key its image will have.
     pub key: CacheKey,
+    /// What the server did with it.
     pub outcome: WireOutcome,
 }
 
+/// What the server did with one level (see [`LevelOutcome`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WireOutcome {
+    /// Queued for generation.
     Queued,
+    /// Already queued or running.
     AlreadyPending,
+    /// Already in the cache.
     AlreadyCached,
+    /// It failed recently; not retried yet.
     BackingOff,
+    /// The queue was full.
     Dropped,
 }
 
 /// `GET /v1/keys/{key}`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct KeyState {
+    /// Where the key stands.
     pub state: WireWait,
+    /// Why it failed, for [`WireWait::Failed`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
 }
 
+/// A [`WaitOutcome`] on the wire.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum WireWait {
+    /// In the cache.
     Ready,
+    /// Its generation failed.
     Failed,
+    /// Neither cached nor queued.
     NotPending,
+    /// Still pending when the wait ended.
     TimedOut,
 }
 
 /// A refusal, of a whole call (with a 4xx/5xx status) or of one request in a batch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorBody {
+    /// What a client matches on.
     pub kind: ErrorKind,
+    /// For people.
     pub message: String,
 }
 
@@ -147,7 +180,9 @@ pub enum ErrorKind {
     HashMismatch,
     /// The server is draining for shutdown.
     ShuttingDown,
+    /// No such route.
     NotFound,
+    /// The server failed (its log says why).
     Internal,
 }
 
@@ -162,6 +197,7 @@ impl std::fmt::Display for ErrorKind {
 }
 
 impl ErrorBody {
+    /// A refusal of this kind.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
         ErrorBody {
             kind,
@@ -189,6 +225,7 @@ impl From<WirePriority> for Priority {
 }
 
 impl WireOutcome {
+    /// The server's side of the conversion.
     pub fn from_outcome(o: LevelOutcome) -> Self {
         match o {
             LevelOutcome::Queued => WireOutcome::Queued,
@@ -200,6 +237,7 @@ impl WireOutcome {
         }
     }
 
+    /// The client's side of the conversion.
     pub fn outcome(self) -> LevelOutcome {
         match self {
             WireOutcome::Queued => LevelOutcome::Queued,
@@ -224,6 +262,7 @@ impl From<&WaitOutcome> for KeyState {
 }
 
 impl KeyState {
+    /// The client's side of the conversion.
     pub fn outcome(&self) -> WaitOutcome {
         match self.state {
             WireWait::Ready => WaitOutcome::Ready,
@@ -262,14 +301,17 @@ pub fn receipt_of(levels: &[WireLevel]) -> Option<Receipt> {
     Some(Receipt { levels })
 }
 
+/// A pixel hash as the wire writes it (lowercase hex).
 pub fn hash_hex(hash: &[u8; 32]) -> String {
     blake3::Hash::from(*hash).to_hex().to_string()
 }
 
+/// A pixel hash from the wire; `None` unless it is 64 hex digits.
 pub fn parse_hash(hex: &str) -> Option<[u8; 32]> {
     blake3::Hash::from_hex(hex).ok().map(|h| *h.as_bytes())
 }
 
+/// A source's pixels as the wire carries them (base64 of raw RGB8 rows).
 pub fn encode_pixels(source: &SourceImage) -> String {
     base64::engine::general_purpose::STANDARD.encode(source.pixels.as_raw())
 }
