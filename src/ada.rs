@@ -22,28 +22,56 @@ use crate::engine::NoiseLevel;
 #[non_exhaustive]
 pub enum AdaError {
     #[error("GeNIe-Ada needs at least two noise levels, got {0}")]
+    /// Fewer than two levels: there is no jump to find.
     TooFewLevels(usize),
     #[error("noise levels must be strictly increasing, got {0} after {1}")]
+    /// Levels not strictly increasing (the later, then the earlier).
     UnsortedLevels(NoiseLevel, NoiseLevel),
     #[error("{levels} noise levels but {embeddings} generated-image embeddings")]
-    LevelCountMismatch { levels: usize, embeddings: usize },
+    /// Levels and generated-image embeddings differ in number.
+    LevelCountMismatch {
+        /// Levels.
+        levels: usize,
+        /// Embeddings.
+        embeddings: usize,
+    },
     #[error("{what} has dimension {got}, expected {expected}")]
+    /// Embeddings of different dimensions.
     DimensionMismatch {
+        /// Which embedding.
         what: &'static str,
+        /// Its dimension.
         got: usize,
+        /// The source embedding's.
         expected: usize,
     },
     #[error("{what} is empty")]
-    Empty { what: &'static str },
+    /// An empty embedding or set.
+    Empty {
+        /// Which.
+        what: &'static str,
+    },
     #[error("{what} contains NaN or infinite values")]
-    NonFinite { what: &'static str },
+    /// An embedding holds NaN or infinity.
+    NonFinite {
+        /// Which.
+        what: &'static str,
+    },
     #[error("{what} is the zero vector and cannot be L2-normalised")]
-    ZeroVector { what: &'static str },
+    /// A zero embedding cannot be normalised.
+    ZeroVector {
+        /// Which.
+        what: &'static str,
+    },
     #[error(
         "the target prototype equals the source embedding (distance {distance:.3e}): \
          there is no direction to project on"
     )]
-    DegenerateDirection { distance: f64 },
+    /// The prototype is (numerically) the source: no line to project on.
+    DegenerateDirection {
+        /// Their distance.
+        distance: f64,
+    },
 }
 
 /// The outcome of Algorithm 1 for one pair.

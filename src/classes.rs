@@ -22,8 +22,11 @@ use std::path::{Path, PathBuf};
 /// ("a photo of a {name}, a type of {superclass}.").
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ClassInfo {
+    /// The class's id: its dataset folder name, unique.
     pub id: String,
+    /// The name prompts say.
     pub name: String,
+    /// The superclass prompts add, if any.
     pub superclass: Option<String>,
 }
 
@@ -54,27 +57,49 @@ impl ClassInfo {
 #[non_exhaustive]
 pub enum ClassNameError {
     #[error("cannot read class-name file {path}: {source}")]
+    /// The class-name file cannot be read.
     Read {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
     #[error("{path}:{line}: {message}")]
+    /// A line is not `id<TAB>name[<TAB>superclass]`.
     Line {
+        /// The file.
         path: PathBuf,
+        /// Its line (1-based).
         line: usize,
+        /// What is wrong.
         message: String,
     },
     #[error("{path}:{line}: class id {id:?} was already named on line {first}")]
+    /// An id named twice.
     DuplicateId {
+        /// The file.
         path: PathBuf,
+        /// The later line.
         line: usize,
+        /// The first line naming it.
         first: usize,
+        /// The id.
         id: String,
     },
     #[error("class {id:?} is not named in {path}")]
-    UnknownId { path: PathBuf, id: String },
+    /// A class of the dataset the file does not name.
+    UnknownId {
+        /// The file.
+        path: PathBuf,
+        /// The class id.
+        id: String,
+    },
     #[error("{path} names no classes")]
-    Empty { path: PathBuf },
+    /// The file names no class.
+    Empty {
+        /// The file.
+        path: PathBuf,
+    },
 }
 
 /// The names a class-name file gives to class ids.
@@ -186,6 +211,7 @@ impl ClassNames {
         self.by_id.len()
     }
 
+    /// Whether no class is named.
     pub fn is_empty(&self) -> bool {
         self.by_id.is_empty()
     }

@@ -26,33 +26,49 @@ pub const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
 #[non_exhaustive]
 pub enum ImageError {
     #[error("cannot read image {path}: {source}")]
+    /// An image file cannot be read.
     Io {
+        /// The file.
         path: PathBuf,
         #[source]
+        /// The I/O error.
         source: std::io::Error,
     },
     #[error("cannot decode image {path}: {source}")]
+    /// An image file does not decode (or is over genie's limits).
     Decode {
+        /// The file.
         path: PathBuf,
         #[source]
+        /// The decoder's account.
         source: image::ImageError,
     },
     #[error("cannot decode image from memory: {0}")]
+    /// Image bytes in memory do not decode.
     DecodeBytes(#[source] image::ImageError),
     #[error("cannot write image {path}: {source}")]
+    /// An image file cannot be written.
     Write {
+        /// The file.
         path: PathBuf,
         #[source]
+        /// The I/O error.
         source: std::io::Error,
     },
     #[error("cannot encode PNG: {0}")]
+    /// An image cannot be encoded as PNG.
     Encode(#[source] image::ImageError),
     #[error("image is empty (0 pixels wide or high)")]
+    /// An image with no pixels.
     Empty,
     #[error("{context}: expected {expected}, got {got}")]
+    /// An image or buffer of the wrong size.
     Size {
+        /// Where.
         context: &'static str,
+        /// The size wanted.
         expected: String,
+        /// The size found.
         got: String,
     },
 }

@@ -32,19 +32,33 @@ pub const MAX_SIZE: u32 = 1024;
 #[non_exhaustive]
 pub enum SyntheticError {
     #[error("unknown class {class}: there are {} classes", CLASS_NAMES.len())]
-    UnknownClass { class: usize },
+    /// A class index past the shapes.
+    UnknownClass {
+        /// The index.
+        class: usize,
+    },
     #[error("image size {size} is outside {MIN_SIZE}..={MAX_SIZE}")]
-    SizeOutOfRange { size: u32 },
+    /// An image size outside the range drawn.
+    SizeOutOfRange {
+        /// The size.
+        size: u32,
+    },
     #[error("cannot create directory {path}: {source}")]
+    /// A folder cannot be created.
     Io {
+        /// The folder.
         path: PathBuf,
         #[source]
+        /// The I/O error.
         source: std::io::Error,
     },
     #[error("cannot write image {path}: {source}")]
+    /// An image cannot be written.
     Write {
+        /// The file.
         path: PathBuf,
         #[source]
+        /// The encoder's error.
         source: image::ImageError,
     },
 }
@@ -52,7 +66,9 @@ pub enum SyntheticError {
 /// One labelled image.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyntheticItem {
+    /// The picture.
     pub image: RgbImage,
+    /// Its class index.
     pub label: usize,
 }
 

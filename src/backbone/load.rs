@@ -19,16 +19,27 @@ const LISTED: usize = 8;
 #[non_exhaustive]
 pub enum BackboneError {
     #[error("cannot read backbone weights {path}: {source}")]
+    /// The weights file cannot be read.
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
     #[error("backbone weights {path}: unknown format (expected .pth, .pt, .bin or .safetensors)")]
-    UnknownFormat { path: PathBuf },
-    #[error("backbone weights {path} are not a readable {format} file: {message}")]
-    Unreadable {
+    /// The file's extension is none of the formats read.
+    UnknownFormat {
+        /// The file.
         path: PathBuf,
+    },
+    #[error("backbone weights {path} are not a readable {format} file: {message}")]
+    /// The file is not a readable file of its format.
+    Unreadable {
+        /// The file.
+        path: PathBuf,
+        /// The format tried ("PyTorch", "safetensors").
         format: &'static str,
+        /// The reader's account.
         message: String,
     },
     #[error(
@@ -36,9 +47,13 @@ pub enum BackboneError {
         count = missing.len(),
         listed = list(missing),
     )]
+    /// Tensors the architecture needs are not in the file.
     Missing {
+        /// The file.
         path: PathBuf,
+        /// The architecture ("ResNet-18", …).
         depth: String,
+        /// The missing tensor names.
         missing: Vec<String>,
         /// A few of the file's own tensor names, when none of the expected ones were found.
         hint: String,
@@ -48,8 +63,11 @@ pub enum BackboneError {
         count = misshapen.len(),
         listed = list(misshapen),
     )]
+    /// Tensors of the wrong shape for the architecture.
     Misshapen {
+        /// The file.
         path: PathBuf,
+        /// The architecture.
         depth: String,
         /// `name: expected [..], found [..]`, one per tensor.
         misshapen: Vec<String>,

@@ -13,12 +13,16 @@ pub const SD15_REVISION: &str = "451f4fe16113bff5a5d2269ed5ad43b0592e9a14";
 /// One of the three networks of a Stable Diffusion model.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Component {
+    /// The denoising UNet.
     Unet,
+    /// The autoencoder.
     Vae,
+    /// The CLIP text encoder.
     TextEncoder,
 }
 
 impl Component {
+    /// Its folder in the diffusers layout.
     pub fn folder(self) -> &'static str {
         match self {
             Component::Unet => "unet",
@@ -41,7 +45,12 @@ pub enum ModelSource {
     /// A folder in the diffusers layout (`unet/`, `vae/`, `text_encoder/`, `tokenizer/`, `scheduler/`).
     Local(PathBuf),
     /// A Hub repository at a fixed revision, fetched into the Hugging Face cache (`HF_HOME`).
-    Hub { repo: String, revision: String },
+    Hub {
+        /// `owner/name`.
+        repo: String,
+        /// A commit or branch.
+        revision: String,
+    },
 }
 
 impl ModelSource {
@@ -65,14 +74,23 @@ impl ModelSource {
 /// The resolved files of a model, all on the local disk.
 #[derive(Clone, Debug)]
 pub struct ModelFiles {
+    /// The model's folder.
     pub root: PathBuf,
+    /// `unet/config.json`.
     pub unet_config: PathBuf,
+    /// The UNet's safetensors files.
     pub unet_weights: Vec<PathBuf>,
+    /// `vae/config.json`.
     pub vae_config: PathBuf,
+    /// The VAE's safetensors files.
     pub vae_weights: Vec<PathBuf>,
+    /// `text_encoder/config.json`.
     pub text_config: PathBuf,
+    /// The text encoder's safetensors files.
     pub text_weights: Vec<PathBuf>,
+    /// `tokenizer/` (vocab.json, merges.txt).
     pub tokenizer_dir: PathBuf,
+    /// `scheduler/scheduler_config.json`.
     pub scheduler_config: PathBuf,
 }
 
@@ -167,6 +185,7 @@ impl ModelFiles {
         Ok(format!("blake3:{}", h.finalize().to_hex()))
     }
 
+    /// The weight files of component `c`.
     pub fn weights(&self, c: Component) -> &[PathBuf] {
         match c {
             Component::Unet => &self.unet_weights,

@@ -9,29 +9,40 @@ use super::{DiffusionError, SchedulerKind};
 #[non_exhaustive]
 pub enum OptionsError {
     #[error("dtype {0} (use f32, f16 or bf16)")]
+    /// A dtype name that is not f32, f16 or bf16.
     Dtype(String),
     #[error(
         "bf16 needs a CUDA device: candle's CPU backend has no bf16 matrix multiply (use f16 or \
          f32 on the CPU)"
     )]
+    /// bf16 asked for on the CPU.
     Bf16OnCpu,
     #[error("max_chains_per_call and prompt_cache must be at least 1")]
+    /// A chain or prompt-cache limit of 0.
     ZeroLimit,
     #[error("guidance {0} is not a finite number")]
+    /// A guidance scale that is NaN or infinite.
     Guidance(f64),
     #[error(
         "size {size} must be a positive multiple of {multiple}, at most {max}, for this model"
     )]
+    /// An image size the model cannot take.
     Size {
+        /// Asked for.
         size: u32,
+        /// What it must be a multiple of (the VAE factor × the UNet's downsampling).
         multiple: usize,
+        /// [`MAX_SIZE`](super::MAX_SIZE).
         max: u32,
     },
     #[error("unknown device {0:?} (expected cpu or cuda:N)")]
+    /// A device name that is neither `cpu` nor `cuda:N`.
     UnknownDevice(String),
     #[error("device {0:?} needs a build with the `cuda` feature (see scripts/build-cuda.sh)")]
+    /// A CUDA device in a build without the `cuda` feature.
     CudaNotBuilt(String),
     #[error("unknown dtype {0:?} (expected f32, f16 or bf16)")]
+    /// A dtype name genie does not know.
     UnknownDtype(String),
 }
 
@@ -62,6 +73,7 @@ pub const MAX_SIZE: u32 = 1024;
 /// How the engine samples; everything here changes the pixels.
 #[derive(Clone, Debug)]
 pub struct EngineOptions {
+    /// The sampler.
     pub scheduler: SchedulerKind,
     /// N: the length of the full timestep grid (r = 1 runs all of it).
     pub steps: usize,
@@ -71,6 +83,7 @@ pub struct EngineOptions {
     pub size: Option<u32>,
     /// Weights and activations of the UNet and text encoder (the VAE always runs in f32).
     pub dtype: DType,
+    /// Where the engine runs.
     pub device: Device,
     /// Most chains evaluated by one UNet call (each is two rows with guidance). `None` sizes it
     /// from the attention matrices one row needs (0.5 GiB at 512 px for SD 1.5) against a budget

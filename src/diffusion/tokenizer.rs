@@ -18,15 +18,35 @@ const EOS: &str = "<|endoftext|>";
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+/// Why the tokenizer cannot be loaded or cannot encode a prompt.
 pub enum TokenizerError {
     #[error("tokenizer folder {0} has neither tokenizer.json nor vocab.json + merges.txt")]
+    /// The folder has neither tokenizer format.
     Missing(PathBuf),
     #[error("cannot load tokenizer from {path}: {message}")]
-    Load { path: PathBuf, message: String },
+    /// The tokenizer files do not load.
+    Load {
+        /// The folder.
+        path: PathBuf,
+        /// The tokenizers crate's account.
+        message: String,
+    },
     #[error("tokenizer {path} has no token {token:?}")]
-    MissingToken { path: PathBuf, token: String },
+    /// A token CLIP needs (start, end, padding) is not in the vocabulary.
+    MissingToken {
+        /// The folder.
+        path: PathBuf,
+        /// The token.
+        token: String,
+    },
     #[error("cannot tokenize {prompt:?}: {message}")]
-    Encode { prompt: String, message: String },
+    /// A prompt cannot be encoded.
+    Encode {
+        /// The prompt.
+        prompt: String,
+        /// The tokenizers crate's account.
+        message: String,
+    },
 }
 
 /// Turns prompts into the fixed-length id sequences the text encoder expects.
@@ -126,6 +146,7 @@ impl ClipTokenizer {
         Ok(tok)
     }
 
+    /// Tokens per prompt, padding included (77 for CLIP).
     pub fn max_len(&self) -> usize {
         self.max_len
     }

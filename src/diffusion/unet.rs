@@ -20,10 +20,13 @@ use super::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 /// A UNet architecture, as read from `unet/config.json` by [`super::config::unet_spec`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct UNetConfig {
+    /// Latent channels in (4).
     pub in_channels: usize,
+    /// Channels predicted (4).
     pub out_channels: usize,
     /// Latent side length the model was trained at.
     pub sample_size: usize,
+    /// Channels of each block, highest resolution first.
     pub block_out_channels: Vec<usize>,
     /// Per down block (the up path mirrors it): whether it has cross-attention transformers.
     pub cross_attention: Vec<bool>,
@@ -31,15 +34,25 @@ pub struct UNetConfig {
     pub heads: Vec<usize>,
     /// Transformer layers per attention block, per block.
     pub transformer_layers: Vec<usize>,
+    /// ResNet layers per down block (one more per up block).
     pub layers_per_block: usize,
+    /// Padding of the downsampling convolutions.
     pub downsample_padding: usize,
+    /// The mid block's residual scale.
     pub mid_block_scale_factor: f64,
+    /// Groups of every group norm.
     pub norm_num_groups: usize,
+    /// ε of every group norm.
     pub norm_eps: f64,
+    /// Width of the text embeddings cross-attention reads (768 for SD 1.5).
     pub cross_attention_dim: usize,
+    /// Linear instead of 1×1-convolution projections in and out of the transformers.
     pub use_linear_projection: bool,
+    /// Scale the input to [−1, 1] first.
     pub center_input_sample: bool,
+    /// Timestep embedding as [cos, sin] instead of [sin, cos].
     pub flip_sin_to_cos: bool,
+    /// The timestep embedding's frequency shift.
     pub freq_shift: f64,
 }
 
@@ -362,6 +375,7 @@ pub struct UNet {
 }
 
 impl UNet {
+    /// Builds the UNet from weights in diffusers' names.
     pub fn new(vb: nn::VarBuilder, cfg: &UNetConfig) -> Result<Self> {
         let ch = &cfg.block_out_channels;
         let n = ch.len();
@@ -497,6 +511,7 @@ impl UNet {
         })
     }
 
+    /// Its architecture.
     pub fn config(&self) -> &UNetConfig {
         &self.config
     }

@@ -19,8 +19,11 @@ pub struct EpisodeSpec {
 /// `queries[i]` are indices into the caller's image list, disjoint.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Episode {
+    /// The split's class of each way.
     pub classes: Vec<usize>,
+    /// Support images per way.
     pub support: Vec<Vec<usize>>,
+    /// Query images per way.
     pub queries: Vec<Vec<usize>>,
 }
 
@@ -29,22 +32,40 @@ pub struct Episode {
 #[non_exhaustive]
 pub enum EpisodeError {
     #[error("an episode needs at least one way, one shot and one query, got {0:?}")]
+    /// Zero ways, shots or queries.
     EmptySpec(EpisodeSpec),
     #[error("{ways}-way episodes need {ways} classes; the split has {have}")]
-    TooFewClasses { ways: usize, have: usize },
+    /// Fewer classes than ways.
+    TooFewClasses {
+        /// Ways asked for.
+        ways: usize,
+        /// Classes in the split.
+        have: usize,
+    },
     #[error(
         "class {class:?} has {have} images; {shots}-shot episodes with {queries} queries need \
          {} per class",
         shots + queries
     )]
+    /// A class has fewer images than shots plus queries.
     TooFewImages {
+        /// The class.
         class: String,
+        /// Its images.
         have: usize,
+        /// Shots asked for.
         shots: usize,
+        /// Queries asked for.
         queries: usize,
     },
     #[error("{names} class names for {classes} classes")]
-    Names { names: usize, classes: usize },
+    /// Class names and classes differ in number.
+    Names {
+        /// Names given.
+        names: usize,
+        /// Classes.
+        classes: usize,
+    },
 }
 
 /// Draws `count` episodes from the classes of a split (`members[c]`: the image indices of class

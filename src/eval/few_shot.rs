@@ -41,6 +41,7 @@ pub enum Method {
 }
 
 impl Method {
+    /// Every method, in the paper's table order.
     pub const ALL: [Method; 8] = [
         Method::Plain,
         Method::Weak,
@@ -120,6 +121,7 @@ impl Method {
         Ok(methods)
     }
 
+    /// The method a slug names (`plain`, `genie@0.8`, …; see `slug`).
     pub fn from_slug(slug: &str) -> Option<Method> {
         if let Some(level) = slug.strip_prefix("genie@") {
             return NoiseLevel::parse(level).ok().map(Method::GenieAt);
@@ -149,6 +151,7 @@ impl Method {
 
 /// A frozen backbone: images to feature vectors (one per image, in order, all of one length).
 pub trait Backbone {
+    /// One feature vector per image, in order, all of one length; the message says why not.
     fn features(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>, String>;
 }
 
@@ -156,6 +159,7 @@ pub trait Backbone {
 /// class `way` of `episode`, for `method`. GeNIe's sources are the support images of the
 /// episode's other classes; Img2Img's the class's own.
 pub trait GeneratedImages {
+    /// `count` images labelled as class `way` of `episode`, for `method`; the message says why not.
     fn images(
         &self,
         method: Method,
@@ -168,22 +172,28 @@ pub trait GeneratedImages {
 /// The protocol's settings.
 #[derive(Clone, Debug)]
 pub struct FewShotConfig {
+    /// Ways, shots and queries of each episode.
     pub spec: EpisodeSpec,
     /// Episodes (the paper: 600).
     pub episodes: usize,
+    /// Seed of the episodes and the augmentations.
     pub seed: u64,
     /// Extra labelled images per support image (the paper: 4).
     pub extra_per_shot: usize,
     /// Side of the augmented copies (the backbone's input size).
     pub image_size: u32,
+    /// The linear probe fitted on each episode's support set.
     pub probe: LogisticRegression,
+    /// The methods compared.
     pub methods: Vec<Method>,
 }
 
 /// One method's outcome.
 #[derive(Clone, Debug, PartialEq)]
 pub struct MethodResult {
+    /// The method.
     pub method: Method,
+    /// Query accuracy (%), mean and 95 % interval over episodes.
     pub accuracy: MeanCi,
     /// Query accuracy (%) per episode, in episode order.
     pub per_episode: Vec<f64>,
@@ -194,26 +204,53 @@ pub struct MethodResult {
 #[non_exhaustive]
 pub enum FewShotError {
     #[error(transparent)]
+    /// The episodes cannot be drawn.
     Episodes(#[from] EpisodeError),
     #[error("image {index}: {message}")]
-    Image { index: usize, message: String },
+    /// An image of the dataset cannot be read.
+    Image {
+        /// Its index.
+        index: usize,
+        /// Why.
+        message: String,
+    },
     #[error("the backbone failed: {0}")]
+    /// The backbone failed (its message).
     Backbone(String),
     #[error("the backbone gave {got} feature vectors for {expected} images")]
-    FeatureCount { got: usize, expected: usize },
+    /// The backbone returned another number of feature vectors than images.
+    FeatureCount {
+        /// Vectors returned.
+        got: usize,
+        /// Images given.
+        expected: usize,
+    },
     #[error("{method} needs generated images, and none were given")]
-    NoGenerated { method: String },
-    #[error("{method}, episode {episode}, class {class:?}: {message}")]
-    Generated {
+    /// A generative method ran without generated images.
+    NoGenerated {
+        /// The method's slug.
         method: String,
+    },
+    #[error("{method}, episode {episode}, class {class:?}: {message}")]
+    /// Generated images for one class of one episode cannot be had.
+    Generated {
+        /// The method's slug.
+        method: String,
+        /// The episode.
         episode: usize,
+        /// The class.
         class: String,
+        /// Why.
         message: String,
     },
     #[error("the probe, {method}, episode {episode}: {source}")]
+    /// The probe cannot be fitted on an episode.
     Probe {
+        /// The method's slug.
         method: String,
+        /// The episode.
         episode: usize,
+        /// The fit's error.
         source: LogRegError,
     },
 }

@@ -37,35 +37,57 @@ impl Default for LogisticRegression {
 #[non_exhaustive]
 pub enum LogRegError {
     #[error("no samples to fit")]
+    /// No samples.
     Empty,
     #[error("{features} feature vectors but {labels} labels")]
-    Lengths { features: usize, labels: usize },
+    /// Feature vectors and labels differ in number.
+    Lengths {
+        /// Feature vectors.
+        features: usize,
+        /// Labels.
+        labels: usize,
+    },
     #[error("feature vector {index} has {got} values, the first has {expected}")]
+    /// A feature vector's length differs from the first's.
     Dimension {
+        /// The vector.
         index: usize,
+        /// Its length.
         got: usize,
+        /// The first's length.
         expected: usize,
     },
     #[error("label {label} of sample {index} is not below the {classes} classes")]
+    /// A label not below the class count.
     Label {
+        /// The sample.
         index: usize,
+        /// Its label.
         label: usize,
+        /// Classes.
         classes: usize,
     },
     #[error("feature vector {0} has a NaN or infinite value")]
+    /// A feature vector holds NaN or infinity (its index).
     NonFinite(usize),
     #[error("C must be positive and finite, got {0}")]
+    /// The inverse penalty C is not positive and finite.
     Penalty(f64),
     #[error("L-BFGS failed: {0}")]
+    /// The L-BFGS solver failed (argmin's message).
     Solver(String),
 }
 
 /// A fitted probe: `W` row-major (classes × dim) and `b`.
 #[derive(Clone, Debug, PartialEq)]
 pub struct FittedProbe {
+    /// Classes.
     pub classes: usize,
+    /// Feature dimension.
     pub dim: usize,
+    /// `W`, classes × dim, row-major.
     pub weights: Vec<f64>,
+    /// `b`, one per class.
     pub intercepts: Vec<f64>,
     /// L-BFGS iterations used.
     pub iterations: u64,

@@ -13,9 +13,13 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// An engine behind a trait object, so workers of different engine types share one service.
 pub trait DynEngine: Send {
+    /// The cache-key identity of the engine (model, options, algorithm).
     fn fingerprint(&self) -> &EngineFingerprint;
+    /// The side of the square sources it takes, in pixels.
     fn resolution(&self) -> u32;
+    /// Runs a batch of jobs; one output per job, in order.
     fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, BoxError>;
+    /// The token a shutdown uses to stop a long call between steps.
     fn set_cancel(&mut self, token: CancelToken);
 }
 
@@ -48,18 +52,23 @@ pub trait EngineFactory: Send + Sync + 'static {
 /// Who is asking: the training loop's requests go before pre-warm work.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Priority {
+    /// A training loop's request.
     Online,
+    /// A pre-warm's request.
     Prewarm,
 }
 
 /// A preprocessed source image with its pixel hash, computed once so that requests stay cheap.
 #[derive(Clone, Debug)]
 pub struct SourceImage {
+    /// The pixels at the engine's resolution.
     pub pixels: Arc<RgbImage>,
+    /// blake3 of the pixels (the source's part of a cache key).
     pub hash: [u8; 32],
 }
 
 impl SourceImage {
+    /// Hashes the pixels once.
     pub fn new(pixels: RgbImage) -> Self {
         let hash = *crate::image_io::pixel_hash(&pixels).as_bytes();
         SourceImage {
@@ -76,18 +85,24 @@ pub struct Request {
     pub source: Option<SourceImage>,
     /// The target class label, recorded with each cached image.
     pub target: String,
+    /// The full prompt ("a photo of a …").
     pub prompt: String,
+    /// The levels r wanted.
     pub levels: Vec<NoiseLevel>,
+    /// The noise seed (part of the key).
     pub seed: u64,
+    /// Which queue it joins.
     pub priority: Priority,
 }
 
 /// What happened to one requested level, decided at once.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum LevelOutcome {
+    /// Queued for generation.
     Queued,
     /// Already queued or being generated.
     AlreadyPending,
+    /// Already in the cache.
     AlreadyCached,
     /// Failed recently; not retried until its backoff ends.
     BackingOff,
@@ -100,10 +115,12 @@ pub enum LevelOutcome {
 /// The answer to a request: the cache key and outcome of each level, in request order.
 #[derive(Clone, Debug)]
 pub struct Receipt {
+    /// (level, its cache key, what happened), in request order.
     pub levels: Vec<(NoiseLevel, CacheKey, LevelOutcome)>,
 }
 
 impl Receipt {
+    /// Levels with this outcome.
     pub fn count(&self, outcome: LevelOutcome) -> usize {
         self.levels.iter().filter(|(_, _, o)| *o == outcome).count()
     }
@@ -118,6 +135,7 @@ pub enum WaitOutcome {
     Failed(String),
     /// Neither cached nor pending (never requested, or dropped).
     NotPending,
+    /// Still pending when the wait ended.
     TimedOut,
 }
 
@@ -142,6 +160,7 @@ pub enum Shutdown {
 }
 
 #[derive(Clone, Debug)]
+/// How the generator service runs: devices, queue bounds, batching, retry backoff.
 pub struct GeneratorConfig {
     /// Devices, one worker thread (and engine) each.
     pub devices: Vec<String>,
@@ -151,6 +170,7 @@ pub struct GeneratorConfig {
     pub max_batch: usize,
     /// First wait before a failed key may be requested again; doubles per failure.
     pub failure_backoff: Duration,
+    /// The longest backoff.
     pub max_backoff: Duration,
     /// Make each worker's engine when the service starts rather than at its first batch (a
     /// server wants to be ready, with its model loaded, before it says so).
@@ -178,22 +198,33 @@ pub enum GeneratorError {
         "generator config: {devices} devices, queue capacity {queue_capacity}, batch size \
          {max_batch}: each must be at least 1"
     )]
+    /// A configuration value is zero.
     Config {
+        /// Devices given.
         devices: usize,
+        /// Queue capacity given.
         queue_capacity: usize,
+        /// Batch size given.
         max_batch: usize,
     },
     #[error("request: source is {width}x{height}; the engine expects {expected}x{expected}")]
+    /// A source is not the engine's size.
     SourceSize {
+        /// The source's width.
         width: u32,
+        /// The source's height.
         height: u32,
+        /// The engine's side.
         expected: u32,
     },
     #[error("request: levels below 1.0 need a source image")]
+    /// An img2img level without a source image.
     MissingSource,
     #[error(transparent)]
+    /// The cache cannot be read or written.
     Cache(#[from] CacheError),
     #[error("cannot start worker thread: {0}")]
+    /// A worker thread cannot be started.
     Spawn(#[source] std::io::Error),
     /// A remote generator could not answer (unreachable, or it refused the call).
     #[error("remote generator: {0}")]

@@ -47,21 +47,55 @@ use crate::image_io::ImageError;
 #[non_exhaustive]
 pub enum LoaderError {
     #[error("dataset item {index}: {message}")]
-    Dataset { index: usize, message: String },
+    /// The user's dataset failed to give an item.
+    Dataset {
+        /// The item.
+        index: usize,
+        /// The dataset's message.
+        message: String,
+    },
     #[error("dataset item {index}: {source}")]
-    Item { index: usize, source: ItemError },
+    /// An item's pixels cannot be had.
+    Item {
+        /// The item.
+        index: usize,
+        /// Why.
+        source: ItemError,
+    },
     #[error("dataset item {index}: {source}")]
-    Image { index: usize, source: ImageError },
+    /// An item's image cannot be decoded or prepared.
+    Image {
+        /// The item.
+        index: usize,
+        /// Why.
+        source: ImageError,
+    },
     #[error(transparent)]
+    /// The cache cannot be read or written.
     Cache(#[from] CacheError),
     #[error(transparent)]
+    /// The generator refused a request.
     Generator(#[from] GeneratorError),
     #[error("hard negative {0} is no longer in the cache (removed by gc?)")]
+    /// A planned hard negative is gone from the cache.
     MissingEntry(CacheKey),
     #[error("no noise levels to plan")]
+    /// No noise level to plan.
     NoLevels,
     #[error("plan source {path}: {message}")]
-    Plan { path: String, message: String },
+    /// A plan's source cannot be used.
+    Plan {
+        /// The source's path.
+        path: String,
+        /// Why.
+        message: String,
+    },
     #[error("item {index} is out of range: the dataset has {len} items")]
-    OutOfRange { index: usize, len: usize },
+    /// An index past the dataset's end.
+    OutOfRange {
+        /// The index.
+        index: usize,
+        /// The dataset's length.
+        len: usize,
+    },
 }

@@ -22,14 +22,24 @@ pub use groups::{BatchCounts, ClassStats, Group, GroupThresholds};
 #[non_exhaustive]
 pub enum PolicyError {
     #[error("label {label} is outside the {num_classes} classes")]
-    LabelOutOfRange { label: usize, num_classes: usize },
+    /// A label is not a class of the policy.
+    LabelOutOfRange {
+        /// The label.
+        label: usize,
+        /// Classes of the policy.
+        num_classes: usize,
+    },
     #[error("target class {0} is not one of the dataset's classes")]
+    /// A target class the dataset does not have.
     UnknownTarget(usize),
     #[error("the mix fraction must be in [0, 1], got {0}")]
+    /// A mix fraction outside [0, 1].
     BadMixFraction(f64),
     #[error("{0} must be at least 1")]
+    /// A count that must be positive is 0 (names it).
     Zero(&'static str),
     #[error("uses per epoch must be a positive number, got {0}")]
+    /// Uses per epoch not positive and finite.
     BadExposure(f64),
 }
 
@@ -50,7 +60,10 @@ pub enum SourceStrategy {
     /// The `k` classes the live classifier confuses most with the target (the paper's long-tail
     /// protocol, k = 4). Until the confusion matrix has data for a target, its sources are
     /// uniform.
-    TopConfused { k: usize },
+    TopConfused {
+        /// How many of the most confused classes to draw from.
+        k: usize,
+    },
 }
 
 /// How hard negatives enter a batch.
@@ -65,12 +78,15 @@ pub enum Mixing {
 /// Every knob of the policy; the constructors give the paper's settings.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PolicyConfig {
+    /// Which classes are tail and few-shot.
     pub thresholds: GroupThresholds,
     /// Most generated images (distinct source images) per target class.
     pub per_target: usize,
+    /// Where source images come from.
     pub sources: SourceStrategy,
     /// At most this fraction of each batch becomes hard negatives (rounded down).
     pub mix_fraction: f64,
+    /// Whether hard negatives replace items or are appended.
     pub mixing: Mixing,
     /// New (source, target) pairs started per batch; bounds the per-batch cost of hashing sources.
     pub new_pairs_per_batch: usize,
@@ -138,11 +154,15 @@ pub type PairId = usize;
 /// [`PolicyConfig::variants`] per source and target).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Pair {
+    /// Its id in the policy.
     pub id: PairId,
+    /// The source image's class.
     pub source_class: usize,
+    /// The class it is shown as (its label).
     pub target: usize,
     /// Pixel hash of the preprocessed source image (as in the cache key).
     pub source_hash: [u8; 32],
+    /// Which of the source's variants for this target (its own noise seed).
     pub variant: u32,
 }
 
@@ -160,6 +180,7 @@ struct MixSlot {
 pub struct Proposal {
     /// Index of the source item in the batch.
     pub index: usize,
+    /// The class it would be shown as.
     pub target: usize,
 }
 
@@ -167,7 +188,9 @@ pub struct Proposal {
 /// appended, when `replace` is shorter).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MixPlan {
+    /// Batch positions to overwrite.
     pub replace: Vec<usize>,
+    /// The pairs whose images go in, in order.
     pub insert: Vec<PairId>,
 }
 
@@ -253,6 +276,7 @@ impl Policy {
         })
     }
 
+    /// Its configuration.
     pub fn config(&self) -> &PolicyConfig {
         &self.config
     }
@@ -319,6 +343,7 @@ impl Policy {
         }
     }
 
+    /// Classes of the dataset.
     pub fn num_classes(&self) -> usize {
         self.stats.num_classes()
     }
@@ -342,18 +367,22 @@ impl Policy {
         Ok(())
     }
 
+    /// Whether hard negatives are made for `class`.
     pub fn is_target(&self, class: usize) -> bool {
         self.is_target.get(class).copied().unwrap_or(false)
     }
 
+    /// The group (head, tail, few-shot) of `class`.
     pub fn group(&self, class: usize) -> Group {
         self.stats.group(class, &self.config.thresholds)
     }
 
+    /// Every pair started so far, by id.
     pub fn pairs(&self) -> &[Pair] {
         &self.pairs
     }
 
+    /// The pair `id`, if started.
     pub fn pair(&self, id: PairId) -> Option<&Pair> {
         self.pairs.get(id)
     }

@@ -41,6 +41,7 @@ pub struct RemoteConfig {
     /// First pause before trying an unreachable server again (doubles up to `max_backoff`), and
     /// how long retries wait after the server said its queue was full.
     pub backoff: Duration,
+    /// The longest such pause.
     pub max_backoff: Duration,
 }
 
@@ -59,25 +60,44 @@ impl Default for RemoteConfig {
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+/// Why a remote generator cannot be used.
 pub enum RemoteError {
     #[error("generator URL {0:?}: expected http://HOST:PORT")]
+    /// The URL is not `http://HOST:PORT`.
     Url(String),
     #[error("cannot reach the generator server at {url}: {message}")]
-    Unreachable { url: String, message: String },
+    /// The server cannot be reached.
+    Unreachable {
+        /// The server.
+        url: String,
+        /// The transport's account.
+        message: String,
+    },
     #[error(
         "the generator server at {url} answered something that is not genie's protocol: {message}"
     )]
-    Protocol { url: String, message: String },
+    /// The server's answer is not genie's protocol.
+    Protocol {
+        /// The server.
+        url: String,
+        /// What was wrong with it.
+        message: String,
+    },
     #[error(
         "the generator server at {url} runs engine {server}, but this job's keys are for {client}: \
          start the server with the same model and engine options (steps, guidance, size, dtype)"
     )]
+    /// The server runs another engine than the keys are made for.
     FingerprintMismatch {
+        /// The server.
         url: String,
+        /// Its engine.
         server: String,
+        /// The client's.
         client: String,
     },
     #[error("cannot start the sender thread: {0}")]
+    /// The sender thread cannot be started.
     Spawn(#[source] std::io::Error),
 }
 
@@ -251,6 +271,7 @@ impl RemoteGenerator {
         self.shared.resolution
     }
 
+    /// Counters of the client so far.
     pub fn stats(&self) -> RemoteStats {
         let c = &self.shared.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);

@@ -11,12 +11,15 @@ use crate::engine::NoiseLevel;
 /// One hard negative to make: the source image at `source`, shown as `target` at level `r`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PlanEntry {
+    /// The cache key of the image.
     pub key: CacheKey,
+    /// The source image's path as planned; its last two components identify it ([`source_id`]).
     pub source: PathBuf,
     /// The source's class id (its folder name).
     pub source_class: String,
     /// The target's class id (its folder name); the prompt says its name.
     pub target: String,
+    /// The full prompt.
     pub prompt: String,
     /// r as written by [`NoiseLevel`]'s `Display` (`"0.8"`), never a binary float.
     #[serde(with = "level_as_text")]
@@ -55,11 +58,17 @@ pub fn source_id(path: &str) -> Option<&str> {
 /// All levels of one (source, target, variant) of a plan.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PlannedPair {
+    /// The source image's path as planned; its last two components identify it ([`source_id`]).
     pub source: PathBuf,
+    /// The source's class id.
     pub source_class: String,
+    /// The target's class id.
     pub target: String,
+    /// Which variant of the source for this target.
     pub variant: u32,
+    /// The noise seed.
     pub seed: u64,
+    /// blake3 of the preprocessed source's pixels.
     pub source_hash: [u8; 32],
     /// (level, key), ascending by level.
     pub levels: Vec<(NoiseLevel, CacheKey)>,
@@ -74,6 +83,7 @@ impl PlannedPair {
             .map(|&(_, k)| k)
     }
 
+    /// The source's `<class>/<file>` id, when its path has one.
     pub fn source_id(&self) -> Option<&str> {
         self.source.to_str().and_then(source_id)
     }
@@ -112,23 +122,36 @@ pub fn plan_pairs(entries: &[PlanEntry]) -> Vec<PlannedPair> {
 #[non_exhaustive]
 pub enum PlanError {
     #[error("{path}: {source}")]
+    /// The plan file cannot be read or written.
     Io {
+        /// The plan file.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
     #[error("{path}:{line}: {message}")]
+    /// A line is not a plan entry.
     Line {
+        /// The plan file.
         path: PathBuf,
+        /// Its line (1-based).
         line: usize,
+        /// What is wrong.
         message: String,
     },
     #[error(transparent)]
+    /// The plan file cannot be written (atomically).
     Write(#[from] crate::image_io::ImageError),
     #[error("{path}:{line}: key {key} was already planned on line {first}")]
+    /// Two lines plan the same key.
     Duplicate {
+        /// The plan file.
         path: PathBuf,
+        /// The later line.
         line: usize,
+        /// The first line with the key.
         first: usize,
+        /// The key.
         key: CacheKey,
     },
 }

@@ -17,7 +17,10 @@ pub enum PlanMode {
     /// Targets are the Few classes; quota 50 each (the paper's long-tail protocol).
     LongTail,
     /// Every class is a target; quota 4·shots each, sources from every other class.
-    FewShot { shots: usize },
+    FewShot {
+        /// Support images per class.
+        shots: usize,
+    },
     /// Explicit (source class, target class) pairs, by name.
     Pairs(Vec<(String, String)>),
 }
@@ -25,11 +28,15 @@ pub enum PlanMode {
 /// Everything that shapes a plan besides the dataset and the engine.
 #[derive(Clone, Debug)]
 pub struct PlanOptions {
+    /// Which pairs.
     pub mode: PlanMode,
+    /// The levels planned per pair.
     pub levels: Vec<NoiseLevel>,
     /// Overrides the mode's quota of source images per target (or per pair).
     pub per_class: Option<usize>,
+    /// Where each target's source images come from.
     pub sources: SourceStrategy,
+    /// The confusion matrix `SourceStrategy::TopConfused` reads.
     pub confusion: Option<ConfusionMatrix>,
     /// Hard negatives per (source image, target), each from its own noise; they count towards
     /// the quota.
@@ -41,6 +48,7 @@ pub struct PlanOptions {
 /// What a plan holds, for the user.
 #[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct PlanSummary {
+    /// Plan entries (one per pair and level).
     pub entries: usize,
     /// Hard negatives per target class name.
     pub per_target: Vec<(String, usize)>,
@@ -50,15 +58,25 @@ pub struct PlanSummary {
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
+/// Why a plan cannot be made.
 pub enum PlannerError {
     #[error(transparent)]
+    /// The dataset folder cannot be read.
     Folder(#[from] FolderError),
     #[error(transparent)]
+    /// The policy's settings are invalid.
     Policy(#[from] PolicyError),
     #[error("no noise levels to plan")]
+    /// No noise level to plan.
     NoLevels,
     #[error("the class names hold {names} classes, the folder {folder}")]
-    ClassCount { names: usize, folder: usize },
+    /// The class names and the folder disagree on the class count.
+    ClassCount {
+        /// Classes named.
+        names: usize,
+        /// Class folders.
+        folder: usize,
+    },
 }
 
 /// Plans `options` over `folder`; keys come from `keys`, whose classes must be the folder's (in

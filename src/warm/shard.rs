@@ -9,19 +9,35 @@ use crate::cache::CacheKey;
 #[non_exhaustive]
 pub enum ShardError {
     #[error("shard {0:?} is not I/N with 0 ≤ I < N (e.g. 3/16)")]
+    /// Not `I/N`.
     Malformed(String),
     #[error("{variable}={value:?} is not a shard index")]
-    BadVariable { variable: String, value: String },
+    /// A scheduler's variable holds no index.
+    BadVariable {
+        /// The variable.
+        variable: String,
+        /// Its value.
+        value: String,
+    },
     #[error(
         "no shard: give --shard I/N, or run as a Slurm array task (SLURM_ARRAY_TASK_ID) or a \
          Kubernetes Indexed Job (JOB_COMPLETION_INDEX) with the shard count"
     )]
+    /// No shard given and no array-job variable set.
     Missing,
     #[error("the shard count is missing: give --shards N or set SLURM_ARRAY_TASK_COUNT")]
+    /// An index without a count.
     MissingCount,
     #[error("shard index {index} is not below the shard count {count}")]
-    OutOfRange { index: u32, count: u32 },
+    /// An index not below the count.
+    OutOfRange {
+        /// The index.
+        index: u32,
+        /// The count.
+        count: u32,
+    },
     #[error("the shard count must be between 1 and {MAX_SHARDS}, not {0}")]
+    /// A count of 0 or above the limit.
     Count(u32),
 }
 
@@ -32,7 +48,9 @@ pub const MAX_SHARDS: u32 = 65_536;
 /// Task `index` of `count`: owns the keys whose [`CacheKey::shard`] is `index`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Shard {
+    /// This shard, from 0.
     pub index: u32,
+    /// Shards in all.
     pub count: u32,
 }
 
@@ -40,6 +58,7 @@ impl Shard {
     /// The whole plan as one shard.
     pub const ALL: Shard = Shard { index: 0, count: 1 };
 
+    /// Shard `index` of `count`.
     pub fn new(index: u32, count: u32) -> Result<Self, ShardError> {
         check_count(count)?;
         if index >= count {
@@ -89,6 +108,7 @@ impl Shard {
         Shard::new(index, count)
     }
 
+    /// Whether `key` is this shard's to generate (a hash of the key, so shards are even).
     pub fn owns(&self, key: &CacheKey) -> bool {
         key.shard(self.count) == self.index
     }
