@@ -21,22 +21,22 @@ use crate::engine::NoiseLevel;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum AdaError {
-    #[error("GeNIe-Ada needs at least two noise levels, got {0}")]
     /// Fewer than two levels: there is no jump to find.
+    #[error("GeNIe-Ada needs at least two noise levels, got {0}")]
     TooFewLevels(usize),
-    #[error("noise levels must be strictly increasing, got {0} after {1}")]
     /// Levels not strictly increasing (the later, then the earlier).
+    #[error("noise levels must be strictly increasing, got {0} after {1}")]
     UnsortedLevels(NoiseLevel, NoiseLevel),
-    #[error("{levels} noise levels but {embeddings} generated-image embeddings")]
     /// Levels and generated-image embeddings differ in number.
+    #[error("{levels} noise levels but {embeddings} generated-image embeddings")]
     LevelCountMismatch {
         /// Levels.
         levels: usize,
         /// Embeddings.
         embeddings: usize,
     },
-    #[error("{what} has dimension {got}, expected {expected}")]
     /// Embeddings of different dimensions.
+    #[error("{what} has dimension {got}, expected {expected}")]
     DimensionMismatch {
         /// Which embedding.
         what: &'static str,
@@ -45,29 +45,29 @@ pub enum AdaError {
         /// The source embedding's.
         expected: usize,
     },
-    #[error("{what} is empty")]
     /// An empty embedding or set.
+    #[error("{what} is empty")]
     Empty {
         /// Which.
         what: &'static str,
     },
-    #[error("{what} contains NaN or infinite values")]
     /// An embedding holds NaN or infinity.
+    #[error("{what} contains NaN or infinite values")]
     NonFinite {
         /// Which.
         what: &'static str,
     },
-    #[error("{what} is the zero vector and cannot be L2-normalised")]
     /// A zero embedding cannot be normalised.
+    #[error("{what} is the zero vector and cannot be L2-normalised")]
     ZeroVector {
         /// Which.
         what: &'static str,
     },
+    /// The prototype is (numerically) the source: no line to project on.
     #[error(
         "the target prototype equals the source embedding (distance {distance:.3e}): \
          there is no direction to project on"
     )]
-    /// The prototype is (numerically) the source: no line to project on.
     DegenerateDirection {
         /// Their distance.
         distance: f64,

@@ -56,16 +56,16 @@ impl ClassInfo {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ClassNameError {
-    #[error("cannot read class-name file {path}: {source}")]
     /// The class-name file cannot be read.
+    #[error("cannot read class-name file {path}: {source}")]
     Read {
         /// The file.
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
     },
-    #[error("{path}:{line}: {message}")]
     /// A line is not `id<TAB>name[<TAB>superclass]`.
+    #[error("{path}:{line}: {message}")]
     Line {
         /// The file.
         path: PathBuf,
@@ -74,8 +74,8 @@ pub enum ClassNameError {
         /// What is wrong.
         message: String,
     },
-    #[error("{path}:{line}: class id {id:?} was already named on line {first}")]
     /// An id named twice.
+    #[error("{path}:{line}: class id {id:?} was already named on line {first}")]
     DuplicateId {
         /// The file.
         path: PathBuf,
@@ -86,16 +86,16 @@ pub enum ClassNameError {
         /// The id.
         id: String,
     },
-    #[error("class {id:?} is not named in {path}")]
     /// A class of the dataset the file does not name.
+    #[error("class {id:?} is not named in {path}")]
     UnknownId {
         /// The file.
         path: PathBuf,
         /// The class id.
         id: String,
     },
-    #[error("{path} names no classes")]
     /// The file names no class.
+    #[error("{path} names no classes")]
     Empty {
         /// The file.
         path: PathBuf,

@@ -62,6 +62,7 @@ impl NoiseLevel {
         Self::from_thousandths(thousandths).ok_or_else(bad)
     }
 
+    /// r in thousandths (800 is r = 0.8): the exact form keys and the wire use.
     pub fn thousandths(self) -> u16 {
         self.0
     }
@@ -71,6 +72,7 @@ impl NoiseLevel {
         f64::from(self.0) / 1000.0
     }
 
+    /// Whether r = 1: pure noise, no source image (text-to-image).
     pub fn is_text_to_image(self) -> bool {
         self.0 == 1000
     }
@@ -205,7 +207,9 @@ pub struct Job {
     /// The preprocessed source image at the engine's resolution. `None` only when every level
     /// is text-to-image (r = 1).
     pub source: Option<Arc<RgbImage>>,
+    /// The full prompt.
     pub prompt: String,
+    /// The levels r to make, each one image.
     pub levels: Vec<NoiseLevel>,
     /// Seed of the initial noise; the same (seed, shape) gives the same noise on every device.
     pub seed: u64,
@@ -216,17 +220,20 @@ pub struct Job {
 /// One generated image and how it was made.
 #[derive(Clone, Debug)]
 pub struct LevelImage {
+    /// The level it was made at.
     pub level: NoiseLevel,
     /// The timestep at which noise was added (the first timestep run).
     pub start_timestep: usize,
     /// Denoising steps run (UNet evaluations per guidance branch).
     pub steps_run: usize,
+    /// The image.
     pub image: RgbImage,
 }
 
 /// The images of one job, in the order of its levels.
 #[derive(Clone, Debug)]
 pub struct JobOutput {
+    /// One per requested level, in order.
     pub images: Vec<LevelImage>,
 }
 
@@ -238,6 +245,7 @@ pub struct JobOutput {
 pub struct CancelToken(Arc<AtomicBool>);
 
 impl CancelToken {
+    /// A token not cancelled.
     pub fn new() -> Self {
         Self::default()
     }
@@ -247,6 +255,7 @@ impl CancelToken {
         self.0.store(true, Ordering::Release);
     }
 
+    /// Whether `cancel` was called on it or a clone.
     pub fn is_cancelled(&self) -> bool {
         self.0.load(Ordering::Acquire)
     }
@@ -254,6 +263,7 @@ impl CancelToken {
 
 /// Anything that turns jobs into images. The real one is [`crate::diffusion::SdEngine`].
 pub trait Engine {
+    /// What a failed call reports.
     type Error: std::error::Error + Send + Sync + 'static;
 
     /// Side length of the square images this engine makes and expects as sources.

@@ -25,6 +25,7 @@ impl SdEngineFactory {
         })
     }
 
+    /// What the engines will be, decided from the config files.
     pub fn plan(&self) -> &EnginePlan {
         &self.plan
     }

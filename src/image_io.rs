@@ -25,44 +25,44 @@ pub const MAX_DECODE_BYTES: u64 = 512 * 1024 * 1024;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ImageError {
-    #[error("cannot read image {path}: {source}")]
     /// An image file cannot be read.
+    #[error("cannot read image {path}: {source}")]
     Io {
         /// The file.
         path: PathBuf,
-        #[source]
         /// The I/O error.
+        #[source]
         source: std::io::Error,
     },
-    #[error("cannot decode image {path}: {source}")]
     /// An image file does not decode (or is over genie's limits).
+    #[error("cannot decode image {path}: {source}")]
     Decode {
         /// The file.
         path: PathBuf,
-        #[source]
         /// The decoder's account.
+        #[source]
         source: image::ImageError,
     },
-    #[error("cannot decode image from memory: {0}")]
     /// Image bytes in memory do not decode.
+    #[error("cannot decode image from memory: {0}")]
     DecodeBytes(#[source] image::ImageError),
-    #[error("cannot write image {path}: {source}")]
     /// An image file cannot be written.
+    #[error("cannot write image {path}: {source}")]
     Write {
         /// The file.
         path: PathBuf,
-        #[source]
         /// The I/O error.
+        #[source]
         source: std::io::Error,
     },
-    #[error("cannot encode PNG: {0}")]
     /// An image cannot be encoded as PNG.
+    #[error("cannot encode PNG: {0}")]
     Encode(#[source] image::ImageError),
-    #[error("image is empty (0 pixels wide or high)")]
     /// An image with no pixels.
+    #[error("image is empty (0 pixels wide or high)")]
     Empty,
-    #[error("{context}: expected {expected}, got {got}")]
     /// An image or buffer of the wrong size.
+    #[error("{context}: expected {expected}, got {got}")]
     Size {
         /// Where.
         context: &'static str,

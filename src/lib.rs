@@ -27,6 +27,9 @@
 //! `default-features = false, features = ["burn"]` a training job mixes a pre-warmed cache (or a
 //! `genie serve`'s images) into its batches without compiling candle.
 
+// Every public item is documented; CI's clippy and `cargo doc` runs turn this into an error.
+#![warn(missing_docs)]
+
 pub mod ada;
 #[cfg(feature = "burn")]
 pub mod backbone;

@@ -31,34 +31,34 @@ pub const MAX_SIZE: u32 = 1024;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum SyntheticError {
-    #[error("unknown class {class}: there are {} classes", CLASS_NAMES.len())]
     /// A class index past the shapes.
+    #[error("unknown class {class}: there are {} classes", CLASS_NAMES.len())]
     UnknownClass {
         /// The index.
         class: usize,
     },
-    #[error("image size {size} is outside {MIN_SIZE}..={MAX_SIZE}")]
     /// An image size outside the range drawn.
+    #[error("image size {size} is outside {MIN_SIZE}..={MAX_SIZE}")]
     SizeOutOfRange {
         /// The size.
         size: u32,
     },
-    #[error("cannot create directory {path}: {source}")]
     /// A folder cannot be created.
+    #[error("cannot create directory {path}: {source}")]
     Io {
         /// The folder.
         path: PathBuf,
-        #[source]
         /// The I/O error.
+        #[source]
         source: std::io::Error,
     },
-    #[error("cannot write image {path}: {source}")]
     /// An image cannot be written.
+    #[error("cannot write image {path}: {source}")]
     Write {
         /// The file.
         path: PathBuf,
-        #[source]
         /// The encoder's error.
+        #[source]
         source: image::ImageError,
     },
 }

@@ -12,7 +12,9 @@ use crate::loader::{FeatureExtractor, GenieItem};
 /// `backbone` → global-pooled features → `head` → logits.
 #[derive(Module, Debug)]
 pub struct ResNetClassifier {
+    /// The feature extractor.
     pub backbone: ResNet,
+    /// The linear classifier on its pooled features.
     pub head: Linear,
 }
 
@@ -35,7 +37,9 @@ impl ResNetClassifier {
 /// GeNIe-Ada's view of a [`ResNetClassifier`]: its pooled features of items resized to `side`.
 #[derive(Clone, Debug)]
 pub struct ResNetEmbeddings {
+    /// The side items are resized to before embedding.
     pub side: u32,
+    /// The burn device the embeddings run on.
     pub device: Device,
 }
 

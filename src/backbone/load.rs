@@ -18,22 +18,22 @@ const LISTED: usize = 8;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum BackboneError {
-    #[error("cannot read backbone weights {path}: {source}")]
     /// The weights file cannot be read.
+    #[error("cannot read backbone weights {path}: {source}")]
     Io {
         /// The file.
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
     },
-    #[error("backbone weights {path}: unknown format (expected .pth, .pt, .bin or .safetensors)")]
     /// The file's extension is none of the formats read.
+    #[error("backbone weights {path}: unknown format (expected .pth, .pt, .bin or .safetensors)")]
     UnknownFormat {
         /// The file.
         path: PathBuf,
     },
-    #[error("backbone weights {path} are not a readable {format} file: {message}")]
     /// The file is not a readable file of its format.
+    #[error("backbone weights {path} are not a readable {format} file: {message}")]
     Unreadable {
         /// The file.
         path: PathBuf,
@@ -42,12 +42,12 @@ pub enum BackboneError {
         /// The reader's account.
         message: String,
     },
+    /// Tensors the architecture needs are not in the file.
     #[error(
         "backbone weights {path} lack {count} tensor(s) a {depth} needs: {listed}{hint}",
         count = missing.len(),
         listed = list(missing),
     )]
-    /// Tensors the architecture needs are not in the file.
     Missing {
         /// The file.
         path: PathBuf,
@@ -58,12 +58,12 @@ pub enum BackboneError {
         /// A few of the file's own tensor names, when none of the expected ones were found.
         hint: String,
     },
+    /// Tensors of the wrong shape for the architecture.
     #[error(
         "backbone weights {path} have {count} tensor(s) of the wrong shape for a {depth}: {listed}",
         count = misshapen.len(),
         listed = list(misshapen),
     )]
-    /// Tensors of the wrong shape for the architecture.
     Misshapen {
         /// The file.
         path: PathBuf,

@@ -10,8 +10,11 @@ use burn::tensor::{Device, Tensor};
 /// Which torchvision ResNet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum ResNetDepth {
+    /// ResNet-18 (basic blocks 2-2-2-2).
     R18,
+    /// ResNet-34 (basic blocks 3-4-6-3).
     R34,
+    /// ResNet-50 (bottleneck blocks 3-4-6-3).
     R50,
 }
 
@@ -78,7 +81,9 @@ impl std::fmt::Display for ResNetDepth {
 /// keep the same layout for tests with small fixtures.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ResNetConfig {
+    /// Which ResNet.
     pub depth: ResNetDepth,
+    /// Channels of the first stage.
     pub width: usize,
 }
 

@@ -101,10 +101,15 @@ pub struct GcPolicy {
 /// What gc did.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct GcReport {
+    /// Entries removed.
     pub removed_entries: u64,
+    /// Their content bytes.
     pub removed_bytes: u64,
+    /// Entries left.
     pub remaining_entries: u64,
+    /// Their content bytes.
     pub remaining_bytes: u64,
+    /// Abandoned temporary files removed (from writers that died).
     pub removed_temp_files: u64,
     /// Content files no manifest references (left by writers that lost a race or were killed).
     pub removed_orphan_files: u64,
@@ -117,7 +122,9 @@ pub struct GcReport {
 pub struct VerifyReport {
     /// Entries whose manifest and content were read.
     pub checked: u64,
+    /// Entries that verified.
     pub ok: u64,
+    /// Entries that did not, with why.
     pub bad: Vec<BadEntry>,
     /// Bad entries moved into `quarantine/` (only with `repair`).
     pub quarantined: u64,

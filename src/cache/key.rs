@@ -31,8 +31,11 @@ pub struct KeyInputs<'a> {
     pub source: Option<[u8; 32]>,
     /// The full prompt text, exactly as given to the text encoder.
     pub prompt: &'a str,
+    /// The noise level r.
     pub level: NoiseLevel,
+    /// The noise seed.
     pub seed: u64,
+    /// The engine: model, sampler, steps, guidance, size, dtype, algorithm.
     pub fingerprint: &'a EngineFingerprint,
 }
 
@@ -109,10 +112,12 @@ impl CacheKey {
         CacheKey(*enc.0.finalize().as_bytes())
     }
 
+    /// A key from its 32 bytes.
     pub const fn from_bytes(bytes: [u8; 32]) -> Self {
         CacheKey(bytes)
     }
 
+    /// The key's 32 bytes.
     pub const fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }

@@ -22,15 +22,20 @@ pub const MAX_CONTENT_BYTES: u64 = 1 << 30;
 pub struct EntryMeta {
     /// Class label of the target (for stats and reports).
     pub target: String,
+    /// The prompt it was generated with.
     pub prompt: String,
     /// Stored as thousandths (`800` is r = 0.8), never as a float.
     #[serde(with = "level_as_thousandths")]
     pub level: NoiseLevel,
+    /// The noise seed.
     pub seed: u64,
     /// Hex pixel hash of the preprocessed source; `None` for text-to-image.
     pub source: Option<String>,
+    /// The engine that made it.
     pub fingerprint: EngineFingerprint,
+    /// Image width.
     pub width: u32,
+    /// Image height.
     pub height: u32,
 }
 
@@ -39,14 +44,17 @@ pub struct EntryMeta {
 pub struct Manifest {
     /// [`MANIFEST_FORMAT`] of the writer; a newer one is refused with a clear error.
     pub format: u32,
+    /// The entry's key.
     pub key: CacheKey,
     /// File name of the content, relative to the store's folder for this key.
     pub content_file: String,
     /// blake3 of the content, 64 lowercase hex digits.
     pub content_blake3: String,
+    /// Content bytes.
     pub content_len: u64,
     /// Seconds since the Unix epoch when the writer built the manifest (gc's notion of age).
     pub created_unix: u64,
+    /// What the image is.
     pub meta: EntryMeta,
 }
 

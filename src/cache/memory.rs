@@ -72,18 +72,22 @@ impl MemoryTier {
         Some(removed)
     }
 
+    /// Bytes of the images held.
     pub fn used_bytes(&self) -> usize {
         self.used_bytes
     }
 
+    /// The most it holds, in bytes.
     pub fn budget_bytes(&self) -> usize {
         self.budget_bytes
     }
 
+    /// Images held.
     pub fn len(&self) -> usize {
         self.entries.len()
     }
 
+    /// Whether it holds nothing.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
     }

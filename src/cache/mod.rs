@@ -89,15 +89,20 @@ pub struct CacheCounters {
     pub misses: u64,
     /// Entries found corrupt (by the store's verification or by decoding) and quarantined.
     pub corrupt: u64,
+    /// Writes that stored a new entry.
     pub puts_stored: u64,
+    /// Writes that found the entry already committed.
     pub puts_already_present: u64,
 }
 
 /// The memory tier's occupancy.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct MemoryUsage {
+    /// Decoded images held.
     pub entries: usize,
+    /// Their bytes.
     pub used_bytes: usize,
+    /// The tier's limit.
     pub budget_bytes: usize,
 }
 

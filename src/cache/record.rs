@@ -19,7 +19,9 @@ pub(crate) const MAX_RECORD_BYTES: u64 = 1 << 16;
 /// and the chosen level r* (none when the pair could not be scored).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AdaChoiceRecord {
+    /// The record's format version.
     pub format: u32,
+    /// The target class.
     pub target: String,
     /// Levels in thousandths, ascending.
     pub levels: Vec<u16>,
@@ -29,10 +31,12 @@ pub struct AdaChoiceRecord {
     pub chosen: Option<u16>,
     /// The live model's snapshot version that made the choice.
     pub model_version: u64,
+    /// When it was written (seconds since the Unix epoch).
     pub created_unix: u64,
 }
 
 impl AdaChoiceRecord {
+    /// A record of a choice made now.
     pub fn new(
         target: impl Into<String>,
         levels: &[NoiseLevel],
@@ -59,6 +63,7 @@ impl AdaChoiceRecord {
             .collect()
     }
 
+    /// r*, when the pair was scored.
     pub fn chosen_level(&self) -> Option<NoiseLevel> {
         self.chosen.and_then(NoiseLevel::from_thousandths)
     }

@@ -8,25 +8,25 @@ use super::{DiffusionError, SchedulerKind};
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum OptionsError {
-    #[error("dtype {0} (use f32, f16 or bf16)")]
     /// A dtype name that is not f32, f16 or bf16.
+    #[error("dtype {0} (use f32, f16 or bf16)")]
     Dtype(String),
+    /// bf16 asked for on the CPU.
     #[error(
         "bf16 needs a CUDA device: candle's CPU backend has no bf16 matrix multiply (use f16 or \
          f32 on the CPU)"
     )]
-    /// bf16 asked for on the CPU.
     Bf16OnCpu,
-    #[error("max_chains_per_call and prompt_cache must be at least 1")]
     /// A chain or prompt-cache limit of 0.
+    #[error("max_chains_per_call and prompt_cache must be at least 1")]
     ZeroLimit,
-    #[error("guidance {0} is not a finite number")]
     /// A guidance scale that is NaN or infinite.
+    #[error("guidance {0} is not a finite number")]
     Guidance(f64),
+    /// An image size the model cannot take.
     #[error(
         "size {size} must be a positive multiple of {multiple}, at most {max}, for this model"
     )]
-    /// An image size the model cannot take.
     Size {
         /// Asked for.
         size: u32,
@@ -35,14 +35,14 @@ pub enum OptionsError {
         /// [`MAX_SIZE`](super::MAX_SIZE).
         max: u32,
     },
-    #[error("unknown device {0:?} (expected cpu or cuda:N)")]
     /// A device name that is neither `cpu` nor `cuda:N`.
+    #[error("unknown device {0:?} (expected cpu or cuda:N)")]
     UnknownDevice(String),
-    #[error("device {0:?} needs a build with the `cuda` feature (see scripts/build-cuda.sh)")]
     /// A CUDA device in a build without the `cuda` feature.
+    #[error("device {0:?} needs a build with the `cuda` feature (see scripts/build-cuda.sh)")]
     CudaNotBuilt(String),
-    #[error("unknown dtype {0:?} (expected f32, f16 or bf16)")]
     /// A dtype name genie does not know.
+    #[error("unknown dtype {0:?} (expected f32, f16 or bf16)")]
     UnknownDtype(String),
 }
 

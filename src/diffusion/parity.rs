@@ -43,6 +43,7 @@ impl Metric {
 /// One compared tensor.
 #[derive(Clone, Debug, Serialize)]
 pub struct ParityCheck {
+    /// The tensor's name in the fixtures.
     pub name: String,
     /// max |genie − diffusers|; infinite when a step count or timestep differs.
     pub max_abs: f32,
@@ -70,10 +71,15 @@ impl ParityCheck {
 /// Every comparison of one run of [`check`].
 #[derive(Clone, Debug, Serialize)]
 pub struct ParityReport {
+    /// The device genie ran on.
     pub device: String,
+    /// The dtype genie ran in.
     pub dtype: String,
+    /// How differences are measured.
     pub metric: Metric,
+    /// The largest difference that passes.
     pub tolerance: f32,
+    /// One per compared tensor.
     pub checks: Vec<ParityCheck>,
 }
 
@@ -86,6 +92,7 @@ impl ParityReport {
             .fold(0.0, f32::max)
     }
 
+    /// Whether every check is within the tolerance.
     pub fn passed(&self) -> bool {
         !self.checks.is_empty() && self.worst() <= self.tolerance
     }

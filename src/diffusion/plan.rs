@@ -27,6 +27,7 @@ pub struct LevelStart {
     pub index: usize,
     /// Timestep at which noise is added (the first one run).
     pub timestep: usize,
+    /// Steps the level runs (`⌊N·r⌋`).
     pub steps_run: usize,
 }
 
@@ -105,6 +106,7 @@ impl Plan {
 /// What an engine would be, decided from config files alone.
 #[derive(Clone, Debug)]
 pub struct EnginePlan {
+    /// The engine's identity in cache keys.
     pub fingerprint: EngineFingerprint,
     /// Image side length in pixels.
     pub resolution: u32,

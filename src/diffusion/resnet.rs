@@ -13,6 +13,7 @@ pub use candle_transformers::models::stable_diffusion::resnet::ResnetBlock2DConf
 
 use super::fused::GroupNormSilu;
 
+/// diffusers' `ResnetBlock2D`: group norm + SiLU + 3×3 convolution twice, the timestep added between, and a 1×1 shortcut when the channels change.
 #[derive(Debug)]
 pub struct ResnetBlock2D {
     norm1: GroupNormSilu,
@@ -25,6 +26,7 @@ pub struct ResnetBlock2D {
 }
 
 impl ResnetBlock2D {
+    /// Builds the block from weights in diffusers' names.
     pub fn new(
         vb: nn::VarBuilder,
         in_channels: usize,

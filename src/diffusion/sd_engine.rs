@@ -28,8 +28,11 @@ use crate::image_io::pixel_hash;
 /// One finished chain, before conversion to 8-bit pixels.
 #[derive(Debug)]
 pub struct ChainOutput {
+    /// The level it ran at.
     pub level: NoiseLevel,
+    /// The timestep noise was added at.
     pub start_timestep: usize,
+    /// Denoising steps run.
     pub steps_run: usize,
     /// Final latents `[1, C, h, w]`, f32.
     pub latents: Tensor,
@@ -154,10 +157,12 @@ impl SdEngine {
         Ok(engine)
     }
 
+    /// The options it was loaded with.
     pub fn options(&self) -> &EngineOptions {
         &self.opts
     }
 
+    /// Its sampler.
     pub fn scheduler(&self) -> &SchedulerConfig {
         &self.scheduler
     }

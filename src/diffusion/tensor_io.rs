@@ -25,6 +25,7 @@ pub fn tensor_to_rgb(image: &Tensor) -> Result<RgbImage, DiffusionError> {
     })
 }
 
+/// Noise from a safetensors file's `noise` tensor of `shape` (parity fixtures, reproductions).
 pub fn load_noise_file(
     path: &std::path::Path,
     shape: [usize; 4],

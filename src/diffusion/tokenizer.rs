@@ -16,31 +16,31 @@ const CLIP_PATTERN: &str =
 const BOS: &str = "<|startoftext|>";
 const EOS: &str = "<|endoftext|>";
 
+/// Why the tokenizer cannot be loaded or cannot encode a prompt.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-/// Why the tokenizer cannot be loaded or cannot encode a prompt.
 pub enum TokenizerError {
-    #[error("tokenizer folder {0} has neither tokenizer.json nor vocab.json + merges.txt")]
     /// The folder has neither tokenizer format.
+    #[error("tokenizer folder {0} has neither tokenizer.json nor vocab.json + merges.txt")]
     Missing(PathBuf),
-    #[error("cannot load tokenizer from {path}: {message}")]
     /// The tokenizer files do not load.
+    #[error("cannot load tokenizer from {path}: {message}")]
     Load {
         /// The folder.
         path: PathBuf,
         /// The tokenizers crate's account.
         message: String,
     },
-    #[error("tokenizer {path} has no token {token:?}")]
     /// A token CLIP needs (start, end, padding) is not in the vocabulary.
+    #[error("tokenizer {path} has no token {token:?}")]
     MissingToken {
         /// The folder.
         path: PathBuf,
         /// The token.
         token: String,
     },
-    #[error("cannot tokenize {prompt:?}: {message}")]
     /// A prompt cannot be encoded.
+    #[error("cannot tokenize {prompt:?}: {message}")]
     Encode {
         /// The prompt.
         prompt: String,

@@ -243,6 +243,7 @@ pub struct Vae {
 }
 
 impl Vae {
+    /// Builds the VAE from weights in diffusers' names.
     pub fn new(vb: nn::VarBuilder, spec: &VaeSpec) -> Result<Self> {
         let ch = &spec.block_out_channels;
         let last = *ch.last().expect("VaeSpec has at least one block");

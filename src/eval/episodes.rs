@@ -31,23 +31,23 @@ pub struct Episode {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EpisodeError {
-    #[error("an episode needs at least one way, one shot and one query, got {0:?}")]
     /// Zero ways, shots or queries.
+    #[error("an episode needs at least one way, one shot and one query, got {0:?}")]
     EmptySpec(EpisodeSpec),
-    #[error("{ways}-way episodes need {ways} classes; the split has {have}")]
     /// Fewer classes than ways.
+    #[error("{ways}-way episodes need {ways} classes; the split has {have}")]
     TooFewClasses {
         /// Ways asked for.
         ways: usize,
         /// Classes in the split.
         have: usize,
     },
+    /// A class has fewer images than shots plus queries.
     #[error(
         "class {class:?} has {have} images; {shots}-shot episodes with {queries} queries need \
          {} per class",
         shots + queries
     )]
-    /// A class has fewer images than shots plus queries.
     TooFewImages {
         /// The class.
         class: String,
@@ -58,8 +58,8 @@ pub enum EpisodeError {
         /// Queries asked for.
         queries: usize,
     },
-    #[error("{names} class names for {classes} classes")]
     /// Class names and classes differ in number.
+    #[error("{names} class names for {classes} classes")]
     Names {
         /// Names given.
         names: usize,

@@ -203,36 +203,36 @@ pub struct MethodResult {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FewShotError {
-    #[error(transparent)]
     /// The episodes cannot be drawn.
+    #[error(transparent)]
     Episodes(#[from] EpisodeError),
-    #[error("image {index}: {message}")]
     /// An image of the dataset cannot be read.
+    #[error("image {index}: {message}")]
     Image {
         /// Its index.
         index: usize,
         /// Why.
         message: String,
     },
-    #[error("the backbone failed: {0}")]
     /// The backbone failed (its message).
+    #[error("the backbone failed: {0}")]
     Backbone(String),
-    #[error("the backbone gave {got} feature vectors for {expected} images")]
     /// The backbone returned another number of feature vectors than images.
+    #[error("the backbone gave {got} feature vectors for {expected} images")]
     FeatureCount {
         /// Vectors returned.
         got: usize,
         /// Images given.
         expected: usize,
     },
-    #[error("{method} needs generated images, and none were given")]
     /// A generative method ran without generated images.
+    #[error("{method} needs generated images, and none were given")]
     NoGenerated {
         /// The method's slug.
         method: String,
     },
-    #[error("{method}, episode {episode}, class {class:?}: {message}")]
     /// Generated images for one class of one episode cannot be had.
+    #[error("{method}, episode {episode}, class {class:?}: {message}")]
     Generated {
         /// The method's slug.
         method: String,
@@ -243,8 +243,8 @@ pub enum FewShotError {
         /// Why.
         message: String,
     },
-    #[error("the probe, {method}, episode {episode}: {source}")]
     /// The probe cannot be fitted on an episode.
+    #[error("the probe, {method}, episode {episode}: {source}")]
     Probe {
         /// The method's slug.
         method: String,

@@ -21,11 +21,17 @@ use crate::generator::{HardNegativeGenerator, KeySpace, LevelOutcome, Priority, 
 /// noise, at `levels` (one key each).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NeededPair {
+    /// The split image the hard negative starts from.
     pub source: usize,
+    /// The split class it is shown as.
     pub target: usize,
+    /// Which noise of the pair.
     pub variant: u32,
+    /// The levels needed.
     pub levels: Vec<NoiseLevel>,
+    /// The noise seed.
     pub seed: u64,
+    /// One cache key per level.
     pub keys: Vec<CacheKey>,
 }
 
@@ -42,6 +48,7 @@ pub struct CachedEpisodes<'a> {
 }
 
 impl<'a> CachedEpisodes<'a> {
+    /// Episodes' generated images from `cache`, keyed by `keys`; `original` loads split image `i`.
     pub fn new(
         keys: &'a KeySpace,
         cache: &'a Cache,

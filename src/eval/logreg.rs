@@ -36,19 +36,19 @@ impl Default for LogisticRegression {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum LogRegError {
-    #[error("no samples to fit")]
     /// No samples.
+    #[error("no samples to fit")]
     Empty,
-    #[error("{features} feature vectors but {labels} labels")]
     /// Feature vectors and labels differ in number.
+    #[error("{features} feature vectors but {labels} labels")]
     Lengths {
         /// Feature vectors.
         features: usize,
         /// Labels.
         labels: usize,
     },
-    #[error("feature vector {index} has {got} values, the first has {expected}")]
     /// A feature vector's length differs from the first's.
+    #[error("feature vector {index} has {got} values, the first has {expected}")]
     Dimension {
         /// The vector.
         index: usize,
@@ -57,8 +57,8 @@ pub enum LogRegError {
         /// The first's length.
         expected: usize,
     },
-    #[error("label {label} of sample {index} is not below the {classes} classes")]
     /// A label not below the class count.
+    #[error("label {label} of sample {index} is not below the {classes} classes")]
     Label {
         /// The sample.
         index: usize,
@@ -67,14 +67,14 @@ pub enum LogRegError {
         /// Classes.
         classes: usize,
     },
-    #[error("feature vector {0} has a NaN or infinite value")]
     /// A feature vector holds NaN or infinity (its index).
+    #[error("feature vector {0} has a NaN or infinite value")]
     NonFinite(usize),
-    #[error("C must be positive and finite, got {0}")]
     /// The inverse penalty C is not positive and finite.
+    #[error("C must be positive and finite, got {0}")]
     Penalty(f64),
-    #[error("L-BFGS failed: {0}")]
     /// The L-BFGS solver failed (argmin's message).
+    #[error("L-BFGS failed: {0}")]
     Solver(String),
 }
 

@@ -9,9 +9,13 @@ use crate::policy::Group;
 /// One method's accuracies (%), `NaN` for a group without classes or test images.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GroupAccuracy {
+    /// The method's name.
     pub method: String,
+    /// Accuracy (%) on the Many classes.
     pub many: f64,
+    /// On the Medium classes.
     pub medium: f64,
+    /// On the Few classes.
     pub few: f64,
     /// Over every test item.
     pub overall: f64,

@@ -7,9 +7,11 @@ use std::fmt;
 /// 1.96 · s / √n, with s the sample standard deviation).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MeanCi {
+    /// The mean.
     pub mean: f64,
     /// Half-width of the interval (0 for fewer than two values).
     pub ci95: f64,
+    /// Values averaged.
     pub n: usize,
 }
 

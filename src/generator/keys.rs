@@ -56,23 +56,28 @@ impl KeySpace {
         self
     }
 
+    /// Prompts from `prompt` instead of the default template.
     pub fn with_prompt(mut self, prompt: PromptTemplate) -> Self {
         self.prompt = prompt;
         self
     }
 
+    /// The engine the keys are for.
     pub fn fingerprint(&self) -> &EngineFingerprint {
         &self.fingerprint
     }
 
+    /// The side of the sources the engine takes.
     pub fn resolution(&self) -> u32 {
         self.resolution
     }
 
+    /// The run's classes, by label.
     pub fn classes(&self) -> &[ClassInfo] {
         &self.classes
     }
 
+    /// Classes.
     pub fn num_classes(&self) -> usize {
         self.classes.len()
     }
@@ -103,6 +108,7 @@ impl KeySpace {
             .map_or_else(|| format!("class {class}"), ClassInfo::label)
     }
 
+    /// The prompt for `target`.
     pub fn prompt(&self, target: usize) -> String {
         let superclass = self
             .classes

@@ -129,6 +129,7 @@ impl Generator {
         })
     }
 
+    /// The engine its workers run: its images' keys are made for it.
     pub fn fingerprint(&self) -> &EngineFingerprint {
         &self.shared.fingerprint
     }
@@ -300,6 +301,7 @@ impl Generator {
         }
     }
 
+    /// Counters of the queues and workers so far.
     pub fn stats(&self) -> GeneratorStats {
         self.shared
             .counters

@@ -141,6 +141,7 @@ impl GeneratorStats {
 /// A snapshot of one worker's counters.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct DeviceStats {
+    /// The device (`cpu`, `cuda:0`, …).
     pub device: String,
     /// Whether the worker holds a working engine now.
     pub engine_loaded: bool,
@@ -148,5 +149,6 @@ pub struct DeviceStats {
     pub done: u64,
     /// Levels whose generation or storage failed on this worker.
     pub failed: u64,
+    /// Engine calls made.
     pub engine_calls: u64,
 }

@@ -159,8 +159,8 @@ pub enum Shutdown {
     Cancel,
 }
 
-#[derive(Clone, Debug)]
 /// How the generator service runs: devices, queue bounds, batching, retry backoff.
+#[derive(Clone, Debug)]
 pub struct GeneratorConfig {
     /// Devices, one worker thread (and engine) each.
     pub devices: Vec<String>,
@@ -194,11 +194,11 @@ impl Default for GeneratorConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum GeneratorError {
+    /// A configuration value is zero.
     #[error(
         "generator config: {devices} devices, queue capacity {queue_capacity}, batch size \
          {max_batch}: each must be at least 1"
     )]
-    /// A configuration value is zero.
     Config {
         /// Devices given.
         devices: usize,
@@ -207,8 +207,8 @@ pub enum GeneratorError {
         /// Batch size given.
         max_batch: usize,
     },
-    #[error("request: source is {width}x{height}; the engine expects {expected}x{expected}")]
     /// A source is not the engine's size.
+    #[error("request: source is {width}x{height}; the engine expects {expected}x{expected}")]
     SourceSize {
         /// The source's width.
         width: u32,
@@ -217,14 +217,14 @@ pub enum GeneratorError {
         /// The engine's side.
         expected: u32,
     },
-    #[error("request: levels below 1.0 need a source image")]
     /// An img2img level without a source image.
+    #[error("request: levels below 1.0 need a source image")]
     MissingSource,
-    #[error(transparent)]
     /// The cache cannot be read or written.
+    #[error(transparent)]
     Cache(#[from] CacheError),
-    #[error("cannot start worker thread: {0}")]
     /// A worker thread cannot be started.
+    #[error("cannot start worker thread: {0}")]
     Spawn(#[source] std::io::Error),
     /// A remote generator could not answer (unreachable, or it refused the call).
     #[error("remote generator: {0}")]

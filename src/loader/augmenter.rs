@@ -1177,6 +1177,7 @@ impl<I: GenieItem> Augmenter<I> {
         self.state().policy.batch_counts().clone()
     }
 
+    /// Counters of the online loop so far.
     pub fn stats(&self) -> AugmenterStats {
         let state = self.state();
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);

@@ -21,14 +21,17 @@ pub struct GenieBatcher<B, I> {
 }
 
 impl<B, I> GenieBatcher<B, I> {
+    /// Wraps `inner`, mixing `augmenter`'s hard negatives into its batches.
     pub fn new(inner: B, augmenter: Arc<Augmenter<I>>) -> Self {
         GenieBatcher { inner, augmenter }
     }
 
+    /// The augmenter.
     pub fn augmenter(&self) -> &Arc<Augmenter<I>> {
         &self.augmenter
     }
 
+    /// The wrapped batcher.
     pub fn inner(&self) -> &B {
         &self.inner
     }

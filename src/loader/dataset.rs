@@ -23,7 +23,9 @@ use crate::warm::PlannedPair;
 pub struct PlannedNegative {
     /// Index of the source item in the original dataset.
     pub source_index: usize,
+    /// The target class.
     pub target: usize,
+    /// Which noise of the pair.
     pub variant: u32,
     /// The pair's noise seed ([`KeySpace::pair_seed`]).
     pub seed: u64,
@@ -43,6 +45,7 @@ pub struct PlannedNegative {
 pub struct OfflinePlan {
     /// The levels generated per pair: one, or the GeNIe-Ada sweep.
     pub levels: Vec<NoiseLevel>,
+    /// Every planned hard negative.
     pub negatives: Vec<PlannedNegative>,
 }
 
@@ -413,6 +416,7 @@ impl<D: Dataset<I>, I: GenieItem> GenieDataset<D, I> {
         &self.extra
     }
 
+    /// The wrapped dataset.
     pub fn inner(&self) -> &D {
         &self.inner
     }

@@ -16,16 +16,24 @@ use burn::tensor::Device;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum TrainDeviceError {
+    /// A device name genie does not know.
     #[error(
         "unknown training device {0:?}: use cpu, vulkan[:N] or wgpu[:N] (genie's `burn-vulkan` / \
          `burn-wgpu` features), or auto (the first GPU found, else cpu)"
     )]
     Unknown(String),
+    /// A GPU backend this build was compiled without.
     #[error(
         "training device {spec:?} needs genie built with the `{feature}` feature \
          (cargo build --features {feature})"
     )]
-    NotBuilt { spec: String, feature: &'static str },
+    NotBuilt {
+        /// The device asked for.
+        spec: String,
+        /// The cargo feature it needs.
+        feature: &'static str,
+    },
+    /// burn's CUDA backend, which genie cannot link (see the message).
     #[error(
         "burn's CUDA backend cannot live in this binary: it does not build next to genie's `cuda` \
          (candle and cubecl link cudarc differently) and downloads LLVM at build time. Train on \
@@ -33,10 +41,14 @@ pub enum TrainDeviceError {
          `genie serve` plus genie::remote::RemoteGenerator (README: \"Which GPU builds where\")"
     )]
     Cuda,
+    /// No GPU adapter of the backend.
     #[error("no {api} GPU adapter {which} on this machine: {message}")]
     NoAdapter {
+        /// "Vulkan" or "WebGPU".
         api: &'static str,
+        /// Which adapter was asked for.
         which: String,
+        /// The backend's account.
         message: String,
     },
 }

@@ -8,16 +8,28 @@ use image::RgbImage;
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ItemError {
+    /// The values are not a whole image of 1–4 channels.
     #[error("item has {len} values, which is not {width}×{height} pixels of 1–4 channels")]
     BadShape {
+        /// Values given.
         len: usize,
+        /// The width.
         width: usize,
+        /// The height.
         height: usize,
     },
+    /// An image with no pixels.
     #[error("item image is empty")]
     Empty,
+    /// An image above genie's pixel limit.
     #[error("item is too large: {width}×{height}")]
-    TooLarge { width: usize, height: usize },
+    TooLarge {
+        /// The width.
+        width: usize,
+        /// The height.
+        height: usize,
+    },
+    /// The item's source image cannot be read.
     #[error("cannot read the item's source image: {0}")]
     Source(String),
 }

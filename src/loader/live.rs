@@ -77,6 +77,7 @@ pub struct LiveConfig {
     /// snapshot after its levels are cached. `f64::INFINITY` re-scores every pair at every
     /// snapshot.
     pub share: f64,
+    /// When rounds are scored: as soon as possible, or at fixed steps (reproducible).
     pub mode: ScoringMode,
 }
 
@@ -269,6 +270,7 @@ impl<M: Module + 'static> LiveModel<M> {
         self.counters.version.load(Ordering::Acquire)
     }
 
+    /// Counters of the selector so far.
     pub fn stats(&self) -> SelectorStats {
         let c = &self.counters;
         let seconds = |n: &AtomicU64| n.load(Ordering::Relaxed) as f64 * 1e-9;

@@ -36,6 +36,7 @@ pub struct ConfusionMetric {
 }
 
 impl ConfusionMetric {
+    /// A metric that adds each batch's predictions to `confusion`.
     pub fn new(confusion: SharedConfusion) -> Self {
         ConfusionMetric {
             name: MetricName::new("GeNIe confusion".to_string()),

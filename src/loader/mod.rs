@@ -46,52 +46,52 @@ use crate::image_io::ImageError;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum LoaderError {
-    #[error("dataset item {index}: {message}")]
     /// The user's dataset failed to give an item.
+    #[error("dataset item {index}: {message}")]
     Dataset {
         /// The item.
         index: usize,
         /// The dataset's message.
         message: String,
     },
-    #[error("dataset item {index}: {source}")]
     /// An item's pixels cannot be had.
+    #[error("dataset item {index}: {source}")]
     Item {
         /// The item.
         index: usize,
         /// Why.
         source: ItemError,
     },
-    #[error("dataset item {index}: {source}")]
     /// An item's image cannot be decoded or prepared.
+    #[error("dataset item {index}: {source}")]
     Image {
         /// The item.
         index: usize,
         /// Why.
         source: ImageError,
     },
-    #[error(transparent)]
     /// The cache cannot be read or written.
-    Cache(#[from] CacheError),
     #[error(transparent)]
+    Cache(#[from] CacheError),
     /// The generator refused a request.
+    #[error(transparent)]
     Generator(#[from] GeneratorError),
-    #[error("hard negative {0} is no longer in the cache (removed by gc?)")]
     /// A planned hard negative is gone from the cache.
+    #[error("hard negative {0} is no longer in the cache (removed by gc?)")]
     MissingEntry(CacheKey),
-    #[error("no noise levels to plan")]
     /// No noise level to plan.
+    #[error("no noise levels to plan")]
     NoLevels,
-    #[error("plan source {path}: {message}")]
     /// A plan's source cannot be used.
+    #[error("plan source {path}: {message}")]
     Plan {
         /// The source's path.
         path: String,
         /// Why.
         message: String,
     },
-    #[error("item {index} is out of range: the dataset has {len} items")]
     /// An index past the dataset's end.
+    #[error("item {index} is out of range: the dataset has {len} items")]
     OutOfRange {
         /// The index.
         index: usize,

@@ -64,6 +64,7 @@ impl<M: Module + 'static> Observed<M> {
         }
     }
 
+    /// The wrapped model.
     pub fn inner(&self) -> &M {
         &self.model
     }

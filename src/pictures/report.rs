@@ -37,8 +37,11 @@ impl Default for ReportOptions {
 /// What went into a report.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ReportSummary {
+    /// Entries listed.
     pub entries: u64,
+    /// Target classes.
     pub targets: usize,
+    /// Thumbnails drawn.
     pub thumbnails: usize,
     /// Entries listed by a manifest but unreadable now (corrupt or gone); left out of thumbnails.
     pub unreadable: usize,

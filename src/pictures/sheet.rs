@@ -11,7 +11,9 @@ use super::canvas::{self, GREY, INK, MARK, WHITE};
 /// One column of the sheet: a level and its image, `None` when it is not cached.
 #[derive(Clone, Debug)]
 pub struct SheetLevel {
+    /// The level.
     pub level: NoiseLevel,
+    /// Its image, when cached.
     pub image: Option<RgbImage>,
 }
 

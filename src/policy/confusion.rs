@@ -10,6 +10,7 @@ pub struct ConfusionMatrix {
 }
 
 impl ConfusionMatrix {
+    /// An all-zero matrix for `classes` classes.
     pub fn new(classes: usize) -> Self {
         ConfusionMatrix {
             classes,
@@ -30,6 +31,7 @@ impl ConfusionMatrix {
         })
     }
 
+    /// Classes.
     pub fn num_classes(&self) -> usize {
         self.classes
     }
@@ -63,6 +65,7 @@ impl ConfusionMatrix {
         self.counts.iter_mut().for_each(|c| *c *= factor);
     }
 
+    /// The sum of every cell.
     pub fn total(&self) -> f64 {
         self.counts.iter().sum()
     }
@@ -90,6 +93,7 @@ impl ConfusionMatrix {
 pub struct SharedConfusion(Arc<Mutex<ConfusionMatrix>>);
 
 impl SharedConfusion {
+    /// A shared all-zero matrix for `classes` classes.
     pub fn new(classes: usize) -> Self {
         SharedConfusion(Arc::new(Mutex::new(ConfusionMatrix::new(classes))))
     }
@@ -99,10 +103,12 @@ impl SharedConfusion {
         self.lock().record(predictions, targets)
     }
 
+    /// A copy of the matrix now.
     pub fn snapshot(&self) -> ConfusionMatrix {
         self.lock().clone()
     }
 
+    /// The matrix, locked (a poisoned lock is taken over: counts stay usable).
     pub fn lock(&self) -> MutexGuard<'_, ConfusionMatrix> {
         crate::sync::lock(&self.0)
     }

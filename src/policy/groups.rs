@@ -15,6 +15,7 @@ pub enum Group {
 }
 
 impl Group {
+    /// Every group, from head to tail.
     pub const ALL: [Group; 3] = [Group::Many, Group::Medium, Group::Few];
 }
 
@@ -31,7 +32,9 @@ impl fmt::Display for Group {
 /// Group boundaries; the paper's are Few < 20, Medium 20–100, Many > 100.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GroupThresholds {
+    /// Classes with fewer images are Few.
     pub few_below: usize,
+    /// Classes with more images are Many.
     pub many_above: usize,
 }
 
@@ -45,6 +48,7 @@ impl Default for GroupThresholds {
 }
 
 impl GroupThresholds {
+    /// The group of a class with `count` images.
     pub fn group(&self, count: usize) -> Group {
         if count < self.few_below {
             Group::Few
@@ -79,22 +83,27 @@ impl ClassStats {
         Ok(ClassStats { counts })
     }
 
+    /// Counts given per class, in class order.
     pub fn from_counts(counts: Vec<usize>) -> Self {
         ClassStats { counts }
     }
 
+    /// Classes.
     pub fn num_classes(&self) -> usize {
         self.counts.len()
     }
 
+    /// Images of `class`.
     pub fn count(&self, class: usize) -> usize {
         self.counts.get(class).copied().unwrap_or(0)
     }
 
+    /// Images per class.
     pub fn counts(&self) -> &[usize] {
         &self.counts
     }
 
+    /// The group of `class`.
     pub fn group(&self, class: usize, thresholds: &GroupThresholds) -> Group {
         thresholds.group(self.count(class))
     }
@@ -122,6 +131,7 @@ pub struct BatchCounts {
 }
 
 impl BatchCounts {
+    /// Zero counts for `num_classes` classes.
     pub fn new(num_classes: usize) -> Self {
         BatchCounts {
             seen: vec![0; num_classes],

@@ -21,25 +21,25 @@ pub use groups::{BatchCounts, ClassStats, Group, GroupThresholds};
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PolicyError {
-    #[error("label {label} is outside the {num_classes} classes")]
     /// A label is not a class of the policy.
+    #[error("label {label} is outside the {num_classes} classes")]
     LabelOutOfRange {
         /// The label.
         label: usize,
         /// Classes of the policy.
         num_classes: usize,
     },
-    #[error("target class {0} is not one of the dataset's classes")]
     /// A target class the dataset does not have.
+    #[error("target class {0} is not one of the dataset's classes")]
     UnknownTarget(usize),
-    #[error("the mix fraction must be in [0, 1], got {0}")]
     /// A mix fraction outside [0, 1].
+    #[error("the mix fraction must be in [0, 1], got {0}")]
     BadMixFraction(f64),
-    #[error("{0} must be at least 1")]
     /// A count that must be positive is 0 (names it).
+    #[error("{0} must be at least 1")]
     Zero(&'static str),
-    #[error("uses per epoch must be a positive number, got {0}")]
     /// Uses per epoch not positive and finite.
+    #[error("uses per epoch must be a positive number, got {0}")]
     BadExposure(f64),
 }
 

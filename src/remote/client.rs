@@ -58,36 +58,36 @@ impl Default for RemoteConfig {
     }
 }
 
+/// Why a remote generator cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-/// Why a remote generator cannot be used.
 pub enum RemoteError {
-    #[error("generator URL {0:?}: expected http://HOST:PORT")]
     /// The URL is not `http://HOST:PORT`.
+    #[error("generator URL {0:?}: expected http://HOST:PORT")]
     Url(String),
-    #[error("cannot reach the generator server at {url}: {message}")]
     /// The server cannot be reached.
+    #[error("cannot reach the generator server at {url}: {message}")]
     Unreachable {
         /// The server.
         url: String,
         /// The transport's account.
         message: String,
     },
+    /// The server's answer is not genie's protocol.
     #[error(
         "the generator server at {url} answered something that is not genie's protocol: {message}"
     )]
-    /// The server's answer is not genie's protocol.
     Protocol {
         /// The server.
         url: String,
         /// What was wrong with it.
         message: String,
     },
+    /// The server runs another engine than the keys are made for.
     #[error(
         "the generator server at {url} runs engine {server}, but this job's keys are for {client}: \
          start the server with the same model and engine options (steps, guidance, size, dtype)"
     )]
-    /// The server runs another engine than the keys are made for.
     FingerprintMismatch {
         /// The server.
         url: String,
@@ -96,8 +96,8 @@ pub enum RemoteError {
         /// The client's.
         client: String,
     },
-    #[error("cannot start the sender thread: {0}")]
     /// The sender thread cannot be started.
+    #[error("cannot start the sender thread: {0}")]
     Spawn(#[source] std::io::Error),
 }
 

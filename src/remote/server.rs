@@ -46,11 +46,14 @@ impl Default for ServeConfig {
     }
 }
 
+/// Why `genie serve` stopped with an error.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServeError {
+    /// The address cannot be listened on (in use, no permission).
     #[error("cannot listen: {0}")]
     Listen(#[source] std::io::Error),
+    /// The HTTP server failed while running.
     #[error("the HTTP server failed: {0}")]
     Server(#[source] std::io::Error),
 }

@@ -24,24 +24,35 @@ use crate::policy::ConfusionMatrix;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConfusionFileError {
+    /// The file cannot be read.
     #[error("cannot read confusion matrix {path}: {source}")]
     Io {
+        /// The file.
         path: PathBuf,
+        /// The I/O error.
         #[source]
         source: std::io::Error,
     },
+    /// A line is not a row of the matrix.
     #[error("{path}:{line}: {message}")]
     Bad {
+        /// The file.
         path: PathBuf,
+        /// Its line (1-based).
         line: usize,
+        /// What is wrong.
         message: String,
     },
+    /// A class name that is not a class of the dataset.
     #[error(
         "{path}: class {name:?} is not a class of the dataset (its classes are the folder names: {known})"
     )]
     UnknownClass {
+        /// The file.
         path: PathBuf,
+        /// The name.
         name: String,
+        /// The dataset's classes, listed.
         known: String,
     },
 }

@@ -6,13 +6,18 @@ use std::path::{Path, PathBuf};
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum FolderError {
+    /// The folder cannot be read.
     #[error("cannot read {path}: {source}")]
     Read {
+        /// The folder.
         path: PathBuf,
+        /// The I/O error.
         source: std::io::Error,
     },
+    /// The folder has no class folders.
     #[error("{0} has no class folders (expected DIR/<class>/<image>)")]
     NoClasses(PathBuf),
+    /// A class folder's name is not plain UTF-8.
     #[error("class folder name {0:?} is not a plain UTF-8 name")]
     BadClassName(String),
 }
@@ -20,6 +25,7 @@ pub enum FolderError {
 /// Class names (sorted folder names) and every image file with its class index.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ImageFolder {
+    /// Class ids (folder names), sorted; a class's label is its index here.
     pub classes: Vec<String>,
     /// (path, class index), sorted by class then file name.
     pub images: Vec<(PathBuf, usize)>,
@@ -102,6 +108,7 @@ impl ImageFolder {
             .ok_or_else(|| FolderError::BadClassName(name.to_string()))
     }
 
+    /// Every image's label, in image order.
     pub fn labels(&self) -> Vec<usize> {
         self.images.iter().map(|&(_, l)| l).collect()
     }

@@ -121,16 +121,16 @@ pub fn plan_pairs(entries: &[PlanEntry]) -> Vec<PlannedPair> {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum PlanError {
-    #[error("{path}: {source}")]
     /// The plan file cannot be read or written.
+    #[error("{path}: {source}")]
     Io {
         /// The plan file.
         path: PathBuf,
         /// The I/O error.
         source: std::io::Error,
     },
-    #[error("{path}:{line}: {message}")]
     /// A line is not a plan entry.
+    #[error("{path}:{line}: {message}")]
     Line {
         /// The plan file.
         path: PathBuf,
@@ -139,11 +139,11 @@ pub enum PlanError {
         /// What is wrong.
         message: String,
     },
-    #[error(transparent)]
     /// The plan file cannot be written (atomically).
+    #[error(transparent)]
     Write(#[from] crate::image_io::ImageError),
-    #[error("{path}:{line}: key {key} was already planned on line {first}")]
     /// Two lines plan the same key.
+    #[error("{path}:{line}: key {key} was already planned on line {first}")]
     Duplicate {
         /// The plan file.
         path: PathBuf,

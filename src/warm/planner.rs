@@ -56,21 +56,21 @@ pub struct PlanSummary {
     pub skipped: Vec<String>,
 }
 
+/// Why a plan cannot be made.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-/// Why a plan cannot be made.
 pub enum PlannerError {
-    #[error(transparent)]
     /// The dataset folder cannot be read.
-    Folder(#[from] FolderError),
     #[error(transparent)]
+    Folder(#[from] FolderError),
     /// The policy's settings are invalid.
+    #[error(transparent)]
     Policy(#[from] PolicyError),
-    #[error("no noise levels to plan")]
     /// No noise level to plan.
+    #[error("no noise levels to plan")]
     NoLevels,
-    #[error("the class names hold {names} classes, the folder {folder}")]
     /// The class names and the folder disagree on the class count.
+    #[error("the class names hold {names} classes, the folder {folder}")]
     ClassCount {
         /// Classes named.
         names: usize,

@@ -12,10 +12,15 @@ use crate::generator::{level_key, Priority, Request, SourceImage};
 /// The entries of one (source, target, prompt, seed): one generator request.
 #[derive(Debug)]
 pub struct PlannedRequest<'a> {
+    /// The source image's path as planned.
     pub source: PathBuf,
+    /// The target's class id.
     pub target: String,
+    /// The full prompt.
     pub prompt: String,
+    /// The noise seed.
     pub seed: u64,
+    /// Its plan entries, one per level.
     pub entries: Vec<&'a PlanEntry>,
 }
 
@@ -27,7 +32,9 @@ pub struct PlannedRequest<'a> {
      engine options the plan was made with, or plan again"
 )]
 pub struct KeyMismatch {
+    /// The plan's key.
     pub planned: CacheKey,
+    /// The key this engine computes for the same entry.
     pub computed: CacheKey,
 }
 

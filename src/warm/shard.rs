@@ -8,36 +8,36 @@ use crate::cache::CacheKey;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ShardError {
-    #[error("shard {0:?} is not I/N with 0 ≤ I < N (e.g. 3/16)")]
     /// Not `I/N`.
+    #[error("shard {0:?} is not I/N with 0 ≤ I < N (e.g. 3/16)")]
     Malformed(String),
-    #[error("{variable}={value:?} is not a shard index")]
     /// A scheduler's variable holds no index.
+    #[error("{variable}={value:?} is not a shard index")]
     BadVariable {
         /// The variable.
         variable: String,
         /// Its value.
         value: String,
     },
+    /// No shard given and no array-job variable set.
     #[error(
         "no shard: give --shard I/N, or run as a Slurm array task (SLURM_ARRAY_TASK_ID) or a \
          Kubernetes Indexed Job (JOB_COMPLETION_INDEX) with the shard count"
     )]
-    /// No shard given and no array-job variable set.
     Missing,
-    #[error("the shard count is missing: give --shards N or set SLURM_ARRAY_TASK_COUNT")]
     /// An index without a count.
+    #[error("the shard count is missing: give --shards N or set SLURM_ARRAY_TASK_COUNT")]
     MissingCount,
-    #[error("shard index {index} is not below the shard count {count}")]
     /// An index not below the count.
+    #[error("shard index {index} is not below the shard count {count}")]
     OutOfRange {
         /// The index.
         index: u32,
         /// The count.
         count: u32,
     },
-    #[error("the shard count must be between 1 and {MAX_SHARDS}, not {0}")]
     /// A count of 0 or above the limit.
+    #[error("the shard count must be between 1 and {MAX_SHARDS}, not {0}")]
     Count(u32),
 }
 

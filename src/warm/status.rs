@@ -13,15 +13,20 @@ use super::shard::Shard;
 /// One shard's progress.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 pub struct ShardProgress {
+    /// The shard, from 0.
     pub index: u32,
+    /// Shards in all.
     pub count: u32,
+    /// Entries the shard owns.
     pub planned: usize,
+    /// Of those, entries in the cache.
     pub cached: usize,
     /// The shard's task finished and wrote its done marker.
     pub marked_done: bool,
 }
 
 impl ShardProgress {
+    /// Which shard.
     pub fn shard(&self) -> Shard {
         Shard {
             index: self.index,
@@ -29,6 +34,7 @@ impl ShardProgress {
         }
     }
 
+    /// Entries still to generate.
     pub fn missing(&self) -> usize {
         self.planned - self.cached
     }
@@ -43,18 +49,22 @@ impl ShardProgress {
 /// Every shard's progress, in shard order.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct WarmStatus {
+    /// One per shard.
     pub shards: Vec<ShardProgress>,
 }
 
 impl WarmStatus {
+    /// Entries planned, all shards.
     pub fn planned(&self) -> usize {
         self.shards.iter().map(|s| s.planned).sum()
     }
 
+    /// Entries cached, all shards.
     pub fn cached(&self) -> usize {
         self.shards.iter().map(|s| s.cached).sum()
     }
 
+    /// Whether every planned entry is cached.
     pub fn is_complete(&self) -> bool {
         self.shards.iter().all(ShardProgress::is_complete)
     }
