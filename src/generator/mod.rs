@@ -20,8 +20,8 @@ pub use keys::KeySpace;
 pub use service::Generator;
 pub use stats::{DeviceStats, GeneratorStats};
 pub use types::{
-    DynEngine, EngineFactory, GeneratorConfig, GeneratorError, LevelOutcome, Priority, Receipt,
-    Request, Shutdown, SourceImage, WaitOutcome,
+    DynEngine, EngineFactory, GenerationFailure, GeneratorConfig, GeneratorError, LevelOutcome,
+    Priority, Receipt, Request, Shutdown, SourceImage, WaitOutcome,
 };
 
 pub(crate) use types::{check_request, level_key};

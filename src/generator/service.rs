@@ -15,8 +15,8 @@ use crate::engine::{CancelToken, EngineFingerprint, NoiseLevel};
 use crate::sync::lock;
 
 use super::types::{
-    check_request, level_key, EngineFactory, GeneratorConfig, GeneratorError, LevelOutcome,
-    Priority, Receipt, Request, Shutdown, SourceImage, WaitOutcome,
+    check_request, level_key, EngineFactory, GenerationFailure, GeneratorConfig, GeneratorError,
+    LevelOutcome, Priority, Receipt, Request, Shutdown, SourceImage, WaitOutcome,
 };
 use super::worker::Worker;
 
@@ -32,7 +32,7 @@ pub(super) struct WorkItem {
 pub(super) struct Failure {
     pub(super) until: Instant,
     pub(super) failures: u32,
-    pub(super) message: String,
+    pub(super) last: GenerationFailure,
 }
 
 /// What every thread shares.
@@ -283,7 +283,7 @@ impl Generator {
         }
         drop(pending);
         if let Some(f) = lock(&self.shared.failures).get(key) {
-            return Ok(WaitOutcome::Failed(f.message.clone()));
+            return Ok(WaitOutcome::Failed(f.last.clone()));
         }
         Ok(if self.shared.cache.contains(key)? {
             WaitOutcome::Ready
@@ -363,8 +363,8 @@ impl Shared {
         self.settled.notify_all();
     }
 
-    pub(super) fn fail(&self, device: usize, item: &WorkItem, message: &str) {
-        self.fail_levels(device, &item.target, &item.levels, message);
+    pub(super) fn fail(&self, device: usize, item: &WorkItem, failure: &GenerationFailure) {
+        self.fail_levels(device, &item.target, &item.levels, failure);
     }
 
     pub(super) fn fail_levels(
@@ -372,26 +372,26 @@ impl Shared {
         device: usize,
         target: &str,
         levels: &[(NoiseLevel, CacheKey)],
-        message: &str,
+        failure: &GenerationFailure,
     ) {
         let now = Instant::now();
         let mut failures = lock(&self.failures);
         for (level, key) in levels {
-            let f = failures.entry(*key).or_insert(Failure {
+            let f = failures.entry(*key).or_insert_with(|| Failure {
                 until: now,
                 failures: 0,
-                message: String::new(),
+                last: failure.clone(),
             });
             if f.failures == 0 {
                 // Logged once per key; repeats go to debug so a broken input cannot flood the log.
-                tracing::warn!(key = %key, target = %target, level = %level, error = message, "hard-negative generation failed");
+                tracing::warn!(key = %key, target = %target, level = %level, error = %failure, "hard-negative generation failed");
             } else {
-                tracing::debug!(key = %key, failures = f.failures + 1, error = message, "generation failed again");
+                tracing::debug!(key = %key, failures = f.failures + 1, error = %failure, "generation failed again");
             }
             f.failures += 1;
             let factor = 1u32 << (f.failures - 1).min(16);
             f.until = now + (self.config.failure_backoff * factor).min(self.config.max_backoff);
-            f.message = message.to_string();
+            f.last = failure.clone();
         }
         Counters::add(&self.counters.failed, levels.len() as u64);
         Counters::add(&self.counters.devices[device].failed, levels.len() as u64);

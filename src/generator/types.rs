@@ -126,13 +126,66 @@ impl Receipt {
     }
 }
 
+/// Why generating a level failed, as a waiter (in this process or across `genie serve`) sees it.
+///
+/// The underlying errors (an engine's, the cache's) do not cross threads or the network, so each
+/// kind keeps their message; the kind is what a caller matches on.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum GenerationFailure {
+    /// No engine could be made on the worker's device (e.g. unreadable weights); retried with
+    /// backoff.
+    #[error("cannot create the engine on {device}: {message}")]
+    EngineCreation {
+        /// The device (`cpu`, `cuda:0`, …).
+        device: String,
+        /// The factory's error.
+        message: String,
+    },
+    /// The engine's call returned an error (e.g. non-finite values, a bad source).
+    #[error("the engine failed: {message}")]
+    Engine {
+        /// The engine's error.
+        message: String,
+    },
+    /// The engine panicked; the worker builds a fresh one for its next batch.
+    #[error("engine panicked: {message}")]
+    Panic {
+        /// The panic's payload, when it was text.
+        message: String,
+    },
+    /// The engine answered with another number of outputs than it was asked for.
+    #[error("the engine returned {got} {what} for {expected}")]
+    WrongCount {
+        /// "outputs" (per job) or "images" (per level).
+        what: String,
+        /// Returned.
+        got: usize,
+        /// Asked for.
+        expected: usize,
+    },
+    /// The image was made but cannot be stored in the cache.
+    #[error("cannot store in the cache: {message}")]
+    Store {
+        /// The cache's error.
+        message: String,
+    },
+    /// A `genie serve` older than this client reported a failure without its kind.
+    #[error("{message}")]
+    Remote {
+        /// The server's message.
+        message: String,
+    },
+}
+
 /// What waiting on a key found.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum WaitOutcome {
     /// The image is in the cache.
     Ready,
-    /// Generation failed; the message of the error.
-    Failed(String),
+    /// Generation failed (and is backing off before it may be requested again).
+    Failed(GenerationFailure),
     /// Neither cached nor pending (never requested, or dropped).
     NotPending,
     /// Still pending when the wait ended.
@@ -143,7 +196,7 @@ impl std::fmt::Display for WaitOutcome {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             WaitOutcome::Ready => f.write_str("ready"),
-            WaitOutcome::Failed(message) => write!(f, "failed: {message}"),
+            WaitOutcome::Failed(failure) => write!(f, "failed: {failure}"),
             WaitOutcome::NotPending => f.write_str("neither cached nor pending (dropped?)"),
             WaitOutcome::TimedOut => f.write_str("timed out"),
         }

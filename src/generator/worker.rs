@@ -14,7 +14,7 @@ use crate::engine::{Job, JobOutput};
 use crate::sync::lock;
 
 use super::service::{Shared, WorkItem, CANCELLING, DRAINING, RUNNING};
-use super::types::{DynEngine, EngineFactory};
+use super::types::{DynEngine, EngineFactory, GenerationFailure};
 
 pub(super) struct Worker {
     /// Which of the configured devices (and of the per-device counters) this is.
@@ -134,10 +134,13 @@ impl Worker {
                 let msg = creation_error
                     .as_ref()
                     .map_or("no engine", |(m, _, _)| m.as_str());
-                let msg = format!("cannot create the engine on {}: {msg}", self.device);
+                let failure = GenerationFailure::EngineCreation {
+                    device: self.device.clone(),
+                    message: msg.to_string(),
+                };
                 batch
                     .iter()
-                    .for_each(|item| self.shared.fail(self.index, item, &msg));
+                    .for_each(|item| self.shared.fail(self.index, item, &failure));
                 batch.iter().for_each(|item| self.shared.forget(item));
                 continue;
             };
@@ -167,24 +170,26 @@ impl Worker {
                     }
                 }
                 Ok(Ok(outputs)) => {
-                    let msg = format!(
-                        "engine returned {} outputs for {} jobs",
-                        outputs.len(),
-                        batch.len()
-                    );
+                    let failure = GenerationFailure::WrongCount {
+                        what: "outputs".into(),
+                        got: outputs.len(),
+                        expected: batch.len(),
+                    };
                     batch
                         .iter()
-                        .for_each(|item| self.shared.fail(self.index, item, &msg));
+                        .for_each(|item| self.shared.fail(self.index, item, &failure));
                 }
                 Ok(Err(_)) if self.shared.cancel.is_cancelled() => {
                     // Stopped by a cancelling shutdown: nothing failed, nothing to back off from.
                     Counters::add(&c.dropped, levels);
                 }
                 Ok(Err(e)) => {
-                    let msg = e.to_string();
+                    let failure = GenerationFailure::Engine {
+                        message: e.to_string(),
+                    };
                     batch
                         .iter()
-                        .for_each(|item| self.shared.fail(self.index, item, &msg));
+                        .for_each(|item| self.shared.fail(self.index, item, &failure));
                 }
                 Err(panic) => {
                     Counters::add(&c.panics, 1);
@@ -194,10 +199,10 @@ impl Worker {
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "engine panicked".into());
                     tracing::error!(device = %self.device, panic = %msg, "engine panicked; restarting it");
-                    batch.iter().for_each(|item| {
-                        self.shared
-                            .fail(self.index, item, &format!("engine panicked: {msg}"))
-                    });
+                    let failure = GenerationFailure::Panic { message: msg };
+                    batch
+                        .iter()
+                        .for_each(|item| self.shared.fail(self.index, item, &failure));
                     // The next batch builds a fresh engine.
                     engine = None;
                     self.device_counters().loaded.store(0, Ordering::Relaxed);
@@ -234,11 +239,12 @@ impl Worker {
 
     fn store(&self, item: &WorkItem, output: JobOutput) {
         if output.images.len() != item.levels.len() {
-            self.shared.fail(
-                self.index,
-                item,
-                "engine returned the wrong number of images",
-            );
+            let failure = GenerationFailure::WrongCount {
+                what: "images".into(),
+                got: output.images.len(),
+                expected: item.levels.len(),
+            };
+            self.shared.fail(self.index, item, &failure);
             return;
         }
         for ((level, key), image) in item.levels.iter().zip(output.images) {
@@ -269,11 +275,10 @@ impl Worker {
                         seed: item.seed,
                         levels: vec![(*level, *key)],
                     };
-                    self.shared.fail(
-                        self.index,
-                        &single,
-                        &format!("cannot store in the cache: {e}"),
-                    );
+                    let failure = GenerationFailure::Store {
+                        message: e.to_string(),
+                    };
+                    self.shared.fail(self.index, &single, &failure);
                 }
             }
         }

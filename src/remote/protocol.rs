@@ -8,7 +8,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::cache::CacheKey;
 use crate::engine::{EngineFingerprint, NoiseLevel};
-use crate::generator::{LevelOutcome, Priority, Receipt, SourceImage, WaitOutcome};
+use crate::generator::{
+    GenerationFailure, LevelOutcome, Priority, Receipt, SourceImage, WaitOutcome,
+};
 
 /// Bumped when a change would make an old client misread the server.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -134,9 +136,12 @@ pub enum WireOutcome {
 pub struct KeyState {
     /// Where the key stands.
     pub state: WireWait,
-    /// Why it failed, for [`WireWait::Failed`].
+    /// Why it failed, for [`WireWait::Failed`], for people (and clients older than `failure`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// Why it failed, for [`WireWait::Failed`], typed (absent from servers older than it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub failure: Option<GenerationFailure>,
 }
 
 /// A [`WaitOutcome`] on the wire.
@@ -251,13 +256,17 @@ impl WireOutcome {
 
 impl From<&WaitOutcome> for KeyState {
     fn from(w: &WaitOutcome) -> Self {
-        let (state, message) = match w {
+        let (state, failure) = match w {
             WaitOutcome::Ready => (WireWait::Ready, None),
-            WaitOutcome::Failed(m) => (WireWait::Failed, Some(m.clone())),
+            WaitOutcome::Failed(f) => (WireWait::Failed, Some(f.clone())),
             WaitOutcome::NotPending => (WireWait::NotPending, None),
             WaitOutcome::TimedOut => (WireWait::TimedOut, None),
         };
-        KeyState { state, message }
+        KeyState {
+            state,
+            message: failure.as_ref().map(ToString::to_string),
+            failure,
+        }
     }
 }
 
@@ -266,7 +275,11 @@ impl KeyState {
     pub fn outcome(&self) -> WaitOutcome {
         match self.state {
             WireWait::Ready => WaitOutcome::Ready,
-            WireWait::Failed => WaitOutcome::Failed(self.message.clone().unwrap_or_default()),
+            WireWait::Failed => WaitOutcome::Failed(self.failure.clone().unwrap_or_else(|| {
+                GenerationFailure::Remote {
+                    message: self.message.clone().unwrap_or_default(),
+                }
+            })),
             WireWait::NotPending => WaitOutcome::NotPending,
             WireWait::TimedOut => WaitOutcome::TimedOut,
         }
@@ -329,4 +342,39 @@ pub fn decode_pixels(b64: &str, side: u32) -> Result<image::RgbImage, String> {
         ));
     }
     image::RgbImage::from_raw(side, side, bytes).ok_or_else(|| "pixels do not fit".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_typed_failure_crosses_the_wire_and_an_untyped_one_is_remote() {
+        let failure = GenerationFailure::EngineCreation {
+            device: "cuda:1".into(),
+            message: "weights are truncated".into(),
+        };
+        let json =
+            serde_json::to_value(KeyState::from(&WaitOutcome::Failed(failure.clone()))).unwrap();
+        assert_eq!(json["failure"]["kind"], "engine_creation", "{json}");
+        assert_eq!(json["message"], failure.to_string(), "{json}");
+        let back: KeyState = serde_json::from_value(json).unwrap();
+        assert_eq!(back.outcome(), WaitOutcome::Failed(failure));
+
+        // A server from before typed failures sends the message alone.
+        let old: KeyState =
+            serde_json::from_str(r#"{"state":"failed","message":"out of memory"}"#).unwrap();
+        assert_eq!(
+            old.outcome(),
+            WaitOutcome::Failed(GenerationFailure::Remote {
+                message: "out of memory".into()
+            })
+        );
+        // Not failed: no failure field is written.
+        let ready = serde_json::to_value(KeyState::from(&WaitOutcome::Ready)).unwrap();
+        assert!(
+            ready.get("failure").is_none() && ready.get("message").is_none(),
+            "{ready}"
+        );
+    }
 }

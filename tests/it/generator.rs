@@ -9,8 +9,8 @@ use crate::support::{engine_fingerprint, Gate};
 use genie::cache::Cache;
 use genie::diffusion::{tiny, EngineOptions, ModelSource, SchedulerKind, SdEngine};
 use genie::generator::{
-    DynEngine, EngineFactory, Generator, GeneratorConfig, HardNegativeGenerator, LevelOutcome,
-    Priority, Request, Shutdown, SourceImage, WaitOutcome,
+    DynEngine, EngineFactory, GenerationFailure, Generator, GeneratorConfig, HardNegativeGenerator,
+    LevelOutcome, Priority, Request, Shutdown, SourceImage, WaitOutcome,
 };
 use genie::{CancelToken, Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel};
 use image::RgbImage;
@@ -505,8 +505,12 @@ fn failures_back_off_and_panics_restart_the_engine() {
             .wait(&r.levels[0].1, Duration::from_secs(10))
             .unwrap()
     };
-    assert!(matches!(wait(&boom), WaitOutcome::Failed(m) if m.contains("panicked")));
-    assert!(matches!(wait(&fail), WaitOutcome::Failed(m) if m.contains("asked to fail")));
+    assert!(matches!(
+        wait(&boom),
+        WaitOutcome::Failed(GenerationFailure::Panic { .. })
+    ));
+    assert!(matches!(wait(&fail),
+        WaitOutcome::Failed(GenerationFailure::Engine { message }) if message.contains("asked to fail")));
     assert_eq!(wait(&fine), WaitOutcome::Ready);
     // Asking again during the backoff is refused at once, not retried in a loop.
     let again = generator
@@ -671,7 +675,7 @@ fn an_engine_that_cannot_be_made_fails_requests_instead_of_hanging() {
         .wait(&a.levels[0].1, Duration::from_secs(10))
         .unwrap();
     assert!(
-        matches!(&outcome, WaitOutcome::Failed(m) if m.contains("cannot create the engine") && m.contains("truncated")),
+        matches!(&outcome, WaitOutcome::Failed(GenerationFailure::EngineCreation { message, .. }) if message.contains("truncated")),
         "{outcome:?}"
     );
     // Within the creation backoff, other work fails at once without another attempt.
