@@ -279,9 +279,10 @@ pub enum GeneratorError {
     /// A worker thread cannot be started.
     #[error("cannot start worker thread: {0}")]
     Spawn(#[source] std::io::Error),
-    /// A remote generator could not answer (unreachable, or it refused the call).
+    /// A remote generator could not answer (unreachable, or it refused the call); the source is
+    /// the client's typed error (`genie::remote::RemoteError` for genie's own client).
     #[error("remote generator: {0}")]
-    Remote(String),
+    Remote(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
 /// The cache key of one level of a request to an engine with `fingerprint` (what every

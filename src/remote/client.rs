@@ -83,6 +83,18 @@ pub enum RemoteError {
         /// What was wrong with it.
         message: String,
     },
+    /// The server answered the call with an error status.
+    #[error("the generator server at {url} refused the call (HTTP {status}): {message}")]
+    Refused {
+        /// The server.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+        /// The refusal's kind, when the server sent genie's error body.
+        kind: Option<ErrorKind>,
+        /// The server's message (or the status alone).
+        message: String,
+    },
     /// The server runs another engine than the keys are made for.
     #[error(
         "the generator server at {url} runs engine {server}, but this job's keys are for {client}: \
@@ -372,9 +384,15 @@ impl HardNegativeGenerator for RemoteGenerator {
                 .get(&url)
                 .timeout(Duration::from_millis(wait_ms) + self.shared.config.timeout)
                 .call();
+            let remote = |e: RemoteError| GeneratorError::Remote(Box::new(e));
             let state: KeyState = match answer {
-                Ok(resp) => read_json(resp).map_err(GeneratorError::Remote)?,
-                Err(e) => return Err(GeneratorError::Remote(call_error(e))),
+                Ok(resp) => read_json(resp).map_err(|message| {
+                    remote(RemoteError::Protocol {
+                        url: self.shared.url.clone(),
+                        message,
+                    })
+                })?,
+                Err(e) => return Err(remote(call_error(&self.shared.url, e))),
             };
             let outcome = state.outcome();
             if outcome != WaitOutcome::TimedOut || Instant::now() >= deadline {
@@ -618,7 +636,7 @@ impl SenderThread {
                     format!("HTTP {code}: {e}"),
                 )),
             },
-            Err(e) => Posted::Unreachable(call_error(e)),
+            Err(e) => Posted::Unreachable(call_error(&self.shared.url, e).to_string()),
         }
     }
 
@@ -710,14 +728,10 @@ fn normalize_url(url: &str) -> Result<String, RemoteError> {
 }
 
 fn fetch_info(agent: &ureq::Agent, url: &str) -> Result<ServerInfo, RemoteError> {
-    let resp =
-        agent
-            .get(&format!("{url}/v1/info"))
-            .call()
-            .map_err(|e| RemoteError::Unreachable {
-                url: url.to_string(),
-                message: call_error(e),
-            })?;
+    let resp = agent
+        .get(&format!("{url}/v1/info"))
+        .call()
+        .map_err(|e| call_error(url, e))?;
     let info: ServerInfo = read_json(resp).map_err(|message| RemoteError::Protocol {
         url: url.to_string(),
         message,
@@ -756,12 +770,91 @@ fn read_json<T: serde::de::DeserializeOwned>(resp: ureq::Response) -> Result<T, 
     serde_json::from_str(&text).map_err(|e| format!("unexpected answer: {e}"))
 }
 
-fn call_error(e: ureq::Error) -> String {
+/// A failed call to the server at `url`: an error status (with genie's error body when the
+/// server sent one) or no answer at all.
+fn call_error(url: &str, e: ureq::Error) -> RemoteError {
     match e {
-        ureq::Error::Status(code, resp) => match read_json::<ErrorBody>(resp) {
-            Ok(body) => format!("HTTP {code} ({}): {}", body.kind, body.message),
-            Err(_) => format!("HTTP {code}"),
+        ureq::Error::Status(status, resp) => {
+            let (kind, message) = match read_json::<ErrorBody>(resp) {
+                Ok(body) => (Some(body.kind), format!("{}: {}", body.kind, body.message)),
+                Err(_) => (None, format!("HTTP {status}")),
+            };
+            RemoteError::Refused {
+                url: url.to_string(),
+                status,
+                kind,
+                message,
+            }
+        }
+        ureq::Error::Transport(t) => RemoteError::Unreachable {
+            url: url.to_string(),
+            message: t.to_string(),
         },
-        ureq::Error::Transport(t) => t.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    /// A one-shot HTTP server that answers its first call with `status` and `body`.
+    fn answer_once(status: &str, body: &'static str) -> String {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let status = status.to_string();
+        std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            let mut request = [0u8; 1024];
+            let _ = stream.read(&mut request);
+            let reply = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(reply.as_bytes()).unwrap();
+        });
+        url
+    }
+
+    #[test]
+    fn failed_calls_become_typed_remote_errors() {
+        let url = answer_once(
+            "503 Service Unavailable",
+            r#"{"kind":"shutting_down","message":"draining"}"#,
+        );
+        let e = ureq::get(&format!("{url}/v1/info")).call().unwrap_err();
+        match call_error(&url, e) {
+            RemoteError::Refused {
+                status: 503,
+                kind: Some(ErrorKind::ShuttingDown),
+                message,
+                ..
+            } => assert!(message.contains("draining"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+
+        let url = answer_once("500 Internal Server Error", "not json");
+        let e = ureq::get(&format!("{url}/v1/info")).call().unwrap_err();
+        assert!(matches!(
+            call_error(&url, e),
+            RemoteError::Refused {
+                status: 500,
+                kind: None,
+                ..
+            }
+        ));
+
+        // Nothing listens on a port just released.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let url = format!("http://127.0.0.1:{port}");
+        let e = ureq::get(&url).call().unwrap_err();
+        assert!(matches!(
+            call_error(&url, e),
+            RemoteError::Unreachable { .. }
+        ));
     }
 }
