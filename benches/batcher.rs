@@ -161,14 +161,11 @@ fn augmenter(
 ) -> (Arc<Augmenter<ImageDatasetItem>>, Arc<Generator>) {
     let cache = Arc::new(Cache::new(Arc::new(MemoryStore::new()), 256 << 20));
     let generator = Arc::new(
-        Generator::start(
-            Arc::new(FlatFactory(gate)),
-            Arc::clone(&cache),
-            GeneratorConfig {
-                queue_capacity,
-                ..GeneratorConfig::default()
-            },
-        )
+        Generator::start(Arc::new(FlatFactory(gate)), Arc::clone(&cache), {
+            let mut options = GeneratorConfig::default();
+            options.queue_capacity = queue_capacity;
+            options
+        })
         .unwrap(),
     );
     let policy = Policy::long_tail(stats, most_mixing()).unwrap();
@@ -188,14 +185,11 @@ fn remote_augmenter(
     gate: Arc<Gate>,
 ) -> (Arc<Augmenter<ImageDatasetItem>>, BackgroundServer) {
     let cache = Arc::new(Cache::new(Arc::new(MemoryStore::new()), 256 << 20));
-    let generator = Generator::start(
-        Arc::new(FlatFactory(gate)),
-        Arc::clone(&cache),
-        GeneratorConfig {
-            queue_capacity,
-            ..GeneratorConfig::default()
-        },
-    )
+    let generator = Generator::start(Arc::new(FlatFactory(gate)), Arc::clone(&cache), {
+        let mut options = GeneratorConfig::default();
+        options.queue_capacity = queue_capacity;
+        options
+    })
     .unwrap();
     let server = BackgroundServer::start(generator, "127.0.0.1:0", ServeConfig::default()).unwrap();
     let remote =
@@ -219,10 +213,9 @@ fn keys() -> KeySpace {
 
 /// The paper's long-tail policy, mixing up to the batch fraction in every batch.
 fn most_mixing() -> PolicyConfig {
-    PolicyConfig {
-        uses_per_epoch: None,
-        ..PolicyConfig::long_tail()
-    }
+    let mut options = PolicyConfig::long_tail();
+    options.uses_per_epoch = None;
+    options
 }
 
 /// An augmenter with a loaded plan (the offline plan of the long-tail policy at r = 0.8, every

@@ -28,12 +28,10 @@ fn bench(c: &mut Criterion) {
     genie::diffusion::tune_cpu_process();
     let dir = tempfile::tempdir().unwrap();
     tiny::write_tiny_model(dir.path(), 1).unwrap();
-    let opts = EngineOptions {
-        scheduler: SchedulerKind::DpmSolverPp,
-        steps: 50,
-        guidance: 7.5,
-        ..EngineOptions::default()
-    };
+    let mut opts = EngineOptions::default();
+    opts.scheduler = SchedulerKind::DpmSolverPp;
+    opts.steps = 50;
+    opts.guidance = 7.5;
     let mut engine = SdEngine::load(&ModelSource::Local(dir.path().to_path_buf()), opts).unwrap();
     // Warm the prompt and source-latent caches: the bench measures denoising, not first use.
     engine

@@ -73,12 +73,10 @@ fn request_latency() {
     let dir = tempfile::tempdir().unwrap();
     let cache = Arc::new(Cache::open_dir(dir.path(), 64 << 20).unwrap());
     let n = 100_000;
-    let config = GeneratorConfig {
-        devices: vec!["a".into(), "b".into()],
-        queue_capacity: n,
-        max_batch: 1,
-        ..GeneratorConfig::default()
-    };
+    let mut config = GeneratorConfig::default();
+    config.devices = vec!["a".into(), "b".into()];
+    config.queue_capacity = n;
+    config.max_batch = 1;
     let generator =
         Generator::start(Arc::new(StuckFactory(gate.clone(), fp)), cache, config).unwrap();
     let source = SourceImage::new(RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])));
@@ -116,11 +114,9 @@ fn request_latency() {
 fn throughput() {
     let model = tempfile::tempdir().unwrap();
     tiny::write_tiny_model(model.path(), 1).unwrap();
-    let opts = EngineOptions {
-        scheduler: SchedulerKind::DpmSolverPp,
-        steps: 50,
-        ..EngineOptions::default()
-    };
+    let mut opts = EngineOptions::default();
+    opts.scheduler = SchedulerKind::DpmSolverPp;
+    opts.steps = 50;
     let factory =
         Arc::new(SdEngineFactory::new(ModelSource::Local(model.path().into()), opts).unwrap());
     let sources: Vec<SourceImage> = (0..16u8)
@@ -133,10 +129,8 @@ fn throughput() {
     for batch in [1, 8] {
         let dir = tempfile::tempdir().unwrap();
         let cache = Arc::new(Cache::open_dir(dir.path(), 64 << 20).unwrap());
-        let config = GeneratorConfig {
-            max_batch: batch,
-            ..GeneratorConfig::default()
-        };
+        let mut config = GeneratorConfig::default();
+        config.max_batch = batch;
         let generator = Generator::start(factory.clone(), cache, config).unwrap();
         let start = Instant::now();
         for s in &sources {

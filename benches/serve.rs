@@ -59,23 +59,20 @@ fn serve(generator: Generator) -> BackgroundServer {
 fn factory() -> (tempfile::TempDir, Arc<SdEngineFactory>) {
     let model = tempfile::tempdir().unwrap();
     tiny::write_tiny_model(model.path(), 1).unwrap();
-    let opts = EngineOptions {
-        scheduler: SchedulerKind::DpmSolverPp,
-        steps: 50,
-        ..EngineOptions::default()
-    };
+    let mut opts = EngineOptions::default();
+    opts.scheduler = SchedulerKind::DpmSolverPp;
+    opts.steps = 50;
     let factory =
         Arc::new(SdEngineFactory::new(ModelSource::Local(model.path().into()), opts).unwrap());
     (model, factory)
 }
 
 fn config() -> GeneratorConfig {
-    GeneratorConfig {
-        max_batch: 8,
-        queue_capacity: 4096,
-        load_at_start: true,
-        ..GeneratorConfig::default()
-    }
+    let mut options = GeneratorConfig::default();
+    options.max_batch = 8;
+    options.queue_capacity = 4096;
+    options.load_at_start = true;
+    options
 }
 
 fn round_trip(factory: &Arc<SdEngineFactory>) {

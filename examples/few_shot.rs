@@ -245,10 +245,8 @@ fn main() -> Result<()> {
                 bail!("--generator {url} fills the server's cache: give it as --cache DIR");
             }
             // Room in the client's queue for the whole run (the server's is --queue-capacity).
-            let config = RemoteConfig {
-                queue_capacity: missing.len().max(1024),
-                ..RemoteConfig::default()
-            };
+            let mut config = RemoteConfig::default();
+            config.queue_capacity = missing.len().max(1024);
             let remote = RemoteGenerator::connect(url, &plan.fingerprint, config)?;
             println!("generator: genie serve at {url}");
             source.generate(&remote, &missing, &mut progress)
@@ -266,15 +264,21 @@ fn main() -> Result<()> {
     .map_err(anyhow::Error::msg)?;
     println!("generated {made} images (cache {})", cache_dir.display());
 
-    let config = FewShotConfig {
-        spec,
-        episodes: args.episodes,
-        seed: args.seed,
-        extra_per_shot: 4,
-        image_size: plan.resolution,
-        probe: LogisticRegression::default(),
-        methods,
-    };
+    let mut config = FewShotConfig::default();
+
+    config.spec = spec;
+
+    config.episodes = args.episodes;
+
+    config.seed = args.seed;
+
+    config.extra_per_shot = 4;
+
+    config.image_size = plan.resolution;
+
+    config.probe = LogisticRegression::default();
+
+    config.methods = methods;
     let results = run_few_shot(
         &members,
         &names,

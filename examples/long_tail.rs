@@ -245,14 +245,16 @@ impl<'a> Training<'a> {
                 .set_device(train_device.clone())
                 .build(InMemDataset::new(data.train.clone())),
         };
-        let live_config = LiveConfig {
-            every: 20,
-            share: args.ada_share,
-            mode: if args.fast_ada {
+        let live_config = {
+            let mut options = LiveConfig::default();
+            options.every = 20;
+            options.share = args.ada_share;
+            options.mode = if args.fast_ada {
                 ScoringMode::Asynchronous
             } else {
                 ScoringMode::Reproducible
-            },
+            };
+            options
         };
         let live = match online.filter(|o| o.ada) {
             Some(o) => Some(LiveModel::start(
@@ -561,12 +563,10 @@ fn run_seed(args: &Args, device: &Device) -> Result<SeedReport> {
     }
     let classes = data.classes.len();
     let stats = ClassStats::from_labels(data.train.iter().filter_map(GenieItem::label), classes)?;
-    let policy_config = PolicyConfig {
-        per_target: args.per_class,
-        uses_per_epoch: Some(args.uses_per_epoch),
-        seed: args.seed,
-        ..PolicyConfig::long_tail()
-    };
+    let mut policy_config = PolicyConfig::long_tail();
+    policy_config.per_target = args.per_class;
+    policy_config.uses_per_epoch = Some(args.uses_per_epoch);
+    policy_config.seed = args.seed;
     let thresholds = policy_config.thresholds;
     println!(
         "dataset: {} classes, {} training images ({} … {} per class), {} test images",
@@ -627,9 +627,10 @@ fn run_seed(args: &Args, device: &Device) -> Result<SeedReport> {
         keys.clone(),
         Arc::clone(&cache),
         generator.clone(),
-        AugmenterConfig {
-            ada: !args.no_ada,
-            ..AugmenterConfig::default()
+        {
+            let mut options = AugmenterConfig::default();
+            options.ada = !args.no_ada;
+            options
         },
     )?
     .with_confusion(confusion.clone());

@@ -196,10 +196,9 @@ fn main() -> Result<()> {
         started.elapsed().as_secs_f64()
     );
 
-    let options = EngineOptions {
-        steps: args.steps,
-        ..EngineOptions::default()
-    };
+    let mut options = EngineOptions::default();
+
+    options.steps = args.steps;
     let mut engine = SdEngine::load(&shapes::source()?, options)?;
     let keys = KeySpace::new(
         engine.fingerprint().clone(),

@@ -179,12 +179,10 @@ pub fn engine_factory(
         }
     };
     let first = args.device.first().map_or("cpu", String::as_str);
-    let options = EngineOptions {
-        steps: args.steps,
-        device: diffusion::parse_device(first)?,
-        dtype: diffusion::parse_dtype(&args.dtype)?,
-        ..EngineOptions::default()
-    };
+    let mut options = EngineOptions::default();
+    options.steps = args.steps;
+    options.device = diffusion::parse_device(first)?;
+    options.dtype = diffusion::parse_dtype(&args.dtype)?;
     // Check every device now, not in a worker thread later.
     for d in &args.device {
         diffusion::parse_device(d)?;
@@ -196,10 +194,8 @@ pub fn engine_factory(
         args.device.len(),
         if args.device.len() == 1 { "" } else { "s" }
     );
-    let config = genie::generator::GeneratorConfig {
-        devices: args.device.clone(),
-        ..genie::generator::GeneratorConfig::default()
-    };
+    let mut config = genie::generator::GeneratorConfig::default();
+    config.devices = args.device.clone();
     Ok((SdEngineFactory::new(source, options)?, config))
 }
 

@@ -71,7 +71,10 @@ impl EngineOptions {
 pub const MAX_SIZE: u32 = 1024;
 
 /// How the engine samples; everything here changes the pixels.
+///
+/// New settings may be added: start from [`EngineOptions::default`] and set fields.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct EngineOptions {
     /// The sampler.
     pub scheduler: SchedulerKind,

@@ -170,7 +170,10 @@ pub trait GeneratedImages {
 }
 
 /// The protocol's settings.
+///
+/// New settings may be added: start from [`FewShotConfig::default`] and set fields.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct FewShotConfig {
     /// Ways, shots and queries of each episode.
     pub spec: EpisodeSpec,
@@ -186,6 +189,26 @@ pub struct FewShotConfig {
     pub probe: LogisticRegression,
     /// The methods compared.
     pub methods: Vec<Method>,
+}
+
+impl Default for FewShotConfig {
+    /// The paper's 5-way 1-shot protocol: 16 queries per class, 600 episodes, 4 extra images
+    /// per support image at 224 px, every method.
+    fn default() -> Self {
+        FewShotConfig {
+            spec: EpisodeSpec {
+                ways: 5,
+                shots: 1,
+                queries: 16,
+            },
+            episodes: 600,
+            seed: 0,
+            extra_per_shot: 4,
+            image_size: 224,
+            probe: LogisticRegression::default(),
+            methods: Method::ALL.to_vec(),
+        }
+    }
 }
 
 /// One method's outcome.

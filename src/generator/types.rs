@@ -213,7 +213,10 @@ pub enum Shutdown {
 }
 
 /// How the generator service runs: devices, queue bounds, batching, retry backoff.
+///
+/// New settings may be added: start from [`GeneratorConfig::default`] and set fields.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct GeneratorConfig {
     /// Devices, one worker thread (and engine) each.
     pub devices: Vec<String>,

@@ -27,7 +27,10 @@ use crate::policy::{BatchCounts, ConfusionMatrix, PairId, Policy, Proposal, Shar
 use crate::warm::PlannedPair;
 
 /// Knobs of the online loop beyond the policy's.
+///
+/// New settings may be added: start from [`AugmenterConfig::default`] and set fields.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct AugmenterConfig {
     /// Choose r per pair with GeNIe-Ada (generates every level of [`NoiseLevel::ADA_SWEEP`]);
     /// otherwise only `fixed_level` is generated.

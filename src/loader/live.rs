@@ -63,7 +63,10 @@ pub enum ScoringMode {
 
 /// How often the live model is snapshotted, how much scoring it may cost, and when choices
 /// take effect.
+///
+/// New settings may be added: start from [`LiveConfig::default`] and set fields.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct LiveConfig {
     /// Consider a snapshot every this many `observe` calls (optimiser steps). One is taken when
     /// a pair awaits its first choice or the budget affords re-scoring one, so under a small

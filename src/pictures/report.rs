@@ -11,7 +11,10 @@ use crate::engine::NoiseLevel;
 use crate::image_io;
 
 /// What the report shows.
+///
+/// New settings may be added: start from [`ReportOptions::default`] and set fields.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ReportOptions {
     /// The page's heading (e.g. the cache's location).
     pub title: String,

@@ -76,7 +76,11 @@ pub enum Mixing {
 }
 
 /// Every knob of the policy; the constructors give the paper's settings.
+///
+/// New settings may be added: start from a constructor (or [`PolicyConfig::default`], the
+/// long-tail one) and set fields.
 #[derive(Clone, Debug, PartialEq)]
+#[non_exhaustive]
 pub struct PolicyConfig {
     /// Which classes are tail and few-shot.
     pub thresholds: GroupThresholds,
@@ -103,6 +107,13 @@ pub struct PolicyConfig {
     /// ([`crate::generator::KeySpace::pair_seed`]), and the seed of the policy's own choices:
     /// fixed, so that reruns and pre-warmed caches hit.
     pub seed: u64,
+}
+
+impl Default for PolicyConfig {
+    /// [`PolicyConfig::long_tail`].
+    fn default() -> Self {
+        Self::long_tail()
+    }
 }
 
 impl PolicyConfig {

@@ -28,7 +28,10 @@ use crate::generator::{
 use crate::sync::lock;
 
 /// How the client queues, batches and retries.
+///
+/// New settings may be added: start from [`RemoteConfig::default`] and set fields.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct RemoteConfig {
     /// Most requests waiting for the sender thread; more are answered `Dropped`.
     pub queue_capacity: usize,

@@ -28,7 +28,10 @@ use crate::generator::{Generator, GeneratorStats, Request, Shutdown, SourceImage
 use crate::sync::lock;
 
 /// How the server listens and what it accepts.
+///
+/// New settings may be added: start from [`ServeConfig::default`] and set fields.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct ServeConfig {
     /// Largest request body in bytes; larger ones get 413.
     pub body_limit: usize,

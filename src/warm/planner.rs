@@ -26,7 +26,10 @@ pub enum PlanMode {
 }
 
 /// Everything that shapes a plan besides the dataset and the engine.
+///
+/// New settings may be added: start from [`PlanOptions::default`] and set fields.
 #[derive(Clone, Debug)]
+#[non_exhaustive]
 pub struct PlanOptions {
     /// Which pairs.
     pub mode: PlanMode,
@@ -43,6 +46,22 @@ pub struct PlanOptions {
     pub variants: u32,
     /// The run seed; each pair's noise seed is derived from it ([`KeySpace::pair_seed`]).
     pub seed: u64,
+}
+
+impl Default for PlanOptions {
+    /// The long-tail protocol at GeNIe's fixed level (r = 0.8), sources from the top-4 confused
+    /// classes (uniform without a confusion matrix), one variant, seed 0.
+    fn default() -> Self {
+        PlanOptions {
+            mode: PlanMode::LongTail,
+            levels: vec![NoiseLevel::GENIE_DEFAULT],
+            per_class: None,
+            sources: SourceStrategy::TopConfused { k: 4 },
+            confusion: None,
+            variants: 1,
+            seed: 0,
+        }
+    }
 }
 
 /// What a plan holds, for the user.

@@ -30,11 +30,10 @@ fn model_copy() -> (tempfile::TempDir, PathBuf) {
 }
 
 fn opts(kind: SchedulerKind, steps: usize) -> EngineOptions {
-    EngineOptions {
-        scheduler: kind,
-        steps,
-        ..EngineOptions::default()
-    }
+    let mut options = EngineOptions::default();
+    options.scheduler = kind;
+    options.steps = steps;
+    options
 }
 
 fn load(dir: &Path, o: EngineOptions) -> Result<SdEngine, DiffusionError> {
@@ -108,21 +107,17 @@ fn unet_batch_limit_does_not_change_results() {
         &[500, 800, 1000],
         5,
     )];
-    let mut wide = load(
-        tiny_model(),
-        EngineOptions {
-            max_chains_per_call: Some(16),
-            ..opts(SchedulerKind::DpmSolverPp, 10)
-        },
-    )
+    let mut wide = load(tiny_model(), {
+        let mut options = opts(SchedulerKind::DpmSolverPp, 10);
+        options.max_chains_per_call = Some(16);
+        options
+    })
     .unwrap();
-    let mut narrow = load(
-        tiny_model(),
-        EngineOptions {
-            max_chains_per_call: Some(1),
-            ..opts(SchedulerKind::DpmSolverPp, 10)
-        },
-    )
+    let mut narrow = load(tiny_model(), {
+        let mut options = opts(SchedulerKind::DpmSolverPp, 10);
+        options.max_chains_per_call = Some(1);
+        options
+    })
     .unwrap();
     let a = wide.run_chains(&jobs).unwrap();
     let b = narrow.run_chains(&jobs).unwrap();
@@ -392,13 +387,11 @@ fn bad_options_are_refused() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("at least 1"), "{err}");
-    let err = load(
-        tiny_model(),
-        EngineOptions {
-            size: Some(60),
-            ..opts(SchedulerKind::Ddim, 5)
-        },
-    )
+    let err = load(tiny_model(), {
+        let mut options = opts(SchedulerKind::Ddim, 5);
+        options.size = Some(60);
+        options
+    })
     .err()
     .unwrap();
     assert!(err.to_string().contains("multiple of 16"), "{err}");
@@ -411,13 +404,11 @@ fn bad_options_are_refused() {
 
 #[test]
 fn other_sizes_than_native_work() {
-    let mut e = load(
-        tiny_model(),
-        EngineOptions {
-            size: Some(96),
-            ..opts(SchedulerKind::Ddim, 4)
-        },
-    )
+    let mut e = load(tiny_model(), {
+        let mut options = opts(SchedulerKind::Ddim, 4);
+        options.size = Some(96);
+        options
+    })
     .unwrap();
     assert_eq!(e.resolution(), 96);
     let src = Arc::new(RgbImage::new(96, 96));
@@ -477,13 +468,15 @@ fn fingerprint_captures_every_pixel_changing_option() {
     let variants = [
         opts(SchedulerKind::Ddim, 10),
         opts(SchedulerKind::DpmSolverPp, 11),
-        EngineOptions {
-            guidance: 5.0,
-            ..opts(SchedulerKind::DpmSolverPp, 10)
+        {
+            let mut options = opts(SchedulerKind::DpmSolverPp, 10);
+            options.guidance = 5.0;
+            options
         },
-        EngineOptions {
-            size: Some(96),
-            ..opts(SchedulerKind::DpmSolverPp, 10)
+        {
+            let mut options = opts(SchedulerKind::DpmSolverPp, 10);
+            options.size = Some(96);
+            options
         },
     ];
     for o in variants {
@@ -521,11 +514,10 @@ fn scale_unet_tensor(model: &Path, name: &str, factor: f64) {
 }
 
 fn half(dtype: DType, fallback: bool) -> EngineOptions {
-    EngineOptions {
-        dtype,
-        half_fallback: fallback,
-        ..opts(SchedulerKind::DpmSolverPp, 8)
-    }
+    let mut options = opts(SchedulerKind::DpmSolverPp, 8);
+    options.dtype = dtype;
+    options.half_fallback = fallback;
+    options
 }
 
 fn chain_images(e: &mut SdEngine, jobs: &[Job]) -> Result<Vec<Tensor>, DiffusionError> {

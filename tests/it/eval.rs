@@ -150,19 +150,19 @@ mod few_shot {
     }
 
     fn config(methods: Vec<Method>) -> FewShotConfig {
-        FewShotConfig {
-            spec: EpisodeSpec {
-                ways: 3,
-                shots: 1,
-                queries: 5,
-            },
-            episodes: 6,
-            seed: 3,
-            extra_per_shot: 4,
-            image_size: 8,
-            probe: LogisticRegression::default(),
-            methods,
-        }
+        let mut options = FewShotConfig::default();
+        options.spec = EpisodeSpec {
+            ways: 3,
+            shots: 1,
+            queries: 5,
+        };
+        options.episodes = 6;
+        options.seed = 3;
+        options.extra_per_shot = 4;
+        options.image_size = 8;
+        options.probe = LogisticRegression::default();
+        options.methods = methods;
+        options
     }
 
     #[test]
@@ -427,15 +427,14 @@ mod cached {
             assert_eq!(image, &generated(pair.source, pair.target, r07));
         }
         // The whole protocol over the complete cache, no generator.
-        let config = FewShotConfig {
-            spec: spec(),
-            episodes: 5,
-            seed: 2,
-            extra_per_shot: 4,
-            image_size: 16,
-            probe: LogisticRegression::default(),
-            methods: methods.to_vec(),
-        };
+        let mut config = FewShotConfig::default();
+        config.spec = spec();
+        config.episodes = 5;
+        config.seed = 2;
+        config.extra_per_shot = 4;
+        config.image_size = 16;
+        config.probe = LogisticRegression::default();
+        config.methods = methods.to_vec();
         let results = run_few_shot(
             &members,
             &names,

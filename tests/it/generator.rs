@@ -137,14 +137,14 @@ fn request(prompt: &str, seed: u64, levels: &[u16], priority: Priority) -> Reque
 
 /// Devices are named `{tag}{i}` so each test can count its own worker threads (`genie-gen-{tag}{i}`).
 fn config(tag: &str, devices: usize, capacity: usize, batch: usize) -> GeneratorConfig {
-    GeneratorConfig {
-        devices: (0..devices).map(|i| format!("{tag}{i}")).collect(),
-        queue_capacity: capacity,
-        max_batch: batch,
-        failure_backoff: Duration::from_secs(60),
-        max_backoff: Duration::from_secs(60),
-        load_at_start: false,
-    }
+    let mut options = GeneratorConfig::default();
+    options.devices = (0..devices).map(|i| format!("{tag}{i}")).collect();
+    options.queue_capacity = capacity;
+    options.max_batch = batch;
+    options.failure_backoff = Duration::from_secs(60);
+    options.max_backoff = Duration::from_secs(60);
+    options.load_at_start = false;
+    options
 }
 
 /// Live worker threads of the devices tagged `tag` (Linux thread names, from /proc).
@@ -588,11 +588,9 @@ impl EngineFactory for SdFactory {
         64
     }
     fn create(&self, _device: &str) -> Result<Box<dyn DynEngine>, BoxError> {
-        let opts = EngineOptions {
-            scheduler: SchedulerKind::DpmSolverPp,
-            steps: 8,
-            ..EngineOptions::default()
-        };
+        let mut opts = EngineOptions::default();
+        opts.scheduler = SchedulerKind::DpmSolverPp;
+        opts.steps = 8;
         Ok(Box::new(SdEngine::load(
             &ModelSource::Local(self.dir.clone()),
             opts,
@@ -604,11 +602,9 @@ impl EngineFactory for SdFactory {
 fn end_to_end_through_the_real_engine() {
     let model = tempfile::tempdir().unwrap();
     tiny::write_tiny_model(model.path(), 3).unwrap();
-    let opts = EngineOptions {
-        scheduler: SchedulerKind::DpmSolverPp,
-        steps: 8,
-        ..EngineOptions::default()
-    };
+    let mut opts = EngineOptions::default();
+    opts.scheduler = SchedulerKind::DpmSolverPp;
+    opts.steps = 8;
     let plan =
         genie::diffusion::plan_engine(&ModelSource::Local(model.path().into()), &opts).unwrap();
     let factory = Arc::new(SdFactory {

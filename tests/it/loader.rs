@@ -103,12 +103,10 @@ fn generator(cache: Arc<Cache>, gate: Arc<Gate>, queue_capacity: usize) -> Arc<G
         fp: fingerprint(),
         gate,
     });
-    let config = GeneratorConfig {
-        devices: vec!["cpu".into()],
-        queue_capacity,
-        max_batch: 4,
-        ..GeneratorConfig::default()
-    };
+    let mut config = GeneratorConfig::default();
+    config.devices = vec!["cpu".into()];
+    config.queue_capacity = queue_capacity;
+    config.max_batch = 4;
     Arc::new(Generator::start(factory, cache, config).unwrap())
 }
 
@@ -129,23 +127,20 @@ fn stats() -> ClassStats {
 }
 
 fn config(ada: bool) -> AugmenterConfig {
-    AugmenterConfig {
-        ada,
-        ..AugmenterConfig::default()
-    }
+    let mut options = AugmenterConfig::default();
+    options.ada = ada;
+    options
 }
 
 /// The long-tail policy, mixing as often as the batch fraction allows (these tests look at
 /// single batches, not epochs; the per-epoch rate is tested in `tests/it/policy.rs`).
 fn policy(per_target: usize) -> Policy {
-    Policy::long_tail(
-        stats(),
-        PolicyConfig {
-            per_target,
-            uses_per_epoch: None,
-            ..PolicyConfig::long_tail()
-        },
-    )
+    Policy::long_tail(stats(), {
+        let mut options = PolicyConfig::long_tail();
+        options.per_target = per_target;
+        options.uses_per_epoch = None;
+        options
+    })
     .unwrap()
 }
 
@@ -449,15 +444,12 @@ fn an_unlimited_share_rescores_every_pair_at_every_snapshot() {
         s.pairs >= pairs && s.ada_scorable == s.pairs
     });
     let pairs = augmenter.stats().pairs;
-    let live = LiveModel::start(
-        Arc::clone(&augmenter),
-        MeanColour,
-        LiveConfig {
-            every: 1,
-            share: f64::INFINITY,
-            ..LiveConfig::default()
-        },
-    )
+    let live = LiveModel::start(Arc::clone(&augmenter), MeanColour, {
+        let mut options = LiveConfig::default();
+        options.every = 1;
+        options.share = f64::INFINITY;
+        options
+    })
     .unwrap();
     let model = colour_model();
     for version in 1..=3u64 {
@@ -478,16 +470,11 @@ fn memory_held_hard_negatives_stay_within_the_budget() {
     let cache = memory_cache(budget);
     let generator = open_generator(Arc::clone(&cache), 256);
     let augmenter = Arc::new(
-        Augmenter::new(
-            policy(50),
-            keys(),
-            Arc::clone(&cache),
-            Some(generator),
-            AugmenterConfig {
-                item_memory_bytes: 3 * item(0, 0).heap_bytes() + 100,
-                ..config(false)
-            },
-        )
+        Augmenter::new(policy(50), keys(), Arc::clone(&cache), Some(generator), {
+            let mut options = config(false);
+            options.item_memory_bytes = 3 * item(0, 0).heap_bytes() + 100;
+            options
+        })
         .unwrap(),
     );
     let batcher = GenieBatcher::new(Identity, Arc::clone(&augmenter));
@@ -682,13 +669,11 @@ fn end_to_end_through_the_real_engine_on_a_disk_cache() {
     use genie::factory::SdEngineFactory;
     let model = tempfile::tempdir().unwrap();
     tiny::write_tiny_model(model.path(), 5).unwrap();
-    let factory = SdEngineFactory::new(
-        ModelSource::Local(model.path().into()),
-        EngineOptions {
-            steps: 4,
-            ..EngineOptions::default()
-        },
-    )
+    let factory = SdEngineFactory::new(ModelSource::Local(model.path().into()), {
+        let mut options = EngineOptions::default();
+        options.steps = 4;
+        options
+    })
     .unwrap();
     let plan = factory.plan().clone();
     let cache_dir = tempfile::tempdir().unwrap();
@@ -883,15 +868,14 @@ fn a_loaded_plan_is_exactly_what_training_mixes_from_a_pre_warmed_cache() {
         16,
     );
     let keys = KeySpace::new(fingerprint(), SIDE, folder.classes.clone());
-    let options = PlanOptions {
-        mode: PlanMode::LongTail,
-        levels: NoiseLevel::ADA_SWEEP.to_vec(),
-        per_class: Some(6),
-        sources: SourceStrategy::Uniform,
-        confusion: None,
-        variants: 1,
-        seed: 3,
-    };
+    let mut options = PlanOptions::default();
+    options.mode = PlanMode::LongTail;
+    options.levels = NoiseLevel::ADA_SWEEP.to_vec();
+    options.per_class = Some(6);
+    options.sources = SourceStrategy::Uniform;
+    options.confusion = None;
+    options.variants = 1;
+    options.seed = 3;
     let (entries, _) = build_plan(&folder, &options, &keys).unwrap();
     let pairs = plan_pairs(&entries);
     assert_eq!(pairs.len(), 12, "two Few classes, six each");

@@ -37,12 +37,10 @@ fn rel_err(actual: &Tensor, expected: &Tensor) -> f32 {
 }
 
 fn engine(kind: SchedulerKind) -> SdEngine {
-    let opts = EngineOptions {
-        scheduler: kind,
-        steps: 50,
-        guidance: 7.5,
-        ..EngineOptions::default()
-    };
+    let mut opts = EngineOptions::default();
+    opts.scheduler = kind;
+    opts.steps = 50;
+    opts.guidance = 7.5;
     SdEngine::load(&ModelSource::Local(fixtures().join("model")), opts).unwrap()
 }
 
@@ -249,11 +247,9 @@ fn unet_call_and_batched_decode_match() {
 #[test]
 fn packaged_parity_check_passes_in_f32_and_f16() {
     for dtype in [DType::F32, DType::F16] {
-        let options = EngineOptions {
-            dtype,
-            half_fallback: false,
-            ..EngineOptions::default()
-        };
+        let mut options = EngineOptions::default();
+        options.dtype = dtype;
+        options.half_fallback = false;
         let report = parity::check(&fixtures(), &options, Metric::for_dtype(dtype)).unwrap();
         assert_eq!(report.checks.len(), 5 + 2 * 6, "{dtype:?}");
         assert!(report.passed(), "{dtype:?}: {report:#?}");

@@ -34,10 +34,8 @@ fn paper_quotas() {
 
 #[test]
 fn register_stops_at_the_quota_and_refuses_duplicates() {
-    let config = PolicyConfig {
-        per_target: 3,
-        ..PolicyConfig::long_tail()
-    };
+    let mut config = PolicyConfig::long_tail();
+    config.per_target = 3;
     let mut policy = Policy::long_tail(long_tail_stats(), config).unwrap();
     assert!(policy.register(0, 9, hash(1), 0).is_some());
     assert_eq!(policy.register(0, 9, hash(1), 0), None, "duplicate pair");
@@ -111,10 +109,9 @@ fn top_k_sources_follow_a_planted_confusion_matrix() {
 
 /// The paper's long-tail policy with mixing limited by the batch fraction only.
 fn unlimited() -> PolicyConfig {
-    PolicyConfig {
-        uses_per_epoch: None,
-        ..PolicyConfig::long_tail()
-    }
+    let mut options = PolicyConfig::long_tail();
+    options.uses_per_epoch = None;
+    options
 }
 
 #[test]
@@ -156,10 +153,8 @@ fn mixing_respects_the_fraction_and_keeps_the_batch_size() {
 
 #[test]
 fn replacement_takes_target_items_last_and_append_mode_replaces_nothing() {
-    let config = PolicyConfig {
-        mix_fraction: 0.5,
-        ..unlimited()
-    };
+    let mut config = unlimited();
+    config.mix_fraction = 0.5;
     let mut policy = Policy::long_tail(long_tail_stats(), config.clone()).unwrap();
     let pairs: Vec<usize> = (0..4)
         .filter_map(|i| policy.register(0, 9, hash(i), 0))
@@ -168,13 +163,11 @@ fn replacement_takes_target_items_last_and_append_mode_replaces_nothing() {
     let plan = policy.plan_mix(&labels, &pairs);
     // The three non-target items first, then one item of the target class 9.
     assert_eq!(plan.replace, vec![4, 5, 6, 7]);
-    let mut policy = Policy::long_tail(
-        long_tail_stats(),
-        PolicyConfig {
-            mixing: Mixing::Append,
-            ..config
-        },
-    )
+    let mut policy = Policy::long_tail(long_tail_stats(), {
+        let mut options = config;
+        options.mixing = Mixing::Append;
+        options
+    })
     .unwrap();
     let pairs: Vec<usize> = (0..4)
         .filter_map(|i| policy.register(0, 9, hash(i), 0))
@@ -213,38 +206,28 @@ fn offline_plan_follows_quotas_and_is_deterministic() {
 
 #[test]
 fn bad_configuration_is_a_typed_error() {
-    let bad = PolicyConfig {
-        mix_fraction: 1.5,
-        ..PolicyConfig::long_tail()
-    };
+    let mut bad = PolicyConfig::long_tail();
+    bad.mix_fraction = 1.5;
     assert!(Policy::long_tail(long_tail_stats(), bad).is_err());
     assert!(Policy::with_targets(long_tail_stats(), &[12], PolicyConfig::long_tail()).is_err());
-    let zero_k = PolicyConfig {
-        sources: SourceStrategy::TopConfused { k: 0 },
-        ..PolicyConfig::long_tail()
-    };
+    let mut zero_k = PolicyConfig::long_tail();
+    zero_k.sources = SourceStrategy::TopConfused { k: 0 };
     assert!(Policy::long_tail(long_tail_stats(), zero_k).is_err());
     for rate in [0.0, -1.0, f64::NAN, f64::INFINITY] {
-        let bad = PolicyConfig {
-            uses_per_epoch: Some(rate),
-            ..PolicyConfig::long_tail()
-        };
+        let mut bad = PolicyConfig::long_tail();
+        bad.uses_per_epoch = Some(rate);
         assert!(Policy::long_tail(long_tail_stats(), bad).is_err(), "{rate}");
     }
-    let no_variants = PolicyConfig {
-        variants: 0,
-        ..PolicyConfig::long_tail()
-    };
+    let mut no_variants = PolicyConfig::long_tail();
+    no_variants.variants = 0;
     assert!(Policy::long_tail(long_tail_stats(), no_variants).is_err());
 }
 
 #[test]
 fn variants_count_towards_the_quota_and_are_distinct_pairs() {
-    let config = PolicyConfig {
-        per_target: 5,
-        variants: 2,
-        ..PolicyConfig::long_tail()
-    };
+    let mut config = PolicyConfig::long_tail();
+    config.per_target = 5;
+    config.variants = 2;
     let mut policy = Policy::long_tail(long_tail_stats(), config.clone()).unwrap();
     assert!(policy.register(0, 9, hash(1), 0).is_some());
     assert!(
@@ -287,10 +270,8 @@ fn few_ready_hard_negatives_are_mixed_at_the_configured_rate() {
     let labels = shuffled_epoch(3);
     let epoch = labels.len();
     for rate in [1.0, 2.0, 0.5] {
-        let config = PolicyConfig {
-            uses_per_epoch: Some(rate),
-            ..PolicyConfig::long_tail()
-        };
+        let mut config = PolicyConfig::long_tail();
+        config.uses_per_epoch = Some(rate);
         let mut policy = Policy::long_tail(long_tail_stats(), config).unwrap();
         assert_eq!(policy.items_per_epoch(), epoch as u64);
         let ready: Vec<usize> = (0..3)
@@ -411,10 +392,8 @@ fn targets_counted_from_batches_wait_for_one_epoch_then_match_the_dataset_statis
 fn targets_counted_from_batches_refuse_zero_sizes() {
     assert!(Policy::long_tail_from_batches(0, 10, PolicyConfig::long_tail()).is_err());
     assert!(Policy::long_tail_from_batches(10, 0, PolicyConfig::long_tail()).is_err());
-    let bad = PolicyConfig {
-        mix_fraction: -0.1,
-        ..PolicyConfig::long_tail()
-    };
+    let mut bad = PolicyConfig::long_tail();
+    bad.mix_fraction = -0.1;
     assert!(Policy::long_tail_from_batches(10, 10, bad).is_err());
 }
 

@@ -460,11 +460,11 @@ fn a_batcher_mixes_a_servers_hard_negatives_and_outlives_the_server() {
         Ok(_) => panic!("expected a fingerprint mismatch"),
     }
 
-    let config = RemoteConfig {
-        backoff: Duration::from_millis(50),
-        max_backoff: Duration::from_millis(200),
-        ..RemoteConfig::default()
-    };
+    let mut config = RemoteConfig::default();
+
+    config.backoff = Duration::from_millis(50);
+
+    config.max_backoff = Duration::from_millis(200);
     let remote = Arc::new(RemoteGenerator::connect(&url, &info.fingerprint, config).unwrap());
     let cache = Arc::new(genie::cache::Cache::open_dir(&cache_dir, 16 << 20).unwrap());
     let names: Vec<String> = genie::synthetic::CLASS_NAMES[..4]
@@ -475,11 +475,12 @@ fn a_batcher_mixes_a_servers_hard_negatives_and_outlives_the_server() {
         ClassStats::from_counts(vec![300, 120, 60, 5]),
         // A few new pairs in every batch, for longer than the test runs: requests keep going
         // out while the server is down and after it is back.
-        PolicyConfig {
-            per_target: 1000,
-            new_pairs_per_batch: 2,
-            uses_per_epoch: None,
-            ..PolicyConfig::long_tail()
+        {
+            let mut options = PolicyConfig::long_tail();
+            options.per_target = 1000;
+            options.new_pairs_per_batch = 2;
+            options.uses_per_epoch = None;
+            options
         },
     )
     .unwrap();
@@ -582,10 +583,8 @@ fn a_client_holds_retries_back_while_the_servers_queue_is_full() {
         &["--queue-capacity", "1"],
     );
     let info = info(&server.addr);
-    let config = RemoteConfig {
-        backoff: Duration::from_secs(30),
-        ..RemoteConfig::default()
-    };
+    let mut config = RemoteConfig::default();
+    config.backoff = Duration::from_secs(30);
     let remote = RemoteGenerator::connect(
         &format!("http://{}", server.addr),
         &info.fingerprint,

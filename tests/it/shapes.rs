@@ -51,13 +51,11 @@ fn the_embedded_model_is_the_committed_one_and_loads_with_its_fingerprint() {
     }
     let home = tempfile::tempdir().unwrap();
     let dir = shapes::ensure_shapes_model(&home.path().join("shapes")).unwrap();
-    let engine = SdEngine::load(
-        &ModelSource::Local(dir),
-        EngineOptions {
-            steps: 10,
-            ..EngineOptions::default()
-        },
-    )
+    let engine = SdEngine::load(&ModelSource::Local(dir), {
+        let mut options = EngineOptions::default();
+        options.steps = 10;
+        options
+    })
     .unwrap();
     assert_eq!(engine.resolution(), 64);
     assert_eq!(engine.fingerprint().model, EXPECTED_MODEL_HASH);
@@ -115,13 +113,11 @@ fn labels(judge: &Cnn, images: &[RgbImage]) -> Vec<usize> {
 /// small latent grid, 16×16, noise erases a shape sooner than on SD 1.5's 64×64: the shape is
 /// already half gone at r = 0.3; see BENCHMARKS.md.)
 fn low_and_high(model: ModelSource, judge: &Cnn) -> (usize, usize) {
-    let mut engine = SdEngine::load(
-        &model,
-        EngineOptions {
-            steps: 25,
-            ..EngineOptions::default()
-        },
-    )
+    let mut engine = SdEngine::load(&model, {
+        let mut options = EngineOptions::default();
+        options.steps = 25;
+        options
+    })
     .unwrap();
     let size = engine.resolution();
     let keys = KeySpace::new(

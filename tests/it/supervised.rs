@@ -172,10 +172,8 @@ fn loaders(
 #[test]
 fn supervised_training_with_genie_batcher_and_confusion_metric() {
     let (keys, items) = setup();
-    let config = PolicyConfig {
-        per_target: 20,
-        ..PolicyConfig::long_tail()
-    };
+    let mut config = PolicyConfig::long_tail();
+    config.per_target = 20;
     // Pre-warm the cache with a hard negative (target c) for every item of a and b.
     let cache = prewarm(&keys, &items, config.seed, &[NoiseLevel::GENIE_DEFAULT]);
     let stats = ClassStats::from_counts(vec![40, 30, 5]);
@@ -226,25 +224,20 @@ impl FeatureExtractor<Probe, ImageDatasetItem> for Logits {
 #[test]
 fn supervised_training_runs_genie_ada_through_the_observed_model() {
     let (keys, items) = setup();
-    let config = PolicyConfig {
-        per_target: 12,
-        ..PolicyConfig::long_tail()
-    };
+    let mut config = PolicyConfig::long_tail();
+    config.per_target = 12;
     let cache = prewarm(&keys, &items, config.seed, &NoiseLevel::ADA_SWEEP);
     let policy = Policy::long_tail(ClassStats::from_counts(vec![40, 30, 5]), config).unwrap();
     let augmenter =
         Arc::new(Augmenter::new(policy, keys, cache, None, AugmenterConfig::default()).unwrap());
     assert!(augmenter.config().ada);
     let live = Arc::new(
-        LiveModel::start(
-            Arc::clone(&augmenter),
-            Logits,
-            LiveConfig {
-                every: 1,
-                share: f64::INFINITY,
-                ..LiveConfig::default()
-            },
-        )
+        LiveModel::start(Arc::clone(&augmenter), Logits, {
+            let mut options = LiveConfig::default();
+            options.every = 1;
+            options.share = f64::INFINITY;
+            options
+        })
         .unwrap(),
     );
     let device = Device::flex().autodiff();
@@ -316,10 +309,8 @@ type RunLog = (
 /// weights and batch order.
 fn ada_run() -> RunLog {
     let (keys, items) = setup();
-    let config = PolicyConfig {
-        per_target: 30,
-        ..PolicyConfig::long_tail()
-    };
+    let mut config = PolicyConfig::long_tail();
+    config.per_target = 30;
     let cache = prewarm(&keys, &items, config.seed, &NoiseLevel::ADA_SWEEP);
     let policy = Policy::long_tail(ClassStats::from_counts(vec![40, 30, 5]), config).unwrap();
     let augmenter =
@@ -329,10 +320,11 @@ fn ada_run() -> RunLog {
             Arc::clone(&augmenter),
             Logits,
             // A budget of a few pairs per snapshot: rounds differ, and re-scoring moves choices.
-            LiveConfig {
-                every: 2,
-                share: 0.5,
-                ..LiveConfig::default()
+            {
+                let mut options = LiveConfig::default();
+                options.every = 2;
+                options.share = 0.5;
+                options
             },
         )
         .unwrap(),

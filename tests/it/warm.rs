@@ -75,15 +75,15 @@ mod planning {
     }
 
     fn options(mode: PlanMode, per_class: Option<usize>) -> PlanOptions {
-        PlanOptions {
-            mode,
-            levels: vec![NoiseLevel::parse("0.5").unwrap(), NoiseLevel::GENIE_DEFAULT],
-            per_class,
-            sources: SourceStrategy::Uniform,
-            confusion: None,
-            variants: 1,
-            seed: 0,
-        }
+        let mut options = PlanOptions::default();
+        options.mode = mode;
+        options.levels = vec![NoiseLevel::parse("0.5").unwrap(), NoiseLevel::GENIE_DEFAULT];
+        options.per_class = per_class;
+        options.sources = SourceStrategy::Uniform;
+        options.confusion = None;
+        options.variants = 1;
+        options.seed = 0;
+        options
     }
 
     #[test]
@@ -149,12 +149,10 @@ mod planning {
         let folder = ImageFolder::scan(dir.path()).unwrap();
         let keys = keys(&folder);
         let levels = vec![NoiseLevel::GENIE_DEFAULT];
-        let plan_options = PlanOptions {
-            levels: levels.clone(),
-            seed: 9,
-            variants: 2,
-            ..options(PlanMode::LongTail, Some(7))
-        };
+        let mut plan_options = options(PlanMode::LongTail, Some(7));
+        plan_options.levels = levels.clone();
+        plan_options.seed = 9;
+        plan_options.variants = 2;
         let (entries, _) = build_plan(&folder, &plan_options, &keys).unwrap();
         let items: Vec<_> = folder
             .images
@@ -166,16 +164,14 @@ mod planning {
             .collect();
         let dataset = InMemDataset::new(items);
         let stats = ClassStats::from_labels(folder.labels(), folder.classes.len()).unwrap();
-        let policy = Policy::long_tail(
-            stats,
-            PolicyConfig {
-                per_target: 7,
-                sources: SourceStrategy::Uniform,
-                variants: 2,
-                seed: 9,
-                ..PolicyConfig::long_tail()
-            },
-        )
+        let policy = Policy::long_tail(stats, {
+            let mut options = PolicyConfig::long_tail();
+            options.per_target = 7;
+            options.sources = SourceStrategy::Uniform;
+            options.variants = 2;
+            options.seed = 9;
+            options
+        })
         .unwrap();
         let offline = OfflinePlan::new(&dataset, &policy, &keys, &levels, None).unwrap();
         let mut planned: Vec<_> = entries.iter().map(|e| e.key).collect();

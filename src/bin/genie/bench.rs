@@ -144,13 +144,11 @@ pub(crate) fn parity(args: ParityArgs) -> Result<ExitCode> {
             args.fixtures.display()
         );
     }
-    let options = EngineOptions {
-        dtype: diffusion::parse_dtype(&args.dtype)?,
-        device: diffusion::parse_device(&args.device)?,
-        // A fallback would hide exactly the overflow this check is for.
-        half_fallback: false,
-        ..EngineOptions::default()
-    };
+    let mut options = EngineOptions::default();
+    options.dtype = diffusion::parse_dtype(&args.dtype)?;
+    options.device = diffusion::parse_device(&args.device)?;
+    // A fallback would hide exactly the overflow this check is for.
+    options.half_fallback = false;
     let (metric, default_tolerance) = parity::Metric::for_dtype(options.dtype);
     let tolerance = args.tolerance.unwrap_or(default_tolerance);
     let report = parity::check(&args.fixtures, &options, (metric, tolerance))?;

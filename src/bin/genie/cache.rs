@@ -99,11 +99,10 @@ pub(crate) fn cache_command(cmd: CacheCommand) -> Result<()> {
             thumbnail,
         } => {
             let store = genie::cache::open_store(&location, false)?;
-            let options = genie::pictures::ReportOptions {
-                title: format!("genie cache {location}"),
-                thumbnails_per_level: per_level.into(),
-                thumbnail_px: thumbnail,
-            };
+            let mut options = genie::pictures::ReportOptions::default();
+            options.title = format!("genie cache {location}");
+            options.thumbnails_per_level = per_level.into();
+            options.thumbnail_px = thumbnail;
             let (html, summary) = genie::pictures::cache_report(store.as_ref(), &options)?;
             image_io::write_atomic(&out, html.as_bytes())?;
             println!(

@@ -205,11 +205,9 @@ fn few_shot(args: FewShotArgs) -> Result<()> {
             );
         }
         let factory = SdEngineFactory::new(model_source(&hn.model)?, engine_options(&hn.model)?)?;
-        let generator_config = GeneratorConfig {
-            devices: hn.model.device.clone(),
-            queue_capacity: queued.max(1),
-            ..GeneratorConfig::default()
-        };
+        let mut generator_config = GeneratorConfig::default();
+        generator_config.devices = hn.model.device.clone();
+        generator_config.queue_capacity = queued.max(1);
         let generator = Generator::start(Arc::new(factory), Arc::clone(&cache), generator_config)?;
         let mut last_line = Instant::now();
         let made = source
@@ -227,15 +225,21 @@ fn few_shot(args: FewShotArgs) -> Result<()> {
         println!("generated {made} hard negatives into {}", hn.cache);
     }
 
-    let config = FewShotConfig {
-        spec,
-        episodes: args.episodes,
-        seed: args.seed,
-        extra_per_shot: args.extra_per_shot,
-        image_size: engine.resolution,
-        probe: LogisticRegression::default(),
-        methods,
-    };
+    let mut config = FewShotConfig::default();
+
+    config.spec = spec;
+
+    config.episodes = args.episodes;
+
+    config.seed = args.seed;
+
+    config.extra_per_shot = args.extra_per_shot;
+
+    config.image_size = engine.resolution;
+
+    config.probe = LogisticRegression::default();
+
+    config.methods = methods;
     let mut last_line = Instant::now();
     let results = run_few_shot(
         &members,

@@ -232,11 +232,9 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
     check_writable(&args.out)?;
 
     if misses > 0 {
-        let config = GeneratorConfig {
-            devices: args.model.device.clone(),
-            queue_capacity: misses.max(1),
-            ..GeneratorConfig::default()
-        };
+        let mut config = GeneratorConfig::default();
+        config.devices = args.model.device.clone();
+        config.queue_capacity = misses.max(1);
         let generator = Generator::start(factory.clone(), cache.clone(), config)?;
         // The whole run is queued before any batch is taken, so reruns batch alike and give the
         // same pixels.

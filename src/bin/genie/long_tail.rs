@@ -158,11 +158,9 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
     let train_items = folder_items(&train, args.input_size)?;
     let test_items = folder_items(&test, args.input_size)?;
     let stats = ClassStats::from_labels(train_items.iter().filter_map(GenieItem::label), classes)?;
-    let policy_config = PolicyConfig {
-        per_target: args.per_class,
-        seed: args.seed,
-        ..PolicyConfig::long_tail()
-    };
+    let mut policy_config = PolicyConfig::long_tail();
+    policy_config.per_target = args.per_class;
+    policy_config.seed = args.seed;
     let groups: Vec<Group> = (0..classes)
         .map(|c| stats.group(c, &policy_config.thresholds))
         .collect();
@@ -332,15 +330,12 @@ fn generate(
 ) -> Result<()> {
     let hn = &args.hard_negatives;
     let factory = SdEngineFactory::new(model_source(&hn.model)?, engine_options(&hn.model)?)?;
-    let generator = Generator::start(
-        Arc::new(factory),
-        Arc::clone(cache),
-        GeneratorConfig {
-            devices: hn.model.device.clone(),
-            queue_capacity: missing.max(1),
-            ..GeneratorConfig::default()
-        },
-    )?;
+    let generator = Generator::start(Arc::new(factory), Arc::clone(cache), {
+        let mut options = GeneratorConfig::default();
+        options.devices = hn.model.device.clone();
+        options.queue_capacity = missing.max(1);
+        options
+    })?;
     generator.hold();
     let requested = plan.request_missing(train, keys, &generator);
     generator.release();

@@ -185,15 +185,16 @@ fn model_source(args: &ModelArgs) -> Result<ModelSource> {
 
 fn engine_options(args: &ModelArgs) -> Result<EngineOptions> {
     let first = args.device.first().map_or("cpu", String::as_str);
-    Ok(EngineOptions {
-        scheduler: args.scheduler,
-        steps: args.steps,
-        guidance: args.guidance,
-        size: args.size,
-        dtype: diffusion::parse_dtype(&args.dtype)?,
-        device: diffusion::parse_device(first)?,
-        half_fallback: !args.no_f32_fallback,
-        ..EngineOptions::default()
+    Ok({
+        let mut options = EngineOptions::default();
+        options.scheduler = args.scheduler;
+        options.steps = args.steps;
+        options.guidance = args.guidance;
+        options.size = args.size;
+        options.dtype = diffusion::parse_dtype(&args.dtype)?;
+        options.device = diffusion::parse_device(first)?;
+        options.half_fallback = !args.no_f32_fallback;
+        options
     })
 }
 

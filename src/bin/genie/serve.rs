@@ -53,17 +53,14 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
     )?);
     let model = factory.plan().fingerprint.model.clone();
     let cache = std::sync::Arc::new(Cache::open(&args.cache, 64 << 20)?);
-    let config = GeneratorConfig {
-        devices: args.model.device.clone(),
-        queue_capacity: usize::try_from(args.queue_capacity).unwrap_or(usize::MAX),
-        max_batch: usize::try_from(args.max_batch).unwrap_or(usize::MAX),
-        load_at_start: true,
-        ..GeneratorConfig::default()
-    };
-    let serve_config = ServeConfig {
-        body_limit: usize::try_from(args.body_limit).unwrap_or(usize::MAX),
-        remembered_sources: args.remembered_sources,
-    };
+    let mut config = GeneratorConfig::default();
+    config.devices = args.model.device.clone();
+    config.queue_capacity = usize::try_from(args.queue_capacity).unwrap_or(usize::MAX);
+    config.max_batch = usize::try_from(args.max_batch).unwrap_or(usize::MAX);
+    config.load_at_start = true;
+    let mut serve_config = ServeConfig::default();
+    serve_config.body_limit = usize::try_from(args.body_limit).unwrap_or(usize::MAX);
+    serve_config.remembered_sources = args.remembered_sources;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

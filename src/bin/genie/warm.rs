@@ -187,15 +187,14 @@ pub(crate) fn warm_plan(args: WarmPlanArgs) -> Result<()> {
         ),
     };
     let levels: Vec<String> = args.levels.iter().map(ToString::to_string).collect();
-    let options = PlanOptions {
-        mode,
-        levels: args.levels,
-        per_class: args.per_class,
-        sources,
-        confusion,
-        variants: args.variants,
-        seed: args.seed,
-    };
+    let mut options = PlanOptions::default();
+    options.mode = mode;
+    options.levels = args.levels;
+    options.per_class = args.per_class;
+    options.sources = sources;
+    options.confusion = confusion;
+    options.variants = args.variants;
+    options.seed = args.seed;
     let (mut entries, summary) = build_plan(&folder, &options, &keys)?;
     for s in &summary.skipped {
         eprintln!("warning: skipped unreadable source {s}");
@@ -383,11 +382,9 @@ pub(crate) fn warm_run(args: WarmRunArgs) -> Result<()> {
             engine_options(&args.model)?,
         )?);
         let plan = factory.plan().clone();
-        let config = GeneratorConfig {
-            devices: args.model.device.clone(),
-            queue_capacity: todo.len(),
-            ..GeneratorConfig::default()
-        };
+        let mut config = GeneratorConfig::default();
+        config.devices = args.model.device.clone();
+        config.queue_capacity = todo.len();
         let generator = Generator::start(factory, cache.clone(), config)?;
         // One request per (source, target, seed): its levels share one chain grid.
         let mut waiting = Vec::new();
