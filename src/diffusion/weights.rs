@@ -107,6 +107,7 @@ fn runs(entries: Vec<Entry>) -> Vec<Vec<Entry>> {
     runs
 }
 
+/// Every entry of `file`, one thread per run; the first failing run's error wins.
 fn read(
     file: &Path,
     entries: Vec<Entry>,
