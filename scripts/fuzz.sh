@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes every parser of user, on-disk and network bytes for a bounded time each (issue 20,
 # part 5): pre-warm plans, confusion CSVs, class-name files, images, cache files, `genie serve`
-# bodies and answers, shard specs.
+# bodies and answers, shard specs, model configs, tokenizer input, weights files.
 #
 #   scripts/fuzz.sh                 # every target, 60 s each
 #   FUZZ_SECONDS=600 scripts/fuzz.sh plan_lines cache_files

@@ -29,7 +29,7 @@ pub mod tiny;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
-mod weights;
+pub mod weights;
 
 pub use config::ConfigError;
 pub use cpu::tune_cpu_process;

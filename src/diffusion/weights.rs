@@ -3,7 +3,7 @@
 //! candle's memory-mapped loader copies every tensor out of the map one page fault at a time,
 //! and the mapped pages count against the process next to the copies (7.2 GiB peak for SD 1.5's
 //! 4.2 GB at f32). Here each file is validated through its header only, then read by
-//! [`READ_STREAMS`] threads, each streaming a contiguous run of tensors straight into the
+//! up to four threads, each streaming a contiguous run of tensors straight into the
 //! tensors' own buffers: the disk sees a few deep sequential reads, nothing stays mapped, and a
 //! tensor is converted to the wanted dtype as soon as it is read.
 

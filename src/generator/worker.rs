@@ -138,9 +138,7 @@ impl Worker {
                     device: self.device.clone(),
                     message: msg.to_string(),
                 };
-                batch
-                    .iter()
-                    .for_each(|item| self.shared.fail(self.index, item, &failure));
+                self.fail_all(&batch, &failure);
                 batch.iter().for_each(|item| self.shared.forget(item));
                 continue;
             };
@@ -175,9 +173,7 @@ impl Worker {
                         got: outputs.len(),
                         expected: batch.len(),
                     };
-                    batch
-                        .iter()
-                        .for_each(|item| self.shared.fail(self.index, item, &failure));
+                    self.fail_all(&batch, &failure);
                 }
                 Ok(Err(_)) if self.shared.cancel.is_cancelled() => {
                     // Stopped by a cancelling shutdown: nothing failed, nothing to back off from.
@@ -187,9 +183,7 @@ impl Worker {
                     let failure = GenerationFailure::Engine {
                         message: e.to_string(),
                     };
-                    batch
-                        .iter()
-                        .for_each(|item| self.shared.fail(self.index, item, &failure));
+                    self.fail_all(&batch, &failure);
                 }
                 Err(panic) => {
                     Counters::add(&c.panics, 1);
@@ -197,12 +191,10 @@ impl Worker {
                         .downcast_ref::<&str>()
                         .map(|s| s.to_string())
                         .or_else(|| panic.downcast_ref::<String>().cloned())
-                        .unwrap_or_else(|| "engine panicked".into());
+                        .unwrap_or_else(|| "(a payload that is not text)".into());
                     tracing::error!(device = %self.device, panic = %msg, "engine panicked; restarting it");
                     let failure = GenerationFailure::Panic { message: msg };
-                    batch
-                        .iter()
-                        .for_each(|item| self.shared.fail(self.index, item, &failure));
+                    self.fail_all(&batch, &failure);
                     // The next batch builds a fresh engine.
                     engine = None;
                     self.device_counters().loaded.store(0, Ordering::Relaxed);
@@ -211,6 +203,13 @@ impl Worker {
             c.in_flight.fetch_sub(levels, Ordering::Relaxed);
             batch.iter().for_each(|item| self.shared.forget(item));
         }
+    }
+
+    /// Records `failure` for every level of `batch`; each backs off before it may be asked again.
+    fn fail_all(&self, batch: &[WorkItem], failure: &GenerationFailure) {
+        batch
+            .iter()
+            .for_each(|item| self.shared.fail(self.index, item, failure));
     }
 
     /// Drops levels that reached the cache after they were queued (another process, or a race

@@ -95,7 +95,7 @@ pub enum RemoteError {
         status: u16,
         /// The refusal's kind, when the server sent genie's error body.
         kind: Option<ErrorKind>,
-        /// The server's message (or the status alone).
+        /// The server's message (or "no error body").
         message: String,
     },
     /// The server runs another engine than the keys are made for.
@@ -780,7 +780,7 @@ fn call_error(url: &str, e: ureq::Error) -> RemoteError {
         ureq::Error::Status(status, resp) => {
             let (kind, message) = match read_json::<ErrorBody>(resp) {
                 Ok(body) => (Some(body.kind), format!("{}: {}", body.kind, body.message)),
-                Err(_) => (None, format!("HTTP {status}")),
+                Err(_) => (None, "no error body".to_string()),
             };
             RemoteError::Refused {
                 url: url.to_string(),
