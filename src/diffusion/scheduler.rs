@@ -118,6 +118,11 @@ pub struct SchedulerConfig {
     pub canonical: String,
 }
 
+/// The longest noise schedule accepted. Every Stable Diffusion trains on 1000 timesteps; the
+/// schedule is computed into memory at load, so a file asking for 10¹¹ (found by fuzzing) must be
+/// refused, not allocated.
+const MAX_TRAIN_TIMESTEPS: usize = 100_000;
+
 /// Keys written by other diffusers schedulers (PNDM for SD 1.5, Euler, LMS, …) that carry no
 /// meaning for DDIM or DPM-Solver++; diffusers' `from_config` ignores them too.
 const FOREIGN_KEYS: &[&str] = &[
@@ -166,8 +171,11 @@ impl SchedulerConfig {
 
     fn from_reader(mut r: ConfigReader, kind: SchedulerKind) -> Result<Self, ConfigError> {
         let num_train_timesteps = r.usize_or("num_train_timesteps", 1000)?;
-        if num_train_timesteps < 2 {
-            return Err(r.bad("num_train_timesteps", "at least 2"));
+        if !(2..=MAX_TRAIN_TIMESTEPS).contains(&num_train_timesteps) {
+            return Err(r.bad(
+                "num_train_timesteps",
+                &format!("between 2 and {MAX_TRAIN_TIMESTEPS}"),
+            ));
         }
         let beta_start = r.f64_or("beta_start", 0.0001)?;
         let beta_end = r.f64_or("beta_end", 0.02)?;
@@ -710,6 +718,32 @@ mod tests {
         ));
     }
     use crate::engine::NoiseLevel;
+
+    #[test]
+    fn a_schedule_too_long_to_hold_is_refused_not_allocated() {
+        // fuzz/artifacts/model_configs/crash-56ccf857…: 10¹¹ timesteps made the load allocate
+        // 400 GB.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("scheduler_config.json");
+        std::fs::write(
+            &path,
+            r#"{"num_train_timesteps": 100000000000, "beta_schedule": "scaled_linear", "~%ta_start": 0.0002}"#,
+        )
+        .unwrap();
+        let err = SchedulerConfig::from_file(&path, SchedulerKind::Ddim).unwrap_err();
+        assert!(
+            matches!(&err, ConfigError::Unsupported { key, .. } if key == "num_train_timesteps"),
+            "{err}"
+        );
+        // The longest accepted still loads.
+        std::fs::write(
+            &path,
+            format!(r#"{{"num_train_timesteps": {MAX_TRAIN_TIMESTEPS}}}"#),
+        )
+        .unwrap();
+        let ok = SchedulerConfig::from_file(&path, SchedulerKind::Ddim).unwrap();
+        assert_eq!(ok.alphas_cumprod.len(), MAX_TRAIN_TIMESTEPS);
+    }
 
     /// What diffusers 0.42's `DPMSolverMultistepScheduler.save_pretrained` writes, `-Infinity`
     /// (Python's JSON) included.
