@@ -3,6 +3,7 @@
 //! nothing, or a typed error (the entry quarantined), never a panic.
 #![no_main]
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use genie::cache::{Cache, CacheKey, DiskStore};
@@ -22,21 +23,22 @@ fuzz_target!(|data: &[u8]| {
             let _ = DiskStore::open(dir.path());
         }
         1 => {
-            let store = DiskStore::open(dir.path()).unwrap();
-            let path = store.manifest_path(&key);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, bytes).unwrap();
-            let cache = Cache::new(Arc::new(store), 1 << 20);
+            let cache = cache_with_file(dir.path(), bytes, |s| s.manifest_path(&key));
             let _ = cache.get_image(&key);
             let _ = cache.contains(&key);
         }
         _ => {
-            let store = DiskStore::open(dir.path()).unwrap();
-            let path = store.record_path(&key);
-            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-            std::fs::write(&path, bytes).unwrap();
-            let cache = Cache::new(Arc::new(store), 1 << 20);
+            let cache = cache_with_file(dir.path(), bytes, |s| s.record_path(&key));
             let _ = cache.ada_choice(&key);
         }
     }
 });
+
+/// A cache in `root` with `bytes` written where `path` puts them (a manifest or a side record).
+fn cache_with_file(root: &Path, bytes: &[u8], path: impl Fn(&DiskStore) -> PathBuf) -> Cache {
+    let store = DiskStore::open(root).unwrap();
+    let path = path(&store);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, bytes).unwrap();
+    Cache::new(Arc::new(store), 1 << 20)
+}
