@@ -66,8 +66,8 @@ struct Args {
     /// Images per novel class in the test split.
     #[arg(long, default_value_t = 30)]
     per_class: usize,
-    /// Methods to compare (default: all): none, weak, strong, img2img-l, img2img-h, txt2img,
-    /// genie, genie-ada, and genie@R for GeNIe at level R.
+    /// Methods to compare (default: all): none, weak, strong, cutmix, mixup, img2img-l,
+    /// img2img-h, txt2img, genie, genie-ada, and genie@R for GeNIe at level R.
     #[arg(long, value_delimiter = ',')]
     methods: Vec<String>,
     /// Also run GeNIe at each of GeNIe-Ada's levels (the paper's Table 4; no extra diffusion

@@ -14,6 +14,11 @@
 //! dataset has (a full ImageNet map for a 20-class split); a duplicate id in the file, or a
 //! class of the dataset the file does not name, is an error that names it. Ids stay the labels
 //! everywhere (keys, output paths, reports); two ids may share a name and stay two classes.
+//!
+//! Without a file, folders named by WordNet id (`n` and eight digits) are named from genie's
+//! built-in ImageNet-1k table ([`ClassNames::imagenet`]; mini-ImageNet, tiered-ImageNet and
+//! ImageNet-LT are subsets of ImageNet-1k), and a WordNet id the table lacks is an error: a prompt
+//! never silently says "a photo of a n01440764.".
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -100,6 +105,30 @@ pub enum ClassNameError {
         /// The file.
         path: PathBuf,
     },
+    /// Folders named by WordNet id that the built-in ImageNet-1k table does not name, and no
+    /// class-name file.
+    #[error(
+        "{} class folder(s) are named by WordNet id but are not ImageNet-1k classes ({}): prompts \
+         would say \"a photo of a {}.\"; give their names in a class-name file (`--class-names \
+         FILE` in the genie commands and examples, `ClassNames::read` in the library), with \
+         `id name` lines as in LOC_synset_mapping.txt or `id,name` CSV",
+        ids.len(),
+        shown(ids),
+        ids[0]
+    )]
+    UnknownWordNetIds {
+        /// The ids, in label order (never empty).
+        ids: Vec<String>,
+    },
+}
+
+/// At most five ids, then how many more.
+fn shown(ids: &[String]) -> String {
+    let mut s = ids.iter().take(5).cloned().collect::<Vec<_>>().join(", ");
+    if ids.len() > 5 {
+        s.push_str(&format!(" and {} more", ids.len() - 5));
+    }
+    s
 }
 
 /// The names a class-name file gives to class ids.
@@ -206,6 +235,21 @@ impl ClassNames {
         })
     }
 
+    /// genie's built-in ImageNet-1k table: the 1 000 WordNet ids of ImageNet-1k and their first
+    /// names, as in ImageNet's `LOC_synset_mapping.txt` (`n01440764` → "tench"). Two ids share a
+    /// name there ("crane", "maillot") and stay two classes.
+    pub fn imagenet() -> &'static ClassNames {
+        static TABLE: std::sync::OnceLock<ClassNames> = std::sync::OnceLock::new();
+        TABLE.get_or_init(|| {
+            ClassNames::parse(
+                IMAGENET_SYNSETS,
+                Path::new("<genie's ImageNet-1k table>"),
+                false,
+            )
+            .expect("the built-in ImageNet-1k table parses (unit test)")
+        })
+    }
+
     /// How many ids the file names.
     pub fn len(&self) -> usize {
         self.by_id.len()
@@ -240,15 +284,109 @@ impl ClassNames {
     }
 }
 
-/// The classes of `ids`, named by `names` when given, else by their ids.
+/// ImageNet-1k's 1 000 WordNet ids and names, as ImageNet's `LOC_synset_mapping.txt`.
+const IMAGENET_SYNSETS: &str = include_str!("../assets/imagenet_synsets.txt");
+
+/// Where the names of a run's classes came from: what a command prints before it prompts.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NameSource {
+    /// A class-name file.
+    File(PathBuf),
+    /// genie's built-in ImageNet-1k table, for this many of the classes (the others, not WordNet
+    /// ids, are named by their ids).
+    ImageNet {
+        /// Classes the table named.
+        named: usize,
+    },
+    /// Every class is named by its id (folder names that are not WordNet ids).
+    Ids,
+}
+
+impl std::fmt::Display for NameSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NameSource::File(path) => write!(f, "class names from {}", path.display()),
+            NameSource::ImageNet { named } => write!(
+                f,
+                "class names from genie's built-in ImageNet-1k table ({named} WordNet id(s); \
+                 --class-names FILE to use others)"
+            ),
+            NameSource::Ids => write!(f, "class names are the folder names"),
+        }
+    }
+}
+
+/// A run's classes and where their names came from.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedClasses {
+    /// The classes, in label order.
+    pub classes: Vec<ClassInfo>,
+    /// Where their names came from.
+    pub source: NameSource,
+}
+
+/// Whether `id` has the shape of a WordNet noun id: `n` and eight digits (`n01440764`).
+pub fn is_wordnet_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    b.len() == 9 && b[0] == b'n' && b[1..].iter().all(u8::is_ascii_digit)
+}
+
+/// The classes of `ids` (a dataset's folder names, in label order), named by `names` when given;
+/// else WordNet ids are named from the built-in ImageNet-1k table and other ids by themselves.
+/// A WordNet id the table lacks, with no file, is [`ClassNameError::UnknownWordNetIds`].
+///
+/// ```
+/// use genie::classes::{classes_for, NameSource};
+/// let named = classes_for(&["n01440764", "n01443537"], None)?;
+/// assert_eq!(named.classes[0].name, "tench");
+/// assert_eq!(named.source, NameSource::ImageNet { named: 2 });
+/// assert!(classes_for(&["n99999999"], None).is_err());
+/// assert_eq!(classes_for(&["cat"], None)?.classes[0].name, "cat");
+/// # Ok::<(), genie::classes::ClassNameError>(())
+/// ```
 pub fn classes_for<S: AsRef<str>>(
     ids: &[S],
     names: Option<&ClassNames>,
-) -> Result<Vec<ClassInfo>, ClassNameError> {
-    match names {
-        Some(names) => names.classes(ids),
-        None => Ok(ids.iter().map(|id| ClassInfo::named(id.as_ref())).collect()),
+) -> Result<NamedClasses, ClassNameError> {
+    if let Some(names) = names {
+        return Ok(NamedClasses {
+            classes: names.classes(ids)?,
+            source: NameSource::File(names.path.clone()),
+        });
     }
+    let (classes, unknown) = name_by_imagenet(ids);
+    if !unknown.is_empty() {
+        return Err(ClassNameError::UnknownWordNetIds { ids: unknown });
+    }
+    let named = ids.iter().filter(|id| is_wordnet_id(id.as_ref())).count();
+    let source = if named > 0 {
+        NameSource::ImageNet { named }
+    } else {
+        NameSource::Ids
+    };
+    Ok(NamedClasses { classes, source })
+}
+
+/// `ids` named as [`classes_for`] names them without a file, and the WordNet ids the table lacks
+/// (named by themselves here).
+pub(crate) fn name_by_imagenet<S: AsRef<str>>(ids: &[S]) -> (Vec<ClassInfo>, Vec<String>) {
+    let table = ClassNames::imagenet();
+    let mut unknown = Vec::new();
+    let classes = ids
+        .iter()
+        .map(|id| {
+            let id = id.as_ref();
+            if !is_wordnet_id(id) {
+                return ClassInfo::named(id);
+            }
+            table.get(id).unwrap_or_else(|| {
+                unknown.push(id.to_string());
+                ClassInfo::named(id)
+            })
+        })
+        .collect();
+    (classes, unknown)
 }
 
 fn check_text(s: &str, what: &str) -> Result<(), String> {
@@ -367,8 +505,54 @@ mod tests {
 
     #[test]
     fn without_a_file_ids_are_names() {
-        let classes = classes_for(&["cat", "dog"], None).unwrap();
-        assert_eq!(classes[1], ClassInfo::named("dog"));
-        assert_eq!(classes[1].label(), "dog");
+        let named = classes_for(&["cat", "dog"], None).unwrap();
+        assert_eq!(named.classes[1], ClassInfo::named("dog"));
+        assert_eq!(named.classes[1].label(), "dog");
+        assert_eq!(named.source, NameSource::Ids);
+    }
+
+    #[test]
+    fn the_imagenet_table_has_the_thousand_classes() {
+        let table = ClassNames::imagenet();
+        assert_eq!(table.len(), 1000);
+        assert!(table.by_id.keys().all(|id| is_wordnet_id(id)));
+        assert_eq!(table.get("n01440764").unwrap().name, "tench");
+        assert_eq!(table.get("n15075141").unwrap().name, "toilet tissue");
+        // Two ImageNet classes share a first name and stay two classes.
+        assert_eq!(table.get("n02012849").unwrap().name, "crane");
+        assert_eq!(table.get("n03126707").unwrap().name, "crane");
+    }
+
+    #[test]
+    fn wordnet_folders_are_named_from_the_table_or_refused() {
+        let named = classes_for(&["n01440764", "n01443537", "background"], None).unwrap();
+        let names: Vec<_> = named.classes.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["tench", "goldfish", "background"]);
+        assert_eq!(named.classes[0].id, "n01440764", "ids stay the labels");
+        assert_eq!(named.source, NameSource::ImageNet { named: 2 });
+        assert!(named.source.to_string().contains("ImageNet-1k"));
+
+        let e = classes_for(&["n01440764", "n00000001", "n00000002"], None).unwrap_err();
+        match &e {
+            ClassNameError::UnknownWordNetIds { ids } => {
+                assert_eq!(ids, &["n00000001", "n00000002"])
+            }
+            other => panic!("{other}"),
+        }
+        assert!(e.to_string().contains("--class-names"), "{e}");
+        // A names file wins over the table and may name ids the table lacks.
+        let file = parse("n00000001 zebra fish\nn01440764 fish\n", false).unwrap();
+        let named = classes_for(&["n00000001", "n01440764"], Some(&file)).unwrap();
+        assert_eq!(named.classes[1].name, "fish");
+        assert_eq!(named.source, NameSource::File("names.txt".into()));
+        for not_an_id in [
+            "n0144076",
+            "n014407640",
+            "x01440764",
+            "N01440764",
+            "n0144076a",
+        ] {
+            assert!(!is_wordnet_id(not_an_id), "{not_an_id}");
+        }
     }
 }

@@ -1,6 +1,8 @@
 //! The traditional augmentations the paper's few-shot baselines use, seeded: weak (a random
 //! resized crop of 20–100 % of the area, then a horizontal flip half the time) and strong (weak,
-//! then colour jitter, grayscale and Gaussian blur), after torchvision's recipes.
+//! then colour jitter, grayscale and Gaussian blur), after torchvision's recipes; and the two
+//! that mix a pair of images, CutMix and MixUp, with the share λ of the first image that labels
+//! the result.
 //!
 //! torchvision applies colour jitter's four parts in a random order; here they run in a fixed
 //! order (brightness, contrast, saturation, hue), which draws from the same distribution of
@@ -18,6 +20,74 @@ pub enum Augmentation {
     /// Weak, then `ColorJitter(0.4, 0.4, 0.4, 0.1)` with p = 0.8, `RandomGrayscale(0.2)` and
     /// `GaussianBlur(σ ∈ [0.1, 2])` with p = 0.5.
     Strong,
+}
+
+/// How two images are mixed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ImageMix {
+    /// CutMix (Yun et al., 2019): a box of the second image pasted into the first; λ is the
+    /// first image's share of the area.
+    CutMix,
+    /// MixUp (Zhang et al., 2018): λ·first + (1 − λ)·second, pixel by pixel.
+    MixUp,
+}
+
+/// `first` and `second` (each centre-cropped and resized to `size` × `size`) mixed with λ drawn
+/// from Beta(1, 1) — uniform, CutMix's α = 1 and MixUp's for small datasets — with `seed`; returns
+/// the image and λ, the weight of `first`'s label (1 − λ is `second`'s). For CutMix λ is the
+/// share of the area the box left to `first`, as the CutMix paper corrects it.
+pub fn mix_pair(
+    first: &RgbImage,
+    second: &RgbImage,
+    kind: ImageMix,
+    size: u32,
+    seed: u64,
+) -> (RgbImage, f64) {
+    let mut rng = Draws(ChaCha8Rng::seed_from_u64(seed));
+    let (mut out, other) = (square(first, size), square(second, size));
+    let lambda = rng.unit();
+    match kind {
+        ImageMix::MixUp => {
+            for (p, q) in out.pixels_mut().zip(other.pixels()) {
+                for (a, &b) in p.0.iter_mut().zip(&q.0) {
+                    let v = lambda * f64::from(*a) + (1.0 - lambda) * f64::from(b);
+                    *a = v.round().clamp(0.0, 255.0) as u8;
+                }
+            }
+            (out, lambda)
+        }
+        ImageMix::CutMix => {
+            // The box has sides √(1 − λ)·size around a uniform centre, clipped to the image.
+            let cut = (f64::from(size) * (1.0 - lambda).sqrt()).round() as i64;
+            let (cx, cy) = (
+                i64::from(rng.upto(size.saturating_sub(1))),
+                i64::from(rng.upto(size.saturating_sub(1))),
+            );
+            let clip = |c: i64| c.clamp(0, i64::from(size)) as u32;
+            let (x0, x1) = (clip(cx - cut / 2), clip(cx + cut - cut / 2));
+            let (y0, y1) = (clip(cy - cut / 2), clip(cy + cut - cut / 2));
+            for y in y0..y1 {
+                for x in x0..x1 {
+                    out.put_pixel(x, y, *other.get_pixel(x, y));
+                }
+            }
+            let area = f64::from((x1 - x0) * (y1 - y0));
+            let total = f64::from(size) * f64::from(size);
+            let lambda = if total > 0.0 { 1.0 - area / total } else { 1.0 };
+            (out, lambda)
+        }
+    }
+}
+
+/// The central square of `image` resized to `size` × `size` (black for an empty image).
+fn square(image: &RgbImage, size: u32) -> RgbImage {
+    let (w, h) = image.dimensions();
+    if w == 0 || h == 0 {
+        return RgbImage::new(size, size);
+    }
+    let side = w.min(h);
+    let crop = imageops::crop_imm(image, (w - side) / 2, (h - side) / 2, side, side).to_image();
+    imageops::resize(&crop, size, size, imageops::FilterType::Triangle)
 }
 
 /// One augmented copy of `image`, `size` × `size`, drawn with `seed`.
@@ -187,6 +257,49 @@ mod tests {
             assert_eq!(a, augment(&img, kind, 24, 5));
             assert_ne!(a, augment(&img, kind, 24, 6));
         }
+    }
+
+    #[test]
+    fn mixes_are_seeded_and_their_lambda_is_the_first_images_share() {
+        let black = RgbImage::from_pixel(20, 20, Rgb([0, 0, 0]));
+        let white = RgbImage::from_pixel(30, 20, Rgb([255, 255, 255]));
+        let mut lambdas = Vec::new();
+        for seed in 0..30 {
+            for kind in [ImageMix::CutMix, ImageMix::MixUp] {
+                let (out, lambda) = mix_pair(&black, &white, kind, 16, seed);
+                assert_eq!(out.dimensions(), (16, 16));
+                assert_eq!(
+                    (out.clone(), lambda),
+                    mix_pair(&black, &white, kind, 16, seed)
+                );
+                assert!((0.0..=1.0).contains(&lambda), "{lambda}");
+                // Black's share of the brightness is λ: exactly the area for CutMix, up to
+                // rounding each pixel for MixUp.
+                let white_share =
+                    out.pixels().map(|p| f64::from(p.0[0])).sum::<f64>() / (255.0 * 256.0);
+                let tolerance = if kind == ImageMix::CutMix {
+                    1e-12
+                } else {
+                    0.5 / 255.0
+                };
+                assert!(
+                    (white_share - (1.0 - lambda)).abs() <= tolerance,
+                    "{kind:?} {seed}: {white_share} vs {lambda}"
+                );
+                if kind == ImageMix::CutMix {
+                    assert!(out.pixels().all(|p| p.0 == [0; 3] || p.0 == [255; 3]));
+                }
+                lambdas.push(lambda);
+            }
+        }
+        // λ is drawn, not fixed.
+        let spread = lambdas.iter().cloned().fold(0.0, f64::max)
+            - lambdas.iter().cloned().fold(1.0, f64::min);
+        assert!(spread > 0.5, "{lambdas:?}");
+        assert_ne!(
+            mix_pair(&black, &white, ImageMix::MixUp, 16, 1).1,
+            mix_pair(&black, &white, ImageMix::MixUp, 16, 2).1
+        );
     }
 
     #[test]

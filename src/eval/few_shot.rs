@@ -3,16 +3,20 @@
 //! query accuracy as mean ± 95 % CI — and its tables (Markdown and CSV).
 //!
 //! Every method gets the K real support images of each class plus `extra_per_shot`·K more
-//! labelled images (the paper's 4·K: traditional augmentations of the support images, or
-//! generated images), so that the labelled totals stay comparable across methods.
+//! labelled images (the paper's 4·K: traditional augmentations of the support images, mixes of
+//! two support images, or generated images), so that the labelled totals stay comparable across
+//! methods. CutMix and MixUp mix a support image of the class with one of the episode's other
+//! classes (the only other images a few-shot episode has: "can only choose from 4 other
+//! classes", as the paper puts it) and label it with both, λ and 1 − λ; the probe is fitted on
+//! those mixed targets.
 
 use std::fmt::Write as _;
 
 use image::RgbImage;
 
-use super::augment::{augment, Augmentation};
+use super::augment::{augment, mix_pair, Augmentation, ImageMix};
 use super::episodes::{sample_episodes, Episode, EpisodeError, EpisodeSpec};
-use super::logreg::{LogRegError, LogisticRegression};
+use super::logreg::{LogRegError, LogisticRegression, MixedTarget};
 use super::stats::MeanCi;
 use crate::engine::NoiseLevel;
 
@@ -25,6 +29,10 @@ pub enum Method {
     Weak,
     /// Strong traditional augmentation of the support images.
     Strong,
+    /// CutMix of a support image of the class with one of another class of the episode.
+    CutMix,
+    /// MixUp of a support image of the class with one of another class of the episode.
+    MixUp,
     /// Img2Img of the class's own support images at r = 0.3.
     Img2ImgLow,
     /// Img2Img of the class's own support images at r = 0.7.
@@ -42,10 +50,12 @@ pub enum Method {
 
 impl Method {
     /// Every method, in the paper's table order.
-    pub const ALL: [Method; 8] = [
+    pub const ALL: [Method; 10] = [
         Method::Plain,
         Method::Weak,
         Method::Strong,
+        Method::CutMix,
+        Method::MixUp,
         Method::Img2ImgLow,
         Method::Img2ImgHigh,
         Method::Txt2Img,
@@ -64,6 +74,8 @@ impl Method {
             Method::Plain => "no augmentation",
             Method::Weak => "weak augmentation",
             Method::Strong => "strong augmentation",
+            Method::CutMix => "CutMix",
+            Method::MixUp => "MixUp",
             Method::Img2ImgLow => "Img2Img-L (r = 0.3)",
             Method::Img2ImgHigh => "Img2Img-H (r = 0.7)",
             Method::Txt2Img => "Txt2Img",
@@ -80,6 +92,8 @@ impl Method {
             Method::Plain => "none",
             Method::Weak => "weak",
             Method::Strong => "strong",
+            Method::CutMix => "cutmix",
+            Method::MixUp => "mixup",
             Method::Img2ImgLow => "img2img-l",
             Method::Img2ImgHigh => "img2img-h",
             Method::Txt2Img => "txt2img",
@@ -139,13 +153,21 @@ impl Method {
             Method::Txt2Img => Some(NoiseLevel::TEXT_TO_IMAGE),
             Method::Genie => Some(NoiseLevel::GENIE_DEFAULT),
             Method::GenieAt(level) => Some(level),
-            Method::Plain | Method::Weak | Method::Strong | Method::GenieAda => None,
+            Method::Plain
+            | Method::Weak
+            | Method::Strong
+            | Method::CutMix
+            | Method::MixUp
+            | Method::GenieAda => None,
         }
     }
 
     /// Whether its extra images are generated (from the cache) rather than augmented.
     pub fn is_generative(self) -> bool {
-        !matches!(self, Method::Plain | Method::Weak | Method::Strong)
+        !matches!(
+            self,
+            Method::Plain | Method::Weak | Method::Strong | Method::CutMix | Method::MixUp
+        )
     }
 }
 
@@ -331,18 +353,19 @@ pub fn run_few_shot(
             query_y.extend(std::iter::repeat_n(way, images.len()));
         }
         for (m, &method) in config.methods.iter().enumerate() {
-            let (mut x, mut y) = (support_x.clone(), support_y.clone());
-            for (way, images) in support.iter().enumerate() {
-                let extra =
-                    extra_images(method, episode, n, way, images, generated, config, names)?;
+            let mut x = support_x.clone();
+            let mut y: Vec<MixedTarget> = support_y.iter().map(|&w| vec![(w, 1.0)]).collect();
+            for way in 0..support.len() {
+                let (extra, targets) =
+                    extra_images(method, episode, n, way, &support, generated, config, names)?;
                 if !extra.is_empty() {
                     x.extend(embed(&extra)?);
-                    y.extend(std::iter::repeat_n(way, extra.len()));
+                    y.extend(targets);
                 }
             }
             let probe = config
                 .probe
-                .fit(&x, &y, config.spec.ways)
+                .fit_mixed(&x, &y, config.spec.ways)
                 .map_err(|source| FewShotError::Probe {
                     method: method.name(),
                     episode: n,
@@ -364,23 +387,37 @@ pub fn run_few_shot(
         .collect())
 }
 
-/// A method's extra labelled images for class `way` of an episode.
+/// A method's extra images for class `way` of an episode (`support[w]`: the support images of
+/// class `w`), and their targets: (class, weight) pairs, `[(way, 1.0)]` but for mixes.
 #[allow(clippy::too_many_arguments)]
 fn extra_images(
     method: Method,
     episode: &Episode,
     number: usize,
     way: usize,
-    support: &[RgbImage],
+    support: &[Vec<RgbImage>],
     generated: Option<&dyn GeneratedImages>,
     config: &FewShotConfig,
     names: &[String],
-) -> Result<Vec<RgbImage>, FewShotError> {
-    let count = config.extra_per_shot * support.len();
+) -> Result<(Vec<RgbImage>, Vec<MixedTarget>), FewShotError> {
+    let own = &support[way];
+    let count = config.extra_per_shot * own.len();
+    let labelled = |images: Vec<RgbImage>| {
+        let targets = vec![vec![(way, 1.0)]; images.len()];
+        (images, targets)
+    };
     let kind = match method {
-        Method::Plain => return Ok(Vec::new()),
+        Method::Plain => return Ok((Vec::new(), Vec::new())),
         Method::Weak => Augmentation::Weak,
         Method::Strong => Augmentation::Strong,
+        Method::CutMix | Method::MixUp => {
+            let kind = if method == Method::CutMix {
+                ImageMix::CutMix
+            } else {
+                ImageMix::MixUp
+            };
+            return Ok(mixes(kind, number, way, support, config, count));
+        }
         _ => {
             let source = generated.ok_or(FewShotError::NoGenerated {
                 method: method.name(),
@@ -393,18 +430,60 @@ fn extra_images(
                     class: names[episode.classes[way]].clone(),
                     message,
                 })?;
-            return Ok(images);
+            return Ok(labelled(images));
         }
     };
-    Ok((0..count)
+    Ok(labelled(
+        (0..count)
+            .map(|i| {
+                let seed = mix(
+                    config.seed,
+                    &[number as u64, way as u64, i as u64, kind as u64],
+                );
+                augment(&own[i % own.len()], kind, config.image_size, seed)
+            })
+            .collect(),
+    ))
+}
+
+/// `count` mixes for class `way`: its support images in turn, each with a support image of
+/// another class drawn with the run's seed; targets λ for `way`, 1 − λ for the other class.
+fn mixes(
+    kind: ImageMix,
+    number: usize,
+    way: usize,
+    support: &[Vec<RgbImage>],
+    config: &FewShotConfig,
+    count: usize,
+) -> (Vec<RgbImage>, Vec<MixedTarget>) {
+    let own = &support[way];
+    let others: Vec<(usize, &RgbImage)> = support
+        .iter()
+        .enumerate()
+        .filter(|&(w, _)| w != way)
+        .flat_map(|(w, images)| images.iter().map(move |image| (w, image)))
+        .collect();
+    if others.is_empty() || own.is_empty() {
+        return (Vec::new(), Vec::new());
+    }
+    (0..count)
         .map(|i| {
+            // Tagged apart from the single-image augmentations' seeds (their kinds are 0, 1).
             let seed = mix(
                 config.seed,
-                &[number as u64, way as u64, i as u64, kind as u64],
+                &[number as u64, way as u64, i as u64, 2 + kind as u64],
             );
-            augment(&support[i % support.len()], kind, config.image_size, seed)
+            let (other_way, other) = others[(seed % others.len() as u64) as usize];
+            let (image, lambda) = mix_pair(
+                &own[i % own.len()],
+                other,
+                kind,
+                config.image_size,
+                seed.rotate_left(17),
+            );
+            (image, vec![(way, lambda), (other_way, 1.0 - lambda)])
         })
-        .collect())
+        .unzip()
 }
 
 /// A seed for one augmented copy, from the run's seed and where the copy is (splitmix64 steps).
@@ -473,4 +552,61 @@ pub fn sweep_points(results: &[MethodResult]) -> Vec<(f64, f64, f64)> {
             _ => None,
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Rgb;
+
+    /// Support images of three ways, each a flat colour: a mix's pixels say which ways it holds.
+    fn support() -> Vec<Vec<RgbImage>> {
+        [[200, 0, 0], [0, 200, 0], [0, 0, 200]]
+            .iter()
+            .map(|&c| vec![RgbImage::from_pixel(8, 8, Rgb(c)); 2])
+            .collect()
+    }
+
+    #[test]
+    fn mixes_pair_the_class_with_the_episodes_other_classes_and_label_both() {
+        let config = FewShotConfig {
+            image_size: 8,
+            ..FewShotConfig::default()
+        };
+        for kind in [ImageMix::CutMix, ImageMix::MixUp] {
+            let (images, targets) = mixes(kind, 3, 1, &support(), &config, 8);
+            assert_eq!((images.len(), targets.len()), (8, 8));
+            assert_eq!(
+                (images.clone(), targets.clone()),
+                mixes(kind, 3, 1, &support(), &config, 8)
+            );
+            let mut partners = std::collections::HashSet::new();
+            for (image, target) in images.iter().zip(&targets) {
+                let [(own, lambda), (other, rest)] = target[..] else {
+                    panic!("{target:?}")
+                };
+                assert_eq!(own, 1);
+                assert!(other != 1 && other < 3, "{target:?}");
+                assert!((lambda + rest - 1.0).abs() < 1e-12);
+                partners.insert(other);
+                // The green channel is the class's own share, the other's channel the rest.
+                let share = |ch: usize| {
+                    image.pixels().map(|p| f64::from(p.0[ch])).sum::<f64>() / (200.0 * 64.0)
+                };
+                let channel = if other == 0 { 0 } else { 2 };
+                assert!((share(1) - lambda).abs() < 0.01, "{kind:?} {target:?}");
+                assert!((share(channel) - rest).abs() < 0.01, "{kind:?} {target:?}");
+            }
+            assert_eq!(partners.len(), 2, "both other classes are drawn");
+        }
+    }
+
+    #[test]
+    fn every_method_has_a_distinct_slug_that_names_it_back() {
+        for method in Method::ALL {
+            assert_eq!(Method::from_slug(&method.slug()), Some(method));
+        }
+        assert!(!Method::CutMix.is_generative() && !Method::MixUp.is_generative());
+        assert_eq!(Method::MixUp.level(), None);
+    }
 }

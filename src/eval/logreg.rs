@@ -3,12 +3,18 @@
 //! (checked against it in the tests).
 //!
 //! It minimises Σᵢ −log softmax(W xᵢ + b)[yᵢ] + ‖W‖² / (2C) over W (classes × dim) and b; the
-//! intercepts are not penalised. Starting from zero, every step keeps Σ b = 0 (each gradient's
+//! intercepts are not penalised. [`LogisticRegression::fit_mixed`] takes mixed targets instead
+//! (MixUp's and CutMix's images, λ of one class and 1 − λ of another): the loss is then the
+//! cross-entropy Σᵢ Σⱼ −tᵢⱼ log softmax(W xᵢ + b)ⱼ. Starting from zero, every step keeps Σ b = 0 (each gradient's
 //! intercept part sums to zero), as scikit-learn's do, so the intercepts are comparable too.
 
 use argmin::core::{CostFunction, Error as ArgminError, Executor, Gradient, State};
 use argmin::solver::linesearch::MoreThuenteLineSearch;
 use argmin::solver::quasinewton::LBFGS;
+
+/// A sample's target for [`LogisticRegression::fit_mixed`]: (class, weight) pairs whose weights
+/// sum to 1 (`[(y, 1.0)]` is an ordinary label).
+pub type MixedTarget = Vec<(usize, f64)>;
 
 /// The probe's settings.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -70,6 +76,11 @@ pub enum LogRegError {
     /// A feature vector holds NaN or infinity (its index).
     #[error("feature vector {0} has a NaN or infinite value")]
     NonFinite(usize),
+    /// A mixed target whose weights are negative, not finite or do not sum to 1.
+    #[error(
+        "the target of sample {0} has weights that are negative, not finite or do not sum to 1"
+    )]
+    Weights(usize),
     /// The inverse penalty C is not positive and finite.
     #[error("C must be positive and finite, got {0}")]
     Penalty(f64),
@@ -144,18 +155,31 @@ impl LogisticRegression {
         labels: &[usize],
         classes: usize,
     ) -> Result<FittedProbe, LogRegError> {
+        let targets: Vec<MixedTarget> = labels.iter().map(|&y| vec![(y, 1.0)]).collect();
+        self.fit_mixed(features, &targets, classes)
+    }
+
+    /// Fits the probe on `features` with mixed targets: `targets[i]` lists (class, weight)
+    /// pairs whose weights sum to 1 (`[(y, 1.0)]` is an ordinary label; MixUp's image of
+    /// classes a and b is `[(a, λ), (b, 1 − λ)]`).
+    pub fn fit_mixed(
+        &self,
+        features: &[Vec<f32>],
+        targets: &[MixedTarget],
+        classes: usize,
+    ) -> Result<FittedProbe, LogRegError> {
         if !(self.c > 0.0 && self.c.is_finite()) {
             return Err(LogRegError::Penalty(self.c));
         }
         let first = features.first().ok_or(LogRegError::Empty)?;
-        if features.len() != labels.len() {
+        if features.len() != targets.len() {
             return Err(LogRegError::Lengths {
                 features: features.len(),
-                labels: labels.len(),
+                labels: targets.len(),
             });
         }
         let dim = first.len();
-        for (index, (x, &label)) in features.iter().zip(labels).enumerate() {
+        for (index, (x, target)) in features.iter().zip(targets).enumerate() {
             if x.len() != dim {
                 return Err(LogRegError::Dimension {
                     index,
@@ -166,12 +190,17 @@ impl LogisticRegression {
             if x.iter().any(|v| !v.is_finite()) {
                 return Err(LogRegError::NonFinite(index));
             }
-            if label >= classes {
+            if let Some(&(label, _)) = target.iter().find(|(c, _)| *c >= classes) {
                 return Err(LogRegError::Label {
                     index,
                     label,
                     classes,
                 });
+            }
+            let sum: f64 = target.iter().map(|(_, w)| w).sum();
+            if target.iter().any(|(_, w)| !(w.is_finite() && *w >= 0.0)) || (sum - 1.0).abs() > 1e-6
+            {
+                return Err(LogRegError::Weights(index));
             }
         }
         let problem = Objective {
@@ -179,7 +208,7 @@ impl LogisticRegression {
                 .iter()
                 .map(|x| x.iter().map(|&v| f64::from(v)).collect())
                 .collect(),
-            y: labels.to_vec(),
+            y: targets.to_vec(),
             classes,
             dim,
             // The objective is divided by n (as scikit-learn does) so that the tolerance means
@@ -212,7 +241,8 @@ impl LogisticRegression {
 /// The mean cross-entropy plus penalty · ‖W‖² / 2, over parameters [W row-major, b].
 struct Objective {
     x: Vec<Vec<f64>>,
-    y: Vec<usize>,
+    /// Each sample's (class, weight) pairs, weights summing to 1.
+    y: Vec<MixedTarget>,
     classes: usize,
     dim: usize,
     penalty: f64,
@@ -227,7 +257,12 @@ impl Objective {
         let mut loss = 0.0;
         let mut grad = vec![0.0; p.len()];
         let mut z = vec![0.0; k];
-        for (x, &y) in self.x.iter().zip(&self.y) {
+        let mut target = vec![0.0; k];
+        for (x, y) in self.x.iter().zip(&self.y) {
+            target.fill(0.0);
+            for &(c, weight) in y {
+                target[c] += weight;
+            }
             for c in 0..k {
                 z[c] = b[c]
                     + w[c * d..(c + 1) * d]
@@ -239,9 +274,9 @@ impl Objective {
             let max = z.iter().copied().fold(f64::NEG_INFINITY, f64::max);
             let sum: f64 = z.iter().map(|v| (v - max).exp()).sum();
             let log_sum = max + sum.ln();
-            loss += log_sum - z[y];
+            loss += log_sum - (0..k).map(|c| target[c] * z[c]).sum::<f64>();
             for c in 0..k {
-                let dz = ((z[c] - log_sum).exp() - if c == y { 1.0 } else { 0.0 }) / n;
+                let dz = ((z[c] - log_sum).exp() - target[c]) / n;
                 for (g, xi) in grad[c * d..(c + 1) * d].iter_mut().zip(x) {
                     *g += dz * xi;
                 }
@@ -280,10 +315,60 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_mixed_target_of_one_class_is_a_label_and_mixtures_pull_between_classes() {
+        let x = vec![
+            vec![-1.0, 0.2],
+            vec![1.0, -0.1],
+            vec![-0.8, -0.3],
+            vec![0.9, 0.4],
+        ];
+        let probe = LogisticRegression::default();
+        let hard = probe.fit(&x, &[0, 1, 0, 1], 2).unwrap();
+        let same = probe
+            .fit_mixed(&x, &[0, 1, 0, 1].map(|y| vec![(y, 1.0)]), 2)
+            .unwrap();
+        assert_eq!(hard, same);
+        // A point between the classes labelled half and half moves the boundary less than one
+        // labelled class 0 does.
+        let mut more = x.clone();
+        more.push(vec![0.3, 0.0]);
+        let half = probe
+            .fit_mixed(
+                &more,
+                &[
+                    vec![(0, 1.0)],
+                    vec![(1, 1.0)],
+                    vec![(0, 1.0)],
+                    vec![(1, 1.0)],
+                    vec![(0, 0.5), (1, 0.5)],
+                ],
+                2,
+            )
+            .unwrap();
+        let zero = probe.fit(&more, &[0, 1, 0, 1, 0], 2).unwrap();
+        let margin = |p: &FittedProbe| {
+            let s = p.scores(&[0.3, 0.0]);
+            s[0] - s[1]
+        };
+        assert!(
+            margin(&zero) > margin(&half),
+            "{} vs {}",
+            margin(&zero),
+            margin(&half)
+        );
+        assert!(
+            margin(&half) > margin(&hard),
+            "{} vs {}",
+            margin(&half),
+            margin(&hard)
+        );
+    }
+
+    #[test]
     fn the_gradient_is_the_objectives() {
         let problem = Objective {
             x: vec![vec![0.5, -1.0], vec![2.0, 0.25], vec![-0.5, 1.5]],
-            y: vec![0, 2, 1],
+            y: vec![vec![(0, 1.0)], vec![(2, 0.3), (1, 0.7)], vec![(1, 1.0)]],
             classes: 3,
             dim: 2,
             penalty: 0.3,
@@ -320,6 +405,16 @@ mod tests {
             probe.fit(&x, &[0, 2], 2),
             Err(LogRegError::Label { label: 2, .. })
         ));
+        for weights in [
+            vec![(0, 0.5), (1, 0.4)],
+            vec![(0, 1.5), (1, -0.5)],
+            vec![(0, f64::NAN)],
+        ] {
+            assert_eq!(
+                probe.fit_mixed(&x, &[vec![(0, 1.0)], weights], 2),
+                Err(LogRegError::Weights(1))
+            );
+        }
         let strict = LogisticRegression { c: 0.0, ..probe };
         assert_eq!(strict.fit(&x, &[0, 1], 2), Err(LogRegError::Penalty(0.0)));
     }

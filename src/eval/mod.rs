@@ -31,13 +31,13 @@ mod logreg;
 mod long_tail;
 mod stats;
 
-pub use augment::{augment, Augmentation};
+pub use augment::{augment, mix_pair, Augmentation, ImageMix};
 pub use episodes::{sample_episodes, Episode, EpisodeError, EpisodeSpec};
 pub use few_shot::{
     csv_table, markdown_table, run_few_shot, sweep_points, Backbone, FewShotConfig, FewShotError,
     GeneratedImages, Method, MethodResult,
 };
 pub use hard_negatives::{missing_keys, CachedEpisodes, NeededPair};
-pub use logreg::{FittedProbe, LogRegError, LogisticRegression};
+pub use logreg::{FittedProbe, LogRegError, LogisticRegression, MixedTarget};
 pub use long_tail::{long_tail_csv, long_tail_markdown, GroupAccuracy};
 pub use stats::MeanCi;

@@ -24,13 +24,20 @@ pub struct KeySpace {
 }
 
 impl KeySpace {
-    /// `class_names[c]` is class `c`'s id and what the prompt calls it ("a photo of a {name}.").
+    /// `class_names[c]` is class `c`'s id and what the prompt calls it ("a photo of a {name}."),
+    /// except that a WordNet id (`n01440764`) is named from the built-in ImageNet-1k table
+    /// ("tench"), as [`crate::classes::classes_for`] names it; one the table lacks keeps its id
+    /// and is logged as a warning (use `classes_for`, which refuses it, to fail instead).
     pub fn new(fingerprint: EngineFingerprint, resolution: u32, class_names: Vec<String>) -> Self {
-        Self::with_classes(
-            fingerprint,
-            resolution,
-            class_names.into_iter().map(ClassInfo::named).collect(),
-        )
+        let (classes, unknown) = crate::classes::name_by_imagenet(&class_names);
+        if !unknown.is_empty() {
+            tracing::warn!(
+                ids = ?unknown,
+                "class ids look like WordNet ids but are not ImageNet-1k classes: their prompts \
+                 say the id; name them with a class-name file (KeySpace::with_classes)"
+            );
+        }
+        Self::with_classes(fingerprint, resolution, classes)
     }
 
     /// Classes whose ids (labels) and prompt names differ, e.g. from a

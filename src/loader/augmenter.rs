@@ -23,7 +23,9 @@ use crate::generator::KeySpace;
 use crate::generator::{
     Generator, HardNegativeGenerator, LevelOutcome, Priority, Receipt, SourceImage,
 };
-use crate::policy::{BatchCounts, ConfusionMatrix, PairId, Policy, Proposal, SharedConfusion};
+use crate::policy::{
+    BatchCounts, ConfusionMatrix, PairId, Policy, Proposal, SharedConfusion, SNAPSHOT_EVERY,
+};
 use crate::warm::PlannedPair;
 
 /// Knobs of the online loop beyond the policy's.
@@ -162,6 +164,12 @@ pub struct AugmenterStats {
     pub ada_scorable: usize,
     /// Pairs of the loaded pre-warm plan (0 without a plan); `pairs` of them have started.
     pub planned: usize,
+    /// Batches whose sources came from a confusion snapshot at a fixed batch count (a matrix
+    /// recorded by a metric thread).
+    pub confusion_snapshots: u64,
+    /// Times the metric thread did not reach a snapshot's batch count in time; from the first,
+    /// the live matrix is read (proposals then depend on the metric thread's timing).
+    pub confusion_timeouts: u64,
 }
 
 /// How often the hard negatives were mixed: uses per pair (each pair is one generated image
@@ -248,6 +256,8 @@ struct State<I> {
 #[derive(Default)]
 struct Counters {
     batches: AtomicU64,
+    confusion_snapshots: AtomicU64,
+    confusion_timeouts: AtomicU64,
     /// Items handed to training (after mixing).
     items: AtomicU64,
     mixed: AtomicU64,
@@ -324,12 +334,30 @@ pub(crate) struct AdaRound<I> {
     pub first: u64,
 }
 
+/// How a batch reads the confusion matrix ([`Augmenter::confusion_read`]).
+enum ConfusionRead {
+    /// The live matrix (or none attached).
+    Live,
+    /// A snapshot at a fixed batch count; `None` before the first.
+    Fixed(Option<Arc<ConfusionMatrix>>),
+}
+
+/// Batches a metric thread may trail the batch being built by before the augmenter waits for it:
+/// the snapshot read is the last one at least this many batches back.
+const CONFUSION_LAG: u64 = 2;
+
+/// How long a batch waits for the metric thread to reach a snapshot before giving up on
+/// snapshots for the run.
+const CONFUSION_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// The online hard-negative state of one training run; see the module docs.
 pub struct Augmenter<I> {
     keys: KeySpace,
     cache: Arc<Cache>,
     generator: Option<Arc<dyn HardNegativeGenerator>>,
     confusion: Option<SharedConfusion>,
+    /// The confusion snapshot read last (its batch count), so a snapshot is copied once.
+    confusion_snapshot: Mutex<Option<(u64, Arc<ConfusionMatrix>)>>,
     config: AugmenterConfig,
     levels: Vec<NoiseLevel>,
     fixed_index: usize,
@@ -384,6 +412,7 @@ impl<I: GenieItem> Augmenter<I> {
             cache,
             generator,
             confusion: None,
+            confusion_snapshot: Mutex::new(None),
             config,
             levels,
             fixed_index,
@@ -527,6 +556,56 @@ impl<I: GenieItem> Augmenter<I> {
         self.confusion.as_ref().map(SharedConfusion::lock)
     }
 
+    /// How the batch after `earlier` batches reads the confusion matrix. A matrix recorded on
+    /// the training thread is read live: it holds exactly the batches before this one. One a
+    /// metric thread records (burn's `SupervisedTraining`) is read as its snapshot after a fixed
+    /// number of batches — the last multiple of [`SNAPSHOT_EVERY`] at least
+    /// [`CONFUSION_LAG`] batches back, waited for if the metric thread is behind — so that the
+    /// sources proposed do not depend on that thread's timing.
+    fn confusion_read(&self, earlier: u64) -> ConfusionRead {
+        let Some(confusion) = &self.confusion else {
+            return ConfusionRead::Live;
+        };
+        let gave_up = self.counters.confusion_timeouts.load(Ordering::Relaxed) > 0;
+        if !confusion.is_recorded_asynchronously() || gave_up {
+            return ConfusionRead::Live;
+        }
+        let tag = earlier.saturating_sub(CONFUSION_LAG) / SNAPSHOT_EVERY * SNAPSHOT_EVERY;
+        if tag == 0 {
+            return ConfusionRead::Fixed(None);
+        }
+        let mut last = crate::sync::lock(&self.confusion_snapshot);
+        if let Some((_, matrix)) = last.as_ref().filter(|(seen, _)| *seen == tag) {
+            self.counters
+                .confusion_snapshots
+                .fetch_add(1, Ordering::Relaxed);
+            return ConfusionRead::Fixed(Some(Arc::clone(matrix)));
+        }
+        match confusion.snapshot_after(tag, CONFUSION_WAIT) {
+            Some(matrix) => {
+                let matrix = Arc::new(matrix);
+                *last = Some((tag, Arc::clone(&matrix)));
+                self.counters
+                    .confusion_snapshots
+                    .fetch_add(1, Ordering::Relaxed);
+                ConfusionRead::Fixed(Some(matrix))
+            }
+            None => {
+                self.counters
+                    .confusion_timeouts
+                    .fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    batches = tag,
+                    recorded = confusion.batches(),
+                    "the confusion metric did not record {tag} batches within {CONFUSION_WAIT:?} \
+                     (is it registered with the training loop?): the live matrix is read from \
+                     now on, so the sources proposed depend on the metric thread's timing"
+                );
+                ConfusionRead::Live
+            }
+        }
+    }
+
     /// The level index a pair with this Ada record is mixed at: its choice, else the fixed
     /// level.
     fn level_index(&self, record: &AdaRecord) -> usize {
@@ -548,7 +627,8 @@ impl<I: GenieItem> Augmenter<I> {
     /// One batch's work: count its classes, record target images, start new pairs, retry and
     /// probe, then replace (or extend) items with ready hard negatives. Never waits for generation.
     pub fn augment(&self, mut items: Vec<I>) -> Vec<I> {
-        self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        let earlier = self.counters.batches.fetch_add(1, Ordering::Relaxed);
+        let confusion = self.confusion_read(earlier);
         // (index in the batch, label) of the labelled items.
         let labelled: Vec<(usize, usize)> = items
             .iter()
@@ -556,7 +636,7 @@ impl<I: GenieItem> Augmenter<I> {
             .filter_map(|(i, item)| item.label().map(|l| (i, l)))
             .collect();
         let labels: Vec<usize> = labelled.iter().map(|&(_, l)| l).collect();
-        let proposals = self.observe(&items, &labelled, &labels);
+        let proposals = self.observe(&items, &labelled, &labels, confusion);
         self.start_pairs(&items, &labelled, proposals);
         self.take_late_receipts();
         self.retry_deferred();
@@ -571,7 +651,13 @@ impl<I: GenieItem> Augmenter<I> {
     /// Phase 1: the class statistics see the batch's real items, target classes' real images
     /// are kept for their prototypes, and either the plan's pairs of these items start or the
     /// policy proposes (source item, target) pairs.
-    fn observe(&self, items: &[I], labelled: &[(usize, usize)], labels: &[usize]) -> Vec<Proposal> {
+    fn observe(
+        &self,
+        items: &[I],
+        labelled: &[(usize, usize)],
+        labels: &[usize],
+        confusion: ConfusionRead,
+    ) -> Vec<Proposal> {
         let mut state = self.state();
         let real = labelled.iter().filter(|&&(i, _)| !items[i].is_generated());
         state.policy.observe(real.map(|&(_, l)| l));
@@ -580,8 +666,13 @@ impl<I: GenieItem> Augmenter<I> {
             self.start_planned(&mut state, items, labelled);
             Vec::new()
         } else {
-            let confusion = self.confusion_guard();
-            state.policy.propose(labels, confusion.as_deref())
+            match confusion {
+                ConfusionRead::Live => {
+                    let live = self.confusion_guard();
+                    state.policy.propose(labels, live.as_deref())
+                }
+                ConfusionRead::Fixed(matrix) => state.policy.propose(labels, matrix.as_deref()),
+            }
         }
     }
 
@@ -1200,6 +1291,8 @@ impl<I: GenieItem> Augmenter<I> {
                 .count(),
             ada_scorable: self.scorable(&state).count(),
             planned: state.plan.as_ref().map_or(0, |p| p.slots.len()),
+            confusion_snapshots: load(&self.counters.confusion_snapshots),
+            confusion_timeouts: load(&self.counters.confusion_timeouts),
         }
     }
 

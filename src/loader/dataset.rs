@@ -128,6 +128,72 @@ impl OfflinePlan {
         })
     }
 
+    /// The paper's same-class baselines with this plan's image counts: for each target, as many
+    /// images as this plan has for it, each from an image of the target class itself (its real
+    /// items in turn, variants 1, 2, … once each has been used), at `level` — Img2Img-L (r =
+    /// 0.3), Img2Img-H (r = 0.7), or Txt2Img at [`NoiseLevel::TEXT_TO_IMAGE`] (the source then only
+    /// seeds the noise). A target without real items gets none. Seeds come from `run_seed` as
+    /// every plan's do, so the keys repeat across runs.
+    pub fn own_class<D: Dataset<I>, I: GenieItem>(
+        &self,
+        dataset: &D,
+        keys: &KeySpace,
+        level: NoiseLevel,
+        run_seed: u64,
+    ) -> Result<Self, LoaderError> {
+        let mut wanted: Vec<(usize, usize)> = Vec::new();
+        for n in &self.negatives {
+            match wanted.iter_mut().find(|(t, _)| *t == n.target) {
+                Some((_, count)) => *count += 1,
+                None => wanted.push((n.target, 1)),
+            }
+        }
+        let mut own: HashMap<usize, Vec<usize>> = HashMap::new();
+        for index in 0..dataset.len() {
+            let item = get(dataset, index)?;
+            if let Some(label) = item.label().filter(|_| !item.is_generated()) {
+                if wanted.iter().any(|&(t, _)| t == label) {
+                    own.entry(label).or_default().push(index);
+                }
+            }
+        }
+        let mut negatives = Vec::new();
+        let mut hashes: HashMap<usize, [u8; 32]> = HashMap::new();
+        for (target, count) in wanted {
+            let Some(sources) = own.get(&target) else {
+                continue;
+            };
+            for i in 0..count {
+                let source_index = sources[i % sources.len()];
+                let variant = (i / sources.len()) as u32;
+                let hash = match hashes.get(&source_index) {
+                    Some(&h) => h,
+                    None => {
+                        let h = source_of(dataset, keys, source_index)?.hash;
+                        hashes.insert(source_index, h);
+                        h
+                    }
+                };
+                let seed = keys.pair_seed(run_seed, hash, target, variant);
+                let key = keys.key(hash, target, level, seed);
+                negatives.push(PlannedNegative {
+                    source_index,
+                    target,
+                    variant,
+                    seed,
+                    source_hash: hash,
+                    keys: vec![key],
+                    level,
+                    key,
+                });
+            }
+        }
+        Ok(OfflinePlan {
+            levels: vec![level],
+            negatives,
+        })
+    }
+
     /// The pairs of a pre-warm plan (`genie warm plan`, [`crate::warm::plan_pairs`]) over
     /// `dataset`, at `levels`: each plan source is found among the dataset's items by
     /// [`GenieItem::source_id`] (one pass over the dataset). A plan source the dataset lacks,

@@ -36,8 +36,12 @@ pub struct ConfusionMetric {
 }
 
 impl ConfusionMetric {
-    /// A metric that adds each batch's predictions to `confusion`.
+    /// A metric that adds each batch's predictions to `confusion`. burn runs training metrics
+    /// on a thread of their own, so the matrix is marked
+    /// [`recorded_asynchronously`](SharedConfusion::recorded_asynchronously): the augmenter then
+    /// reads it at fixed batch counts, and runs of one seed propose the same sources.
     pub fn new(confusion: SharedConfusion) -> Self {
+        confusion.recorded_asynchronously();
         ConfusionMetric {
             name: MetricName::new("GeNIe confusion".to_string()),
             confusion,

@@ -1,6 +1,8 @@
 //! A running confusion matrix of the live classifier, and the classes most confused with a target.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::VecDeque;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::Duration;
 
 /// Counts of (true class, predicted class), as `f64` so that old epochs can be decayed.
 #[derive(Clone, Debug, PartialEq)]
@@ -89,18 +91,102 @@ impl ConfusionMatrix {
 
 /// A confusion matrix shared between whoever records predictions (a burn metric, the training
 /// loop) and the policy that reads it.
+///
+/// Each [`record`](Self::record) call is one batch. Every [`SNAPSHOT_EVERY`] batches a copy is
+/// kept, tagged with the batch count, so that a reader on another thread can see the matrix as
+/// it was after exactly that many batches ([`snapshot_after`](Self::snapshot_after)), however
+/// far the recording thread has got since. burn's `SupervisedTraining` runs metrics on a thread
+/// of their own, so the [`ConfusionMetric`](crate::loader::ConfusionMetric) marks its matrix
+/// [`recorded_asynchronously`](Self::recorded_asynchronously) and the augmenter then reads such
+/// snapshots at fixed batch counts: the sources it proposes do not depend on the metric thread's
+/// timing.
 #[derive(Clone, Debug)]
-pub struct SharedConfusion(Arc<Mutex<ConfusionMatrix>>);
+pub struct SharedConfusion(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    matrix: Mutex<ConfusionMatrix>,
+    history: Mutex<History>,
+    kept: Condvar,
+}
+
+/// The batch count and the kept snapshots, newest last.
+#[derive(Debug, Default)]
+struct History {
+    batches: u64,
+    asynchronous: bool,
+    snapshots: VecDeque<(u64, ConfusionMatrix)>,
+}
+
+/// A copy of the matrix is kept after every this many recorded batches.
+pub const SNAPSHOT_EVERY: u64 = 16;
+
+/// Snapshots kept: a reader may lag the recorder by this many [`SNAPSHOT_EVERY`]s.
+const SNAPSHOTS_KEPT: usize = 4;
 
 impl SharedConfusion {
     /// A shared all-zero matrix for `classes` classes.
     pub fn new(classes: usize) -> Self {
-        SharedConfusion(Arc::new(Mutex::new(ConfusionMatrix::new(classes))))
+        SharedConfusion(Arc::new(Shared {
+            matrix: Mutex::new(ConfusionMatrix::new(classes)),
+            history: Mutex::new(History::default()),
+            kept: Condvar::new(),
+        }))
     }
 
-    /// Records one batch of predictions; see [`ConfusionMatrix::record`].
+    /// Records one batch of predictions (see [`ConfusionMatrix::record`]) and counts the batch.
     pub fn record(&self, predictions: &[usize], targets: &[usize]) -> usize {
-        self.lock().record(predictions, targets)
+        let mut matrix = self.lock();
+        let skipped = matrix.record(predictions, targets);
+        let mut history = crate::sync::lock(&self.0.history);
+        history.batches += 1;
+        if history.batches % SNAPSHOT_EVERY == 0 {
+            let tag = history.batches;
+            history.snapshots.push_back((tag, matrix.clone()));
+            while history.snapshots.len() > SNAPSHOTS_KEPT {
+                history.snapshots.pop_front();
+            }
+            self.0.kept.notify_all();
+        }
+        skipped
+    }
+
+    /// Says that batches are recorded on another thread than the one that reads the matrix
+    /// (a burn metric): readers that must repeat across runs use
+    /// [`snapshot_after`](Self::snapshot_after) instead of the live matrix.
+    pub fn recorded_asynchronously(&self) {
+        crate::sync::lock(&self.0.history).asynchronous = true;
+    }
+
+    /// Whether [`recorded_asynchronously`](Self::recorded_asynchronously) was called.
+    pub fn is_recorded_asynchronously(&self) -> bool {
+        crate::sync::lock(&self.0.history).asynchronous
+    }
+
+    /// Batches recorded so far.
+    pub fn batches(&self) -> u64 {
+        crate::sync::lock(&self.0.history).batches
+    }
+
+    /// The matrix as it was right after batch `batches` was recorded (a multiple of
+    /// [`SNAPSHOT_EVERY`]), waiting up to `timeout` for the recorder to get there. `None` when
+    /// `batches` is not such a multiple, when the wait timed out, or when that snapshot is no
+    /// longer kept (the reader lagged by more than a few snapshots).
+    pub fn snapshot_after(&self, batches: u64, timeout: Duration) -> Option<ConfusionMatrix> {
+        if batches == 0 || batches % SNAPSHOT_EVERY != 0 {
+            return None;
+        }
+        let history = crate::sync::lock(&self.0.history);
+        let (history, _) = self
+            .0
+            .kept
+            .wait_timeout_while(history, timeout, |h| h.batches < batches)
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        history
+            .snapshots
+            .iter()
+            .find(|(tag, _)| *tag == batches)
+            .map(|(_, m)| m.clone())
     }
 
     /// A copy of the matrix now.
@@ -110,7 +196,7 @@ impl SharedConfusion {
 
     /// The matrix, locked (a poisoned lock is taken over: counts stay usable).
     pub fn lock(&self) -> MutexGuard<'_, ConfusionMatrix> {
-        crate::sync::lock(&self.0)
+        crate::sync::lock(&self.0.matrix)
     }
 }
 
@@ -130,6 +216,36 @@ mod tests {
         assert!(m.most_confused_with(9, 2).is_empty());
         m.decay(0.5);
         assert_eq!(m.get(3, 2), 1.5);
+    }
+
+    #[test]
+    fn snapshots_are_the_matrix_after_exactly_their_batch_count() {
+        let shared = SharedConfusion::new(2);
+        let reader = shared.clone();
+        let waiting = std::thread::spawn(move || {
+            reader.snapshot_after(2 * SNAPSHOT_EVERY, Duration::from_secs(30))
+        });
+        for n in 0..3 * SNAPSHOT_EVERY {
+            // Batch n (1-based n + 1) predicts class 1 for class 0 n + 1 times.
+            let k = n as usize + 1;
+            shared.record(&vec![1; k], &vec![0; k]);
+        }
+        let sum = |b: u64| (1..=b).sum::<u64>() as f64;
+        let seen = waiting.join().unwrap().expect("snapshot 32");
+        assert_eq!(seen.get(0, 1), sum(2 * SNAPSHOT_EVERY));
+        let later = shared
+            .snapshot_after(3 * SNAPSHOT_EVERY, Duration::ZERO)
+            .unwrap();
+        assert_eq!(later.get(0, 1), sum(3 * SNAPSHOT_EVERY));
+        assert_eq!(shared.batches(), 3 * SNAPSHOT_EVERY);
+        // Not a snapshot's count, or not reached in time: none.
+        assert!(shared.snapshot_after(5, Duration::ZERO).is_none());
+        assert!(shared
+            .snapshot_after(4 * SNAPSHOT_EVERY, Duration::from_millis(10))
+            .is_none());
+        assert!(!shared.is_recorded_asynchronously());
+        shared.recorded_asynchronously();
+        assert!(shared.is_recorded_asynchronously());
     }
 
     #[test]

@@ -14,7 +14,7 @@ use std::collections::HashSet;
 use rand_chacha::ChaCha8Rng;
 use rand_core::{RngCore, SeedableRng};
 
-pub use confusion::{ConfusionMatrix, SharedConfusion};
+pub use confusion::{ConfusionMatrix, SharedConfusion, SNAPSHOT_EVERY};
 pub use groups::{BatchCounts, ClassStats, Group, GroupThresholds};
 
 /// Errors in the policy's inputs.

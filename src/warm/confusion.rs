@@ -69,6 +69,30 @@ pub fn read_confusion(
     parse_confusion(&text, classes).map_err(|e| e.at(path, classes))
 }
 
+/// `matrix` as the CSV [`read_confusion`] reads: a header, then one row per true class, named
+/// by `classes` (label order). `None` when a class name cannot be a cell of that format (it holds
+/// a comma or a line break, starts with `#`, or has surrounding spaces).
+pub fn confusion_csv(matrix: &ConfusionMatrix, classes: &[String]) -> Option<String> {
+    let writable = |c: &String| {
+        !c.is_empty()
+            && !c.contains([',', '\n', '\r'])
+            && !c.starts_with('#')
+            && c.trim() == c.as_str()
+    };
+    if classes.len() != matrix.num_classes() || !classes.iter().all(writable) {
+        return None;
+    }
+    let mut out = format!("truth\\predicted,{}\n", classes.join(","));
+    for (truth, name) in classes.iter().enumerate() {
+        out.push_str(name);
+        for predicted in 0..classes.len() {
+            out.push_str(&format!(",{}", matrix.get(truth, predicted)));
+        }
+        out.push('\n');
+    }
+    Some(out)
+}
+
 /// A problem found while parsing, before the file's path is known.
 #[derive(Debug, PartialEq)]
 enum ParseProblem {
@@ -169,6 +193,24 @@ mod tests {
 
     fn classes() -> Vec<String> {
         ["cat", "dog", "fox"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn a_written_matrix_reads_back_and_unwritable_names_are_refused() {
+        let matrix = ConfusionMatrix::from_rows(&[
+            vec![5.0, 1.0, 0.0],
+            vec![2.5, 7.0, 1.0],
+            vec![0.0, 3.0, 4.0],
+        ])
+        .unwrap();
+        let text = confusion_csv(&matrix, &classes()).unwrap();
+        assert!(text.starts_with("truth\\predicted,cat,dog,fox\n"), "{text}");
+        assert_eq!(parse_confusion(&text, &classes()), Ok(matrix.clone()));
+        for bad in ["a,b", "#x", " x", ""] {
+            let names = vec![bad.to_string(), "dog".into(), "fox".into()];
+            assert_eq!(confusion_csv(&matrix, &names), None, "{bad:?}");
+        }
+        assert_eq!(confusion_csv(&matrix, &classes()[..2]), None);
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod requests;
 mod shard;
 mod status;
 
-pub use confusion::{read_confusion, ConfusionFileError};
+pub use confusion::{confusion_csv, read_confusion, ConfusionFileError};
 pub use folder::{FolderError, ImageFolder};
 pub use plan::{plan_pairs, read_plan, source_id, write_plan, PlanEntry, PlanError, PlannedPair};
 pub use planner::{build_plan, PlanMode, PlanOptions, PlanSummary, PlannerError};

@@ -476,10 +476,15 @@ fn a_model_with_truncated_weights_is_an_error_not_a_hang() {
 
 /// An image-folder dataset: dog (22 images) and cat (21) are Medium, fox (2) is Few.
 fn write_dataset(dir: &Path) -> std::path::PathBuf {
+    write_dataset_named(dir, ["dog", "cat", "fox"])
+}
+
+/// [`write_dataset`] with other folder names for its three classes.
+fn write_dataset_named(dir: &Path, names: [&str; 3]) -> std::path::PathBuf {
     let data = dir.join("data");
-    for (class, (name, count)) in [("dog", 22), ("cat", 21), ("fox", 2)].iter().enumerate() {
+    for (class, (name, count)) in names.into_iter().zip([22, 21, 2]).enumerate() {
         std::fs::create_dir_all(data.join(name)).unwrap();
-        for n in 0..*count {
+        for n in 0..count {
             genie::synthetic::render(class, n, 16)
                 .unwrap()
                 .save(data.join(name).join(format!("{n}.png")))
@@ -1526,6 +1531,73 @@ fn warm_plan_takes_prompts_from_a_class_name_file() {
     let stderr = String::from_utf8_lossy(&r.stderr);
     assert!(
         !r.status.success() && stderr.contains("\"fox\""),
+        "{stderr}"
+    );
+    assert!(!bad.exists());
+}
+
+/// Folders named by WordNet id prompt with ImageNet's names from genie's built-in table (the plan,
+/// and the manifests of the images `warm run` makes from it, say "tench", never its id), the run
+/// says which names it used, and a WordNet id outside ImageNet-1k without `--class-names` is an
+/// error that names the flag and writes nothing.
+#[test]
+fn wordnet_folders_prompt_with_imagenet_names() {
+    let tmp = tempfile::tempdir().unwrap();
+    // tench (n01440764) is the Few class.
+    let data = write_dataset_named(tmp.path(), ["n01443537", "n01484850", "n01440764"]);
+    let plan = tmp.path().join("plan.jsonl");
+    let p = plan.display().to_string();
+    let d = data.display().to_string();
+    let o = genie(
+        tmp.path(),
+        &[
+            "warm", "plan", "--data", &d, "--model", "tiny", "--steps", "2", "--levels", "0.8",
+            "--out", &p,
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(stderr.contains("built-in ImageNet-1k table"), "{stderr}");
+    let entries = genie::warm::read_plan(&plan).unwrap();
+    // Every image of the other two classes is a source (22 + 21, under the quota of 50).
+    assert_eq!(entries.len(), 43);
+    assert!(entries
+        .iter()
+        .all(|e| e.target == "n01440764" && e.prompt == "a photo of a tench."));
+
+    let cache = tmp.path().join("cache");
+    let o = warm_run(tmp.path(), &plan, cache.to_str().unwrap(), "0/1");
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let manifests: Vec<String> = walk(&cache)
+        .iter()
+        .filter(|p| p.extension().is_some_and(|e| e == "json"))
+        .map(|p| std::fs::read_to_string(p).unwrap())
+        .filter(|m| m.contains("\"prompt\""))
+        .collect();
+    assert_eq!(manifests.len(), 43);
+    assert!(manifests
+        .iter()
+        .all(|m| m.contains("a photo of a tench.") && !m.contains("a photo of a n0")));
+
+    std::fs::rename(data.join("n01484850"), data.join("n00000042")).unwrap();
+    let bad = tmp.path().join("bad.jsonl");
+    let o = genie(
+        tmp.path(),
+        &[
+            "warm",
+            "plan",
+            "--data",
+            &d,
+            "--model",
+            "tiny",
+            "--out",
+            bad.to_str().unwrap(),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("n00000042") && stderr.contains("--class-names"),
         "{stderr}"
     );
     assert!(!bad.exists());

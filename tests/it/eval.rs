@@ -184,7 +184,7 @@ mod few_shot {
         )
         .unwrap();
         assert_eq!(done, (1..=6).collect::<Vec<_>>());
-        assert_eq!(results.len(), 8);
+        assert_eq!(results.len(), 10);
         for r in &results {
             assert_eq!(r.per_episode.len(), 6, "{:?}", r.method);
             assert!(r.per_episode.iter().all(|a| (0.0..=100.0).contains(a)));
@@ -212,13 +212,13 @@ mod few_shot {
 
         let md = markdown_table(&results, config.spec);
         assert!(md.starts_with("| method | 3-way 1-shot accuracy (%) | episodes |"));
-        assert_eq!(md.lines().count(), 2 + 8);
+        assert_eq!(md.lines().count(), 2 + 10);
         assert!(
             md.contains("| GeNIe (r = 0.8) | 100.00 ± 0.00 | 6 |"),
             "{md}"
         );
         let csv = csv_table(&results, config.spec);
-        assert_eq!(csv.lines().count(), 1 + 8);
+        assert_eq!(csv.lines().count(), 1 + 10);
         assert!(csv.contains("\nnone,3,1,6,100.0000,0.0000\n"), "{csv}");
         // Same seed, same episodes and augmentations: the same numbers.
         let again = run_few_shot(
@@ -549,7 +549,7 @@ fn eval_few_shot_cli_plans_warms_and_tables_every_method() {
         assert!(row.ends_with("| 2 |"), "{row}");
     }
     let csv_rows: Vec<&str> = out.lines().filter(|l| l.contains(",3,1,2,")).collect();
-    assert_eq!(csv_rows.len(), 8, "{out}");
+    assert_eq!(csv_rows.len(), 10, "{out}");
     for row in &csv_rows {
         let mean: f64 = row.split(',').nth(4).unwrap().parse().unwrap();
         assert!((0.0..=100.0).contains(&mean), "{row}");
@@ -586,6 +586,15 @@ fn eval_few_shot_cli_plans_warms_and_tables_every_method() {
     fails_saying(&o, "wrong shape");
     let o = run_with(&[("--backbone", "resnet34")], &["--cache", &cache]);
     fails_saying(&o, "layer1.2.bn1.weight");
+    // The backbone's device: cpu (the default) was used above; an unknown one or a GPU backend
+    // this build lacks is a named error.
+    assert!(out.contains("backbone device: cpu"), "{out}");
+    let o = run(&["--cache", &cache, "--train-device", "tpu"]);
+    fails_saying(&o, "unknown training device \"tpu\"");
+    if genie::loader::built_gpu_backends().is_empty() {
+        let o = run(&["--cache", &cache, "--train-device", "vulkan"]);
+        fails_saying(&o, "needs genie built with the `burn-vulkan` feature");
+    }
 }
 
 /// `genie eval long-tail` end to end on drawn long-tailed shapes with the tiny engine and the
@@ -650,21 +659,93 @@ fn eval_long_tail_cli_trains_every_method_and_repeats_exactly() {
     let o = run(&["--train-device", "tpu"]);
     fails_saying(&o, "unknown training device \"tpu\"");
 
+    // Sources from the baseline's confusions (the default): every GeNIe source of a Few class is
+    // one of the k classes its model confuses with it most on the training data, written to
+    // confusion.csv; the same-class baselines take the class's own images, as many.
+    let planned = tmp.path().join("planned");
+    let plan = tmp.path().join("plan.jsonl");
+    // (The cache is still empty: the plans list every image.)
+    let o = run(&[
+        "--confused-k",
+        "2",
+        "--out",
+        planned.to_str().unwrap(),
+        "--plan-out",
+        plan.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(output_text(&o).contains("training the baseline first"));
+    let class_ids: Vec<String> = genie::synthetic::CLASS_NAMES
+        .iter()
+        .map(|c| c.to_string())
+        .collect();
+    let confusion =
+        genie::warm::read_confusion(&planned.join("confusion.csv"), &class_ids).unwrap();
+    let entries = genie::warm::read_plan(&plan).unwrap();
+    let index = |name: &str| class_ids.iter().position(|c| c == name).unwrap();
+    let (mut cross, mut own) = (0, std::collections::HashMap::new());
+    for e in &entries {
+        if e.source_class == e.target {
+            *own.entry(e.r.to_string()).or_insert(0) += 1;
+        } else {
+            let top = confusion.most_confused_with(index(&e.target), 2);
+            assert!(
+                top.contains(&index(&e.source_class)),
+                "{} is not among the classes most confused with {}: {top:?}",
+                e.source_class,
+                e.target
+            );
+            cross += 1;
+        }
+    }
+    // GeNIe-Ada's five levels per pair, and each same-class baseline (Img2Img-L at 0.3,
+    // Img2Img-H at 0.7, Txt2Img at 1) as many images as there are pairs.
+    assert!(cross > 0 && cross % 5 == 0, "{cross}");
+    for r in ["0.3", "0.7", "1.0"] {
+        assert_eq!(own.get(r), Some(&(cross / 5)), "{r}: {own:?}");
+    }
+    assert_eq!(own.len(), 3, "{own:?}");
+    // Uniform sources: more source classes than two for some target.
+    let uniform = tmp.path().join("uniform.jsonl");
+    let o = run(&[
+        "--sources",
+        "uniform",
+        "--methods",
+        "genie",
+        "--plan-out",
+        uniform.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", output_text(&o));
+    assert!(!output_text(&o).contains("training the baseline first"));
+    let mut sources_of: std::collections::HashMap<String, std::collections::HashSet<String>> =
+        Default::default();
+    for e in genie::warm::read_plan(&uniform).unwrap() {
+        sources_of
+            .entry(e.target)
+            .or_default()
+            .insert(e.source_class);
+    }
+    assert!(sources_of.values().any(|s| s.len() > 2), "{sources_of:?}");
+
     let report = tmp.path().join("report");
     let r = report.display().to_string();
     let o = run(&["--generate", "--out", &r]);
     assert!(o.status.success(), "{}", output_text(&o));
     let first = table(&output_text(&o));
-    assert_eq!(first.len(), 3, "{}", output_text(&o));
+    assert_eq!(first.len(), 6, "{}", output_text(&o));
     assert!(
         output_text(&o).contains("training device: cpu (burn flex)"),
         "{}",
         output_text(&o)
     );
-    for (row, name) in first
-        .iter()
-        .zip(["baseline", "GeNIe (r = 0.8)", "GeNIe-Ada"])
-    {
+    for (row, name) in first.iter().zip([
+        "baseline",
+        "Img2Img-L (r = 0.3)",
+        "Img2Img-H (r = 0.7)",
+        "Txt2Img",
+        "GeNIe (r = 0.8)",
+        "GeNIe-Ada",
+    ]) {
         // No class has more than 100 images: Many is empty; Medium and Few are measured.
         assert!(row.starts_with(&format!("| {name} | - | ")), "{row}");
     }
@@ -674,7 +755,8 @@ fn eval_long_tail_cli_trains_every_method_and_repeats_exactly() {
         output_text(&o)
     );
     let csv = std::fs::read_to_string(report.join("long_tail.csv")).unwrap();
-    assert_eq!(csv.lines().count(), 4, "{csv}");
+    assert_eq!(csv.lines().count(), 7, "{csv}");
+    assert!(report.join("confusion.csv").is_file());
 
     let o = run(&[]);
     assert!(o.status.success(), "{}", output_text(&o));

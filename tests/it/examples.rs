@@ -317,6 +317,8 @@ fn few_shot_compares_every_method_and_reruns_from_the_cache() {
             "none",
             "weak",
             "strong",
+            "cutmix",
+            "mixup",
             "img2img-l",
             "img2img-h",
             "txt2img",
@@ -355,7 +357,7 @@ fn few_shot_compares_every_method_and_reruns_from_the_cache() {
         assert!((0.0..=100.0).contains(&mean), "{row}");
     }
     let md = std::fs::read_to_string(out.join("few_shot.md")).unwrap();
-    assert_eq!(md.lines().count(), 2 + 13, "{md}");
+    assert_eq!(md.lines().count(), 2 + 15, "{md}");
     assert!(first.contains(&md), "the printed table is the written one");
 
     let again = run("few_shot", &args);

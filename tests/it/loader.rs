@@ -5,22 +5,20 @@
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use crate::support::{engine_fingerprint, Gate, Identity};
+use crate::support::{engine_fingerprint, level_colour, ColourFactory, Gate, Identity};
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::{Dataset, InMemDataset};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn_dataset::vision::ImageDatasetItem;
 use genie::cache::{Cache, MemoryStore};
-use genie::generator::{DynEngine, EngineFactory, Generator, GeneratorConfig, Shutdown};
+use genie::generator::{Generator, GeneratorConfig, Shutdown};
 use genie::loader::{
     image_item, Augmenter, AugmenterConfig, ConfusionMetric, FeatureExtractor, GenieBatcher,
     GenieDataset, GenieItem, KeySpace, LiveConfig, LiveModel, OfflinePlan,
 };
 use genie::policy::{ClassStats, Policy, PolicyConfig, SharedConfusion};
-use genie::{Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel};
+use genie::{EngineFingerprint, NoiseLevel};
 use image::{Rgb, RgbImage};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const CLASSES: usize = 4;
 const SIDE: u32 = 8;
@@ -35,72 +33,10 @@ fn fingerprint() -> EngineFingerprint {
     engine_fingerprint("colour-engine", SIDE)
 }
 
-/// The colour of a generated image: the crossover from "source" (red) to "target" (green)
-/// happens between r = 0.5 and r = 0.6, so GeNIe-Ada must choose 0.6.
-fn level_colour(level: NoiseLevel) -> Rgb<u8> {
-    match level.thousandths() {
-        ..=500 => Rgb([250, 5, 0]),
-        t => Rgb([(t / 100) as u8, 240 - (t / 100) as u8, (t / 10) as u8]),
-    }
-}
-
-/// Closed gates block engine calls until opened.
-struct ColourEngine {
-    fp: EngineFingerprint,
-    gate: Arc<Gate>,
-}
-
-impl Engine for ColourEngine {
-    type Error = std::io::Error;
-    fn resolution(&self) -> u32 {
-        SIDE
-    }
-    fn fingerprint(&self) -> &EngineFingerprint {
-        &self.fp
-    }
-    fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, std::io::Error> {
-        self.gate.pass();
-        Ok(jobs
-            .iter()
-            .map(|job| JobOutput {
-                images: job
-                    .levels
-                    .iter()
-                    .map(|&level| LevelImage {
-                        level,
-                        start_timestep: 0,
-                        steps_run: 1,
-                        image: RgbImage::from_pixel(SIDE, SIDE, level_colour(level)),
-                    })
-                    .collect(),
-            })
-            .collect())
-    }
-}
-
-struct ColourFactory {
-    fp: EngineFingerprint,
-    gate: Arc<Gate>,
-}
-
-impl EngineFactory for ColourFactory {
-    fn fingerprint(&self) -> &EngineFingerprint {
-        &self.fp
-    }
-    fn resolution(&self) -> u32 {
-        SIDE
-    }
-    fn create(&self, _device: &str) -> Result<Box<dyn DynEngine>, BoxError> {
-        Ok(Box::new(ColourEngine {
-            fp: self.fp.clone(),
-            gate: Arc::clone(&self.gate),
-        }))
-    }
-}
-
 fn generator(cache: Arc<Cache>, gate: Arc<Gate>, queue_capacity: usize) -> Arc<Generator> {
     let factory = Arc::new(ColourFactory {
         fp: fingerprint(),
+        side: SIDE,
         gate,
     });
     let mut config = GeneratorConfig::default();

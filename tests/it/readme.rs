@@ -133,8 +133,9 @@ fn burn_guide(
     let stats = ClassStats::from_labels(dataset.iter().filter_map(|item| item.ok()?.label()), class_ids.len())?;
     let policy = Policy::long_tail(stats, PolicyConfig::long_tail())?;
     let generator = Generator::start(Arc::new(factory), cache.clone(), GeneratorConfig::default())?;
-    // Class ids are your labels; with a class-name file the prompts say the names.
-    let classes = genie::classes::classes_for(&class_ids, names.as_ref())?; // "a photo of a {name}."
+    // Class ids are your labels; a class-name file (or, for WordNet ids, the built-in ImageNet-1k
+    // table) names them in the prompts: "a photo of a {name}."
+    let classes = genie::classes::classes_for(&class_ids, names.as_ref())?.classes;
     let confusion = SharedConfusion::new(class_ids.len());
     let augmenter = Augmenter::builder(policy, classes, cache)
         .generator(Arc::new(generator)) // the cache keys are its engine's

@@ -410,3 +410,95 @@ fn genie_ada_runs_of_one_seed_choose_and_mix_identically() {
         )
     );
 }
+
+/// One run of burn's `SupervisedTraining` whose sources come from the classes most confused with
+/// the Few class, as `ConfusionMetric` records them on burn's metric thread, with a generator
+/// attached (every key is pre-warmed, so it never runs its engine): the batches it made, and the
+/// augmenter's counters.
+fn confused_run() -> (Vec<LoggedBatch>, genie::loader::AugmenterStats) {
+    let (keys, items) = setup();
+    let mut config = PolicyConfig::long_tail();
+    config.per_target = 30;
+    // One new pair per batch, so that pairs keep starting after the first confusion snapshots.
+    config.new_pairs_per_batch = 1;
+    config.sources = genie::policy::SourceStrategy::TopConfused { k: 1 };
+    let cache = prewarm(&keys, &items, config.seed, &[NoiseLevel::GENIE_DEFAULT]);
+    let policy = Policy::long_tail(ClassStats::from_counts(vec![40, 30, 5]), config).unwrap();
+    let generator = {
+        let factory = Arc::new(crate::support::ColourFactory {
+            fp: keys.fingerprint().clone(),
+            side: SIDE,
+            gate: crate::support::Gate::closed(),
+        });
+        let mut options = genie::generator::GeneratorConfig::default();
+        options.devices = vec!["cpu".into()];
+        Arc::new(genie::generator::Generator::start(factory, Arc::clone(&cache), options).unwrap())
+    };
+    let confusion = SharedConfusion::new(3);
+    let augmenter = Augmenter::builder(policy, keys.classes().to_vec(), cache)
+        .generator(Arc::clone(&generator))
+        .ada(false)
+        .confusion(confusion.clone())
+        .build()
+        .unwrap();
+    let device = Device::flex().autodiff();
+    let log = Recording(Arc::default());
+    let train = DataLoaderBuilder::new(GenieBatcher::new(log.clone(), Arc::clone(&augmenter)))
+        .batch_size(8)
+        .shuffle(5)
+        .set_device(device.clone())
+        .build(InMemDataset::new(items.clone()));
+    let valid = DataLoaderBuilder::new(Flatten)
+        .batch_size(8)
+        .set_device(device.clone())
+        .build(InMemDataset::new(items.clone()));
+    let inputs = (SIDE * SIDE * 3) as usize;
+    let weights: Vec<f32> = (0..inputs * 3)
+        .map(|i| ((i * 5) % 13) as f32 / 40.0 - 0.15)
+        .collect();
+    let model = Probe {
+        linear: Linear {
+            weight: burn::module::Param::from_tensor(Tensor::from_data(
+                TensorData::new(weights, [inputs, 3]),
+                &device,
+            )),
+            bias: None,
+        },
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let result = SupervisedTraining::new(dir.path(), train, valid)
+        .metric_train(ConfusionMetric::new(confusion.clone()))
+        .num_epochs(4)
+        .launch(Learner::new(model, AdamConfig::new().init(), 5e-2));
+    drop(result);
+    assert_eq!(generator.stats().done, 0, "every key was pre-warmed");
+    let batches = std::mem::take(&mut *log.0.lock().unwrap());
+    (batches, augmenter.stats())
+}
+
+/// With `ConfusionMetric` on burn's metric thread, the sources the augmenter proposes come from
+/// confusion snapshots at fixed batch counts: two runs of one seed make the same batches.
+#[test]
+fn runs_with_the_confusion_metric_and_top_confused_sources_mix_identically() {
+    let (batches, stats) = confused_run();
+    // Not vacuous: snapshots were read, pairs kept starting after them, and hard negatives were
+    // mixed.
+    assert!(stats.confusion_snapshots > 0, "{stats:?}");
+    assert_eq!(stats.confusion_timeouts, 0, "{stats:?}");
+    assert!(
+        stats.pairs > (2 * genie::policy::SNAPSHOT_EVERY) as usize / 2,
+        "{stats:?}"
+    );
+    let mixed = batches
+        .iter()
+        .flatten()
+        .filter(|(path, _, _)| path.contains("genie"))
+        .count();
+    assert!(mixed > 0, "no hard negative was mixed");
+    let (again, stats_again) = confused_run();
+    assert_eq!(batches.len(), again.len());
+    for (n, (a, b)) in batches.iter().zip(&again).enumerate() {
+        assert_eq!(a, b, "batch {n} differs");
+    }
+    assert_eq!(stats, stats_again);
+}

@@ -7,7 +7,9 @@ use std::process::{Child, ChildStdout};
 use std::sync::{Arc, Condvar, Mutex};
 
 use genie::cache::{CacheKey, EntryMeta, KeyInputs};
-use genie::{EngineFingerprint, NoiseLevel};
+use genie::generator::{DynEngine, EngineFactory};
+use genie::{Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel};
+use image::{Rgb, RgbImage};
 
 /// The fingerprint of a test engine (one step, no guidance) named `model`, making `resolution` px.
 pub fn engine_fingerprint(model: &str, resolution: u32) -> EngineFingerprint {
@@ -19,6 +21,78 @@ pub fn engine_fingerprint(model: &str, resolution: u32) -> EngineFingerprint {
         resolution,
         dtype: "f32".into(),
         algorithm_version: 1,
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The colour of a [`ColourEngine`] image: the crossover from "source" (red) to "target"
+/// (green) happens between r = 0.5 and r = 0.6, so GeNIe-Ada must choose 0.6.
+pub fn level_colour(level: NoiseLevel) -> Rgb<u8> {
+    match level.thousandths() {
+        ..=500 => Rgb([250, 5, 0]),
+        t => Rgb([(t / 100) as u8, 240 - (t / 100) as u8, (t / 10) as u8]),
+    }
+}
+
+/// The tests' engine: a flat image of [`level_colour`] per level, after its gate lets it pass.
+pub struct ColourEngine {
+    fp: EngineFingerprint,
+    side: u32,
+    gate: Arc<Gate>,
+}
+
+impl Engine for ColourEngine {
+    type Error = std::io::Error;
+    fn resolution(&self) -> u32 {
+        self.side
+    }
+    fn fingerprint(&self) -> &EngineFingerprint {
+        &self.fp
+    }
+    fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, std::io::Error> {
+        self.gate.pass();
+        Ok(jobs
+            .iter()
+            .map(|job| JobOutput {
+                images: job
+                    .levels
+                    .iter()
+                    .map(|&level| LevelImage {
+                        level,
+                        start_timestep: 0,
+                        steps_run: 1,
+                        image: RgbImage::from_pixel(self.side, self.side, level_colour(level)),
+                    })
+                    .collect(),
+            })
+            .collect())
+    }
+}
+
+/// Makes [`ColourEngine`]s with this fingerprint and side, all behind one gate.
+pub struct ColourFactory {
+    /// The engines' fingerprint.
+    pub fp: EngineFingerprint,
+    /// Their resolution.
+    pub side: u32,
+    /// Their gate (closed: every call waits).
+    pub gate: Arc<Gate>,
+}
+
+impl EngineFactory for ColourFactory {
+    fn fingerprint(&self) -> &EngineFingerprint {
+        &self.fp
+    }
+    fn resolution(&self) -> u32 {
+        self.side
+    }
+    fn create(&self, _device: &str) -> Result<Box<dyn DynEngine>, BoxError> {
+        Ok(Box::new(ColourEngine {
+            fp: self.fp.clone(),
+            side: self.side,
+            gate: Arc::clone(&self.gate),
+        }))
     }
 }
 

@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use burn::tensor::Device;
 use clap::{Args, Subcommand};
 use genie::backbone::{load_resnet, ResNetBackbone, ResNetConfig, ResNetDepth};
 use genie::cache::Cache;
@@ -20,12 +19,13 @@ use genie::eval::{
 use genie::factory::SdEngineFactory;
 use genie::generator::{Generator, GeneratorConfig, Shutdown};
 use genie::image_io;
+use genie::loader::{TrainDevice, TrainDeviceSpec};
 use genie::warm::{write_plan, ImageFolder, PlanEntry};
 use image::RgbImage;
 
 use super::warm::model_args;
 use super::{
-    engine_options, key_space, model_source, printable, read_class_names, shell_word, ModelArgs,
+    engine_options, key_space, model_source, name_classes, printable, shell_word, ModelArgs,
 };
 
 #[derive(Subcommand)]
@@ -75,8 +75,8 @@ pub(crate) struct FewShotArgs {
     /// Extra labelled images per support image for every method but "none" (the paper: 4).
     #[arg(long, default_value_t = 4)]
     extra_per_shot: usize,
-    /// Methods (default: all): none, weak, strong, img2img-l, img2img-h, txt2img, genie,
-    /// genie-ada, and genie@R for GeNIe at level R.
+    /// Methods (default: all): none, weak, strong, cutmix, mixup, img2img-l, img2img-h,
+    /// txt2img, genie, genie-ada, and genie@R for GeNIe at level R.
     #[arg(long, value_delimiter = ',')]
     methods: Vec<String>,
     /// Also GeNIe at each of GeNIe-Ada's levels (Table 4) and a plot of accuracy against r.
@@ -88,7 +88,19 @@ pub(crate) struct FewShotArgs {
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
     #[command(flatten)]
+    device: TrainDeviceArgs,
+    #[command(flatten)]
     hard_negatives: HardNegativeArgs,
+}
+
+/// Where the ResNet runs, shared by `few-shot` (the frozen backbone's features) and `long-tail`
+/// (training and testing the classifier).
+#[derive(Args)]
+pub(crate) struct TrainDeviceArgs {
+    /// Where the ResNet runs: cpu, vulkan[:N], wgpu[:N] (genie built with burn-vulkan /
+    /// burn-wgpu) or auto (the first GPU found, else cpu).
+    #[arg(long, env = "BURN_DEVICE", default_value = "cpu")]
+    pub(crate) train_device: TrainDeviceSpec,
 }
 
 /// Where an evaluation's hard negatives come from, shared by `few-shot` and `long-tail`.
@@ -136,8 +148,7 @@ fn few_shot(args: FewShotArgs) -> Result<()> {
     for (i, (_, class)) in folder.images.iter().enumerate() {
         members[*class].push(i);
     }
-    let names = read_class_names(args.class_names.as_deref())?;
-    let classes = genie::classes::classes_for(&folder.classes, names.as_ref())?;
+    let classes = name_classes(&folder.classes, args.class_names.as_deref())?;
     let episodes = sample_episodes(&members, &folder.classes, spec, args.episodes, args.seed)?;
 
     let engine = diffusion::plan_engine(&model_source(&hn.model)?, &engine_options(&hn.model)?)?;
@@ -167,7 +178,9 @@ fn few_shot(args: FewShotArgs) -> Result<()> {
         depth: args.backbone,
         width: args.backbone_width as usize,
     };
-    let device = Device::flex();
+    let backbone_device = TrainDevice::open_spec(args.device.train_device)?;
+    println!("backbone device: {backbone_device}");
+    let device = backbone_device.device().clone();
     let model = load_resnet(&args.backbone_weights, config, &device)?;
     let backbone = ResNetBackbone::new(model, args.input_size, device);
     let source = CachedEpisodes::new(&keys, &cache, &original, args.seed).with_backbone(&backbone);

@@ -15,8 +15,8 @@ use genie::generator::{
 use genie::{image_io, Job, NoiseLevel, PromptTemplate};
 
 use super::{
-    engine_options, images_in, key_space, model_source, parse_level, read_class_names,
-    unique_slugs, ModelArgs,
+    engine_options, images_in, key_space, model_source, name_classes, parse_level, unique_slugs,
+    ModelArgs,
 };
 
 #[derive(Args)]
@@ -142,8 +142,7 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
             bail!("give --source IMG or --source-dir DIR (text-to-image alone, --levels 1, needs none)")
         }
     };
-    let names = read_class_names(args.class_names.as_deref())?;
-    let classes = genie::classes::classes_for(&targets, names.as_ref())?;
+    let classes = name_classes(&targets, args.class_names.as_deref())?;
     // Everything that can fail on user input is checked before the first file is written.
     let raw: Vec<Option<image::RgbImage>> = source_files
         .iter()

@@ -23,14 +23,14 @@ use genie::factory::SdEngineFactory;
 use genie::generator::{Generator, GeneratorConfig, HardNegativeGenerator, Shutdown};
 use genie::loader::{
     folder_items, predictions_and_targets, GenieDataset, GenieItem, KeySpace, OfflinePlan,
-    TrainDevice, TrainDeviceSpec,
+    TrainDevice,
 };
-use genie::policy::{ClassStats, Group, Policy, PolicyConfig};
+use genie::policy::{ClassStats, ConfusionMatrix, Group, Policy, PolicyConfig, SourceStrategy};
 use genie::warm::{ImageFolder, PlanEntry};
 use genie::{image_io, NoiseLevel};
 use rand_core::{RngCore, SeedableRng};
 
-use super::{engine_options, key_space, model_source, read_class_names};
+use super::{engine_options, key_space, model_source, name_classes};
 
 #[derive(Args)]
 pub(crate) struct LongTailArgs {
@@ -63,60 +63,118 @@ pub(crate) struct LongTailArgs {
     /// Adam's learning rate.
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
-    /// Where the classifier trains: cpu, vulkan[:N], wgpu[:N] (genie built with burn-vulkan /
-    /// burn-wgpu) or auto (the first GPU found, else cpu).
-    #[arg(long, env = "BURN_DEVICE", default_value = "cpu")]
-    train_device: TrainDeviceSpec,
-    /// Hard negatives per Few class (the paper: 50).
+    #[command(flatten)]
+    device: super::eval::TrainDeviceArgs,
+    /// Hard negatives per Few class (the paper: 50); the same-class baselines get as many.
     #[arg(long, default_value_t = 50)]
     per_class: usize,
-    /// Methods (default: all): baseline, genie (r = 0.8), genie-ada (r* per pair, chosen with
-    /// the baseline's model; implies baseline).
+    /// Where each Few class's sources come from: the classes the baseline's model confuses with
+    /// it most on the training data (the paper's), or every other class alike.
+    #[arg(long, value_enum, default_value = "confusion")]
+    sources: Sources,
+    /// How many most-confused classes give a Few class its sources (the paper: 4).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..))]
+    confused_k: u64,
+    /// Methods (default: all): baseline, img2img-l (r = 0.3) and img2img-h (r = 0.7) from the
+    /// class's own images, txt2img, genie (r = 0.8), genie-ada (r* per pair, chosen with the
+    /// baseline's model). Confusion-chosen sources and genie-ada imply baseline.
     #[arg(long, value_delimiter = ',')]
     methods: Vec<String>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Write long_tail.md and long_tail.csv here.
+    /// Write long_tail.md, long_tail.csv and (with confusion-chosen sources) the baseline's
+    /// confusion.csv on the training data here.
     #[arg(long, value_name = "DIR")]
     out: Option<std::path::PathBuf>,
     #[command(flatten)]
     hard_negatives: super::eval::HardNegativeArgs,
 }
 
-/// The runs the table compares, in the order they train.
+/// Where each Few class's sources come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Sources {
+    /// The classes the baseline's model confuses with it most on the training data (the
+    /// paper's Sec. 4.2).
+    Confusion,
+    /// Every other class alike.
+    Uniform,
+}
+
+/// The runs the table compares, in the order they train (the paper's Table 3 order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Run {
     Baseline,
+    Img2ImgLow,
+    Img2ImgHigh,
+    Txt2Img,
     Genie,
     GenieAda,
 }
 
 impl Run {
+    const ALL: [Run; 6] = [
+        Run::Baseline,
+        Run::Img2ImgLow,
+        Run::Img2ImgHigh,
+        Run::Txt2Img,
+        Run::Genie,
+        Run::GenieAda,
+    ];
+
     fn name(self) -> &'static str {
         match self {
             Run::Baseline => "baseline",
+            Run::Img2ImgLow => "Img2Img-L (r = 0.3)",
+            Run::Img2ImgHigh => "Img2Img-H (r = 0.7)",
+            Run::Txt2Img => "Txt2Img",
             Run::Genie => "GeNIe (r = 0.8)",
             Run::GenieAda => "GeNIe-Ada",
         }
     }
+
+    fn slug(self) -> &'static str {
+        match self {
+            Run::Baseline => "baseline",
+            Run::Img2ImgLow => "img2img-l",
+            Run::Img2ImgHigh => "img2img-h",
+            Run::Txt2Img => "txt2img",
+            Run::Genie => "genie",
+            Run::GenieAda => "genie-ada",
+        }
+    }
+
+    /// The level of a same-class baseline (its sources are the target class's own images).
+    fn own_class_level(self) -> Option<NoiseLevel> {
+        match self {
+            Run::Img2ImgLow => NoiseLevel::from_thousandths(300),
+            Run::Img2ImgHigh => NoiseLevel::from_thousandths(700),
+            Run::Txt2Img => Some(NoiseLevel::TEXT_TO_IMAGE),
+            _ => None,
+        }
+    }
 }
 
-fn runs(slugs: &[String]) -> Result<Vec<Run>> {
+fn runs(slugs: &[String], sources: Sources) -> Result<Vec<Run>> {
     let mut runs: Vec<Run> = if slugs.is_empty() {
-        vec![Run::Baseline, Run::Genie, Run::GenieAda]
+        Run::ALL.to_vec()
     } else {
         slugs
             .iter()
-            .map(|s| match s.as_str() {
-                "baseline" | "none" => Ok(Run::Baseline),
-                "genie" => Ok(Run::Genie),
-                "genie-ada" => Ok(Run::GenieAda),
-                other => bail!("unknown method {other:?} (known: baseline, genie, genie-ada)"),
+            .map(|s| {
+                Run::ALL
+                    .into_iter()
+                    .find(|r| r.slug() == s || (s == "none" && *r == Run::Baseline))
+                    .with_context(|| {
+                        let known: Vec<&str> = Run::ALL.iter().map(|r| r.slug()).collect();
+                        format!("unknown method {s:?} (known: {})", known.join(", "))
+                    })
             })
             .collect::<Result<_>>()?
     };
-    // GeNIe-Ada's r* is chosen with the baseline's model.
-    if runs.contains(&Run::GenieAda) && !runs.contains(&Run::Baseline) {
+    // GeNIe-Ada's r* is chosen with the baseline's model, and confusion-chosen sources (which
+    // also fix the image counts of the same-class baselines) come from it.
+    let generative = runs.iter().any(|&r| r != Run::Baseline);
+    if runs.contains(&Run::GenieAda) || (generative && sources == Sources::Confusion) {
         runs.push(Run::Baseline);
     }
     runs.sort();
@@ -126,8 +184,8 @@ fn runs(slugs: &[String]) -> Result<Vec<Run>> {
 
 pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
     let hn = &args.hard_negatives;
-    let runs = runs(&args.methods)?;
-    let train_device = TrainDevice::open_spec(args.train_device)?;
+    let runs = runs(&args.methods, args.sources)?;
+    let train_device = TrainDevice::open_spec(args.device.train_device)?;
     println!("training device: {train_device}");
     let device = train_device.device().clone();
     let scan = |split: &str| -> Result<ImageFolder> {
@@ -153,14 +211,19 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
         );
     }
     let classes = train.classes.len();
-    let names = read_class_names(args.class_names.as_deref())?;
-    let infos = genie::classes::classes_for(&train.classes, names.as_ref())?;
+    let infos = name_classes(&train.classes, args.class_names.as_deref())?;
     let train_items = folder_items(&train, args.input_size)?;
-    let test_items = folder_items(&test, args.input_size)?;
+    let test_set = InMemDataset::new(folder_items(&test, args.input_size)?);
     let stats = ClassStats::from_labels(train_items.iter().filter_map(GenieItem::label), classes)?;
     let mut policy_config = PolicyConfig::long_tail();
     policy_config.per_target = args.per_class;
     policy_config.seed = args.seed;
+    policy_config.sources = match args.sources {
+        Sources::Confusion => SourceStrategy::TopConfused {
+            k: args.confused_k as usize,
+        },
+        Sources::Uniform => SourceStrategy::Uniform,
+    };
     let groups: Vec<Group> = (0..classes)
         .map(|c| stats.group(c, &policy_config.thresholds))
         .collect();
@@ -170,7 +233,7 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
         train_items.len(),
         stats.counts().iter().max().unwrap_or(&0),
         stats.counts().iter().min().unwrap_or(&0),
-        test_items.len()
+        test_set.len()
     );
     for g in Group::ALL {
         let members: Vec<&str> = (0..classes)
@@ -179,41 +242,102 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
             .collect();
         println!("  {g:<6} {} classes: {}", members.len(), members.join(", "));
     }
+    if let Some(dir) = &args.out {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create --out {}", dir.display()))?;
+    }
 
     let engine = diffusion::plan_engine(&model_source(&hn.model)?, &engine_options(&hn.model)?)?;
     let keys = key_space(&engine, infos, args.superclass.as_ref());
     let cache = Arc::new(Cache::open(&hn.cache, 64 << 20)?);
-    // One copy of the training images, shared by the plan and every run (each run's
+    // One copy of the training images, shared by the plans and every run (each run's
     // `GenieDataset` wraps it; cloning the items per run would hold the dataset several times).
     let train_set = Arc::new(InMemDataset::new(train_items));
-    let levels: &[NoiseLevel] = if runs.contains(&Run::GenieAda) {
+    let trainer = Trainer {
+        args: &args,
+        classes,
+        groups: &groups,
+        device: &device,
+        test: &test_set,
+    };
+    let mut rows = Vec::new();
+    let generative = runs.iter().any(|&r| r != Run::Baseline);
+    let mut baseline_model: Option<ResNetClassifier> = None;
+    let confusion = if generative && args.sources == Sources::Confusion {
+        println!(
+            "training the baseline first: each Few class's sources are the {} classes its model \
+             confuses with it most on the training data",
+            args.confused_k
+        );
+        let (model, row) = trainer.run(Run::Baseline, train_set.as_ref())?;
+        rows.push(row);
+        let matrix = evaluate(
+            &model,
+            train_set.as_ref(),
+            args.input_size,
+            &device,
+            classes,
+        )?;
+        if let Some(dir) = &args.out {
+            match genie::warm::confusion_csv(&matrix, &train.classes) {
+                Some(csv) => {
+                    image_io::write_atomic(&dir.join("confusion.csv"), csv.as_bytes())?;
+                }
+                None => eprintln!(
+                    "warning: the class names cannot be written as a confusion CSV; \
+                     confusion.csv is not written"
+                ),
+            }
+        }
+        baseline_model = Some(model);
+        Some(matrix)
+    } else {
+        None
+    };
+
+    let genie_levels: &[NoiseLevel] = if runs.contains(&Run::GenieAda) {
         &NoiseLevel::ADA_SWEEP
     } else {
         &[NoiseLevel::GENIE_DEFAULT]
     };
-    let generative = runs.iter().any(|&r| r != Run::Baseline);
-    let plan = if generative {
+    let mut plans: Vec<(Run, OfflinePlan)> = Vec::new();
+    if generative {
         let policy = Policy::long_tail(stats.clone(), policy_config)?;
-        OfflinePlan::new(&train_set, &policy, &keys, levels, None)?
-    } else {
-        OfflinePlan::default()
-    };
+        let genie = OfflinePlan::new(&train_set, &policy, &keys, genie_levels, confusion.as_ref())?;
+        for &run in &runs {
+            if let Some(level) = run.own_class_level() {
+                plans.push((run, genie.own_class(&train_set, &keys, level, args.seed)?));
+            }
+        }
+        if runs.contains(&Run::Genie) || runs.contains(&Run::GenieAda) {
+            plans.push((Run::Genie, genie));
+        }
+    }
     let mut missing = Vec::new();
-    for n in &plan.negatives {
-        for (&level, &key) in plan.levels.iter().zip(&n.keys) {
-            if !cache.contains(&key)? {
-                missing.push((n, level, key));
+    let mut seen = std::collections::HashSet::new();
+    for (_, plan) in &plans {
+        for n in &plan.negatives {
+            for (&level, &key) in plan.levels.iter().zip(&n.keys) {
+                if seen.insert(key) && !cache.contains(&key)? {
+                    missing.push((n, level, key));
+                }
             }
         }
     }
-    println!(
-        "{} hard negatives planned for the Few classes ({} images at {} level(s)), {} not in \
-         the cache",
-        plan.negatives.len(),
-        plan.negatives.len() * plan.levels.len(),
-        plan.levels.len(),
-        missing.len()
-    );
+    for (run, plan) in &plans {
+        println!(
+            "{}: {} hard negatives planned for the Few classes ({} images at {} level(s))",
+            if *run == Run::Genie {
+                "GeNIe / GeNIe-Ada"
+            } else {
+                run.name()
+            },
+            plan.negatives.len(),
+            plan.negatives.len() * plan.levels.len(),
+            plan.levels.len(),
+        );
+    }
+    println!("{} images not in the cache", missing.len());
     if let Some(file) = &hn.plan_out {
         let mut entries = Vec::with_capacity(missing.len());
         for (n, r, key) in &missing {
@@ -245,29 +369,28 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
                 keys.class_label(n.target)
             );
         }
-        generate(&args, &plan, &train_set, &keys, &cache, missing.len())?;
+        let plans: Vec<&OfflinePlan> = plans.iter().map(|(_, p)| p).collect();
+        generate(&args, &plans, &train_set, &keys, &cache, missing.len())?;
     }
 
-    let mut rows = Vec::new();
-    let mut baseline_model: Option<ResNetClassifier> = None;
+    let plan_of = |run: Run| {
+        plans
+            .iter()
+            .find(|(r, _)| *r == run)
+            .map(|(_, p)| p)
+            .with_context(|| format!("internal: no plan for {}", run.name()))
+    };
     for run in runs {
-        let started = Instant::now();
-        let model = match run {
-            Run::Baseline => train_model(&args, &train_set, classes, &device)?,
-            Run::Genie => {
-                let data = GenieDataset::new(Arc::clone(&train_set), Arc::clone(&cache), &plan)?;
-                println!(
-                    "{}: {} hard negatives added",
-                    run.name(),
-                    data.negatives().len()
-                );
-                train_model(&args, &data, classes, &device)?
-            }
+        if run == Run::Baseline && baseline_model.is_some() {
+            continue;
+        }
+        let (model, row) = match run {
+            Run::Baseline => trainer.run(run, train_set.as_ref())?,
             Run::GenieAda => {
                 let chooser = baseline_model
                     .as_ref()
                     .context("GeNIe-Ada needs the baseline's model")?;
-                let mut ada = plan.clone();
+                let mut ada = plan_of(Run::Genie)?.clone();
                 let outcome = ada.choose_levels(
                     &train_set,
                     &cache,
@@ -286,19 +409,10 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
                     outcome.incomplete,
                     histogram(&ada)
                 );
-                let data = GenieDataset::new(Arc::clone(&train_set), Arc::clone(&cache), &ada)?;
-                train_model(&args, &data, classes, &device)?
+                trainer.run_with(run, &train_set, &cache, &ada)?
             }
+            _ => trainer.run_with(run, &train_set, &cache, plan_of(run)?)?,
         };
-        let model = model.valid();
-        let per_class = evaluate(&model, &test_items, args.input_size, &device, classes)?;
-        let row = GroupAccuracy::of(run.name(), &per_class, &groups);
-        println!(
-            "{}: trained and tested in {:.0} s; overall {:.2} %",
-            run.name(),
-            started.elapsed().as_secs_f64(),
-            row.overall
-        );
         rows.push(row);
         if run == Run::Baseline {
             baseline_model = Some(model);
@@ -308,8 +422,6 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
     let csv = long_tail_csv(&rows);
     println!("\n{md}\n{csv}");
     if let Some(dir) = &args.out {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create --out {}", dir.display()))?;
         image_io::write_atomic(&dir.join("long_tail.md"), md.as_bytes())?;
         image_io::write_atomic(&dir.join("long_tail.csv"), csv.as_bytes())?;
         println!("wrote {}", dir.display());
@@ -317,12 +429,72 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
     Ok(())
 }
 
-/// Makes the plan's missing levels before training (the paper's protocol: the hard negatives
+/// What every run of one table shares: the arguments, the groups, the device, the test set.
+struct Trainer<'a> {
+    args: &'a LongTailArgs,
+    classes: usize,
+    groups: &'a [Group],
+    device: &'a Device,
+    test: &'a InMemDataset<ImageDatasetItem>,
+}
+
+impl Trainer<'_> {
+    /// Trains `run` on `data` from the shared initial weights and tests it: the model (for
+    /// inference) and its row of the table.
+    fn run(
+        &self,
+        run: Run,
+        data: &dyn Dataset<ImageDatasetItem>,
+    ) -> Result<(ResNetClassifier, GroupAccuracy)> {
+        let started = Instant::now();
+        let model = train_model(self.args, data, self.classes, self.device)?.valid();
+        let confusion = evaluate(
+            &model,
+            self.test,
+            self.args.input_size,
+            self.device,
+            self.classes,
+        )?;
+        let per_class: Vec<(usize, usize)> = (0..self.classes)
+            .map(|c| {
+                let total: f64 = (0..self.classes).map(|p| confusion.get(c, p)).sum();
+                (confusion.get(c, c) as usize, total as usize)
+            })
+            .collect();
+        let row = GroupAccuracy::of(run.name(), &per_class, self.groups);
+        println!(
+            "{}: trained and tested in {:.0} s; overall {:.2} %",
+            run.name(),
+            started.elapsed().as_secs_f64(),
+            row.overall
+        );
+        Ok((model, row))
+    }
+
+    /// [`Trainer::run`] on the training set plus `plan`'s cached images.
+    fn run_with(
+        &self,
+        run: Run,
+        train: &Arc<InMemDataset<ImageDatasetItem>>,
+        cache: &Arc<Cache>,
+        plan: &OfflinePlan,
+    ) -> Result<(ResNetClassifier, GroupAccuracy)> {
+        let data = GenieDataset::new(Arc::clone(train), Arc::clone(cache), plan)?;
+        println!(
+            "{}: {} hard negatives added",
+            run.name(),
+            data.negatives().len()
+        );
+        self.run(run, &data)
+    }
+}
+
+/// Makes the plans' missing levels before training (the paper's protocol: the hard negatives
 /// exist before training starts), all queued before the workers take any, so the pixels do not
 /// depend on timing.
 fn generate(
     args: &LongTailArgs,
-    plan: &OfflinePlan,
+    plans: &[&OfflinePlan],
     train: &Arc<InMemDataset<ImageDatasetItem>>,
     keys: &KeySpace,
     cache: &Arc<Cache>,
@@ -337,10 +509,18 @@ fn generate(
         options
     })?;
     generator.hold();
-    let requested = plan.request_missing(train, keys, &generator);
+    let requested: Result<Vec<usize>, _> = plans
+        .iter()
+        .map(|plan| plan.request_missing(train, keys, &generator))
+        .collect();
     generator.release();
     requested?;
-    let wanted: Vec<_> = plan.negatives.iter().flat_map(|n| n.keys.clone()).collect();
+    let mut wanted: Vec<_> = plans
+        .iter()
+        .flat_map(|p| p.negatives.iter().flat_map(|n| n.keys.clone()))
+        .collect();
+    wanted.sort_unstable();
+    wanted.dedup();
     let started = Instant::now();
     let mut last_line = Instant::now();
     let week = Duration::from_secs(7 * 24 * 3600);
@@ -419,33 +599,30 @@ fn train_model(
     Ok(model)
 }
 
-/// `(right, total)` per class of `model` on `test`.
+/// The confusion matrix (true class, predicted class) of `model` on `data`.
 fn evaluate(
     model: &ResNetClassifier,
-    test: &[ImageDatasetItem],
+    data: &dyn Dataset<ImageDatasetItem>,
     side: u32,
     device: &Device,
     classes: usize,
-) -> Result<Vec<(usize, usize)>> {
-    let mut per_class = vec![(0usize, 0usize); classes];
-    for chunk in test.chunks(64) {
-        let images = chunk
-            .iter()
-            .map(|i| i.rgb())
-            .collect::<Result<Vec<_>, _>>()?;
-        let labels: Vec<i64> = chunk
-            .iter()
-            .map(|i| i.label().unwrap_or(0) as i64)
-            .collect();
+) -> Result<ConfusionMatrix> {
+    let mut matrix = ConfusionMatrix::new(classes);
+    let indices: Vec<usize> = (0..data.len()).collect();
+    for chunk in indices.chunks(64) {
+        let mut images = Vec::with_capacity(chunk.len());
+        let mut labels = Vec::with_capacity(chunk.len());
+        for &i in chunk {
+            let item = data.get(i).map_err(|e| anyhow::anyhow!("item {i}: {e}"))?;
+            images.push(item.rgb().with_context(|| format!("item {i}"))?);
+            labels.push(item.label().unwrap_or(0) as i64);
+        }
         let targets = Tensor::<1, Int>::from_data(TensorData::new(labels, [chunk.len()]), device);
         let logits = model.forward(image_tensor(&images, side, device));
         let (predicted, truth) = predictions_and_targets(&logits, &targets)?;
-        for (p, t) in predicted.into_iter().zip(truth) {
-            per_class[t].1 += 1;
-            per_class[t].0 += usize::from(p == t);
-        }
+        matrix.record(&predicted, &truth);
     }
-    Ok(per_class)
+    Ok(matrix)
 }
 
 /// `0.5: n, 0.6: n, …` of the plan's levels.

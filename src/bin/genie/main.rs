@@ -256,11 +256,19 @@ fn key_space(
     }
 }
 
-/// The class-name file of `--class-names`, if given.
-fn read_class_names(path: Option<&Path>) -> Result<Option<genie::classes::ClassNames>> {
-    path.map(genie::classes::ClassNames::read)
-        .transpose()
-        .map_err(Into::into)
+/// The classes of `ids`, named by the `--class-names` file when given, else WordNet ids by the
+/// built-in ImageNet-1k table; says on stderr where the names came from, since every prompt
+/// depends on it.
+fn name_classes<S: AsRef<str>>(
+    ids: &[S],
+    names_file: Option<&Path>,
+) -> Result<Vec<genie::classes::ClassInfo>> {
+    let names = names_file
+        .map(genie::classes::ClassNames::read)
+        .transpose()?;
+    let named = genie::classes::classes_for(ids, names.as_ref())?;
+    eprintln!("{}", named.source);
+    Ok(named.classes)
 }
 
 /// Folder names for `names`, refusing two that would share a folder (and overwrite each

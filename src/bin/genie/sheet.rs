@@ -9,7 +9,7 @@ use genie::diffusion;
 use genie::generator::SourceImage;
 use genie::{image_io, NoiseLevel};
 
-use super::{engine_options, key_space, model_source, parse_level, read_class_names, ModelArgs};
+use super::{engine_options, key_space, model_source, name_classes, parse_level, ModelArgs};
 
 #[derive(Args)]
 pub(crate) struct SheetArgs {
@@ -54,8 +54,7 @@ pub(crate) fn sheet(args: SheetArgs) -> Result<()> {
     let source = image_io::load_source(&args.source, plan.resolution)
         .with_context(|| format!("source {}", args.source.display()))?;
     let src = SourceImage::new(source.clone());
-    let names = read_class_names(args.class_names.as_deref())?;
-    let classes = genie::classes::classes_for(&[args.target.trim()], names.as_ref())?;
+    let classes = name_classes(&[args.target.trim()], args.class_names.as_deref())?;
     let keys = key_space(&plan, classes, args.superclass.as_ref());
     let seed = keys.pair_seed(args.seed, src.hash, 0, args.variant);
     let mut levels = Vec::new();

@@ -17,7 +17,7 @@ use genie::generator::{
 use genie::{image_io, NoiseLevel};
 
 use super::{
-    engine_options, error_line, key_space, model_source, parse_level, printable, read_class_names,
+    engine_options, error_line, key_space, model_source, name_classes, parse_level, printable,
     shell_word, BuiltinModel, ModelArgs,
 };
 
@@ -167,8 +167,7 @@ pub(crate) fn warm_plan(args: WarmPlanArgs) -> Result<()> {
     if args.variants == 0 {
         bail!("--variants must be at least 1");
     }
-    let names = read_class_names(args.class_names.as_deref())?;
-    let classes = genie::classes::classes_for(&folder.classes, names.as_ref())?;
+    let classes = name_classes(&folder.classes, args.class_names.as_deref())?;
     let engine =
         diffusion::plan_engine(&model_source(&args.model)?, &engine_options(&args.model)?)?;
     let keys = key_space(&engine, classes, args.superclass.as_ref());
