@@ -98,14 +98,7 @@ impl OfflinePlan {
         let mut negatives = Vec::new();
         let mut hashes: HashMap<usize, [u8; 32]> = HashMap::new();
         for (source_index, target, variant) in policy.offline_plan(&labels, confusion) {
-            let hash = match hashes.get(&source_index) {
-                Some(&h) => h,
-                None => {
-                    let h = source_of(dataset, keys, source_index)?.hash;
-                    hashes.insert(source_index, h);
-                    h
-                }
-            };
+            let hash = source_hash(&mut hashes, dataset, keys, source_index)?;
             let seed = keys.pair_seed(run_seed, hash, target, variant);
             let level_keys: Vec<CacheKey> = levels
                 .iter()
@@ -166,14 +159,7 @@ impl OfflinePlan {
             for i in 0..count {
                 let source_index = sources[i % sources.len()];
                 let variant = (i / sources.len()) as u32;
-                let hash = match hashes.get(&source_index) {
-                    Some(&h) => h,
-                    None => {
-                        let h = source_of(dataset, keys, source_index)?.hash;
-                        hashes.insert(source_index, h);
-                        h
-                    }
-                };
+                let hash = source_hash(&mut hashes, dataset, keys, source_index)?;
                 let seed = keys.pair_seed(run_seed, hash, target, variant);
                 let key = keys.key(hash, target, level, seed);
                 negatives.push(PlannedNegative {
@@ -439,6 +425,21 @@ fn get<D: Dataset<I>, I>(dataset: &D, index: usize) -> Result<I, LoaderError> {
 
 /// Item `index`'s source as the engine takes it: its original ([`GenieItem::source_rgb`]),
 /// resized and cropped to the engine's size, hashed.
+/// The pixel hash of item `index` as the engine takes it, computed once per item.
+fn source_hash<D: Dataset<I>, I: GenieItem>(
+    hashes: &mut HashMap<usize, [u8; 32]>,
+    dataset: &D,
+    keys: &KeySpace,
+    index: usize,
+) -> Result<[u8; 32], LoaderError> {
+    if let Some(&hash) = hashes.get(&index) {
+        return Ok(hash);
+    }
+    let hash = source_of(dataset, keys, index)?.hash;
+    hashes.insert(index, hash);
+    Ok(hash)
+}
+
 fn source_of<D: Dataset<I>, I: GenieItem>(
     dataset: &D,
     keys: &KeySpace,

@@ -297,6 +297,46 @@ impl Batcher<ImageDatasetItem, Batch> for Recording {
     }
 }
 
+/// A training loader through `GenieBatcher` whose batches are logged, shuffled with `shuffle`, and
+/// a plain validation loader, both of `items`.
+fn logged_loaders(
+    augmenter: &Arc<Augmenter<ImageDatasetItem>>,
+    items: &[ImageDatasetItem],
+    shuffle: u64,
+    device: &Device,
+) -> (
+    Recording,
+    Arc<dyn burn::data::dataloader::DataLoader<Batch>>,
+    Arc<dyn burn::data::dataloader::DataLoader<Batch>>,
+) {
+    let log = Recording(Arc::default());
+    let train = DataLoaderBuilder::new(GenieBatcher::new(log.clone(), Arc::clone(augmenter)))
+        .batch_size(8)
+        .shuffle(shuffle)
+        .set_device(device.clone())
+        .build(InMemDataset::new(items.to_vec()));
+    let valid = DataLoaderBuilder::new(Flatten)
+        .batch_size(8)
+        .set_device(device.clone())
+        .build(InMemDataset::new(items.to_vec()));
+    (log, train, valid)
+}
+
+/// A probe whose weights are `weight(i)` (row-major, no bias): the same start in every run.
+fn fixed_probe(device: &Device, weight: impl Fn(usize) -> f32) -> Probe {
+    let inputs = (SIDE * SIDE * 3) as usize;
+    let weights: Vec<f32> = (0..inputs * 3).map(weight).collect();
+    Probe {
+        linear: Linear {
+            weight: burn::module::Param::from_tensor(Tensor::from_data(
+                TensorData::new(weights, [inputs, 3]),
+                device,
+            )),
+            bias: None,
+        },
+    }
+}
+
 /// What one GeNIe-Ada training run did: its batches, and each pair's last Ada record (level,
 /// d_m curve as bits, model version).
 type RunLog = (
@@ -330,29 +370,8 @@ fn ada_run() -> RunLog {
         .unwrap(),
     );
     let device = Device::flex().autodiff();
-    let log = Recording(Arc::default());
-    let train = DataLoaderBuilder::new(GenieBatcher::new(log.clone(), Arc::clone(&augmenter)))
-        .batch_size(8)
-        .shuffle(3)
-        .set_device(device.clone())
-        .build(InMemDataset::new(items.clone()));
-    let valid = DataLoaderBuilder::new(Flatten)
-        .batch_size(8)
-        .set_device(device.clone())
-        .build(InMemDataset::new(items.clone()));
-    let inputs = (SIDE * SIDE * 3) as usize;
-    let weights: Vec<f32> = (0..inputs * 3)
-        .map(|i| ((i * 7) % 11) as f32 / 50.0 - 0.1)
-        .collect();
-    let model = Probe {
-        linear: Linear {
-            weight: burn::module::Param::from_tensor(Tensor::from_data(
-                TensorData::new(weights, [inputs, 3]),
-                &device,
-            )),
-            bias: None,
-        },
-    };
+    let (log, train, valid) = logged_loaders(&augmenter, &items, 3, &device);
+    let model = fixed_probe(&device, |i| ((i * 7) % 11) as f32 / 50.0 - 0.1);
     let dir = tempfile::tempdir().unwrap();
     let result = SupervisedTraining::new(dir.path(), train, valid)
         .num_epochs(4)
@@ -442,29 +461,8 @@ fn confused_run() -> (Vec<LoggedBatch>, genie::loader::AugmenterStats) {
         .build()
         .unwrap();
     let device = Device::flex().autodiff();
-    let log = Recording(Arc::default());
-    let train = DataLoaderBuilder::new(GenieBatcher::new(log.clone(), Arc::clone(&augmenter)))
-        .batch_size(8)
-        .shuffle(5)
-        .set_device(device.clone())
-        .build(InMemDataset::new(items.clone()));
-    let valid = DataLoaderBuilder::new(Flatten)
-        .batch_size(8)
-        .set_device(device.clone())
-        .build(InMemDataset::new(items.clone()));
-    let inputs = (SIDE * SIDE * 3) as usize;
-    let weights: Vec<f32> = (0..inputs * 3)
-        .map(|i| ((i * 5) % 13) as f32 / 40.0 - 0.15)
-        .collect();
-    let model = Probe {
-        linear: Linear {
-            weight: burn::module::Param::from_tensor(Tensor::from_data(
-                TensorData::new(weights, [inputs, 3]),
-                &device,
-            )),
-            bias: None,
-        },
-    };
+    let (log, train, valid) = logged_loaders(&augmenter, &items, 5, &device);
+    let model = fixed_probe(&device, |i| ((i * 5) % 13) as f32 / 40.0 - 0.15);
     let dir = tempfile::tempdir().unwrap();
     let result = SupervisedTraining::new(dir.path(), train, valid)
         .metric_train(ConfusionMetric::new(confusion.clone()))
