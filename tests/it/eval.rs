@@ -616,7 +616,7 @@ fn eval_long_tail_cli_trains_every_method_and_repeats_exactly() {
     let test = genie::synthetic::balanced_dataset(3, classes, 64, 5).unwrap();
     genie::synthetic::write_image_folder(&test, &data.join("test")).unwrap();
     let cache = tmp.path().join("cache").display().to_string();
-    let run = |extra: &[&str]| -> Output {
+    let run_in = |cache: &str, extra: &[&str]| -> Output {
         let mut args: Vec<String> = [
             "eval",
             "long-tail",
@@ -637,14 +637,24 @@ fn eval_long_tail_cli_trains_every_method_and_repeats_exactly() {
             "--steps",
             "4",
             "--cache",
-            &cache,
+            cache,
         ]
         .map(String::from)
         .to_vec();
         args.extend(["--data".into(), data.display().to_string()]);
-        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut extra = extra.iter();
+        while let Some(&arg) = extra.next() {
+            // A flag given above takes the new value in its place (clap refuses repeats).
+            match args.iter().position(|a| a == arg) {
+                Some(at) if arg.starts_with("--") => {
+                    args[at + 1] = extra.next().expect("a value").to_string()
+                }
+                _ => args.push(arg.to_string()),
+            }
+        }
         genie_cli(&home, &args)
     };
+    let run = |extra: &[&str]| run_in(&cache, extra);
     let table = |out: &str| -> Vec<String> {
         out.lines()
             .filter(|l| {
@@ -777,6 +787,26 @@ fn eval_long_tail_cli_trains_every_method_and_repeats_exactly() {
     let o = run(&["--methods", "baseline", "--backbone-weights", &w]);
     assert!(o.status.success(), "{}", output_text(&o));
     assert_eq!(table(&output_text(&o)).len(), 1);
+
+    // --online: GeNIe-Ada (live) trains while the generator makes its images into an empty
+    // cache, the model being trained choosing r*.
+    let live_cache = tmp.path().join("live-cache").display().to_string();
+    let o = run_in(
+        &live_cache,
+        &["--methods", "genie-ada-live", "--epochs", "20"],
+    );
+    assert!(o.status.success(), "{}", output_text(&o));
+    let rows = table(&output_text(&o));
+    assert_eq!(rows.len(), 2, "{}", output_text(&o));
+    assert!(rows[0].starts_with("| baseline | - | "), "{rows:?}");
+    assert!(rows[1].starts_with("| GeNIe-Ada (live) | - | "), "{rows:?}");
+    let live = output_text(&o);
+    let line = live
+        .lines()
+        .find(|l| l.contains("images generated while training"))
+        .unwrap_or_else(|| panic!("{live}"));
+    // The pairs asked the generator for their five levels while training (the cache was empty).
+    assert!(!line.contains(" 0 levels requested"), "{line}");
 
     std::fs::create_dir_all(data.join("test/zebra")).unwrap();
     let o = run(&[]);

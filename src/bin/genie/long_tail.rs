@@ -77,9 +77,15 @@ pub(crate) struct LongTailArgs {
     confused_k: u64,
     /// Methods (default: all): baseline, img2img-l (r = 0.3) and img2img-h (r = 0.7) from the
     /// class's own images, txt2img, genie (r = 0.8), genie-ada (r* per pair, chosen with the
-    /// baseline's model). Confusion-chosen sources and genie-ada imply baseline.
+    /// baseline's model), genie-ada-live (as --online). Confusion-chosen sources and genie-ada
+    /// imply baseline.
     #[arg(long, value_delimiter = ',')]
     methods: Vec<String>,
+    /// Also train "GeNIe-Ada (live)": the GeNIe pairs mixed into the batches while training, as
+    /// the generator makes them (the engine runs alongside), each pair's r* chosen by the model
+    /// being trained. Not reproducible: when an image is ready depends on the generator.
+    #[arg(long)]
+    online: bool,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// Write long_tail.md, long_tail.csv and (with confusion-chosen sources) the baseline's
@@ -109,9 +115,11 @@ enum Run {
     Txt2Img,
     Genie,
     GenieAda,
+    GenieAdaLive,
 }
 
 impl Run {
+    /// Every run but the live one (`--online`), the default table.
     const ALL: [Run; 6] = [
         Run::Baseline,
         Run::Img2ImgLow,
@@ -129,6 +137,7 @@ impl Run {
             Run::Txt2Img => "Txt2Img",
             Run::Genie => "GeNIe (r = 0.8)",
             Run::GenieAda => "GeNIe-Ada",
+            Run::GenieAdaLive => "GeNIe-Ada (live)",
         }
     }
 
@@ -140,6 +149,7 @@ impl Run {
             Run::Txt2Img => "txt2img",
             Run::Genie => "genie",
             Run::GenieAda => "genie-ada",
+            Run::GenieAdaLive => "genie-ada-live",
         }
     }
 
@@ -154,23 +164,26 @@ impl Run {
     }
 }
 
-fn runs(slugs: &[String], sources: Sources) -> Result<Vec<Run>> {
+fn runs(slugs: &[String], sources: Sources, online: bool) -> Result<Vec<Run>> {
+    let known = || Run::ALL.into_iter().chain([Run::GenieAdaLive]);
     let mut runs: Vec<Run> = if slugs.is_empty() {
         Run::ALL.to_vec()
     } else {
         slugs
             .iter()
             .map(|s| {
-                Run::ALL
-                    .into_iter()
+                known()
                     .find(|r| r.slug() == s || (s == "none" && *r == Run::Baseline))
                     .with_context(|| {
-                        let known: Vec<&str> = Run::ALL.iter().map(|r| r.slug()).collect();
-                        format!("unknown method {s:?} (known: {})", known.join(", "))
+                        let slugs: Vec<&str> = known().map(|r| r.slug()).collect();
+                        format!("unknown method {s:?} (known: {})", slugs.join(", "))
                     })
             })
             .collect::<Result<_>>()?
     };
+    if online {
+        runs.push(Run::GenieAdaLive);
+    }
     // GeNIe-Ada's r* is chosen with the baseline's model, and confusion-chosen sources (which
     // also fix the image counts of the same-class baselines) come from it.
     let generative = runs.iter().any(|&r| r != Run::Baseline);
@@ -184,7 +197,7 @@ fn runs(slugs: &[String], sources: Sources) -> Result<Vec<Run>> {
 
 pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
     let hn = &args.hard_negatives;
-    let runs = runs(&args.methods, args.sources)?;
+    let runs = runs(&args.methods, args.sources, args.online)?;
     let train_device = TrainDevice::open_spec(args.device.train_device)?;
     println!("training device: {train_device}");
     let device = train_device.device().clone();
@@ -295,27 +308,33 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
         None
     };
 
-    let genie_levels: &[NoiseLevel] = if runs.contains(&Run::GenieAda) {
+    let ada = runs.contains(&Run::GenieAda) || runs.contains(&Run::GenieAdaLive);
+    let genie_levels: &[NoiseLevel] = if ada {
         &NoiseLevel::ADA_SWEEP
     } else {
         &[NoiseLevel::GENIE_DEFAULT]
     };
     let mut plans: Vec<(Run, OfflinePlan)> = Vec::new();
     if generative {
-        let policy = Policy::long_tail(stats.clone(), policy_config)?;
+        let policy = Policy::long_tail(stats.clone(), policy_config.clone())?;
         let genie = OfflinePlan::new(&train_set, &policy, &keys, genie_levels, confusion.as_ref())?;
         for &run in &runs {
             if let Some(level) = run.own_class_level() {
                 plans.push((run, genie.own_class(&train_set, &keys, level, args.seed)?));
             }
         }
-        if runs.contains(&Run::Genie) || runs.contains(&Run::GenieAda) {
+        if runs.contains(&Run::Genie) || ada {
             plans.push((Run::Genie, genie));
         }
     }
+    // The live run makes its images while it trains; the offline runs need theirs first.
+    let offline = |run: Run| match run {
+        Run::Genie => runs.contains(&Run::Genie) || runs.contains(&Run::GenieAda),
+        _ => true,
+    };
     let mut missing = Vec::new();
     let mut seen = std::collections::HashSet::new();
-    for (_, plan) in &plans {
+    for (_, plan) in plans.iter().filter(|(run, _)| offline(*run)) {
         for n in &plan.negatives {
             for (&level, &key) in plan.levels.iter().zip(&n.keys) {
                 if seen.insert(key) && !cache.contains(&key)? {
@@ -369,7 +388,11 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
                 keys.class_label(n.target)
             );
         }
-        let plans: Vec<&OfflinePlan> = plans.iter().map(|(_, p)| p).collect();
+        let plans: Vec<&OfflinePlan> = plans
+            .iter()
+            .filter(|(run, _)| offline(*run))
+            .map(|(_, p)| p)
+            .collect();
         generate(&args, &plans, &train_set, &keys, &cache, missing.len())?;
     }
 
@@ -411,6 +434,11 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
                 );
                 trainer.run_with(run, &train_set, &cache, &ada)?
             }
+            Run::GenieAdaLive => {
+                let pairs = plan_of(Run::Genie)?.pairs(train_set.as_ref(), &keys)?;
+                let policy = Policy::long_tail(stats.clone(), policy_config.clone())?;
+                trainer.run_live(&train_set, &cache, &keys, policy, pairs)?
+            }
             _ => trainer.run_with(run, &train_set, &cache, plan_of(run)?)?,
         };
         rows.push(row);
@@ -446,8 +474,19 @@ impl Trainer<'_> {
         run: Run,
         data: &dyn Dataset<ImageDatasetItem>,
     ) -> Result<(ResNetClassifier, GroupAccuracy)> {
+        self.run_online(run, data, None)
+    }
+
+    /// [`Trainer::run`], mixing hard negatives online and showing every step to GeNIe-Ada when
+    /// `online` is given.
+    fn run_online(
+        &self,
+        run: Run,
+        data: &dyn Dataset<ImageDatasetItem>,
+        online: Option<Online<'_>>,
+    ) -> Result<(ResNetClassifier, GroupAccuracy)> {
         let started = Instant::now();
-        let model = train_model(self.args, data, self.classes, self.device)?.valid();
+        let model = train_model(self.args, data, self.classes, self.device, online)?.valid();
         let confusion = evaluate(
             &model,
             self.test,
@@ -469,6 +508,64 @@ impl Trainer<'_> {
             row.overall
         );
         Ok((model, row))
+    }
+
+    /// GeNIe-Ada (live): the plan's `pairs` mixed into the batches as a generator running
+    /// alongside makes their images, r* chosen per pair by the model being trained.
+    fn run_live(
+        &self,
+        train: &Arc<InMemDataset<ImageDatasetItem>>,
+        cache: &Arc<Cache>,
+        keys: &KeySpace,
+        policy: Policy,
+        pairs: Vec<genie::warm::PlannedPair>,
+    ) -> Result<(ResNetClassifier, GroupAccuracy)> {
+        let hn = &self.args.hard_negatives;
+        let factory = SdEngineFactory::new(model_source(&hn.model)?, engine_options(&hn.model)?)?;
+        let generator = Arc::new(Generator::start(Arc::new(factory), Arc::clone(cache), {
+            let mut options = GeneratorConfig::default();
+            options.devices = hn.model.device.clone();
+            options
+        })?);
+        let augmenter =
+            genie::loader::Augmenter::builder(policy, keys.classes().to_vec(), Arc::clone(cache))
+                .generator(Arc::clone(&generator))
+                .plan(pairs)
+                .build()?;
+        let live = genie::loader::LiveModel::start(
+            Arc::clone(&augmenter),
+            ResNetEmbeddings {
+                side: self.args.input_size,
+                device: self.device.clone(),
+            },
+            genie::loader::LiveConfig::default(),
+        )?;
+        let outcome = self.run_online(
+            Run::GenieAdaLive,
+            train.as_ref(),
+            Some(Online {
+                augmenter: &augmenter,
+                live: &live,
+            }),
+        );
+        let selector = live.stop();
+        let stats = augmenter.stats();
+        println!(
+            "{}: {} hard negatives mixed, {} of {} pairs ready, {} levels requested and {} \
+             images generated while training; {} GeNIe-Ada choices ({} scorings)",
+            Run::GenieAdaLive.name(),
+            stats.mixed,
+            stats.ready,
+            stats.pairs,
+            stats.requested,
+            generator.stats().done,
+            stats.ada_choices,
+            selector.scored
+        );
+        // Dropping the last handle cancels what is still queued: the run is over.
+        drop(augmenter);
+        drop(generator);
+        outcome
     }
 
     /// [`Trainer::run`] on the training set plus `plan`'s cached images.
@@ -541,14 +638,23 @@ fn generate(
     Ok(())
 }
 
+/// The online half of a live run: what mixes each batch, and the model GeNIe-Ada watches.
+#[derive(Clone, Copy)]
+struct Online<'a> {
+    augmenter: &'a genie::loader::Augmenter<ImageDatasetItem>,
+    live: &'a genie::loader::LiveModel<ResNetClassifier>,
+}
+
 /// Trains a fresh classifier (the pretrained backbone when given, and a new head) on `data`:
 /// every run starts from the same weights and shuffles with the same seed, so runs differ in
-/// their hard negatives only.
+/// their hard negatives only. With `online`, each batch goes through the augmenter (as
+/// `GenieBatcher` does) and each optimiser step is shown to the live model.
 fn train_model(
     args: &LongTailArgs,
     data: &dyn Dataset<ImageDatasetItem>,
     classes: usize,
     on: &Device,
+    online: Option<Online<'_>>,
 ) -> Result<ResNetClassifier> {
     let device = on.clone().autodiff();
     device.seed(args.seed);
@@ -572,23 +678,36 @@ fn train_model(
         }
         let (mut loss_sum, mut batches) = (0.0, 0);
         for chunk in order.chunks(args.batch_size as usize) {
-            let mut images = Vec::with_capacity(chunk.len());
-            let mut labels = Vec::with_capacity(chunk.len());
+            let mut items = Vec::with_capacity(chunk.len());
             for &i in chunk {
-                let item = data
-                    .get(i)
-                    .map_err(|e| anyhow::anyhow!("training item {i}: {e}"))?;
-                images.push(item.rgb().with_context(|| format!("training item {i}"))?);
+                items.push(
+                    data.get(i)
+                        .map_err(|e| anyhow::anyhow!("training item {i}: {e}"))?,
+                );
+            }
+            if let Some(online) = online {
+                items = online.augmenter.augment(items);
+            }
+            let mut images = Vec::with_capacity(items.len());
+            let mut labels = Vec::with_capacity(items.len());
+            for item in &items {
+                images.push(
+                    item.rgb()
+                        .with_context(|| format!("training item {}", item.image_path))?,
+                );
                 labels.push(item.label().unwrap_or(0) as i64);
             }
             let targets =
-                Tensor::<1, Int>::from_data(TensorData::new(labels, [chunk.len()]), &device);
+                Tensor::<1, Int>::from_data(TensorData::new(labels, [items.len()]), &device);
             let logits = model.forward(image_tensor(&images, args.input_size, &device));
             let loss = loss_fn.forward(logits, targets);
             loss_sum += loss.clone().into_scalar::<f32>() as f64;
             batches += 1;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(args.lr, model, grads);
+            if let Some(online) = online {
+                online.live.observe(&model);
+            }
         }
         println!(
             "  epoch {epoch:>3}: loss {:.3} over {} items",
