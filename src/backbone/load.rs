@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 
 use burn::tensor::Device;
 use burn_store::{
-    ApplyError, ApplyResult, ModuleSnapshot, PyTorchToBurnAdapter, PytorchStore, SafetensorsStore,
+    ApplyError, ApplyResult, BurnToPyTorchAdapter, ModuleSnapshot, PyTorchToBurnAdapter,
+    PytorchStore, SafetensorsStore,
 };
 
 use super::resnet::{ResNet, ResNetConfig};
@@ -71,6 +72,14 @@ pub enum BackboneError {
         depth: String,
         /// `name: expected [..], found [..]`, one per tensor.
         misshapen: Vec<String>,
+    },
+    /// The weights could not be written.
+    #[error("cannot write backbone weights {path}: {message}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The writer's account.
+        message: String,
     },
 }
 
@@ -149,6 +158,26 @@ pub fn load_resnet(
     };
     check(path, config, &loaded)?;
     Ok(model)
+}
+
+/// Writes `model` to `path` as safetensors in torchvision's names (`bn1.weight`/`bias` for batch
+/// norm's gamma/beta, `downsample.0`/`.1`): what [`load_resnet`] reads back, and what PyTorch's
+/// `resnet.load_state_dict(safetensors.torch.load_file(path), strict=False)` takes (without the
+/// `fc` head). The file is written whole to a temporary name and renamed into place.
+pub fn save_resnet(model: &ResNet, path: &Path) -> Result<(), BackboneError> {
+    let failed = |message: String| BackboneError::Write {
+        path: path.to_path_buf(),
+        message,
+    };
+    let mut store = SafetensorsStore::from_bytes(None)
+        .with_to_adapter(BurnToPyTorchAdapter)
+        .with_key_remapping(r"\.downsample\.conv\.", ".downsample.0.")
+        .with_key_remapping(r"\.downsample\.bn\.", ".downsample.1.");
+    model
+        .save_into(&mut store)
+        .map_err(|e| failed(e.to_string()))?;
+    let bytes = store.get_bytes().map_err(|e| failed(e.to_string()))?;
+    crate::image_io::write_atomic(path, &bytes).map_err(|e| failed(e.to_string()))
 }
 
 /// Runs a store's load; burn-store's readers are third-party parsers of user files, so a panic

@@ -1,6 +1,7 @@
-//! Image backbones in burn for the evaluation protocols: torchvision's ResNet-18/34/50, loaded
-//! from PyTorch (`.pth`/`.pt`) or safetensors weights with burn-store's import, frozen (few-shot)
-//! or with a classifier head to fine-tune (long-tail).
+//! Image backbones in burn for the evaluation protocols and fine-tuning: torchvision's
+//! ResNet-18/34/50, loaded from PyTorch (`.pth`/`.pt`) or safetensors weights with burn-store's
+//! import (and saved in torchvision's names), frozen (few-shot) or with a classifier head to
+//! fine-tune (long-tail, or burn's `SupervisedTraining`).
 //!
 //! A backbone turns images into feature vectors ([`crate::eval::Backbone`]); nothing here knows
 //! candle or the cache. Checkpoints from torchvision load as they are; the usual wrappers are
@@ -27,8 +28,8 @@ mod classifier;
 mod load;
 mod resnet;
 
-pub use classifier::{ResNetClassifier, ResNetEmbeddings};
-pub use load::{load_resnet, BackboneError};
+pub use classifier::{ResNetBatch, ResNetBatcher, ResNetClassifier, ResNetEmbeddings};
+pub use load::{load_resnet, save_resnet, BackboneError};
 pub use resnet::{ResNet, ResNetConfig, ResNetDepth, UnknownDepth};
 
 use burn::tensor::{Device, Tensor, TensorData};

@@ -186,3 +186,61 @@ fn broken_backbone_files_are_typed_errors() {
     assert!(matches!(err, BackboneError::Missing { .. }), "{err}");
     assert!(err.to_string().contains("decoder.proj.weight"), "{err}");
 }
+
+/// `save_resnet` writes torchvision's names (batch norm `weight`/`bias`, `downsample.0`/`.1`),
+/// and what it wrote loads back into the same network: PyTorch's features still.
+#[test]
+fn a_saved_backbone_has_torchvisions_names_and_loads_back() {
+    let device = Device::flex();
+    let config = narrow(ResNetDepth::R18);
+    let model = load_resnet(&fixture("resnet18_w4.pth"), config, &device).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("resnet18.safetensors");
+    genie::backbone::save_resnet(&model, &path).unwrap();
+
+    let bytes = std::fs::read(&path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let names: Vec<String> = file.names().into_iter().map(String::from).collect();
+    for expected in [
+        "conv1.weight",
+        "bn1.weight",
+        "bn1.bias",
+        "bn1.running_mean",
+        "layer2.0.downsample.0.weight",
+        "layer2.0.downsample.1.running_var",
+    ] {
+        assert!(
+            names.iter().any(|n| n == expected),
+            "{expected} not in {names:?}"
+        );
+    }
+    assert!(
+        !names
+            .iter()
+            .any(|n| n.ends_with("gamma") || n.ends_with("beta") || n.contains("downsample.conv")),
+        "{names:?}"
+    );
+    assert_eq!(
+        file.tensor("bn1.weight").unwrap().shape(),
+        [config.width],
+        "batch norm's weight is gamma"
+    );
+
+    let again = load_resnet(&path, config, &device).unwrap();
+    let (input, shape) = io_tensor("input");
+    let input = Tensor::<4>::from_data(TensorData::new(input, shape), &device);
+    let features = |m: &genie::backbone::ResNet| {
+        m.features(input.clone())
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap()
+    };
+    assert_eq!(features(&model), features(&again));
+
+    let unwritable = dir.path().join("missing-folder").join("x.safetensors");
+    assert!(matches!(
+        genie::backbone::save_resnet(&model, &unwritable),
+        Err(BackboneError::Write { .. })
+    ));
+}

@@ -524,3 +524,42 @@ fn long_tail_trains_on_a_pre_warmed_plan_with_the_generator_off() {
     assert_eq!(exposure[0], 10.0, "every planned pair became ready: {out}");
     assert!(exposure[1] >= 1.0, "every planned pair was used: {out}");
 }
+
+/// The fine-tuning example end to end with the tiny engine: a backbone pre-trained on the Many
+/// classes is written as a PyTorch-named checkpoint, loaded back and fine-tuned in burn's
+/// `SupervisedTraining` with GenieBatcher, ConfusionMetric and the observed model.
+#[test]
+fn finetune_loads_its_checkpoint_and_trains_with_hard_negatives() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let stdout = run_in(
+        "finetune",
+        &[
+            "--model",
+            "tiny",
+            "--steps",
+            "2",
+            "--pretrain-epochs",
+            "1",
+            "--epochs",
+            "2",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        Some(dir.path()),
+    );
+    let checkpoint = out.join("pretrained-resnet18.safetensors");
+    assert!(checkpoint.is_file(), "{stdout}");
+    assert!(
+        stdout.contains(&format!("wrote {}", checkpoint.display())),
+        "{stdout}"
+    );
+    for group in ["Many", "Few"] {
+        let accuracy = numbers(&stdout, group)[0];
+        assert!((0.0..=100.0).contains(&accuracy), "{stdout}");
+    }
+    // Pairs were started from the batches and the confusion snapshots were read.
+    let counts = numbers(&stdout, "hard negatives:");
+    assert!(counts[1] > 0.0, "pairs: {stdout}");
+    assert!(counts[4] > 0.0, "confusion snapshots: {stdout}");
+}
