@@ -1755,3 +1755,69 @@ fn warm_plan_counts_identical_sources_once() {
     assert_eq!(summary["entries"], planned);
     assert!(planned < 6, "identical sources collapse: {planned}");
 }
+
+/// `scripts/fuzz.sh` fails for a target that does not build, crashes or runs no input, and passes
+/// only when every target ran to its time limit (a stand-in `cargo` plays cargo-fuzz's parts).
+#[test]
+fn the_fuzz_script_fails_on_a_broken_crashing_or_idle_target() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("repo");
+    std::fs::create_dir_all(root.join("scripts")).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/fuzz.sh"),
+        root.join("scripts/fuzz.sh"),
+    )
+    .unwrap();
+    let bin = tmp.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let cargo = bin.join("cargo");
+    std::fs::write(
+        &cargo,
+        r#"#!/usr/bin/env bash
+case "$3" in
+  list) printf 'good\nbroken\ncrash\nidle\n';;
+  build) exit 0;;
+  run) case "$5" in
+     good) echo "stat::number_of_executed_units: 1234";;
+     broken) echo "error: could not compile"; exit 101;;
+     crash) echo "==1==ERROR: libFuzzer: deadly signal"; exit 77;;
+     idle) ;;
+  esac;;
+esac
+"#,
+    )
+    .unwrap();
+    std::fs::set_permissions(&cargo, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let fuzz = |targets: &[&str]| {
+        std::process::Command::new("bash")
+            .arg(root.join("scripts/fuzz.sh"))
+            .args(targets)
+            .env("PATH", &path)
+            .env("FUZZ_SECONDS", "1")
+            .env("TMPDIR", tmp.path())
+            .output()
+            .unwrap()
+    };
+    let all = fuzz(&[]);
+    let out = String::from_utf8_lossy(&all.stdout);
+    assert!(!all.status.success(), "{out}");
+    for failed in [
+        "broken (exit 101)",
+        "crash (exit 77)",
+        "idle (ran no input)",
+    ] {
+        assert!(out.contains(failed), "{failed}: {out}");
+    }
+    let verdict = out.lines().find(|l| l.starts_with("FAILED:")).unwrap();
+    assert!(!verdict.contains("good"), "{verdict}");
+    let good = fuzz(&["good"]);
+    let out = String::from_utf8_lossy(&good.stdout);
+    assert!(good.status.success(), "{out}");
+    assert!(out.contains("no crashes in 1 targets"), "{out}");
+}
