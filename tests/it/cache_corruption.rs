@@ -694,19 +694,79 @@ fn a_foreign_non_empty_folder_is_not_adopted_as_a_cache() {
 
 /// A file the process may not read (mode 000) is a defect of its own entry, reported and
 /// quarantined, not an error that stops stats, verify and every read of the cache. Root reads
-/// mode-000 files, so there the damage cannot be made and the test says so.
+/// mode-000 files, so as root (CI) the check runs in a copy of this test binary as the
+/// unprivileged uid 65534: it runs everywhere, never skipped.
 #[cfg(unix)]
 #[test]
 fn an_unreadable_file_is_a_defect_of_its_entry_not_of_the_cache() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    if !reads_mode_000_files() {
+        unreadable_manifest_check();
+        return;
+    }
+    // A copy of the binary, in a folder others may enter: the build folder may not be.
+    let dir = tempfile::tempdir().expect("tempdir");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod");
+    let exe = dir.path().join("it");
+    fs::copy(std::env::current_exe().expect("this binary"), &exe).expect("copy");
+    fs::set_permissions(&exe, fs::Permissions::from_mode(0o755)).expect("chmod");
+    let work = dir.path().join("tmp");
+    fs::create_dir(&work).expect("mkdir");
+    std::os::unix::fs::chown(&work, Some(UNPRIVILEGED), Some(UNPRIVILEGED)).expect("chown");
+    let output = crate::support::child_command_at(
+        &exe,
+        module_path!(),
+        "unreadable_manifest_as_an_unprivileged_user",
+    )
+    .env("TMPDIR", &work)
+    .uid(UNPRIVILEGED)
+    .gid(UNPRIVILEGED)
+    .output()
+    .expect("run the check as uid 65534");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success() && stdout.contains("checked as an unprivileged user"),
+        "{}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// The user the mode-000 check runs as when the tests run as root (`nobody` on most systems).
+#[cfg(unix)]
+const UNPRIVILEGED: u32 = 65534;
+
+/// The check itself, run by [`an_unreadable_file_is_a_defect_of_its_entry_not_of_the_cache`] as
+/// uid 65534 when the tests run as root.
+#[cfg(unix)]
+#[test]
+#[ignore = "run by an_unreadable_file_is_a_defect_of_its_entry_not_of_the_cache as uid 65534"]
+fn unreadable_manifest_as_an_unprivileged_user() {
+    assert!(!reads_mode_000_files(), "still privileged");
+    unreadable_manifest_check();
+    println!("checked as an unprivileged user");
+}
+
+/// Whether this process reads files of mode 000 (root, or CAP_DAC_OVERRIDE).
+#[cfg(unix)]
+fn reads_mode_000_files() -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let file = dir.path().join("probe");
+    fs::write(&file, b"x").expect("write");
+    fs::set_permissions(&file, fs::Permissions::from_mode(0o000)).expect("chmod");
+    fs::read(&file).is_ok()
+}
+
+#[cfg(unix)]
+fn unreadable_manifest_check() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().expect("tempdir");
     let store = filled_store(dir.path(), 3);
     let manifest = store.manifest_path(&key(0));
     fs::set_permissions(&manifest, fs::Permissions::from_mode(0o000)).expect("chmod");
-    if fs::read(&manifest).is_ok() {
-        eprintln!("SKIPPED: this process reads mode-000 files (root); nothing to check");
-        return;
-    }
+    assert!(fs::read(&manifest).is_err(), "the manifest is unreadable");
     let stats = store
         .stats()
         .expect("stats despite one unreadable manifest");

@@ -214,6 +214,15 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 /// Runs this test binary again as a child process running only the ignored test `name` of
 /// `module` (the caller's `module_path!()`).
 pub fn child_command(module: &str, name: &str) -> std::process::Command {
+    child_command_at(
+        &std::env::current_exe().expect("path of the test binary"),
+        module,
+        name,
+    )
+}
+
+/// [`child_command`] with the test binary at `exe` (e.g. a copy others may run).
+pub fn child_command_at(exe: &Path, module: &str, name: &str) -> std::process::Command {
     // libtest names a test by its path inside the test crate: `it::cache_crash` -> `cache_crash::name`.
     let in_crate = module.split_once("::").map_or("", |(_, rest)| rest);
     let test = if in_crate.is_empty() {
@@ -221,7 +230,6 @@ pub fn child_command(module: &str, name: &str) -> std::process::Command {
     } else {
         format!("{in_crate}::{name}")
     };
-    let exe = std::env::current_exe().expect("path of the test binary");
     let mut command = std::process::Command::new(exe);
     command.args([
         test.as_str(),
