@@ -350,7 +350,10 @@ mod object_storage {
                 panic!("CI=true and the S3 part of the cache suite cannot run: {why}")
             }
             Err(why) => {
-                eprintln!("SKIPPED: the S3 part of the cache suite needs an S3-compatible server on loopback ({why}); install one with `pip install 'moto[server]'`");
+                crate::support::skipped(
+                    "cache_stores, the S3 suite",
+                    &format!("it needs an S3-compatible server on loopback ({why}); install one with `pip install 'moto[server]'`"),
+                );
                 return;
             }
         };

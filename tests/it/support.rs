@@ -96,6 +96,25 @@ impl EngineFactory for ColourFactory {
     }
 }
 
+/// Says that a test skipped part of its work: on stderr (libtest shows it with `--nocapture`) and,
+/// when `GENIE_SKIP_LOG` names a file, as a line appended to it, so that `.ci/run` can list every
+/// skip after the run (libtest hides a passing test's output).
+pub fn skipped(test: &str, why: &str) {
+    let line = format!("SKIPPED {test}: {why}");
+    eprintln!("{line}");
+    if let Some(path) = std::env::var_os("GENIE_SKIP_LOG") {
+        use std::io::Write;
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| writeln!(f, "{line}"));
+        if let Err(e) = written {
+            eprintln!("cannot append to GENIE_SKIP_LOG: {e}");
+        }
+    }
+}
+
 /// Blocks test engines' calls until opened (closed when made).
 #[derive(Default)]
 pub struct Gate {

@@ -81,6 +81,7 @@ fn train_device_trains_a_few_steps_like_the_cpu() {
     );
     if !device.is_gpu() {
         println!("SKIPPED the GPU half: {device}");
+        crate::support::skipped("train_device, the GPU half", &device.to_string());
         return;
     }
     let gpu = losses(&model, device.device());
