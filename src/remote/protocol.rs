@@ -324,6 +324,18 @@ pub fn parse_hash(hex: &str) -> Option<[u8; 32]> {
     blake3::Hash::from_hex(hex).ok().map(|h| *h.as_bytes())
 }
 
+/// A client's string as an error message quotes it: escaped, and cut to its first 64 characters
+/// with its length when longer, so an error body never grows with a hostile input (an escaped
+/// control byte takes up to 10 characters: 64 kiB of them would echo as 640 kiB).
+pub fn quoted(text: &str) -> String {
+    const SHOWN: usize = 64;
+    if text.chars().count() <= SHOWN {
+        return format!("{text:?}");
+    }
+    let head: String = text.chars().take(SHOWN).collect();
+    format!("{head:?}… ({} bytes)", text.len())
+}
+
 /// A source's pixels as the wire carries them (base64 of raw RGB8 rows).
 pub fn encode_pixels(source: &SourceImage) -> String {
     base64::engine::general_purpose::STANDARD.encode(source.pixels.as_raw())
@@ -347,6 +359,15 @@ pub fn decode_pixels(b64: &str, side: u32) -> Result<image::RgbImage, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn quoted_client_strings_are_bounded() {
+        assert_eq!(quoted("ab\"c"), "\"ab\\\"c\"");
+        let hostile = "\u{7f}".repeat(65536);
+        let q = quoted(&hostile);
+        assert!(q.len() < 64 * 10 + 40, "{}", q.len());
+        assert!(q.ends_with("… (65536 bytes)"), "{q}");
+    }
 
     #[test]
     fn a_typed_failure_crosses_the_wire_and_an_untyped_one_is_remote() {

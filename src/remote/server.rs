@@ -423,7 +423,10 @@ impl AppState {
             None => None,
             Some(src) => {
                 let hash = parse_hash(&src.hash).ok_or_else(|| {
-                    bad(format!("source hash {:?} is not 64 hex digits", src.hash))
+                    bad(format!(
+                        "source hash {} is not 64 hex digits",
+                        super::protocol::quoted(&src.hash)
+                    ))
                 })?;
                 Some(self.source(hash, src.pixels.as_deref())?)
             }
@@ -480,7 +483,10 @@ async fn key_state(
         return state.refuse(
             StatusCode::BAD_REQUEST,
             ErrorKind::BadRequest,
-            format!("{key:?} is not a cache key (64 lowercase hex digits)"),
+            format!(
+                "{} is not a cache key (64 lowercase hex digits)",
+                super::protocol::quoted(&key)
+            ),
         );
     };
     let wait_ms = match query {
