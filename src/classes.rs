@@ -114,7 +114,7 @@ pub enum ClassNameError {
          `id name` lines as in LOC_synset_mapping.txt or `id,name` CSV",
         ids.len(),
         shown(ids),
-        ids[0]
+        ids.first().map_or("", String::as_str)
     )]
     UnknownWordNetIds {
         /// The ids, in label order (never empty).

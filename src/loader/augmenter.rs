@@ -628,7 +628,6 @@ impl<I: GenieItem> Augmenter<I> {
     /// probe, then replace (or extend) items with ready hard negatives. Never waits for generation.
     pub fn augment(&self, mut items: Vec<I>) -> Vec<I> {
         let earlier = self.counters.batches.fetch_add(1, Ordering::Relaxed);
-        let confusion = self.confusion_read(earlier);
         // (index in the batch, label) of the labelled items.
         let labelled: Vec<(usize, usize)> = items
             .iter()
@@ -636,7 +635,7 @@ impl<I: GenieItem> Augmenter<I> {
             .filter_map(|(i, item)| item.label().map(|l| (i, l)))
             .collect();
         let labels: Vec<usize> = labelled.iter().map(|&(_, l)| l).collect();
-        let proposals = self.observe(&items, &labelled, &labels, confusion);
+        let proposals = self.observe(&items, &labelled, &labels, earlier);
         self.start_pairs(&items, &labelled, proposals);
         self.take_late_receipts();
         self.retry_deferred();
@@ -656,23 +655,32 @@ impl<I: GenieItem> Augmenter<I> {
         items: &[I],
         labelled: &[(usize, usize)],
         labels: &[usize],
-        confusion: ConfusionRead,
+        earlier: u64,
     ) -> Vec<Proposal> {
-        let mut state = self.state();
-        let real = labelled.iter().filter(|&&(i, _)| !items[i].is_generated());
-        state.policy.observe(real.map(|&(_, l)| l));
-        self.keep_prototypes(&mut state, items, labelled);
-        if state.plan.is_some() {
-            self.start_planned(&mut state, items, labelled);
-            Vec::new()
-        } else {
-            match confusion {
-                ConfusionRead::Live => {
-                    let live = self.confusion_guard();
-                    state.policy.propose(labels, live.as_deref())
-                }
-                ConfusionRead::Fixed(matrix) => state.policy.propose(labels, matrix.as_deref()),
+        {
+            let mut state = self.state();
+            let real = labelled.iter().filter(|&&(i, _)| !items[i].is_generated());
+            state.policy.observe(real.map(|&(_, l)| l));
+            self.keep_prototypes(&mut state, items, labelled);
+            if state.plan.is_some() {
+                self.start_planned(&mut state, items, labelled);
+                return Vec::new();
             }
+            // Only a batch that can start pairs reads (and may wait for) a confusion snapshot:
+            // once every quota is full the batcher never waits on the metric thread.
+            if !state.policy.proposes() {
+                return Vec::new();
+            }
+        }
+        // Read unlocked: it may wait for the metric thread.
+        let confusion = self.confusion_read(earlier);
+        let mut state = self.state();
+        match confusion {
+            ConfusionRead::Live => {
+                let live = self.confusion_guard();
+                state.policy.propose(labels, live.as_deref())
+            }
+            ConfusionRead::Fixed(matrix) => state.policy.propose(labels, matrix.as_deref()),
         }
     }
 

@@ -454,6 +454,13 @@ impl Policy {
             .collect()
     }
 
+    /// Whether [`propose`](Self::propose) can start pairs at all: new pairs per batch above zero
+    /// and some target's quota not yet full.
+    pub fn proposes(&self) -> bool {
+        self.config.new_pairs_per_batch > 0
+            && (0..self.num_classes()).any(|t| self.is_target(t) && self.quota_left(t))
+    }
+
     /// Up to `new_pairs_per_batch` batch items that could start new pairs, each with one target
     /// (chosen at random among those it can serve). Nothing is recorded until [`Policy::register`].
     pub fn propose(
@@ -462,8 +469,7 @@ impl Policy {
         confusion: Option<&ConfusionMatrix>,
     ) -> Vec<Proposal> {
         let limit = self.config.new_pairs_per_batch;
-        let open = (0..self.num_classes()).any(|t| self.is_target(t) && self.quota_left(t));
-        if limit == 0 || !open {
+        if !self.proposes() {
             return Vec::new();
         }
         let mut order: Vec<usize> = (0..labels.len()).collect();
