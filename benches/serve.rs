@@ -1,10 +1,12 @@
-//! `genie serve` benchmarks (a plain harness: latency percentiles and rates, not means).
+//! `genie serve` benchmarks (a plain harness: latency percentiles and rates, not means), against
+//! the `genie serve` binary in a process of its own, with a token, as a cluster runs it.
 //!
 //! 1. Round trip of `POST /v1/requests` on loopback (one request whose level is cached: the
-//!    protocol's own cost), and of `RemoteGenerator::request` (only a queue push: what the
-//!    batcher pays).
-//! 2. Images/s on the tiny model: the in-process generator against the same generator behind
-//!    `genie serve`, fed by a `RemoteGenerator` (goal ≥ 0.95×).
+//!    protocol's own cost, the token check included), and of `RemoteGenerator::request` (only a
+//!    queue push: what the batcher pays).
+//! 2. Images/s on the tiny model: the in-process generator against `genie serve` on the same
+//!    model files, fed by a `RemoteGenerator` (goal ≥ 0.95×), `GENIE_BENCH_RUNS` times (3), with
+//!    the spread.
 //!
 //! `cargo bench --bench serve` (results in BENCHMARKS.md).
 
@@ -20,8 +22,7 @@ use genie::generator::{
 };
 // `HardNegativeGenerator` brings `RemoteGenerator`'s `request` and `wait` into scope.
 use genie::remote::protocol::{encode_pixels, hash_hex, RequestBatch, WireRequest, WireSource};
-use genie::remote::server::{BackgroundServer, ServeConfig};
-use genie::remote::{RemoteConfig, RemoteGenerator};
+use genie::remote::{RemoteConfig, RemoteGenerator, Token};
 use genie::NoiseLevel;
 use image::RgbImage;
 
@@ -52,8 +53,78 @@ fn request(source: &SourceImage, seed: u64) -> Request {
     }
 }
 
-fn serve(generator: Generator) -> BackgroundServer {
-    BackgroundServer::start(generator, "127.0.0.1:0", ServeConfig::default()).unwrap()
+const TOKEN: &str = "genie-bench-token-0123456789abcdef";
+
+/// A `genie serve` child process on the model in `model`; killed when dropped.
+struct Server {
+    child: std::process::Child,
+    url: String,
+    _cache: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(model: &std::path::Path) -> Server {
+        use std::io::BufRead as _;
+        let cache = tempfile::tempdir().unwrap();
+        let token = cache.path().join("token");
+        std::fs::write(&token, TOKEN).unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_genie"))
+            .args([
+                "serve",
+                "--steps",
+                "50",
+                "--scheduler",
+                "dpm",
+                "--max-batch",
+                "8",
+            ])
+            .args(["--queue-capacity", "4096", "--client-share", "1"])
+            .args(["--listen", "127.0.0.1:0"])
+            .arg("--weights")
+            .arg(model)
+            .arg("--token-file")
+            .arg(&token)
+            .arg("--cache")
+            .arg(cache.path().join("cache"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let addr = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no address in {line:?}"))
+            .to_string();
+        let url = format!("http://{addr}");
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while ureq::get(&format!("{url}/readyz")).call().is_err() {
+            assert!(Instant::now() < deadline, "the server never became ready");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Server {
+            child,
+            url,
+            _cache: cache,
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client_config() -> RemoteConfig {
+    let mut config = RemoteConfig::default();
+    config.token = Some(Token::new(TOKEN, "bench").unwrap());
+    config
 }
 
 fn factory() -> (tempfile::TempDir, Arc<SdEngineFactory>) {
@@ -75,16 +146,13 @@ fn config() -> GeneratorConfig {
     options
 }
 
-fn round_trip(factory: &Arc<SdEngineFactory>) {
-    let dir = tempfile::tempdir().unwrap();
-    let cache = Arc::new(Cache::open_dir(dir.path(), 64 << 20).unwrap());
-    let generator = Generator::start(factory.clone(), cache.clone(), config()).unwrap();
-    let fingerprint = generator.fingerprint().clone();
-    let running = serve(generator);
-    let url = running.url();
+fn round_trip(model: &std::path::Path, factory: &Arc<SdEngineFactory>) {
+    let fingerprint = factory.plan().fingerprint.clone();
+    let running = Server::start(model);
+    let url = running.url.clone();
     let src = &sources(1)[0];
     // Cache the one level first, so every timed call is answered `already_cached`.
-    let remote = RemoteGenerator::connect(&url, &fingerprint, RemoteConfig::default()).unwrap();
+    let remote = RemoteGenerator::connect(&url, &fingerprint, client_config()).unwrap();
     remote.request(request(src, 0)).unwrap();
     let wire = |with_pixels: bool| RequestBatch {
         fingerprint: fingerprint.clone(),
@@ -106,6 +174,7 @@ fn round_trip(factory: &Arc<SdEngineFactory>) {
         agent
             .post(&format!("{url}/v1/requests"))
             .set("Content-Type", "application/json")
+            .set("Authorization", &format!("Bearer {TOKEN}"))
             .send_string(&body)
             .unwrap()
             .into_string()
@@ -149,10 +218,11 @@ fn round_trip(factory: &Arc<SdEngineFactory>) {
         times[n - 1]
     );
     drop(remote);
-    running.stop().unwrap();
+    drop(running);
 }
 
-fn throughput(factory: &Arc<SdEngineFactory>) {
+/// One run: (in process, behind the binary) images/s.
+fn throughput(model: &std::path::Path, factory: &Arc<SdEngineFactory>) -> (f64, f64) {
     let sources = sources(JOBS);
     // In process.
     let dir = tempfile::tempdir().unwrap();
@@ -172,14 +242,10 @@ fn throughput(factory: &Arc<SdEngineFactory>) {
     let local = JOBS as f64 / start.elapsed().as_secs_f64();
     generator.shutdown(Shutdown::Drain);
 
-    // Behind the server, fed by the client.
-    let dir = tempfile::tempdir().unwrap();
-    let cache = Arc::new(Cache::open_dir(dir.path(), 64 << 20).unwrap());
-    let generator = Generator::start(factory.clone(), cache, config()).unwrap();
-    let fingerprint = generator.fingerprint().clone();
-    let running = serve(generator);
-    let remote =
-        RemoteGenerator::connect(&running.url(), &fingerprint, RemoteConfig::default()).unwrap();
+    // Behind the server process, fed by the client.
+    let fingerprint = factory.plan().fingerprint.clone();
+    let running = Server::start(model);
+    let remote = RemoteGenerator::connect(&running.url, &fingerprint, client_config()).unwrap();
     let start = Instant::now();
     let keys: Vec<_> = sources
         .iter()
@@ -193,16 +259,32 @@ fn throughput(factory: &Arc<SdEngineFactory>) {
     }
     let served = JOBS as f64 / start.elapsed().as_secs_f64();
     drop(remote);
-    running.stop().unwrap();
+    drop(running);
     println!(
         "tiny model, {JOBS} jobs at r = 0.8, DPM 50 steps, max_batch 8: in process {local:.2} images/s, behind genie serve {served:.2} images/s ({:.3}x)",
         served / local
     );
+    (local, served)
 }
 
 fn main() {
     genie::diffusion::tune_cpu_process();
-    let (_model, factory) = factory();
-    round_trip(&factory);
-    throughput(&factory);
+    let (model, factory) = factory();
+    round_trip(model.path(), &factory);
+    let runs: usize = std::env::var("GENIE_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3);
+    let ratios: Vec<f64> = (0..runs)
+        .map(|_| {
+            let (local, served) = throughput(model.path(), &factory);
+            served / local
+        })
+        .collect();
+    let lo = ratios.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = ratios.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+    let mean = ratios.iter().sum::<f64>() / ratios.len() as f64;
+    println!(
+        "behind genie serve / in process over {runs} runs: mean {mean:.3}x, spread {lo:.3}x to {hi:.3}x"
+    );
 }

@@ -15,6 +15,7 @@
 mod bucket;
 mod disk;
 mod error;
+mod gc_loop;
 pub mod key;
 mod manifest;
 mod memory;
@@ -35,6 +36,7 @@ pub use disk::{
     DiskStore, GcPolicy, GcReport, VerifyReport, DEFAULT_GRACE, DISK_FORMAT, GC_LOCK_WAIT,
 };
 pub use error::CacheError;
+pub use gc_loop::GcLoop;
 pub use key::{source_hash, CacheKey, KeyInputs, KeyParseError, KEY_ENCODING_VERSION};
 pub use manifest::{EntryMeta, Manifest, MANIFEST_FORMAT, MAX_CONTENT_BYTES};
 pub use memory::{MemoryTier, ENTRY_OVERHEAD_BYTES};

@@ -2,7 +2,7 @@
 //! state its workers ([`super::worker`]) fill the cache from.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -45,8 +45,14 @@ pub(super) struct Shared {
     /// Keys queued or in flight.
     pub(super) pending: Mutex<HashSet<CacheKey>>,
     pub(super) failures: Mutex<HashMap<CacheKey, Failure>>,
-    /// Signalled whenever keys leave `pending`.
+    /// Signalled whenever keys leave `pending` (see [`Shared::notify_settled`]).
     pub(super) settled: Condvar,
+    /// How many times keys have left `pending`: a waiter that is not watching one key (a server's
+    /// long polls) wakes when it moves.
+    pub(super) settle_epoch: AtomicU64,
+    /// Levels waiting in each queue (online, prewarm): the queues are bounded in levels, as
+    /// [`GeneratorConfig::queue_capacity`] says, not in work items of up to 32 levels each.
+    pub(super) waiting: [AtomicUsize; 2],
     pub(super) mode: AtomicU8,
     /// Workers take no new batch while set (see [`Generator::hold`]).
     pub(super) held: AtomicBool,
@@ -84,8 +90,9 @@ impl Generator {
                 max_batch: config.max_batch,
             });
         }
-        let (online, online_rx) = channel::bounded(config.queue_capacity);
-        let (prewarm, prewarm_rx) = channel::bounded(config.queue_capacity);
+        // Bounded by `Shared::waiting` (levels), not by the channels (items).
+        let (online, online_rx) = channel::unbounded();
+        let (prewarm, prewarm_rx) = channel::unbounded();
         // Workers sleep on this channel; closing it (dropping the sender) wakes them for shutdown.
         let (wake, wake_rx) = channel::unbounded::<()>();
         let shared = Arc::new(Shared {
@@ -97,6 +104,8 @@ impl Generator {
             pending: Mutex::new(HashSet::new()),
             failures: Mutex::new(HashMap::new()),
             settled: Condvar::new(),
+            settle_epoch: AtomicU64::new(0),
+            waiting: [AtomicUsize::new(0), AtomicUsize::new(0)],
             mode: AtomicU8::new(RUNNING),
             held: AtomicBool::new(false),
             cancel: CancelToken::new(),
@@ -222,7 +231,8 @@ impl Generator {
             }
         }
         if !to_queue.is_empty() {
-            let n = to_queue.len() as u64;
+            let levels = to_queue.len();
+            let n = levels as u64;
             let item = WorkItem {
                 source: req.source.clone(),
                 target: req.target.clone(),
@@ -234,7 +244,21 @@ impl Generator {
                 Priority::Online => &self.online,
                 Priority::Prewarm => &self.prewarm,
             };
-            match queue.try_send(item) {
+            let waiting = &self.shared.waiting[queue_index(req.priority)];
+            let capacity = self.shared.config.queue_capacity;
+            let room = waiting
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |w| {
+                    (w + levels <= capacity).then_some(w + levels)
+                })
+                .is_ok();
+            let sent = if room {
+                queue.try_send(item).inspect_err(|_| {
+                    waiting.fetch_sub(levels, Ordering::AcqRel);
+                })
+            } else {
+                Err(TrySendError::Full(item))
+            };
+            match sent {
                 Ok(()) => {
                     // A worker may be asleep on the wake channel.
                     let _ = self.wake.try_send(());
@@ -295,17 +319,90 @@ impl Generator {
     /// Whether the queue of `priority` has room now. A hint for callers that would do work
     /// (hash a source, say) only to be refused: another caller may take the room first.
     pub fn has_room(&self, priority: Priority) -> bool {
-        match priority {
-            Priority::Online => !self.online.is_full(),
-            Priority::Prewarm => !self.prewarm.is_full(),
+        self.shared.waiting[queue_index(priority)].load(Ordering::Acquire)
+            < self.shared.config.queue_capacity
+    }
+
+    /// Most levels each priority's queue holds ([`GeneratorConfig::queue_capacity`]).
+    pub fn queue_capacity(&self) -> usize {
+        self.shared.config.queue_capacity
+    }
+
+    /// Whether `key` is queued or being generated now (no I/O, one short lock).
+    pub fn is_pending(&self, key: &CacheKey) -> bool {
+        lock(&self.shared.pending).contains(key)
+    }
+
+    /// Whether the last generation of `key` failed (and it has not been made since).
+    pub fn has_failed(&self, key: &CacheKey) -> bool {
+        lock(&self.shared.failures).contains_key(key)
+    }
+
+    /// A counter that moves whenever keys stop being pending; see
+    /// [`wait_for_settling`](Self::wait_for_settling).
+    pub fn settle_epoch(&self) -> u64 {
+        self.shared.settle_epoch.load(Ordering::Acquire)
+    }
+
+    /// Waits until some key stops being pending after the caller saw `seen` (a
+    /// [`settle_epoch`](Self::settle_epoch)), at most `timeout`; returns the epoch now. One
+    /// thread waiting here can wake any number of waiters that are not threads (a server's long
+    /// polls).
+    pub fn wait_for_settling(&self, seen: u64, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        let mut pending = lock(&self.shared.pending);
+        loop {
+            let epoch = self.settle_epoch();
+            let now = Instant::now();
+            if epoch != seen || now >= deadline {
+                return epoch;
+            }
+            pending = self
+                .shared
+                .settled
+                .wait_timeout(pending, deadline - now)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
     }
 
     /// Counters of the queues and workers so far.
     pub fn stats(&self) -> GeneratorStats {
-        self.shared
-            .counters
-            .snapshot(self.online_rx.len() + self.prewarm_rx.len())
+        self.shared.counters.snapshot(
+            self.shared
+                .waiting
+                .iter()
+                .map(|w| w.load(Ordering::Relaxed))
+                .sum(),
+        )
+    }
+
+    /// Drains like [`Shutdown::Drain`] for at most `deadline`, then cancels like
+    /// [`Shutdown::Cancel`]: a server told to stop must end within its grace period whatever
+    /// is queued.
+    pub fn shutdown_within(mut self, deadline: Duration) -> GeneratorStats {
+        let until = Instant::now() + deadline;
+        self.shared.mode.store(DRAINING, Ordering::Release);
+        self.wake_workers();
+        while self.workers.iter().any(|w| !w.is_finished()) {
+            if Instant::now() >= until {
+                tracing::warn!(
+                    queued = self.stats().queue_len,
+                    "the drain deadline passed: cancelling what is queued and in flight"
+                );
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.stop(Shutdown::Cancel);
+        self.stats()
+    }
+
+    fn wake_workers(&self) {
+        // Each sees the mode on its next look at the queues.
+        for _ in 0..self.workers.len() {
+            let _ = self.wake.try_send(());
+        }
     }
 
     /// Stops the workers and joins them. With [`Shutdown::Cancel`] the queued work is dropped
@@ -325,22 +422,28 @@ impl Generator {
         if code == CANCELLING {
             self.shared.cancel.cancel();
         }
-        // Wake every sleeping worker: each sees the mode on its next look at the queues.
-        for _ in 0..self.workers.len() {
-            let _ = self.wake.try_send(());
-        }
+        self.wake_workers();
         for handle in self.workers.drain(..) {
             if handle.join().is_err() {
                 tracing::error!("a generator worker thread panicked outside an engine call");
             }
         }
         // Whatever is still queued (cancel, or nothing left to drain it) is dropped and counted.
-        for rx in [&self.online_rx, &self.prewarm_rx] {
+        for (online, rx) in [(true, &self.online_rx), (false, &self.prewarm_rx)] {
             while let Ok(item) = rx.try_recv() {
+                self.shared.taken(online, &item);
                 self.shared.forget(&item);
                 Counters::add(&self.shared.counters.dropped, item.levels.len() as u64);
             }
         }
+    }
+}
+
+/// Which of [`Shared::waiting`] counts a priority's queue.
+fn queue_index(priority: Priority) -> usize {
+    match priority {
+        Priority::Online => 0,
+        Priority::Prewarm => 1,
     }
 }
 
@@ -360,7 +463,23 @@ impl Shared {
             pending.remove(key);
         }
         drop(pending);
+        self.notify_settled();
+    }
+
+    /// Wakes everyone waiting for keys to leave `pending` (call after removing some).
+    pub(super) fn notify_settled(&self) {
+        // Under the lock, so that `wait_for_settling` cannot miss the move between its look
+        // at the epoch and its wait.
+        let pending = lock(&self.pending);
+        self.settle_epoch.fetch_add(1, Ordering::AcqRel);
+        drop(pending);
         self.settled.notify_all();
+    }
+
+    /// Counts an item out of its queue's levels (`online`: which queue it left).
+    pub(super) fn taken(&self, online: bool, item: &WorkItem) {
+        let queue = if online { 0 } else { 1 };
+        self.waiting[queue].fetch_sub(item.levels.len(), Ordering::AcqRel);
     }
 
     pub(super) fn fail(&self, device: usize, item: &WorkItem, failure: &GenerationFailure) {

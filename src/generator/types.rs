@@ -220,7 +220,7 @@ pub enum Shutdown {
 pub struct GeneratorConfig {
     /// Devices, one worker thread (and engine) each.
     pub devices: Vec<String>,
-    /// Most levels waiting per priority; more are dropped.
+    /// Most levels (images) waiting per priority; more are dropped.
     pub queue_capacity: usize,
     /// Most jobs one engine call runs together.
     pub max_batch: usize,

@@ -46,9 +46,16 @@ impl Worker {
             let held = mode == RUNNING && self.shared.held.load(Ordering::Acquire);
             let mut batch = Vec::new();
             while !held && batch.len() < self.shared.config.max_batch {
-                match self.online.try_recv().or_else(|_| self.prewarm.try_recv()) {
-                    Ok(item) => batch.push(item),
-                    Err(_) => break,
+                let taken = match self.online.try_recv() {
+                    Ok(item) => Some((true, item)),
+                    Err(_) => self.prewarm.try_recv().ok().map(|item| (false, item)),
+                };
+                match taken {
+                    Some((online, item)) => {
+                        self.shared.taken(online, &item);
+                        batch.push(item);
+                    }
+                    None => break,
                 }
             }
             if !batch.is_empty() {
@@ -230,7 +237,7 @@ impl Worker {
                     pending.remove(k);
                 });
                 drop(pending);
-                self.shared.settled.notify_all();
+                self.shared.notify_settled();
             }
         }
         batch.retain(|item| !item.levels.is_empty());

@@ -16,9 +16,10 @@ use crossbeam::channel::{self, Receiver, RecvTimeoutError, Sender, TrySendError}
 
 use super::protocol::{
     encode_pixels, hash_hex, receipt_of, BatchAnswer, ErrorBody, ErrorKind, KeyState,
-    RequestAnswer, RequestBatch, ServerInfo, WireRequest, WireSource, MAX_REQUESTS_PER_BATCH,
-    MAX_WAIT_MS, PROTOCOL_VERSION,
+    RequestAnswer, RequestBatch, ServerInfo, WireRequest, WireSource, CLIENT_HEADER,
+    MAX_REQUESTS_PER_BATCH, MAX_WAIT_MS, PROTOCOL_VERSION,
 };
+use super::token::{Token, TokenError};
 use crate::cache::CacheKey;
 use crate::engine::{EngineFingerprint, NoiseLevel};
 use crate::generator::{
@@ -46,6 +47,13 @@ pub struct RemoteConfig {
     pub backoff: Duration,
     /// The longest such pause.
     pub max_backoff: Duration,
+    /// The server's bearer token (`genie serve --token-file`). `None`: the environment's
+    /// ([`GENIE_TOKEN`](super::token::TOKEN_ENV) or the file named by
+    /// [`GENIE_TOKEN_FILE`](super::token::TOKEN_FILE_ENV)), else none.
+    pub token: Option<Token>,
+    /// The name this client's requests are counted under on the server (its per-client queue
+    /// share and metrics). `None`: `GENIE_CLIENT` from the environment, else `HOSTNAME/PID`.
+    pub client_name: Option<String>,
 }
 
 impl Default for RemoteConfig {
@@ -57,6 +65,8 @@ impl Default for RemoteConfig {
             timeout: Duration::from_secs(10),
             backoff: Duration::from_millis(250),
             max_backoff: Duration::from_secs(10),
+            token: None,
+            client_name: None,
         }
     }
 }
@@ -65,9 +75,12 @@ impl Default for RemoteConfig {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum RemoteError {
-    /// The URL is not `http://HOST:PORT`.
-    #[error("generator URL {0:?}: expected http://HOST:PORT")]
+    /// The URL is not `http://HOST:PORT` or `https://HOST[:PORT]`.
+    #[error("generator URL {0:?}: expected http://HOST:PORT or https://HOST[:PORT]")]
     Url(String),
+    /// The token from the environment cannot be used.
+    #[error(transparent)]
+    Token(#[from] TokenError),
     /// The server cannot be reached.
     #[error("cannot reach the generator server at {url}: {message}")]
     Unreachable {
@@ -238,7 +251,11 @@ impl RemoteGenerator {
         config: RemoteConfig,
     ) -> Result<Self, RemoteError> {
         let url = normalize_url(url)?;
-        let agent = agent(&config);
+        let token = match &config.token {
+            Some(t) => Some(t.clone()),
+            None => Token::from_env()?,
+        };
+        let agent = agent(&config, token, client_name(&config));
         let info = fetch_info(&agent, &url)?;
         check_fingerprint(&url, &info, fingerprint)?;
         let (queue, rx) = channel::bounded(config.queue_capacity.max(1));
@@ -712,17 +729,69 @@ impl SenderThread {
     }
 }
 
-fn agent(config: &RemoteConfig) -> ureq::Agent {
+/// The HTTP agent every call goes through: it sends the token and the client's name.
+fn agent(config: &RemoteConfig, token: Option<Token>, client: String) -> ureq::Agent {
     ureq::AgentBuilder::new()
         .timeout_connect(config.timeout.min(Duration::from_secs(2)))
         .timeout(config.timeout)
+        .middleware(Identify {
+            authorization: token.map(|t| t.header_value()),
+            client,
+        })
         .build()
+}
+
+/// Adds the token and the client's name to every call.
+struct Identify {
+    authorization: Option<String>,
+    client: String,
+}
+
+impl ureq::Middleware for Identify {
+    fn handle(
+        &self,
+        request: ureq::Request,
+        next: ureq::MiddlewareNext<'_>,
+    ) -> Result<ureq::Response, ureq::Error> {
+        let request = request.set(CLIENT_HEADER, &self.client);
+        match &self.authorization {
+            Some(value) => next.handle(request.set("Authorization", value)),
+            None => next.handle(request),
+        }
+    }
+}
+
+/// The name a client's requests are counted under: the config's, `GENIE_CLIENT`, or
+/// `HOSTNAME/PID`; printable ASCII, at most 64 characters (the server cuts it there too).
+fn client_name(config: &RemoteConfig) -> String {
+    let name = config
+        .client_name
+        .clone()
+        .or_else(|| std::env::var("GENIE_CLIENT").ok())
+        .unwrap_or_else(|| {
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .or_else(|| std::env::var("HOSTNAME").ok())
+                .unwrap_or_else(|| "client".into());
+            format!("{}/{}", host.trim(), std::process::id())
+        });
+    let name: String = name
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(64)
+        .collect();
+    if name.is_empty() {
+        "client".into()
+    } else {
+        name
+    }
 }
 
 fn normalize_url(url: &str) -> Result<String, RemoteError> {
     let trimmed = url.trim().trim_end_matches('/');
     let rest = trimmed
         .strip_prefix("http://")
+        .or_else(|| trimmed.strip_prefix("https://"))
         .ok_or_else(|| RemoteError::Url(url.to_string()))?;
     if rest.is_empty() || rest.contains('/') || rest.contains(char::is_whitespace) {
         return Err(RemoteError::Url(url.to_string()));
@@ -817,6 +886,36 @@ mod tests {
             stream.write_all(reply.as_bytes()).unwrap();
         });
         url
+    }
+
+    #[test]
+    fn urls_are_http_or_https_to_a_host_only() {
+        assert_eq!(
+            normalize_url("http://gpu-node:8700/").unwrap(),
+            "http://gpu-node:8700"
+        );
+        assert_eq!(
+            normalize_url(" https://genie.example.org ").unwrap(),
+            "https://genie.example.org"
+        );
+        for bad in [
+            "ftp://x",
+            "gpu-node:8700",
+            "http://",
+            "http://x/v1",
+            "https://a b",
+        ] {
+            assert!(
+                matches!(normalize_url(bad), Err(RemoteError::Url(_))),
+                "{bad}"
+            );
+        }
+        let config = RemoteConfig {
+            client_name: Some("job\n 7\u{7f}".repeat(20)),
+            ..RemoteConfig::default()
+        };
+        let name = client_name(&config);
+        assert!(name.len() <= 64 && name.starts_with("job7"), "{name}");
     }
 
     #[test]

@@ -12,5 +12,7 @@ mod client;
 pub mod protocol;
 #[cfg(feature = "serve")]
 pub mod server;
+pub mod token;
 
 pub use client::{RemoteConfig, RemoteError, RemoteGenerator, RemoteStats};
+pub use token::{Token, TokenError};

@@ -167,6 +167,12 @@ pub struct ErrorBody {
     pub message: String,
 }
 
+/// The header a client names itself in (its per-client queue share and metrics on the server).
+pub const CLIENT_HEADER: &str = "X-Genie-Client";
+
+/// The longest message an [`ErrorBody`] carries, in bytes.
+pub const MAX_ERROR_MESSAGE_BYTES: usize = 1024;
+
 /// Why a call or request was refused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -189,6 +195,13 @@ pub enum ErrorKind {
     NotFound,
     /// The server failed (its log says why).
     Internal,
+    /// No token, or not the server's (`genie serve --token-file`).
+    Unauthorized,
+    /// A `POST` whose body is not declared `application/json`.
+    UnsupportedMediaType,
+    /// The `Host` header names another server than this one (a browser page's request, DNS
+    /// rebinding): `genie serve --allowed-host` adds names.
+    WrongHost,
 }
 
 impl std::fmt::Display for ErrorKind {
@@ -203,11 +216,19 @@ impl std::fmt::Display for ErrorKind {
 
 impl ErrorBody {
     /// A refusal of this kind.
+    /// The message is cut to [`MAX_ERROR_MESSAGE_BYTES`]: an error body never grows with what
+    /// a client sent.
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        ErrorBody {
-            kind,
-            message: message.into(),
+        let mut message = message.into();
+        if message.len() > MAX_ERROR_MESSAGE_BYTES {
+            let mut end = MAX_ERROR_MESSAGE_BYTES - '…'.len_utf8();
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+            message.push('…');
         }
+        ErrorBody { kind, message }
     }
 }
 
@@ -367,6 +388,23 @@ mod tests {
         let q = quoted(&hostile);
         assert!(q.len() < 64 * 10 + 40, "{}", q.len());
         assert!(q.ends_with("… (65536 bytes)"), "{q}");
+    }
+
+    #[test]
+    fn error_messages_are_bounded_on_a_character_boundary() {
+        let long = "é".repeat(4000);
+        let body = ErrorBody::new(ErrorKind::Malformed, long);
+        assert!(
+            body.message.len() <= MAX_ERROR_MESSAGE_BYTES,
+            "{}",
+            body.message.len()
+        );
+        assert!(body.message.ends_with('…'));
+        assert_eq!(
+            ErrorBody::new(ErrorKind::Malformed, "short").message,
+            "short"
+        );
+        assert_eq!(ErrorKind::WrongHost.to_string(), "wrong_host");
     }
 
     #[test]

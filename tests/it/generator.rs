@@ -294,9 +294,38 @@ fn a_full_queue_drops_without_blocking() {
         (stats.queue_len, stats.dropped, stats.in_flight),
         (2, 47, 1)
     );
+    assert!(!generator.has_room(Priority::Online));
     gate.open();
     let stats = generator.shutdown(Shutdown::Drain);
     assert_eq!(stats.done, 3);
+}
+
+#[test]
+fn the_queue_counts_levels_not_requests() {
+    let (_dir, cache) = cache();
+    let generator = Generator::start(TestFactory::new(None), cache, config("lv", 1, 5, 1)).unwrap();
+    // Held: no worker takes anything, so the queue holds exactly what was accepted.
+    generator.hold();
+    let three = generator
+        .request(request("a", 0, &[500, 600, 700], Priority::Prewarm))
+        .unwrap();
+    assert_eq!(three.count(LevelOutcome::Queued), 3);
+    let two = generator
+        .request(request("a", 1, &[500, 600], Priority::Prewarm))
+        .unwrap();
+    assert_eq!(two.count(LevelOutcome::Queued), 2);
+    assert_eq!(generator.stats().queue_len, 5);
+    assert!(!generator.has_room(Priority::Prewarm));
+    // The sixth level does not fit, in a request of its own or in a larger one.
+    let sixth = generator
+        .request(request("a", 2, &[500], Priority::Prewarm))
+        .unwrap();
+    assert_eq!(sixth.count(LevelOutcome::Dropped), 1);
+    // The other priority has a queue of its own.
+    assert!(generator.has_room(Priority::Online));
+    generator.release();
+    let stats = generator.shutdown(Shutdown::Drain);
+    assert_eq!((stats.done, stats.dropped, stats.queue_len), (5, 1, 0));
 }
 
 #[test]

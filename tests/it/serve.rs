@@ -82,10 +82,38 @@ fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     raw(addr, &[head.as_bytes(), body].concat())
 }
 
+/// One HTTP/1.1 call with the token (and other headers); (status, head and body).
+fn http_with(
+    addr: &str,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+) -> (u16, String) {
+    let mut head = format!("{method} {path} HTTP/1.1\r\n");
+    for (name, value) in headers {
+        head.push_str(&format!("{name}: {value}\r\n"));
+    }
+    if !headers.iter().any(|(n, _)| n.eq_ignore_ascii_case("host")) {
+        head.push_str(&format!("Host: {addr}\r\n"));
+    }
+    head.push_str(&format!(
+        "Content-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    ));
+    raw(addr, &[head.as_bytes(), body].concat())
+}
+
 /// Sends `bytes` as they are; (status, body), status 0 when the answer is not HTTP.
 fn raw(addr: &str, bytes: &[u8]) -> (u16, String) {
+    let (status, _, body) = exchange(addr, bytes);
+    (status, body)
+}
+
+/// Sends `bytes` as they are; (status, head, body), status 0 when the answer is not HTTP.
+fn exchange(addr: &str, bytes: &[u8]) -> (u16, String, String) {
     let Ok(mut stream) = TcpStream::connect(addr) else {
-        return (0, String::new());
+        return (0, String::new(), String::new());
     };
     stream
         .set_read_timeout(Some(Duration::from_secs(60)))
@@ -99,10 +127,12 @@ fn raw(addr: &str, bytes: &[u8]) -> (u16, String) {
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let body = text
+    let (head, body) = text
         .split_once("\r\n\r\n")
-        .map_or(String::new(), |(_, b)| b.to_string());
-    (status, body)
+        .map_or((text.clone(), String::new()), |(h, b)| {
+            (h.to_string(), b.to_string())
+        });
+    (status, head, body)
 }
 
 fn info(addr: &str) -> ServerInfo {
@@ -212,10 +242,25 @@ fn serve_answers_at_once_fills_the_cache_and_reports_metrics() {
         "genie_queue_depth 0",
         "genie_device_engine_loaded{device=\"cpu\"} 1",
         "genie_device_levels_done_total{device=\"cpu\"} 2",
+        // The raw client names itself by its address; it queued both levels, both were made.
+        "genie_client_levels_queued_total{client=\"127.0.0.1\"} 2",
+        "genie_client_levels_generated_total{client=\"127.0.0.1\"} 2",
+        "genie_http_request_duration_seconds_count{route=\"/v1/requests\"} 2",
+        "genie_http_request_duration_seconds_count{route=\"/v1/keys/{key}\"} 2",
     ] {
         assert!(
             metrics.lines().any(|l| l == line),
             "no {line:?} in\n{metrics}"
+        );
+    }
+    for prefix in [
+        "genie_http_open_connections ",
+        "genie_process_resident_memory_bytes ",
+        "genie_http_request_duration_seconds_bucket{route=\"/v1/keys/{key}\",le=\"30\"} 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with(prefix)),
+            "no {prefix:?} in\n{metrics}"
         );
     }
     drop(server);
@@ -340,8 +385,11 @@ fn serve_refuses_other_engines_and_hostile_input_and_keeps_serving() {
     assert_eq!(raw(addr, &[0xff; 4096]).0, 400);
     // A huge declared body that never comes is refused at once, not waited for.
     let started = Instant::now();
-    let huge = b"POST /v1/requests HTTP/1.1\r\nContent-Length: 999999999999\r\n\r\n{";
-    let (status, body) = raw(addr, huge);
+    let huge = format!(
+        "POST /v1/requests HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\n\
+         Content-Length: 999999999999\r\n\r\n{{"
+    );
+    let (status, body) = raw(addr, huge.as_bytes());
     assert_eq!(
         (status, error_kind(&body)),
         (413, ErrorKind::TooLarge),
@@ -370,7 +418,7 @@ fn serve_refuses_other_engines_and_hostile_input_and_keeps_serving() {
 fn serve_drains_its_queue_on_sigterm() {
     let tmp = tempfile::tempdir().unwrap();
     let cache_dir = tmp.path().join("cache");
-    let mut server = start(tmp.path(), &cache_dir, &[]);
+    let mut server = start(tmp.path(), &cache_dir, &["--drain-timeout", "120s"]);
     let info = info(&server.addr);
     let requests: Vec<WireRequest> = (10..16)
         .map(|seed| request(&source(seed), "heart", &[500, 600, 700, 800, 900], true))
@@ -441,14 +489,41 @@ fn a_batcher_mixes_a_servers_hard_negatives_and_outlives_the_server() {
 
     let tmp = tempfile::tempdir().unwrap();
     let cache_dir = tmp.path().join("cache");
-    let server = start(tmp.path(), &cache_dir, &[]);
-    let info = info(&server.addr);
+    // A shared server: it takes calls with its token only.
+    let token_path = token_file(tmp.path());
+    let token_arg = ["--token-file", token_path.to_str().unwrap()];
+    let server = start(tmp.path(), &cache_dir, &token_arg);
+    let (status, body) = http_with(
+        &server.addr,
+        "GET",
+        "/v1/info",
+        &[("Authorization", BEARER)],
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    let info: ServerInfo = serde_json::from_str(&body).unwrap();
     let url = format!("http://{}", server.addr);
+
+    // A job without the token is refused at connect, saying why.
+    let mut tokenless = RemoteConfig::default();
+    tokenless.token = None;
+    match RemoteGenerator::connect(&url, &info.fingerprint, tokenless) {
+        Err(RemoteError::Refused {
+            status: 401,
+            kind: Some(ErrorKind::Unauthorized),
+            ..
+        }) => {}
+        Err(e) => panic!("expected 401, got {e}"),
+        Ok(_) => panic!("expected 401"),
+    }
+    let token = genie::remote::Token::new(TOKEN, "test").unwrap();
 
     // A job whose keys are for another engine is refused at connect, naming both.
     let mut other = info.fingerprint.clone();
     other.steps = 50;
-    match RemoteGenerator::connect(&url, &other, RemoteConfig::default()) {
+    let mut with_token = RemoteConfig::default();
+    with_token.token = Some(token.clone());
+    match RemoteGenerator::connect(&url, &other, with_token) {
         Err(e @ RemoteError::FingerprintMismatch { .. }) => {
             let text = e.to_string();
             assert!(
@@ -461,9 +536,8 @@ fn a_batcher_mixes_a_servers_hard_negatives_and_outlives_the_server() {
     }
 
     let mut config = RemoteConfig::default();
-
+    config.token = Some(token);
     config.backoff = Duration::from_millis(50);
-
     config.max_backoff = Duration::from_millis(200);
     let remote = Arc::new(RemoteGenerator::connect(&url, &info.fingerprint, config).unwrap());
     let cache = Arc::new(genie::cache::Cache::open_dir(&cache_dir, 16 << 20).unwrap());
@@ -531,13 +605,24 @@ fn a_batcher_mixes_a_servers_hard_negatives_and_outlives_the_server() {
 
     // It comes back on the same address: the client reconnects and mixing resumes with images
     // the new server made.
-    let server = start_at(&format!("127.0.0.1:{port}"), tmp.path(), &cache_dir, &[]);
+    let server = start_at(
+        &format!("127.0.0.1:{port}"),
+        tmp.path(),
+        &cache_dir,
+        &token_arg,
+    );
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let b: Vec<burn_dataset::vision::ImageDatasetItem> =
             burn::data::dataloader::batcher::Batcher::batch(&batcher, batch(round), &device);
         round += 1;
-        let (_, metrics) = http(&server.addr, "GET", "/metrics", b"");
+        let (_, metrics) = http_with(
+            &server.addr,
+            "GET",
+            "/metrics",
+            &[("Authorization", BEARER)],
+            b"",
+        );
         let made = metrics
             .lines()
             .find_map(|l| l.strip_prefix("genie_levels_done_total "))
@@ -623,4 +708,529 @@ fn a_client_holds_retries_back_while_the_servers_queue_is_full() {
         !remote.has_room(Priority::Prewarm),
         "a full server queue should hold retries back"
     );
+}
+
+const TOKEN: &str = "genie-test-token-0123456789abcdef";
+const BEARER: &str = "Bearer genie-test-token-0123456789abcdef";
+
+/// A token file readable by its owner only.
+fn token_file(dir: &std::path::Path) -> std::path::PathBuf {
+    use std::os::unix::fs::PermissionsExt as _;
+    let path = dir.join("genie.token");
+    std::fs::write(&path, format!("{TOKEN}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    path
+}
+
+#[test]
+fn a_token_server_refuses_strangers_browsers_and_foreign_hosts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let token = token_file(tmp.path());
+    let server = start(
+        tmp.path(),
+        &tmp.path().join("cache"),
+        &["--token-file", token.to_str().unwrap()],
+    );
+    let addr = server.addr.as_str();
+    let auth = [("Authorization", BEARER)];
+    // No token, or a wrong one: 401 with genie's error body and the scheme to use.
+    for headers in [
+        vec![],
+        vec![("Authorization", "Bearer genie-test-token-0123456789abcdeX")],
+    ] {
+        let mut head = format!("GET /v1/info HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+        for (n, v) in &headers {
+            head.push_str(&format!("{n}: {v}\r\n"));
+        }
+        head.push_str("\r\n");
+        let (status, head, body) = exchange(addr, head.as_bytes());
+        assert_eq!(status, 401, "{body}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("www-authenticate: bearer"),
+            "{head}"
+        );
+        assert_eq!(error_kind(&body), ErrorKind::Unauthorized);
+    }
+    let (status, body) = http_with(addr, "GET", "/v1/info", &auth, b"");
+    assert_eq!(status, 200, "{body}");
+    let info: ServerInfo = serde_json::from_str(&body).unwrap();
+    // Probes stay open; metrics need the token (no --open-metrics).
+    assert_eq!(http_with(addr, "GET", "/healthz", &[], b"").0, 200);
+    assert_eq!(http_with(addr, "GET", "/readyz", &[], b"").0, 200);
+    assert_eq!(http_with(addr, "GET", "/metrics", &[], b"").0, 401);
+    assert_eq!(http_with(addr, "GET", "/metrics", &auth, b"").0, 200);
+    assert_eq!(http_with(addr, "GET", "/v1/keys/00", &[], b"").0, 401);
+
+    // A browser's cross-site "simple request" (text/plain, no preflight), even with the token.
+    let batch = serde_json::to_vec(&RequestBatch {
+        fingerprint: info.fingerprint.clone(),
+        requests: vec![request(&source(3), "star", &[500], true)],
+    })
+    .unwrap();
+    let plain = [("Authorization", BEARER), ("Content-Type", "text/plain")];
+    let (status, body) = http_with(addr, "POST", "/v1/requests", &plain, &batch);
+    assert_eq!(status, 415, "{body}");
+    assert_eq!(error_kind(&body), ErrorKind::UnsupportedMediaType);
+    // A page on another name that resolves here (DNS rebinding): refused by its Host.
+    let foreign = [
+        ("Authorization", BEARER),
+        ("Host", "genie.attacker.example:8700"),
+    ];
+    let (status, body) = http_with(addr, "GET", "/v1/info", &foreign, b"");
+    assert_eq!(status, 421, "{body}");
+    assert_eq!(error_kind(&body), ErrorKind::WrongHost);
+    // The same call, as a client sends it: served.
+    let json = [
+        ("Authorization", BEARER),
+        ("Content-Type", "application/json; charset=utf-8"),
+    ];
+    let (status, body) = http_with(addr, "POST", "/v1/requests", &json, &batch);
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        matches!(answers(&body)[0], RequestAnswer::Levels(_)),
+        "{body}"
+    );
+
+    let (_, metrics) = http_with(addr, "GET", "/metrics", &auth, b"");
+    for kind in ["unauthorized", "unsupported_media_type", "wrong_host"] {
+        let prefix = format!("genie_http_refused_total{{kind=\"{kind}\"}} ");
+        assert!(
+            metrics.lines().any(|l| l.starts_with(&prefix)),
+            "no {prefix:?} in\n{metrics}"
+        );
+    }
+
+    // Every address without a token: refused before the model loads, saying how to make one.
+    let o = Command::new(env!("CARGO_BIN_EXE_genie"))
+        .args([
+            "serve",
+            "--model",
+            "tiny",
+            "--steps",
+            "4",
+            "--listen",
+            "0.0.0.0:0",
+        ])
+        .arg("--cache")
+        .arg(tmp.path().join("cache"))
+        .env("GENIE_HOME", tmp.path())
+        .env("HF_HUB_OFFLINE", "1")
+        .env_remove("GENIE_TOKEN")
+        .env_remove("GENIE_TOKEN_FILE")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("without a token") && stderr.contains("openssl rand"),
+        "{stderr}"
+    );
+}
+
+/// Whether the server closed `stream` (read gives end of file or a reset) within `within`.
+fn closed_within(stream: &mut TcpStream, within: Duration) -> bool {
+    stream.set_read_timeout(Some(within)).unwrap();
+    let mut buf = [0u8; 512];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            // A 408 the server may send before closing.
+            Ok(_) => continue,
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+#[test]
+fn slow_clients_are_cut_off_connections_are_bounded_and_sigterm_ends_by_its_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut server = start(
+        tmp.path(),
+        &tmp.path().join("cache"),
+        &[
+            "--header-timeout",
+            "1s",
+            "--max-connections",
+            "16",
+            "--unready-delay",
+            "1s",
+            "--drain-timeout",
+            "4s",
+            "--client-share",
+            "1",
+        ],
+    );
+    let addr = server.addr.clone();
+    // Half a request head, then nothing: cut off by the header timeout.
+    let mut slow = TcpStream::connect(&addr).unwrap();
+    slow.write_all(b"GET /v1/info HTTP/1.1\r\nHost: loc")
+        .unwrap();
+    let started = Instant::now();
+    assert!(
+        closed_within(&mut slow, Duration::from_secs(5)),
+        "a half head held its connection"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // 40 idle connections against a limit of 16: a real call still gets through (the idle ones
+    // are cut off a second after they were accepted), and no more than 16 are ever open.
+    let idle: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(&addr).unwrap())
+        .collect();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let metrics = loop {
+        let (status, body) = http(&addr, "GET", "/metrics", b"");
+        if status == 200 {
+            break body;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "idle connections kept a call out: {status}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let open: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("genie_http_open_connections "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no open connections in\n{metrics}"));
+    assert!((1..=16).contains(&open), "{open} open");
+    drop(idle);
+
+    // Work queued (1 000 images, far more than 4 s of it), a client holding half a head:
+    // SIGTERM says `draining` on /readyz while it still listens, and ends by its deadline with
+    // exit 0, cancelling what is left.
+    let info = info(&addr);
+    let requests: Vec<WireRequest> = (0..200)
+        .map(|seed| {
+            request(
+                &source(1000 + seed),
+                "heart",
+                &[500, 600, 700, 800, 900],
+                true,
+            )
+        })
+        .collect();
+    let (status, body) = post(
+        &addr,
+        &RequestBatch {
+            fingerprint: info.fingerprint,
+            requests,
+        },
+    );
+    assert_eq!(status, 200, "{body}");
+    let mut holder = TcpStream::connect(&addr).unwrap();
+    holder.write_all(b"POST /v1/requests HTTP/1.1\r\n").unwrap();
+    // SAFETY: kill(2) on our own child's pid.
+    let rc = unsafe { libc::kill(server.child.id() as libc::pid_t, libc::SIGTERM) };
+    assert_eq!(rc, 0);
+    let signalled = Instant::now();
+    let mut draining = false;
+    while signalled.elapsed() < Duration::from_millis(800) && !draining {
+        let (status, body) = http(&addr, "GET", "/readyz", b"");
+        draining = status == 503 && body.contains("draining");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(
+        draining,
+        "/readyz never said draining before the listener closed"
+    );
+    let status = loop {
+        if let Some(status) = server.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            signalled.elapsed() < Duration::from_secs(10),
+            "the server did not stop by its 4 s drain deadline"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let mut stderr = String::new();
+    server
+        .child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    // "stopped after N images (F failed, D dropped)": the deadline cut the queue short.
+    let dropped: u64 = stderr
+        .split("genie serve: stopped after ")
+        .nth(1)
+        .and_then(|rest| rest.split(", ").nth(1))
+        .and_then(|d| d.split_whitespace().next())
+        .and_then(|d| d.parse().ok())
+        .unwrap_or_else(|| panic!("no final counts in {stderr}"));
+    assert!(dropped > 0, "nothing was left to cancel: {stderr}");
+}
+
+#[test]
+fn a_thousand_idle_connections_do_not_stop_a_valid_request() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(tmp.path(), &tmp.path().join("cache"), &[]);
+    let mut idle = Vec::new();
+    for _ in 0..1000 {
+        match TcpStream::connect(&server.addr) {
+            Ok(s) => idle.push(s),
+            Err(e) => panic!("connection {} refused: {e}", idle.len()),
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _) = http(&server.addr, "GET", "/v1/info", b"");
+        if status == 200 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "1000 idle connections kept a call out"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn one_client_cannot_hold_more_than_its_share_of_the_queue() {
+    let tmp = tempfile::tempdir().unwrap();
+    let server = start(
+        tmp.path(),
+        &tmp.path().join("cache"),
+        &["--queue-capacity", "4", "--client-share", "0.5"],
+    );
+    let info = info(&server.addr);
+    let post_as = |client: &str, req: WireRequest| {
+        let body = serde_json::to_vec(&RequestBatch {
+            fingerprint: info.fingerprint.clone(),
+            requests: vec![req],
+        })
+        .unwrap();
+        let headers = [
+            ("Content-Type", "application/json"),
+            ("X-Genie-Client", client),
+        ];
+        let (status, body) = http_with(&server.addr, "POST", "/v1/requests", &headers, &body);
+        assert_eq!(status, 200, "{body}");
+        match answers(&body).remove(0) {
+            RequestAnswer::Levels(levels) => levels,
+            RequestAnswer::Refused(e) => panic!("refused: {e:?}"),
+        }
+    };
+    // Three levels are more than half of four: every one is answered dropped.
+    let greedy = post_as(
+        "job-a",
+        request(&source(40), "star", &[500, 600, 700], true),
+    );
+    assert!(
+        greedy.iter().all(|l| l.outcome == WireOutcome::Dropped),
+        "{greedy:?}"
+    );
+    // Two fit, for each client.
+    for client in ["job-a", "job-b"] {
+        let fair = post_as(client, request(&source(41), client, &[500, 600], true));
+        assert!(
+            fair.iter().all(|l| l.outcome == WireOutcome::Queued),
+            "{client}: {fair:?}"
+        );
+    }
+    let (_, metrics) = http(&server.addr, "GET", "/metrics", b"");
+    for line in [
+        "genie_client_queue_share 2",
+        "genie_client_levels_over_share_total{client=\"job-a\"} 3",
+        "genie_client_levels_queued_total{client=\"job-a\"} 2",
+        "genie_client_levels_queued_total{client=\"job-b\"} 2",
+    ] {
+        assert!(
+            metrics.lines().any(|l| l == line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
+}
+
+/// Bytes of the image files under a cache folder.
+fn cached_bytes(dir: &std::path::Path) -> u64 {
+    fn walk(dir: &std::path::Path, total: &mut u64) {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            return;
+        };
+        for e in entries.flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                walk(&path, total);
+            } else if path.extension().is_some_and(|x| x == "png") {
+                *total += e.metadata().map(|m| m.len()).unwrap_or(0);
+            }
+        }
+    }
+    let mut total = 0;
+    walk(dir, &mut total);
+    total
+}
+
+#[test]
+fn the_cache_stays_under_its_bound_while_a_client_floods_requests() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cache_dir = tmp.path().join("cache");
+    let bound: u64 = 64 << 10;
+    let server = start(
+        tmp.path(),
+        &cache_dir,
+        &[
+            "--max-cache-bytes",
+            "64KiB",
+            "--gc-every",
+            "100ms",
+            "--max-batch",
+            "1",
+        ],
+    );
+    let info = info(&server.addr);
+    let mut keys = Vec::new();
+    for round in 0..6u64 {
+        let requests: Vec<WireRequest> = (0..4)
+            .map(|i| request(&source(100 + round * 4 + i), "moon", &[500, 700, 900], true))
+            .collect();
+        let (status, body) = post(
+            &server.addr,
+            &RequestBatch {
+                fingerprint: info.fingerprint.clone(),
+                requests,
+            },
+        );
+        assert_eq!(status, 200, "{body}");
+        for answer in answers(&body) {
+            if let RequestAnswer::Levels(levels) = answer {
+                keys.extend(levels.into_iter().map(|l| l.key));
+            }
+        }
+    }
+    assert_eq!(keys.len(), 72);
+    // While it generates: the folder never holds more than the bound and what one gc round
+    // (100 ms, one image per engine call) lets through.
+    let mut largest_image = 0u64;
+    let mut most = 0u64;
+    let deadline = Instant::now() + Duration::from_secs(240);
+    loop {
+        let (_, metrics) = http(&server.addr, "GET", "/metrics", b"");
+        let depth = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("genie_queue_depth "))
+            .and_then(|v| v.parse::<u64>().ok());
+        let in_flight = metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("genie_in_flight "))
+            .and_then(|v| v.parse::<u64>().ok());
+        let bytes = cached_bytes(&cache_dir.join("objects"));
+        most = most.max(bytes);
+        largest_image = largest_image.max(largest_png(&cache_dir.join("objects")));
+        if depth == Some(0) && in_flight == Some(0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the flood was not generated in time"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    let done: u64 = {
+        let (_, metrics) = http(&server.addr, "GET", "/metrics", b"");
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix("genie_levels_done_total "))
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    assert!(largest_image > 0);
+    assert!(
+        done * largest_image > 2 * bound,
+        "the flood ({done} images of at most {largest_image} bytes) should overflow the bound"
+    );
+    // A last round after the flood.
+    std::thread::sleep(Duration::from_millis(400));
+    let settled = cached_bytes(&cache_dir.join("objects"));
+    assert!(settled <= bound, "{settled} bytes cached, bound {bound}");
+    assert!(
+        most <= bound + 4 * largest_image,
+        "{most} bytes at the most, bound {bound}, images of up to {largest_image} bytes"
+    );
+}
+
+fn largest_png(dir: &std::path::Path) -> u64 {
+    let mut largest = 0;
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    for e in entries.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            largest = largest.max(largest_png(&path));
+        } else if path.extension().is_some_and(|x| x == "png") {
+            largest = largest.max(e.metadata().map(|m| m.len()).unwrap_or(0));
+        }
+    }
+    largest
+}
+
+#[test]
+fn the_deploy_files_pass_only_flags_serve_takes_and_a_token() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let o = Command::new(env!("CARGO_BIN_EXE_genie"))
+        .args(["serve", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&o.stdout).to_string();
+    assert!(
+        o.status.success() && help.contains("--token-file"),
+        "{help}"
+    );
+    let manifest = std::fs::read_to_string(root.join("docs/kubernetes/genie-serve.yaml")).unwrap();
+    let script = std::fs::read_to_string(root.join("docs/slurm/genie-serve.sbatch")).unwrap();
+    let yaml_flags = manifest
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- --"))
+        .map(|l| l.split(['=', ' ']).next().unwrap().to_string());
+    let exec = script
+        .split("exec genie serve")
+        .nth(1)
+        .expect("an exec line");
+    let script_flags = exec
+        .split_whitespace()
+        .filter_map(|w| w.strip_prefix("--"))
+        .map(str::to_string);
+    let flags: Vec<String> = yaml_flags.chain(script_flags).collect();
+    for needed in ["token-file", "drain-timeout", "listen", "cache"] {
+        assert!(
+            flags.iter().filter(|f| *f == needed).count() >= 2,
+            "--{needed} is not in both files: {flags:?}"
+        );
+    }
+    for flag in &flags {
+        assert!(
+            help.contains(&format!("--{flag}")),
+            "--{flag} is not a serve flag"
+        );
+    }
+    for object in [
+        "kind: Secret",
+        "secretName: genie-serve-token",
+        "kind: NetworkPolicy",
+        "readinessProbe",
+        "livenessProbe",
+    ] {
+        let found = manifest.contains(object)
+            || (object == "kind: Secret" && manifest.contains("kubectl create secret"));
+        assert!(found, "no {object:?} in the Kubernetes file");
+    }
+    assert!(script.contains("umask 077") && script.contains("chmod 600"));
 }

@@ -51,8 +51,9 @@ enum Command {
     /// Check this build on a device and dtype against the diffusers parity fixtures (exit 3 if
     /// any tensor is off by more than the tolerance).
     Parity(ParityArgs),
-    /// Run the generator as a server for training jobs elsewhere (HTTP + JSON; needs the
-    /// `serve` feature): they send requests, it fills the shared cache. SIGTERM drains the queue.
+    /// Run the generator as a server for training jobs elsewhere (HTTP + JSON, a bearer token
+    /// off loopback): they send requests, it fills the shared cache. SIGTERM drains the queue
+    /// within --drain-timeout.
     Serve(Box<serve::ServeArgs>),
     /// The paper's evaluation protocols on your data: few-shot episodes on a frozen backbone,
     /// long-tail training per group of classes.
@@ -149,23 +150,28 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok(bytes as u64)
 }
 
-/// `30d`, `12h`, `90m`, `45s` → a duration.
+/// `30d`, `12h`, `90m`, `45s`, `250ms` → a duration (a bare number is days).
 fn parse_age(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let (num, unit) = t.split_at(t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len()));
     let n: u64 = num
         .parse()
         .map_err(|_| format!("invalid age {s:?} (e.g. 30d, 12h)"))?;
-    let secs = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" | "" => 86_400,
-        "w" => 7 * 86_400,
-        _ => return Err(format!("invalid age unit in {s:?} (use s, m, h, d or w)")),
+    let millis: u64 = match unit {
+        "ms" => 1,
+        "s" => 1000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" | "" => 86_400_000,
+        "w" => 7 * 86_400_000,
+        _ => {
+            return Err(format!(
+                "invalid age unit in {s:?} (use ms, s, m, h, d or w)"
+            ))
+        }
     };
-    n.checked_mul(secs)
-        .map(Duration::from_secs)
+    n.checked_mul(millis)
+        .map(Duration::from_millis)
         .ok_or_else(|| format!("age {s:?} is out of range"))
 }
 
@@ -436,6 +442,7 @@ mod tests {
         assert!(parse_size("-5GB").is_err());
         assert_eq!(parse_age("30d").unwrap(), Duration::from_secs(30 * 86_400));
         assert_eq!(parse_age("12h").unwrap(), Duration::from_secs(12 * 3600));
+        assert_eq!(parse_age("250ms").unwrap(), Duration::from_millis(250));
         assert!(parse_age("soon").is_err());
     }
 
