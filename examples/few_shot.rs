@@ -83,9 +83,12 @@ struct Args {
     /// Side of the backbone's input images.
     #[arg(long, default_value_t = 32)]
     image_size: u32,
-    /// Cache directory (default: a fresh temporary one).
-    #[arg(long)]
+    /// Cache directory (default: `$GENIE_HOME/cache`, `~/.cache/genie/cache`, kept across runs).
+    #[arg(long, conflicts_with = "fresh_cache")]
     cache: Option<PathBuf>,
+    /// Use a new temporary cache, removed at exit (every image is generated again).
+    #[arg(long)]
+    fresh_cache: bool,
     /// Generate with a `genie serve` (http://HOST:PORT, started with the same engine options
     /// and this --cache) instead of workers in this process.
     #[arg(long, value_name = "URL")]
@@ -212,7 +215,7 @@ fn main() -> Result<()> {
         device.device(),
     )?;
 
-    let (cache, cache_dir, _temp) = common::open_cache(args.cache.as_deref())?;
+    let (cache, cache_dir, _temp) = common::open_cache(args.cache.as_deref(), args.fresh_cache)?;
     let keys = KeySpace::new(plan.fingerprint.clone(), plan.resolution, names.clone());
     let original = |i: usize| -> Result<RgbImage, String> {
         images

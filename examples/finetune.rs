@@ -74,10 +74,13 @@ struct Args {
     /// Where the pre-trained backbone is written (default: a temporary folder).
     #[arg(long)]
     out: Option<PathBuf>,
-    /// The hard-negative cache (default: a temporary folder); a second run with the same one
-    /// mixes what the first made from its first batches on.
-    #[arg(long)]
+    /// The hard-negative cache (default: `$GENIE_HOME/cache`, kept across runs); a second run
+    /// with the same one mixes what the first made from its first batches on.
+    #[arg(long, conflicts_with = "fresh_cache")]
     cache: Option<PathBuf>,
+    /// Use a new temporary cache, removed at exit (every image is generated again).
+    #[arg(long)]
+    fresh_cache: bool,
 }
 
 fn main() -> Result<()> {
@@ -174,7 +177,7 @@ fn main() -> Result<()> {
     let backbone = load_resnet(&checkpoint, config, &train_device)?;
     let model = ResNetClassifier::new(backbone, config.feature_dim(), classes, &train_device);
     let (factory, generator_config) = common::engine_factory(&args.engine)?;
-    let (cache, _dir, _cache_guard) = common::open_cache(args.cache.as_deref())?;
+    let (cache, _dir, _cache_guard) = common::open_cache(args.cache.as_deref(), args.fresh_cache)?;
     let generator = Arc::new(Generator::start(
         Arc::new(factory),
         Arc::clone(&cache),

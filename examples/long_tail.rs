@@ -110,9 +110,12 @@ struct Args {
     /// items against three per trained item).
     #[arg(long, default_value_t = LiveConfig::default().share)]
     ada_share: f64,
-    /// Cache directory (default: a fresh temporary one).
-    #[arg(long)]
+    /// Cache directory (default: `$GENIE_HOME/cache`, `~/.cache/genie/cache`, kept across runs).
+    #[arg(long, conflicts_with = "fresh_cache")]
     cache: Option<PathBuf>,
+    /// Use a new temporary cache, removed at exit (every image is generated again).
+    #[arg(long)]
+    fresh_cache: bool,
     /// Skip the run without hard negatives.
     #[arg(long)]
     skip_baseline: bool,
@@ -603,7 +606,7 @@ fn run_seed(args: &Args, device: &Device) -> Result<SeedReport> {
 
     let (factory, generator_config) = common::engine_factory(&args.engine)?;
     let plan = factory.plan().clone();
-    let (cache, cache_dir, _temp) = common::open_cache(args.cache.as_deref())?;
+    let (cache, cache_dir, _temp) = common::open_cache(args.cache.as_deref(), args.fresh_cache)?;
     let remote = match &args.generator {
         Some(url) => {
             if args.cache.is_none() {

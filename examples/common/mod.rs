@@ -199,9 +199,13 @@ pub fn engine_factory(
     Ok((SdEngineFactory::new(source, options)?, config))
 }
 
-/// The examples' cache: `dir`, or a fresh temporary folder (kept alive by the returned guard).
+/// The examples' cache: `dir`; else, with `fresh`, a new temporary folder (kept alive by the
+/// returned guard); else `$GENIE_HOME/cache`, kept across runs, so that the same command again
+/// finds every image it made (the keys hold the engine, prompt, source, level and seed). Says
+/// which it is.
 pub fn open_cache(
     dir: Option<&std::path::Path>,
+    fresh: bool,
 ) -> anyhow::Result<(
     std::sync::Arc<genie::cache::Cache>,
     std::path::PathBuf,
@@ -209,11 +213,20 @@ pub fn open_cache(
 )> {
     let (path, temp) = match dir {
         Some(dir) => (dir.to_path_buf(), None),
-        None => {
+        None if fresh => {
             let t = tempfile::tempdir()?;
             (t.path().to_path_buf(), Some(t))
         }
+        None => (genie::diffusion::tiny::genie_home().join("cache"), None),
     };
     let cache = genie::cache::Cache::open_dir(&path, 64 << 20)?;
+    let kept = if temp.is_some() {
+        "temporary, removed at exit"
+    } else if dir.is_some() {
+        "--cache"
+    } else {
+        "kept across runs: the same command again generates nothing; --fresh-cache for a temporary one"
+    };
+    println!("cache: {} ({kept})", path.display());
     Ok((std::sync::Arc::new(cache), path, temp))
 }

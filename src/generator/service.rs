@@ -298,12 +298,7 @@ impl Generator {
             if now >= deadline {
                 return Ok(WaitOutcome::TimedOut);
             }
-            pending = self
-                .shared
-                .settled
-                .wait_timeout(pending, deadline - now)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
+            pending = self.shared.wait_settled(pending, deadline - now);
         }
         drop(pending);
         if let Some(f) = lock(&self.shared.failures).get(key) {
@@ -357,12 +352,7 @@ impl Generator {
             if epoch != seen || now >= deadline {
                 return epoch;
             }
-            pending = self
-                .shared
-                .settled
-                .wait_timeout(pending, deadline - now)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
+            pending = self.shared.wait_settled(pending, deadline - now);
         }
     }
 
@@ -464,6 +454,18 @@ impl Shared {
         }
         drop(pending);
         self.notify_settled();
+    }
+
+    /// Sleeps on `settled` with the `pending` lock released, at most `timeout`.
+    fn wait_settled<'a>(
+        &self,
+        pending: std::sync::MutexGuard<'a, HashSet<CacheKey>>,
+        timeout: Duration,
+    ) -> std::sync::MutexGuard<'a, HashSet<CacheKey>> {
+        self.settled
+            .wait_timeout(pending, timeout)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .0
     }
 
     /// Wakes everyone waiting for keys to leave `pending` (call after removing some).

@@ -30,9 +30,14 @@ fn run(name: &str, args: &[&str]) -> String {
 }
 
 /// Runs an example; with `home`, as `GENIE_HOME` (where the tiny model is written).
+/// Without `--cache`, and without `home`, the example's cache is a temporary one
+/// (`--fresh-cache`), never the user's.
 fn run_in(name: &str, args: &[&str], home: Option<&Path>) -> String {
     let mut command = Command::new(example(name));
     command.args(args).env_remove("BURN_DEVICE");
+    if home.is_none() && !args.contains(&"--cache") {
+        command.arg("--fresh-cache");
+    }
     if let Some(home) = home {
         command.env("GENIE_HOME", home);
     }
@@ -193,7 +198,8 @@ fn long_tail_runs_and_its_report_adds_up() {
 /// same tables, bit for bit.
 #[test]
 fn long_tail_over_seeds_summarises_each_seed_and_repeats_exactly() {
-    let cache = tempfile::tempdir().unwrap();
+    // No --cache: the default one, in GENIE_HOME, kept across runs.
+    let home = tempfile::tempdir().unwrap();
     let args = [
         "--seeds",
         "0,1",
@@ -203,10 +209,14 @@ fn long_tail_over_seeds_summarises_each_seed_and_repeats_exactly() {
         "2",
         "--per-class",
         "4",
-        "--cache",
-        cache.path().to_str().unwrap(),
     ];
-    let first = run("long_tail", &args);
+    let first = run_in("long_tail", &args, Some(home.path()));
+    let cache_line = format!(
+        "cache: {} (kept across runs",
+        home.path().join("cache").display()
+    );
+    assert!(first.contains(&cache_line), "{first}");
+    assert!(numbers(&first, "hard negatives:")[2] > 0.0, "{first}");
     // The rows of each seed's table: [baseline, GeNIe] per group.
     let tables: Vec<Vec<(String, [f64; 2])>> = first
         .split("accuracy by group (test set)")
@@ -245,8 +255,10 @@ fn long_tail_over_seeds_summarises_each_seed_and_repeats_exactly() {
             );
         }
     }
-    // Again, with every image now cached: the same accuracies, choices and mixing.
-    let again = run("long_tail", &args);
+    // Again, with every image now cached: nothing generated, the same accuracies, choices and
+    // mixing.
+    let again = run_in("long_tail", &args, Some(home.path()));
+    assert_eq!(numbers(&again, "hard negatives:")[2], 0.0, "{again}");
     let report = |out: &str| -> Vec<String> {
         out.lines()
             .filter(|l| {
