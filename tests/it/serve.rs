@@ -972,9 +972,13 @@ fn slow_clients_are_cut_off_connections_are_bounded_and_sigterm_ends_by_its_dead
 }
 
 #[test]
-fn a_thousand_idle_connections_do_not_stop_a_valid_request() {
+fn a_thousand_idle_connections_and_600_long_polls_do_not_stop_a_valid_request() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = start(tmp.path(), &tmp.path().join("cache"), &[]);
+    let server = start(
+        tmp.path(),
+        &tmp.path().join("cache"),
+        &["--client-share", "1"],
+    );
     let mut idle = Vec::new();
     for _ in 0..1000 {
         match TcpStream::connect(&server.addr) {
@@ -994,6 +998,60 @@ fn a_thousand_idle_connections_do_not_stop_a_valid_request() {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+
+    // 1 000 images queued, and 600 long polls (more than the 512 threads of the server's
+    // blocking pool) on the last of them: a request batch, which needs that pool, is still
+    // answered at once.
+    let info = info(&server.addr);
+    let requests: Vec<WireRequest> = (0..200)
+        .map(|seed| {
+            request(
+                &source(3000 + seed),
+                "moon",
+                &[500, 600, 700, 800, 900],
+                true,
+            )
+        })
+        .collect();
+    let (status, body) = post(
+        &server.addr,
+        &RequestBatch {
+            fingerprint: info.fingerprint.clone(),
+            requests,
+        },
+    );
+    assert_eq!(status, 200, "{body}");
+    let last = match answers(&body).pop() {
+        Some(RequestAnswer::Levels(levels)) => levels.last().unwrap().key,
+        other => panic!("{other:?}"),
+    };
+    let poll = format!(
+        "GET /v1/keys/{last}?wait_ms=30000 HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+        server.addr
+    );
+    let polls: Vec<TcpStream> = (0..600)
+        .map(|_| {
+            let mut s = TcpStream::connect(&server.addr).unwrap();
+            s.write_all(poll.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let (status, body) = post(
+        &server.addr,
+        &RequestBatch {
+            fingerprint: info.fingerprint,
+            requests: vec![request(&source(4000), "moon", &[500], true)],
+        },
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "a request batch waited {:?} behind the long polls",
+        started.elapsed()
+    );
+    drop(polls);
 }
 
 #[test]
