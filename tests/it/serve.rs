@@ -135,6 +135,27 @@ fn exchange(addr: &str, bytes: &[u8]) -> (u16, String, String) {
     (status, head, body)
 }
 
+/// Posts 200 requests of five levels each (sources drawn from `first_seed` on) for `target`.
+fn queue_1000_images(addr: &str, first_seed: u64, target: &str) -> (u16, String) {
+    let requests: Vec<WireRequest> = (0..200)
+        .map(|seed| {
+            request(
+                &source(first_seed + seed),
+                target,
+                &[500, 600, 700, 800, 900],
+                true,
+            )
+        })
+        .collect();
+    post(
+        addr,
+        &RequestBatch {
+            fingerprint: info(addr).fingerprint,
+            requests,
+        },
+    )
+}
+
 /// Waits for the server to exit, at most `within`; it must exit 0. Its stderr.
 fn exits_within(server: &mut Server, within: Duration) -> String {
     let deadline = Instant::now() + within;
@@ -920,24 +941,7 @@ fn slow_clients_are_cut_off_connections_are_bounded_and_sigterm_ends_by_its_dead
     // Work queued (1 000 images, far more than 4 s of it), a client holding half a head:
     // SIGTERM says `draining` on /readyz while it still listens, and ends by its deadline with
     // exit 0, cancelling what is left.
-    let info = info(&addr);
-    let requests: Vec<WireRequest> = (0..200)
-        .map(|seed| {
-            request(
-                &source(1000 + seed),
-                "heart",
-                &[500, 600, 700, 800, 900],
-                true,
-            )
-        })
-        .collect();
-    let (status, body) = post(
-        &addr,
-        &RequestBatch {
-            fingerprint: info.fingerprint,
-            requests,
-        },
-    );
+    let (status, body) = queue_1000_images(&addr, 1000, "heart");
     assert_eq!(status, 200, "{body}");
     let mut holder = TcpStream::connect(&addr).unwrap();
     holder.write_all(b"POST /v1/requests HTTP/1.1\r\n").unwrap();
@@ -1002,24 +1006,8 @@ fn a_thousand_idle_connections_and_600_long_polls_do_not_stop_a_valid_request() 
     // 1 000 images queued, and 600 long polls (more than the 512 threads of the server's
     // blocking pool) on the last of them: a request batch, which needs that pool, is still
     // answered at once.
+    let (status, body) = queue_1000_images(&server.addr, 3000, "moon");
     let info = info(&server.addr);
-    let requests: Vec<WireRequest> = (0..200)
-        .map(|seed| {
-            request(
-                &source(3000 + seed),
-                "moon",
-                &[500, 600, 700, 800, 900],
-                true,
-            )
-        })
-        .collect();
-    let (status, body) = post(
-        &server.addr,
-        &RequestBatch {
-            fingerprint: info.fingerprint.clone(),
-            requests,
-        },
-    );
     assert_eq!(status, 200, "{body}");
     let last = match answers(&body).pop() {
         Some(RequestAnswer::Levels(levels)) => levels.last().unwrap().key,
