@@ -11,6 +11,7 @@
 mod api;
 mod keys;
 mod service;
+mod shared;
 mod stats;
 mod types;
 mod worker;

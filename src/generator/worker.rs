@@ -13,7 +13,7 @@ use crate::cache::EntryMeta;
 use crate::engine::{Job, JobOutput};
 use crate::sync::lock;
 
-use super::service::{Shared, WorkItem, CANCELLING, DRAINING, RUNNING};
+use super::shared::{Shared, WorkItem, CANCELLING, DRAINING, RUNNING};
 use super::types::{DynEngine, EngineFactory, GenerationFailure};
 
 pub(super) struct Worker {
