@@ -341,18 +341,19 @@ async fn wait_for(
     let mut draining = state.drain_started.clone();
     loop {
         settled.borrow_and_update();
-        let generator = state.generator.clone();
-        let now = tokio::task::spawn_blocking(move || generator.wait(&key, Duration::ZERO))
-            .await
-            .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())?;
-        if now != WaitOutcome::TimedOut || *draining.borrow() {
-            return Ok(now);
+        // Every settled key wakes every poll: the ones whose key is still pending go back to
+        // sleep after a look at the pending set (one short lock, no I/O, no blocking task).
+        if !state.generator.is_pending(&key) || *draining.borrow() {
+            let generator = state.generator.clone();
+            return tokio::task::spawn_blocking(move || generator.wait(&key, Duration::ZERO))
+                .await
+                .map_err(|e| e.to_string())?
+                .map_err(|e| e.to_string());
         }
         tokio::select! {
-            changed = settled.changed() => if changed.is_err() { return Ok(now) },
-            _ = tokio::time::sleep_until(deadline) => return Ok(now),
-            _ = draining.wait_for(|d| *d) => return Ok(now),
+            changed = settled.changed() => if changed.is_err() { return Ok(WaitOutcome::TimedOut) },
+            _ = tokio::time::sleep_until(deadline) => return Ok(WaitOutcome::TimedOut),
+            _ = draining.wait_for(|d| *d) => return Ok(WaitOutcome::TimedOut),
         }
     }
 }
