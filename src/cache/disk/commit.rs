@@ -1,0 +1,415 @@
+//! The commit protocol: content first, then the manifest that commits it (the `Store`
+//! implementation), and how entries are read back and removed.
+
+use std::fs::{self, File};
+use std::hash::BuildHasher;
+use std::io::{self, Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use super::layout::{ensure_dir, remove_if_present, same_file, sync_dir, TOKEN_LEN};
+use super::verify::{Checked, Expect};
+use super::DiskStore;
+use super::{scan_manifest, CONTENT_EXTENSION, HASH_PREFIX_LEN, RECORDS_DIR};
+use crate::cache::error::CacheError;
+use crate::cache::key::CacheKey;
+use crate::cache::manifest::{EntryMeta, Manifest, MANIFEST_FORMAT, MAX_MANIFEST_BYTES};
+use crate::cache::record::MAX_RECORD_BYTES;
+use crate::cache::store::{BadEntry, Defect, Lookup, ManifestScan, PutOutcome, Store};
+use crate::cache::{unix_nanos, unix_now};
+
+/// Outcome of reading a file the cache owns, without following symlinks.
+pub(super) enum FileRead {
+    Absent,
+    Bytes(Vec<u8>),
+    TooLong { len: u64 },
+    Defective(Defect),
+}
+
+/// Outcome of reading a manifest file.
+pub(super) enum ManifestRead {
+    Absent,
+    Bytes(Vec<u8>),
+    Defective(Defect),
+}
+
+impl Store for DiskStore {
+    fn get(&self, key: &CacheKey) -> Result<Lookup, CacheError> {
+        match self.check_entry(key)? {
+            Checked::Valid(entry) => Ok(Lookup::Hit(Box::new(entry))),
+            Checked::Absent => Ok(Lookup::Miss),
+            Checked::Defective {
+                raw_manifest,
+                manifest,
+                defect,
+            } => {
+                // A cache on a read-only mount cannot quarantine; the answer is a miss anyway.
+                if let Err(e) =
+                    self.quarantine_entry(key, raw_manifest.as_deref(), manifest.as_ref(), &defect)
+                {
+                    tracing::warn!(%key, %defect, error = %e, "corrupt cache entry could not be quarantined");
+                }
+                Ok(Lookup::Corrupt(BadEntry {
+                    key: Some(*key),
+                    location: self.manifest_path(key).display().to_string(),
+                    defect,
+                }))
+            }
+        }
+    }
+
+    fn put(
+        &self,
+        key: &CacheKey,
+        content: &[u8],
+        meta: &EntryMeta,
+    ) -> Result<PutOutcome, CacheError> {
+        CacheError::check_content_len(key, content)?;
+        let manifest_path = self.manifest_path(key);
+        let manifest_shard = self.ensure_shard(&self.manifests, key)?;
+        if self.contains(key)? {
+            return Ok(PutOutcome::AlreadyPresent);
+        }
+        let content_hash = blake3::hash(content).to_hex();
+        let content_file = format!(
+            "{key}.{}.{}.{CONTENT_EXTENSION}",
+            &content_hash[..HASH_PREFIX_LEN],
+            unique_token()
+        );
+        let objects_shard = self.ensure_shard(&self.objects, key)?;
+        let content_path = objects_shard.join(&content_file);
+
+        let tmp_content = self.write_temp("content-", content, true)?;
+        tmp_content
+            .persist(&content_path)
+            .map_err(|e| CacheError::io("move finished content to", &content_path, e.error))?;
+        // Until the manifest commits, the content file is this write's alone: removed on any
+        // failure and when another writer wins.
+        let mut content_guard = RemoveOnDrop(Some(content_path));
+        // The content's name must be durable before a manifest can point at it.
+        sync_dir(&objects_shard);
+
+        let manifest = Manifest {
+            format: MANIFEST_FORMAT,
+            key: *key,
+            content_file,
+            content_blake3: content_hash.to_string(),
+            content_len: content.len() as u64,
+            created_unix: unix_now(),
+            meta: meta.clone(),
+        };
+        let json = manifest
+            .to_json()
+            .map_err(|source| CacheError::ManifestEncode { key: *key, source })?;
+        let tmp_manifest = self.write_temp("manifest-", &json, true)?;
+        let outcome = match fs::hard_link(tmp_manifest.path(), &manifest_path) {
+            Ok(()) => PutOutcome::Stored,
+            // On NFS a retransmitted link can report EEXIST although it was ours that landed.
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                if same_file(tmp_manifest.path(), &manifest_path) {
+                    PutOutcome::Stored
+                } else {
+                    PutOutcome::AlreadyPresent
+                }
+            }
+            Err(e) => return Err(CacheError::io("commit the manifest", &manifest_path, e)),
+        };
+        if outcome == PutOutcome::Stored {
+            content_guard.0 = None;
+            sync_dir(&manifest_shard);
+        }
+        drop(tmp_manifest);
+        Ok(outcome)
+    }
+
+    fn contains(&self, key: &CacheKey) -> Result<bool, CacheError> {
+        let path = self.manifest_path(key);
+        self.check_shard(&path)?;
+        match fs::symlink_metadata(&path) {
+            Ok(_) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(CacheError::io("inspect", &path, e)),
+        }
+    }
+
+    fn manifests(&self) -> Result<ManifestScan, CacheError> {
+        let mut scan = ManifestScan::default();
+        for (key, path) in self.manifest_files()? {
+            let location = path.display().to_string();
+            let raw = match self.read_manifest(&path)? {
+                ManifestRead::Absent => continue,
+                ManifestRead::Defective(defect) => {
+                    scan.bad.push(BadEntry {
+                        key: Some(key),
+                        location,
+                        defect,
+                    });
+                    continue;
+                }
+                ManifestRead::Bytes(raw) => raw,
+            };
+            scan_manifest(&mut scan, key, location, &raw);
+        }
+        Ok(scan)
+    }
+
+    fn quarantine(&self, manifest: &Manifest, defect: &Defect) -> Result<bool, CacheError> {
+        let path = self.manifest_path(&manifest.key);
+        self.check_shard(&path)?;
+        match self.read_manifest(&path)? {
+            ManifestRead::Bytes(raw) if Manifest::parse(&raw).as_ref() == Ok(manifest) => {
+                self.quarantine_entry(&manifest.key, Some(&raw), Some(manifest), defect)
+            }
+            _ => Ok(false),
+        }
+    }
+
+    fn put_record(&self, key: &CacheKey, record: &[u8]) -> Result<(), CacheError> {
+        let records = ensure_dir(&self.root, &self.root.join(RECORDS_DIR))?;
+        self.ensure_shard(&records, key)?;
+        let path = self.record_path(key);
+        // A rename replaces the old record whole: readers see the old one or the new one. No
+        // fsync: records are advisory and rewritten at every model version, so the selector
+        // thread should not wait on the disk for them.
+        self.write_temp("record-", record, false)?
+            .persist(&path)
+            .map_err(|e| CacheError::io("move a finished record to", &path, e.error))?;
+        Ok(())
+    }
+
+    fn get_record(&self, key: &CacheKey) -> Result<Option<Vec<u8>>, CacheError> {
+        let path = self.record_path(key);
+        self.check_shard(&path)?;
+        match self.read_owned_file(&path, MAX_RECORD_BYTES)? {
+            FileRead::Bytes(bytes) => Ok(Some(bytes)),
+            FileRead::Absent => Ok(None),
+            FileRead::TooLong { len } => {
+                tracing::warn!(path = %path.display(), len, "ignoring an oversized side record");
+                Ok(None)
+            }
+            FileRead::Defective(defect) => {
+                tracing::warn!(path = %path.display(), %defect, "ignoring a defective side record");
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// 16 hex digits no other write (in any process, on any machine) will pick.
+pub(in crate::cache) fn unique_token() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&std::process::id().to_le_bytes());
+    hasher.update(&unix_nanos().to_le_bytes());
+    hasher.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    hasher.update(format!("{:?}", std::thread::current().id()).as_bytes());
+    // RandomState is seeded from the OS's randomness: it separates machines on a shared
+    // filesystem whose pids and clocks happen to agree.
+    let random = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    hasher.update(&random.to_le_bytes());
+    hasher.finalize().to_hex()[..TOKEN_LEN].to_string()
+}
+
+/// Removes a file when dropped, unless disarmed by taking the path out.
+pub(super) struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            remove_if_present(&path);
+        }
+    }
+}
+
+pub(super) fn write_fully(file: &mut File, bytes: &[u8]) -> io::Result<()> {
+    #[cfg(test)]
+    faults::before_write()?;
+    file.write_all(bytes)
+}
+
+impl DiskStore {
+    /// Reads a file the cache owns: no symlinks, no folders, at most `limit` bytes (a longer
+    /// file is reported by its length, unread).
+    pub(super) fn read_owned_file(&self, path: &Path, limit: u64) -> Result<FileRead, CacheError> {
+        let meta = match fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileRead::Absent),
+            Err(e) => return Err(CacheError::io("inspect", path, e)),
+        };
+        if meta.file_type().is_symlink() {
+            return Ok(FileRead::Defective(self.symlink_defect(path)));
+        }
+        if !meta.is_file() {
+            return Ok(FileRead::Defective(Defect::NotAFile {
+                path: path.to_path_buf(),
+            }));
+        }
+        if meta.len() > limit {
+            return Ok(FileRead::TooLong { len: meta.len() });
+        }
+        // One file this process may not read (mode 000, another user's) is a defect of its entry,
+        // reported and quarantined like any other, not an error that stops every command on
+        // the whole cache.
+        let unreadable = |e: io::Error| {
+            FileRead::Defective(Defect::Unreadable {
+                path: path.to_path_buf(),
+                why: e.to_string(),
+            })
+        };
+        let file = match crate::safe_open::open_regular(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileRead::Absent),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(unreadable(e)),
+            Err(e) => return Err(CacheError::io("open", path, e)),
+        };
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        match file.take(limit.saturating_add(1)).read_to_end(&mut bytes) {
+            Ok(_) => Ok(FileRead::Bytes(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(unreadable(e)),
+            Err(e) => Err(CacheError::io("read", path, e)),
+        }
+    }
+
+    /// Reads a manifest file; one too long to be a manifest is defective.
+    pub(super) fn read_manifest(&self, path: &Path) -> Result<ManifestRead, CacheError> {
+        Ok(match self.read_owned_file(path, MAX_MANIFEST_BYTES)? {
+            FileRead::Absent => ManifestRead::Absent,
+            FileRead::Bytes(raw) => ManifestRead::Bytes(raw),
+            FileRead::TooLong { len } => ManifestRead::Defective(Defect::BadManifest(format!(
+                "{len} bytes, larger than any manifest"
+            ))),
+            FileRead::Defective(defect) => ManifestRead::Defective(defect),
+        })
+    }
+
+    /// Whether the manifest at `path` still holds exactly `raw`.
+    pub(super) fn still_committed(&self, path: &Path, raw: &[u8]) -> Result<bool, CacheError> {
+        Ok(matches!(
+            self.read_manifest(path)?,
+            ManifestRead::Bytes(now) if now == raw
+        ))
+    }
+
+    /// Writes `bytes` into a new temporary file, fsynced when `durable`; dropping the result
+    /// removes it.
+    pub(super) fn write_temp(
+        &self,
+        prefix: &str,
+        bytes: &[u8],
+        durable: bool,
+    ) -> Result<tempfile::NamedTempFile, CacheError> {
+        let mut tmp = tempfile::Builder::new()
+            .prefix(prefix)
+            .suffix(".tmp")
+            .tempfile_in(&self.tmp)
+            .map_err(CacheError::io_at("create a temporary file in", &self.tmp))?;
+        let path = tmp.path().to_path_buf();
+        write_fully(tmp.as_file_mut(), bytes).map_err(CacheError::io_at("write", &path))?;
+        #[cfg(unix)]
+        {
+            // tempfile creates 0600; cache files are ordinary files other users may read.
+            use std::os::unix::fs::PermissionsExt;
+            tmp.as_file()
+                .set_permissions(fs::Permissions::from_mode(0o644))
+                .map_err(CacheError::io_at("set permissions of", &path))?;
+        }
+        if durable {
+            tmp.as_file()
+                .sync_all()
+                .map_err(CacheError::io_at("fsync", &path))?;
+        }
+        Ok(tmp)
+    }
+
+    /// Moves the manifest at `from` to `to` if it is still what `expect` says; returns whether
+    /// it did. Moving first and checking after closes the window in which a writer could
+    /// commit a new entry between our check and our removal: if the moved file is not the one
+    /// we judged, it is linked back.
+    pub(super) fn take_manifest(
+        &self,
+        from: &Path,
+        to: &Path,
+        expect: Expect<'_>,
+    ) -> Result<bool, CacheError> {
+        match fs::rename(from, to) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(CacheError::io("move", from, e)),
+        }
+        let matches = match expect {
+            Expect::Anything => true,
+            Expect::Bytes(raw) => matches!(
+                self.read_manifest(to)?,
+                ManifestRead::Bytes(now) if now == raw
+            ),
+            Expect::Manifest(manifest) => matches!(
+                self.read_manifest(to)?,
+                ManifestRead::Bytes(now) if Manifest::parse(&now).as_ref() == Ok(manifest)
+            ),
+        };
+        if !matches {
+            match fs::hard_link(to, from) {
+                // AlreadyExists: yet another writer committed meanwhile; theirs stands.
+                Ok(()) => {}
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    // Leave it where it is rather than delete a good entry; at worst it is
+                    // regenerated.
+                    tracing::warn!(from = %to.display(), to = %from.display(), error = %e, "could not put back a manifest");
+                    return Ok(false);
+                }
+            }
+            remove_if_present(to);
+        }
+        Ok(matches)
+    }
+
+    /// Removes a committed entry, manifest first, if it is still `manifest`.
+    pub(super) fn uncommit(&self, manifest: &Manifest) -> Result<bool, CacheError> {
+        let manifest_path = self.manifest_path(&manifest.key);
+        self.check_shard(&manifest_path)?;
+        let parked = self.tmp.join(format!("gc-{}.json", unique_token()));
+        if !self.take_manifest(&manifest_path, &parked, Expect::Manifest(manifest))? {
+            return Ok(false);
+        }
+        remove_if_present(&parked);
+        let content_path = self.content_path(&manifest.key, &manifest.content_file);
+        self.check_shard(&content_path)?;
+        match fs::remove_file(&content_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(CacheError::io("remove", &content_path, e)),
+        }
+        Ok(true)
+    }
+}
+
+/// Test-only fault injection: makes the n-th write on this thread fail, as a full disk would.
+#[cfg(test)]
+pub(super) mod faults {
+    use std::cell::Cell;
+    use std::io;
+
+    thread_local! {
+        static FAIL_AFTER: Cell<Option<(u32, io::ErrorKind)>> = const { Cell::new(None) };
+    }
+
+    /// Lets `writes_before` writes succeed, then fails the next one with `kind`.
+    pub fn fail_write_after(writes_before: u32, kind: io::ErrorKind) {
+        FAIL_AFTER.with(|f| f.set(Some((writes_before, kind))));
+    }
+
+    pub fn before_write() -> io::Result<()> {
+        FAIL_AFTER.with(|f| match f.get() {
+            Some((0, kind)) => {
+                f.set(None);
+                Err(io::Error::from(kind))
+            }
+            Some((n, kind)) => {
+                f.set(Some((n - 1, kind)));
+                Ok(())
+            }
+            None => Ok(()),
+        })
+    }
+}
