@@ -9,7 +9,8 @@ use clap::Args;
 use genie::diffusion::{self, parity, EngineOptions, SdEngine};
 use genie::{image_io, Job, NoiseLevel};
 
-use super::{engine_options, model_source, parse_level, ModelArgs};
+use crate::model_args::{engine_options, model_source, ModelArgs};
+use crate::parse::parse_level;
 
 #[derive(Args)]
 pub(crate) struct ParityArgs {

@@ -8,7 +8,8 @@ use clap::Subcommand;
 use genie::cache::{DiskStore, GcPolicy};
 use genie::{image_io, NoiseLevel};
 
-use super::{human_bytes, parse_age, parse_size, printable};
+use crate::parse::{parse_age, parse_size};
+use crate::text::{human_bytes, printable};
 
 #[derive(Subcommand)]
 pub(crate) enum CacheCommand {

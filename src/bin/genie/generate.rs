@@ -14,10 +14,10 @@ use genie::generator::{
 };
 use genie::{image_io, Job, NoiseLevel, PromptTemplate};
 
-use super::{
-    engine_options, images_in, key_space, model_source, name_classes, parse_level, unique_slugs,
-    ModelArgs,
-};
+use crate::classes::{images_in, key_space, name_classes};
+use crate::model_args::{engine_options, model_source, ModelArgs};
+use crate::parse::parse_level;
+use crate::text::unique_slugs;
 
 #[derive(Args)]
 pub(crate) struct GenerateArgs {

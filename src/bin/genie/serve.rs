@@ -7,7 +7,8 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::Args;
 
-use super::{parse_age, parse_size, ModelArgs};
+use crate::model_args::ModelArgs;
+use crate::parse::{parse_age, parse_size};
 
 #[derive(Args)]
 pub(crate) struct ServeArgs {
@@ -88,8 +89,8 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
     use genie::remote::Token;
 
     let factory = std::sync::Arc::new(SdEngineFactory::new(
-        super::model_source(&args.model)?,
-        super::engine_options(&args.model)?,
+        crate::model_args::model_source(&args.model)?,
+        crate::model_args::engine_options(&args.model)?,
     )?);
     let model = factory.plan().fingerprint.model.clone();
     let token = if args.no_auth {

@@ -9,7 +9,9 @@ use genie::diffusion;
 use genie::generator::SourceImage;
 use genie::{image_io, NoiseLevel};
 
-use super::{engine_options, key_space, model_source, name_classes, parse_level, ModelArgs};
+use crate::classes::{key_space, name_classes};
+use crate::model_args::{engine_options, model_source, ModelArgs};
+use crate::parse::parse_level;
 
 #[derive(Args)]
 pub(crate) struct SheetArgs {

@@ -16,10 +16,10 @@ use genie::generator::{
 };
 use genie::{image_io, NoiseLevel};
 
-use super::{
-    engine_options, error_line, key_space, model_source, name_classes, parse_level, printable,
-    shell_word, BuiltinModel, ModelArgs,
-};
+use crate::classes::{key_space, name_classes};
+use crate::model_args::{engine_options, model_args, model_source, ModelArgs};
+use crate::parse::parse_level;
+use crate::text::{error_line, printable, shell_word};
 
 #[derive(Subcommand)]
 pub(crate) enum WarmCommand {
@@ -229,30 +229,6 @@ pub(crate) fn summary_path(plan: &Path) -> PathBuf {
     let mut path = plan.as_os_str().to_owned();
     path.push(".summary.json");
     PathBuf::from(path)
-}
-
-/// The engine options as command-line arguments, so that `warm status` can print a complete
-/// resubmit command (the device is left out: it belongs to the machine, not the plan).
-pub(crate) fn model_args(m: &ModelArgs) -> Vec<String> {
-    let mut args = Vec::new();
-    match (&m.weights, m.model) {
-        (Some(dir), _) => args.extend(["--weights".into(), dir.display().to_string()]),
-        (None, Some(BuiltinModel::Tiny)) => args.extend(["--model".into(), "tiny".into()]),
-        (None, Some(BuiltinModel::Shapes)) => args.extend(["--model".into(), "shapes".into()]),
-        (None, Some(BuiltinModel::Sd15)) => args.extend(["--model".into(), "sd15".into()]),
-        (None, None) => {}
-    }
-    args.extend(["--steps".into(), m.steps.to_string()]);
-    args.extend(["--scheduler".into(), m.scheduler.name().into()]);
-    args.extend(["--guidance".into(), m.guidance.to_string()]);
-    if let Some(size) = m.size {
-        args.extend(["--size".into(), size.to_string()]);
-    }
-    args.extend(["--dtype".into(), m.dtype.clone()]);
-    if m.no_f32_fallback {
-        args.push("--no-f32-fallback".into());
-    }
-    args
 }
 
 pub(crate) fn warm_status(args: WarmStatusArgs) -> Result<ExitCode> {

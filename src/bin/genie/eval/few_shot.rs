@@ -1,6 +1,5 @@
-//! `genie eval few-shot`: the paper's few-shot protocol (Table 1, Table 4) on an image-folder
-//! split with a frozen ResNet, hard negatives from the cache (`eval long-tail` is in
-//! `long_tail.rs`).
+//! `genie eval few-shot`: the paper's few-shot protocol on an image folder with a ResNet
+//! backbone, every method of Table 1.
 
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
@@ -8,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use clap::{Args, Subcommand};
+use clap::Args;
 use genie::backbone::{load_resnet, ResNetBackbone, ResNetConfig, ResNetDepth};
 use genie::cache::Cache;
 use genie::diffusion;
@@ -19,25 +18,18 @@ use genie::eval::{
 use genie::factory::SdEngineFactory;
 use genie::generator::{Generator, GeneratorConfig, Shutdown};
 use genie::image_io;
-use genie::loader::{TrainDevice, TrainDeviceSpec};
-use genie::warm::{write_plan, ImageFolder, PlanEntry};
+use genie::loader::TrainDevice;
+use genie::warm::{ImageFolder, PlanEntry};
 use image::RgbImage;
 
-use super::warm::model_args;
-use super::{
-    engine_options, key_space, model_source, name_classes, printable, shell_word, ModelArgs,
-};
+use super::{report_plan, HardNegativeArgs, TrainDeviceArgs};
+use crate::classes::{key_space, name_classes};
+use crate::model_args::{engine_options, model_source};
+use crate::text::printable;
 
-#[derive(Subcommand)]
-pub(crate) enum EvalCommand {
-    /// N-way K-shot episodes on a frozen backbone with a logistic-regression probe: every
-    /// method on the same episodes, mean accuracy ± 95 % CI (the paper's Table 1 and Table 4).
-    FewShot(Box<FewShotArgs>),
-    /// Train or fine-tune a ResNet on a long-tailed folder without and with GeNIe / GeNIe-Ada
-    /// hard negatives for the Few classes; accuracy per group on a balanced test folder (the
-    /// paper's Table 3).
-    LongTail(Box<super::long_tail::LongTailArgs>),
-}
+/// Decoded images of the split kept in memory: an episode reads each of its images several
+/// times (support, methods, GeNIe-Ada's sources), and episodes share images.
+const DECODED_IMAGES: usize = 4096;
 
 #[derive(Args)]
 pub(crate) struct FewShotArgs {
@@ -93,46 +85,7 @@ pub(crate) struct FewShotArgs {
     hard_negatives: HardNegativeArgs,
 }
 
-/// Where the ResNet runs, shared by `few-shot` (the frozen backbone's features) and `long-tail`
-/// (training and testing the classifier).
-#[derive(Args)]
-pub(crate) struct TrainDeviceArgs {
-    /// Where the ResNet runs: cpu, vulkan[:N], wgpu[:N] (genie built with burn-vulkan /
-    /// burn-wgpu) or auto (the first GPU found, else cpu).
-    #[arg(long, env = "BURN_DEVICE", default_value = "cpu")]
-    pub(crate) train_device: TrainDeviceSpec,
-}
-
-/// Where an evaluation's hard negatives come from, shared by `few-shot` and `long-tail`.
-#[derive(Args)]
-pub(crate) struct HardNegativeArgs {
-    /// The hard-negative cache: a folder or s3://bucket/prefix.
-    #[arg(long, value_name = "DIR_OR_URL")]
-    pub(crate) cache: String,
-    /// Make the hard negatives the cache lacks with the engine here (without it, an incomplete
-    /// cache is an error that says what is missing).
-    #[arg(long, conflicts_with = "plan_out")]
-    pub(crate) generate: bool,
-    /// Write the hard negatives the cache lacks as a plan for `genie warm run` and stop.
-    #[arg(long, value_name = "FILE")]
-    pub(crate) plan_out: Option<PathBuf>,
-    /// The Stable Diffusion options: part of the keys, so the same as the plan's and warm run's.
-    #[command(flatten)]
-    pub(crate) model: ModelArgs,
-}
-
-/// Decoded images of the split kept in memory: an episode reads each of its images several
-/// times (support, methods, GeNIe-Ada's sources), and episodes share images.
-const DECODED_IMAGES: usize = 4096;
-
-pub(crate) fn eval_command(cmd: EvalCommand) -> Result<()> {
-    match cmd {
-        EvalCommand::FewShot(args) => few_shot(*args),
-        EvalCommand::LongTail(args) => super::long_tail::long_tail(*args),
-    }
-}
-
-fn few_shot(args: FewShotArgs) -> Result<()> {
+pub(super) fn few_shot(args: FewShotArgs) -> Result<()> {
     let hn = &args.hard_negatives;
     let spec = EpisodeSpec {
         ways: args.ways,
@@ -324,33 +277,4 @@ fn write_missing_plan(
         }
     }
     report_plan(plan, &mut entries, &hn.cache, &hn.model)
-}
-
-/// Writes a `--plan-out` plan and prints the `genie warm run` command that fills `cache`.
-pub(crate) fn report_plan(
-    plan: &std::path::Path,
-    entries: &mut [PlanEntry],
-    cache: &str,
-    model: &ModelArgs,
-) -> Result<()> {
-    write_plan(plan, entries)?;
-    let run: Vec<String> = ["genie", "warm", "run", "--plan"]
-        .into_iter()
-        .map(String::from)
-        .chain([
-            plan.display().to_string(),
-            "--cache".into(),
-            cache.to_string(),
-        ])
-        .chain(model_args(model))
-        .map(|a| shell_word(&a))
-        .collect();
-    println!(
-        "wrote {} hard negatives to {}; make them with\n  {}\nthen run this command again \
-         without --plan-out",
-        entries.len(),
-        plan.display(),
-        run.join(" ")
-    );
-    Ok(())
 }

@@ -30,7 +30,8 @@ use genie::warm::{ImageFolder, PlanEntry};
 use genie::{image_io, NoiseLevel};
 use rand_core::{RngCore, SeedableRng};
 
-use super::{engine_options, key_space, model_source, name_classes};
+use crate::classes::{key_space, name_classes};
+use crate::model_args::{engine_options, model_source};
 
 #[derive(Args)]
 pub(crate) struct LongTailArgs {
@@ -64,7 +65,7 @@ pub(crate) struct LongTailArgs {
     #[arg(long, default_value_t = 1e-3)]
     lr: f64,
     #[command(flatten)]
-    device: super::eval::TrainDeviceArgs,
+    device: super::TrainDeviceArgs,
     /// Hard negatives per Few class (the paper: 50); the same-class baselines get as many.
     #[arg(long, default_value_t = 50)]
     per_class: usize,
@@ -93,7 +94,7 @@ pub(crate) struct LongTailArgs {
     #[arg(long, value_name = "DIR")]
     out: Option<std::path::PathBuf>,
     #[command(flatten)]
-    hard_negatives: super::eval::HardNegativeArgs,
+    hard_negatives: super::HardNegativeArgs,
 }
 
 /// Where each Few class's sources come from.
@@ -373,7 +374,7 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
                 source_hash: n.source_hash,
             });
         }
-        return super::eval::report_plan(file, &mut entries, &hn.cache, &hn.model);
+        return super::report_plan(file, &mut entries, &hn.cache, &hn.model);
     }
     if !missing.is_empty() {
         if !hn.generate {
