@@ -132,7 +132,8 @@ impl ClipTokenizer {
             NFC.into(),
             whitespace.into(),
             Lowercase.into(),
-        ])));
+        ])))
+        .map_err(|e| load_err(vocab, e))?;
         let split = Split::new(
             SplitPattern::Regex(CLIP_PATTERN.into()),
             SplitDelimiterBehavior::Removed,
