@@ -20,12 +20,12 @@ use burn::data::dataloader::batcher::Batcher;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::Device;
-use burn_dataset::vision::ImageDatasetItem;
 use criterion::{criterion_group, criterion_main, Criterion};
 use genie::cache::EntryMeta;
 use genie::cache::{Cache, MemoryStore};
 use genie::classes::ClassInfo;
 use genie::generator::{DynEngine, EngineFactory, Generator, GeneratorConfig};
+use genie::loader::ImageItem;
 use genie::loader::{image_item, Augmenter, GenieBatcher, GenieItem, KeySpace};
 use genie::policy::{ClassStats, Policy, PolicyConfig};
 use genie::remote::server::{BackgroundServer, ServeConfig};
@@ -129,7 +129,7 @@ impl EngineFactory for FlatFactory {
 }
 
 /// The long-tail example's dataset: 500 … 5 images over 10 classes.
-fn dataset() -> (Vec<ImageDatasetItem>, ClassStats) {
+fn dataset() -> (Vec<ImageItem>, ClassStats) {
     let counts = synthetic::long_tail_counts(10, 500, 5);
     let items: Vec<_> = synthetic::long_tail_dataset(&counts, SIDE, 0)
         .unwrap()
@@ -144,7 +144,7 @@ fn dataset() -> (Vec<ImageDatasetItem>, ClassStats) {
 }
 
 /// Deterministic batches cycling through the dataset with a stride (like a shuffled loader).
-fn batches(items: &[ImageDatasetItem], count: usize) -> Vec<Vec<ImageDatasetItem>> {
+fn batches(items: &[ImageItem], count: usize) -> Vec<Vec<ImageItem>> {
     (0..count)
         .map(|b| {
             (0..BATCH)
@@ -158,7 +158,7 @@ fn augmenter(
     stats: ClassStats,
     queue_capacity: usize,
     gate: Arc<Gate>,
-) -> (Arc<Augmenter<ImageDatasetItem>>, Arc<Generator>) {
+) -> (Arc<Augmenter<ImageItem>>, Arc<Generator>) {
     let cache = Arc::new(Cache::new(Arc::new(MemoryStore::new()), 256 << 20));
     let generator = Arc::new(
         Generator::start(Arc::new(FlatFactory(gate)), Arc::clone(&cache), {
@@ -183,7 +183,7 @@ fn remote_augmenter(
     stats: ClassStats,
     queue_capacity: usize,
     gate: Arc<Gate>,
-) -> (Arc<Augmenter<ImageDatasetItem>>, BackgroundServer) {
+) -> (Arc<Augmenter<ImageItem>>, BackgroundServer) {
     let cache = Arc::new(Cache::new(Arc::new(MemoryStore::new()), 256 << 20));
     let generator = Generator::start(Arc::new(FlatFactory(gate)), Arc::clone(&cache), {
         let mut options = GeneratorConfig::default();
@@ -220,10 +220,7 @@ fn most_mixing() -> PolicyConfig {
 
 /// An augmenter with a loaded plan (the offline plan of the long-tail policy at r = 0.8, every
 /// key pre-warmed in its cache), no generator, and every planned pair started and ready.
-fn planned_augmenter(
-    items: &[ImageDatasetItem],
-    stats: ClassStats,
-) -> Arc<Augmenter<ImageDatasetItem>> {
+fn planned_augmenter(items: &[ImageItem], stats: ClassStats) -> Arc<Augmenter<ImageItem>> {
     let keys = keys();
     let cache = Arc::new(Cache::new(Arc::new(MemoryStore::new()), 256 << 20));
     let policy = Policy::long_tail(stats.clone(), PolicyConfig::long_tail()).unwrap();
@@ -248,7 +245,7 @@ fn planned_augmenter(
         let image = RgbImage::from_pixel(ENGINE_SIDE, ENGINE_SIDE, image::Rgb([90; 3]));
         cache.put_image(&key, &image, meta).unwrap();
         pairs.push(PlannedPair {
-            source: item.image_path.clone().into(),
+            source: item.path.clone().into(),
             source_class: keys.class_id(labels[index]),
             target: keys.class_id(target),
             variant,
@@ -384,8 +381,8 @@ fn batch_assembly(c: &mut Criterion) {
 fn paired_ratio(
     what: &str,
     plain: &ImageBatcher,
-    genie: &GenieBatcher<ImageBatcher, ImageDatasetItem>,
-    work: &[Vec<ImageDatasetItem>],
+    genie: &GenieBatcher<ImageBatcher, ImageItem>,
+    work: &[Vec<ImageItem>],
     device: &Device,
 ) {
     const PAIRS: usize = 20_000;
@@ -431,7 +428,7 @@ fn train_step(c: &mut Criterion) {
     let mut group = c.benchmark_group("train_step");
     group.sample_size(30);
     group.measurement_time(Duration::from_secs(20));
-    let mut run = |name: &str, batcher: &dyn Batcher<ImageDatasetItem, ImageBatch>| {
+    let mut run = |name: &str, batcher: &dyn Batcher<ImageItem, ImageBatch>| {
         let mut model = Some(Cnn::new(10, &device));
         let mut optim = AdamConfig::new().init();
         let mut i = 0;

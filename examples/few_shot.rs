@@ -32,13 +32,13 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::Device;
-use burn_dataset::vision::ImageDatasetItem;
 use clap::Parser;
 use genie::eval::{
     csv_table, markdown_table, run_few_shot, sample_episodes, Backbone, CachedEpisodes,
     EpisodeSpec, FewShotConfig, LogisticRegression, Method,
 };
 use genie::generator::{Generator, KeySpace, Shutdown};
+use genie::loader::ImageItem;
 use genie::loader::{image_item, TrainDevice, TrainDeviceSpec};
 use genie::remote::{RemoteConfig, RemoteGenerator};
 use genie::synthetic;
@@ -109,7 +109,7 @@ struct Cnn {
 
 impl Backbone for Cnn {
     fn features(&self, images: &[RgbImage]) -> Result<Vec<Vec<f32>>, String> {
-        let items: Vec<ImageDatasetItem> = images
+        let items: Vec<ImageItem> = images
             .iter()
             .map(|img| image_item(img, 0, "episode"))
             .collect();
@@ -122,7 +122,7 @@ impl Backbone for Cnn {
 
 /// Trains the examples' CNN on the base classes for a few epochs and freezes it.
 fn train_backbone(
-    items: Vec<ImageDatasetItem>,
+    items: Vec<ImageItem>,
     classes: usize,
     side: u32,
     seed: u64,
@@ -190,7 +190,7 @@ fn main() -> Result<()> {
             images.push(s.image.clone());
         }
     }
-    let base: Vec<ImageDatasetItem> = synthetic::balanced_dataset(60, all, 32, args.seed + 1)?
+    let base: Vec<ImageItem> = synthetic::balanced_dataset(60, all, 32, args.seed + 1)?
         .into_iter()
         .filter(|s| s.label < args.base_classes)
         .map(|s| image_item(&s.image, s.label, "base"))

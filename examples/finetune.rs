@@ -29,7 +29,6 @@ use burn::data::dataset::InMemDataset;
 use burn::optim::AdamConfig;
 use burn::tensor::Device;
 use burn::train::{Learner, SupervisedTraining};
-use burn_dataset::vision::ImageDatasetItem;
 use clap::Parser;
 use genie::backbone::{
     image_tensor, load_resnet, save_resnet, ResNetBatcher, ResNetClassifier, ResNetConfig,
@@ -37,6 +36,7 @@ use genie::backbone::{
 };
 use genie::classes::ClassInfo;
 use genie::generator::Generator;
+use genie::loader::ImageItem;
 use genie::loader::{
     image_item, predictions_and_targets, Augmenter, ConfusionMetric, GenieBatcher, GenieItem,
     LiveConfig, LiveModel, Observed,
@@ -87,7 +87,7 @@ fn main() -> Result<()> {
     let args = Args::parse();
     let classes = synthetic::CLASS_NAMES.len();
     let counts = synthetic::long_tail_counts(classes, args.max_per_class, 3);
-    let to_items = |items: Vec<synthetic::SyntheticItem>, split: &str| -> Vec<ImageDatasetItem> {
+    let to_items = |items: Vec<synthetic::SyntheticItem>, split: &str| -> Vec<ImageItem> {
         items
             .into_iter()
             .enumerate()
@@ -116,7 +116,7 @@ fn main() -> Result<()> {
     };
 
     // 1. Pre-train on the Many classes and write the backbone as a checkpoint file.
-    let many: Vec<ImageDatasetItem> = train
+    let many: Vec<ImageItem> = train
         .iter()
         .filter(|i| i.label().is_some_and(|c| groups[c] == Group::Many))
         .cloned()
@@ -143,7 +143,7 @@ fn main() -> Result<()> {
         &pretrain_device,
     );
     let batcher = ResNetBatcher { side: args.side };
-    let loader = |items: Vec<ImageDatasetItem>, shuffle: bool| {
+    let loader = |items: Vec<ImageItem>, shuffle: bool| {
         let builder = DataLoaderBuilder::new(batcher).batch_size(32);
         let builder = if shuffle {
             builder.shuffle(args.seed)

@@ -43,9 +43,9 @@ use burn::module::Module;
 use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use burn_dataset::vision::ImageDatasetItem;
 use clap::Parser;
 use genie::generator::{Generator, HardNegativeGenerator};
+use genie::loader::ImageItem;
 use genie::loader::{
     image_item, predictions_and_targets, Augmenter, AugmenterConfig, GenieBatcher, GenieItem,
     KeySpace, LiveConfig, LiveModel, OfflinePlan, ScoringMode, TrainDevice, TrainDeviceSpec,
@@ -138,8 +138,8 @@ struct Args {
 
 struct Data {
     classes: Vec<genie::classes::ClassInfo>,
-    train: Vec<ImageDatasetItem>,
-    test: Vec<ImageDatasetItem>,
+    train: Vec<ImageItem>,
+    test: Vec<ImageItem>,
 }
 
 fn synthetic_data(side: u32, seed: u64) -> Result<Data> {
@@ -191,7 +191,7 @@ fn folder_data(dir: &Path, names: Option<&Path>, side: u32) -> Result<Data> {
 }
 
 struct Online {
-    augmenter: Arc<Augmenter<ImageDatasetItem>>,
+    augmenter: Arc<Augmenter<ImageItem>>,
     generator: Option<Arc<Generator>>,
     confusion: SharedConfusion,
     ada: bool,

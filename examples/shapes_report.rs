@@ -26,9 +26,9 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{activation::softmax, Device};
-use burn_dataset::vision::ImageDatasetItem;
 use clap::Parser;
 use genie::diffusion::{shapes, EngineOptions, SdEngine};
+use genie::loader::ImageItem;
 use genie::loader::{image_item, KeySpace};
 use genie::pictures::{contact_sheet, SheetLevel};
 use genie::synthetic::{self, CLASS_NAMES};
@@ -68,11 +68,10 @@ const SIDE: u32 = 32;
 fn train_judge(args: &Args) -> Result<(Cnn, f64)> {
     Device::flex().seed(args.seed);
     let device = Device::flex().autodiff();
-    let items: Vec<ImageDatasetItem> =
-        synthetic::balanced_dataset(800, CLASS_NAMES.len(), SIDE, 7)?
-            .into_iter()
-            .map(|s| image_item(&s.image, s.label, "synthetic:judge"))
-            .collect();
+    let items: Vec<ImageItem> = synthetic::balanced_dataset(800, CLASS_NAMES.len(), SIDE, 7)?
+        .into_iter()
+        .map(|s| image_item(&s.image, s.label, "synthetic:judge"))
+        .collect();
     let batcher = ImageBatcher { side: SIDE };
     let mut model = Cnn::new(CLASS_NAMES.len(), &device);
     let mut optim = AdamConfig::new().init();
@@ -108,7 +107,7 @@ fn classify(model: &Cnn, images: &[RgbImage]) -> Result<Vec<(usize, Vec<f32>)>> 
     let batcher = ImageBatcher { side: SIDE };
     let mut out = Vec::with_capacity(images.len());
     for chunk in images.chunks(128) {
-        let items: Vec<ImageDatasetItem> = chunk
+        let items: Vec<ImageItem> = chunk
             .iter()
             .map(|img| image_item(img, 0, "generated"))
             .collect();
@@ -128,7 +127,7 @@ fn classify(model: &Cnn, images: &[RgbImage]) -> Result<Vec<(usize, Vec<f32>)>> 
 fn embed(model: &Cnn, images: &[RgbImage]) -> Result<Vec<Vec<f32>>> {
     let device = Device::flex();
     let batcher = ImageBatcher { side: SIDE };
-    let items: Vec<ImageDatasetItem> = images
+    let items: Vec<ImageItem> = images
         .iter()
         .map(|img| image_item(img, 0, "generated"))
         .collect();

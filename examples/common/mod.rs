@@ -9,9 +9,9 @@ use burn::nn::conv::{Conv2d, Conv2dConfig};
 use burn::nn::pool::{MaxPool2d, MaxPool2dConfig};
 use burn::nn::{Linear, LinearConfig, PaddingConfig2d, Relu};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use burn_dataset::vision::ImageDatasetItem;
 use genie::diffusion::{self, tiny, EngineOptions, ModelSource};
 use genie::factory::SdEngineFactory;
+use genie::loader::ImageItem;
 use genie::loader::{FeatureExtractor, GenieItem};
 
 /// The classifier: three conv blocks, a global max pool (a shape is recognised wherever it is
@@ -75,7 +75,7 @@ pub struct ImageBatcher {
 }
 
 impl ImageBatcher {
-    pub fn images(&self, items: &[ImageDatasetItem], device: &Device) -> Tensor<4> {
+    pub fn images(&self, items: &[ImageItem], device: &Device) -> Tensor<4> {
         let side = self.side as usize;
         let mut values = Vec::with_capacity(items.len() * 3 * side * side);
         for item in items {
@@ -103,8 +103,8 @@ impl ImageBatcher {
     }
 }
 
-impl Batcher<ImageDatasetItem, ImageBatch> for ImageBatcher {
-    fn batch(&self, items: Vec<ImageDatasetItem>, device: &Device) -> ImageBatch {
+impl Batcher<ImageItem, ImageBatch> for ImageBatcher {
+    fn batch(&self, items: Vec<ImageItem>, device: &Device) -> ImageBatch {
         let labels: Vec<i64> = items
             .iter()
             .map(|i| i.label().unwrap_or(0) as i64)
@@ -122,8 +122,8 @@ pub struct Embeddings {
     pub device: Device,
 }
 
-impl FeatureExtractor<Cnn, ImageDatasetItem> for Embeddings {
-    fn embed(&self, model: &Cnn, items: Vec<ImageDatasetItem>) -> Tensor<2> {
+impl FeatureExtractor<Cnn, ImageItem> for Embeddings {
+    fn embed(&self, model: &Cnn, items: Vec<ImageItem>) -> Tensor<2> {
         model.features(self.batcher.images(&items, &self.device))
     }
 }

@@ -48,7 +48,7 @@ impl<I: GenieItem> Augmenter<I> {
     /// # use genie::engine::{EngineFingerprint, NoiseLevel};
     /// # use genie::loader::Augmenter;
     /// # use genie::policy::{ClassStats, Policy, PolicyConfig, SharedConfusion};
-    /// # use burn::data::dataset::vision::ImageDatasetItem;
+    /// # use genie::loader::ImageItem;
     /// # fn main() -> Result<(), Box<dyn std::error::Error>> {
     /// # let dir = tempfile::tempdir()?;
     /// # let cache = Arc::new(Cache::open(dir.path().to_str().unwrap(), 1 << 20)?);
@@ -59,7 +59,7 @@ impl<I: GenieItem> Augmenter<I> {
     /// let policy = Policy::long_tail(stats, PolicyConfig::long_tail())?;
     /// let classes = ["cat", "dog", "fox"].map(ClassInfo::named).to_vec();
     /// let confusion = SharedConfusion::new(3);
-    /// let augmenter = Augmenter::<ImageDatasetItem>::builder(policy, classes, cache)
+    /// let augmenter = Augmenter::<ImageItem>::builder(policy, classes, cache)
     ///     .pre_warmed_by(&engine) // or .generator(Arc::new(generator)): local or `genie serve`
     ///     .confusion(confusion.clone())
     ///     .ada(false) // r = 0.8 for every pair; with GeNIe-Ada on the live model picks r

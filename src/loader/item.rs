@@ -1,7 +1,6 @@
 //! [`GenieItem`]: what genie needs from a dataset item (label, pixels) and how it makes one from a
-//! generated image; implemented for burn's `ImageDatasetItem`.
+//! generated image; [`ImageItem`], genie's own labelled image, implements it.
 
-use burn_dataset::vision::{Annotation, ImageDatasetItem, PixelData};
 use image::RgbImage;
 
 /// Why an item's pixels cannot be read or written.
@@ -51,7 +50,7 @@ pub trait GenieItem: Clone + Send + Sync + 'static {
 
     /// The image diffusion starts from, at the best resolution the item can give (the engine
     /// resizes and crops it to its own size; cache keys hash what the engine receives). By
-    /// default the item's own pixels; `ImageDatasetItem` reads its original file.
+    /// default the item's own pixels; [`ImageItem`] reads its original file.
     fn source_rgb(&self) -> Result<RgbImage, ItemError> {
         self.rgb()
     }
@@ -80,44 +79,36 @@ pub trait GenieItem: Clone + Send + Sync + 'static {
     fn heap_bytes(&self) -> usize;
 }
 
-/// Prefix of the `image_path` of generated `ImageDatasetItem`s: `genie:<cache key>`.
+/// Prefix of the path of generated items: `genie:<cache key>`.
 pub const GENERATED_PATH_PREFIX: &str = "genie:";
 
 /// Largest side genie accepts from an item (a guard against corrupt dimensions).
-const MAX_SIDE: usize = 1 << 15;
+pub(super) const MAX_SIDE: usize = 1 << 15;
 
-impl GenieItem for ImageDatasetItem {
+/// A labelled 8-bit RGB image: genie's own dataset item, what [`image_item`] and
+/// [`folder_items`] make. burn's `ImageDatasetItem` (what `ImageFolderDataset` gives) works too,
+/// with the `burn-vision` feature.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ImageItem {
+    /// The pixels, as training sees them.
+    pub image: RgbImage,
+    /// The class index.
+    pub label: usize,
+    /// Where the image came from: the file it was read from (diffusion then starts from the
+    /// original at full resolution, and pre-warm plans find it as `<class folder>/<file
+    /// name>`), any other name for an image made in memory, or `genie:<cache key>` for a hard
+    /// negative genie made.
+    pub path: String,
+}
+
+impl GenieItem for ImageItem {
     fn label(&self) -> Option<usize> {
-        match self.annotation {
-            Annotation::Label(l) => Some(l),
-            _ => None,
-        }
+        Some(self.label)
     }
 
     fn rgb(&self) -> Result<RgbImage, ItemError> {
-        let (width, height) = (self.image_width, self.image_height);
-        let channels = channels_of(self.image.len(), width, height)?;
-        let values: Vec<u8> = match &self.image {
-            PixelData::U8(v) => v.clone(),
-            PixelData::U16(v) => v.iter().map(|&x| (x >> 8) as u8).collect(),
-            // Float images are taken to be in [0, 1], as `image` decodes them.
-            PixelData::F32(v) => v
-                .iter()
-                .map(|&x| (x.clamp(0.0, 1.0) * 255.0).round() as u8)
-                .collect(),
-        };
-        let mut rgb = Vec::with_capacity(width * height * 3);
-        for px in values.chunks_exact(channels) {
-            match channels {
-                1 | 2 => rgb.extend([px[0]; 3]),
-                _ => rgb.extend(&px[..3]),
-            }
-        }
-        RgbImage::from_raw(width as u32, height as u32, rgb).ok_or(ItemError::BadShape {
-            len: self.image.len(),
-            width,
-            height,
-        })
+        checked_size(self.image.width() as usize, self.image.height() as usize)?;
+        Ok(self.image.clone())
     }
 
     fn with_generated(
@@ -126,58 +117,19 @@ impl GenieItem for ImageDatasetItem {
         label: usize,
         origin: &str,
     ) -> Result<Self, ItemError> {
-        let (width, height) = (self.image_width, self.image_height);
-        let channels = channels_of(self.image.len(), width, height)?;
-        let resized;
-        let image = if image.dimensions() == (width as u32, height as u32) {
-            image
-        } else {
-            resized = crate::image_io::resize_cover_crop(
-                image,
-                width as u32,
-                height as u32,
-                image::imageops::FilterType::Triangle,
-            )
-            .map_err(|_| ItemError::Empty)?;
-            &resized
-        };
-        let mut out = Vec::with_capacity(width * height * channels);
-        for p in image.pixels() {
-            let [r, g, b] = p.0;
-            match channels {
-                1 | 2 => {
-                    // ITU-R BT.601 luma, as `image` converts RGB to grey.
-                    let luma = (0.299 * r as f32 + 0.587 * g as f32 + 0.114 * b as f32).round();
-                    out.push(luma as u8);
-                    if channels == 2 {
-                        out.push(u8::MAX);
-                    }
-                }
-                3 => out.extend([r, g, b]),
-                _ => out.extend([r, g, b, u8::MAX]),
-            }
-        }
-        let image = match &self.image {
-            PixelData::U8(_) => PixelData::U8(out),
-            PixelData::U16(_) => PixelData::U16(out.iter().map(|&x| u16::from(x) * 257).collect()),
-            PixelData::F32(_) => {
-                PixelData::F32(out.iter().map(|&x| f32::from(x) / 255.0).collect())
-            }
-        };
-        Ok(ImageDatasetItem {
-            image,
-            image_width: width,
-            image_height: height,
-            annotation: Annotation::Label(label),
-            image_path: format!("{GENERATED_PATH_PREFIX}{origin}"),
+        let (width, height) = self.image.dimensions();
+        checked_size(width as usize, height as usize)?;
+        Ok(ImageItem {
+            image: fit(image, width, height)?,
+            label,
+            path: format!("{GENERATED_PATH_PREFIX}{origin}"),
         })
     }
 
-    /// The file `image_path` names, when it is a regular file (burn's `ImageFolderDataset`
-    /// sets it): read at full resolution with genie's safe decoder. Otherwise (an in-memory
-    /// item, a generated one) the item's pixels.
+    /// The file `path` names, when it is a regular file: read at full resolution with genie's
+    /// safe decoder. Otherwise (an image made in memory, a generated one) the item's pixels.
     fn source_rgb(&self) -> Result<RgbImage, ItemError> {
-        match original_file(self) {
+        match original_file(&self.path) {
             Some(path) => {
                 crate::image_io::open_rgb(path).map_err(|e| ItemError::Source(e.to_string()))
             }
@@ -189,55 +141,54 @@ impl GenieItem for ImageDatasetItem {
         if self.is_generated() {
             return None;
         }
-        crate::warm::source_id(&self.image_path)
+        crate::warm::source_id(&self.path)
     }
 
     fn is_generated(&self) -> bool {
-        self.image_path.starts_with(GENERATED_PATH_PREFIX)
+        self.path.starts_with(GENERATED_PATH_PREFIX)
     }
 
     fn heap_bytes(&self) -> usize {
-        let pixels = match &self.image {
-            PixelData::U8(v) => v.len(),
-            PixelData::U16(v) => v.len() * 2,
-            PixelData::F32(v) => v.len() * 4,
-        };
-        pixels + self.image_path.len() + std::mem::size_of::<Self>()
+        self.image.as_raw().len() + self.path.len() + std::mem::size_of::<Self>()
     }
 }
 
-/// The regular file an `ImageDatasetItem` was read from, if it names one.
-fn original_file(item: &ImageDatasetItem) -> Option<&std::path::Path> {
-    if item.image_path.is_empty() || item.is_generated() {
+/// `image` resized to `width`×`height` keeping its aspect ratio and centre-cropped (never
+/// stretched); itself when it has that size already.
+pub(super) fn fit(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage, ItemError> {
+    if image.dimensions() == (width, height) {
+        return Ok(image.clone());
+    }
+    crate::image_io::resize_cover_crop(image, width, height, image::imageops::FilterType::Triangle)
+        .map_err(|_| ItemError::Empty)
+}
+
+/// The regular file an item's path names, if it names one (not a generated item's key).
+pub(super) fn original_file(path: &str) -> Option<&std::path::Path> {
+    if path.is_empty() || path.starts_with(GENERATED_PATH_PREFIX) {
         return None;
     }
-    let path = std::path::Path::new(&item.image_path);
+    let path = std::path::Path::new(path);
     path.is_file().then_some(path)
 }
 
-fn channels_of(len: usize, width: usize, height: usize) -> Result<usize, ItemError> {
+/// Refuses empty images and sides past [`MAX_SIDE`].
+pub(super) fn checked_size(width: usize, height: usize) -> Result<(), ItemError> {
     if width == 0 || height == 0 {
         return Err(ItemError::Empty);
     }
     if width > MAX_SIDE || height > MAX_SIDE {
         return Err(ItemError::TooLarge { width, height });
     }
-    let pixels = width * height;
-    match len.checked_div(pixels) {
-        Some(c @ 1..=4) if c * pixels == len => Ok(c),
-        _ => Err(ItemError::BadShape { len, width, height }),
-    }
+    Ok(())
 }
 
-/// An `ImageDatasetItem` holding `image` (8-bit RGB) with a class label, e.g. for in-memory
-/// datasets made in code.
-pub fn image_item(image: &RgbImage, label: usize, path: impl Into<String>) -> ImageDatasetItem {
-    ImageDatasetItem {
-        image: PixelData::U8(image.as_raw().clone()),
-        image_width: image.width() as usize,
-        image_height: image.height() as usize,
-        annotation: Annotation::Label(label),
-        image_path: path.into(),
+/// An [`ImageItem`] holding `image` with a class label, e.g. for in-memory datasets made in code.
+pub fn image_item(image: &RgbImage, label: usize, path: impl Into<String>) -> ImageItem {
+    ImageItem {
+        image: image.clone(),
+        label,
+        path: path.into(),
     }
 }
 
@@ -248,7 +199,7 @@ pub fn image_item(image: &RgbImage, label: usize, path: impl Into<String>) -> Im
 pub fn folder_items(
     folder: &crate::warm::ImageFolder,
     side: u32,
-) -> Result<Vec<ImageDatasetItem>, super::LoaderError> {
+) -> Result<Vec<ImageItem>, super::LoaderError> {
     let mut items = Vec::with_capacity(folder.images.len());
     for (index, (path, label)) in folder.images.iter().enumerate() {
         let image = crate::image_io::open_rgb(path)
@@ -278,34 +229,8 @@ mod tests {
         let generated = item.with_generated(&big, 5, "abc").unwrap();
         assert_eq!(generated.label(), Some(5));
         assert!(generated.is_generated());
-        assert_eq!((generated.image_width, generated.image_height), (12, 9));
-        assert_eq!(generated.image.len(), 12 * 9 * 3);
-    }
-
-    #[test]
-    fn grey_rgba_u16_and_f32_layouts_are_kept() {
-        let img = gradient(4, 4);
-        for (data, channels) in [
-            (PixelData::U8(vec![9; 16]), 1),
-            (PixelData::U8(vec![9; 32]), 2),
-            (PixelData::U16(vec![9; 48]), 3),
-            (PixelData::F32(vec![0.5; 64]), 4),
-        ] {
-            let item = ImageDatasetItem {
-                image: data,
-                image_width: 4,
-                image_height: 4,
-                annotation: Annotation::Label(0),
-                image_path: String::new(),
-            };
-            assert_eq!(item.rgb().unwrap().dimensions(), (4, 4));
-            let generated = item.with_generated(&img, 1, "k").unwrap();
-            assert_eq!(generated.image.len(), 16 * channels);
-            assert_eq!(
-                std::mem::discriminant(&generated.image),
-                std::mem::discriminant(&item.image)
-            );
-        }
+        assert_eq!(generated.path, "genie:abc");
+        assert_eq!(generated.image.dimensions(), (12, 9));
     }
 
     #[test]
@@ -348,13 +273,9 @@ mod tests {
     }
 
     #[test]
-    fn malformed_items_are_errors() {
-        let mut item = image_item(&gradient(4, 4), 0, "x");
-        item.image_width = 5;
-        assert!(matches!(item.rgb(), Err(ItemError::BadShape { .. })));
-        item.image_width = 0;
+    fn empty_items_are_errors() {
+        let item = image_item(&RgbImage::new(0, 4), 0, "x");
         assert_eq!(item.rgb(), Err(ItemError::Empty));
-        item.annotation = Annotation::MultiLabel(vec![1, 2]);
-        assert_eq!(item.label(), None);
+        assert!(item.with_generated(&gradient(4, 4), 1, "k").is_err());
     }
 }

@@ -35,8 +35,8 @@ use crate::sync::lock;
 /// classifier head) on a batch built by your own batcher.
 ///
 /// ```ignore
-/// impl FeatureExtractor<Cnn, ImageDatasetItem> for Features {
-///     fn embed(&self, model: &Cnn, items: Vec<ImageDatasetItem>) -> Tensor<2> {
+/// impl FeatureExtractor<Cnn, ImageItem> for Features {
+///     fn embed(&self, model: &Cnn, items: Vec<ImageItem>) -> Tensor<2> {
 ///         model.features(self.batcher.batch(items, &self.device).images)
 ///     }
 /// }

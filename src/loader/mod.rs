@@ -10,7 +10,8 @@
 //!   [`Observed`] wraps your model so that burn's `SupervisedTraining` feeds it.
 //! - [`ConfusionMetric`] or [`crate::policy::SharedConfusion::record`]: which classes are
 //!   confused with each target (its sources).
-//! - [`GenieItem`]: what genie needs of an item; implemented for burn's `ImageDatasetItem`.
+//! - [`GenieItem`]: what genie needs of an item; implemented for [`ImageItem`] (genie's own
+//!   labelled image) and, with the `burn-vision` feature, burn's `ImageDatasetItem`.
 //! - [`TrainDevice`]: the device to train on, named at run time (`cpu`, `vulkan`, `wgpu`, `auto`).
 
 mod augmenter;
@@ -22,6 +23,8 @@ mod item;
 mod live;
 mod metric;
 mod observed;
+#[cfg(feature = "burn-vision")]
+mod vision;
 
 pub use crate::generator::KeySpace;
 pub use augmenter::{
@@ -31,7 +34,7 @@ pub use batcher::GenieBatcher;
 pub use builder::AugmenterBuilder;
 pub use dataset::{AdaOutcome, GenieDataset, OfflinePlan, PlannedNegative};
 pub use device::{built_gpu_backends, TrainDevice, TrainDeviceError, TrainDeviceSpec};
-pub use item::{folder_items, image_item, GenieItem, ItemError, GENERATED_PATH_PREFIX};
+pub use item::{folder_items, image_item, GenieItem, ImageItem, ItemError, GENERATED_PATH_PREFIX};
 pub use live::{
     FeatureExtractor, LiveConfig, LiveModel, ScoringMode, SelectorStats, TRAINED_ITEM_COST,
 };

@@ -9,9 +9,9 @@ use crate::support::{engine_fingerprint, level_colour, ColourFactory, Gate, Iden
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::{Dataset, InMemDataset};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use burn_dataset::vision::ImageDatasetItem;
 use genie::cache::{Cache, MemoryStore};
 use genie::generator::{Generator, GeneratorConfig, Shutdown};
+use genie::loader::ImageItem;
 use genie::loader::{
     image_item, Augmenter, AugmenterConfig, ConfusionMetric, FeatureExtractor, GenieBatcher,
     GenieDataset, GenieItem, KeySpace, LiveConfig, LiveModel, OfflinePlan,
@@ -81,7 +81,7 @@ fn policy(per_target: usize) -> Policy {
 }
 
 /// A distinct item of `class`: its pixels encode (class, n).
-fn item(class: usize, n: usize) -> ImageDatasetItem {
+fn item(class: usize, n: usize) -> ImageItem {
     let colour = match class {
         3 => Rgb([0, 250, 0]),
         _ => Rgb([255, (n % 200) as u8, (n / 200) as u8]),
@@ -92,7 +92,7 @@ fn item(class: usize, n: usize) -> ImageDatasetItem {
 }
 
 /// A batch of 16 dominated by class 0, with one item of each other class.
-fn batch(round: usize) -> Vec<ImageDatasetItem> {
+fn batch(round: usize) -> Vec<ImageItem> {
     let mut items: Vec<_> = (0..13).map(|i| item(0, round * 100 + i)).collect();
     items.extend((1..CLASSES).map(|c| item(c, round * 100 + 50)));
     items
@@ -111,9 +111,7 @@ fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
 }
 
 /// Runs batches until the generator has made the images of every pair started so far.
-fn run_until_mixed(
-    batcher: &GenieBatcher<Identity, ImageDatasetItem>,
-) -> Vec<Vec<ImageDatasetItem>> {
+fn run_until_mixed(batcher: &GenieBatcher<Identity, ImageItem>) -> Vec<Vec<ImageItem>> {
     let device = Device::default();
     let mut out = Vec::new();
     for round in 0..200 {
@@ -230,8 +228,8 @@ fn batcher_never_blocks_on_a_saturated_generator() {
 /// The model's view of an item: its linear map of the item's mean colour.
 struct MeanColour;
 
-impl FeatureExtractor<burn::nn::Linear, ImageDatasetItem> for MeanColour {
-    fn embed(&self, model: &burn::nn::Linear, items: Vec<ImageDatasetItem>) -> Tensor<2> {
+impl FeatureExtractor<burn::nn::Linear, ImageItem> for MeanColour {
+    fn embed(&self, model: &burn::nn::Linear, items: Vec<ImageItem>) -> Tensor<2> {
         let n = items.len();
         let mut values = Vec::with_capacity(n * 3);
         for item in items {
@@ -450,7 +448,7 @@ fn batcher_updates_the_class_statistics_of_every_batch() {
     let rounds = batches.len() as u64;
     assert_eq!(counts.seen, vec![13 * rounds - 1, rounds, rounds, rounds]);
     assert_eq!(counts.unknown_labels, 0);
-    let generated = |b: &Vec<ImageDatasetItem>| b.iter().filter(|i| i.is_generated()).count();
+    let generated = |b: &Vec<ImageItem>| b.iter().filter(|i| i.is_generated()).count();
     let mixed: usize = batches.iter().map(generated).sum::<usize>() - 1;
     assert!(mixed > 0);
     assert_eq!(
@@ -558,9 +556,9 @@ fn genie_dataset_follows_the_quotas() {
 
 #[test]
 fn confusion_metric_feeds_the_policy_matrix() {
+    use burn::data::dataset::Dataset as _;
     use burn::train::metric::{Adaptor, Metric, MetricMetadata};
     use burn::train::ClassificationOutput;
-    use burn_dataset::Dataset as _;
     let _ = InMemDataset::<u8>::new(vec![]).len();
     let device = Device::default();
     let confusion = SharedConfusion::new(3);
@@ -644,8 +642,7 @@ fn end_to_end_through_the_real_engine_on_a_disk_cache() {
         assert_eq!(g.label(), Some(3));
         assert_eq!(g.rgb().unwrap().dimensions(), (SIDE, SIDE));
         // The pixels are the cached image, resized to the item's size.
-        let key: genie::cache::CacheKey = g.image_path
-            [genie::loader::GENERATED_PATH_PREFIX.len()..]
+        let key: genie::cache::CacheKey = g.path[genie::loader::GENERATED_PATH_PREFIX.len()..]
             .parse()
             .unwrap();
         let cached = augmenter.cache().get_image(&key).unwrap().unwrap();
@@ -779,7 +776,7 @@ fn image_folder(
 }
 
 /// Training items of a folder: small thumbnails that remember their file.
-fn folder_items(folder: &genie::warm::ImageFolder) -> Vec<ImageDatasetItem> {
+fn folder_items(folder: &genie::warm::ImageFolder) -> Vec<ImageItem> {
     folder
         .images
         .iter()
@@ -864,7 +861,7 @@ fn a_loaded_plan_is_exactly_what_training_mixes_from_a_pre_warmed_cache() {
             let batch = chunk.iter().map(|&i| items[i].clone()).collect();
             for out in batcher.batch(batch, &device) {
                 if out.is_generated() {
-                    let key = &out.image_path[genie::loader::GENERATED_PATH_PREFIX.len()..];
+                    let key = &out.path[genie::loader::GENERATED_PATH_PREFIX.len()..];
                     assert!(planned.contains(key), "{key} is not in the plan");
                     mixed += 1;
                 }
@@ -914,7 +911,7 @@ fn a_loaded_plan_is_exactly_what_training_mixes_from_a_pre_warmed_cache() {
     assert!(err.to_string().contains("not in the dataset"), "{err}");
     // The plan must fit this run: other levels, or another engine, are errors up front.
     let fixed_only = || {
-        Augmenter::<ImageDatasetItem>::new(
+        Augmenter::<ImageItem>::new(
             Policy::long_tail(
                 ClassStats::from_labels(folder.labels(), 4).unwrap(),
                 PolicyConfig::long_tail(),
@@ -948,7 +945,7 @@ fn a_loaded_plan_is_exactly_what_training_mixes_from_a_pre_warmed_cache() {
         SIDE,
         folder.classes.clone(),
     );
-    let err = Augmenter::<ImageDatasetItem>::new(
+    let err = Augmenter::<ImageItem>::new(
         Policy::long_tail(
             ClassStats::from_labels(folder.labels(), 4).unwrap(),
             PolicyConfig::long_tail(),
@@ -998,11 +995,9 @@ fn sources_are_read_from_the_original_file_at_full_resolution() {
         let item = items
             .iter()
             .find(|i| {
-                keys.source(
-                    &genie::image_io::open_rgb(std::path::Path::new(&i.image_path)).unwrap(),
-                )
-                .unwrap()
-                .hash
+                keys.source(&genie::image_io::open_rgb(std::path::Path::new(&i.path)).unwrap())
+                    .unwrap()
+                    .hash
                     == pair.source_hash
             })
             .expect("the pair's source hash is an original file's, at the engine's size");
@@ -1027,7 +1022,7 @@ fn the_builder_derives_keys_from_the_engine_and_refuses_mismatches() {
     let cache = || Arc::new(Cache::new(Arc::new(MemoryStore::new()), 1 << 20));
     let generator = open_generator(cache(), 8);
 
-    let built = Augmenter::<ImageDatasetItem>::builder(policy(2), classes(), cache())
+    let built = Augmenter::<ImageItem>::builder(policy(2), classes(), cache())
         .generator(Arc::clone(&generator))
         .pre_warmed_by(&fingerprint())
         .superclass("colour")
@@ -1048,7 +1043,7 @@ fn the_builder_derives_keys_from_the_engine_and_refuses_mismatches() {
     );
 
     let other = engine_fingerprint("another-engine", SIDE);
-    match Augmenter::<ImageDatasetItem>::builder(policy(2), classes(), cache())
+    match Augmenter::<ImageItem>::builder(policy(2), classes(), cache())
         .generator(Arc::clone(&generator))
         .pre_warmed_by(&other)
         .build()
@@ -1062,17 +1057,17 @@ fn the_builder_derives_keys_from_the_engine_and_refuses_mismatches() {
             other.map(|_| ())
         ),
     }
-    let offline = Augmenter::<ImageDatasetItem>::builder(policy(2), classes(), cache())
+    let offline = Augmenter::<ImageItem>::builder(policy(2), classes(), cache())
         .pre_warmed_by(&other)
         .build()
         .unwrap();
     assert_eq!(offline.keys().fingerprint(), &other);
     assert!(matches!(
-        Augmenter::<ImageDatasetItem>::builder(policy(2), classes(), cache()).build(),
+        Augmenter::<ImageItem>::builder(policy(2), classes(), cache()).build(),
         Err(AugmenterError::NoEngine)
     ));
     assert!(matches!(
-        Augmenter::<ImageDatasetItem>::builder(policy(2), classes()[..3].to_vec(), cache())
+        Augmenter::<ImageItem>::builder(policy(2), classes()[..3].to_vec(), cache())
             .pre_warmed_by(&other)
             .build(),
         Err(AugmenterError::ClassNames { .. })

@@ -18,10 +18,10 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn::train::{
     ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
 };
-use burn_dataset::vision::ImageDatasetItem;
 use genie::cache::Cache;
 use genie::classes::{ClassInfo, ClassNames};
 use genie::factory::SdEngineFactory;
+use genie::loader::ImageItem;
 use genie::loader::{Augmenter, FeatureExtractor, GenieItem, LiveConfig, LiveModel, Observed};
 use genie::policy::{Policy, SharedConfusion};
 use genie::EngineFingerprint;
@@ -82,8 +82,8 @@ struct MyBatch {
 #[derive(Clone)]
 struct MyBatcher;
 
-impl Batcher<ImageDatasetItem, MyBatch> for MyBatcher {
-    fn batch(&self, items: Vec<ImageDatasetItem>, device: &Device) -> MyBatch {
+impl Batcher<ImageItem, MyBatch> for MyBatcher {
+    fn batch(&self, items: Vec<ImageItem>, device: &Device) -> MyBatch {
         let n = items.len();
         let pixels: Vec<f32> = items
             .iter()
@@ -104,15 +104,15 @@ impl Batcher<ImageDatasetItem, MyBatch> for MyBatcher {
 /// GeNIe-Ada's view of the model: its logits.
 struct MyEmbeddings;
 
-impl FeatureExtractor<MyModel, ImageDatasetItem> for MyEmbeddings {
-    fn embed(&self, model: &MyModel, items: Vec<ImageDatasetItem>) -> Tensor<2> {
+impl FeatureExtractor<MyModel, ImageItem> for MyEmbeddings {
+    fn embed(&self, model: &MyModel, items: Vec<ImageItem>) -> Tensor<2> {
         model.forward(MyBatcher.batch(items, &Device::flex()).images)
     }
 }
 
 #[rustfmt::skip]
 fn burn_guide(
-    dataset: InMemDataset<ImageDatasetItem>,
+    dataset: InMemDataset<ImageItem>,
     factory: SdEngineFactory,
     cache: Arc<Cache>,
     class_ids: Vec<String>,
@@ -152,7 +152,7 @@ fn burn_guide(
 
 #[rustfmt::skip]
 fn hand_written_loop(
-    augmenter: Arc<Augmenter<ImageDatasetItem>>,
+    augmenter: Arc<Augmenter<ImageItem>>,
     loader: Arc<dyn DataLoader<MyBatch>>,
     mut model: MyModel,
     mut optim: ModuleOptimizer,
@@ -178,7 +178,7 @@ fn hand_written_loop(
 
 #[rustfmt::skip]
 fn supervised_training(
-    augmenter: Arc<Augmenter<ImageDatasetItem>>,
+    augmenter: Arc<Augmenter<ImageItem>>,
     loader: Arc<dyn DataLoader<MyBatch>>,
     valid_loader: Arc<dyn DataLoader<MyBatch>>,
     model: MyModel,
@@ -205,7 +205,7 @@ fn pre_warm_plan(
 ) -> Result {
     // README begin
     let pairs = genie::warm::plan_pairs(&genie::warm::read_plan("plan.jsonl".as_ref())?);
-    let augmenter = Augmenter::<ImageDatasetItem>::builder(policy, classes, cache)
+    let augmenter = Augmenter::<ImageItem>::builder(policy, classes, cache)
         .pre_warmed_by(&factory.plan().fingerprint) // or .generator(…) for what is missing
         .plan(pairs)
         .build()?;
@@ -229,7 +229,7 @@ fn remote_generator(
     // `expected`: the server's engine, e.g. `genie::diffusion::plan_engine(&source, &options)?.fingerprint`;
     // connect refuses a server that runs another one.
     let remote = RemoteGenerator::connect("http://gpu-node:8700", &expected, RemoteConfig::default())?;
-    let augmenter = Augmenter::<ImageDatasetItem>::builder(policy, classes, cache)
+    let augmenter = Augmenter::<ImageItem>::builder(policy, classes, cache)
         .generator(Arc::new(remote)) // the keys are the server's engine's
         .build()?;
     let batcher = GenieBatcher::new(your_batcher, augmenter); // as in-process

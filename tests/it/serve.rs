@@ -498,7 +498,7 @@ fn serve_drains_its_queue_on_sigterm() {
 
 /// A batch of 16 drawn 64-px items dominated by class 0, one of each other class (class 3 is
 /// the Few class the policy targets).
-fn batch(round: usize) -> Vec<burn_dataset::vision::ImageDatasetItem> {
+fn batch(round: usize) -> Vec<genie::loader::ImageItem> {
     let draw = |class: usize, n: usize| {
         let items = genie::synthetic::balanced_dataset(1, 4, 64, (round * 100 + n) as u64).unwrap();
         let it = items.into_iter().find(|i| i.label == class).unwrap();
@@ -600,7 +600,7 @@ fn a_batcher_mixes_a_servers_hard_negatives_and_outlives_the_server() {
     let mut mixed_until = |batcher: &GenieBatcher<_, _>, what: &str| {
         let deadline = Instant::now() + Duration::from_secs(90);
         loop {
-            let b: Vec<burn_dataset::vision::ImageDatasetItem> =
+            let b: Vec<genie::loader::ImageItem> =
                 burn::data::dataloader::batcher::Batcher::batch(batcher, batch(round), &device);
             round += 1;
             assert_eq!(b.len(), 16);
@@ -619,7 +619,7 @@ fn a_batcher_mixes_a_servers_hard_negatives_and_outlives_the_server() {
     drop(server);
     for _ in 0..30 {
         let started = Instant::now();
-        let b: Vec<burn_dataset::vision::ImageDatasetItem> =
+        let b: Vec<genie::loader::ImageItem> =
             burn::data::dataloader::batcher::Batcher::batch(&batcher, batch(round), &device);
         round += 1;
         assert_eq!(b.len(), 16);
@@ -643,7 +643,7 @@ fn a_batcher_mixes_a_servers_hard_negatives_and_outlives_the_server() {
     );
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
-        let b: Vec<burn_dataset::vision::ImageDatasetItem> =
+        let b: Vec<genie::loader::ImageItem> =
             burn::data::dataloader::batcher::Batcher::batch(&batcher, batch(round), &device);
         round += 1;
         let (_, metrics) = http_with(

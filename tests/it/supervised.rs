@@ -15,8 +15,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use burn::train::{
     ClassificationOutput, InferenceStep, Learner, SupervisedTraining, TrainOutput, TrainStep,
 };
-use burn_dataset::vision::ImageDatasetItem;
 use genie::cache::{Cache, CacheKey, EntryMeta, MemoryStore};
+use genie::loader::ImageItem;
 use genie::loader::{
     image_item, Augmenter, AugmenterConfig, ConfusionMetric, FeatureExtractor, GenieBatcher,
     GenieItem, KeySpace, LiveConfig, LiveModel, Observed,
@@ -36,8 +36,8 @@ struct Batch {
 #[derive(Clone)]
 struct Flatten;
 
-impl Batcher<ImageDatasetItem, Batch> for Flatten {
-    fn batch(&self, items: Vec<ImageDatasetItem>, device: &Device) -> Batch {
+impl Batcher<ImageItem, Batch> for Flatten {
+    fn batch(&self, items: Vec<ImageItem>, device: &Device) -> Batch {
         let n = items.len();
         let mut values = Vec::new();
         for item in &items {
@@ -97,7 +97,7 @@ impl InferenceStep for Probe {
     }
 }
 
-fn item(class: usize, n: usize) -> ImageDatasetItem {
+fn item(class: usize, n: usize) -> ImageItem {
     let img = RgbImage::from_fn(SIDE, SIDE, |x, y| {
         Rgb([(class * 60) as u8, (n * 7 + x as usize) as u8, y as u8 * 9])
     });
@@ -105,7 +105,7 @@ fn item(class: usize, n: usize) -> ImageDatasetItem {
 }
 
 /// The run's key space and its training items: classes a (40), b (30) and c (5, the Few one).
-fn setup() -> (KeySpace, Vec<ImageDatasetItem>) {
+fn setup() -> (KeySpace, Vec<ImageItem>) {
     let counts = [40usize, 30, 5];
     let items: Vec<_> = counts
         .iter()
@@ -119,12 +119,7 @@ fn setup() -> (KeySpace, Vec<ImageDatasetItem>) {
 
 /// Pre-warms a hard negative of target c at each of `levels` for every item of a and b: a
 /// flat colour per level.
-fn prewarm(
-    keys: &KeySpace,
-    items: &[ImageDatasetItem],
-    seed: u64,
-    levels: &[NoiseLevel],
-) -> Arc<Cache> {
+fn prewarm(keys: &KeySpace, items: &[ImageItem], seed: u64, levels: &[NoiseLevel]) -> Arc<Cache> {
     let cache = Arc::new(Cache::new(Arc::new(MemoryStore::new()), 1 << 20));
     for it in items.iter().filter(|i| i.label() != Some(2)) {
         let source = keys.source(&it.rgb().unwrap()).unwrap();
@@ -150,8 +145,8 @@ fn prewarm(
 }
 
 fn loaders(
-    augmenter: &Arc<Augmenter<ImageDatasetItem>>,
-    items: &[ImageDatasetItem],
+    augmenter: &Arc<Augmenter<ImageItem>>,
+    items: &[ImageItem],
     device: &Device,
 ) -> (
     Arc<dyn burn::data::dataloader::DataLoader<Batch>>,
@@ -213,8 +208,8 @@ fn supervised_training_with_genie_batcher_and_confusion_metric() {
 /// GeNIe-Ada's view of the probe: its logits for the flattened item.
 struct Logits;
 
-impl FeatureExtractor<Probe, ImageDatasetItem> for Logits {
-    fn embed(&self, model: &Probe, items: Vec<ImageDatasetItem>) -> Tensor<2> {
+impl FeatureExtractor<Probe, ImageItem> for Logits {
+    fn embed(&self, model: &Probe, items: Vec<ImageItem>) -> Tensor<2> {
         let device = Device::flex();
         model.linear.forward(Flatten.batch(items, &device).inputs)
     }
@@ -283,13 +278,13 @@ struct Recording(Arc<std::sync::Mutex<Vec<LoggedBatch>>>);
 /// A batch as [`Recording`] logs it: each item's path, label and pixels.
 type LoggedBatch = Vec<(String, usize, Vec<u8>)>;
 
-impl Batcher<ImageDatasetItem, Batch> for Recording {
-    fn batch(&self, items: Vec<ImageDatasetItem>, device: &Device) -> Batch {
+impl Batcher<ImageItem, Batch> for Recording {
+    fn batch(&self, items: Vec<ImageItem>, device: &Device) -> Batch {
         let logged = items
             .iter()
             .map(|i| {
                 let pixels = i.rgb().unwrap().into_raw();
-                (i.image_path.clone(), i.label().unwrap(), pixels)
+                (i.path.clone(), i.label().unwrap(), pixels)
             })
             .collect();
         self.0.lock().unwrap().push(logged);
@@ -300,8 +295,8 @@ impl Batcher<ImageDatasetItem, Batch> for Recording {
 /// A training loader through `GenieBatcher` whose batches are logged, shuffled with `shuffle`, and
 /// a plain validation loader, both of `items`.
 fn logged_loaders(
-    augmenter: &Arc<Augmenter<ImageDatasetItem>>,
-    items: &[ImageDatasetItem],
+    augmenter: &Arc<Augmenter<ImageItem>>,
+    items: &[ImageItem],
     shuffle: u64,
     device: &Device,
 ) -> (

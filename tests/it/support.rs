@@ -301,15 +301,15 @@ pub struct Identity;
 
 impl
     burn::data::dataloader::batcher::Batcher<
-        burn_dataset::vision::ImageDatasetItem,
-        Vec<burn_dataset::vision::ImageDatasetItem>,
+        genie::loader::ImageItem,
+        Vec<genie::loader::ImageItem>,
     > for Identity
 {
     fn batch(
         &self,
-        items: Vec<burn_dataset::vision::ImageDatasetItem>,
+        items: Vec<genie::loader::ImageItem>,
         _device: &burn::tensor::Device,
-    ) -> Vec<burn_dataset::vision::ImageDatasetItem> {
+    ) -> Vec<genie::loader::ImageItem> {
         items
     }
 }

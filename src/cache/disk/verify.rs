@@ -111,7 +111,7 @@ impl DiskStore {
     }
 
     /// [`verify`](Self::verify), and every entry whose bytes are intact must also pass
-    /// `content_check` (e.g. [`check_image`](super::check_image): a PNG of the manifest's size);
+    /// `content_check` (e.g. [`check_image`](crate::cache::check_image): a PNG of the manifest's size);
     /// one that fails is a bad entry like any other. The store itself knows only bytes.
     pub fn verify_with(
         &self,

@@ -208,7 +208,7 @@ mod tests {
     use crate::policy::{ClassStats, Policy, PolicyConfig};
     use std::sync::Arc;
 
-    fn augmenter() -> Augmenter<burn_dataset::vision::ImageDatasetItem> {
+    fn augmenter() -> Augmenter<crate::loader::ImageItem> {
         let fingerprint = EngineFingerprint {
             model: "m".into(),
             scheduler: "s".into(),
@@ -258,7 +258,7 @@ mod tests {
     /// Adds `pairs` pairs with every level cached, pair `i` towards `target(i)`, and a prototype
     /// item for each target.
     fn add_scorable_pairs(
-        augmenter: &Augmenter<burn_dataset::vision::ImageDatasetItem>,
+        augmenter: &Augmenter<crate::loader::ImageItem>,
         pairs: usize,
         target: impl Fn(usize) -> usize,
     ) {
@@ -282,7 +282,7 @@ mod tests {
     /// pairs, and checks that every pair is scored again within ⌈pairs / budget⌉ rounds and
     /// that every target is served.
     fn starve_no_pair(
-        augmenter: &Augmenter<burn_dataset::vision::ImageDatasetItem>,
+        augmenter: &Augmenter<crate::loader::ImageItem>,
         pairs: usize,
         budget: usize,
     ) {

@@ -53,7 +53,7 @@ pub struct ItemMemory {
     pub items: usize,
     /// Their estimated bytes.
     pub used_bytes: usize,
-    /// [`AugmenterConfig::item_memory_bytes`].
+    /// [`AugmenterConfig::item_memory_bytes`](super::AugmenterConfig::item_memory_bytes).
     pub budget_bytes: usize,
 }
 

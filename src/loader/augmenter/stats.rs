@@ -139,7 +139,7 @@ impl<I: GenieItem> Augmenter<I> {
     }
 
     /// The key pair `id`'s GeNIe-Ada choices are filed under in the cache
-    /// ([`Cache::ada_choice`]; what `genie sheet` reads).
+    /// ([`Cache::ada_choice`](crate::cache::Cache::ada_choice); what `genie sheet` reads).
     pub fn pair_record_key(&self, id: PairId) -> Option<CacheKey> {
         self.state().pairs.get(id).map(|e| e.pair_key)
     }

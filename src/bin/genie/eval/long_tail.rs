@@ -11,7 +11,6 @@ use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
-use burn_dataset::vision::ImageDatasetItem;
 use clap::Args;
 use genie::backbone::{
     image_tensor, load_resnet, ResNetClassifier, ResNetConfig, ResNetDepth, ResNetEmbeddings,
@@ -21,6 +20,7 @@ use genie::diffusion;
 use genie::eval::{long_tail_csv, long_tail_markdown, GroupAccuracy};
 use genie::factory::SdEngineFactory;
 use genie::generator::{Generator, GeneratorConfig, HardNegativeGenerator, Shutdown};
+use genie::loader::ImageItem;
 use genie::loader::{
     folder_items, predictions_and_targets, GenieDataset, GenieItem, KeySpace, OfflinePlan,
     TrainDevice,
@@ -464,7 +464,7 @@ struct Trainer<'a> {
     classes: usize,
     groups: &'a [Group],
     device: &'a Device,
-    test: &'a InMemDataset<ImageDatasetItem>,
+    test: &'a InMemDataset<ImageItem>,
 }
 
 impl Trainer<'_> {
@@ -473,7 +473,7 @@ impl Trainer<'_> {
     fn run(
         &self,
         run: Run,
-        data: &dyn Dataset<ImageDatasetItem>,
+        data: &dyn Dataset<ImageItem>,
     ) -> Result<(ResNetClassifier, GroupAccuracy)> {
         self.run_online(run, data, None)
     }
@@ -483,7 +483,7 @@ impl Trainer<'_> {
     fn run_online(
         &self,
         run: Run,
-        data: &dyn Dataset<ImageDatasetItem>,
+        data: &dyn Dataset<ImageItem>,
         online: Option<Online<'_>>,
     ) -> Result<(ResNetClassifier, GroupAccuracy)> {
         let started = Instant::now();
@@ -515,7 +515,7 @@ impl Trainer<'_> {
     /// alongside makes their images, r* chosen per pair by the model being trained.
     fn run_live(
         &self,
-        train: &Arc<InMemDataset<ImageDatasetItem>>,
+        train: &Arc<InMemDataset<ImageItem>>,
         cache: &Arc<Cache>,
         keys: &KeySpace,
         policy: Policy,
@@ -573,7 +573,7 @@ impl Trainer<'_> {
     fn run_with(
         &self,
         run: Run,
-        train: &Arc<InMemDataset<ImageDatasetItem>>,
+        train: &Arc<InMemDataset<ImageItem>>,
         cache: &Arc<Cache>,
         plan: &OfflinePlan,
     ) -> Result<(ResNetClassifier, GroupAccuracy)> {
@@ -593,7 +593,7 @@ impl Trainer<'_> {
 fn generate(
     args: &LongTailArgs,
     plans: &[&OfflinePlan],
-    train: &Arc<InMemDataset<ImageDatasetItem>>,
+    train: &Arc<InMemDataset<ImageItem>>,
     keys: &KeySpace,
     cache: &Arc<Cache>,
     missing: usize,
@@ -642,7 +642,7 @@ fn generate(
 /// The online half of a live run: what mixes each batch, and the model GeNIe-Ada watches.
 #[derive(Clone, Copy)]
 struct Online<'a> {
-    augmenter: &'a genie::loader::Augmenter<ImageDatasetItem>,
+    augmenter: &'a genie::loader::Augmenter<ImageItem>,
     live: &'a genie::loader::LiveModel<ResNetClassifier>,
 }
 
@@ -652,7 +652,7 @@ struct Online<'a> {
 /// `GenieBatcher` does) and each optimiser step is shown to the live model.
 fn train_model(
     args: &LongTailArgs,
-    data: &dyn Dataset<ImageDatasetItem>,
+    data: &dyn Dataset<ImageItem>,
     classes: usize,
     on: &Device,
     online: Option<Online<'_>>,
@@ -694,7 +694,7 @@ fn train_model(
             for item in &items {
                 images.push(
                     item.rgb()
-                        .with_context(|| format!("training item {}", item.image_path))?,
+                        .with_context(|| format!("training item {}", item.path))?,
                 );
                 labels.push(item.label().unwrap_or(0) as i64);
             }
@@ -722,7 +722,7 @@ fn train_model(
 /// The confusion matrix (true class, predicted class) of `model` on `data`.
 fn evaluate(
     model: &ResNetClassifier,
-    data: &dyn Dataset<ImageDatasetItem>,
+    data: &dyn Dataset<ImageItem>,
     side: u32,
     device: &Device,
     classes: usize,
