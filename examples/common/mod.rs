@@ -157,6 +157,11 @@ pub struct EngineArgs {
     /// f32, f16 or bf16 for the UNet and text encoder (f16/bf16 on a GPU).
     #[arg(long, default_value = "f32")]
     pub dtype: String,
+    /// With --device cpu: engines generating side by side, the cores shared out between them
+    /// (0: one single-threaded engine per core for the built-in models, whose small UNet calls
+    /// keep two threads only partly busy; one engine on every core with --weights).
+    #[arg(long, default_value_t = 0)]
+    pub cpu_workers: usize,
 }
 
 /// The engine the examples use: Stable Diffusion from `--weights`, else the shapes model (or
@@ -187,15 +192,34 @@ pub fn engine_factory(
     for d in &args.device {
         diffusion::parse_device(d)?;
     }
+    let mut devices = args.device.clone();
+    let mut per_worker = String::new();
+    if args.device == ["cpu"] {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let workers = match args.cpu_workers {
+            0 if args.weights.is_none() => cores,
+            0 => 1,
+            n => n,
+        };
+        if workers > 1 {
+            let threads = (cores / workers).max(1);
+            options.threads = Some(threads);
+            devices = vec!["cpu".to_string(); workers];
+            per_worker = format!(
+                " of {threads} thread{}",
+                if threads == 1 { "" } else { "s" }
+            );
+        }
+    }
     println!(
-        "devices: training on the CPU (burn flex); generating on {} ({}, {} worker{})",
+        "devices: training on the CPU (burn flex); generating on {} ({}, {} worker{}{per_worker})",
         args.device.join(", "),
         args.dtype,
-        args.device.len(),
-        if args.device.len() == 1 { "" } else { "s" }
+        devices.len(),
+        if devices.len() == 1 { "" } else { "s" }
     );
     let mut config = genie::generator::GeneratorConfig::default();
-    config.devices = args.device.clone();
+    config.devices = devices;
     Ok((SdEngineFactory::new(source, options)?, config))
 }
 

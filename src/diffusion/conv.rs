@@ -296,7 +296,8 @@ fn matmul(
     debug_assert!(m == 0 || dst.len() >= (m - 1) * dst_row + n);
     debug_assert!(lhs.len() >= m * k);
     debug_assert!(k == 0 || rhs.len() >= (k - 1) * rhs_row + n);
-    let threads = candle_core::utils::get_num_threads();
+    // The pool this runs in: the process's, or an engine's own (`EngineOptions::threads`).
+    let threads = rayon::current_num_threads();
     let parallelism = if threads > 1 && m * n * k >= 1 << 16 {
         gemm::Parallelism::Rayon(threads)
     } else {

@@ -18,7 +18,7 @@ pub enum OptionsError {
     )]
     Bf16OnCpu,
     /// A chain or prompt-cache limit of 0.
-    #[error("max_chains_per_call and prompt_cache must be at least 1")]
+    #[error("max_chains_per_call, prompt_cache and threads must be at least 1")]
     ZeroLimit,
     /// A guidance scale that is NaN or infinite.
     #[error("guidance {0} is not a finite number")]
@@ -55,7 +55,8 @@ impl EngineOptions {
         if self.dtype == DType::BF16 && self.device.is_cpu() {
             return Err(OptionsError::Bf16OnCpu);
         }
-        if self.max_chains_per_call == Some(0) || self.prompt_cache == 0 {
+        if self.max_chains_per_call == Some(0) || self.prompt_cache == 0 || self.threads == Some(0)
+        {
             return Err(OptionsError::ZeroLimit);
         }
         if !self.guidance.is_finite() {
@@ -98,6 +99,12 @@ pub struct EngineOptions {
     /// overflow) with an f32 UNet, built from the same files on first need, instead of failing
     /// the batch. Chains that stay finite are untouched, so this changes no cached pixels.
     pub half_fallback: bool,
+    /// CPU threads the engine computes on, in a thread pool of its own. `None` (the default)
+    /// uses the process's pool, every core. `Some(1)` suits several engines side by side, one per
+    /// core (`GeneratorConfig::devices` = `["cpu", "cpu"]`): on small models a UNet call keeps
+    /// two threads only partly busy, so two one-thread engines make more images per second than
+    /// one two-thread engine (BENCHMARKS.md). The images are the same either way.
+    pub threads: Option<usize>,
 }
 
 impl Default for EngineOptions {
@@ -112,6 +119,7 @@ impl Default for EngineOptions {
             max_chains_per_call: None,
             prompt_cache: 256,
             half_fallback: true,
+            threads: None,
         }
     }
 }

@@ -63,6 +63,8 @@ pub struct SdEngine {
     uncond: Tensor,
     source_latents: lru::LruCache<blake3::Hash, Tensor>,
     cancel: CancelToken,
+    /// The engine's own CPU threads ([`EngineOptions::threads`]); `None`: the process's pool.
+    pool: Option<rayon::ThreadPool>,
 }
 
 fn build_err<'a>(
@@ -123,7 +125,22 @@ impl SdEngine {
         let vb = weights::var_builder(&files.unet_weights, opts.dtype, dev)?;
         let unet = UNet::new(vb, &unet_spec).map_err(build_err("UNet", &files.unet_weights))?;
 
+        let pool = match opts.threads {
+            Some(threads) if opts.device.is_cpu() => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(threads)
+                    .thread_name(|i| format!("genie-engine-{i}"))
+                    .build()
+                    .map_err(|e| DiffusionError::Build {
+                        component: "CPU thread pool",
+                        files: "(none)".into(),
+                        message: e.to_string(),
+                    })?,
+            ),
+            _ => None,
+        };
         let mut engine = SdEngine {
+            pool,
             fingerprint,
             unet,
             unet_f32: None,
@@ -548,6 +565,20 @@ impl Engine for SdEngine {
     }
 
     fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, DiffusionError> {
+        match self.pool.take() {
+            Some(pool) => {
+                let outputs = pool.install(|| self.generate_here(jobs));
+                self.pool = Some(pool);
+                outputs
+            }
+            None => self.generate_here(jobs),
+        }
+    }
+}
+
+impl SdEngine {
+    /// [`Engine::generate`] on the current thread pool.
+    fn generate_here(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, DiffusionError> {
         self.run_chains(jobs)?
             .into_iter()
             .map(|chains| {

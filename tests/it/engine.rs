@@ -148,6 +148,33 @@ fn same_seed_same_image_other_seed_other_image() {
     assert_eq!(a[0].images[0].image, d[0].images[0].image);
 }
 
+/// An engine on a one-thread pool of its own makes the same pixels as one on the process's
+/// pool (so `EngineOptions::threads` rightly stays out of the cache key); 0 threads is refused.
+#[test]
+fn an_engine_on_its_own_threads_makes_the_same_images() {
+    let jobs = [
+        job(Some(source(3)), "a photo of a cat.", &[500, 900], 5),
+        job(Some(source(4)), "a photo of a dog.", &[700], 6),
+    ];
+    let mut shared = load(tiny_model(), opts(SchedulerKind::DpmSolverPp, 10)).unwrap();
+    let mut one = opts(SchedulerKind::DpmSolverPp, 10);
+    one.threads = Some(1);
+    let mut own = load(tiny_model(), one).unwrap();
+    let a = shared.generate(&jobs).unwrap();
+    let b = own.generate(&jobs).unwrap();
+    for (x, y) in a.iter().zip(&b) {
+        for (i, j) in x.images.iter().zip(&y.images) {
+            assert_eq!(i.image, j.image);
+        }
+    }
+    let mut zero = opts(SchedulerKind::DpmSolverPp, 10);
+    zero.threads = Some(0);
+    assert!(matches!(
+        load(tiny_model(), zero),
+        Err(DiffusionError::Options(_))
+    ));
+}
+
 #[test]
 fn injected_noise_equals_seeded_noise() {
     let mut e = load(tiny_model(), opts(SchedulerKind::Ddim, 10)).unwrap();
