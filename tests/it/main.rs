@@ -21,6 +21,7 @@ mod engine;
 mod eval;
 mod examples;
 mod generator;
+mod layout;
 mod loader;
 mod parity;
 mod policy;

@@ -1,37 +1,21 @@
 //! The commit protocol: content first, then the manifest that commits it (the `Store`
-//! implementation), and how entries are read back and removed.
+//! implementation), and entries removed by running it backwards.
 
-use std::fs::{self, File};
-use std::hash::BuildHasher;
-use std::io::{self, Read, Write};
+use std::fs;
+use std::io;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use super::layout::{ensure_dir, remove_if_present, same_file, sync_dir, TOKEN_LEN};
-use super::verify::{Checked, Expect};
+use super::files::{ensure_dir, remove_if_present, same_file, sync_dir, write_fully};
+use super::layout::unique_token;
+use super::verify::{Checked, Expect, FileRead, ManifestRead};
 use super::DiskStore;
 use super::{scan_manifest, CONTENT_EXTENSION, HASH_PREFIX_LEN, RECORDS_DIR};
 use crate::cache::error::CacheError;
 use crate::cache::key::CacheKey;
-use crate::cache::manifest::{EntryMeta, Manifest, MANIFEST_FORMAT, MAX_MANIFEST_BYTES};
+use crate::cache::manifest::{EntryMeta, Manifest, MANIFEST_FORMAT};
 use crate::cache::record::MAX_RECORD_BYTES;
 use crate::cache::store::{BadEntry, Defect, Lookup, ManifestScan, PutOutcome, Store};
-use crate::cache::{unix_nanos, unix_now};
-
-/// Outcome of reading a file the cache owns, without following symlinks.
-pub(super) enum FileRead {
-    Absent,
-    Bytes(Vec<u8>),
-    TooLong { len: u64 },
-    Defective(Defect),
-}
-
-/// Outcome of reading a manifest file.
-pub(super) enum ManifestRead {
-    Absent,
-    Bytes(Vec<u8>),
-    Defective(Defect),
-}
+use crate::cache::unix_now;
 
 impl Store for DiskStore {
     fn get(&self, key: &CacheKey) -> Result<Lookup, CacheError> {
@@ -195,21 +179,6 @@ impl Store for DiskStore {
     }
 }
 
-/// 16 hex digits no other write (in any process, on any machine) will pick.
-pub(in crate::cache) fn unique_token() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&std::process::id().to_le_bytes());
-    hasher.update(&unix_nanos().to_le_bytes());
-    hasher.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    hasher.update(format!("{:?}", std::thread::current().id()).as_bytes());
-    // RandomState is seeded from the OS's randomness: it separates machines on a shared
-    // filesystem whose pids and clocks happen to agree.
-    let random = std::collections::hash_map::RandomState::new().hash_one(0u8);
-    hasher.update(&random.to_le_bytes());
-    hasher.finalize().to_hex()[..TOKEN_LEN].to_string()
-}
-
 /// Removes a file when dropped, unless disarmed by taking the path out.
 pub(super) struct RemoveOnDrop(Option<PathBuf>);
 
@@ -221,67 +190,7 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-pub(super) fn write_fully(file: &mut File, bytes: &[u8]) -> io::Result<()> {
-    #[cfg(test)]
-    faults::before_write()?;
-    file.write_all(bytes)
-}
-
 impl DiskStore {
-    /// Reads a file the cache owns: no symlinks, no folders, at most `limit` bytes (a longer
-    /// file is reported by its length, unread).
-    pub(super) fn read_owned_file(&self, path: &Path, limit: u64) -> Result<FileRead, CacheError> {
-        let meta = match fs::symlink_metadata(path) {
-            Ok(meta) => meta,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileRead::Absent),
-            Err(e) => return Err(CacheError::io("inspect", path, e)),
-        };
-        if meta.file_type().is_symlink() {
-            return Ok(FileRead::Defective(self.symlink_defect(path)));
-        }
-        if !meta.is_file() {
-            return Ok(FileRead::Defective(Defect::NotAFile {
-                path: path.to_path_buf(),
-            }));
-        }
-        if meta.len() > limit {
-            return Ok(FileRead::TooLong { len: meta.len() });
-        }
-        // One file this process may not read (mode 000, another user's) is a defect of its entry,
-        // reported and quarantined like any other, not an error that stops every command on
-        // the whole cache.
-        let unreadable = |e: io::Error| {
-            FileRead::Defective(Defect::Unreadable {
-                path: path.to_path_buf(),
-                why: e.to_string(),
-            })
-        };
-        let file = match crate::safe_open::open_regular(path) {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileRead::Absent),
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(unreadable(e)),
-            Err(e) => return Err(CacheError::io("open", path, e)),
-        };
-        let mut bytes = Vec::with_capacity(meta.len() as usize);
-        match file.take(limit.saturating_add(1)).read_to_end(&mut bytes) {
-            Ok(_) => Ok(FileRead::Bytes(bytes)),
-            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(unreadable(e)),
-            Err(e) => Err(CacheError::io("read", path, e)),
-        }
-    }
-
-    /// Reads a manifest file; one too long to be a manifest is defective.
-    pub(super) fn read_manifest(&self, path: &Path) -> Result<ManifestRead, CacheError> {
-        Ok(match self.read_owned_file(path, MAX_MANIFEST_BYTES)? {
-            FileRead::Absent => ManifestRead::Absent,
-            FileRead::Bytes(raw) => ManifestRead::Bytes(raw),
-            FileRead::TooLong { len } => ManifestRead::Defective(Defect::BadManifest(format!(
-                "{len} bytes, larger than any manifest"
-            ))),
-            FileRead::Defective(defect) => ManifestRead::Defective(defect),
-        })
-    }
-
     /// Whether the manifest at `path` still holds exactly `raw`.
     pub(super) fn still_committed(&self, path: &Path, raw: &[u8]) -> Result<bool, CacheError> {
         Ok(matches!(
@@ -381,35 +290,5 @@ impl DiskStore {
             Err(e) => return Err(CacheError::io("remove", &content_path, e)),
         }
         Ok(true)
-    }
-}
-
-/// Test-only fault injection: makes the n-th write on this thread fail, as a full disk would.
-#[cfg(test)]
-pub(super) mod faults {
-    use std::cell::Cell;
-    use std::io;
-
-    thread_local! {
-        static FAIL_AFTER: Cell<Option<(u32, io::ErrorKind)>> = const { Cell::new(None) };
-    }
-
-    /// Lets `writes_before` writes succeed, then fails the next one with `kind`.
-    pub fn fail_write_after(writes_before: u32, kind: io::ErrorKind) {
-        FAIL_AFTER.with(|f| f.set(Some((writes_before, kind))));
-    }
-
-    pub fn before_write() -> io::Result<()> {
-        FAIL_AFTER.with(|f| match f.get() {
-            Some((0, kind)) => {
-                f.set(None);
-                Err(io::Error::from(kind))
-            }
-            Some((n, kind)) => {
-                f.set(Some((n - 1, kind)));
-                Ok(())
-            }
-            None => Ok(()),
-        })
     }
 }

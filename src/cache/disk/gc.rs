@@ -8,7 +8,8 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
-use super::layout::{parse_content_name, read_dir};
+use super::files::read_dir;
+use super::layout::{parse_content_name, GC_LOCK_FILE};
 use super::DiskStore;
 use crate::cache::error::CacheError;
 use crate::cache::key::CacheKey;
@@ -22,8 +23,6 @@ pub const DEFAULT_GRACE: Duration = Duration::from_secs(60 * 60);
 /// How long gc waits for another holder of `gc.lock` before giving up. Not zero: a child
 /// process forked by any thread of this process briefly shares the lock until it execs.
 pub const GC_LOCK_WAIT: Duration = Duration::from_secs(2);
-
-pub(super) const GC_LOCK_FILE: &str = "gc.lock";
 
 /// Which entries gc removes. The default removes none (only stale temporary and orphaned files).
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

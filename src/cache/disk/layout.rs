@@ -1,17 +1,19 @@
 //! Where everything lives in a cache folder: the marker, the shard folders and the file names
 //! (shared with the bucket store), and the checks that keep every path inside the root.
 
-use std::fs::{self, File};
+use std::fs::{self};
 use std::io;
 use std::path::{Path, PathBuf};
 
-use super::commit::write_fully;
-use super::gc::GC_LOCK_FILE;
+use super::files::{ensure_dir, read_dir, write_fully};
 use super::{DiskStore, DISK_FORMAT};
 use crate::cache::error::CacheError;
 use crate::cache::key::CacheKey;
 use crate::cache::manifest::MAX_MANIFEST_BYTES;
 use crate::cache::store::Defect;
+use crate::cache::unix_nanos;
+use std::hash::BuildHasher;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 pub(in crate::cache) const MARKER_FILE: &str = "genie-cache.json";
 
@@ -55,41 +57,6 @@ pub(super) fn parse_content_name(name: &str) -> Option<CacheKey> {
 
 pub(in crate::cache) fn shard_dir_name(key: &CacheKey) -> String {
     key.to_hex()[..2].to_string()
-}
-
-/// Creates `path` if missing; refuses a symlink or a non-folder there.
-pub(super) fn ensure_dir(root: &Path, path: &Path) -> Result<PathBuf, CacheError> {
-    for _ in 0..2 {
-        match fs::symlink_metadata(path) {
-            Ok(meta) if meta.file_type().is_symlink() => {
-                let target = fs::read_link(path).unwrap_or_default();
-                let outside_root = !fs::canonicalize(path).is_ok_and(|p| p.starts_with(root));
-                return Err(CacheError::Symlink {
-                    path: path.to_path_buf(),
-                    target,
-                    outside_root,
-                });
-            }
-            Ok(meta) if meta.is_dir() => return Ok(path.to_path_buf()),
-            Ok(_) => {
-                return Err(CacheError::NotADirectory {
-                    path: path.to_path_buf(),
-                })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => match fs::create_dir(path) {
-                Ok(()) => return Ok(path.to_path_buf()),
-                // Another process created it meanwhile: check what it is.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(CacheError::io("create", path, e)),
-            },
-            Err(e) => return Err(CacheError::io("inspect", path, e)),
-        }
-    }
-    Err(CacheError::io(
-        "create",
-        path,
-        io::Error::other("it keeps appearing and disappearing"),
-    ))
 }
 
 /// Reads the marker if there is one: `Ok(false)` when absent, an error when it is not ours
@@ -194,48 +161,6 @@ pub(super) fn write_marker(root: &Path, tmp_dir: &Path) -> Result<(), CacheError
         Err(e) => return Err(CacheError::io("create", &path, e)),
     }
     check_marker(root).map(|_| ())
-}
-
-pub(super) fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, CacheError> {
-    fs::read_dir(dir)
-        .and_then(|entries| entries.collect::<io::Result<Vec<_>>>())
-        .map_err(CacheError::io_at("list", dir))
-}
-
-pub(super) fn remove_if_present(path: &Path) {
-    if let Err(e) = fs::remove_file(path) {
-        if e.kind() != io::ErrorKind::NotFound {
-            tracing::debug!(path = %path.display(), error = %e, "could not remove a cache file");
-        }
-    }
-}
-
-/// Whether two paths name the same file (same device and inode).
-pub(super) fn same_file(a: &Path, b: &Path) -> bool {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        match (fs::metadata(a), fs::metadata(b)) {
-            (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
-            _ => false,
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (a, b);
-        false
-    }
-}
-
-/// fsyncs a folder so that names created in it survive a crash. Best effort: some filesystems
-/// refuse to fsync folders, and then only crash durability (never consistency) is weaker.
-pub(super) fn sync_dir(dir: &Path) {
-    #[cfg(unix)]
-    if let Err(e) = File::open(dir).and_then(|d| d.sync_all()) {
-        tracing::debug!(path = %dir.display(), error = %e, "could not fsync a cache folder");
-    }
-    #[cfg(not(unix))]
-    let _ = dir;
 }
 
 impl DiskStore {
@@ -367,4 +292,21 @@ impl DiskStore {
         shards.sort();
         Ok(shards)
     }
+}
+
+pub(super) const GC_LOCK_FILE: &str = "gc.lock";
+
+/// 16 hex digits no other write (in any process, on any machine) will pick.
+pub(in crate::cache) fn unique_token() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let mut hasher = blake3::Hasher::new();
+    hasher.update(&std::process::id().to_le_bytes());
+    hasher.update(&unix_nanos().to_le_bytes());
+    hasher.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+    hasher.update(format!("{:?}", std::thread::current().id()).as_bytes());
+    // RandomState is seeded from the OS's randomness: it separates machines on a shared
+    // filesystem whose pids and clocks happen to agree.
+    let random = std::collections::hash_map::RandomState::new().hash_one(0u8);
+    hasher.update(&random.to_le_bytes());
+    hasher.finalize().to_hex()[..TOKEN_LEN].to_string()
 }

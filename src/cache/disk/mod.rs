@@ -32,6 +32,7 @@
 //! and temporary or unreferenced files only once they are older than a grace period.
 
 mod commit;
+mod files;
 mod gc;
 pub(super) mod layout;
 #[cfg(test)]
@@ -43,12 +44,13 @@ use std::io::{self};
 use std::path::{Path, PathBuf};
 
 use crate::cache::error::CacheError;
-use layout::{check_marker, ensure_dir, refuse_foreign_content, write_marker, TMP_DIR};
+use files::ensure_dir;
+use layout::{check_marker, refuse_foreign_content, write_marker, TMP_DIR};
 
 pub use gc::{GcPolicy, GcReport, DEFAULT_GRACE, GC_LOCK_WAIT};
 pub use verify::VerifyReport;
 // The bucket store shares the folder store's names, marker and manifest judging.
-pub(super) use commit::unique_token;
+pub(super) use layout::unique_token;
 pub(super) use layout::{
     CONTENT_EXTENSION, HASH_PREFIX_LEN, MANIFESTS_DIR, OBJECTS_DIR, QUARANTINE_DIR, RECORDS_DIR,
 };

@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 
-use super::commit::faults;
+use super::files::faults;
 use super::layout::{marker_json, parse_content_name, MARKER_FILE};
 use super::*;
 use crate::cache::key::CacheKey;

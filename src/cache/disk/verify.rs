@@ -1,17 +1,16 @@
-//! Checking entries against their manifests (`genie cache verify`) and moving defective ones
-//! to quarantine.
+//! Reading entries back (never following a symlink), checking them against their manifests
+//! (`genie cache verify`), and moving defective ones to quarantine.
 
-use std::fs::{self};
-use std::io::{self};
+use std::fs;
+use std::io::{self, Read};
 use std::path::Path;
 
-use super::commit::{FileRead, ManifestRead};
-use super::layout::{parse_content_name, sync_dir};
-use super::unique_token;
+use super::files::sync_dir;
+use super::layout::{parse_content_name, unique_token};
 use super::DiskStore;
 use crate::cache::error::CacheError;
 use crate::cache::key::CacheKey;
-use crate::cache::manifest::{Manifest, ManifestParseError, MANIFEST_FORMAT};
+use crate::cache::manifest::{Manifest, ManifestParseError, MANIFEST_FORMAT, MAX_MANIFEST_BYTES};
 use crate::cache::store::{BadEntry, Defect, ManifestScan, Store, StoredEntry};
 use crate::cache::unix_nanos;
 
@@ -301,5 +300,76 @@ impl DiskStore {
         }
         tracing::warn!(%key, %defect, quarantine = %folder.display(), "corrupt cache entry quarantined");
         Ok(true)
+    }
+}
+
+/// Outcome of reading a file the cache owns, without following symlinks.
+pub(super) enum FileRead {
+    Absent,
+    Bytes(Vec<u8>),
+    TooLong { len: u64 },
+    Defective(Defect),
+}
+
+/// Outcome of reading a manifest file.
+pub(super) enum ManifestRead {
+    Absent,
+    Bytes(Vec<u8>),
+    Defective(Defect),
+}
+
+impl DiskStore {
+    /// Reads a file the cache owns: no symlinks, no folders, at most `limit` bytes (a longer
+    /// file is reported by its length, unread).
+    pub(super) fn read_owned_file(&self, path: &Path, limit: u64) -> Result<FileRead, CacheError> {
+        let meta = match fs::symlink_metadata(path) {
+            Ok(meta) => meta,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileRead::Absent),
+            Err(e) => return Err(CacheError::io("inspect", path, e)),
+        };
+        if meta.file_type().is_symlink() {
+            return Ok(FileRead::Defective(self.symlink_defect(path)));
+        }
+        if !meta.is_file() {
+            return Ok(FileRead::Defective(Defect::NotAFile {
+                path: path.to_path_buf(),
+            }));
+        }
+        if meta.len() > limit {
+            return Ok(FileRead::TooLong { len: meta.len() });
+        }
+        // One file this process may not read (mode 000, another user's) is a defect of its entry,
+        // reported and quarantined like any other, not an error that stops every command on
+        // the whole cache.
+        let unreadable = |e: io::Error| {
+            FileRead::Defective(Defect::Unreadable {
+                path: path.to_path_buf(),
+                why: e.to_string(),
+            })
+        };
+        let file = match crate::safe_open::open_regular(path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(FileRead::Absent),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => return Ok(unreadable(e)),
+            Err(e) => return Err(CacheError::io("open", path, e)),
+        };
+        let mut bytes = Vec::with_capacity(meta.len() as usize);
+        match file.take(limit.saturating_add(1)).read_to_end(&mut bytes) {
+            Ok(_) => Ok(FileRead::Bytes(bytes)),
+            Err(e) if e.kind() == io::ErrorKind::PermissionDenied => Ok(unreadable(e)),
+            Err(e) => Err(CacheError::io("read", path, e)),
+        }
+    }
+
+    /// Reads a manifest file; one too long to be a manifest is defective.
+    pub(super) fn read_manifest(&self, path: &Path) -> Result<ManifestRead, CacheError> {
+        Ok(match self.read_owned_file(path, MAX_MANIFEST_BYTES)? {
+            FileRead::Absent => ManifestRead::Absent,
+            FileRead::Bytes(raw) => ManifestRead::Bytes(raw),
+            FileRead::TooLong { len } => ManifestRead::Defective(Defect::BadManifest(format!(
+                "{len} bytes, larger than any manifest"
+            ))),
+            FileRead::Defective(defect) => ManifestRead::Defective(defect),
+        })
     }
 }
