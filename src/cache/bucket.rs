@@ -33,11 +33,11 @@ use futures_util::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
+use super::disk::layout::unique_token;
 use super::disk::layout::{
     judge_marker, marker_json, shard_dir_name, CONTENT_EXTENSION, HASH_PREFIX_LEN, MANIFESTS_DIR,
     MARKER_FILE, OBJECTS_DIR, QUARANTINE_DIR, RECORDS_DIR,
 };
-use super::disk::unique_token;
 use super::disk::verify::{judge_manifest, scan_manifest, Judged};
 use super::error::CacheError;
 use super::key::CacheKey;

@@ -129,19 +129,11 @@ impl GenieItem for ImageItem {
     /// The file `path` names, when it is a regular file: read at full resolution with genie's
     /// safe decoder. Otherwise (an image made in memory, a generated one) the item's pixels.
     fn source_rgb(&self) -> Result<RgbImage, ItemError> {
-        match original_file(&self.path) {
-            Some(path) => {
-                crate::image_io::open_rgb(path).map_err(|e| ItemError::Source(e.to_string()))
-            }
-            None => self.rgb(),
-        }
+        source_at(&self.path, || self.rgb())
     }
 
     fn source_id(&self) -> Option<&str> {
-        if self.is_generated() {
-            return None;
-        }
-        crate::warm::source_id(&self.path)
+        source_id_at(&self.path)
     }
 
     fn is_generated(&self) -> bool {
@@ -163,8 +155,28 @@ pub(super) fn fit(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage,
         .map_err(|_| ItemError::Empty)
 }
 
+/// What diffusion starts from for an item read from `path`: that file at full resolution when
+/// it is a regular file, else `own` (the item's pixels: an image made in memory, a generated one).
+pub(super) fn source_at(
+    path: &str,
+    own: impl FnOnce() -> Result<RgbImage, ItemError>,
+) -> Result<RgbImage, ItemError> {
+    match original_file(path) {
+        Some(file) => crate::image_io::open_rgb(file).map_err(|e| ItemError::Source(e.to_string())),
+        None => own(),
+    }
+}
+
+/// The pre-warm plan's name for an item read from `path`; none for a generated item.
+pub(super) fn source_id_at(path: &str) -> Option<&str> {
+    if path.starts_with(GENERATED_PATH_PREFIX) {
+        return None;
+    }
+    crate::warm::source_id(path)
+}
+
 /// The regular file an item's path names, if it names one (not a generated item's key).
-pub(super) fn original_file(path: &str) -> Option<&std::path::Path> {
+fn original_file(path: &str) -> Option<&std::path::Path> {
     if path.is_empty() || path.starts_with(GENERATED_PATH_PREFIX) {
         return None;
     }

@@ -5,7 +5,9 @@
 use burn_dataset::vision::{Annotation, ImageDatasetItem, PixelData};
 use image::RgbImage;
 
-use super::item::{checked_size, fit, original_file, GenieItem, ItemError, GENERATED_PATH_PREFIX};
+use super::item::{
+    checked_size, fit, source_at, source_id_at, GenieItem, ItemError, GENERATED_PATH_PREFIX,
+};
 
 impl GenieItem for ImageDatasetItem {
     fn label(&self) -> Option<usize> {
@@ -86,19 +88,11 @@ impl GenieItem for ImageDatasetItem {
     /// sets it): read at full resolution with genie's safe decoder. Otherwise (an in-memory
     /// item, a generated one) the item's pixels.
     fn source_rgb(&self) -> Result<RgbImage, ItemError> {
-        match original_file(&self.image_path) {
-            Some(path) => {
-                crate::image_io::open_rgb(path).map_err(|e| ItemError::Source(e.to_string()))
-            }
-            None => self.rgb(),
-        }
+        source_at(&self.image_path, || self.rgb())
     }
 
     fn source_id(&self) -> Option<&str> {
-        if self.is_generated() {
-            return None;
-        }
-        crate::warm::source_id(&self.image_path)
+        source_id_at(&self.image_path)
     }
 
     fn is_generated(&self) -> bool {

@@ -50,7 +50,6 @@ use layout::{check_marker, refuse_foreign_content, write_marker, TMP_DIR};
 pub use gc::{GcPolicy, GcReport, DEFAULT_GRACE, GC_LOCK_WAIT};
 pub use verify::VerifyReport;
 // The bucket store shares the folder store's names, marker and manifest judging.
-pub(super) use layout::unique_token;
 pub(super) use layout::{
     CONTENT_EXTENSION, HASH_PREFIX_LEN, MANIFESTS_DIR, OBJECTS_DIR, QUARANTINE_DIR, RECORDS_DIR,
 };

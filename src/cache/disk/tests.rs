@@ -3,7 +3,7 @@
 use std::collections::HashSet;
 
 use super::files::faults;
-use super::layout::{marker_json, parse_content_name, MARKER_FILE};
+use super::layout::{marker_json, parse_content_name, unique_token, MARKER_FILE};
 use super::*;
 use crate::cache::key::CacheKey;
 use crate::cache::manifest::EntryMeta;
