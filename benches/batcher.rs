@@ -13,7 +13,7 @@
 //!   `genie_remote_saturated_server`.
 
 use std::hint::black_box;
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::data::dataloader::batcher::Batcher;
@@ -24,21 +24,20 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use genie::cache::EntryMeta;
 use genie::cache::{Cache, MemoryStore};
 use genie::classes::ClassInfo;
-use genie::generator::{DynEngine, EngineFactory, Generator, GeneratorConfig};
+use genie::generator::{Generator, GeneratorConfig};
 use genie::loader::ImageItem;
 use genie::loader::{image_item, Augmenter, GenieBatcher, GenieItem, KeySpace};
 use genie::policy::{ClassStats, Policy, PolicyConfig};
 use genie::remote::server::{BackgroundServer, ServeConfig};
 use genie::remote::{RemoteConfig, RemoteGenerator};
+use genie::testing::{FakeFactory, Gate};
 use genie::warm::PlannedPair;
-use genie::{synthetic, Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel};
+use genie::{synthetic, EngineFingerprint, NoiseLevel};
 use image::RgbImage;
 
 #[path = "../examples/common/mod.rs"]
 mod common;
 use common::{Cnn, ImageBatch, ImageBatcher};
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const SIDE: u32 = 32;
 const ENGINE_SIDE: u32 = 64;
@@ -56,76 +55,11 @@ fn fingerprint() -> EngineFingerprint {
     }
 }
 
-/// Blocks every engine call while closed.
-#[derive(Default)]
-struct Gate {
-    open: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl Gate {
-    fn set(&self, open: bool) {
-        *self.open.lock().unwrap() = open;
-        self.cv.notify_all();
-    }
-    fn pass(&self) {
-        let mut open = self.open.lock().unwrap();
-        while !*open {
-            open = self.cv.wait(open).unwrap();
-        }
-    }
-}
-
-/// Returns a flat grey image per level, instantly (once its gate is open).
-struct FlatEngine {
-    fp: EngineFingerprint,
-    gate: Arc<Gate>,
-}
-
-impl Engine for FlatEngine {
-    type Error = std::io::Error;
-    fn resolution(&self) -> u32 {
-        ENGINE_SIDE
-    }
-    fn fingerprint(&self) -> &EngineFingerprint {
-        &self.fp
-    }
-    fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, std::io::Error> {
-        self.gate.pass();
-        Ok(jobs
-            .iter()
-            .map(|job| JobOutput {
-                images: job
-                    .levels
-                    .iter()
-                    .map(|&level| LevelImage {
-                        level,
-                        start_timestep: 0,
-                        steps_run: 1,
-                        image: RgbImage::from_pixel(ENGINE_SIDE, ENGINE_SIDE, image::Rgb([90; 3])),
-                    })
-                    .collect(),
-            })
-            .collect())
-    }
-}
-
-struct FlatFactory(Arc<Gate>);
-
-impl EngineFactory for FlatFactory {
-    fn fingerprint(&self) -> &EngineFingerprint {
-        static FP: std::sync::OnceLock<EngineFingerprint> = std::sync::OnceLock::new();
-        FP.get_or_init(fingerprint)
-    }
-    fn resolution(&self) -> u32 {
-        ENGINE_SIDE
-    }
-    fn create(&self, _device: &str) -> Result<Box<dyn DynEngine>, BoxError> {
-        Ok(Box::new(FlatEngine {
-            fp: fingerprint(),
-            gate: Arc::clone(&self.0),
-        }))
-    }
+/// Flat grey images, instantly once `gate` is open.
+fn flat_factory(gate: Arc<Gate>) -> Arc<FakeFactory> {
+    Arc::new(
+        FakeFactory::new(fingerprint(), ENGINE_SIDE, |_, _| image::Rgb([90; 3])).with_gate(gate),
+    )
 }
 
 /// The long-tail example's dataset: 500 … 5 images over 10 classes.
@@ -161,7 +95,7 @@ fn augmenter(
 ) -> (Arc<Augmenter<ImageItem>>, Arc<Generator>) {
     let cache = Arc::new(Cache::new(Arc::new(MemoryStore::new()), 256 << 20));
     let generator = Arc::new(
-        Generator::start(Arc::new(FlatFactory(gate)), Arc::clone(&cache), {
+        Generator::start(flat_factory(gate), Arc::clone(&cache), {
             let mut options = GeneratorConfig::default();
             options.queue_capacity = queue_capacity;
             options
@@ -185,7 +119,7 @@ fn remote_augmenter(
     gate: Arc<Gate>,
 ) -> (Arc<Augmenter<ImageItem>>, BackgroundServer) {
     let cache = Arc::new(Cache::new(Arc::new(MemoryStore::new()), 256 << 20));
-    let generator = Generator::start(Arc::new(FlatFactory(gate)), Arc::clone(&cache), {
+    let generator = Generator::start(flat_factory(gate), Arc::clone(&cache), {
         let mut options = GeneratorConfig::default();
         options.queue_capacity = queue_capacity;
         options
@@ -276,8 +210,8 @@ fn batch_assembly(c: &mut Criterion) {
     let (items, stats) = dataset();
     let device = Device::flex();
     let plain = ImageBatcher { side: SIDE };
-    let gate = Arc::new(Gate::default());
-    gate.set(true);
+    let gate = Gate::closed();
+    gate.open();
     let (augmenter, generator) = augmenter(stats, 4096, gate);
     let genie = GenieBatcher::new(plain.clone(), Arc::clone(&augmenter));
     // Fill every quota and wait until every hard negative is cached and probed.
@@ -333,8 +267,8 @@ fn batch_assembly(c: &mut Criterion) {
         })
     });
     let (remote, _server) = remote_augmenter(dataset().1, 4096, {
-        let gate = Arc::new(Gate::default());
-        gate.set(true);
+        let gate = Gate::closed();
+        gate.open();
         gate
     });
     let genie_remote = GenieBatcher::new(plain.clone(), Arc::clone(&remote));
@@ -419,7 +353,7 @@ fn train_step(c: &mut Criterion) {
     let (items, stats) = dataset();
     let device = Device::flex().autodiff();
     let plain = ImageBatcher { side: SIDE };
-    let gate = Arc::new(Gate::default());
+    let gate = Gate::closed();
     let (augmenter, _generator) = augmenter(stats, 8, Arc::clone(&gate));
     let genie = GenieBatcher::new(plain.clone(), Arc::clone(&augmenter));
     let loss_fn = CrossEntropyLossConfig::new().init(&device);
@@ -455,7 +389,7 @@ fn train_step(c: &mut Criterion) {
         r.pairs, r.deferred, r.mixed
     );
     // The server drains its queue when it stops: let its engine finish first.
-    gate.set(true);
+    gate.open();
     drop(server);
     let s = augmenter.stats();
     assert_eq!(s.mixed, 0);
@@ -463,7 +397,7 @@ fn train_step(c: &mut Criterion) {
         "train_step: {} pairs started, {} levels deferred by the full queue",
         s.pairs, s.deferred
     );
-    gate.set(true);
+    gate.open();
 }
 
 /// Deriving a pair's noise seed (once per pair, when it starts).

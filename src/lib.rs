@@ -53,6 +53,8 @@ pub mod safe_open;
 pub mod seed;
 mod sync;
 pub mod synthetic;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 pub mod warm;
 
 pub use engine::{

@@ -5,14 +5,14 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{engine_fingerprint, Gate};
+use crate::support::{engine_fingerprint, FakeFactory, Gate};
 use genie::cache::Cache;
 use genie::diffusion::{tiny, EngineOptions, ModelSource, SchedulerKind, SdEngine};
 use genie::generator::{
     DynEngine, EngineFactory, GenerationFailure, Generator, GeneratorConfig, HardNegativeGenerator,
     LevelOutcome, Priority, Request, Shutdown, SourceImage, WaitOutcome,
 };
-use genie::{CancelToken, Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel};
+use genie::{EngineFingerprint, Job, NoiseLevel};
 use image::RgbImage;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -22,93 +22,22 @@ fn fingerprint() -> EngineFingerprint {
 }
 
 /// What the test engine saw: each generated (prompt, level, seed), and each call's job count.
-#[derive(Default)]
-struct Log {
-    generated: Vec<(String, u16, u64)>,
-    batch_sizes: Vec<usize>,
+/// A deterministic 8×8 image whose pixels encode the job and level.
+fn encode_job(job: &Job, level: NoiseLevel) -> image::Rgb<u8> {
+    image::Rgb([
+        (level.thousandths() / 4) as u8 ^ job.seed as u8,
+        job.prompt.len() as u8,
+        7,
+    ])
 }
 
-/// A deterministic engine: an 8×8 image whose pixels encode the job; panics or fails on demand.
-struct TestEngine {
-    fp: EngineFingerprint,
-    log: Arc<Mutex<Log>>,
-    gate: Option<Arc<Gate>>,
-}
-
-impl Engine for TestEngine {
-    type Error = std::io::Error;
-    fn resolution(&self) -> u32 {
-        8
-    }
-    fn fingerprint(&self) -> &EngineFingerprint {
-        &self.fp
-    }
-    fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, std::io::Error> {
-        if let Some(g) = &self.gate {
-            g.pass();
-        }
-        let mut log = self.log.lock().unwrap();
-        log.batch_sizes.push(jobs.len());
-        let mut out = Vec::new();
-        for job in jobs {
-            if job.prompt.contains("panic") {
-                drop(log);
-                panic!("test engine asked to panic");
-            }
-            if job.prompt.contains("fail") {
-                return Err(std::io::Error::other("test engine asked to fail"));
-            }
-            let mut images = Vec::new();
-            for &level in &job.levels {
-                log.generated
-                    .push((job.prompt.clone(), level.thousandths(), job.seed));
-                let v = (level.thousandths() / 4) as u8 ^ job.seed as u8;
-                images.push(LevelImage {
-                    level,
-                    start_timestep: 0,
-                    steps_run: 1,
-                    image: RgbImage::from_pixel(8, 8, image::Rgb([v, job.prompt.len() as u8, 7])),
-                });
-            }
-            out.push(JobOutput { images });
-        }
-        Ok(out)
-    }
-}
-
-struct TestFactory {
-    fp: EngineFingerprint,
-    log: Arc<Mutex<Log>>,
-    gate: Option<Arc<Gate>>,
-    created: Mutex<usize>,
-}
-
-impl TestFactory {
-    fn new(gate: Option<Arc<Gate>>) -> Arc<Self> {
-        Arc::new(TestFactory {
-            fp: fingerprint(),
-            log: Arc::default(),
-            gate,
-            created: Mutex::new(0),
-        })
-    }
-}
-
-impl EngineFactory for TestFactory {
-    fn fingerprint(&self) -> &EngineFingerprint {
-        &self.fp
-    }
-    fn resolution(&self) -> u32 {
-        8
-    }
-    fn create(&self, _device: &str) -> Result<Box<dyn DynEngine>, BoxError> {
-        *self.created.lock().unwrap() += 1;
-        Ok(Box::new(TestEngine {
-            fp: self.fp.clone(),
-            log: self.log.clone(),
-            gate: self.gate.clone(),
-        }))
-    }
+/// Fake engines painting [`encode_job`], held by `gate` when given.
+fn test_factory(gate: Option<Arc<Gate>>) -> Arc<FakeFactory> {
+    let factory = FakeFactory::new(fingerprint(), 8, encode_job);
+    Arc::new(match gate {
+        Some(gate) => factory.with_gate(gate),
+        None => factory,
+    })
 }
 
 fn cache() -> (tempfile::TempDir, Arc<Cache>) {
@@ -173,7 +102,7 @@ impl Drop for OpenOnDrop {
 
 #[test]
 fn concurrent_requests_generate_each_key_exactly_once() {
-    let factory = TestFactory::new(None);
+    let factory = test_factory(None);
     let (_dir, cache) = cache();
     let generator = Arc::new(
         Generator::start(factory.clone(), cache.clone(), config("q", 2, 100_000, 4)).unwrap(),
@@ -262,7 +191,7 @@ fn concurrent_requests_generate_each_key_exactly_once() {
 #[test]
 fn a_full_queue_drops_without_blocking() {
     let gate = Gate::closed();
-    let factory = TestFactory::new(Some(gate.clone()));
+    let factory = test_factory(Some(gate.clone()));
     let (_dir, cache) = cache();
     let generator = Generator::start(factory.clone(), cache, config("f", 1, 2, 1)).unwrap();
     // Declared after the generator so it drops first: a failed assertion cannot leave workers gated.
@@ -303,7 +232,7 @@ fn a_full_queue_drops_without_blocking() {
 #[test]
 fn the_queue_counts_levels_not_requests() {
     let (_dir, cache) = cache();
-    let generator = Generator::start(TestFactory::new(None), cache, config("lv", 1, 5, 1)).unwrap();
+    let generator = Generator::start(test_factory(None), cache, config("lv", 1, 5, 1)).unwrap();
     // Held: no worker takes anything, so the queue holds exactly what was accepted.
     generator.hold();
     let three = generator
@@ -331,7 +260,7 @@ fn the_queue_counts_levels_not_requests() {
 #[test]
 fn online_requests_go_before_prewarm_and_jobs_are_batched() {
     let gate = Gate::closed();
-    let factory = TestFactory::new(Some(gate.clone()));
+    let factory = test_factory(Some(gate.clone()));
     let (_dir, cache) = cache();
     let generator = Generator::start(factory.clone(), cache, config("p", 1, 100, 3)).unwrap();
     // Declared after the generator so it drops first: a failed assertion cannot leave workers gated.
@@ -369,7 +298,7 @@ fn online_requests_go_before_prewarm_and_jobs_are_batched() {
 /// however slowly the requests arrived: reruns group jobs alike (and give the same pixels).
 #[test]
 fn a_held_generator_batches_the_whole_queue_in_order_once_released() {
-    let factory = TestFactory::new(None);
+    let factory = test_factory(None);
     let (_dir, cache) = cache();
     let generator = Generator::start(factory.clone(), cache, config("h", 1, 100, 3)).unwrap();
     generator.hold();
@@ -393,7 +322,7 @@ fn a_held_generator_batches_the_whole_queue_in_order_once_released() {
 /// Shutting down a held generator does not wait for a release: `Drain` finishes the queue.
 #[test]
 fn a_held_generator_still_drains_on_shutdown() {
-    let factory = TestFactory::new(None);
+    let factory = test_factory(None);
     let (_dir, cache) = cache();
     let generator = Generator::start(factory.clone(), cache, config("hd", 1, 100, 4)).unwrap();
     generator.hold();
@@ -405,51 +334,6 @@ fn a_held_generator_still_drains_on_shutdown() {
     assert_eq!(factory.log.lock().unwrap().batch_sizes, [1]);
 }
 
-/// An engine whose calls take a minute unless cancelled, checking its token every millisecond.
-struct SlowEngine {
-    fp: EngineFingerprint,
-    cancel: CancelToken,
-}
-
-impl Engine for SlowEngine {
-    type Error = std::io::Error;
-    fn resolution(&self) -> u32 {
-        8
-    }
-    fn fingerprint(&self) -> &EngineFingerprint {
-        &self.fp
-    }
-    fn set_cancel(&mut self, token: CancelToken) {
-        self.cancel = token;
-    }
-    fn generate(&mut self, _jobs: &[Job]) -> Result<Vec<JobOutput>, std::io::Error> {
-        for _ in 0..60_000 {
-            if self.cancel.is_cancelled() {
-                return Err(std::io::Error::other("cancelled"));
-            }
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        Err(std::io::Error::other("the slow engine was never cancelled"))
-    }
-}
-
-struct SlowFactory(EngineFingerprint);
-
-impl EngineFactory for SlowFactory {
-    fn fingerprint(&self) -> &EngineFingerprint {
-        &self.0
-    }
-    fn resolution(&self) -> u32 {
-        8
-    }
-    fn create(&self, _device: &str) -> Result<Box<dyn DynEngine>, BoxError> {
-        Ok(Box::new(SlowEngine {
-            fp: self.0.clone(),
-            cancel: CancelToken::default(),
-        }))
-    }
-}
-
 /// Cancelling reaches inside a batch in flight: shutdown returns in well under the minute the
 /// batch would take, the batch's levels count as dropped, not failed, and so does dropping the
 /// generator (a training program that ends does not wait for its last batch).
@@ -457,7 +341,9 @@ impl EngineFactory for SlowFactory {
 fn cancel_stops_the_batch_in_flight() {
     for drop_it in [false, true] {
         let (_dir, cache) = cache();
-        let factory = Arc::new(SlowFactory(fingerprint()));
+        let factory = Arc::new(
+            FakeFactory::new(fingerprint(), 8, encode_job).with_call_time(Duration::from_secs(60)),
+        );
         let generator = Generator::start(factory, cache, config("c", 1, 100, 4)).unwrap();
         generator
             .request(request("slow", 1, &[500, 800], Priority::Online))
@@ -486,7 +372,7 @@ fn cancel_stops_the_batch_in_flight() {
 /// those that did not become ready.
 #[test]
 fn wait_all_reports_progress_and_the_failures() {
-    let factory = TestFactory::new(None);
+    let factory = test_factory(None);
     let (_dir, cache) = cache();
     let generator = Generator::start(factory, cache, config("w", 1, 100, 1)).unwrap();
     let mut keys = Vec::new();
@@ -517,7 +403,7 @@ fn wait_all_reports_progress_and_the_failures() {
 
 #[test]
 fn failures_back_off_and_panics_restart_the_engine() {
-    let factory = TestFactory::new(None);
+    let factory = test_factory(None);
     let (_dir, cache) = cache();
     let generator = Generator::start(factory.clone(), cache, config("b", 1, 100, 1)).unwrap();
     let boom = generator
@@ -557,7 +443,7 @@ fn failures_back_off_and_panics_restart_the_engine() {
         (1, 2, 2, 1)
     );
     assert_eq!(
-        *factory.created.lock().unwrap(),
+        factory.created.load(std::sync::atomic::Ordering::SeqCst),
         2,
         "one engine at start, one after the panic"
     );
@@ -566,7 +452,7 @@ fn failures_back_off_and_panics_restart_the_engine() {
 #[test]
 fn cancel_with_work_in_flight_leaves_no_thread_and_no_partial_entry() {
     let gate = Gate::closed();
-    let factory = TestFactory::new(Some(gate.clone()));
+    let factory = test_factory(Some(gate.clone()));
     let (dir, cache) = cache();
     // Batches of one job: each worker holds exactly one job (2 levels) once it is in the gate.
     let generator =
@@ -727,7 +613,7 @@ fn bad_configs_and_requests_are_typed_errors() {
     let (_dir, cache) = cache();
     for (devices, capacity, batch) in [(0, 4, 1), (1, 0, 1), (1, 4, 0)] {
         let started = Generator::start(
-            TestFactory::new(None),
+            test_factory(None),
             Arc::clone(&cache),
             config("bad", devices, capacity, batch),
         );
@@ -740,8 +626,7 @@ fn bad_configs_and_requests_are_typed_errors() {
             other => panic!("expected a config error, got {:?}", other.err()),
         }
     }
-    let generator =
-        Generator::start(TestFactory::new(None), cache, config("req", 1, 4, 1)).unwrap();
+    let generator = Generator::start(test_factory(None), cache, config("req", 1, 4, 1)).unwrap();
     let mut wrong_size = request("a", 0, &[800], Priority::Online);
     wrong_size.source = Some(SourceImage::new(RgbImage::new(9, 8)));
     assert!(matches!(

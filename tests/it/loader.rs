@@ -5,7 +5,7 @@
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
-use crate::support::{engine_fingerprint, level_colour, ColourFactory, Gate, Identity};
+use crate::support::{colour_factory, engine_fingerprint, level_colour, Gate, Identity};
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataset::{Dataset, InMemDataset};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -34,11 +34,7 @@ fn fingerprint() -> EngineFingerprint {
 }
 
 fn generator(cache: Arc<Cache>, gate: Arc<Gate>, queue_capacity: usize) -> Arc<Generator> {
-    let factory = Arc::new(ColourFactory {
-        fp: fingerprint(),
-        side: SIDE,
-        gate,
-    });
+    let factory = Arc::new(colour_factory(fingerprint(), SIDE, gate));
     let mut config = GeneratorConfig::default();
     config.devices = vec!["cpu".into()];
     config.queue_capacity = queue_capacity;

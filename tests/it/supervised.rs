@@ -439,11 +439,11 @@ fn confused_run() -> (Vec<LoggedBatch>, genie::loader::AugmenterStats) {
     let cache = prewarm(&keys, &items, config.seed, &[NoiseLevel::GENIE_DEFAULT]);
     let policy = Policy::long_tail(ClassStats::from_counts(vec![40, 30, 5]), config).unwrap();
     let generator = {
-        let factory = Arc::new(crate::support::ColourFactory {
-            fp: keys.fingerprint().clone(),
-            side: SIDE,
-            gate: crate::support::Gate::closed(),
-        });
+        let factory = Arc::new(crate::support::colour_factory(
+            keys.fingerprint().clone(),
+            SIDE,
+            crate::support::Gate::closed(),
+        ));
         let mut options = genie::generator::GeneratorConfig::default();
         options.devices = vec!["cpu".into()];
         Arc::new(genie::generator::Generator::start(factory, Arc::clone(&cache), options).unwrap())

@@ -4,12 +4,12 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdout};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::Arc;
 
 use genie::cache::{CacheKey, EntryMeta, KeyInputs};
-use genie::generator::{DynEngine, EngineFactory};
-use genie::{Engine, EngineFingerprint, Job, JobOutput, LevelImage, NoiseLevel};
-use image::{Rgb, RgbImage};
+pub use genie::testing::{FakeFactory, Gate};
+use genie::{EngineFingerprint, NoiseLevel};
+use image::Rgb;
 
 /// The fingerprint of a test engine (one step, no guidance) named `model`, making `resolution` px.
 pub fn engine_fingerprint(model: &str, resolution: u32) -> EngineFingerprint {
@@ -24,8 +24,6 @@ pub fn engine_fingerprint(model: &str, resolution: u32) -> EngineFingerprint {
     }
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 /// The colour of a [`ColourEngine`] image: the crossover from "source" (red) to "target"
 /// (green) happens between r = 0.5 and r = 0.6, so GeNIe-Ada must choose 0.6.
 pub fn level_colour(level: NoiseLevel) -> Rgb<u8> {
@@ -35,65 +33,9 @@ pub fn level_colour(level: NoiseLevel) -> Rgb<u8> {
     }
 }
 
-/// The tests' engine: a flat image of [`level_colour`] per level, after its gate lets it pass.
-pub struct ColourEngine {
-    fp: EngineFingerprint,
-    side: u32,
-    gate: Arc<Gate>,
-}
-
-impl Engine for ColourEngine {
-    type Error = std::io::Error;
-    fn resolution(&self) -> u32 {
-        self.side
-    }
-    fn fingerprint(&self) -> &EngineFingerprint {
-        &self.fp
-    }
-    fn generate(&mut self, jobs: &[Job]) -> Result<Vec<JobOutput>, std::io::Error> {
-        self.gate.pass();
-        Ok(jobs
-            .iter()
-            .map(|job| JobOutput {
-                images: job
-                    .levels
-                    .iter()
-                    .map(|&level| LevelImage {
-                        level,
-                        start_timestep: 0,
-                        steps_run: 1,
-                        image: RgbImage::from_pixel(self.side, self.side, level_colour(level)),
-                    })
-                    .collect(),
-            })
-            .collect())
-    }
-}
-
-/// Makes [`ColourEngine`]s with this fingerprint and side, all behind one gate.
-pub struct ColourFactory {
-    /// The engines' fingerprint.
-    pub fp: EngineFingerprint,
-    /// Their resolution.
-    pub side: u32,
-    /// Their gate (closed: every call waits).
-    pub gate: Arc<Gate>,
-}
-
-impl EngineFactory for ColourFactory {
-    fn fingerprint(&self) -> &EngineFingerprint {
-        &self.fp
-    }
-    fn resolution(&self) -> u32 {
-        self.side
-    }
-    fn create(&self, _device: &str) -> Result<Box<dyn DynEngine>, BoxError> {
-        Ok(Box::new(ColourEngine {
-            fp: self.fp.clone(),
-            side: self.side,
-            gate: Arc::clone(&self.gate),
-        }))
-    }
+/// The tests' engine: a flat image of [`level_colour`] per level, after `gate` lets it pass.
+pub fn colour_factory(fp: EngineFingerprint, side: u32, gate: Arc<Gate>) -> FakeFactory {
+    FakeFactory::new(fp, side, |_, level| level_colour(level)).with_gate(gate)
 }
 
 /// Says that a test skipped part of its work: on stderr (libtest shows it with `--nocapture`) and,
@@ -111,29 +53,6 @@ pub fn skipped(test: &str, why: &str) {
             .and_then(|mut f| writeln!(f, "{line}"));
         if let Err(e) = written {
             eprintln!("cannot append to GENIE_SKIP_LOG: {e}");
-        }
-    }
-}
-
-/// Blocks test engines' calls until opened (closed when made).
-#[derive(Default)]
-pub struct Gate {
-    open: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl Gate {
-    pub fn closed() -> Arc<Self> {
-        Arc::new(Gate::default())
-    }
-    pub fn open(&self) {
-        *self.open.lock().unwrap() = true;
-        self.cv.notify_all();
-    }
-    pub fn pass(&self) {
-        let mut open = self.open.lock().unwrap();
-        while !*open {
-            open = self.cv.wait(open).unwrap();
         }
     }
 }
