@@ -83,7 +83,7 @@ if [ "$steps" = 1 ]; then
     timed 2-test-build "2 then \`cargo test --locked\` (build)" "$clone" cargo test --locked --no-run
     recompiled="$(dependencies_compiled "$work/2-test-build.log")"
     say "  dependencies recompiled: $(if [ -z "$recompiled" ]; then echo none; else echo "$recompiled" | wc -l; fi)"
-    [ -z "$recompiled" ] || echo "$recompiled" | head -20 | sed 's/^/    /' | tee -a "$report"
+    [ -z "$recompiled" ] || echo "$recompiled" | sed -n '1,20s/^/    /p' | tee -a "$report"
 
     # A change to the library's interface (not a comment, which incremental builds skip).
     echo "pub const DEV_LOOP_EDIT: u64 = $(date +%s);" >>"$clone/src/cache/mod.rs"
@@ -110,7 +110,7 @@ for line in sys.stdin:
     say "  ten slowest tests:"
     grep -hE '^test .* <[0-9.]+s>$' "$work/4-test-run.log" \
         | sed -E 's/^test (.*) \.\.\. (ok|ignored|FAILED) <([0-9.]+)s>$/\3 \1/' \
-        | sort -rn | head -10 | sed 's/^/    /' | tee -a "$report"
+        | sort -rn | sed -n '1,10s/^/    /p' | tee -a "$report"
     say "  $(grep -hE '^test result:' "$work/4-test-run.log" | awk '{p+=$4; f+=$6; i+=$8} END {print p " passed, " f " failed, " i " ignored"}')"
     say "  target folder: $(du -sh "$clone/target" | cut -f1)"
     [ "$keep" = 1 ] || rm -rf "$clone/target"
