@@ -33,11 +33,11 @@ use futures_util::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
-use super::disk::layout::unique_token;
 use super::disk::layout::{
-    judge_marker, marker_json, shard_dir_name, CONTENT_EXTENSION, HASH_PREFIX_LEN, MANIFESTS_DIR,
-    MARKER_FILE, OBJECTS_DIR, QUARANTINE_DIR, RECORDS_DIR,
+    judge_marker, marker_json, shard_dir_name, MANIFESTS_DIR, MARKER_FILE, OBJECTS_DIR,
+    QUARANTINE_DIR, RECORDS_DIR,
 };
+use super::disk::layout::{new_content_file, unique_token};
 use super::disk::verify::{judge_manifest, scan_manifest, Judged};
 use super::error::CacheError;
 use super::key::CacheKey;
@@ -46,7 +46,7 @@ use super::manifest::{
 };
 use super::record::MAX_RECORD_BYTES;
 use super::store::{BadEntry, Defect, Lookup, ManifestScan, PutOutcome, Store, StoredEntry};
-use super::{unix_nanos, unix_now};
+use super::unix_nanos;
 
 /// A cache in an object store, below a prefix.
 pub struct BucketStore {
@@ -420,26 +420,12 @@ impl Store for BucketStore {
         if self.contains(key)? {
             return Ok(PutOutcome::AlreadyPresent);
         }
-        let content_hash = blake3::hash(content).to_hex();
-        let content_file = format!(
-            "{key}.{}.{}.{CONTENT_EXTENSION}",
-            &content_hash[..HASH_PREFIX_LEN],
-            unique_token()
-        );
-        let content_path = self.content_path(key, &content_file);
+        let manifest =
+            Manifest::for_new_content(key, content, meta, |hash| new_content_file(key, hash));
+        let content_path = self.content_path(key, &manifest.content_file);
         self.write(&content_path, content, PutMode::Overwrite)?;
-        let manifest = Manifest {
-            format: MANIFEST_FORMAT,
-            key: *key,
-            content_file,
-            content_blake3: content_hash.to_string(),
-            content_len: content.len() as u64,
-            created_unix: unix_now(),
-            meta: meta.clone(),
-        };
         let committed = manifest
-            .to_json()
-            .map_err(|source| CacheError::ManifestEncode { key: *key, source })
+            .encode()
             .and_then(|json| self.write(&self.manifest_path(key), &json, PutMode::Create));
         match committed {
             Ok(true) => Ok(PutOutcome::Stored),

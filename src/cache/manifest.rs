@@ -75,6 +75,35 @@ struct FormatProbe {
 }
 
 impl Manifest {
+    /// The manifest that will commit `content` under `key` now; `content_file` names the file
+    /// from the content's hex hash (every store's `put` starts here).
+    pub(crate) fn for_new_content(
+        key: &CacheKey,
+        content: &[u8],
+        meta: &EntryMeta,
+        content_file: impl FnOnce(&str) -> String,
+    ) -> Manifest {
+        let content_blake3 = blake3::hash(content).to_hex().to_string();
+        Manifest {
+            format: MANIFEST_FORMAT,
+            key: *key,
+            content_file: content_file(&content_blake3),
+            content_blake3,
+            content_len: content.len() as u64,
+            created_unix: super::unix_now(),
+            meta: meta.clone(),
+        }
+    }
+
+    /// The manifest's bytes as stores write them.
+    pub(crate) fn encode(&self) -> Result<Vec<u8>, super::CacheError> {
+        self.to_json()
+            .map_err(|source| super::CacheError::ManifestEncode {
+                key: self.key,
+                source,
+            })
+    }
+
     pub(crate) fn parse(bytes: &[u8]) -> Result<Manifest, ManifestParseError> {
         let probe: FormatProbe = serde_json::from_slice(bytes)
             .map_err(|e| ManifestParseError::Invalid(e.to_string()))?;

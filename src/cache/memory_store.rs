@@ -5,9 +5,8 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::error::CacheError;
 use super::key::CacheKey;
-use super::manifest::{EntryMeta, Manifest, MANIFEST_FORMAT};
+use super::manifest::{EntryMeta, Manifest};
 use super::store::{BadEntry, Defect, Lookup, ManifestScan, PutOutcome, Store, StoredEntry};
-use super::unix_now;
 
 /// Entries held in memory, lost when dropped.
 #[derive(Debug, Default)]
@@ -61,15 +60,7 @@ impl Store for MemoryStore {
         if entries.contains_key(key) {
             return Ok(PutOutcome::AlreadyPresent);
         }
-        let manifest = Manifest {
-            format: MANIFEST_FORMAT,
-            key: *key,
-            content_file: format!("memory:{key}"),
-            content_blake3: blake3::hash(content).to_hex().to_string(),
-            content_len: content.len() as u64,
-            created_unix: unix_now(),
-            meta: meta.clone(),
-        };
+        let manifest = Manifest::for_new_content(key, content, meta, |_| format!("memory:{key}"));
         entries.insert(
             *key,
             StoredEntry {

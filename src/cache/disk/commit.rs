@@ -6,16 +6,15 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::files::{ensure_dir, remove_if_present, same_file, sync_dir, write_fully};
-use super::layout::unique_token;
+use super::layout::{new_content_file, unique_token};
 use super::verify::{Checked, Expect, FileRead, ManifestRead};
 use super::DiskStore;
-use super::{scan_manifest, CONTENT_EXTENSION, HASH_PREFIX_LEN, RECORDS_DIR};
+use super::{scan_manifest, RECORDS_DIR};
 use crate::cache::error::CacheError;
 use crate::cache::key::CacheKey;
-use crate::cache::manifest::{EntryMeta, Manifest, MANIFEST_FORMAT};
+use crate::cache::manifest::{EntryMeta, Manifest};
 use crate::cache::record::MAX_RECORD_BYTES;
 use crate::cache::store::{BadEntry, Defect, Lookup, ManifestScan, PutOutcome, Store};
-use crate::cache::unix_now;
 
 impl Store for DiskStore {
     fn get(&self, key: &CacheKey) -> Result<Lookup, CacheError> {
@@ -54,14 +53,10 @@ impl Store for DiskStore {
         if self.contains(key)? {
             return Ok(PutOutcome::AlreadyPresent);
         }
-        let content_hash = blake3::hash(content).to_hex();
-        let content_file = format!(
-            "{key}.{}.{}.{CONTENT_EXTENSION}",
-            &content_hash[..HASH_PREFIX_LEN],
-            unique_token()
-        );
+        let manifest =
+            Manifest::for_new_content(key, content, meta, |hash| new_content_file(key, hash));
         let objects_shard = self.ensure_shard(&self.objects, key)?;
-        let content_path = objects_shard.join(&content_file);
+        let content_path = objects_shard.join(&manifest.content_file);
 
         let tmp_content = self.write_temp("content-", content, true)?;
         tmp_content
@@ -73,18 +68,7 @@ impl Store for DiskStore {
         // The content's name must be durable before a manifest can point at it.
         sync_dir(&objects_shard);
 
-        let manifest = Manifest {
-            format: MANIFEST_FORMAT,
-            key: *key,
-            content_file,
-            content_blake3: content_hash.to_string(),
-            content_len: content.len() as u64,
-            created_unix: unix_now(),
-            meta: meta.clone(),
-        };
-        let json = manifest
-            .to_json()
-            .map_err(|source| CacheError::ManifestEncode { key: *key, source })?;
+        let json = manifest.encode()?;
         let tmp_manifest = self.write_temp("manifest-", &json, true)?;
         let outcome = match fs::hard_link(tmp_manifest.path(), &manifest_path) {
             Ok(()) => PutOutcome::Stored,

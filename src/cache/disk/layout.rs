@@ -296,6 +296,16 @@ impl DiskStore {
 
 pub(super) const GC_LOCK_FILE: &str = "gc.lock";
 
+/// The name of a new content file of `key` whose content hashes to `content_hash` (hex):
+/// `<key>.<hash16>.<token16>.png`, unique to this write.
+pub(in crate::cache) fn new_content_file(key: &CacheKey, content_hash: &str) -> String {
+    format!(
+        "{key}.{}.{}.{CONTENT_EXTENSION}",
+        &content_hash[..HASH_PREFIX_LEN],
+        unique_token()
+    )
+}
+
 /// 16 hex digits no other write (in any process, on any machine) will pick.
 pub(in crate::cache) fn unique_token() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);

@@ -50,9 +50,7 @@ use layout::{check_marker, refuse_foreign_content, write_marker, TMP_DIR};
 pub use gc::{GcPolicy, GcReport, DEFAULT_GRACE, GC_LOCK_WAIT};
 pub use verify::VerifyReport;
 // The bucket store shares the folder store's names, marker and manifest judging.
-pub(super) use layout::{
-    CONTENT_EXTENSION, HASH_PREFIX_LEN, MANIFESTS_DIR, OBJECTS_DIR, QUARANTINE_DIR, RECORDS_DIR,
-};
+pub(super) use layout::{MANIFESTS_DIR, OBJECTS_DIR, QUARANTINE_DIR, RECORDS_DIR};
 pub(super) use verify::scan_manifest;
 
 /// Layout version written into the marker; a root with a newer one is refused.
