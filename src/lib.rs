@@ -35,6 +35,7 @@ pub mod ada;
 pub mod backbone;
 pub mod cache;
 pub mod classes;
+mod counters;
 #[cfg(feature = "engine")]
 pub mod diffusion;
 pub mod engine;

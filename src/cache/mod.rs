@@ -24,7 +24,7 @@ mod record;
 mod store;
 
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -108,18 +108,14 @@ pub struct MemoryUsage {
     pub budget_bytes: usize,
 }
 
-#[derive(Debug, Default)]
-struct AtomicCounters {
-    memory_hits: AtomicU64,
-    store_hits: AtomicU64,
-    misses: AtomicU64,
-    corrupt: AtomicU64,
-    puts_stored: AtomicU64,
-    puts_already_present: AtomicU64,
+crate::counters::live_counters! {
+    struct AtomicCounters => CacheCounters {
+        memory_hits, store_hits, misses, corrupt, puts_stored, puts_already_present,
+    }
 }
 
 fn bump(counter: &AtomicU64) {
-    counter.fetch_add(1, Ordering::Relaxed);
+    AtomicCounters::add(counter, 1);
 }
 
 /// Generated images by key: a memory tier of decoded images in front of a verified store.
@@ -266,16 +262,7 @@ impl Cache {
 
     /// A snapshot of the counters.
     pub fn counters(&self) -> CacheCounters {
-        let c = &self.counters;
-        let load = |counter: &AtomicU64| counter.load(Ordering::Relaxed);
-        CacheCounters {
-            memory_hits: load(&c.memory_hits),
-            store_hits: load(&c.store_hits),
-            misses: load(&c.misses),
-            corrupt: load(&c.corrupt),
-            puts_stored: load(&c.puts_stored),
-            puts_already_present: load(&c.puts_already_present),
-        }
+        self.counters.snapshot_into(CacheCounters::default())
     }
 
     /// What the memory tier holds now.

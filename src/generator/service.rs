@@ -140,7 +140,7 @@ impl Generator {
     /// Asks for a request's levels; never waits for generation or for a lock held by a worker.
     pub fn request(&self, req: Request) -> Result<Receipt, GeneratorError> {
         check_request(&req, self.shared.resolution)?;
-        let c = &self.shared.counters;
+        let c = &self.shared.counters.levels;
         let running = self.shared.mode.load(Ordering::Acquire) == RUNNING;
         let now = Instant::now();
         let mut outcomes: Vec<(NoiseLevel, CacheKey, LevelOutcome)> = req
@@ -379,7 +379,10 @@ impl Generator {
             while let Ok(item) = rx.try_recv() {
                 self.shared.taken(online, &item);
                 self.shared.forget(&item);
-                Counters::add(&self.shared.counters.dropped, item.levels.len() as u64);
+                Counters::add(
+                    &self.shared.counters.levels.dropped,
+                    item.levels.len() as u64,
+                );
             }
         }
     }

@@ -3,26 +3,26 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+crate::counters::live_counters! {
+    /// What happened to the levels requested: every level lands in one of `queued`, `cached`,
+    /// `deduplicated`, `dropped` or `backing_off`.
+    pub(crate) struct LevelCounters => GeneratorStats {
+        queued, deduplicated, cached, dropped, backing_off, in_flight, done, failed, panics,
+        engine_calls,
+    }
+}
+
 /// Live counters (shared by the service and its workers).
 #[derive(Debug)]
 pub(crate) struct Counters {
-    pub queued: AtomicU64,
-    pub deduplicated: AtomicU64,
-    pub cached: AtomicU64,
-    pub dropped: AtomicU64,
-    pub backing_off: AtomicU64,
-    pub in_flight: AtomicU64,
-    pub done: AtomicU64,
-    pub failed: AtomicU64,
-    pub panics: AtomicU64,
-    pub engine_calls: AtomicU64,
+    pub levels: LevelCounters,
     /// One per worker, in the order of the configured devices.
     pub devices: Vec<DeviceCounters>,
     pub started: Instant,
 }
 
 /// What one worker (one device) did.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 pub(crate) struct DeviceCounters {
     pub device: String,
     /// 1 while the worker holds a working engine.
@@ -39,22 +39,10 @@ impl Counters {
                 .iter()
                 .map(|d| DeviceCounters {
                     device: d.clone(),
-                    loaded: AtomicU64::new(0),
-                    done: AtomicU64::new(0),
-                    failed: AtomicU64::new(0),
-                    engine_calls: AtomicU64::new(0),
+                    ..DeviceCounters::default()
                 })
                 .collect(),
-            queued: AtomicU64::new(0),
-            deduplicated: AtomicU64::new(0),
-            cached: AtomicU64::new(0),
-            dropped: AtomicU64::new(0),
-            backing_off: AtomicU64::new(0),
-            in_flight: AtomicU64::new(0),
-            done: AtomicU64::new(0),
-            failed: AtomicU64::new(0),
-            panics: AtomicU64::new(0),
-            engine_calls: AtomicU64::new(0),
+            levels: LevelCounters::default(),
             started: Instant::now(),
         }
     }
@@ -66,19 +54,8 @@ impl Counters {
     pub fn snapshot(&self, queue_len: usize) -> GeneratorStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let elapsed = self.started.elapsed().as_secs_f64();
-        let done = get(&self.done);
-        GeneratorStats {
-            queued: get(&self.queued),
+        let mut stats = self.levels.snapshot_into(GeneratorStats {
             queue_len: queue_len as u64,
-            in_flight: get(&self.in_flight),
-            done,
-            cached: get(&self.cached),
-            deduplicated: get(&self.deduplicated),
-            dropped: get(&self.dropped),
-            backing_off: get(&self.backing_off),
-            failed: get(&self.failed),
-            panics: get(&self.panics),
-            engine_calls: get(&self.engine_calls),
             devices: self
                 .devices
                 .iter()
@@ -90,12 +67,12 @@ impl Counters {
                     engine_calls: get(&d.engine_calls),
                 })
                 .collect(),
-            images_per_second: if elapsed > 0.0 {
-                done as f64 / elapsed
-            } else {
-                0.0
-            },
+            ..GeneratorStats::default()
+        });
+        if elapsed > 0.0 {
+            stats.images_per_second = stats.done as f64 / elapsed;
         }
+        stats
     }
 }
 

@@ -89,7 +89,7 @@ impl Worker {
             Ok(Ok(_)) => Err("the engine's fingerprint differs from the factory's".into()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => {
-                Counters::add(&self.shared.counters.panics, 1);
+                Counters::add(&self.shared.counters.levels.panics, 1);
                 Err("the engine factory panicked".into())
             }
         }
@@ -150,7 +150,7 @@ impl Worker {
                 continue;
             };
             let levels: u64 = batch.iter().map(|i| i.levels.len() as u64).sum();
-            let c = &self.shared.counters;
+            let c = &self.shared.counters.levels;
             Counters::add(&c.in_flight, levels);
             let jobs: Vec<Job> = batch
                 .iter()
@@ -269,7 +269,7 @@ impl Worker {
             };
             match self.shared.cache.put_image(key, &image.image, meta) {
                 Ok(_) => {
-                    Counters::add(&self.shared.counters.done, 1);
+                    Counters::add(&self.shared.counters.levels.done, 1);
                     Counters::add(&self.device_counters().done, 1);
                     lock(&self.shared.failures).remove(key);
                 }

@@ -153,15 +153,10 @@ pub struct RemoteStats {
     pub up: bool,
 }
 
-#[derive(Default)]
-struct Counters {
-    sent: AtomicU64,
-    answered: AtomicU64,
-    dropped_unreachable: AtomicU64,
-    dropped_full: AtomicU64,
-    refused: AtomicU64,
-    reconnects: AtomicU64,
-    restarts: AtomicU64,
+crate::counters::live_counters! {
+    struct Counters => RemoteStats {
+        sent, answered, dropped_unreachable, dropped_full, refused, reconnects, restarts,
+    }
 }
 
 /// Most late receipts kept for a caller that does not collect them.
@@ -309,18 +304,10 @@ impl RemoteGenerator {
 
     /// Counters of the client so far.
     pub fn stats(&self) -> RemoteStats {
-        let c = &self.shared.counters;
-        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        RemoteStats {
-            sent: get(&c.sent),
-            answered: get(&c.answered),
-            dropped_unreachable: get(&c.dropped_unreachable),
-            dropped_full: get(&c.dropped_full),
-            refused: get(&c.refused),
-            reconnects: get(&c.reconnects),
-            restarts: get(&c.restarts),
+        self.shared.counters.snapshot_into(RemoteStats {
             up: self.shared.up.load(Ordering::Acquire),
-        }
+            ..RemoteStats::default()
+        })
     }
 
     /// Sends what is queued (or answers it `Dropped` if the server is down) and stops the
