@@ -35,7 +35,7 @@ use burn::tensor::Device;
 use clap::Parser;
 use genie::eval::{
     csv_table, markdown_table, run_few_shot, sample_episodes, Backbone, CachedEpisodes,
-    EpisodeSpec, FewShotConfig, LogisticRegression, Method,
+    FewShotProtocolArgs,
 };
 use genie::generator::{Generator, KeySpace, Shutdown};
 use genie::loader::ImageItem;
@@ -48,17 +48,9 @@ mod common;
 
 #[derive(Parser, Debug)]
 #[command(about = "The paper's few-shot protocol: every method on the same episodes")]
+// 20 episodes rather than the paper's 600: a run in minutes on a laptop's CPU.
+#[command(mut_arg("episodes", |a| a.default_value("20")))]
 struct Args {
-    #[arg(long, default_value_t = 5)]
-    ways: usize,
-    #[arg(long, default_value_t = 1)]
-    shots: usize,
-    /// Query images per class (the paper: 16).
-    #[arg(long, default_value_t = 16)]
-    queries: usize,
-    /// Episodes (the paper: 600).
-    #[arg(long, default_value_t = 20)]
-    episodes: usize,
     /// Shape classes the backbone is trained on; the others are the novel classes episodes are
     /// drawn from.
     #[arg(long, default_value_t = 4)]
@@ -66,14 +58,8 @@ struct Args {
     /// Images per novel class in the test split.
     #[arg(long, default_value_t = 30)]
     per_class: usize,
-    /// Methods to compare (default: all): none, weak, strong, cutmix, mixup, img2img-l,
-    /// img2img-h, txt2img, genie, genie-ada, and genie@R for GeNIe at level R.
-    #[arg(long, value_delimiter = ',')]
-    methods: Vec<String>,
-    /// Also run GeNIe at each of GeNIe-Ada's levels (the paper's Table 4; no extra diffusion
-    /// when GeNIe-Ada runs too) and plot accuracy against r (`--out`: few_shot_sweep.png).
-    #[arg(long)]
-    sweep: bool,
+    #[command(flatten)]
+    protocol: FewShotProtocolArgs,
     #[command(flatten)]
     engine: common::EngineArgs,
     /// Where the backbone trains and embeds: cpu, vulkan[:N], wgpu[:N] (with genie's
@@ -96,8 +82,6 @@ struct Args {
     /// Write few_shot.md and few_shot.csv here.
     #[arg(long)]
     out: Option<PathBuf>,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
 }
 
 /// The frozen CNN: its penultimate layer's features.
@@ -165,18 +149,15 @@ fn main() -> Result<()> {
     if args.base_classes == 0 || args.base_classes >= all {
         bail!("--base-classes must be between 1 and {}", all - 1);
     }
-    let methods = Method::selection(&args.methods, args.sweep).map_err(anyhow::Error::msg)?;
-    let spec = EpisodeSpec {
-        ways: args.ways,
-        shots: args.shots,
-        queries: args.queries,
-    };
+    let protocol = &args.protocol;
+    let mut run = protocol.config(0).map_err(anyhow::Error::msg)?;
+    let spec = run.spec;
     let (factory, generator_config) = common::engine_factory(&args.engine)?;
     let plan = factory.plan().clone();
 
     // The split at the engine's resolution (the originals diffusion reads); the backbone sees
     // them resized to --image-size.
-    let drawn = synthetic::balanced_dataset(args.per_class, all, plan.resolution, args.seed)?;
+    let drawn = synthetic::balanced_dataset(args.per_class, all, plan.resolution, protocol.seed)?;
     let novel: Vec<usize> = (args.base_classes..all).collect();
     let names: Vec<String> = novel
         .iter()
@@ -190,7 +171,7 @@ fn main() -> Result<()> {
             images.push(s.image.clone());
         }
     }
-    let base: Vec<ImageItem> = synthetic::balanced_dataset(60, all, 32, args.seed + 1)?
+    let base: Vec<ImageItem> = synthetic::balanced_dataset(60, all, 32, protocol.seed + 1)?
         .into_iter()
         .filter(|s| s.label < args.base_classes)
         .map(|s| image_item(&s.image, s.label, "base"))
@@ -198,10 +179,10 @@ fn main() -> Result<()> {
     println!(
         "{}-way {}-shot, {} queries per class, {} episodes; novel classes: {}; backbone trained \
          on {} base classes",
-        args.ways,
-        args.shots,
-        args.queries,
-        args.episodes,
+        protocol.ways,
+        protocol.shots,
+        protocol.queries,
+        protocol.episodes,
         names.join(", "),
         args.base_classes
     );
@@ -211,7 +192,7 @@ fn main() -> Result<()> {
         base,
         args.base_classes,
         args.image_size,
-        args.seed,
+        protocol.seed,
         device.device(),
     )?;
 
@@ -223,12 +204,17 @@ fn main() -> Result<()> {
             .cloned()
             .ok_or_else(|| format!("no image {i}"))
     };
-    let source = CachedEpisodes::new(&keys, &cache, &original, args.seed).with_backbone(&backbone);
+    let source =
+        CachedEpisodes::new(&keys, &cache, &original, protocol.seed).with_backbone(&backbone);
 
     // Every pair the run needs, generated first in one queue.
-    let episodes = sample_episodes(&members, &names, spec, args.episodes, args.seed)?;
+    let episodes = sample_episodes(&members, &names, spec, protocol.episodes, protocol.seed)?;
     let missing = source
-        .missing_pairs(&episodes, &methods, 4 * args.shots)
+        .missing_pairs(
+            &episodes,
+            &run.methods,
+            protocol.extra_per_shot * protocol.shots,
+        )
         .map_err(anyhow::Error::msg)?;
     let levels: usize = missing.iter().map(|(_, p)| p.levels.len()).sum();
     let started = Instant::now();
@@ -267,31 +253,17 @@ fn main() -> Result<()> {
     .map_err(anyhow::Error::msg)?;
     println!("generated {made} images (cache {})", cache_dir.display());
 
-    let mut config = FewShotConfig::default();
-
-    config.spec = spec;
-
-    config.episodes = args.episodes;
-
-    config.seed = args.seed;
-
-    config.extra_per_shot = 4;
-
-    config.image_size = plan.resolution;
-
-    config.probe = LogisticRegression::default();
-
-    config.methods = methods;
+    run.image_size = plan.resolution;
     let results = run_few_shot(
         &members,
         &names,
         &original,
         &backbone,
         Some(&source),
-        &config,
+        &run,
         &mut |n| {
-            if n % 10 == 0 || n == args.episodes {
-                println!("episodes: {n}/{}", args.episodes);
+            if n % 10 == 0 || n == protocol.episodes {
+                println!("episodes: {n}/{}", protocol.episodes);
             }
         },
     )?;

@@ -29,6 +29,8 @@ mod few_shot;
 mod hard_negatives;
 mod logreg;
 mod long_tail;
+#[cfg(feature = "cli")]
+mod protocol_args;
 mod stats;
 
 pub use augment::{augment, mix_pair, Augmentation, ImageMix};
@@ -40,4 +42,6 @@ pub use few_shot::{
 pub use hard_negatives::{missing_keys, CachedEpisodes, NeededPair};
 pub use logreg::{FittedProbe, LogRegError, LogisticRegression, MixedTarget};
 pub use long_tail::{long_tail_csv, long_tail_markdown, GroupAccuracy};
+#[cfg(feature = "cli")]
+pub use protocol_args::FewShotProtocolArgs;
 pub use stats::MeanCi;

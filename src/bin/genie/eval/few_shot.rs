@@ -13,7 +13,7 @@ use genie::cache::Cache;
 use genie::diffusion;
 use genie::eval::{
     csv_table, markdown_table, run_few_shot, sample_episodes, sweep_points, CachedEpisodes,
-    EpisodeSpec, FewShotConfig, LogisticRegression, Method, NeededPair,
+    FewShotProtocolArgs, Method, NeededPair,
 };
 use genie::factory::SdEngineFactory;
 use genie::generator::{Generator, GeneratorConfig, Shutdown};
@@ -54,28 +54,8 @@ pub(crate) struct FewShotArgs {
     /// The side images are resized to for the backbone.
     #[arg(long, default_value_t = 224, value_parser = clap::value_parser!(u32).range(8..=1024))]
     input_size: u32,
-    #[arg(long, default_value_t = 5)]
-    ways: usize,
-    #[arg(long, default_value_t = 1)]
-    shots: usize,
-    /// Query images per class (the paper: 16).
-    #[arg(long, default_value_t = 16)]
-    queries: usize,
-    /// Episodes (the paper: 600).
-    #[arg(long, default_value_t = 600)]
-    episodes: usize,
-    /// Extra labelled images per support image for every method but "none" (the paper: 4).
-    #[arg(long, default_value_t = 4)]
-    extra_per_shot: usize,
-    /// Methods (default: all): none, weak, strong, cutmix, mixup, img2img-l, img2img-h,
-    /// txt2img, genie, genie-ada, and genie@R for GeNIe at level R.
-    #[arg(long, value_delimiter = ',')]
-    methods: Vec<String>,
-    /// Also GeNIe at each of GeNIe-Ada's levels (Table 4) and a plot of accuracy against r.
-    #[arg(long)]
-    sweep: bool,
-    #[arg(long, default_value_t = 0)]
-    seed: u64,
+    #[command(flatten)]
+    protocol: FewShotProtocolArgs,
     /// Write few_shot.md, few_shot.csv (and with --sweep few_shot_sweep.png) here.
     #[arg(long, value_name = "DIR")]
     out: Option<PathBuf>,
@@ -87,12 +67,9 @@ pub(crate) struct FewShotArgs {
 
 pub(super) fn few_shot(args: FewShotArgs) -> Result<()> {
     let hn = &args.hard_negatives;
-    let spec = EpisodeSpec {
-        ways: args.ways,
-        shots: args.shots,
-        queries: args.queries,
-    };
-    let methods = Method::selection(&args.methods, args.sweep).map_err(anyhow::Error::msg)?;
+    let protocol = &args.protocol;
+    let mut run = protocol.config(0).map_err(anyhow::Error::msg)?;
+    let spec = run.spec;
     let folder = ImageFolder::scan(&args.data)?;
     for w in &folder.warnings {
         eprintln!("warning: {w}");
@@ -102,7 +79,13 @@ pub(super) fn few_shot(args: FewShotArgs) -> Result<()> {
         members[*class].push(i);
     }
     let classes = name_classes(&folder.classes, args.class_names.as_deref())?;
-    let episodes = sample_episodes(&members, &folder.classes, spec, args.episodes, args.seed)?;
+    let episodes = sample_episodes(
+        &members,
+        &folder.classes,
+        spec,
+        protocol.episodes,
+        protocol.seed,
+    )?;
 
     let engine = diffusion::plan_engine(&model_source(&hn.model)?, &engine_options(&hn.model)?)?;
     let keys = key_space(&engine, classes, args.superclass.as_ref());
@@ -136,9 +119,14 @@ pub(super) fn few_shot(args: FewShotArgs) -> Result<()> {
     let device = backbone_device.device().clone();
     let model = load_resnet(&args.backbone_weights, config, &device)?;
     let backbone = ResNetBackbone::new(model, args.input_size, device);
-    let source = CachedEpisodes::new(&keys, &cache, &original, args.seed).with_backbone(&backbone);
+    let source =
+        CachedEpisodes::new(&keys, &cache, &original, protocol.seed).with_backbone(&backbone);
     let missing = source
-        .missing_pairs(&episodes, &methods, args.extra_per_shot * args.shots)
+        .missing_pairs(
+            &episodes,
+            &run.methods,
+            protocol.extra_per_shot * protocol.shots,
+        )
         .map_err(anyhow::Error::msg)?;
     let images = genie::eval::missing_keys(&missing);
     // The queue holds levels as requested, repeats included.
@@ -146,10 +134,10 @@ pub(super) fn few_shot(args: FewShotArgs) -> Result<()> {
     println!(
         "{}-way {}-shot, {} queries, {} episodes over {} classes and {} images; {} hard \
          negatives needed that the cache lacks",
-        args.ways,
-        args.shots,
-        args.queries,
-        args.episodes,
+        protocol.ways,
+        protocol.shots,
+        protocol.queries,
+        protocol.episodes,
         folder.classes.len(),
         folder.images.len(),
         images
@@ -191,21 +179,7 @@ pub(super) fn few_shot(args: FewShotArgs) -> Result<()> {
         println!("generated {made} hard negatives into {}", hn.cache);
     }
 
-    let mut config = FewShotConfig::default();
-
-    config.spec = spec;
-
-    config.episodes = args.episodes;
-
-    config.seed = args.seed;
-
-    config.extra_per_shot = args.extra_per_shot;
-
-    config.image_size = engine.resolution;
-
-    config.probe = LogisticRegression::default();
-
-    config.methods = methods;
+    run.image_size = engine.resolution;
     let mut last_line = Instant::now();
     let results = run_few_shot(
         &members,
@@ -213,12 +187,12 @@ pub(super) fn few_shot(args: FewShotArgs) -> Result<()> {
         &original,
         &backbone,
         Some(&source),
-        &config,
+        &run,
         &mut |n| {
-            if n == args.episodes || last_line.elapsed().as_secs() >= 10 {
+            if n == protocol.episodes || last_line.elapsed().as_secs() >= 10 {
                 println!(
                     "episodes: {n}/{} ({:.0} s)",
-                    args.episodes,
+                    protocol.episodes,
                     started.elapsed().as_secs_f64()
                 );
                 last_line = Instant::now();
