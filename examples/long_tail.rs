@@ -40,10 +40,9 @@ use burn::data::dataloader::DataLoader;
 use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataset::InMemDataset;
 use burn::module::Module;
-use burn::nn::loss::{CrossEntropyLoss, CrossEntropyLossConfig};
-use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Parser;
+use genie::backbone::{confusion_of, ClassifierTraining};
 use genie::generator::{Generator, HardNegativeGenerator};
 use genie::loader::ImageItem;
 use genie::loader::{
@@ -210,9 +209,7 @@ struct Outcome {
 /// cold start and the other on a warm one.
 struct Training<'a> {
     online: Option<&'a Online>,
-    model: Cnn,
-    optim: ModuleOptimizer,
-    loss_fn: CrossEntropyLoss,
+    training: ClassifierTraining<Cnn>,
     loader: Arc<dyn DataLoader<ImageBatch>>,
     live: Option<LiveModel<Cnn>>,
     live_config: LiveConfig,
@@ -279,9 +276,7 @@ impl<'a> Training<'a> {
         };
         Ok(Training {
             online,
-            model,
-            optim: AdamConfig::new().init(),
-            loss_fn: CrossEntropyLossConfig::new().init(&train_device),
+            training: ClassifierTraining::new(model, 1e-3, &train_device),
             loader,
             live,
             live_config,
@@ -299,17 +294,14 @@ impl<'a> Training<'a> {
         let mut batches = 0;
         for batch in self.loader.iter() {
             let batch = batch?;
-            let logits = self.model.forward(batch.images);
+            let step = self.training.step(batch.images, batch.targets.clone())?;
             if let Some(o) = self.online {
-                let (p, t) = predictions_and_targets(&logits, &batch.targets)?;
+                let (p, t) = predictions_and_targets(&step.logits, &batch.targets)?;
                 o.confusion.record(&p, &t);
             }
-            let loss = self.loss_fn.forward(logits, batch.targets);
-            loss_sum += loss.clone().into_scalar::<f32>() as f64;
-            let grads = GradientsParams::from_grads(loss.backward(), &self.model);
-            self.model = self.optim.step(1e-3, self.model.clone(), grads);
+            loss_sum += step.loss;
             if let Some(live) = &self.live {
-                live.observe(&self.model);
+                live.observe(self.training.model());
             }
             batches += 1;
         }
@@ -362,24 +354,17 @@ impl<'a> Training<'a> {
                 s.waited_seconds
             );
         }
-        let model = self.model.valid();
-        let mut per_class = vec![(0usize, 0usize); data.classes.len()];
-        for chunk in data.test.chunks(128) {
-            let logits = model.forward(batcher.images(chunk, device));
+        let model = self.training.into_model().valid();
+        let batches = data.test.chunks(128).map(|chunk| {
             let labels: Vec<i64> = chunk
                 .iter()
                 .map(|i| i.label().unwrap_or(0) as i64)
                 .collect();
             let targets =
                 Tensor::<1, Int>::from_data(TensorData::new(labels, [chunk.len()]), device);
-            let (p, t) = predictions_and_targets(&logits, &targets)?;
-            for (p, t) in p.into_iter().zip(t) {
-                per_class[t].1 += 1;
-                if p == t {
-                    per_class[t].0 += 1;
-                }
-            }
-        }
+            Ok::<_, anyhow::Error>((batcher.images(chunk, device), targets))
+        });
+        let per_class = confusion_of(&model, data.classes.len(), batches)?.hits();
         Ok(Outcome {
             per_class,
             steps: self.steps,

@@ -62,6 +62,12 @@ impl Cnn {
     }
 }
 
+impl genie::backbone::Classifier for Cnn {
+    fn logits(&self, images: Tensor<4>) -> Tensor<2> {
+        self.forward(images)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct ImageBatch {
     pub images: Tensor<4>,

@@ -27,10 +27,12 @@
 mod classifier;
 mod load;
 mod resnet;
+mod train;
 
 pub use classifier::{ResNetBatch, ResNetBatcher, ResNetClassifier, ResNetEmbeddings};
 pub use load::{load_resnet, save_resnet, BackboneError};
 pub use resnet::{ResNet, ResNetConfig, ResNetDepth, UnknownDepth};
+pub use train::{confusion_of, Classifier, ClassifierTraining, TrainedBatch};
 
 use burn::tensor::{Device, Tensor, TensorData};
 use image::imageops::FilterType;

@@ -61,6 +61,16 @@ impl ConfusionMatrix {
         }
     }
 
+    /// Per true class: (times predicted right, times seen) — a test set's per-class accuracy.
+    pub fn hits(&self) -> Vec<(usize, usize)> {
+        (0..self.classes)
+            .map(|t| {
+                let row = &self.counts[t * self.classes..(t + 1) * self.classes];
+                (row[t] as usize, row.iter().sum::<f64>() as usize)
+            })
+            .collect()
+    }
+
     /// Multiplies every count by `factor` (in [0, 1]) so that recent epochs weigh more.
     pub fn decay(&mut self, factor: f64) {
         let factor = factor.clamp(0.0, 1.0);
@@ -216,6 +226,13 @@ mod tests {
         assert!(m.most_confused_with(9, 2).is_empty());
         m.decay(0.5);
         assert_eq!(m.get(3, 2), 1.5);
+    }
+
+    #[test]
+    fn hits_are_the_diagonal_over_each_true_class() {
+        let mut m = ConfusionMatrix::new(3);
+        m.record(&[0, 0, 1, 2, 2, 2], &[0, 1, 1, 2, 2, 0]);
+        assert_eq!(m.hits(), vec![(1, 2), (1, 2), (2, 2)]);
     }
 
     #[test]

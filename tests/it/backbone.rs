@@ -244,3 +244,57 @@ fn a_saved_backbone_has_torchvisions_names_and_loads_back() {
         Err(BackboneError::Write { .. })
     ));
 }
+
+#[test]
+fn a_classifier_trains_a_batch_at_a_time_and_tests_into_a_confusion_matrix() {
+    use burn::tensor::{Int, TensorData};
+    use genie::backbone::{confusion_of, image_tensor, ClassifierTraining, ResNetClassifier};
+
+    // Two classes a network tells apart at once: dark images and bright ones.
+    let images = |class: usize, n: usize| -> Vec<image::RgbImage> {
+        (0..n)
+            .map(|i| {
+                let level = if class == 0 {
+                    10 + i as u8
+                } else {
+                    230 - i as u8
+                };
+                image::RgbImage::from_pixel(16, 16, image::Rgb([level, level / 2, level]))
+            })
+            .collect()
+    };
+    let batch = |device: &Device| {
+        let mut all = images(0, 4);
+        all.extend(images(1, 4));
+        let labels = TensorData::new(vec![0i64, 0, 0, 0, 1, 1, 1, 1], [8]);
+        (
+            image_tensor(&all, 16, device),
+            Tensor::<1, Int>::from_data(labels, device),
+        )
+    };
+    let device = Device::default().autodiff();
+    device.seed(3);
+    let config = narrow(ResNetDepth::R18);
+    let model = ResNetClassifier::new(config.init(&device), config.feature_dim(), 2, &device);
+    let mut training = ClassifierTraining::new(model, 1e-2, &device);
+    let mut losses = Vec::new();
+    for _ in 0..15 {
+        let (x, y) = batch(&device);
+        let step = training.step(x, y).unwrap();
+        assert_eq!(step.logits.dims(), [8, 2]);
+        losses.push(step.loss);
+    }
+    assert!(
+        losses[14] < 0.5 * losses[0],
+        "the loss did not fall: {losses:?}"
+    );
+    let model = training.into_model().valid();
+    let plain = Device::default();
+    let tested = confusion_of(
+        &model,
+        2,
+        [Ok::<_, burn::tensor::TensorReadError>(batch(&plain))],
+    )
+    .unwrap();
+    assert_eq!(tested.hits(), vec![(4, 4), (4, 4)]);
+}

@@ -8,12 +8,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use burn::data::dataset::{Dataset, InMemDataset};
 use burn::module::Module;
-use burn::nn::loss::CrossEntropyLossConfig;
-use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Args;
 use genie::backbone::{
-    image_tensor, load_resnet, ResNetClassifier, ResNetConfig, ResNetDepth, ResNetEmbeddings,
+    confusion_of, image_tensor, load_resnet, ClassifierTraining, ResNetClassifier, ResNetConfig,
+    ResNetDepth, ResNetEmbeddings,
 };
 use genie::cache::Cache;
 use genie::diffusion;
@@ -21,10 +20,7 @@ use genie::eval::{long_tail_csv, long_tail_markdown, GroupAccuracy};
 use genie::factory::SdEngineFactory;
 use genie::generator::{Generator, GeneratorConfig, HardNegativeGenerator, Shutdown};
 use genie::loader::ImageItem;
-use genie::loader::{
-    folder_items, predictions_and_targets, GenieDataset, GenieItem, KeySpace, OfflinePlan,
-    TrainDevice,
-};
+use genie::loader::{folder_items, GenieDataset, GenieItem, KeySpace, OfflinePlan, TrainDevice};
 use genie::policy::{ClassStats, ConfusionMatrix, Group, Policy, PolicyConfig, SourceStrategy};
 use genie::warm::{ImageFolder, PlanEntry};
 use genie::{image_io, NoiseLevel};
@@ -495,13 +491,7 @@ impl Trainer<'_> {
             self.device,
             self.classes,
         )?;
-        let per_class: Vec<(usize, usize)> = (0..self.classes)
-            .map(|c| {
-                let total: f64 = (0..self.classes).map(|p| confusion.get(c, p)).sum();
-                (confusion.get(c, c) as usize, total as usize)
-            })
-            .collect();
-        let row = GroupAccuracy::of(run.name(), &per_class, self.groups);
+        let row = GroupAccuracy::of(run.name(), &confusion.hits(), self.groups);
         println!(
             "{}: trained and tested in {:.0} s; overall {:.2} %",
             run.name(),
@@ -667,9 +657,8 @@ fn train_model(
         Some(path) => load_resnet(path, config, &device)?,
         None => config.init(&device),
     };
-    let mut model = ResNetClassifier::new(backbone, config.feature_dim(), classes, &device);
-    let mut optim = AdamConfig::new().init();
-    let loss_fn = CrossEntropyLossConfig::new().init(&device);
+    let model = ResNetClassifier::new(backbone, config.feature_dim(), classes, &device);
+    let mut training = ClassifierTraining::new(model, args.lr, &device);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(args.seed);
     for epoch in 1..=args.epochs {
         let mut order: Vec<usize> = (0..data.len()).collect();
@@ -689,25 +678,11 @@ fn train_model(
             if let Some(online) = online {
                 items = online.augmenter.augment(items);
             }
-            let mut images = Vec::with_capacity(items.len());
-            let mut labels = Vec::with_capacity(items.len());
-            for item in &items {
-                images.push(
-                    item.rgb()
-                        .with_context(|| format!("training item {}", item.path))?,
-                );
-                labels.push(item.label().unwrap_or(0) as i64);
-            }
-            let targets =
-                Tensor::<1, Int>::from_data(TensorData::new(labels, [items.len()]), &device);
-            let logits = model.forward(image_tensor(&images, args.input_size, &device));
-            let loss = loss_fn.forward(logits, targets);
-            loss_sum += loss.clone().into_scalar::<f32>() as f64;
+            let (images, targets) = labelled_batch(&items, args.input_size, &device)?;
+            loss_sum += training.step(images, targets)?.loss;
             batches += 1;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(args.lr, model, grads);
             if let Some(online) = online {
-                online.live.observe(&model);
+                online.live.observe(training.model());
             }
         }
         println!(
@@ -716,7 +691,23 @@ fn train_model(
             data.len()
         );
     }
-    Ok(model)
+    Ok(training.into_model())
+}
+
+/// `items` as a batch of images at `side` px and their labels (class 0 for an unlabelled one).
+fn labelled_batch(
+    items: &[ImageItem],
+    side: u32,
+    device: &Device,
+) -> Result<(Tensor<4>, Tensor<1, Int>)> {
+    let mut images = Vec::with_capacity(items.len());
+    let mut labels = Vec::with_capacity(items.len());
+    for item in items {
+        images.push(item.rgb().with_context(|| format!("item {}", item.path))?);
+        labels.push(item.label().unwrap_or(0) as i64);
+    }
+    let targets = Tensor::<1, Int>::from_data(TensorData::new(labels, [items.len()]), device);
+    Ok((image_tensor(&images, side, device), targets))
 }
 
 /// The confusion matrix (true class, predicted class) of `model` on `data`.
@@ -727,22 +718,18 @@ fn evaluate(
     device: &Device,
     classes: usize,
 ) -> Result<ConfusionMatrix> {
-    let mut matrix = ConfusionMatrix::new(classes);
     let indices: Vec<usize> = (0..data.len()).collect();
-    for chunk in indices.chunks(64) {
-        let mut images = Vec::with_capacity(chunk.len());
-        let mut labels = Vec::with_capacity(chunk.len());
-        for &i in chunk {
-            let item = data.get(i).map_err(|e| anyhow::anyhow!("item {i}: {e}"))?;
-            images.push(item.rgb().with_context(|| format!("item {i}"))?);
-            labels.push(item.label().unwrap_or(0) as i64);
-        }
-        let targets = Tensor::<1, Int>::from_data(TensorData::new(labels, [chunk.len()]), device);
-        let logits = model.forward(image_tensor(&images, side, device));
-        let (predicted, truth) = predictions_and_targets(&logits, &targets)?;
-        matrix.record(&predicted, &truth);
-    }
-    Ok(matrix)
+    let batches = indices.chunks(64).map(|chunk| {
+        let items = chunk
+            .iter()
+            .map(|&i| {
+                data.get(i)
+                    .map_err(|e| anyhow::anyhow!("test item {i}: {e}"))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        labelled_batch(&items, side, device)
+    });
+    confusion_of(model, classes, batches)
 }
 
 /// `0.5: n, 0.6: n, …` of the plan's levels.
