@@ -33,17 +33,15 @@ use futures_util::TryStreamExt;
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
 
+use super::clock::unique_token;
 use super::disk::layout::{
     judge_marker, marker_json, shard_dir_name, MANIFESTS_DIR, MARKER_FILE, OBJECTS_DIR,
     QUARANTINE_DIR, RECORDS_DIR,
 };
-use super::disk::layout::{new_content_file, unique_token};
 use super::disk::verify::{judge_manifest, scan_manifest, Judged};
 use super::error::CacheError;
 use super::key::CacheKey;
-use super::manifest::{
-    EntryMeta, Manifest, MANIFEST_FORMAT, MAX_CONTENT_BYTES, MAX_MANIFEST_BYTES,
-};
+use super::manifest::{Manifest, MANIFEST_FORMAT, MAX_CONTENT_BYTES, MAX_MANIFEST_BYTES};
 use super::record::MAX_RECORD_BYTES;
 use super::store::{BadEntry, Defect, Lookup, ManifestScan, PutOutcome, Store, StoredEntry};
 use super::unix_nanos;
@@ -410,18 +408,8 @@ impl Store for BucketStore {
         }))
     }
 
-    fn put(
-        &self,
-        key: &CacheKey,
-        content: &[u8],
-        meta: &EntryMeta,
-    ) -> Result<PutOutcome, CacheError> {
-        CacheError::check_content_len(key, content)?;
-        if self.contains(key)? {
-            return Ok(PutOutcome::AlreadyPresent);
-        }
-        let manifest =
-            Manifest::for_new_content(key, content, meta, |hash| new_content_file(key, hash));
+    fn commit(&self, manifest: Manifest, content: &[u8]) -> Result<PutOutcome, CacheError> {
+        let key = &manifest.key;
         let content_path = self.content_path(key, &manifest.content_file);
         self.write(&content_path, content, PutMode::Overwrite)?;
         let committed = manifest

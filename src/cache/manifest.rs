@@ -13,6 +13,12 @@ pub const MANIFEST_FORMAT: u32 = 1;
 /// and the cap keeps a hostile file from making us allocate without bound.
 pub(crate) const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
+/// The cache stores PNG bytes; the extension lets people open content files directly.
+pub(crate) const CONTENT_EXTENSION: &str = "png";
+
+/// Hex digits of the content hash in a content file's name.
+pub(crate) const HASH_PREFIX_LEN: usize = 16;
+
 /// Largest content an entry may hold. Far above any PNG genie makes (a 16384² RGB image is
 /// 805 MB raw), and it keeps a hostile manifest from making a reader allocate without bound.
 pub const MAX_CONTENT_BYTES: u64 = 1 << 30;
@@ -75,19 +81,18 @@ struct FormatProbe {
 }
 
 impl Manifest {
-    /// The manifest that will commit `content` under `key` now; `content_file` names the file
-    /// from the content's hex hash (every store's `put` starts here).
-    pub(crate) fn for_new_content(
-        key: &CacheKey,
-        content: &[u8],
-        meta: &EntryMeta,
-        content_file: impl FnOnce(&str) -> String,
-    ) -> Manifest {
+    /// The manifest that will commit `content` under `key` now, naming a content file of its
+    /// own: `<key>.<hash16>.<token16>.png`.
+    pub(crate) fn for_new_content(key: &CacheKey, content: &[u8], meta: &EntryMeta) -> Manifest {
         let content_blake3 = blake3::hash(content).to_hex().to_string();
         Manifest {
             format: MANIFEST_FORMAT,
             key: *key,
-            content_file: content_file(&content_blake3),
+            content_file: format!(
+                "{key}.{}.{}.{CONTENT_EXTENSION}",
+                &content_blake3[..HASH_PREFIX_LEN],
+                super::clock::unique_token()
+            ),
             content_blake3,
             content_len: content.len() as u64,
             created_unix: super::unix_now(),

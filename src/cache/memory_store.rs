@@ -5,7 +5,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use super::error::CacheError;
 use super::key::CacheKey;
-use super::manifest::{EntryMeta, Manifest};
+use super::manifest::Manifest;
 use super::store::{BadEntry, Defect, Lookup, ManifestScan, PutOutcome, Store, StoredEntry};
 
 /// Entries held in memory, lost when dropped.
@@ -49,20 +49,13 @@ impl Store for MemoryStore {
         Ok(Lookup::Hit(Box::new(entry.clone())))
     }
 
-    fn put(
-        &self,
-        key: &CacheKey,
-        content: &[u8],
-        meta: &EntryMeta,
-    ) -> Result<PutOutcome, CacheError> {
-        CacheError::check_content_len(key, content)?;
+    fn commit(&self, manifest: Manifest, content: &[u8]) -> Result<PutOutcome, CacheError> {
         let mut entries = self.lock();
-        if entries.contains_key(key) {
+        if entries.contains_key(&manifest.key) {
             return Ok(PutOutcome::AlreadyPresent);
         }
-        let manifest = Manifest::for_new_content(key, content, meta, |_| format!("memory:{key}"));
         entries.insert(
-            *key,
+            manifest.key,
             StoredEntry {
                 manifest,
                 content: content.to_vec(),

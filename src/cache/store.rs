@@ -176,12 +176,26 @@ pub trait Store: Send + Sync {
 
     /// Stores `content` under `key` unless an entry is already committed (first complete
     /// writer wins). `meta` goes into the manifest as it is.
+    ///
+    /// Every store starts the same way (the size checked, a committed key answered at once,
+    /// the manifest made); what differs is [`Store::commit`].
     fn put(
         &self,
         key: &CacheKey,
         content: &[u8],
         meta: &EntryMeta,
-    ) -> Result<PutOutcome, CacheError>;
+    ) -> Result<PutOutcome, CacheError> {
+        CacheError::check_content_len(key, content)?;
+        if self.contains(key)? {
+            return Ok(PutOutcome::AlreadyPresent);
+        }
+        self.commit(Manifest::for_new_content(key, content, meta), content)
+    }
+
+    /// Writes `content` to `manifest.content_file` and commits `manifest`, unless another
+    /// writer committed `manifest.key` first ([`PutOutcome::AlreadyPresent`]; nothing of this
+    /// write is then left behind). Called by [`Store::put`], which has checked the content.
+    fn commit(&self, manifest: Manifest, content: &[u8]) -> Result<PutOutcome, CacheError>;
 
     /// Whether an entry is committed for `key` (not verified: a following `get` may still find
     /// it corrupt).

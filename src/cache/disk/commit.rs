@@ -6,13 +6,13 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 use super::files::{ensure_dir, remove_if_present, same_file, sync_dir, write_fully};
-use super::layout::{new_content_file, unique_token};
 use super::verify::{Checked, Expect, FileRead, ManifestRead};
 use super::DiskStore;
 use super::{scan_manifest, RECORDS_DIR};
+use crate::cache::clock::unique_token;
 use crate::cache::error::CacheError;
 use crate::cache::key::CacheKey;
-use crate::cache::manifest::{EntryMeta, Manifest};
+use crate::cache::manifest::Manifest;
 use crate::cache::record::MAX_RECORD_BYTES;
 use crate::cache::store::{BadEntry, Defect, Lookup, ManifestScan, PutOutcome, Store};
 
@@ -41,20 +41,10 @@ impl Store for DiskStore {
         }
     }
 
-    fn put(
-        &self,
-        key: &CacheKey,
-        content: &[u8],
-        meta: &EntryMeta,
-    ) -> Result<PutOutcome, CacheError> {
-        CacheError::check_content_len(key, content)?;
+    fn commit(&self, manifest: Manifest, content: &[u8]) -> Result<PutOutcome, CacheError> {
+        let key = &manifest.key;
         let manifest_path = self.manifest_path(key);
         let manifest_shard = self.ensure_shard(&self.manifests, key)?;
-        if self.contains(key)? {
-            return Ok(PutOutcome::AlreadyPresent);
-        }
-        let manifest =
-            Manifest::for_new_content(key, content, meta, |hash| new_content_file(key, hash));
         let objects_shard = self.ensure_shard(&self.objects, key)?;
         let content_path = objects_shard.join(&manifest.content_file);
 

@@ -7,13 +7,11 @@ use std::path::{Path, PathBuf};
 
 use super::files::{ensure_dir, read_dir, write_fully};
 use super::{DiskStore, DISK_FORMAT};
+use crate::cache::clock::TOKEN_LEN;
 use crate::cache::error::CacheError;
 use crate::cache::key::CacheKey;
-use crate::cache::manifest::MAX_MANIFEST_BYTES;
+use crate::cache::manifest::{CONTENT_EXTENSION, HASH_PREFIX_LEN, MAX_MANIFEST_BYTES};
 use crate::cache::store::Defect;
-use crate::cache::unix_nanos;
-use std::hash::BuildHasher;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 pub(in crate::cache) const MARKER_FILE: &str = "genie-cache.json";
 
@@ -29,13 +27,6 @@ pub(super) const TMP_DIR: &str = "tmp";
 
 /// Created on first use, so caches made before records existed open unchanged.
 pub(in crate::cache) const RECORDS_DIR: &str = "records";
-
-/// The cache stores PNG bytes; the extension lets people open content files directly.
-pub(in crate::cache) const CONTENT_EXTENSION: &str = "png";
-
-pub(in crate::cache) const HASH_PREFIX_LEN: usize = 16;
-
-pub(super) const TOKEN_LEN: usize = 16;
 
 /// The key of a content file name `<key>.<hash16>.<token16>.png`, or `None` for any other name.
 pub(super) fn parse_content_name(name: &str) -> Option<CacheKey> {
@@ -295,28 +286,3 @@ impl DiskStore {
 }
 
 pub(super) const GC_LOCK_FILE: &str = "gc.lock";
-
-/// The name of a new content file of `key` whose content hashes to `content_hash` (hex):
-/// `<key>.<hash16>.<token16>.png`, unique to this write.
-pub(in crate::cache) fn new_content_file(key: &CacheKey, content_hash: &str) -> String {
-    format!(
-        "{key}.{}.{}.{CONTENT_EXTENSION}",
-        &content_hash[..HASH_PREFIX_LEN],
-        unique_token()
-    )
-}
-
-/// 16 hex digits no other write (in any process, on any machine) will pick.
-pub(in crate::cache) fn unique_token() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(&std::process::id().to_le_bytes());
-    hasher.update(&unix_nanos().to_le_bytes());
-    hasher.update(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    hasher.update(format!("{:?}", std::thread::current().id()).as_bytes());
-    // RandomState is seeded from the OS's randomness: it separates machines on a shared
-    // filesystem whose pids and clocks happen to agree.
-    let random = std::collections::hash_map::RandomState::new().hash_one(0u8);
-    hasher.update(&random.to_le_bytes());
-    hasher.finalize().to_hex()[..TOKEN_LEN].to_string()
-}

@@ -3,8 +3,9 @@
 use std::collections::HashSet;
 
 use super::files::faults;
-use super::layout::{marker_json, parse_content_name, unique_token, MARKER_FILE};
+use super::layout::{marker_json, parse_content_name, MARKER_FILE};
 use super::*;
+use crate::cache::clock::unique_token;
 use crate::cache::key::CacheKey;
 use crate::cache::manifest::EntryMeta;
 use crate::cache::store::{Lookup, PutOutcome, Store};

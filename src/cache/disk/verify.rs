@@ -6,8 +6,9 @@ use std::io::{self, Read};
 use std::path::Path;
 
 use super::files::sync_dir;
-use super::layout::{parse_content_name, unique_token};
+use super::layout::parse_content_name;
 use super::DiskStore;
+use crate::cache::clock::unique_token;
 use crate::cache::error::CacheError;
 use crate::cache::key::CacheKey;
 use crate::cache::manifest::{Manifest, ManifestParseError, MANIFEST_FORMAT, MAX_MANIFEST_BYTES};
