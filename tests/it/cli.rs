@@ -1,15 +1,43 @@
 //! The `genie` binary: `generate` on the tiny model, and one-line errors that write nothing.
 
+use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn genie(home: &Path, args: &[&str]) -> Output {
+/// A command line: each string literal split at spaces into words, each parenthesised
+/// expression (or name) one word as it is (paths, values with spaces).
+macro_rules! argv {
+    ($($part:tt),* $(,)?) => {{
+        let mut words: Vec<String> = Vec::new();
+        $(argv!(@push words, $part);)*
+        words
+    }};
+    (@push $words:ident, $literal:literal) => {
+        $words.extend($literal.split_whitespace().map(String::from))
+    };
+    (@push $words:ident, $word:tt) => {
+        $words.push($word.to_string())
+    };
+}
+
+fn genie<S: AsRef<OsStr>>(home: &Path, args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_genie"))
         .args(args)
         .env("GENIE_HOME", home)
         .env("HF_HUB_OFFLINE", "1")
         .output()
         .unwrap()
+}
+
+/// Asserts that `genie` failed, saying each of `says`, and wrote nothing at `out`.
+fn refused(o: &Output, says: &[&str], out: &Path) {
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "{stderr}");
+    assert!(
+        says.iter().all(|s| stderr.contains(s)),
+        "{says:?}: {stderr}"
+    );
+    assert!(!out.exists(), "wrote {}", out.display());
 }
 
 fn sample() -> String {
@@ -25,24 +53,11 @@ fn generate_writes_one_png_per_level_and_reports_steps() {
     let out = tmp.path().join("out");
     let o = genie(
         tmp.path(),
-        &[
-            "generate",
-            "--model",
-            "tiny",
-            "--source",
-            &sample(),
-            "--target",
-            "cat",
-            "--superclass",
-            "animal",
-            "--steps",
-            "10",
-            "--scheduler",
-            "ddim",
-            "--levels",
-            "0.5,0.8,1",
-            "--out",
-            out.to_str().unwrap(),
+        &argv![
+            "generate --model tiny --source",
+            (&sample()),
+            "--target cat --superclass animal --steps 10 --scheduler ddim --levels 0.5,0.8,1 --out",
+            (out.to_str().unwrap()),
         ],
     );
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -185,15 +200,10 @@ fn bad_arguments_fail_with_one_line_and_write_nothing() {
     // A model folder that does not exist, and the Hub while offline with nothing cached.
     let r = genie(
         tmp.path(),
-        &[
-            "generate",
-            "--weights",
-            "/no/model",
-            "--source",
-            &s,
-            "--target",
-            "cat",
-            "--out",
+        &argv![
+            "generate --weights /no/model --source",
+            (&s),
+            "--target cat --out",
             o,
         ],
     );
@@ -232,22 +242,13 @@ fn generate_with_a_cache_hits_the_second_time() {
         let out = tmp.path().join(out);
         let o = genie(
             tmp.path(),
-            &[
-                "generate",
-                "--model",
-                "tiny",
-                "--source",
-                &s,
-                "--target",
-                "cat",
-                "--steps",
-                "6",
-                "--levels",
-                "0.5,0.9",
-                "--cache",
-                cache.to_str().unwrap(),
+            &argv![
+                "generate --model tiny --source",
+                (&s),
+                "--target cat --steps 6 --levels 0.5,0.9 --cache",
+                (cache.to_str().unwrap()),
                 "--out",
-                out.to_str().unwrap(),
+                (out.to_str().unwrap()),
             ],
         );
         assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -270,24 +271,13 @@ fn generate_with_a_cache_hits_the_second_time() {
     // Another seed is another key.
     let o = genie(
         tmp.path(),
-        &[
-            "generate",
-            "--model",
-            "tiny",
-            "--source",
-            &s,
-            "--target",
-            "cat",
-            "--steps",
-            "6",
-            "--levels",
-            "0.5",
-            "--seed",
-            "9",
-            "--cache",
-            cache.to_str().unwrap(),
+        &argv![
+            "generate --model tiny --source",
+            (&s),
+            "--target cat --steps 6 --levels 0.5 --seed 9 --cache",
+            (cache.to_str().unwrap()),
             "--out",
-            tmp.path().join("c").to_str().unwrap(),
+            (tmp.path().join("c").to_str().unwrap()),
         ],
     );
     assert_eq!(rows(&o.stdout)[0][3], "miss");
@@ -310,22 +300,15 @@ fn several_sources_and_targets_go_through_the_service_and_the_cache_commands_see
     let out = tmp.path().join("out");
     let o = genie(
         tmp.path(),
-        &[
-            "generate",
-            "--model",
-            "tiny",
-            "--source-dir",
-            sources.to_str().unwrap(),
+        &argv![
+            "generate --model tiny --source-dir",
+            (sources.to_str().unwrap()),
             "--targets",
-            "cat,golden retriever",
-            "--steps",
-            "4",
-            "--levels",
-            "0.5,0.75",
-            "--cache",
-            cache.to_str().unwrap(),
+            ("cat,golden retriever"),
+            "--steps 4 --levels 0.5,0.75 --cache",
+            (cache.to_str().unwrap()),
             "--out",
-            out.to_str().unwrap(),
+            (out.to_str().unwrap()),
         ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -449,20 +432,13 @@ fn a_model_with_truncated_weights_is_an_error_not_a_hang() {
     let out = tmp.path().join("out");
     let o = genie(
         tmp.path(),
-        &[
-            "generate",
-            "--weights",
-            model.to_str().unwrap(),
+        &argv![
+            "generate --weights",
+            (model.to_str().unwrap()),
             "--source",
-            &sample(),
-            "--target",
-            "cat",
-            "--steps",
-            "4",
-            "--levels",
-            "0.5",
-            "--out",
-            out.to_str().unwrap(),
+            (&sample()),
+            "--target cat --steps 4 --levels 0.5 --out",
+            (out.to_str().unwrap()),
         ],
     );
     let stderr = String::from_utf8_lossy(&o.stderr);
@@ -544,14 +520,7 @@ fn warm_plan_writes_a_deterministic_plan_and_names_bad_input() {
         "--pairs".into(),
         pairs.display().to_string(),
     ]);
-    let o = run(a);
-    assert!(!o.status.success());
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(
-        stderr.contains("error:") && stderr.contains("../x"),
-        "{stderr}"
-    );
-    assert!(!bad.exists());
+    refused(&run(a), &["error:", "../x"], &bad);
 }
 
 #[test]
@@ -617,9 +586,10 @@ fn warm_run_fills_the_cache_shard_by_shard_and_skips_what_is_cached() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("does not match this engine"));
 }
 
-/// Runs `genie warm plan` on `data` with the tiny engine and extra arguments; returns the plan's
-/// line count.
-fn warm_plan(home: &Path, data: &Path, plan: &Path, extra: &[&str]) -> usize {
+/// Runs `genie warm plan` on `data` with the tiny engine and extra arguments into
+/// `home/plan.jsonl`; returns the plan's path and line count.
+fn warm_plan(home: &Path, data: &Path, extra: &[&str]) -> (std::path::PathBuf, usize) {
+    let plan = home.join("plan.jsonl");
     let d = data.display().to_string();
     let p = plan.display().to_string();
     let mut args = vec![
@@ -629,7 +599,14 @@ fn warm_plan(home: &Path, data: &Path, plan: &Path, extra: &[&str]) -> usize {
     args.extend(["--out", &p]);
     let o = genie(home, &args);
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
-    std::fs::read_to_string(plan).unwrap().lines().count()
+    let planned = std::fs::read_to_string(&plan).unwrap().lines().count();
+    (plan, planned)
+}
+
+/// The first entry of the plan at `plan`.
+fn first_plan_entry(plan: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(plan).unwrap();
+    serde_json::from_str(text.lines().next().unwrap()).unwrap()
 }
 
 /// `genie warm run` on one shard with the tiny engine (2 steps, as planned above).
@@ -674,21 +651,11 @@ fn warm_end_to_end_plan_three_shards_status_sheet_and_report() {
     let p = plan.display().to_string();
     let o = genie(
         home,
-        &[
-            "warm",
-            "plan",
-            "--data",
-            &d,
-            "--model",
-            "tiny",
-            "--steps",
-            "2",
-            "--levels",
-            "0.5,0.8",
-            "--per-class",
-            "2",
-            "--out",
-            &p,
+        &argv![
+            "warm plan --data",
+            (&d),
+            "--model tiny --steps 2 --levels 0.5,0.8 --per-class 2 --out",
+            (&p),
         ],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
@@ -759,14 +726,7 @@ fn warm_end_to_end_plan_three_shards_status_sheet_and_report() {
     assert_eq!(number_before(&stdout, " cached,"), planned, "{stdout}");
 
     // A sheet of the first planned pair, first without and then with a recorded Ada choice.
-    let first: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(&plan)
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
+    let first = first_plan_entry(&plan);
     let source = first["source"].as_str().unwrap().to_string();
     let target = first["target"].as_str().unwrap().to_string();
     let sheet = home.join("sheet.png");
@@ -846,11 +806,9 @@ fn a_warm_run_killed_with_sigkill_resumes_with_only_the_missing_keys() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path();
     let data = write_dataset(home);
-    let plan = home.join("plan.jsonl");
-    let planned = warm_plan(
+    let (plan, planned) = warm_plan(
         home,
         &data,
-        &plan,
         &["--levels", "0.5,0.6,0.7,0.8,0.9", "--per-class", "12"],
     );
     let cache_dir = home.join("cache");
@@ -927,13 +885,7 @@ fn two_warm_runs_on_the_same_shard_leave_no_corrupt_entry() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path();
     let data = write_dataset(home);
-    let plan = home.join("plan.jsonl");
-    let planned = warm_plan(
-        home,
-        &data,
-        &plan,
-        &["--levels", "0.5,0.8", "--per-class", "6"],
-    );
+    let (plan, planned) = warm_plan(home, &data, &["--levels", "0.5,0.8", "--per-class", "6"]);
     let cache_dir = home.join("cache");
     let cache = cache_dir.display().to_string();
     let runs: Vec<Output> = std::thread::scope(|s| {
@@ -969,12 +921,10 @@ fn warm_plan_takes_sources_from_a_confusion_matrix() {
         "truth\\predicted,fox,cat,dog\nfox,1,3,0\ncat,2,40,0\ndog,0,0,30\n",
     )
     .unwrap();
-    let plan = home.join("plan.jsonl");
     let m = matrix.display().to_string();
-    let planned = warm_plan(
+    let (plan, planned) = warm_plan(
         home,
         &data,
-        &plan,
         &[
             "--levels",
             "0.8",
@@ -995,35 +945,24 @@ fn warm_plan_takes_sources_from_a_confusion_matrix() {
     let out = home.join("bad.jsonl").display().to_string();
     let o = genie(
         home,
-        &[
-            "warm",
-            "plan",
-            "--data",
-            &d,
-            "--model",
-            "tiny",
-            "--sources",
-            "confusion",
-            &m,
+        &argv![
+            "warm plan --data",
+            (&d),
+            "--model tiny --sources confusion",
+            (&m),
             "--out",
-            &out,
+            (&out),
         ],
     );
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("\"wolf\""));
     let o = genie(
         home,
-        &[
-            "warm",
-            "plan",
-            "--data",
-            &d,
-            "--model",
-            "tiny",
-            "--sources",
-            "confusion",
-            "--out",
-            &out,
+        &argv![
+            "warm plan --data",
+            (&d),
+            "--model tiny --sources confusion --out",
+            (&out),
         ],
     );
     assert!(!o.status.success());
@@ -1035,8 +974,7 @@ fn the_slurm_script_and_kubernetes_job_run_the_command_as_written() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path();
     let data = write_dataset(home);
-    let plan = home.join("plan.jsonl");
-    let planned = warm_plan(home, &data, &plan, &["--levels", "0.8", "--per-class", "4"]);
+    let (plan, planned) = warm_plan(home, &data, &["--levels", "0.8", "--per-class", "4"]);
     let cache = home.join("cache");
     let bin_dir = Path::new(env!("CARGO_BIN_EXE_genie")).parent().unwrap();
     let path = format!(
@@ -1091,20 +1029,7 @@ fn bench_times_the_engine_per_batch_size_and_refuses_empty_batches() {
     let tmp = tempfile::tempdir().unwrap();
     let o = genie(
         tmp.path(),
-        &[
-            "bench",
-            "--model",
-            "tiny",
-            "--steps",
-            "2",
-            "--levels",
-            "0.5,0.8",
-            "--batch",
-            "1,2",
-            "--repeats",
-            "1",
-            "--json",
-        ],
+        &argv!["bench --model tiny --steps 2 --levels 0.5,0.8 --batch 1,2 --repeats 1 --json",],
     );
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let rows: Vec<serde_json::Value> = String::from_utf8_lossy(&o.stdout)
@@ -1456,9 +1381,7 @@ fn class_name_files_name_the_prompts_and_keep_ids_apart() {
     ] {
         let bad = tmp.path().join("bad");
         let r = run(targets, bad.to_str().unwrap());
-        let stderr = String::from_utf8_lossy(&r.stderr);
-        assert!(!r.status.success() && stderr.contains(expected), "{stderr}");
-        assert!(!bad.exists(), "nothing written for {targets}");
+        refused(&r, &[expected], &bad);
     }
     // Without a file: two names with one folder name would overwrite each other.
     let bad = tmp.path().join("collide");
@@ -1468,12 +1391,7 @@ fn class_name_files_name_the_prompts_and_keep_ids_apart() {
         "--out",
         bad.to_str().unwrap(),
     ]);
-    let stderr = String::from_utf8_lossy(&r.stderr);
-    assert!(
-        !r.status.success() && stderr.contains("golden_retriever/"),
-        "{stderr}"
-    );
-    assert!(!bad.exists());
+    refused(&r, &["golden_retriever/"], &bad);
 }
 
 #[test]
@@ -1486,12 +1404,10 @@ fn warm_plan_takes_prompts_from_a_class_name_file() {
         "folder,name,superclass\ndog,puppy,animal\ncat,kitten,animal\nfox,red fox,animal\n",
     )
     .unwrap();
-    let plan = tmp.path().join("plan.jsonl");
     let n = names.display().to_string();
-    warm_plan(
+    let (plan, _) = warm_plan(
         tmp.path(),
         &data,
-        &plan,
         &["--class-names", &n, "--variants", "2", "--levels", "0.8"],
     );
     let entries = genie::warm::read_plan(&plan).unwrap();
@@ -1515,25 +1431,16 @@ fn warm_plan_takes_prompts_from_a_class_name_file() {
     let bad = tmp.path().join("bad.jsonl");
     let r = genie(
         tmp.path(),
-        &[
-            "warm",
-            "plan",
-            "--data",
-            data.to_str().unwrap(),
-            "--model",
-            "tiny",
-            "--class-names",
-            &n,
+        &argv![
+            "warm plan --data",
+            (data.to_str().unwrap()),
+            "--model tiny --class-names",
+            (&n),
             "--out",
-            bad.to_str().unwrap(),
+            (bad.to_str().unwrap()),
         ],
     );
-    let stderr = String::from_utf8_lossy(&r.stderr);
-    assert!(
-        !r.status.success() && stderr.contains("\"fox\""),
-        "{stderr}"
-    );
-    assert!(!bad.exists());
+    refused(&r, &["\"fox\""], &bad);
 }
 
 /// Folders named by WordNet id prompt with ImageNet's names from genie's built-in table (the plan,
@@ -1594,13 +1501,7 @@ fn wordnet_folders_prompt_with_imagenet_names() {
             bad.to_str().unwrap(),
         ],
     );
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("n00000042") && stderr.contains("--class-names"),
-        "{stderr}"
-    );
-    assert!(!bad.exists());
+    refused(&o, &["n00000042", "--class-names"], &bad);
 }
 
 /// A 10 000-character target is written under a short, unique folder name (it failed with "File
@@ -1674,21 +1575,8 @@ fn an_unreadable_plan_source_is_skipped_counted_and_reported() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path();
     let data = write_dataset(home);
-    let plan = home.join("plan.jsonl");
-    let planned = warm_plan(
-        home,
-        &data,
-        &plan,
-        &["--levels", "0.5,0.8", "--per-class", "3"],
-    );
-    let first: serde_json::Value = serde_json::from_str(
-        std::fs::read_to_string(&plan)
-            .unwrap()
-            .lines()
-            .next()
-            .unwrap(),
-    )
-    .unwrap();
+    let (plan, planned) = warm_plan(home, &data, &["--levels", "0.5,0.8", "--per-class", "3"]);
+    let first = first_plan_entry(&plan);
     let source = std::path::PathBuf::from(first["source"].as_str().unwrap());
     let held_back = std::fs::read_to_string(&plan)
         .unwrap()
@@ -1747,8 +1635,7 @@ fn warm_plan_counts_identical_sources_once() {
             std::fs::copy(data.join("dog/0.png"), entry.unwrap().path()).unwrap();
         }
     }
-    let plan = home.join("plan.jsonl");
-    let planned = warm_plan(home, &data, &plan, &["--levels", "0.5", "--per-class", "6"]);
+    let (_, planned) = warm_plan(home, &data, &["--levels", "0.5", "--per-class", "6"]);
     let summary: serde_json::Value =
         serde_json::from_slice(&std::fs::read(home.join("plan.jsonl.summary.json")).unwrap())
             .unwrap();
