@@ -78,18 +78,9 @@ impl DiskStore {
     /// (to put the cache on another disk).
     pub fn open(root: impl AsRef<Path>) -> Result<Self, CacheError> {
         let given = root.as_ref();
-        match fs::metadata(given) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => {
-                return Err(CacheError::NotADirectory {
-                    path: given.to_path_buf(),
-                })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                fs::create_dir_all(given)
-                    .map_err(CacheError::io_at("create the cache folder", given))?;
-            }
-            Err(e) => return Err(CacheError::io("inspect the cache folder", given, e)),
+        if !is_folder(given)? {
+            fs::create_dir_all(given)
+                .map_err(CacheError::io_at("create the cache folder", given))?;
         }
         let root = fs::canonicalize(given)
             .map_err(CacheError::io_at("resolve the cache folder", given))?;
@@ -114,21 +105,7 @@ impl DiskStore {
     /// mistyped path should be an error rather than a new empty cache.
     pub fn open_existing(root: impl AsRef<Path>) -> Result<Self, CacheError> {
         let given = root.as_ref();
-        match fs::metadata(given) {
-            Ok(meta) if meta.is_dir() => {}
-            Ok(_) => {
-                return Err(CacheError::NotADirectory {
-                    path: given.to_path_buf(),
-                })
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(CacheError::NotACache {
-                    path: given.to_path_buf(),
-                })
-            }
-            Err(e) => return Err(CacheError::io("inspect the cache folder", given, e)),
-        }
-        if !check_marker(given)? {
+        if !is_folder(given)? || !check_marker(given)? {
             return Err(CacheError::NotACache {
                 path: given.to_path_buf(),
             });
@@ -139,5 +116,17 @@ impl DiskStore {
     /// The canonical cache folder.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+}
+
+/// Whether `path` is a folder (`false`: nothing is there); a file there is refused.
+fn is_folder(path: &Path) -> Result<bool, CacheError> {
+    match fs::metadata(path) {
+        Ok(meta) if meta.is_dir() => Ok(true),
+        Ok(_) => Err(CacheError::NotADirectory {
+            path: path.to_path_buf(),
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+        Err(e) => Err(CacheError::io("inspect the cache folder", path, e)),
     }
 }
