@@ -139,11 +139,7 @@ fn train_backbone(
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    common::log_to_stderr();
     let args = Args::parse();
     let all = synthetic::CLASS_NAMES.len();
     if args.base_classes == 0 || args.base_classes >= all {
@@ -210,11 +206,7 @@ fn main() -> Result<()> {
     // Every pair the run needs, generated first in one queue.
     let episodes = sample_episodes(&members, &names, spec, protocol.episodes, protocol.seed)?;
     let missing = source
-        .missing_pairs(
-            &episodes,
-            &run.methods,
-            protocol.extra_per_shot * protocol.shots,
-        )
+        .missing_pairs(&episodes, &run.methods, protocol.extra_per_class())
         .map_err(anyhow::Error::msg)?;
     let levels: usize = missing.iter().map(|(_, p)| p.levels.len()).sum();
     let started = Instant::now();

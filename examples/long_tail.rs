@@ -472,11 +472,7 @@ fn peak_rss_mib() -> Option<f64> {
 }
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    common::log_to_stderr();
     let args = Args::parse();
     // Opened once: a GPU runtime cannot be initialised twice in a process.
     let train_device = TrainDevice::open_spec(args.train_device)?;

@@ -260,3 +260,12 @@ pub fn open_cache(
     println!("cache: {} ({kept})", path.display());
     Ok((std::sync::Arc::new(cache), path, temp))
 }
+
+/// Logs to standard error as `RUST_LOG` says, in colour on a terminal.
+pub fn log_to_stderr() {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+}

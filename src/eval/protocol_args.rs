@@ -46,6 +46,11 @@ impl FewShotProtocolArgs {
         }
     }
 
+    /// Extra labelled images a class's support set gets (`--extra-per-shot` × `--shots`).
+    pub fn extra_per_class(&self) -> usize {
+        self.extra_per_shot * self.shots
+    }
+
     /// The run these flags ask for, its augmented copies `image_size` pixels a side; an unknown
     /// method name is refused, naming the known ones.
     pub fn config(&self, image_size: u32) -> Result<FewShotConfig, String> {

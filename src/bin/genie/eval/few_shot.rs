@@ -122,11 +122,7 @@ pub(super) fn few_shot(args: FewShotArgs) -> Result<()> {
     let source =
         CachedEpisodes::new(&keys, &cache, &original, protocol.seed).with_backbone(&backbone);
     let missing = source
-        .missing_pairs(
-            &episodes,
-            &run.methods,
-            protocol.extra_per_shot * protocol.shots,
-        )
+        .missing_pairs(&episodes, &run.methods, protocol.extra_per_class())
         .map_err(anyhow::Error::msg)?;
     let images = genie::eval::missing_keys(&missing);
     // The queue holds levels as requested, repeats included.
