@@ -24,6 +24,7 @@ pub mod resnet;
 pub mod scheduler;
 mod sd_engine;
 pub mod shapes;
+mod softmax;
 mod tensor_io;
 pub mod tiny;
 pub mod tokenizer;

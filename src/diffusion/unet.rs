@@ -16,6 +16,7 @@ use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbeddin
 
 use super::fused::GroupNormSilu;
 use super::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
+use super::softmax::softmax_last_dim;
 
 /// A UNet architecture, as read from `unet/config.json` by [`super::config::unet_spec`].
 #[derive(Clone, Debug, PartialEq)]
@@ -165,9 +166,9 @@ impl Attention {
         // candle's CUDA softmax accumulates half-precision rows in f32; its CPU one accumulates in
         // the input type, where a 4096-long f16 sum is off by whole units: upcast there only.
         let probs = if scores.dtype() != DType::F32 && scores.device().is_cpu() {
-            nn::ops::softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(scores.dtype())?
+            softmax_last_dim(&scores.to_dtype(DType::F32)?)?.to_dtype(scores.dtype())?
         } else {
-            nn::ops::softmax_last_dim(&scores)?
+            softmax_last_dim(&scores)?
         };
         let out = probs.matmul(values)?.transpose(1, 2)?.reshape((b, n, ()))?;
         self.to_out.forward(&out)
