@@ -133,7 +133,7 @@ impl GroupNormSilu {
                     if self.silu {
                         for (o, &v) in out.iter_mut().zip(channel) {
                             let y = v * scale + offset;
-                            *o = y / (1.0 + super::softmax::exp(-y));
+                            *o = y / (1.0 + super::vmath::exp(-y));
                         }
                     } else {
                         for (o, &v) in out.iter_mut().zip(channel) {

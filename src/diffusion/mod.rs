@@ -15,6 +15,7 @@ pub mod conv;
 mod cpu;
 mod error;
 pub mod fused;
+mod geglu;
 mod hash_memo;
 pub mod model;
 mod options;
@@ -30,6 +31,7 @@ pub mod tiny;
 pub mod tokenizer;
 pub mod unet;
 pub mod vae;
+mod vmath;
 pub mod weights;
 
 pub use config::ConfigError;

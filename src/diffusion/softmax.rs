@@ -2,47 +2,15 @@
 //!
 //! candle's CPU softmax calls the C library's scalar `expf` once per score; in the shapes
 //! model's self-attention (256 tokens, 8 heads) that was a quarter of a denoising step
-//! (`perf`, BENCHMARKS.md). [`exp`] is a branch-free polynomial (relative error below 2e-7,
-//! about one f32 ulp) that the loops here and the fused SiLU turn into SIMD code. Other devices
-//! and dtypes take candle's softmax unchanged.
+//! (`perf`, BENCHMARKS.md). [`super::vmath::exp`] is a polynomial the loop here turns into SIMD
+//! code. Other devices and dtypes take candle's softmax unchanged.
 
 use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor};
 use candle_nn as nn;
 use rayon::prelude::*;
 
 use super::tensor_io::contiguous_f32;
-
-/// `e^x` for f32, branch-free: `x = n·ln 2 + f` with |f| ≤ ln 2 / 2, `e^f` by its Taylor
-/// polynomial to degree 7, and `2^n` written into the exponent bits. Inputs are clamped to
-/// [−87.3, 88.3]: below, about 1e-38 instead of a smaller number or 0; above, about 2e38
-/// instead of infinity (softmax subtracts the row's maximum first, so it never goes above 0).
-#[inline(always)]
-pub(crate) fn exp(x: f32) -> f32 {
-    const LOG2_E: f32 = std::f32::consts::LOG2_E;
-    // ln 2 split so that n·LN2_HI is exact for the n that occur.
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
-    // 1.5·2^23: adding and subtracting it rounds to the nearest integer without a branch.
-    const ROUND: f32 = 12_582_912.0;
-    let x = x.clamp(-87.3, 88.3);
-    let shifted = x * LOG2_E + ROUND;
-    let n = shifted - ROUND;
-    let f = (x - n * LN2_HI) - n * LN2_LO;
-    let p = 1.0
-        + f * (1.0
-            + f * (0.5
-                + f * (1.0 / 6.0
-                    + f * (1.0 / 24.0
-                        + f * (1.0 / 120.0 + f * (1.0 / 720.0 + f * (1.0 / 5040.0)))))));
-    // n sits in the low mantissa bits of `shifted` (whose bits are ROUND's plus n): integer
-    // arithmetic on those bits makes 2^n without a float-to-int conversion.
-    let biased = shifted
-        .to_bits()
-        .wrapping_sub(ROUND.to_bits())
-        .wrapping_add(127);
-    let scale = f32::from_bits(biased << 23);
-    p * scale
-}
+use super::vmath::exp;
 
 /// `softmax(x)` over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -124,21 +92,6 @@ impl CustomOp1 for SoftmaxLastDim {
 mod tests {
     use super::*;
     use candle_core::Device;
-
-    #[test]
-    fn exp_is_within_an_ulp_or_two_of_the_c_library() {
-        let mut worst = 0f32;
-        let mut x = -87.0f32;
-        while x < 88.0 {
-            let (got, want) = (exp(x), x.exp());
-            worst = worst.max(((got - want) / want).abs());
-            x += 0.0137;
-        }
-        assert!(worst < 2e-7, "relative error {worst}");
-        assert_eq!(exp(0.0), 1.0);
-        assert!(exp(-1000.0) < 1e-37 && exp(-1000.0) >= 0.0);
-        assert!(exp(1000.0).is_finite());
-    }
 
     #[test]
     fn softmax_matches_candles_on_rows_of_every_length() {

@@ -15,6 +15,7 @@ use super::conv::Conv2d;
 use candle_transformers::models::stable_diffusion::embeddings::{TimestepEmbedding, Timesteps};
 
 use super::fused::GroupNormSilu;
+use super::geglu::geglu;
 use super::resnet::{ResnetBlock2D, ResnetBlock2DConfig};
 use super::softmax::softmax_last_dim;
 
@@ -97,9 +98,7 @@ impl FeedForward {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let h = self.proj.forward(xs)?;
-        let halves = h.chunk(2, D::Minus1)?;
-        self.out.forward(&(&halves[0] * halves[1].gelu_erf()?)?)
+        self.out.forward(&geglu(&self.proj.forward(xs)?)?)
     }
 }
 
