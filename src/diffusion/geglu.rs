@@ -8,7 +8,7 @@ use candle_core::{CpuStorage, CustomOp1, DType, Layout, Result, Shape, Tensor, D
 use rayon::prelude::*;
 
 use super::tensor_io::contiguous_f32;
-use super::vmath::gelu;
+use super::vmath::{gelu, widest_simd};
 
 /// `h[…, :k] · gelu(h[…, k:])` for `h` `[…, 2k]`, with the exact (erf) GELU as diffusers has it.
 pub fn geglu(h: &Tensor) -> Result<Tensor> {
@@ -24,26 +24,9 @@ struct Geglu;
 /// Rows per parallel task.
 const ROWS_PER_TASK: usize = 64;
 
-/// Each `2k`-long row of `h` into a `k`-long row of `out`, in the widest SIMD this CPU has.
-fn geglu_rows(out: &mut [f32], h: &[f32], k: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has both features, checked just above.
-        unsafe { geglu_rows_avx2(out, h, k) };
-        return;
-    }
-    geglu_rows_portable(out, h, k);
-}
-
-/// [`geglu_rows_portable`] compiled for AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn geglu_rows_avx2(out: &mut [f32], h: &[f32], k: usize) {
-    geglu_rows_portable(out, h, k);
-}
-
+/// Each `2k`-long row of `h` into a `k`-long row of `out`.
 #[inline(always)]
-fn geglu_rows_portable(out: &mut [f32], h: &[f32], k: usize) {
+fn geglu_rows(out: &mut [f32], h: &[f32], k: usize) {
     for (out, row) in out.chunks_exact_mut(k).zip(h.chunks_exact(2 * k)) {
         let (a, b) = row.split_at(k);
         for ((o, &a), &b) in out.iter_mut().zip(a).zip(b) {
@@ -69,7 +52,12 @@ impl CustomOp1 for Geglu {
         let mut out = vec![0f32; h.len() / 2];
         out.par_chunks_mut(k * ROWS_PER_TASK)
             .zip(h.par_chunks(2 * k * ROWS_PER_TASK))
-            .for_each(|(out, h)| geglu_rows(out, h, k));
+            .for_each(|(out, h)| {
+                widest_simd(
+                    #[inline(always)]
+                    || geglu_rows(out, h, k),
+                )
+            });
         Ok((CpuStorage::F32(out), Shape::from(dims)))
     }
 }

@@ -10,7 +10,7 @@ use candle_nn as nn;
 use rayon::prelude::*;
 
 use super::tensor_io::contiguous_f32;
-use super::vmath::exp;
+use super::vmath::{exp, widest_simd};
 
 /// `softmax(x)` over the last dimension.
 pub fn softmax_last_dim(x: &Tensor) -> Result<Tensor> {
@@ -25,31 +25,6 @@ struct SoftmaxLastDim;
 
 /// Rows per parallel task: enough work per task to pay for it.
 const ROWS_PER_TASK: usize = 64;
-
-/// Softmax of each `dim`-long row of `x` into `out`, in the widest SIMD this CPU has.
-fn softmax_rows(out: &mut [f32], x: &[f32], dim: usize) {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has both features, checked just above.
-        unsafe { softmax_rows_avx2(out, x, dim) };
-        return;
-    }
-    softmax_rows_portable(out, x, dim);
-}
-
-/// [`softmax_rows_portable`] compiled for AVX2: eight lanes instead of the baseline's four.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_rows_avx2(out: &mut [f32], x: &[f32], dim: usize) {
-    softmax_rows_portable(out, x, dim);
-}
-
-#[inline(always)]
-fn softmax_rows_portable(out: &mut [f32], x: &[f32], dim: usize) {
-    for (out, row) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
-        softmax_row(out, row);
-    }
-}
 
 #[inline(always)]
 fn softmax_row(out: &mut [f32], row: &[f32]) {
@@ -83,7 +58,16 @@ impl CustomOp1 for SoftmaxLastDim {
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(dim * ROWS_PER_TASK)
             .zip(x.par_chunks(dim * ROWS_PER_TASK))
-            .for_each(|(out, x)| softmax_rows(out, x, dim));
+            .for_each(|(out, x)| {
+                widest_simd(
+                    #[inline(always)]
+                    || {
+                        for (out, row) in out.chunks_exact_mut(dim).zip(x.chunks_exact(dim)) {
+                            softmax_row(out, row);
+                        }
+                    },
+                )
+            });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 }

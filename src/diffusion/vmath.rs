@@ -43,6 +43,26 @@ pub(crate) fn exp(x: f32) -> f32 {
 /// Where [`exp`] answers 0.
 const FLUSH_BELOW: f32 = -70.0;
 
+/// Runs `kernel` compiled for AVX2 and FMA when this CPU has them (eight f32 lanes instead of the
+/// baseline's four), else as built. `kernel` should be `#[inline(always)]` code, so that it is
+/// compiled inside the AVX2 function.
+#[inline(always)]
+pub(crate) fn widest_simd(kernel: impl FnOnce()) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
+        // SAFETY: the CPU has both features, checked just above.
+        unsafe { with_avx2(kernel) };
+        return;
+    }
+    kernel();
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn with_avx2(kernel: impl FnOnce()) {
+    kernel();
+}
+
 /// `erf(x)` for f32 (Abramowitz and Stegun 7.1.26 on |x|, odd extension): absolute error below
 /// 1e-6 in f32 arithmetic (1.5e-7 in exact arithmetic), branch-free.
 #[inline(always)]

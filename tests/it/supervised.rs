@@ -66,6 +66,13 @@ struct Probe {
 }
 
 impl Probe {
+    /// A fresh linear probe over the flattened pixels, three classes.
+    fn new(device: &Device) -> Self {
+        Probe {
+            linear: LinearConfig::new((SIDE * SIDE * 3) as usize, 3).init(device),
+        }
+    }
+
     fn output(&self, batch: Batch) -> ClassificationOutput {
         let output = self.linear.forward(batch.inputs);
         let device = output.device();
@@ -184,9 +191,7 @@ fn supervised_training_with_genie_batcher_and_confusion_metric() {
 
     let device = Device::flex().autodiff();
     let (train, valid) = loaders(&augmenter, &items, &device);
-    let model = Probe {
-        linear: LinearConfig::new((SIDE * SIDE * 3) as usize, 3).init(&device),
-    };
+    let model = Probe::new(&device);
     let dir = tempfile::tempdir().unwrap();
     let result = SupervisedTraining::new(dir.path(), train, valid)
         .metric_train(ConfusionMetric::new(confusion.clone()).with_decay(1.0))
@@ -237,9 +242,7 @@ fn supervised_training_runs_genie_ada_through_the_observed_model() {
     );
     let device = Device::flex().autodiff();
     let (train, valid) = loaders(&augmenter, &items, &device);
-    let model = Probe {
-        linear: LinearConfig::new((SIDE * SIDE * 3) as usize, 3).init(&device),
-    };
+    let model = Probe::new(&device);
     let dir = tempfile::tempdir().unwrap();
     let result = SupervisedTraining::new(dir.path(), train, valid)
         .num_epochs(3)

@@ -232,3 +232,13 @@ impl
         items
     }
 }
+
+/// Asserts that a command failed and its standard error says each of `says`.
+pub fn failed_saying(output: &std::process::Output, says: &[&str]) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "it succeeded: {stderr}");
+    assert!(
+        says.iter().all(|s| stderr.contains(s)),
+        "{says:?} not all in: {stderr}"
+    );
+}
