@@ -43,7 +43,9 @@ impl CustomOp1 for Geglu {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let h = contiguous_f32(storage, layout, "GEGLU")?;
         let mut dims = layout.shape().dims().to_vec();
-        let last = dims.last_mut().expect("rank ≥ 1 checked by geglu");
+        let Some(last) = dims.last_mut() else {
+            candle_core::bail!("GEGLU needs at least one dimension");
+        };
         if *last % 2 != 0 {
             candle_core::bail!("GEGLU needs an even last dimension, got {last}");
         }
