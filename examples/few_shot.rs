@@ -146,7 +146,7 @@ fn main() -> Result<()> {
         bail!("--base-classes must be between 1 and {}", all - 1);
     }
     let protocol = &args.protocol;
-    let mut run = protocol.config(0).map_err(anyhow::Error::msg)?;
+    let mut run = protocol.config().map_err(anyhow::Error::msg)?;
     let spec = run.spec;
     let (factory, generator_config) = common::engine_factory(&args.engine)?;
     let plan = factory.plan().clone();

@@ -21,14 +21,13 @@ macro_rules! live_counters {
                     ..rest
                 }
             }
-
-            /// Adds `n` to `counter` (one of this struct's fields).
-            #[allow(dead_code)]
-            $vis fn add(counter: &std::sync::atomic::AtomicU64, n: u64) {
-                counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            }
         }
     };
 }
 
 pub(crate) use live_counters;
+
+/// Adds `n` to `counter`: counts are read as snapshots, never to order other memory.
+pub(crate) fn add(counter: &std::sync::atomic::AtomicU64, n: u64) {
+    counter.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+}

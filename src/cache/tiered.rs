@@ -49,7 +49,7 @@ crate::counters::live_counters! {
 }
 
 fn bump(counter: &AtomicU64) {
-    AtomicCounters::add(counter, 1);
+    crate::counters::add(counter, 1);
 }
 
 /// Generated images by key: a memory tier of decoded images in front of a verified store.

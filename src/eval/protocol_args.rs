@@ -51,15 +51,14 @@ impl FewShotProtocolArgs {
         self.extra_per_shot * self.shots
     }
 
-    /// The run these flags ask for, its augmented copies `image_size` pixels a side; an unknown
-    /// method name is refused, naming the known ones.
-    pub fn config(&self, image_size: u32) -> Result<FewShotConfig, String> {
+    /// The run these flags ask for (set its `image_size` to the backbone's input side); an
+    /// unknown method name is refused, naming the known ones.
+    pub fn config(&self) -> Result<FewShotConfig, String> {
         Ok(FewShotConfig {
             spec: self.spec(),
             episodes: self.episodes,
             seed: self.seed,
             extra_per_shot: self.extra_per_shot,
-            image_size,
             methods: Method::selection(&self.methods, self.sweep)?,
             ..FewShotConfig::default()
         })
@@ -85,15 +84,15 @@ mod tests {
             .unwrap()
             .protocol;
         assert_eq!(parsed.episodes, 20);
-        let run = parsed.config(84).unwrap();
+        let run = parsed.config().unwrap();
         assert_eq!(run.spec.ways, 3);
         assert_eq!(run.spec.queries, 16);
-        assert_eq!(run.image_size, 84);
+        assert_eq!(run.extra_per_shot, parsed.extra_per_class());
         assert_eq!(run.methods.len(), 2);
         let unknown = Command::try_parse_from(["x", "--methods", "nope"])
             .unwrap()
             .protocol
-            .config(84)
+            .config()
             .unwrap_err();
         assert!(unknown.contains("nope"), "{unknown}");
     }

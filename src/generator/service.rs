@@ -218,7 +218,7 @@ impl Generator {
                 Ok(()) => {
                     // A worker may be asleep on the wake channel.
                     let _ = self.wake.try_send(());
-                    Counters::add(&c.queued, n);
+                    crate::counters::add(&c.queued, n);
                 }
                 Err(TrySendError::Full(item)) | Err(TrySendError::Disconnected(item)) => {
                     let mut pending = lock(&self.shared.pending);
@@ -240,7 +240,7 @@ impl Generator {
                 LevelOutcome::Dropped => &c.dropped,
                 LevelOutcome::Sent => continue,
             };
-            Counters::add(counter, 1);
+            crate::counters::add(counter, 1);
         }
         Ok(Receipt { levels: outcomes })
     }
@@ -379,7 +379,7 @@ impl Generator {
             while let Ok(item) = rx.try_recv() {
                 self.shared.taken(online, &item);
                 self.shared.forget(&item);
-                Counters::add(
+                crate::counters::add(
                     &self.shared.counters.levels.dropped,
                     item.levels.len() as u64,
                 );

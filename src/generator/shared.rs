@@ -126,7 +126,7 @@ impl Shared {
             f.until = now + (self.config.failure_backoff * factor).min(self.config.max_backoff);
             f.last = failure.clone();
         }
-        Counters::add(&self.counters.levels.failed, levels.len() as u64);
-        Counters::add(&self.counters.devices[device].failed, levels.len() as u64);
+        crate::counters::add(&self.counters.levels.failed, levels.len() as u64);
+        crate::counters::add(&self.counters.devices[device].failed, levels.len() as u64);
     }
 }

@@ -47,10 +47,6 @@ impl Counters {
         }
     }
 
-    pub fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
-    }
-
     pub fn snapshot(&self, queue_len: usize) -> GeneratorStats {
         let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
         let elapsed = self.started.elapsed().as_secs_f64();

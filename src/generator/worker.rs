@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use crossbeam::channel::{self, Receiver};
 
-use super::stats::Counters;
 use crate::cache::EntryMeta;
 use crate::engine::{Job, JobOutput};
 use crate::sync::lock;
@@ -89,7 +88,7 @@ impl Worker {
             Ok(Ok(_)) => Err("the engine's fingerprint differs from the factory's".into()),
             Ok(Err(e)) => Err(e.to_string()),
             Err(_) => {
-                Counters::add(&self.shared.counters.levels.panics, 1);
+                crate::counters::add(&self.shared.counters.levels.panics, 1);
                 Err("the engine factory panicked".into())
             }
         }
@@ -151,7 +150,7 @@ impl Worker {
             };
             let levels: u64 = batch.iter().map(|i| i.levels.len() as u64).sum();
             let c = &self.shared.counters.levels;
-            Counters::add(&c.in_flight, levels);
+            crate::counters::add(&c.in_flight, levels);
             let jobs: Vec<Job> = batch
                 .iter()
                 .map(|item| Job {
@@ -165,8 +164,8 @@ impl Worker {
             let _span =
                 tracing::debug_span!("generate", device = %self.device, jobs = jobs.len(), levels)
                     .entered();
-            Counters::add(&c.engine_calls, 1);
-            Counters::add(&self.device_counters().engine_calls, 1);
+            crate::counters::add(&c.engine_calls, 1);
+            crate::counters::add(&self.device_counters().engine_calls, 1);
             let result = catch_unwind(AssertUnwindSafe(|| active.generate(&jobs)));
             match result {
                 Ok(Ok(outputs)) if outputs.len() == batch.len() => {
@@ -184,7 +183,7 @@ impl Worker {
                 }
                 Ok(Err(_)) if self.shared.cancel.is_cancelled() => {
                     // Stopped by a cancelling shutdown: nothing failed, nothing to back off from.
-                    Counters::add(&c.dropped, levels);
+                    crate::counters::add(&c.dropped, levels);
                 }
                 Ok(Err(e)) => {
                     let failure = GenerationFailure::Engine {
@@ -193,7 +192,7 @@ impl Worker {
                     self.fail_all(&batch, &failure);
                 }
                 Err(panic) => {
-                    Counters::add(&c.panics, 1);
+                    crate::counters::add(&c.panics, 1);
                     let msg = panic
                         .downcast_ref::<&str>()
                         .map(|s| s.to_string())
@@ -269,8 +268,8 @@ impl Worker {
             };
             match self.shared.cache.put_image(key, &image.image, meta) {
                 Ok(_) => {
-                    Counters::add(&self.shared.counters.levels.done, 1);
-                    Counters::add(&self.device_counters().done, 1);
+                    crate::counters::add(&self.shared.counters.levels.done, 1);
+                    crate::counters::add(&self.device_counters().done, 1);
                     lock(&self.shared.failures).remove(key);
                 }
                 Err(e) => {

@@ -68,7 +68,7 @@ pub(crate) struct FewShotArgs {
 pub(super) fn few_shot(args: FewShotArgs) -> Result<()> {
     let hn = &args.hard_negatives;
     let protocol = &args.protocol;
-    let mut run = protocol.config(0).map_err(anyhow::Error::msg)?;
+    let mut run = protocol.config().map_err(anyhow::Error::msg)?;
     let spec = run.spec;
     let folder = ImageFolder::scan(&args.data)?;
     for w in &folder.warnings {
