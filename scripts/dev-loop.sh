@@ -1,26 +1,31 @@
 #!/usr/bin/env bash
 # Measures the contributor's loop on this machine, from a fresh clone of the committed HEAD:
 #   1. clean build of the README's first command (`cargo run --example long_tail`), the main job,
-#      and the same command again (which reuses the first run's images)
+#      and the same command again (which reuses the first run's images); with --empty-registry
+#      the clean build starts from an empty cargo registry (downloads included, a CARGO_HOME of
+#      its own in WORKDIR) and is then timed again with the registry it downloaded
 #   2. the README's second command after it (`cargo test --locked`, built): what it recompiles
 #   3. an edit in src/cache/ to a test build
 #   4. the test run, and its ten slowest tests
 #   5. with --ci: `.ci/run` on another fresh clone
-# Usage: scripts/dev-loop.sh [--ci] [--only-ci] [--keep] [WORKDIR]   (default WORKDIR: /tmp/genie-dev-loop)
+# Usage: scripts/dev-loop.sh [--ci] [--only-ci] [--empty-registry] [--keep] [WORKDIR]   (default WORKDIR: /tmp/genie-dev-loop)
 # Each step prints one `step: seconds` line; the whole report is also written to WORKDIR/report.txt.
-# The first four steps take about 25 minutes on 2 cores, `.ci/run` about as long again.
+# The first four steps take about 25 minutes on 2 cores (--empty-registry: 40), `.ci/run` about
+# as long again.
 set -euo pipefail
 
 ci=0
 steps=1
 keep=0
+empty_registry=0
 work=/tmp/genie-dev-loop
 for arg in "$@"; do
     case "$arg" in
         --ci) ci=1 ;;
         --only-ci) ci=1 steps=0 ;;
         --keep) keep=1 ;;
-        -h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+        --empty-registry) empty_registry=1 ;;
+        -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
         -*) echo "unknown option: $arg" >&2; exit 2 ;;
         *) work="$arg" ;;
     esac
@@ -63,8 +68,18 @@ if [ "$steps" = 1 ]; then
     rm -rf "$clone"
     git clone --quiet "$repo" "$clone"
 
-    timed 1-run-build "1 clean build of \`cargo run --example long_tail\`" "$clone" \
-        cargo build --locked --example long_tail
+    if [ "$empty_registry" = 1 ]; then
+        # A registry of its own, empty: the build downloads every crate as a new user's does.
+        export CARGO_HOME="$work/cargo-home"
+        rm -rf "$CARGO_HOME"
+        mkdir -p "$CARGO_HOME"
+        timed 1-run-build-empty "1 clean build of \`cargo run --example long_tail\`, registry empty" \
+            "$clone" cargo build --locked --example long_tail
+        say "  crates downloaded: $(grep -cE '^\s+Downloaded ' "$work/1-run-build-empty.log")"
+        rm -rf "$clone/target"
+    fi
+    timed 1-run-build "1 clean build of \`cargo run --example long_tail\`, registry downloaded" \
+        "$clone" cargo build --locked --example long_tail
     say "  crates compiled: $(grep -cE '^\s+Compiling ' "$work/1-run-build.log")"
 
     # The main job itself, then the same command again: it reuses the first run's images.

@@ -110,6 +110,20 @@ impl BucketStore {
         }
     }
 
+    /// Installs ring as rustls's process-wide crypto provider, unless the program already
+    /// installed one. Call it before building an `object_store` S3 client of your own for
+    /// [`BucketStore::new`]; [`BucketStore::open_s3`] calls it itself.
+    ///
+    /// genie builds reqwest's TLS without a provider of its own (one crypto library in the
+    /// build, not two: Cargo.toml), and reqwest panics when a client is built with none
+    /// installed. A provider installed first is kept (`install_default` never replaces one).
+    pub fn install_tls_provider() {
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            // Another thread may install one between the check and here; theirs is as good.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+    }
+
     /// A cache at `s3://bucket/prefix`. Credentials, region and endpoint come from the usual
     /// `AWS_*` variables (`AWS_ENDPOINT_URL` and `AWS_ALLOW_HTTP=true` for a local S3-compatible
     /// server). With `create`, a missing cache is started there.
@@ -125,6 +139,7 @@ impl BucketStore {
         if bucket.is_empty() {
             return Err(bad("no bucket name (expected s3://bucket/prefix)".into()));
         }
+        Self::install_tls_provider();
         let store = object_store::aws::AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
             .build()
@@ -490,5 +505,25 @@ impl Store for BucketStore {
                 Ok(None)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_https_s3_client_builds_once_the_provider_is_installed() {
+        BucketStore::install_tls_provider();
+        assert!(rustls::crypto::CryptoProvider::get_default().is_some());
+        // reqwest builds its TLS configuration here, and would panic without a provider.
+        let s3 = object_store::aws::AmazonS3Builder::new()
+            .with_endpoint("https://127.0.0.1:9")
+            .with_bucket_name("genie-test")
+            .with_region("us-east-1")
+            .with_access_key_id("test")
+            .with_secret_access_key("test")
+            .build();
+        assert!(s3.is_ok(), "{:?}", s3.err());
     }
 }

@@ -357,6 +357,7 @@ mod object_storage {
                 return;
             }
         };
+        BucketStore::install_tls_provider();
         let s3 = object_store::aws::AmazonS3Builder::new()
             .with_endpoint(&moto.endpoint)
             .with_allow_http(true)
