@@ -6,54 +6,16 @@
 //!
 //! `cargo bench --bench generator` (results in BENCHMARKS.md).
 
-use std::sync::{Arc, Condvar, Mutex};
+mod common;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use genie::cache::Cache;
-use genie::diffusion::{tiny, EngineOptions, ModelSource, SchedulerKind};
-use genie::factory::SdEngineFactory;
-use genie::generator::{
-    DynEngine, EngineFactory, Generator, GeneratorConfig, Priority, Request, Shutdown, SourceImage,
-};
+use genie::generator::{Generator, GeneratorConfig, Priority, Request, Shutdown, SourceImage};
+use genie::testing::{FakeFactory, Gate};
 use genie::{EngineFingerprint, NoiseLevel};
 use image::RgbImage;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
-/// An engine that never finishes until released: keeps every worker busy.
-struct Stuck(Arc<(Mutex<bool>, Condvar)>, EngineFingerprint);
-
-impl genie::Engine for Stuck {
-    type Error = std::io::Error;
-    fn resolution(&self) -> u32 {
-        8
-    }
-    fn fingerprint(&self) -> &EngineFingerprint {
-        &self.1
-    }
-    fn generate(&mut self, _jobs: &[genie::Job]) -> Result<Vec<genie::JobOutput>, std::io::Error> {
-        let (lock, cv) = &*self.0;
-        let mut released = lock.lock().unwrap();
-        while !*released {
-            released = cv.wait(released).unwrap();
-        }
-        Err(std::io::Error::other("released"))
-    }
-}
-
-struct StuckFactory(Arc<(Mutex<bool>, Condvar)>, EngineFingerprint);
-
-impl EngineFactory for StuckFactory {
-    fn fingerprint(&self) -> &EngineFingerprint {
-        &self.1
-    }
-    fn resolution(&self) -> u32 {
-        8
-    }
-    fn create(&self, _: &str) -> Result<Box<dyn DynEngine>, BoxError> {
-        Ok(Box::new(Stuck(self.0.clone(), self.1.clone())))
-    }
-}
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
@@ -69,7 +31,9 @@ fn request_latency() {
         dtype: "f32".into(),
         algorithm_version: 1,
     };
-    let gate = Arc::new((Mutex::new(false), Condvar::new()));
+    // Every engine call waits at a closed gate: every worker stays busy.
+    let gate = Gate::closed();
+    let factory = FakeFactory::new(fp, 8, |_, _| image::Rgb([0, 0, 0])).with_gate(gate.clone());
     let dir = tempfile::tempdir().unwrap();
     let cache = Arc::new(Cache::open_dir(dir.path(), 64 << 20).unwrap());
     let n = 100_000;
@@ -77,8 +41,7 @@ fn request_latency() {
     config.devices = vec!["a".into(), "b".into()];
     config.queue_capacity = n;
     config.max_batch = 1;
-    let generator =
-        Generator::start(Arc::new(StuckFactory(gate.clone(), fp)), cache, config).unwrap();
+    let generator = Generator::start(Arc::new(factory), cache, config).unwrap();
     let source = SourceImage::new(RgbImage::from_pixel(8, 8, image::Rgb([1, 2, 3])));
     let mut times = Vec::with_capacity(n);
     for i in 0..n as u64 {
@@ -96,8 +59,7 @@ fn request_latency() {
         std::hint::black_box(receipt);
     }
     let stats = generator.stats();
-    *gate.0.lock().unwrap() = true;
-    gate.1.notify_all();
+    gate.open();
     generator.shutdown(Shutdown::Cancel);
     times.sort();
     println!(
@@ -112,13 +74,7 @@ fn request_latency() {
 }
 
 fn throughput() {
-    let model = tempfile::tempdir().unwrap();
-    tiny::write_tiny_model(model.path(), 1).unwrap();
-    let mut opts = EngineOptions::default();
-    opts.scheduler = SchedulerKind::DpmSolverPp;
-    opts.steps = 50;
-    let factory =
-        Arc::new(SdEngineFactory::new(ModelSource::Local(model.path().into()), opts).unwrap());
+    let (_model, factory) = common::tiny_factory();
     let sources: Vec<SourceImage> = (0..16u8)
         .map(|i| {
             SourceImage::new(RgbImage::from_fn(64, 64, |x, y| {

@@ -10,11 +10,12 @@
 //!
 //! `cargo bench --bench serve` (results in BENCHMARKS.md).
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use genie::cache::Cache;
-use genie::diffusion::{tiny, EngineOptions, ModelSource, SchedulerKind};
 use genie::factory::SdEngineFactory;
 use genie::generator::{
     Generator, GeneratorConfig, HardNegativeGenerator, Priority, Request, Shutdown, SourceImage,
@@ -125,17 +126,6 @@ fn client_config() -> RemoteConfig {
     let mut config = RemoteConfig::default();
     config.token = Some(Token::new(TOKEN, "bench").unwrap());
     config
-}
-
-fn factory() -> (tempfile::TempDir, Arc<SdEngineFactory>) {
-    let model = tempfile::tempdir().unwrap();
-    tiny::write_tiny_model(model.path(), 1).unwrap();
-    let mut opts = EngineOptions::default();
-    opts.scheduler = SchedulerKind::DpmSolverPp;
-    opts.steps = 50;
-    let factory =
-        Arc::new(SdEngineFactory::new(ModelSource::Local(model.path().into()), opts).unwrap());
-    (model, factory)
 }
 
 fn config() -> GeneratorConfig {
@@ -269,7 +259,7 @@ fn throughput(model: &std::path::Path, factory: &Arc<SdEngineFactory>) -> (f64, 
 
 fn main() {
     genie::diffusion::tune_cpu_process();
-    let (model, factory) = factory();
+    let (model, factory) = common::tiny_factory();
     round_trip(model.path(), &factory);
     let runs: usize = std::env::var("GENIE_BENCH_RUNS")
         .ok()

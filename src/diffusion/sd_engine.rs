@@ -385,23 +385,18 @@ impl SdEngine {
             let mut still_used = HashMap::new();
             for group in active.chunks(self.chains_per_call) {
                 let k = group.len();
-                let x = Tensor::cat(
-                    &group
-                        .iter()
-                        .map(|&c| &chains[c].latents)
-                        .collect::<Vec<_>>(),
-                    0,
-                )?;
+                // One tensor of the group's chains, stacked on the batch axis.
+                let stacked = |part: fn(&Chain) -> &Tensor| {
+                    Tensor::cat(
+                        &group.iter().map(|&c| part(&chains[c])).collect::<Vec<_>>(),
+                        0,
+                    )
+                };
+                let x = stacked(|chain| &chain.latents)?;
                 let context = match prepared.remove(group) {
                     Some(context) => context,
                     None => {
-                        let cond = Tensor::cat(
-                            &group
-                                .iter()
-                                .map(|&c| &chains[c].context)
-                                .collect::<Vec<_>>(),
-                            0,
-                        )?;
+                        let cond = stacked(|chain| &chain.context)?;
                         let context = if guided {
                             Tensor::cat(&[&self.uncond.repeat((k, 1, 1))?, &cond], 0)?
                         } else {

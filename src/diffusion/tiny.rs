@@ -186,43 +186,34 @@ pub fn write_tiny_model(dir: &Path, seed: u64) -> Result<(), DiffusionError> {
         Value::Object(m) => ConfigReader::from_map(m, name),
         _ => unreachable!("configs are objects"),
     };
-    let save = |varmap: &VarMap, path: &Path, seed: u64| -> Result<(), DiffusionError> {
-        randomise(varmap, seed)?;
-        varmap
-            .save(path)
-            .map_err(|e| DiffusionError::write(path)(std::io::Error::other(e)))
-    };
     let dev = Device::Cpu;
+    let write_weights = |file: &str,
+                         seed: u64,
+                         build: &dyn Fn(VarBuilder) -> candle_core::Result<()>|
+     -> Result<(), DiffusionError> {
+        let varmap = VarMap::new();
+        build(VarBuilder::from_varmap(&varmap, DType::F32, &dev))?;
+        randomise(&varmap, seed)?;
+        let path = dir.join(file);
+        varmap
+            .save(&path)
+            .map_err(|e| DiffusionError::write(&path)(std::io::Error::other(e)))
+    };
 
     let spec = config::unet_spec(reader(unet_cfg, "tiny unet"))?;
-    let vm = VarMap::new();
-    UNet::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), &spec)?;
-    save(
-        &vm,
-        &dir.join("unet/diffusion_pytorch_model.safetensors"),
-        seed,
-    )?;
-
+    write_weights("unet/diffusion_pytorch_model.safetensors", seed, &|vb| {
+        UNet::new(vb, &spec).map(drop)
+    })?;
     let spec = config::vae_spec(reader(vae_cfg, "tiny vae"))?;
-    let vm = VarMap::new();
-    Vae::new(VarBuilder::from_varmap(&vm, DType::F32, &dev), &spec)?;
-    save(
-        &vm,
-        &dir.join("vae/diffusion_pytorch_model.safetensors"),
+    write_weights(
+        "vae/diffusion_pytorch_model.safetensors",
         seed ^ 0x5A5A,
+        &|vb| Vae::new(vb, &spec).map(drop),
     )?;
-
     let spec = config::text_spec(reader(text_cfg, "tiny text encoder"))?;
-    let vm = VarMap::new();
-    ClipTextTransformer::new(
-        VarBuilder::from_varmap(&vm, DType::F32, &dev).pp("text_model"),
-        &spec.candle,
-    )?;
-    save(
-        &vm,
-        &dir.join("text_encoder/model.safetensors"),
-        seed ^ 0xA5A5,
-    )?;
+    write_weights("text_encoder/model.safetensors", seed ^ 0xA5A5, &|vb| {
+        ClipTextTransformer::new(vb.pp("text_model"), &spec.candle).map(drop)
+    })?;
     Ok(())
 }
 

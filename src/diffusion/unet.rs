@@ -380,21 +380,27 @@ impl UNet {
         let ch = &cfg.block_out_channels;
         let n = ch.len();
         let temb = ch[0] * 4;
-        let attention = |vb: nn::VarBuilder,
-                         block: usize,
-                         channels: usize,
-                         has: bool|
-         -> Result<Option<Transformer2D>> {
-            has.then(|| {
-                Transformer2D::new(
-                    vb,
-                    channels,
-                    cfg.heads[block],
-                    cfg.transformer_layers[block],
-                    cfg,
-                )
-            })
-            .transpose()
+        // Layer `j` of a down or up block mirroring down block `block`: a resnet from `cin` to
+        // `cout` channels, then the block's attention when it has one.
+        let layer = |bvb: &nn::VarBuilder,
+                     j: usize,
+                     block: usize,
+                     cin: usize,
+                     cout: usize|
+         -> Result<Layer> {
+            let resnet = resnet(bvb.pp(format!("resnets.{j}")), cin, cout, temb, cfg, 1.0)?;
+            let attention = cfg.cross_attention[block]
+                .then(|| {
+                    Transformer2D::new(
+                        bvb.pp(format!("attentions.{j}")),
+                        cout,
+                        cfg.heads[block],
+                        cfg.transformer_layers[block],
+                        cfg,
+                    )
+                })
+                .transpose()?;
+            Ok(Layer { resnet, attention })
         };
 
         let mut down = Vec::with_capacity(n);
@@ -402,24 +408,7 @@ impl UNet {
             let bvb = vb.pp(format!("down_blocks.{i}"));
             let cin = if i == 0 { ch[0] } else { ch[i - 1] };
             let layers = (0..cfg.layers_per_block)
-                .map(|j| {
-                    Ok(Layer {
-                        resnet: resnet(
-                            bvb.pp(format!("resnets.{j}")),
-                            if j == 0 { cin } else { ch[i] },
-                            ch[i],
-                            temb,
-                            cfg,
-                            1.0,
-                        )?,
-                        attention: attention(
-                            bvb.pp(format!("attentions.{j}")),
-                            i,
-                            ch[i],
-                            cfg.cross_attention[i],
-                        )?,
-                    })
-                })
+                .map(|j| layer(&bvb, j, i, if j == 0 { cin } else { ch[i] }, ch[i]))
                 .collect::<Result<Vec<_>>>()?;
             let downsampler = (i + 1 < n)
                 .then(|| {
@@ -468,22 +457,7 @@ impl UNet {
                 .map(|j| {
                     let skip = if j + 1 == num { skip_in } else { out };
                     let cin = if j == 0 { prev } else { out };
-                    Ok(Layer {
-                        resnet: resnet(
-                            bvb.pp(format!("resnets.{j}")),
-                            cin + skip,
-                            out,
-                            temb,
-                            cfg,
-                            1.0,
-                        )?,
-                        attention: attention(
-                            bvb.pp(format!("attentions.{j}")),
-                            block,
-                            out,
-                            cfg.cross_attention[block],
-                        )?,
-                    })
+                    layer(&bvb, j, block, cin + skip, out)
                 })
                 .collect::<Result<Vec<_>>>()?;
             let upsampler = (i + 1 < n)

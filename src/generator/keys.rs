@@ -159,13 +159,7 @@ impl KeySpace {
         level: NoiseLevel,
         seed: u64,
     ) -> CacheKey {
-        CacheKey::new(&KeyInputs {
-            source: source_hash.into(),
-            prompt: &self.prompt(target),
-            level,
-            seed,
-            fingerprint: &self.fingerprint,
-        })
+        self.hashed(CacheKey::new, source_hash.into(), target, level, seed)
     }
 
     /// The key of the (source, target, variant) pair, shared by all its levels: side records
@@ -176,10 +170,24 @@ impl KeySpace {
         target: usize,
         seed: u64,
     ) -> CacheKey {
-        CacheKey::pair(&KeyInputs {
-            source: source_hash.into(),
+        // The pair key ignores the level; any valid one will do.
+        let level = NoiseLevel::GENIE_DEFAULT;
+        self.hashed(CacheKey::pair, source_hash.into(), target, level, seed)
+    }
+
+    /// `hash` of the key inputs of (source, target's prompt, level, seed) with this engine.
+    fn hashed(
+        &self,
+        hash: fn(&KeyInputs<'_>) -> CacheKey,
+        source: Option<[u8; 32]>,
+        target: usize,
+        level: NoiseLevel,
+        seed: u64,
+    ) -> CacheKey {
+        hash(&KeyInputs {
+            source,
             prompt: &self.prompt(target),
-            level: NoiseLevel::GENIE_DEFAULT,
+            level,
             seed,
             fingerprint: &self.fingerprint,
         })

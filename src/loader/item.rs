@@ -48,18 +48,33 @@ pub trait GenieItem: Clone + Send + Sync + 'static {
     /// The pixels as 8-bit RGB, as training sees them.
     fn rgb(&self) -> Result<RgbImage, ItemError>;
 
+    /// Where the item came from: the file it was read from, `genie:<cache key>` for a hard
+    /// negative genie made ([`GENERATED_PATH_PREFIX`]), or `None` (the default) for an item
+    /// with no such name. The provided methods below read it.
+    fn path(&self) -> Option<&str> {
+        None
+    }
+
     /// The image diffusion starts from, at the best resolution the item can give (the engine
-    /// resizes and crops it to its own size; cache keys hash what the engine receives). By
-    /// default the item's own pixels; [`ImageItem`] reads its original file.
+    /// resizes and crops it to its own size; cache keys hash what the engine receives): the
+    /// file [`GenieItem::path`] names, when it is a regular file, read with genie's safe
+    /// decoder; otherwise (an image made in memory, a generated one) the item's own pixels.
     fn source_rgb(&self) -> Result<RgbImage, ItemError> {
-        self.rgb()
+        match self.path().and_then(original_file) {
+            Some(file) => {
+                crate::image_io::open_rgb(file).map_err(|e| ItemError::Source(e.to_string()))
+            }
+            None => self.rgb(),
+        }
     }
 
     /// Which source of a pre-warm plan this item is: `<class folder>/<file name>`, as
     /// [`crate::warm::source_id`] names a plan's sources (so the dataset may move between
-    /// planning and training). `None` (the default) for items without a file.
+    /// planning and training). `None` for items without a file and for generated ones.
     fn source_id(&self) -> Option<&str> {
-        None
+        self.path()
+            .filter(|path| !path.starts_with(GENERATED_PATH_PREFIX))
+            .and_then(crate::warm::source_id)
     }
 
     /// An item shaped like `self` that holds `image` (resized keeping its aspect ratio and
@@ -72,8 +87,11 @@ pub trait GenieItem: Clone + Send + Sync + 'static {
         origin: &str,
     ) -> Result<Self, ItemError>;
 
-    /// Whether genie made this item.
-    fn is_generated(&self) -> bool;
+    /// Whether genie made this item (by default: whether its [`GenieItem::path`] is a cache key).
+    fn is_generated(&self) -> bool {
+        self.path()
+            .is_some_and(|path| path.starts_with(GENERATED_PATH_PREFIX))
+    }
 
     /// Roughly how many bytes the item holds (pixels and strings), for memory budgets.
     fn heap_bytes(&self) -> usize;
@@ -126,18 +144,8 @@ impl GenieItem for ImageItem {
         })
     }
 
-    /// The file `path` names, when it is a regular file: read at full resolution with genie's
-    /// safe decoder. Otherwise (an image made in memory, a generated one) the item's pixels.
-    fn source_rgb(&self) -> Result<RgbImage, ItemError> {
-        source_at(&self.path, || self.rgb())
-    }
-
-    fn source_id(&self) -> Option<&str> {
-        source_id_at(&self.path)
-    }
-
-    fn is_generated(&self) -> bool {
-        self.path.starts_with(GENERATED_PATH_PREFIX)
+    fn path(&self) -> Option<&str> {
+        Some(&self.path)
     }
 
     fn heap_bytes(&self) -> usize {
@@ -153,26 +161,6 @@ pub(super) fn fit(image: &RgbImage, width: u32, height: u32) -> Result<RgbImage,
     }
     crate::image_io::resize_cover_crop(image, width, height, image::imageops::FilterType::Triangle)
         .map_err(|_| ItemError::Empty)
-}
-
-/// What diffusion starts from for an item read from `path`: that file at full resolution when
-/// it is a regular file, else `own` (the item's pixels: an image made in memory, a generated one).
-pub(super) fn source_at(
-    path: &str,
-    own: impl FnOnce() -> Result<RgbImage, ItemError>,
-) -> Result<RgbImage, ItemError> {
-    match original_file(path) {
-        Some(file) => crate::image_io::open_rgb(file).map_err(|e| ItemError::Source(e.to_string())),
-        None => own(),
-    }
-}
-
-/// The pre-warm plan's name for an item read from `path`; none for a generated item.
-pub(super) fn source_id_at(path: &str) -> Option<&str> {
-    if path.starts_with(GENERATED_PATH_PREFIX) {
-        return None;
-    }
-    crate::warm::source_id(path)
 }
 
 /// The regular file an item's path names, if it names one (not a generated item's key).

@@ -5,9 +5,7 @@
 use burn_dataset::vision::{Annotation, ImageDatasetItem, PixelData};
 use image::RgbImage;
 
-use super::item::{
-    checked_size, fit, source_at, source_id_at, GenieItem, ItemError, GENERATED_PATH_PREFIX,
-};
+use super::item::{checked_size, fit, GenieItem, ItemError, GENERATED_PATH_PREFIX};
 
 impl GenieItem for ImageDatasetItem {
     fn label(&self) -> Option<usize> {
@@ -84,19 +82,9 @@ impl GenieItem for ImageDatasetItem {
         })
     }
 
-    /// The file `image_path` names, when it is a regular file (burn's `ImageFolderDataset`
-    /// sets it): read at full resolution with genie's safe decoder. Otherwise (an in-memory
-    /// item, a generated one) the item's pixels.
-    fn source_rgb(&self) -> Result<RgbImage, ItemError> {
-        source_at(&self.image_path, || self.rgb())
-    }
-
-    fn source_id(&self) -> Option<&str> {
-        source_id_at(&self.image_path)
-    }
-
-    fn is_generated(&self) -> bool {
-        self.image_path.starts_with(GENERATED_PATH_PREFIX)
+    /// burn's `ImageFolderDataset` sets `image_path` to the file it read.
+    fn path(&self) -> Option<&str> {
+        Some(&self.image_path)
     }
 
     fn heap_bytes(&self) -> usize {

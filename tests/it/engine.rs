@@ -50,10 +50,7 @@ fn job(src: Option<Arc<RgbImage>>, prompt: &str, levels: &[u16], seed: u64) -> J
     Job {
         source: src,
         prompt: prompt.into(),
-        levels: levels
-            .iter()
-            .map(|&t| NoiseLevel::from_thousandths(t).unwrap())
-            .collect(),
+        levels: crate::support::levels(levels),
         seed,
         noise: None,
     }

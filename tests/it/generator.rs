@@ -55,10 +55,7 @@ fn request(prompt: &str, seed: u64, levels: &[u16], priority: Priority) -> Reque
         source: Some(source(seed as u8)),
         target: prompt.into(),
         prompt: prompt.into(),
-        levels: levels
-            .iter()
-            .map(|&t| NoiseLevel::from_thousandths(t).unwrap())
-            .collect(),
+        levels: crate::support::levels(levels),
         seed,
         priority,
     }

@@ -220,16 +220,22 @@ impl FeatureExtractor<Probe, ImageItem> for Logits {
     }
 }
 
+/// A GeNIe-Ada augmenter for the run's items (its quota `per_target` hard negatives for c),
+/// every level of its sweep pre-warmed; and the items.
+fn ada_augmenter(per_target: usize) -> (Arc<Augmenter<ImageItem>>, Vec<ImageItem>) {
+    let (keys, items) = setup();
+    let mut config = PolicyConfig::long_tail();
+    config.per_target = per_target;
+    let cache = prewarm(&keys, &items, config.seed, &NoiseLevel::ADA_SWEEP);
+    let policy = Policy::long_tail(ClassStats::from_counts(vec![40, 30, 5]), config).unwrap();
+    let augmenter = Augmenter::new(policy, keys, cache, None, AugmenterConfig::default()).unwrap();
+    (Arc::new(augmenter), items)
+}
+
 /// With the model wrapped in `Observed`, burn's own loop feeds GeNIe-Ada: no hand-written loop.
 #[test]
 fn supervised_training_runs_genie_ada_through_the_observed_model() {
-    let (keys, items) = setup();
-    let mut config = PolicyConfig::long_tail();
-    config.per_target = 12;
-    let cache = prewarm(&keys, &items, config.seed, &NoiseLevel::ADA_SWEEP);
-    let policy = Policy::long_tail(ClassStats::from_counts(vec![40, 30, 5]), config).unwrap();
-    let augmenter =
-        Arc::new(Augmenter::new(policy, keys, cache, None, AugmenterConfig::default()).unwrap());
+    let (augmenter, items) = ada_augmenter(12);
     assert!(augmenter.config().ada);
     let live = Arc::new(
         LiveModel::start(Arc::clone(&augmenter), Logits, {
@@ -346,13 +352,7 @@ type RunLog = (
 /// One run of burn's `SupervisedTraining` with GeNIe-Ada under a scoring budget, from fixed
 /// weights and batch order.
 fn ada_run() -> RunLog {
-    let (keys, items) = setup();
-    let mut config = PolicyConfig::long_tail();
-    config.per_target = 30;
-    let cache = prewarm(&keys, &items, config.seed, &NoiseLevel::ADA_SWEEP);
-    let policy = Policy::long_tail(ClassStats::from_counts(vec![40, 30, 5]), config).unwrap();
-    let augmenter =
-        Arc::new(Augmenter::new(policy, keys, cache, None, AugmenterConfig::default()).unwrap());
+    let (augmenter, items) = ada_augmenter(30);
     let live = Arc::new(
         LiveModel::start(
             Arc::clone(&augmenter),

@@ -24,6 +24,14 @@ pub fn engine_fingerprint(model: &str, resolution: u32) -> EngineFingerprint {
     }
 }
 
+/// Noise levels from thousandths (800 is r = 0.8).
+pub fn levels(thousandths: &[u16]) -> Vec<NoiseLevel> {
+    thousandths
+        .iter()
+        .map(|&t| NoiseLevel::from_thousandths(t).unwrap())
+        .collect()
+}
+
 /// The colour of a [`ColourEngine`] image: the crossover from "source" (red) to "target"
 /// (green) happens between r = 0.5 and r = 0.6, so GeNIe-Ada must choose 0.6.
 pub fn level_colour(level: NoiseLevel) -> Rgb<u8> {

@@ -21,34 +21,52 @@ pub(crate) fn images_in(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// The key space of a command: `classes`, with `--superclass` for those without their own.
-pub(crate) fn key_space(
-    engine: &diffusion::EnginePlan,
-    classes: Vec<genie::classes::ClassInfo>,
-    superclass: Option<&String>,
-) -> genie::generator::KeySpace {
-    let keys = genie::generator::KeySpace::with_classes(
-        engine.fingerprint.clone(),
-        engine.resolution,
-        classes,
-    );
-    match superclass {
-        Some(s) => keys.with_superclass(s.clone()),
-        None => keys,
-    }
+/// The flags that name a command's classes in its prompts.
+#[derive(clap::Args, Clone, Debug)]
+pub(crate) struct ClassNaming {
+    /// A class-name file (`n01440764 tench` lines, or CSV `id,name[,superclass]`): the ids
+    /// (folder names, targets) stay the labels and cache keys, the prompts say the names.
+    /// Without it, WordNet ids are named by the built-in ImageNet-1k table.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) class_names: Option<PathBuf>,
+    /// A superclass for the classes without their own: "a photo of a {target}, a type of
+    /// {superclass}."
+    #[arg(long)]
+    pub(crate) superclass: Option<String>,
 }
 
-/// The classes of `ids`, named by the `--class-names` file when given, else WordNet ids by the
-/// built-in ImageNet-1k table; says on stderr where the names came from, since every prompt
-/// depends on it.
-pub(crate) fn name_classes<S: AsRef<str>>(
-    ids: &[S],
-    names_file: Option<&Path>,
-) -> Result<Vec<genie::classes::ClassInfo>> {
-    let names = names_file
-        .map(genie::classes::ClassNames::read)
-        .transpose()?;
-    let named = genie::classes::classes_for(ids, names.as_ref())?;
-    eprintln!("{}", named.source);
-    Ok(named.classes)
+impl ClassNaming {
+    /// The classes of `ids`, named by the `--class-names` file when given, else WordNet ids by
+    /// the built-in ImageNet-1k table; says on stderr where the names came from, since every
+    /// prompt depends on it.
+    pub(crate) fn classes<S: AsRef<str>>(
+        &self,
+        ids: &[S],
+    ) -> Result<Vec<genie::classes::ClassInfo>> {
+        let names = self
+            .class_names
+            .as_deref()
+            .map(genie::classes::ClassNames::read)
+            .transpose()?;
+        let named = genie::classes::classes_for(ids, names.as_ref())?;
+        eprintln!("{}", named.source);
+        Ok(named.classes)
+    }
+
+    /// The key space of a command: `classes`, with `--superclass` for those without their own.
+    pub(crate) fn key_space(
+        &self,
+        engine: &diffusion::EnginePlan,
+        classes: Vec<genie::classes::ClassInfo>,
+    ) -> genie::generator::KeySpace {
+        let keys = genie::generator::KeySpace::with_classes(
+            engine.fingerprint.clone(),
+            engine.resolution,
+            classes,
+        );
+        match &self.superclass {
+            Some(s) => keys.with_superclass(s.clone()),
+            None => keys,
+        }
+    }
 }

@@ -14,7 +14,7 @@ use genie::generator::{
 };
 use genie::{image_io, Job, NoiseLevel, PromptTemplate};
 
-use crate::classes::{images_in, key_space, name_classes};
+use crate::classes::{images_in, ClassNaming};
 use crate::model_args::{engine_options, model_source, ModelArgs};
 use crate::parse::parse_level;
 use crate::text::unique_slugs;
@@ -36,13 +36,8 @@ pub(crate) struct GenerateArgs {
     /// Several target classes, comma-separated.
     #[arg(long, value_delimiter = ',')]
     targets: Option<Vec<String>>,
-    /// A class-name file (`n01440764 tench` lines, or CSV `id,name[,superclass]`): the targets
-    /// are ids, the prompts say their names.
-    #[arg(long, value_name = "FILE")]
-    class_names: Option<PathBuf>,
-    /// Optional superclass: "a photo of a {target}, a type of {superclass}."
-    #[arg(long)]
-    superclass: Option<String>,
+    #[command(flatten)]
+    naming: ClassNaming,
     /// Noise levels r in (0, 1], comma-separated; 1 is text-to-image.
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.6,0.7,0.8,0.9", value_parser = parse_level)]
     levels: Vec<NoiseLevel>,
@@ -142,7 +137,7 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
             bail!("give --source IMG or --source-dir DIR (text-to-image alone, --levels 1, needs none)")
         }
     };
-    let classes = name_classes(&targets, args.class_names.as_deref())?;
+    let classes = args.naming.classes(&targets)?;
     // Everything that can fail on user input is checked before the first file is written.
     let raw: Vec<Option<image::RgbImage>> = source_files
         .iter()
@@ -174,7 +169,7 @@ pub(crate) fn generate(args: GenerateArgs) -> Result<()> {
         .iter()
         .map(|&l| plan.level_start(l))
         .collect::<Result<Vec<_>, _>>()?;
-    let keys = key_space(&plan, classes, args.superclass.as_ref());
+    let keys = args.naming.key_space(&plan, classes);
     let mut pairs = Vec::new();
     for (img, dir) in raw.iter().zip(&source_dirs) {
         let src = img
@@ -335,7 +330,10 @@ pub(crate) fn generate_with_noise(
         .map(|r| image_io::resize_center_crop(r, genie::Engine::resolution(&engine)))
         .transpose()?;
     let noise = diffusion::load_noise_file(noise_file, engine.noise_shape())?;
-    let superclass = target.superclass.as_deref().or(args.superclass.as_deref());
+    let superclass = target
+        .superclass
+        .as_deref()
+        .or(args.naming.superclass.as_deref());
     let prompt = PromptTemplate::default().render(&target.name, superclass);
     eprintln!("prompt: {prompt:?}");
     let job = Job {

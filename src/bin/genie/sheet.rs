@@ -9,7 +9,7 @@ use genie::diffusion;
 use genie::generator::SourceImage;
 use genie::{image_io, NoiseLevel};
 
-use crate::classes::{key_space, name_classes};
+use crate::classes::ClassNaming;
 use crate::model_args::{engine_options, model_source, ModelArgs};
 use crate::parse::parse_level;
 
@@ -26,11 +26,8 @@ pub(crate) struct SheetArgs {
     /// The target class (with --class-names: its id).
     #[arg(long)]
     target: String,
-    /// The class-name file the hard negatives were generated with.
-    #[arg(long, value_name = "FILE")]
-    class_names: Option<PathBuf>,
-    #[arg(long)]
-    superclass: Option<String>,
+    #[command(flatten)]
+    naming: ClassNaming,
     /// Noise levels to show, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "0.5,0.6,0.7,0.8,0.9", value_parser = parse_level)]
     levels: Vec<NoiseLevel>,
@@ -56,8 +53,8 @@ pub(crate) fn sheet(args: SheetArgs) -> Result<()> {
     let source = image_io::load_source(&args.source, plan.resolution)
         .with_context(|| format!("source {}", args.source.display()))?;
     let src = SourceImage::new(source.clone());
-    let classes = name_classes(&[args.target.trim()], args.class_names.as_deref())?;
-    let keys = key_space(&plan, classes, args.superclass.as_ref());
+    let classes = args.naming.classes(&[args.target.trim()])?;
+    let keys = args.naming.key_space(&plan, classes);
     let seed = keys.pair_seed(args.seed, src.hash, 0, args.variant);
     let mut levels = Vec::new();
     for &level in &args.levels {

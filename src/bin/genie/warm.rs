@@ -16,7 +16,7 @@ use genie::generator::{
 };
 use genie::{image_io, NoiseLevel};
 
-use crate::classes::{key_space, name_classes};
+use crate::classes::ClassNaming;
 use crate::model_args::{engine_options, model_args, model_source, ModelArgs};
 use crate::parse::parse_level;
 use crate::text::{error_line, printable, shell_word};
@@ -102,13 +102,8 @@ pub(crate) struct WarmPlanArgs {
     /// `confusion FILE` (the 4 classes a CSV confusion matrix confuses most with the target).
     #[arg(long, num_args = 1..=2, value_names = ["uniform|confusion", "FILE"], default_value = "uniform")]
     sources: Vec<String>,
-    /// Optional superclass: "a photo of a {target}, a type of {superclass}."
-    #[arg(long)]
-    superclass: Option<String>,
-    /// A class-name file (`n01440764 tench` lines, or CSV `folder,name[,superclass]`): folder
-    /// names stay the labels, prompts say the names.
-    #[arg(long, value_name = "FILE")]
-    class_names: Option<PathBuf>,
+    #[command(flatten)]
+    naming: ClassNaming,
     /// Hard negatives per (source, target), each from its own noise (they count towards the
     /// quota; 1 to 1000).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=1000))]
@@ -167,10 +162,10 @@ pub(crate) fn warm_plan(args: WarmPlanArgs) -> Result<()> {
     if args.variants == 0 {
         bail!("--variants must be at least 1");
     }
-    let classes = name_classes(&folder.classes, args.class_names.as_deref())?;
+    let classes = args.naming.classes(&folder.classes)?;
     let engine =
         diffusion::plan_engine(&model_source(&args.model)?, &engine_options(&args.model)?)?;
-    let keys = key_space(&engine, classes, args.superclass.as_ref());
+    let keys = args.naming.key_space(&engine, classes);
     let (sources, confusion) = match args.sources.as_slice() {
         [kind] if kind == "uniform" => (SourceStrategy::Uniform, None),
         [kind, file] if kind == "confusion" => {

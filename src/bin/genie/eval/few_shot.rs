@@ -23,7 +23,7 @@ use genie::warm::{ImageFolder, PlanEntry};
 use image::RgbImage;
 
 use super::{report_plan, HardNegativeArgs, TrainDeviceArgs};
-use crate::classes::{key_space, name_classes};
+use crate::classes::ClassNaming;
 use crate::model_args::{engine_options, model_source};
 use crate::text::printable;
 
@@ -37,11 +37,8 @@ pub(crate) struct FewShotArgs {
     /// layout).
     #[arg(long, value_name = "DIR")]
     data: PathBuf,
-    /// A class-name file for the prompts (`n01440764 tench` lines, or CSV `id,name`).
-    #[arg(long, value_name = "FILE")]
-    class_names: Option<PathBuf>,
-    #[arg(long)]
-    superclass: Option<String>,
+    #[command(flatten)]
+    naming: ClassNaming,
     /// The frozen backbone: resnet18, resnet34 or resnet50 (torchvision's layout).
     #[arg(long, default_value = "resnet18")]
     backbone: ResNetDepth,
@@ -78,7 +75,7 @@ pub(super) fn few_shot(args: FewShotArgs) -> Result<()> {
     for (i, (_, class)) in folder.images.iter().enumerate() {
         members[*class].push(i);
     }
-    let classes = name_classes(&folder.classes, args.class_names.as_deref())?;
+    let classes = args.naming.classes(&folder.classes)?;
     let episodes = sample_episodes(
         &members,
         &folder.classes,
@@ -88,7 +85,7 @@ pub(super) fn few_shot(args: FewShotArgs) -> Result<()> {
     )?;
 
     let engine = diffusion::plan_engine(&model_source(&hn.model)?, &engine_options(&hn.model)?)?;
-    let keys = key_space(&engine, classes, args.superclass.as_ref());
+    let keys = args.naming.key_space(&engine, classes);
     let cache = Arc::new(Cache::open(&hn.cache, 64 << 20)?);
     let decoded = Mutex::new(lru::LruCache::<usize, RgbImage>::new(
         NonZeroUsize::new(DECODED_IMAGES).unwrap_or(NonZeroUsize::MIN),

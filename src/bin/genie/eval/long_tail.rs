@@ -26,7 +26,7 @@ use genie::warm::{ImageFolder, PlanEntry};
 use genie::{image_io, NoiseLevel};
 use rand_core::{RngCore, SeedableRng};
 
-use crate::classes::{key_space, name_classes};
+use crate::classes::ClassNaming;
 use crate::model_args::{engine_options, model_source};
 
 #[derive(Args)]
@@ -35,11 +35,8 @@ pub(crate) struct LongTailArgs {
     /// same class folders in both.
     #[arg(long, value_name = "DIR")]
     data: std::path::PathBuf,
-    /// A class-name file for the prompts (`n01440764 tench` lines, or CSV `id,name`).
-    #[arg(long, value_name = "FILE")]
-    class_names: Option<std::path::PathBuf>,
-    #[arg(long)]
-    superclass: Option<String>,
+    #[command(flatten)]
+    naming: ClassNaming,
     /// The classifier: resnet18, resnet34 or resnet50 with a new linear head.
     #[arg(long, default_value = "resnet18")]
     backbone: ResNetDepth,
@@ -221,7 +218,7 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
         );
     }
     let classes = train.classes.len();
-    let infos = name_classes(&train.classes, args.class_names.as_deref())?;
+    let infos = args.naming.classes(&train.classes)?;
     let train_items = folder_items(&train, args.input_size)?;
     let test_set = InMemDataset::new(folder_items(&test, args.input_size)?);
     let stats = ClassStats::from_labels(train_items.iter().filter_map(GenieItem::label), classes)?;
@@ -258,7 +255,7 @@ pub(crate) fn long_tail(args: LongTailArgs) -> Result<()> {
     }
 
     let engine = diffusion::plan_engine(&model_source(&hn.model)?, &engine_options(&hn.model)?)?;
-    let keys = key_space(&engine, infos, args.superclass.as_ref());
+    let keys = args.naming.key_space(&engine, infos);
     let cache = Arc::new(Cache::open(&hn.cache, 64 << 20)?);
     // One copy of the training images, shared by the plans and every run (each run's
     // `GenieDataset` wraps it; cloning the items per run would hold the dataset several times).
