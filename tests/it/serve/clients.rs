@@ -186,11 +186,7 @@ fn a_client_holds_retries_back_while_the_servers_queue_is_full() {
     use genie::remote::{RemoteConfig, RemoteGenerator};
 
     let tmp = tempfile::tempdir().unwrap();
-    let server = start(
-        tmp.path(),
-        &tmp.path().join("cache"),
-        &["--queue-capacity", "1"],
-    );
+    let server = start_in(tmp.path(), &["--queue-capacity", "1"]);
     let info = info(&server.addr);
     let mut config = RemoteConfig::default();
     config.backoff = Duration::from_secs(30);

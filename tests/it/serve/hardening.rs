@@ -7,11 +7,7 @@ use super::*;
 fn a_token_server_refuses_strangers_browsers_and_foreign_hosts() {
     let tmp = tempfile::tempdir().unwrap();
     let token = token_file(tmp.path());
-    let server = start(
-        tmp.path(),
-        &tmp.path().join("cache"),
-        &["--token-file", token.to_str().unwrap()],
-    );
+    let server = start_in(tmp.path(), &["--token-file", token.to_str().unwrap()]);
     let addr = server.addr.as_str();
     let auth = [("Authorization", BEARER)];
     // No token, or a wrong one: 401 with genie's error body and the scheme to use.
@@ -112,9 +108,8 @@ fn a_token_server_refuses_strangers_browsers_and_foreign_hosts() {
 #[test]
 fn slow_clients_are_cut_off_connections_are_bounded_and_sigterm_ends_by_its_deadline() {
     let tmp = tempfile::tempdir().unwrap();
-    let mut server = start(
+    let mut server = start_in(
         tmp.path(),
-        &tmp.path().join("cache"),
         &[
             "--header-timeout",
             "1s",
@@ -209,11 +204,7 @@ fn slow_clients_are_cut_off_connections_are_bounded_and_sigterm_ends_by_its_dead
 #[test]
 fn a_thousand_idle_connections_and_600_long_polls_do_not_stop_a_valid_request() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = start(
-        tmp.path(),
-        &tmp.path().join("cache"),
-        &["--client-share", "1"],
-    );
+    let server = start_in(tmp.path(), &["--client-share", "1"]);
     let mut idle = Vec::new();
     for _ in 0..1000 {
         match TcpStream::connect(&server.addr) {
@@ -276,9 +267,8 @@ fn a_thousand_idle_connections_and_600_long_polls_do_not_stop_a_valid_request() 
 #[test]
 fn one_client_cannot_hold_more_than_its_share_of_the_queue() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = start(
+    let server = start_in(
         tmp.path(),
-        &tmp.path().join("cache"),
         &["--queue-capacity", "4", "--client-share", "0.5"],
     );
     let info = info(&server.addr);
@@ -317,17 +307,15 @@ fn one_client_cannot_hold_more_than_its_share_of_the_queue() {
         );
     }
     let (_, metrics) = http(&server.addr, "GET", "/metrics", b"");
-    for line in [
-        "genie_client_queue_share 2",
-        "genie_client_levels_over_share_total{client=\"job-a\"} 3",
-        "genie_client_levels_queued_total{client=\"job-a\"} 2",
-        "genie_client_levels_queued_total{client=\"job-b\"} 2",
-    ] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "no {line:?} in\n{metrics}"
-        );
-    }
+    assert_metrics(
+        &metrics,
+        &[
+            "genie_client_queue_share 2",
+            "genie_client_levels_over_share_total{client=\"job-a\"} 3",
+            "genie_client_levels_queued_total{client=\"job-a\"} 2",
+            "genie_client_levels_queued_total{client=\"job-b\"} 2",
+        ],
+    );
 }
 
 #[test]

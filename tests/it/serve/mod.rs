@@ -34,6 +34,26 @@ fn start(home: &std::path::Path, cache: &std::path::Path, extra: &[&str]) -> Ser
     start_at("127.0.0.1:0", home, cache, extra)
 }
 
+/// Asserts that the server answered `(status, body)` with `code` and an error body of `kind`.
+fn refused_with((status, body): (u16, String), code: u16, kind: ErrorKind) {
+    assert_eq!((status, error_kind(&body)), (code, kind), "{body}");
+}
+
+/// Asserts that the Prometheus page `metrics` has each of `lines` as a line of its own.
+fn assert_metrics(metrics: &str, lines: &[&str]) {
+    for line in lines {
+        assert!(
+            metrics.lines().any(|l| l == *line),
+            "no {line:?} in\n{metrics}"
+        );
+    }
+}
+
+/// A server whose home is `home` and whose cache is `home/cache`, on a free loopback port.
+fn start_in(home: &std::path::Path, extra: &[&str]) -> Server {
+    start(home, &home.join("cache"), extra)
+}
+
 /// A server on `listen` (port 0: any free one).
 fn start_at(
     listen: &str,

@@ -57,23 +57,21 @@ fn serve_answers_at_once_fills_the_cache_and_reports_metrics() {
 
     let (status, metrics) = http(&server.addr, "GET", "/metrics", b"");
     assert_eq!(status, 200);
-    for line in [
-        "genie_levels_done_total 2",
-        "genie_levels_cached_total 2",
-        "genie_queue_depth 0",
-        "genie_device_engine_loaded{device=\"cpu\"} 1",
-        "genie_device_levels_done_total{device=\"cpu\"} 2",
-        // The raw client names itself by its address; it queued both levels, both were made.
-        "genie_client_levels_queued_total{client=\"127.0.0.1\"} 2",
-        "genie_client_levels_generated_total{client=\"127.0.0.1\"} 2",
-        "genie_http_request_duration_seconds_count{route=\"/v1/requests\"} 2",
-        "genie_http_request_duration_seconds_count{route=\"/v1/keys/{key}\"} 2",
-    ] {
-        assert!(
-            metrics.lines().any(|l| l == line),
-            "no {line:?} in\n{metrics}"
-        );
-    }
+    assert_metrics(
+        &metrics,
+        &[
+            "genie_levels_done_total 2",
+            "genie_levels_cached_total 2",
+            "genie_queue_depth 0",
+            "genie_device_engine_loaded{device=\"cpu\"} 1",
+            "genie_device_levels_done_total{device=\"cpu\"} 2",
+            // The raw client names itself by its address; it queued both levels, both were made.
+            "genie_client_levels_queued_total{client=\"127.0.0.1\"} 2",
+            "genie_client_levels_generated_total{client=\"127.0.0.1\"} 2",
+            "genie_http_request_duration_seconds_count{route=\"/v1/requests\"} 2",
+            "genie_http_request_duration_seconds_count{route=\"/v1/keys/{key}\"} 2",
+        ],
+    );
     for prefix in [
         "genie_http_open_connections ",
         "genie_process_resident_memory_bytes ",
@@ -97,11 +95,7 @@ fn serve_answers_at_once_fills_the_cache_and_reports_metrics() {
 #[test]
 fn serve_refuses_other_engines_and_hostile_input_and_keeps_serving() {
     let tmp = tempfile::tempdir().unwrap();
-    let server = start(
-        tmp.path(),
-        &tmp.path().join("cache"),
-        &["--body-limit", "64KiB"],
-    );
+    let server = start_in(tmp.path(), &["--body-limit", "64KiB"]);
     let info = info(&server.addr);
     let src = source(2);
     let addr = server.addr.as_str();
@@ -124,17 +118,15 @@ fn serve_refuses_other_engines_and_hostile_input_and_keeps_serving() {
     );
 
     // Not JSON, the wrong JSON, too large, too many requests.
-    let (status, body) = http(addr, "POST", "/v1/requests", b"{not json");
-    assert_eq!(
-        (status, error_kind(&body)),
-        (400, ErrorKind::Malformed),
-        "{body}"
+    refused_with(
+        http(addr, "POST", "/v1/requests", b"{not json"),
+        400,
+        ErrorKind::Malformed,
     );
-    let (status, body) = http(addr, "POST", "/v1/requests", br#"{"requests": 3}"#);
-    assert_eq!(
-        (status, error_kind(&body)),
-        (400, ErrorKind::Malformed),
-        "{body}"
+    refused_with(
+        http(addr, "POST", "/v1/requests", br#"{"requests": 3}"#),
+        400,
+        ErrorKind::Malformed,
     );
     let (status, body) = http(addr, "POST", "/v1/requests", &vec![b' '; 100 << 10]);
     assert_eq!(
@@ -146,12 +138,7 @@ fn serve_refuses_other_engines_and_hostile_input_and_keeps_serving() {
         fingerprint: info.fingerprint.clone(),
         requests: vec![request(&src, "star", &[800], false); 300],
     };
-    let (status, body) = post(addr, &many);
-    assert_eq!(
-        (status, error_kind(&body)),
-        (400, ErrorKind::BadRequest),
-        "{body}"
-    );
+    refused_with(post(addr, &many), 400, ErrorKind::BadRequest);
 
     // Per request: each refused with its reason, the good one beside them taken.
     let mut bad_hash = request(&src, "star", &[800], true);
@@ -191,17 +178,15 @@ fn serve_refuses_other_engines_and_hostile_input_and_keeps_serving() {
     );
 
     // A key that is not one, an unknown path, garbage on the socket.
-    let (status, body) = http(addr, "GET", "/v1/keys/xyz", b"");
-    assert_eq!(
-        (status, error_kind(&body)),
-        (400, ErrorKind::BadRequest),
-        "{body}"
+    refused_with(
+        http(addr, "GET", "/v1/keys/xyz", b""),
+        400,
+        ErrorKind::BadRequest,
     );
-    let (status, body) = http(addr, "GET", "/v2/anything", b"");
-    assert_eq!(
-        (status, error_kind(&body)),
-        (404, ErrorKind::NotFound),
-        "{body}"
+    refused_with(
+        http(addr, "GET", "/v2/anything", b""),
+        404,
+        ErrorKind::NotFound,
     );
     assert_eq!(raw(addr, &[0xff; 4096]).0, 400);
     // A huge declared body that never comes is refused at once, not waited for.
