@@ -87,11 +87,11 @@ pub trait GenieItem: Clone + Send + Sync + 'static {
         origin: &str,
     ) -> Result<Self, ItemError>;
 
-    /// Whether genie made this item (by default: whether its [`GenieItem::path`] is a cache key).
-    fn is_generated(&self) -> bool {
-        self.path()
-            .is_some_and(|path| path.starts_with(GENERATED_PATH_PREFIX))
-    }
+    /// Whether genie made this item (for an item with a [`GenieItem::path`]: whether the path
+    /// starts with [`GENERATED_PATH_PREFIX`]). Required, not derived from `path`: an item type
+    /// that keeps no path must still tell genie's images from the dataset's, so that they are
+    /// never taken as sources.
+    fn is_generated(&self) -> bool;
 
     /// Roughly how many bytes the item holds (pixels and strings), for memory budgets.
     fn heap_bytes(&self) -> usize;
@@ -146,6 +146,10 @@ impl GenieItem for ImageItem {
 
     fn path(&self) -> Option<&str> {
         Some(&self.path)
+    }
+
+    fn is_generated(&self) -> bool {
+        self.path.starts_with(GENERATED_PATH_PREFIX)
     }
 
     fn heap_bytes(&self) -> usize {

@@ -87,6 +87,10 @@ impl GenieItem for ImageDatasetItem {
         Some(&self.image_path)
     }
 
+    fn is_generated(&self) -> bool {
+        self.image_path.starts_with(GENERATED_PATH_PREFIX)
+    }
+
     fn heap_bytes(&self) -> usize {
         let pixels = match &self.image {
             PixelData::U8(v) => v.len(),
