@@ -40,6 +40,35 @@ pub struct PlannedNegative {
     pub key: CacheKey,
 }
 
+impl PlannedNegative {
+    /// Variant `variant` of the pair (source item `source` = (index, pixel hash), `target`): its
+    /// seed drawn from `run_seed` as every plan's is, its keys at `levels`, taken at `level`.
+    fn new(
+        keys: &KeySpace,
+        run_seed: u64,
+        (source_index, source_hash): (usize, [u8; 32]),
+        target: usize,
+        variant: u32,
+        levels: &[NoiseLevel],
+        level: NoiseLevel,
+    ) -> Self {
+        let seed = keys.pair_seed(run_seed, source_hash, target, variant);
+        PlannedNegative {
+            source_index,
+            target,
+            variant,
+            seed,
+            source_hash,
+            keys: levels
+                .iter()
+                .map(|&l| keys.key(source_hash, target, l, seed))
+                .collect(),
+            level,
+            key: keys.key(source_hash, target, level, seed),
+        }
+    }
+}
+
 /// Every hard negative the quotas allow for a dataset, with its cache keys.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OfflinePlan {
@@ -98,22 +127,13 @@ impl OfflinePlan {
         let mut negatives = Vec::new();
         let mut hashes: HashMap<usize, [u8; 32]> = HashMap::new();
         for (source_index, target, variant) in policy.offline_plan(&labels, confusion) {
-            let hash = source_hash(&mut hashes, dataset, keys, source_index)?;
-            let seed = keys.pair_seed(run_seed, hash, target, variant);
-            let level_keys: Vec<CacheKey> = levels
-                .iter()
-                .map(|&l| keys.key(hash, target, l, seed))
-                .collect();
-            negatives.push(PlannedNegative {
+            let source = (
                 source_index,
-                target,
-                variant,
-                seed,
-                source_hash: hash,
-                key: keys.key(hash, target, fixed, seed),
-                keys: level_keys,
-                level: fixed,
-            });
+                source_hash(&mut hashes, dataset, keys, source_index)?,
+            );
+            negatives.push(PlannedNegative::new(
+                keys, run_seed, source, target, variant, levels, fixed,
+            ));
         }
         Ok(OfflinePlan {
             levels: levels.to_vec(),
@@ -159,19 +179,19 @@ impl OfflinePlan {
             for i in 0..count {
                 let source_index = sources[i % sources.len()];
                 let variant = (i / sources.len()) as u32;
-                let hash = source_hash(&mut hashes, dataset, keys, source_index)?;
-                let seed = keys.pair_seed(run_seed, hash, target, variant);
-                let key = keys.key(hash, target, level, seed);
-                negatives.push(PlannedNegative {
+                let source = (
                     source_index,
+                    source_hash(&mut hashes, dataset, keys, source_index)?,
+                );
+                negatives.push(PlannedNegative::new(
+                    keys,
+                    run_seed,
+                    source,
                     target,
                     variant,
-                    seed,
-                    source_hash: hash,
-                    keys: vec![key],
+                    &[level],
                     level,
-                    key,
-                });
+                ));
             }
         }
         Ok(OfflinePlan {
