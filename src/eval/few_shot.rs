@@ -205,7 +205,9 @@ pub struct FewShotConfig {
     pub seed: u64,
     /// Extra labelled images per support image (the paper: 4).
     pub extra_per_shot: usize,
-    /// Side of the augmented copies (the backbone's input size).
+    /// Side of the augmented copies. The commands set it to the engine's resolution, so that
+    /// every method's extra images reach the backbone at the generated images' size (the
+    /// backbone resizes them all to its input).
     pub image_size: u32,
     /// The linear probe fitted on each episode's support set.
     pub probe: LogisticRegression,

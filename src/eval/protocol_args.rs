@@ -51,8 +51,9 @@ impl FewShotProtocolArgs {
         self.extra_per_shot * self.shots
     }
 
-    /// The run these flags ask for (set its `image_size` to the backbone's input side); an
-    /// unknown method name is refused, naming the known ones.
+    /// The run these flags ask for (its `image_size` is left to the caller: the engine's
+    /// resolution, once the engine is known); an unknown method name is refused, naming the known
+    /// ones.
     pub fn config(&self) -> Result<FewShotConfig, String> {
         Ok(FewShotConfig {
             spec: self.spec(),
