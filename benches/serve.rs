@@ -29,6 +29,23 @@ use image::RgbImage;
 
 const JOBS: usize = 32;
 
+/// Times `n` calls of `call` (given the call's index) and prints their p50, p99 and maximum.
+fn print_latencies(what: &str, n: usize, mut call: impl FnMut(u64)) {
+    let mut times = Vec::with_capacity(n);
+    for i in 0..n as u64 {
+        let t = Instant::now();
+        call(i);
+        times.push(t.elapsed());
+    }
+    times.sort();
+    println!(
+        "{what}, {n} calls: p50 {:?}  p99 {:?}  max {:?}",
+        percentile(&times, 0.5),
+        percentile(&times, 0.99),
+        times[n - 1]
+    );
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
@@ -178,35 +195,17 @@ fn round_trip(model: &std::path::Path, factory: &Arc<SdEngineFactory>) {
     }
     for (label, with_pixels) in [("hash only", false), ("with 64-px pixels", true)] {
         let batch = wire(with_pixels);
-        let n = 2000;
-        let mut times = Vec::with_capacity(n);
-        for _ in 0..n {
-            let t = Instant::now();
-            std::hint::black_box(post(&batch));
-            times.push(t.elapsed());
-        }
-        times.sort();
-        println!(
-            "POST /v1/requests round trip on loopback, 1 cached request, {label}, {n} calls: p50 {:?}  p99 {:?}  max {:?}",
-            percentile(&times, 0.5),
-            percentile(&times, 0.99),
-            times[n - 1]
+        print_latencies(
+            &format!("POST /v1/requests round trip on loopback, 1 cached request, {label}"),
+            2000,
+            |_| {
+                std::hint::black_box(post(&batch));
+            },
         );
     }
-    let n = 20_000;
-    let mut times = Vec::with_capacity(n);
-    for i in 0..n as u64 {
-        let t = Instant::now();
+    print_latencies("RemoteGenerator::request (queue push)", 20_000, |i| {
         std::hint::black_box(remote.request(request(src, i % 100)).unwrap());
-        times.push(t.elapsed());
-    }
-    times.sort();
-    println!(
-        "RemoteGenerator::request (queue push), {n} calls: p50 {:?}  p99 {:?}  max {:?}",
-        percentile(&times, 0.5),
-        percentile(&times, 0.99),
-        times[n - 1]
-    );
+    });
     drop(remote);
     drop(running);
 }

@@ -1,14 +1,16 @@
 //! Several processes and threads write overlapping keys at once: each key is committed exactly once, intact, and the losers leave nothing behind.
 
 use std::collections::HashMap;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::Path;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Barrier};
 use std::time::{Duration, Instant};
 
-use crate::support::{child_command, content, files_under, key, meta, wait_for_line, Rng};
+use crate::support::{
+    child_command, child_store, content, files_under, key, meta, wait_for_line, Rng,
+};
 use genie::cache::{Cache, CacheKey, DiskStore, GcPolicy, Lookup, MemoryStore, PutOutcome, Store};
 use image::RgbImage;
 
@@ -60,17 +62,11 @@ fn assert_clean_store(store: &DiskStore, dir: &Path, keys: u64) {
 #[test]
 #[ignore = "child process of processes_writing_the_same_keys_commit_each_once"]
 fn concurrent_child_entry() {
-    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else {
+    let Some((store, writer)) = child_store(CHILD_DIR_ENV, CHILD_ID_ENV, READY) else {
         return;
     };
-    let writer: u64 = std::env::var(CHILD_ID_ENV)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .expect("writer id");
+    let writer = writer.expect("writer id");
     let go = std::env::var_os(GO_FILE_ENV).expect("go file");
-    let store = DiskStore::open(&dir).expect("child opens the cache");
-    println!("{READY}");
-    std::io::stdout().flush().expect("flush");
     let deadline = Instant::now() + Duration::from_secs(30);
     while !Path::new(&go).exists() {
         assert!(Instant::now() < deadline, "never told to go");
@@ -178,31 +174,18 @@ fn threads_writing_and_reading_the_same_keys_through_one_cache() {
             })
         })
         .collect();
-    let writers: Vec<_> = (0..THREADS)
-        .map(|writer| {
-            let (cache, start) = (cache.clone(), start.clone());
-            std::thread::spawn(move || {
-                start.wait();
-                order(writer)
-                    .into_iter()
-                    .map(|n| {
-                        let outcome = cache
-                            .put_image(&key(n), &image_for(n, writer), meta("threads", n))
-                            .expect("put_image");
-                        (n, writer, outcome)
-                    })
-                    .collect::<Vec<_>>()
-            })
+    let writers = {
+        let cache = cache.clone();
+        spawn_writers(&start, move |n, writer| {
+            cache
+                .put_image(&key(n), &image_for(n, writer), meta("threads", n))
+                .expect("put_image")
         })
-        .collect();
+    };
     start.wait();
     let mut winners: HashMap<u64, Vec<u64>> = HashMap::new();
-    for handle in writers {
-        for (n, writer, outcome) in handle.join().expect("writer thread") {
-            if outcome == PutOutcome::Stored {
-                winners.entry(n).or_default().push(writer);
-            }
-        }
+    for (n, writer) in stored_by(writers) {
+        winners.entry(n).or_default().push(writer);
     }
     writing.store(false, Ordering::Relaxed);
     for handle in readers {
@@ -235,29 +218,17 @@ fn threads_writing_and_reading_the_same_keys_through_one_cache() {
 fn threads_writing_a_memory_store_commit_each_key_once() {
     let store: Arc<dyn Store> = Arc::new(MemoryStore::new());
     let start = Arc::new(Barrier::new(THREADS as usize));
-    let handles: Vec<_> = (0..THREADS)
-        .map(|writer| {
-            let (store, start) = (store.clone(), start.clone());
-            std::thread::spawn(move || {
-                start.wait();
-                order(writer)
-                    .into_iter()
-                    .filter(|&n| {
-                        store
-                            .put(&key(n), &content_for(n, writer), &meta("memory", n))
-                            .expect("put")
-                            == PutOutcome::Stored
-                    })
-                    .map(|n| (n, writer))
-                    .collect::<Vec<_>>()
-            })
+    let writers = {
+        let store = store.clone();
+        spawn_writers(&start, move |n, writer| {
+            store
+                .put(&key(n), &content_for(n, writer), &meta("memory", n))
+                .expect("put")
         })
-        .collect();
+    };
     let mut winners: HashMap<u64, u64> = HashMap::new();
-    for handle in handles {
-        for (n, writer) in handle.join().expect("writer") {
-            assert!(winners.insert(n, writer).is_none(), "key {n} stored twice");
-        }
+    for (n, writer) in stored_by(writers) {
+        assert!(winners.insert(n, writer).is_none(), "key {n} stored twice");
     }
     assert_eq!(winners.len() as u64, KEYS);
     for (n, writer) in winners {
@@ -330,4 +301,35 @@ fn gc_alongside_writers_never_breaks_an_entry() {
         files_under(&dir.path().join("objects")).len(),
         committed.len()
     );
+}
+
+type Writers = Vec<std::thread::JoinHandle<Vec<(u64, u64, PutOutcome)>>>;
+
+/// `THREADS` threads that each wait on `start`, then `put` every key in their writer's order.
+fn spawn_writers(
+    start: &Arc<Barrier>,
+    put: impl Fn(u64, u64) -> PutOutcome + Clone + Send + 'static,
+) -> Writers {
+    (0..THREADS)
+        .map(|writer| {
+            let (put, start) = (put.clone(), start.clone());
+            std::thread::spawn(move || {
+                start.wait();
+                order(writer)
+                    .into_iter()
+                    .map(|n| (n, writer, put(n, writer)))
+                    .collect()
+            })
+        })
+        .collect()
+}
+
+/// The (key, writer) pairs whose put stored the entry.
+fn stored_by(writers: Writers) -> Vec<(u64, u64)> {
+    writers
+        .into_iter()
+        .flat_map(|handle| handle.join().expect("writer thread"))
+        .filter(|(_, _, outcome)| *outcome == PutOutcome::Stored)
+        .map(|(n, writer, _)| (n, writer))
+        .collect()
 }

@@ -60,48 +60,43 @@ enum Damage {
     ManifestBecomesFolder,
 }
 
+/// Rewrites the file at `path` with `edit` applied to its bytes.
+fn rewrite(path: &Path, edit: impl FnOnce(&mut Vec<u8>)) {
+    let mut bytes = fs::read(path).expect("read");
+    edit(&mut bytes);
+    fs::write(path, bytes).expect("write");
+}
+
+/// Cuts the file at `path` to the length `keep` picks from its length.
+fn truncate(path: &Path, keep: impl FnOnce(u64) -> u64) {
+    let len = fs::metadata(path).expect("stat").len();
+    File::options()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_len(keep(len)))
+        .expect("truncate");
+}
+
 fn damage(store: &DiskStore, k: &CacheKey, how: Damage, rng: &mut Rng) {
     let content = content_path(store, k);
     let manifest = store.manifest_path(k);
     match how {
-        Damage::FlipContentByte => {
-            let mut bytes = fs::read(&content).expect("read content");
+        Damage::FlipContentByte => rewrite(&content, |bytes| {
             let at = rng.below(bytes.len() as u64) as usize;
             bytes[at] ^= 1 << rng.below(8);
-            fs::write(&content, bytes).expect("write content");
-        }
-        Damage::TruncateContent => {
-            let len = fs::metadata(&content).expect("stat").len();
-            File::options()
-                .write(true)
-                .open(&content)
-                .and_then(|f| f.set_len(rng.below(len)))
-                .expect("truncate content");
-        }
-        Damage::ExtendContent => {
-            let mut bytes = fs::read(&content).expect("read content");
-            bytes.push(0);
-            fs::write(&content, bytes).expect("write content");
-        }
+        }),
+        Damage::TruncateContent => truncate(&content, |len| rng.below(len)),
+        Damage::ExtendContent => rewrite(&content, |bytes| bytes.push(0)),
         Damage::DeleteContent => fs::remove_file(&content).expect("delete content"),
-        Damage::GarbleManifest => {
-            let mut bytes = fs::read(&manifest).expect("read manifest");
+        Damage::GarbleManifest => rewrite(&manifest, |bytes| {
             for _ in 0..8 {
                 let at = rng.below(bytes.len() as u64) as usize;
                 bytes[at] = b"{}\"\\,:x\0"[rng.below(8) as usize];
             }
             // Guarantee the result cannot parse, whatever the random edits did.
             bytes.insert(0, b'#');
-            fs::write(&manifest, bytes).expect("write manifest");
-        }
-        Damage::TruncateManifest => {
-            let len = fs::metadata(&manifest).expect("stat").len();
-            File::options()
-                .write(true)
-                .open(&manifest)
-                .and_then(|f| f.set_len(1 + rng.below(len - 1)))
-                .expect("truncate manifest");
-        }
+        }),
+        Damage::TruncateManifest => truncate(&manifest, |len| 1 + rng.below(len - 1)),
         Damage::EmptyManifest => fs::write(&manifest, b"").expect("empty manifest"),
         Damage::ManifestBecomesFolder => {
             fs::remove_file(&manifest).expect("remove manifest");

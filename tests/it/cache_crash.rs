@@ -1,12 +1,13 @@
 //! SIGKILLs a writer process at random moments, round after round: no corrupt entry is ever served and every committed entry is intact.
 #![cfg(unix)]
 
-use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use crate::support::{child_command, content, files_under, key, meta, wait_for_line, Rng};
+use crate::support::{
+    child_command, child_store, content, files_under, key, meta, wait_for_line, Rng,
+};
 use genie::cache::{DiskStore, GcPolicy, Lookup, Store};
 
 const CHILD_DIR_ENV: &str = "GENIE_CACHE_CHILD_DIR";
@@ -28,16 +29,10 @@ fn expected_content(n: u64) -> Vec<u8> {
 #[test]
 #[ignore = "child process of sigkilled_writers_never_leave_a_corrupt_entry"]
 fn child_writer_entry() {
-    let Some(dir) = std::env::var_os(CHILD_DIR_ENV) else {
+    let Some((store, seed)) = child_store(CHILD_DIR_ENV, CHILD_SEED_ENV, READY) else {
         return;
     };
-    let seed: u64 = std::env::var(CHILD_SEED_ENV)
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let store = DiskStore::open(&dir).expect("child opens the cache");
-    println!("{READY}");
-    std::io::stdout().flush().expect("flush stdout");
+    let seed = seed.unwrap_or(0);
     let mut rng = Rng::new(seed);
     let started = Instant::now();
     while started.elapsed() < CHILD_LIFETIME {

@@ -151,24 +151,19 @@ fn records_are_replaced_whole(b: &Backend) {
     let pair = key(30);
     assert_eq!(cache.ada_choice(&pair).unwrap(), None);
     let levels = NoiseLevel::ADA_SWEEP;
-    let first = AdaChoiceRecord::new(
-        "fox",
-        &levels,
-        &[0.1, 0.2, 0.6, 0.7, 0.8],
-        Some(levels[2]),
-        1,
-    );
-    cache.put_ada_choice(&pair, &first).unwrap();
-    assert_eq!(cache.ada_choice(&pair).unwrap(), Some(first), "{}", b.name);
-    let second = AdaChoiceRecord::new(
-        "fox",
-        &levels,
-        &[0.1, 0.5, 0.6, 0.7, 0.8],
-        Some(levels[1]),
-        2,
-    );
-    cache.put_ada_choice(&pair, &second).unwrap();
-    assert_eq!(cache.ada_choice(&pair).unwrap(), Some(second), "{}", b.name);
+    // A second choice for the same pair replaces the first whole.
+    for (step, (chosen, second)) in [(2, 0.2), (1, 0.5)].into_iter().enumerate() {
+        let projections = [0.1, second, 0.6, 0.7, 0.8];
+        let record = AdaChoiceRecord::new(
+            "fox",
+            &levels,
+            &projections,
+            Some(levels[chosen]),
+            step as u64 + 1,
+        );
+        cache.put_ada_choice(&pair, &record).unwrap();
+        assert_eq!(cache.ada_choice(&pair).unwrap(), Some(record), "{}", b.name);
+    }
     b.store.put_record(&pair, b"{ not json").unwrap();
     assert_eq!(
         cache.ada_choice(&pair).unwrap(),
@@ -231,7 +226,9 @@ mod object_storage {
     use super::*;
     use std::io::{Read, Write};
     use std::net::{TcpListener, TcpStream};
-    use std::process::{Child, Command, Stdio};
+    use std::process::{Command, Stdio};
+
+    use crate::support::KillOnDrop;
     use std::time::{Duration, Instant};
 
     use futures_util::TryStreamExt;
@@ -289,15 +286,8 @@ mod object_storage {
 
     /// A moto S3 server on a free loopback port, killed when dropped.
     struct Moto {
-        child: Child,
+        _child: KillOnDrop,
         endpoint: String,
-    }
-
-    impl Drop for Moto {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
     }
 
     fn start_moto() -> Result<Moto, String> {
@@ -313,7 +303,7 @@ mod object_storage {
             .spawn()
             .map_err(|e| format!("cannot start {program}: {e}"))?;
         let moto = Moto {
-            child,
+            _child: KillOnDrop(child),
             endpoint: format!("http://127.0.0.1:{port}"),
         };
         let deadline = Instant::now() + Duration::from_secs(30);

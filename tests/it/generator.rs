@@ -91,6 +91,30 @@ fn worker_threads(tag: &str) -> usize {
 /// Opens the gate when dropped, so a failing assertion cannot leave workers blocked forever.
 struct OpenOnDrop(Arc<Gate>);
 
+/// A generator whose engines wait at a gate, closed until the test opens it.
+struct Gated {
+    /// First, so it drops first: a failed assertion cannot leave workers gated.
+    _open_on_drop: OpenOnDrop,
+    gate: Arc<Gate>,
+    factory: Arc<FakeFactory>,
+    generator: Generator,
+    dir: tempfile::TempDir,
+}
+
+fn gated(config: GeneratorConfig) -> Gated {
+    let gate = Gate::closed();
+    let factory = test_factory(Some(gate.clone()));
+    let (dir, cache) = cache();
+    let generator = Generator::start(factory.clone(), cache, config).unwrap();
+    Gated {
+        _open_on_drop: OpenOnDrop(gate.clone()),
+        gate,
+        factory,
+        generator,
+        dir,
+    }
+}
+
 impl Drop for OpenOnDrop {
     fn drop(&mut self) {
         self.0.open();
@@ -187,19 +211,15 @@ fn concurrent_requests_generate_each_key_exactly_once() {
 
 #[test]
 fn a_full_queue_drops_without_blocking() {
-    let gate = Gate::closed();
-    let factory = test_factory(Some(gate.clone()));
-    let (_dir, cache) = cache();
-    let generator = Generator::start(factory.clone(), cache, config("f", 1, 2, 1)).unwrap();
-    // Declared after the generator so it drops first: a failed assertion cannot leave workers gated.
-    let _guard = OpenOnDrop(gate.clone());
+    let g = gated(config("f", 1, 2, 1));
     // The worker takes the first item and blocks in the engine; two more fill the queue.
-    let first = generator
+    let first = g
+        .generator
         .request(request("a", 0, &[800], Priority::Online))
         .unwrap();
     assert_eq!(first.count(LevelOutcome::Queued), 1);
     let deadline = Instant::now() + Duration::from_secs(5);
-    while generator.stats().in_flight == 0 {
+    while g.generator.stats().in_flight == 0 {
         assert!(
             Instant::now() < deadline,
             "worker never picked up the first item"
@@ -209,20 +229,21 @@ fn a_full_queue_drops_without_blocking() {
     let mut dropped = 0;
     for i in 1..50u64 {
         // If request() blocked on the full queue, this loop would hang with the gate closed.
-        let r = generator
+        let r = g
+            .generator
             .request(request("a", i, &[800], Priority::Online))
             .unwrap();
         dropped += r.count(LevelOutcome::Dropped);
     }
     assert_eq!(dropped, 47, "two fit in the queue, the rest are dropped");
-    let stats = generator.stats();
+    let stats = g.generator.stats();
     assert_eq!(
         (stats.queue_len, stats.dropped, stats.in_flight),
         (2, 47, 1)
     );
-    assert!(!generator.has_room(Priority::Online));
-    gate.open();
-    let stats = generator.shutdown(Shutdown::Drain);
+    assert!(!g.generator.has_room(Priority::Online));
+    g.gate.open();
+    let stats = g.generator.shutdown(Shutdown::Drain);
     assert_eq!(stats.done, 3);
 }
 
@@ -256,33 +277,28 @@ fn the_queue_counts_levels_not_requests() {
 
 #[test]
 fn online_requests_go_before_prewarm_and_jobs_are_batched() {
-    let gate = Gate::closed();
-    let factory = test_factory(Some(gate.clone()));
-    let (_dir, cache) = cache();
-    let generator = Generator::start(factory.clone(), cache, config("p", 1, 100, 3)).unwrap();
-    // Declared after the generator so it drops first: a failed assertion cannot leave workers gated.
-    let _guard = OpenOnDrop(gate.clone());
-    generator
+    let g = gated(config("p", 1, 100, 3));
+    g.generator
         .request(request("blocker", 0, &[800], Priority::Prewarm))
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while generator.stats().in_flight == 0 {
+    while g.generator.stats().in_flight == 0 {
         assert!(Instant::now() < deadline);
         std::thread::sleep(Duration::from_millis(1));
     }
     for i in 1..=3 {
-        generator
+        g.generator
             .request(request("prewarm", i, &[800], Priority::Prewarm))
             .unwrap();
     }
     for i in 1..=3 {
-        generator
+        g.generator
             .request(request("online", i, &[800], Priority::Online))
             .unwrap();
     }
-    gate.open();
-    generator.shutdown(Shutdown::Drain);
-    let log = factory.log.lock().unwrap();
+    g.gate.open();
+    g.generator.shutdown(Shutdown::Drain);
+    let log = g.factory.log.lock().unwrap();
     let order: Vec<&str> = log.generated.iter().map(|g| g.0.as_str()).collect();
     assert_eq!(
         order,
@@ -448,39 +464,33 @@ fn failures_back_off_and_panics_restart_the_engine() {
 
 #[test]
 fn cancel_with_work_in_flight_leaves_no_thread_and_no_partial_entry() {
-    let gate = Gate::closed();
-    let factory = test_factory(Some(gate.clone()));
-    let (dir, cache) = cache();
     // Batches of one job: each worker holds exactly one job (2 levels) once it is in the gate.
-    let generator =
-        Generator::start(factory.clone(), cache.clone(), config("k", 2, 1000, 1)).unwrap();
-    // Declared after the generator so it drops first: a failed assertion cannot leave workers gated.
-    let _guard = OpenOnDrop(gate.clone());
+    let g = gated(config("k", 2, 1000, 1));
     for i in 0..40 {
-        generator
+        g.generator
             .request(request("c", i, &[600, 900], Priority::Prewarm))
             .unwrap();
     }
     let deadline = Instant::now() + Duration::from_secs(5);
-    while generator.stats().in_flight < 4 {
-        assert!(Instant::now() < deadline, "{:?}", generator.stats());
+    while g.generator.stats().in_flight < 4 {
+        assert!(Instant::now() < deadline, "{:?}", g.generator.stats());
         std::thread::sleep(Duration::from_millis(1));
     }
     assert_eq!(worker_threads("k"), 2);
     let opener = {
-        let gate = gate.clone();
+        let gate = g.gate.clone();
         std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(50));
             gate.open();
         })
     };
-    let stats = generator.shutdown(Shutdown::Cancel);
+    let stats = g.generator.shutdown(Shutdown::Cancel);
     opener.join().unwrap();
     assert_eq!(worker_threads("k"), 0, "worker threads left behind");
     // The two batches in flight (one job of 2 levels on each of 2 workers) finished whole.
     assert_eq!(stats.done, 4, "{stats:?}");
     assert_eq!(stats.dropped, 80 - 4);
-    let report = genie::cache::DiskStore::open(dir.path())
+    let report = genie::cache::DiskStore::open(g.dir.path())
         .unwrap()
         .verify(false)
         .unwrap();

@@ -286,29 +286,27 @@ fn library_engine() -> Result {
 
 /// The ```rust blocks of `markdown`, each as its lines.
 fn rust_blocks(markdown: &str) -> Vec<Vec<String>> {
-    let mut blocks = Vec::new();
-    let mut current: Option<Vec<String>> = None;
-    for line in markdown.lines() {
-        match (&mut current, line.trim_end()) {
-            (None, "```rust") => current = Some(Vec::new()),
-            (Some(_), "```") => blocks.extend(current.take()),
-            (Some(block), _) => block.push(line.trim_end().to_string()),
-            (None, _) => {}
-        }
-    }
-    blocks
+    regions(markdown, ["```rust", "```"], |line| line.trim_end())
 }
 
 /// The marked regions of this file, each as its lines with the function body's indentation
 /// taken off.
 fn compiled_regions(source: &str) -> Vec<Vec<String>> {
+    regions(source, ["// README begin", "// README end"], |line| {
+        line.strip_prefix("    ").unwrap_or(line)
+    })
+}
+
+/// The runs of `text`'s lines between a line `begin` and a line `end` (both trimmed), each line
+/// as `keep` gives it.
+fn regions(text: &str, [begin, end]: [&str; 2], keep: impl Fn(&str) -> &str) -> Vec<Vec<String>> {
     let mut regions = Vec::new();
     let mut current: Option<Vec<String>> = None;
-    for line in source.lines() {
+    for line in text.lines() {
         match (&mut current, line.trim()) {
-            (None, "// README begin") => current = Some(Vec::new()),
-            (Some(_), "// README end") => regions.extend(current.take()),
-            (Some(region), _) => region.push(line.strip_prefix("    ").unwrap_or(line).to_string()),
+            (None, l) if l == begin => current = Some(Vec::new()),
+            (Some(_), l) if l == end => regions.extend(current.take()),
+            (Some(region), _) => region.push(keep(line).to_string()),
             (None, _) => {}
         }
     }

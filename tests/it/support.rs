@@ -250,3 +250,43 @@ pub fn failed_saying(output: &std::process::Output, says: &[&str]) {
         "{says:?} not all in: {stderr}"
     );
 }
+
+/// In a child started by [`child_command`]: opens the disk cache its parent named in `dir_env`,
+/// reads the number in `number_env`, and prints `ready` once open. `None` when the variable is
+/// unset: the ignored test was run by hand, not as a child, and does nothing.
+pub fn child_store(
+    dir_env: &str,
+    number_env: &str,
+    ready: &str,
+) -> Option<(genie::cache::DiskStore, Option<u64>)> {
+    use std::io::Write;
+    let dir = std::env::var_os(dir_env)?;
+    let number = std::env::var(number_env).ok().and_then(|s| s.parse().ok());
+    let store = genie::cache::DiskStore::open(&dir).expect("child opens the cache");
+    println!("{ready}");
+    std::io::stdout().flush().expect("flush stdout");
+    Some((store, number))
+}
+
+/// A child process killed (and reaped) when dropped, so a failed assertion leaves none behind.
+pub struct KillOnDrop(pub Child);
+
+impl std::ops::Deref for KillOnDrop {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for KillOnDrop {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -61,6 +61,19 @@ mod planning {
         }
     }
 
+    /// 30 circles, 25 squares and `triangles` triangles: one class in the tail.
+    fn long_tail_folder(triangles: usize) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for (class, name, count) in [
+            (0, "circle", 30),
+            (1, "square", 25),
+            (2, "triangle", triangles),
+        ] {
+            write_class(dir.path(), class, name, count);
+        }
+        dir
+    }
+
     fn keys(folder: &ImageFolder) -> KeySpace {
         let fingerprint = EngineFingerprint {
             model: "m".into(),
@@ -88,10 +101,7 @@ mod planning {
 
     #[test]
     fn long_tail_plans_the_few_classes_and_skips_unreadable_sources() {
-        let dir = tempfile::tempdir().unwrap();
-        write_class(dir.path(), 0, "circle", 30);
-        write_class(dir.path(), 1, "square", 25);
-        write_class(dir.path(), 2, "triangle", 3);
+        let dir = long_tail_folder(3);
         std::fs::write(dir.path().join("circle/broken.png"), b"not a png").unwrap();
         std::fs::create_dir_all(dir.path().join("nothing")).unwrap();
         let folder = ImageFolder::scan(dir.path()).unwrap();
@@ -142,10 +152,7 @@ mod planning {
         use burn::data::dataset::InMemDataset;
         use genie::loader::{image_item, OfflinePlan};
         use genie::policy::{ClassStats, Policy, PolicyConfig};
-        let dir = tempfile::tempdir().unwrap();
-        write_class(dir.path(), 0, "circle", 30);
-        write_class(dir.path(), 1, "square", 25);
-        write_class(dir.path(), 2, "triangle", 6);
+        let dir = long_tail_folder(6);
         let folder = ImageFolder::scan(dir.path()).unwrap();
         let keys = keys(&folder);
         let levels = vec![NoiseLevel::GENIE_DEFAULT];

@@ -8,13 +8,11 @@ use super::*;
 #[test]
 fn class_name_files_name_the_prompts_and_keep_ids_apart() {
     let tmp = tempfile::tempdir().unwrap();
-    let names = tmp.path().join("names.txt");
-    std::fs::write(
-        &names,
+    let n = write_text(
+        tmp.path(),
+        "names.txt",
         "n02012849 crane\nn03126707 crane\nn01440764 tench, Tinca tinca\n",
-    )
-    .unwrap();
-    let n = names.display().to_string();
+    );
     let s = sample();
     let out = tmp.path().join("out");
     let o = out.display().to_string();
@@ -93,13 +91,11 @@ fn class_name_files_name_the_prompts_and_keep_ids_apart() {
 fn warm_plan_takes_prompts_from_a_class_name_file() {
     let tmp = tempfile::tempdir().unwrap();
     let data = write_dataset(tmp.path());
-    let names = tmp.path().join("names.csv");
-    std::fs::write(
-        &names,
+    let n = write_text(
+        tmp.path(),
+        "names.csv",
         "folder,name,superclass\ndog,puppy,animal\ncat,kitten,animal\nfox,red fox,animal\n",
-    )
-    .unwrap();
-    let n = names.display().to_string();
+    );
     let (plan, _) = warm_plan(
         tmp.path(),
         &data,
@@ -122,7 +118,7 @@ fn warm_plan_takes_prompts_from_a_class_name_file() {
         "each variant of each source draws its own noise"
     );
     // A folder the file does not name is an error that names it.
-    std::fs::write(&names, "dog,puppy\ncat,kitten\n").unwrap();
+    write_text(tmp.path(), "names.csv", "dog,puppy\ncat,kitten\n");
     let bad = tmp.path().join("bad.jsonl");
     let r = genie(
         tmp.path(),

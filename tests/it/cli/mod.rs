@@ -47,6 +47,13 @@ fn refused(o: &Output, says: &[&str], out: &Path) {
     assert!(!out.exists(), "wrote {}", out.display());
 }
 
+/// Writes `text` to `dir/name`; the path, as the command line takes it.
+fn write_text(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
 fn sample() -> String {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("assets/sample.png")

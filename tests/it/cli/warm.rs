@@ -395,13 +395,11 @@ fn warm_plan_takes_sources_from_a_confusion_matrix() {
     let tmp = tempfile::tempdir().unwrap();
     let home = tmp.path();
     let data = write_dataset(home);
-    let matrix = home.join("confusion.csv");
-    std::fs::write(
-        &matrix,
+    let m = write_text(
+        home,
+        "confusion.csv",
         "truth\\predicted,fox,cat,dog\nfox,1,3,0\ncat,2,40,0\ndog,0,0,30\n",
-    )
-    .unwrap();
-    let m = matrix.display().to_string();
+    );
     let (plan, planned) = warm_plan(
         home,
         &data,
@@ -420,7 +418,7 @@ fn warm_plan_takes_sources_from_a_confusion_matrix() {
     assert!(text.lines().all(|l| l.contains("\"source_class\":\"cat\"")));
 
     // A matrix naming a class the dataset lacks is refused, naming it.
-    std::fs::write(&matrix, ",fox,wolf\nfox,1,3\n").unwrap();
+    write_text(home, "confusion.csv", ",fox,wolf\nfox,1,3\n");
     let d = data.display().to_string();
     let out = home.join("bad.jsonl").display().to_string();
     // So is `--sources confusion` without its file.

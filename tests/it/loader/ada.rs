@@ -5,11 +5,7 @@ use super::*;
 
 #[test]
 fn batcher_uses_the_level_ada_chose_with_the_live_model() {
-    let cache = memory_cache(1 << 20);
-    let generator = open_generator(Arc::clone(&cache), 64);
-    let augmenter =
-        Arc::new(Augmenter::new(policy(2), keys(), cache, Some(generator), config(true)).unwrap());
-    let batcher = GenieBatcher::new(Identity, Arc::clone(&augmenter));
+    let (augmenter, batcher) = ada_batcher();
     // Before any choice, the fixed level is mixed.
     let first = run_until_mixed(&batcher);
     let generated = first
@@ -98,11 +94,7 @@ fn batcher_uses_the_level_ada_chose_with_the_live_model() {
 /// since the one before (no batch in between).
 #[test]
 fn an_unlimited_share_rescores_every_pair_at_every_snapshot() {
-    let cache = memory_cache(1 << 20);
-    let generator = open_generator(Arc::clone(&cache), 64);
-    let augmenter =
-        Arc::new(Augmenter::new(policy(2), keys(), cache, Some(generator), config(true)).unwrap());
-    let batcher = GenieBatcher::new(Identity, Arc::clone(&augmenter));
+    let (augmenter, batcher) = ada_batcher();
     let device = Device::default();
     let pairs = augmenter.stats().pairs.max(1);
     wait_until("every level of every pair", || {
@@ -184,4 +176,16 @@ fn offline_plan_takes_each_pairs_level_from_the_model_given() {
     }
     // Out of range is an error, not a panic.
     assert!(dataset.get(dataset.len()).is_err());
+}
+
+/// A GeNIe-Ada augmenter (two images per target) with an open generator, and a batcher over it.
+fn ada_batcher() -> (Arc<Augmenter<ImageItem>>, GenieBatcher<Identity, ImageItem>) {
+    let cache = memory_cache(1 << 20);
+    let generator = open_generator(Arc::clone(&cache), 64);
+    let augmenter =
+        Arc::new(Augmenter::new(policy(2), keys(), cache, Some(generator), config(true)).unwrap());
+    (
+        Arc::clone(&augmenter),
+        GenieBatcher::new(Identity, augmenter),
+    )
 }

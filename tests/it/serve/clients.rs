@@ -17,13 +17,7 @@ fn a_batcher_mixes_a_servers_hard_negatives_and_outlives_the_server() {
     let token_path = token_file(tmp.path());
     let token_arg = ["--token-file", token_path.to_str().unwrap()];
     let server = start(tmp.path(), &cache_dir, &token_arg);
-    let (status, body) = http_with(
-        &server.addr,
-        "GET",
-        "/v1/info",
-        &[("Authorization", BEARER)],
-        b"",
-    );
+    let (status, body) = get_with_token(&server.addr, "/v1/info");
     assert_eq!(status, 200, "{body}");
     let info: ServerInfo = serde_json::from_str(&body).unwrap();
     let url = format!("http://{}", server.addr);
@@ -140,13 +134,7 @@ fn a_batcher_mixes_a_servers_hard_negatives_and_outlives_the_server() {
         let b: Vec<genie::loader::ImageItem> =
             burn::data::dataloader::batcher::Batcher::batch(&batcher, batch(round), &device);
         round += 1;
-        let (_, metrics) = http_with(
-            &server.addr,
-            "GET",
-            "/metrics",
-            &[("Authorization", BEARER)],
-            b"",
-        );
+        let (_, metrics) = get_with_token(&server.addr, "/metrics");
         let made = metrics
             .lines()
             .find_map(|l| l.strip_prefix("genie_levels_done_total "))

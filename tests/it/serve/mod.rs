@@ -4,7 +4,9 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
+
+use crate::support::KillOnDrop;
 use std::time::{Duration, Instant};
 
 use genie::generator::SourceImage;
@@ -19,15 +21,8 @@ mod protocol;
 
 /// A `genie serve` child; killed when dropped.
 struct Server {
-    child: Child,
+    child: KillOnDrop,
     addr: String,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn start(home: &std::path::Path, cache: &std::path::Path, extra: &[&str]) -> Server {
@@ -84,7 +79,10 @@ fn start_at(
         .and_then(|rest| rest.split_whitespace().next())
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_string();
-    let server = Server { child, addr };
+    let server = Server {
+        child: KillOnDrop(child),
+        addr,
+    };
     // Ready once the engine is loaded.
     let deadline = Instant::now() + Duration::from_secs(60);
     while http(&server.addr, "GET", "/readyz", b"").0 != 200 {
@@ -236,6 +234,32 @@ fn post(addr: &str, batch: &RequestBatch) -> (u16, String) {
         "/v1/requests",
         &serde_json::to_vec(batch).unwrap(),
     )
+}
+
+/// A GET carrying the test token.
+fn get_with_token(addr: &str, path: &str) -> (u16, String) {
+    http_with(addr, "GET", path, &[("Authorization", BEARER)], b"")
+}
+
+/// Posts one request for `levels` of `src` and returns the levels' answers, asserting the
+/// server took it.
+fn post_levels(
+    addr: &str,
+    fingerprint: &genie::EngineFingerprint,
+    src: &SourceImage,
+    levels: &[u16],
+    with_pixels: bool,
+) -> (Vec<genie::remote::protocol::WireLevel>, String) {
+    let batch = RequestBatch {
+        fingerprint: fingerprint.clone(),
+        requests: vec![request(src, "star", levels, with_pixels)],
+    };
+    let (status, body) = post(addr, &batch);
+    assert_eq!(status, 200, "{body}");
+    let RequestAnswer::Levels(answered) = answers(&body).swap_remove(0) else {
+        panic!("refused: {body}");
+    };
+    (answered, body)
 }
 
 fn answers(body: &str) -> Vec<RequestAnswer> {

@@ -13,21 +13,13 @@ fn serve_answers_at_once_fills_the_cache_and_reports_metrics() {
     assert_eq!(info.resolution, 64);
 
     let src = source(1);
-    let batch = RequestBatch {
-        fingerprint: info.fingerprint.clone(),
-        requests: vec![request(&src, "star", &[500, 800], true)],
-    };
-    let (status, body) = post(&server.addr, &batch);
-    assert_eq!(status, 200, "{body}");
-    let RequestAnswer::Levels(levels) = &answers(&body)[0] else {
-        panic!("refused: {body}");
-    };
+    let (levels, body) = post_levels(&server.addr, &info.fingerprint, &src, &[500, 800], true);
     assert_eq!(levels.len(), 2);
     assert!(
         levels.iter().all(|l| l.outcome == WireOutcome::Queued),
         "{body}"
     );
-    for level in levels {
+    for level in &levels {
         let (status, body) = http(
             &server.addr,
             "GET",
@@ -39,15 +31,8 @@ fn serve_answers_at_once_fills_the_cache_and_reports_metrics() {
         assert_eq!(state.state, WireWait::Ready, "{body}");
     }
     // The same request again: cached. The pixels are remembered, so the hash alone will do.
-    let again = RequestBatch {
-        fingerprint: info.fingerprint.clone(),
-        requests: vec![request(&src, "star", &[500, 800], false)],
-    };
-    let (status, body) = post(&server.addr, &again);
-    assert_eq!(status, 200, "{body}");
-    let RequestAnswer::Levels(again_levels) = &answers(&body)[0] else {
-        panic!("refused: {body}");
-    };
+    let (again_levels, body) =
+        post_levels(&server.addr, &info.fingerprint, &src, &[500, 800], false);
     assert!(
         again_levels
             .iter()
