@@ -112,10 +112,7 @@ impl Server {
         std::io::BufReader::new(child.stdout.take().unwrap())
             .read_line(&mut line)
             .unwrap();
-        let addr = line
-            .split("http://")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
+        let addr = genie::remote::server::listening_address(&line)
             .unwrap_or_else(|| panic!("no address in {line:?}"))
             .to_string();
         let url = format!("http://{addr}");

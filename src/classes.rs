@@ -481,26 +481,21 @@ mod tests {
         let names = parse("n01 a\n", false).unwrap();
         let e = names.classes(&["n01", "n09"]).unwrap_err();
         assert!(e.to_string().contains("\"n09\""), "{e}");
-        assert!(matches!(
-            parse("lonely\n", false),
-            Err(ClassNameError::Line { line: 1, .. })
-        ));
-        assert!(matches!(
-            parse("a,b,c,d\n", true),
-            Err(ClassNameError::Line { .. })
-        ));
-        assert!(matches!(
-            parse("a,\"open\n", true),
-            Err(ClassNameError::Line { .. })
-        ));
-        assert!(matches!(
-            parse("# nothing\n", false),
-            Err(ClassNameError::Empty { .. })
-        ));
-        assert!(matches!(
-            parse("n01 a\u{7}b\n", false),
-            Err(ClassNameError::Line { .. })
-        ));
+        let bad_lines = [
+            ("lonely\n", false),
+            ("a,b,c,d\n", true),
+            ("a,\"open\n", true),
+            ("n01 a\u{7}b\n", false),
+        ];
+        for (text, csv) in bad_lines {
+            let e = parse(text, csv).unwrap_err();
+            assert!(
+                matches!(e, ClassNameError::Line { line: 1, .. }),
+                "{text:?}: {e}"
+            );
+        }
+        let e = parse("# nothing\n", false).unwrap_err();
+        assert!(matches!(e, ClassNameError::Empty { .. }), "{e}");
     }
 
     #[test]

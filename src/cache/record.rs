@@ -99,13 +99,8 @@ mod tests {
     #[test]
     fn round_trips_and_refuses_inconsistent_records() {
         let levels = NoiseLevel::ADA_SWEEP;
-        let record = AdaChoiceRecord::new(
-            "fox",
-            &levels,
-            &[0.1, 0.2, 0.7, 0.8, 0.9],
-            Some(levels[2]),
-            3,
-        );
+        let curve = [0.1, 0.2, 0.7, 0.8, 0.9];
+        let record = AdaChoiceRecord::new("fox", &levels, &curve, Some(levels[2]), 3);
         let json = serde_json::to_vec(&record).unwrap();
         let back = AdaChoiceRecord::parse(&json).unwrap();
         assert_eq!(back, record);

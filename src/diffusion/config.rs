@@ -241,6 +241,22 @@ impl ConfigReader {
         }
     }
 
+    /// `norm_num_groups` (32 if absent), which must divide every one of `block_out_channels`.
+    pub fn norm_num_groups(&mut self, block_out_channels: &[usize]) -> Result<usize, ConfigError> {
+        let groups = self.usize_or("norm_num_groups", 32)?;
+        if groups == 0
+            || block_out_channels
+                .iter()
+                .any(|&c| c == 0 || c % groups != 0)
+        {
+            return Err(self.bad(
+                "block_out_channels",
+                "positive multiples of norm_num_groups",
+            ));
+        }
+        Ok(groups)
+    }
+
     /// A list of strings that must be there.
     pub fn string_list(&mut self, key: &str) -> Result<Vec<String>, ConfigError> {
         match self.present(key) {
@@ -353,17 +369,7 @@ pub fn unet_spec(mut r: ConfigReader) -> Result<UNetConfig, ConfigError> {
     if layers.iter().any(|&l| l != layers[0] || l == 0) {
         return Err(r.bad("layers_per_block", "one positive integer for every block"));
     }
-    let norm_num_groups = r.usize_or("norm_num_groups", 32)?;
-    if norm_num_groups == 0
-        || block_out
-            .iter()
-            .any(|&c| c == 0 || c % norm_num_groups != 0)
-    {
-        return Err(r.bad(
-            "block_out_channels",
-            "positive multiples of norm_num_groups",
-        ));
-    }
+    let norm_num_groups = r.norm_num_groups(&block_out)?;
     let head_dim = r.usize_list_or_scalar("attention_head_dim", n, Some(8))?;
     // diffusers' historical naming: without num_attention_heads, attention_head_dim is the head count.
     let heads = match r.take("num_attention_heads") {
@@ -483,17 +489,7 @@ pub fn vae_spec(mut r: ConfigReader) -> Result<VaeSpec, ConfigError> {
         ));
     }
     let block_out_channels = r.usize_list_or_scalar("block_out_channels", n, None)?;
-    let norm_num_groups = r.usize_or("norm_num_groups", 32)?;
-    if norm_num_groups == 0
-        || block_out_channels
-            .iter()
-            .any(|&c| c == 0 || c % norm_num_groups != 0)
-    {
-        return Err(r.bad(
-            "block_out_channels",
-            "positive multiples of norm_num_groups",
-        ));
-    }
+    let norm_num_groups = r.norm_num_groups(&block_out_channels)?;
     let spec = VaeSpec {
         in_channels: r.usize_or("in_channels", 3)?,
         out_channels: r.usize_or("out_channels", 3)?,

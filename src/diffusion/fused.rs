@@ -178,14 +178,9 @@ impl CustomOp2 for GroupNormSilu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diffusion::parity::max_abs_diff;
     use candle_core::Device;
     use std::collections::HashMap;
-
-    fn max_diff(a: &Tensor, b: &Tensor) -> f32 {
-        crate::diffusion::parity::compare("fused", a, b)
-            .unwrap()
-            .max_abs
-    }
 
     /// The fused kernel against candle's own operations, with and without SiLU and shift, on
     /// activations whose mean is large next to their spread (where a one-pass variance loses
@@ -221,7 +216,7 @@ mod tests {
                 }
                 let got = gn.forward(&x, shift).unwrap();
                 assert_eq!(got.dims(), expected.dims());
-                let diff = max_diff(&got, &expected);
+                let diff = max_abs_diff(&got, &expected).unwrap();
                 assert!(
                     diff < 1e-4,
                     "silu {silu}, shift {}: {diff}",

@@ -98,6 +98,11 @@ impl ParityReport {
     }
 }
 
+/// The largest absolute difference between two tensors of the same shape.
+pub fn max_abs_diff(actual: &Tensor, expected: &Tensor) -> Result<f32, DiffusionError> {
+    Ok(compare("max_abs_diff", actual, expected)?.max_abs)
+}
+
 /// Compares two tensors of the same shape under both metrics.
 pub fn compare(
     name: &str,

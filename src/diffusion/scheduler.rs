@@ -309,27 +309,17 @@ impl SchedulerConfig {
         r.finish()?;
 
         let clip_sample = (kind == SchedulerKind::Ddim && clip_sample_on).then_some(clip_range);
+        let acp = {
+            let mut h = blake3::Hasher::new();
+            for a in &alphas_cumprod {
+                h.update(&a.to_le_bytes());
+            }
+            h.finalize().to_hex()[..32].to_string()
+        };
+        // Part of every cache key: any change here moves every cached image.
         let canonical = format!(
-            "{}|T{}|acp:{}|{:?}|{:?}|off{}|a1{}|clip{:?}|o{}|{:?}|lof{}|eaf{}|{:?}",
-            kind.name(),
-            num_train_timesteps,
-            {
-                let mut h = blake3::Hasher::new();
-                for a in &alphas_cumprod {
-                    h.update(&a.to_le_bytes());
-                }
-                h.finalize().to_hex()[..32].to_string()
-            },
-            prediction_type,
-            timestep_spacing,
-            steps_offset,
-            set_alpha_to_one,
-            clip_sample,
-            solver_order,
-            solver_type,
-            lower_order_final,
-            euler_at_final,
-            final_sigmas
+            "{kind}|T{num_train_timesteps}|acp:{acp}|{prediction_type:?}|{timestep_spacing:?}|off{steps_offset}|a1{set_alpha_to_one}|clip{clip_sample:?}|o{solver_order}|{solver_type:?}|lof{lower_order_final}|eaf{euler_at_final}|{final_sigmas:?}",
+            kind = kind.name(),
         );
         Ok(SchedulerConfig {
             kind,
@@ -361,47 +351,26 @@ impl SchedulerConfig {
             });
         }
         let t = self.num_train_timesteps;
-        let timesteps: Vec<usize> = match self.kind {
-            SchedulerKind::Ddim => match self.timestep_spacing {
-                TimestepSpacing::Linspace => np_linspace(0.0, (t - 1) as f64, steps)
-                    .into_iter()
+        // DPM-Solver++ lays out one point more than it runs and drops the last (t = 0).
+        let extra = usize::from(self.kind == SchedulerKind::DpmSolverPp);
+        let timesteps: Vec<usize> = match self.timestep_spacing {
+            TimestepSpacing::Linspace => np_linspace(0.0, (t - 1) as f64, steps + extra)
+                .into_iter()
+                .rev()
+                .take(steps)
+                .map(|x| x.round_ties_even() as usize)
+                .collect(),
+            TimestepSpacing::Leading => {
+                let ratio = t / (steps + extra);
+                (extra..steps + extra)
                     .rev()
-                    .map(|x| x.round_ties_even() as usize)
-                    .collect(),
-                TimestepSpacing::Leading => {
-                    let ratio = t / steps;
-                    (0..steps)
-                        .rev()
-                        .map(|i| i * ratio + self.steps_offset)
-                        .collect()
-                }
-                TimestepSpacing::Trailing => np_arange_down(t as f64, t as f64 / steps as f64)
-                    .into_iter()
-                    .map(|x| (x.round_ties_even() as usize).saturating_sub(1))
-                    .collect(),
-            },
-            SchedulerKind::DpmSolverPp => match self.timestep_spacing {
-                TimestepSpacing::Linspace => {
-                    let mut v: Vec<usize> = np_linspace(0.0, (t - 1) as f64, steps + 1)
-                        .into_iter()
-                        .rev()
-                        .map(|x| x.round_ties_even() as usize)
-                        .collect();
-                    v.pop();
-                    v
-                }
-                TimestepSpacing::Leading => {
-                    let ratio = t / (steps + 1);
-                    (1..=steps)
-                        .rev()
-                        .map(|i| i * ratio + self.steps_offset)
-                        .collect()
-                }
-                TimestepSpacing::Trailing => np_arange_down(t as f64, t as f64 / steps as f64)
-                    .into_iter()
-                    .map(|x| (x.round_ties_even() as usize).saturating_sub(1))
-                    .collect(),
-            },
+                    .map(|i| i * ratio + self.steps_offset)
+                    .collect()
+            }
+            TimestepSpacing::Trailing => np_arange_down(t as f64, t as f64 / steps as f64)
+                .into_iter()
+                .map(|x| (x.round_ties_even() as usize).saturating_sub(1))
+                .collect(),
         };
         if timesteps.iter().any(|&ts| ts >= t) {
             return Err(SchedulerError::TimestepOutOfRange {
@@ -815,6 +784,42 @@ mod tests {
         assert_eq!(g.sigmas.len(), 51);
         assert_eq!(g.sigmas[50], 0.0);
         assert!(g.timesteps.windows(2).all(|w| w[0] > w[1]));
+    }
+
+    /// Each spacing of each scheduler at 10 steps, as diffusers' `set_timesteps` lays it out.
+    #[test]
+    fn every_spacing_lays_out_diffusers_grid() {
+        let leading_ddim: Vec<usize> = (0..10).rev().map(|i| i * 100 + 1).collect();
+        let leading_dpm: Vec<usize> = (1..=10).rev().map(|i| i * 90 + 1).collect();
+        let trailing: Vec<usize> = (1..=10).rev().map(|i| i * 100 - 1).collect();
+        let linspace_ddim: Vec<usize> = (0..10).rev().map(|i| i * 111).collect();
+        for (kind, spacing, want) in [
+            (
+                SchedulerKind::Ddim,
+                TimestepSpacing::Linspace,
+                linspace_ddim,
+            ),
+            (SchedulerKind::Ddim, TimestepSpacing::Leading, leading_ddim),
+            (
+                SchedulerKind::Ddim,
+                TimestepSpacing::Trailing,
+                trailing.clone(),
+            ),
+            (
+                SchedulerKind::DpmSolverPp,
+                TimestepSpacing::Leading,
+                leading_dpm,
+            ),
+            (
+                SchedulerKind::DpmSolverPp,
+                TimestepSpacing::Trailing,
+                trailing,
+            ),
+        ] {
+            let mut s = SchedulerConfig::sd15(kind);
+            (s.timestep_spacing, s.steps_offset) = (spacing, 1);
+            assert_eq!(s.grid(10).unwrap().timesteps, want, "{kind:?} {spacing:?}");
+        }
     }
 
     #[test]

@@ -96,18 +96,10 @@ impl SdEngine {
         model_id: &str,
         opts: EngineOptions,
     ) -> Result<Self, DiffusionError> {
-        let Plan {
-            unet_spec,
-            vae_spec,
-            text_spec,
-            size,
-            scheduler,
-            grid,
-            fingerprint,
-        } = Plan::new(files, &opts)?;
+        let plan = Plan::new(files, &opts)?;
         let tokenizer = ClipTokenizer::from_dir(
             &files.tokenizer_dir,
-            text_spec.candle.max_position_embeddings,
+            plan.text_spec.candle.max_position_embeddings,
         )?;
 
         let dev = &opts.device;
@@ -118,12 +110,13 @@ impl SdEngine {
         } else {
             vb
         };
-        let text = ClipTextTransformer::new(vb, &text_spec.candle)
+        let text = ClipTextTransformer::new(vb, &plan.text_spec.candle)
             .map_err(build_err("text encoder", &files.text_weights))?;
         let vb = weights::var_builder(&files.vae_weights, DType::F32, dev)?;
-        let vae = Vae::new(vb, &vae_spec).map_err(build_err("VAE", &files.vae_weights))?;
+        let vae = Vae::new(vb, &plan.vae_spec).map_err(build_err("VAE", &files.vae_weights))?;
         let vb = weights::var_builder(&files.unet_weights, opts.dtype, dev)?;
-        let unet = UNet::new(vb, &unet_spec).map_err(build_err("UNet", &files.unet_weights))?;
+        let unet =
+            UNet::new(vb, &plan.unet_spec).map_err(build_err("UNet", &files.unet_weights))?;
 
         let pool = match opts.threads {
             Some(threads) if opts.device.is_cpu() => Some(
@@ -139,35 +132,32 @@ impl SdEngine {
             ),
             _ => None,
         };
+        let latent_size = plan.size as usize / plan.vae_spec.scale_factor();
         let mut engine = SdEngine {
             pool,
-            fingerprint,
+            fingerprint: plan.fingerprint,
             unet,
             unet_f32: None,
             files: files.clone(),
             vae,
             text,
             tokenizer,
-            scheduler,
-            grid,
-            size,
-            latent_channels: vae_spec.latent_channels,
-            latent_size: size as usize / vae_spec.scale_factor(),
+            scheduler: plan.scheduler,
+            grid: plan.grid,
+            size: plan.size,
+            latent_channels: plan.vae_spec.latent_channels,
+            latent_size,
             model_id: model_id.to_string(),
             embeddings: lru::LruCache::new(
                 NonZeroUsize::new(opts.prompt_cache).unwrap_or(NonZeroUsize::MIN),
             ),
             chains_per_call: opts.max_chains_per_call.unwrap_or_else(|| {
-                auto_chains_per_call(
-                    size as usize / vae_spec.scale_factor(),
-                    &unet_spec,
-                    opts.device.is_cpu(),
-                )
+                auto_chains_per_call(latent_size, &plan.unet_spec, opts.device.is_cpu())
             }),
             uncond: Tensor::zeros(1, DType::F32, dev)?,
             source_latents: lru::LruCache::new(NonZeroUsize::new(64).expect("nonzero")),
             cancel: CancelToken::default(),
-            unet_spec,
+            unet_spec: plan.unet_spec,
             opts,
         };
         engine.uncond = engine.encode_prompt("")?;

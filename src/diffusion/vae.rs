@@ -138,10 +138,7 @@ impl DownBlock {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut xs = xs.clone();
-        for resnet in &self.resnets {
-            xs = resnet.forward(&xs, None)?;
-        }
+        let xs = through(&self.resnets, xs)?;
         match &self.downsampler {
             Some(conv) => conv.forward(&xs.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(
                 D::Minus2,
@@ -179,10 +176,7 @@ impl UpBlock {
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut xs = xs.clone();
-        for resnet in &self.resnets {
-            xs = resnet.forward(&xs, None)?;
-        }
+        let xs = through(&self.resnets, xs)?;
         match &self.upsampler {
             Some(conv) => {
                 let (_, _, h, w) = xs.dims4()?;
@@ -203,6 +197,13 @@ fn resnets(
     (0..layers)
         .map(|i| resnet(vb.pp(i), (if i == 0 { c_in } else { c_out }, c_out), groups))
         .collect()
+}
+
+/// `xs` through each of `resnets` in turn.
+fn through(resnets: &[ResnetBlock2D], xs: &Tensor) -> Result<Tensor> {
+    resnets
+        .iter()
+        .try_fold(xs.clone(), |xs, resnet| resnet.forward(&xs, None))
 }
 
 /// A residual block without a timestep embedding, as every block of the VAE has.

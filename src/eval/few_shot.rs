@@ -104,7 +104,6 @@ impl Method {
         slug.to_string()
     }
 
-    /// The method a slug names.
     /// The methods a command line names (every one of [`Method::ALL`] when `slugs` is empty),
     /// with GeNIe at each of [`Method::sweep`]'s levels added when `sweep`. An unknown slug is
     /// an error that lists the known ones.
@@ -182,14 +181,11 @@ pub trait Backbone {
 /// episode's other classes; Img2Img's the class's own.
 pub trait GeneratedImages {
     /// `count` images labelled as class `way` of `episode`, for `method`; the message says why not.
-    fn images(
-        &self,
-        method: Method,
-        episode: &Episode,
-        way: usize,
-        count: usize,
-    ) -> Result<Vec<RgbImage>, String>;
+    fn images(&self, method: Method, episode: &Episode, way: usize, count: usize) -> Generated;
 }
+
+/// Generated images, or a message saying why there are none.
+pub type Generated = Result<Vec<RgbImage>, String>;
 
 /// The protocol's settings.
 ///
@@ -515,13 +511,8 @@ pub fn markdown_table(results: &[MethodResult], spec: EpisodeSpec) -> String {
         spec.ways, spec.shots
     );
     for r in results {
-        let _ = writeln!(
-            out,
-            "| {} | {} | {} |",
-            r.method.name(),
-            r.accuracy,
-            r.accuracy.n
-        );
+        let (name, accuracy) = (r.method.name(), &r.accuracy);
+        let _ = writeln!(out, "| {name} | {accuracy} | {} |", accuracy.n);
     }
     out
 }
@@ -529,17 +520,15 @@ pub fn markdown_table(results: &[MethodResult], spec: EpisodeSpec) -> String {
 /// One row per method: `method,ways,shots,episodes,mean,ci95`.
 pub fn csv_table(results: &[MethodResult], spec: EpisodeSpec) -> String {
     let mut out = String::from("method,ways,shots,episodes,mean,ci95\n");
+    let EpisodeSpec { ways, shots, .. } = spec;
     for r in results {
-        let _ = writeln!(
-            out,
-            "{},{},{},{},{:.4},{:.4}",
+        let (slug, n, mean, ci95) = (
             r.method.slug(),
-            spec.ways,
-            spec.shots,
             r.accuracy.n,
             r.accuracy.mean,
-            r.accuracy.ci95
+            r.accuracy.ci95,
         );
+        let _ = writeln!(out, "{slug},{ways},{shots},{n},{mean:.4},{ci95:.4}");
     }
     out
 }

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use image::RgbImage;
 
 use super::episodes::Episode;
-use super::few_shot::{Backbone, GeneratedImages, Method};
+use super::few_shot::{Backbone, Generated, GeneratedImages, Method};
 use crate::cache::{Cache, CacheKey};
 use crate::engine::NoiseLevel;
 use crate::generator::{HardNegativeGenerator, KeySpace, LevelOutcome, Priority, SourceImage};
@@ -279,13 +279,7 @@ impl<'a> CachedEpisodes<'a> {
 }
 
 impl GeneratedImages for CachedEpisodes<'_> {
-    fn images(
-        &self,
-        method: Method,
-        episode: &Episode,
-        way: usize,
-        count: usize,
-    ) -> Result<Vec<RgbImage>, String> {
+    fn images(&self, method: Method, episode: &Episode, way: usize, count: usize) -> Generated {
         let pairs = self.pairs(method, episode, way, count)?;
         if method != Method::GenieAda {
             return pairs.iter().map(|p| self.read(p, 0)).collect();

@@ -37,7 +37,7 @@ pub use augment::{augment, mix_pair, Augmentation, ImageMix};
 pub use episodes::{sample_episodes, Episode, EpisodeError, EpisodeSpec};
 pub use few_shot::{
     csv_table, markdown_table, run_few_shot, sweep_points, Backbone, FewShotConfig, FewShotError,
-    GeneratedImages, Method, MethodResult,
+    Generated, GeneratedImages, Method, MethodResult,
 };
 pub use hard_negatives::{missing_keys, CachedEpisodes, NeededPair};
 pub use logreg::{FittedProbe, LogRegError, LogisticRegression, MixedTarget};

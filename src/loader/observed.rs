@@ -73,6 +73,15 @@ impl<M: Module + 'static> Observed<M> {
     pub fn into_inner(self) -> M {
         self.model
     }
+
+    /// The wrapper around `update`'s model, which the live model then observes: every optimiser
+    /// step passes through here.
+    fn updated(self, update: impl FnOnce(M) -> M) -> Self {
+        let Observed { model, watch } = self;
+        let model = update(model);
+        watch.0.observe(&model);
+        Observed { model, watch }
+    }
 }
 
 impl<M: TrainStep + Module + 'static> TrainStep for Observed<M> {
@@ -90,10 +99,7 @@ impl<M: TrainStep + Module + 'static> TrainStep for Observed<M> {
         lr_module: ModuleLearningRate,
         grads: GradientsParams,
     ) -> Self {
-        let Observed { model, watch } = self;
-        let model = model.optimize(optim, lr_module, grads);
-        watch.0.observe(&model);
-        Observed { model, watch }
+        self.updated(|model| model.optimize(optim, lr_module, grads))
     }
 
     fn optimize_multi(
@@ -102,10 +108,7 @@ impl<M: TrainStep + Module + 'static> TrainStep for Observed<M> {
         lr_module: ModuleLearningRate,
         grads: MultiGradientsParams,
     ) -> Self {
-        let Observed { model, watch } = self;
-        let model = model.optimize_multi(optim, lr_module, grads);
-        watch.0.observe(&model);
-        Observed { model, watch }
+        self.updated(|model| model.optimize_multi(optim, lr_module, grads))
     }
 }
 

@@ -114,12 +114,8 @@ pub fn cache_report(
     }
     html.push_str("<th>total</th></tr>\n");
     for (target, by_level) in &groups {
-        let _ = write!(
-            html,
-            "<tr><td><a href=\"#{}\">{}</a></td>",
-            anchor(target),
-            escape(target)
-        );
+        let (id, name) = (anchor(target), escape(target));
+        let _ = write!(html, "<tr><td><a href=\"#{id}\">{name}</a></td>");
         for l in &levels {
             let n = by_level.get(l).map_or(0, Vec::len);
             let _ = write!(html, "<td>{n}</td>");
@@ -131,12 +127,8 @@ pub fn cache_report(
 
     // Thumbnails: a section per target, a row per level.
     for (target, by_level) in &groups {
-        let _ = writeln!(
-            html,
-            "<h2 id=\"{}\">{}</h2>",
-            anchor(target),
-            escape(target)
-        );
+        let (id, name) = (anchor(target), escape(target));
+        let _ = writeln!(html, "<h2 id=\"{id}\">{name}</h2>");
         for (level, manifests) in by_level {
             let mut chosen: Vec<&Manifest> = manifests.clone();
             chosen.sort_by_key(|m| m.key);

@@ -207,14 +207,8 @@ mod tests {
         let centre = plain.get_pixel(GAP + 5 * (64 + GAP) + 32, label_h + 32);
         assert_eq!(*centre, Rgb([200, 200, 200]));
 
-        let levels_ = NoiseLevel::ADA_SWEEP;
-        let choice = AdaChoiceRecord::new(
-            "fox",
-            &levels_,
-            &[0.1, 0.15, 0.7, 0.75, 0.8],
-            Some(levels_[2]),
-            1,
-        );
+        let (sweep, curve) = (NoiseLevel::ADA_SWEEP, [0.1, 0.15, 0.7, 0.75, 0.8]);
+        let choice = AdaChoiceRecord::new("fox", &sweep, &curve, Some(sweep[2]), 1);
         let marked = contact_sheet(&solid(200), &levels(), Some(&choice), 64);
         assert!(marked.height() > plain.height(), "the curve panel is added");
         assert!(

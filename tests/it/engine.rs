@@ -2,6 +2,7 @@
 //! typed errors for bad jobs and bad model folders.
 
 use crate::support::copy_dir;
+use genie::diffusion::parity::max_abs_diff;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 
@@ -56,12 +57,6 @@ fn job(src: Option<Arc<RgbImage>>, prompt: &str, levels: &[u16], seed: u64) -> J
     }
 }
 
-fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
-    genie::diffusion::parity::compare("engine", a, b)
-        .unwrap()
-        .max_abs
-}
-
 #[test]
 fn shared_chains_equal_separate_runs() {
     for kind in [SchedulerKind::DpmSolverPp, SchedulerKind::Ddim] {
@@ -83,7 +78,7 @@ fn shared_chains_equal_separate_runs() {
                         single.seed,
                     )])
                     .unwrap();
-                let d = max_abs_diff(&shared[j][l].latents, &alone[0][0].latents);
+                let d = max_abs_diff(&shared[j][l].latents, &alone[0][0].latents).unwrap();
                 assert!(
                     d < 1e-4,
                     "{kind:?} job {j} level {level}: shared vs alone differ by {d}"
@@ -92,7 +87,7 @@ fn shared_chains_equal_separate_runs() {
             }
         }
         // Chains at different levels really are different images.
-        assert!(max_abs_diff(&shared[0][0].latents, &shared[0][4].latents) > 1e-3);
+        assert!(max_abs_diff(&shared[0][0].latents, &shared[0][4].latents).unwrap() > 1e-3);
     }
 }
 
@@ -119,7 +114,7 @@ fn unet_batch_limit_does_not_change_results() {
     let a = wide.run_chains(&jobs).unwrap();
     let b = narrow.run_chains(&jobs).unwrap();
     for (x, y) in a[0].iter().zip(&b[0]) {
-        assert!(max_abs_diff(&x.image, &y.image) < 1e-5);
+        assert!(max_abs_diff(&x.image, &y.image).unwrap() < 1e-5);
     }
 }
 
@@ -454,7 +449,7 @@ fn text_encoder_weights_without_the_text_model_prefix_load() {
     let mut b = load(tiny_model(), opts(SchedulerKind::Ddim, 4)).unwrap();
     let ea = a.prompt_embedding("a photo of a cat.").unwrap();
     let eb = b.prompt_embedding("a photo of a cat.").unwrap();
-    assert_eq!(max_abs_diff(&ea, &eb), 0.0);
+    assert_eq!(max_abs_diff(&ea, &eb).unwrap(), 0.0);
 }
 
 #[test]
@@ -623,7 +618,7 @@ fn overflowing_half_precision_chains_rerun_in_f32() {
     }
     // The engine keeps working (and keeps its f32 UNet) for the next batch.
     let again = chain_images(&mut e, &jobs).unwrap();
-    assert_eq!(max_abs_diff(&again[0], &rescued[0]), 0.0);
+    assert_eq!(max_abs_diff(&again[0], &rescued[0]).unwrap(), 0.0);
 }
 
 #[test]

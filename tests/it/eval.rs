@@ -1,6 +1,9 @@
 //! The few-shot probe against scikit-learn: the same problem (`tests/eval/logreg.json`, made by
 //! `tests/eval/make_logreg_fixture.py`) gives the same coefficients, intercepts and accuracy.
 
+use std::path::PathBuf;
+use std::process::Output;
+
 use genie::eval::LogisticRegression;
 
 fn matrix(v: &serde_json::Value) -> Vec<Vec<f32>> {
@@ -79,7 +82,7 @@ mod few_shot {
 
     use genie::eval::{
         csv_table, markdown_table, run_few_shot, Backbone, Episode, EpisodeSpec, FewShotConfig,
-        FewShotError, GeneratedImages, LogisticRegression, Method,
+        FewShotError, Generated, GeneratedImages, LogisticRegression, Method,
     };
     use image::{Rgb, RgbImage};
 
@@ -130,13 +133,7 @@ mod few_shot {
     }
 
     impl GeneratedImages for Cache {
-        fn images(
-            &self,
-            method: Method,
-            episode: &Episode,
-            way: usize,
-            count: usize,
-        ) -> Result<Vec<RgbImage>, String> {
+        fn images(&self, method: Method, episode: &Episode, way: usize, count: usize) -> Generated {
             self.asked.borrow_mut().push((method, way, count));
             let class = if method == Method::Txt2Img {
                 episode.classes[(way + 1) % episode.classes.len()]
@@ -463,43 +460,17 @@ mod cached {
 #[test]
 fn eval_few_shot_cli_plans_warms_and_tables_every_method() {
     use std::path::Path;
-    use std::process::Output;
-
-    let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("home");
-    let data = tmp.path().join("data");
+    let (tmp, home, data) = cli_dirs();
     let classes = genie::synthetic::CLASS_NAMES.len();
     let items = genie::synthetic::balanced_dataset(4, classes, 64, 3).unwrap();
     genie::synthetic::write_image_folder(&items, &data).unwrap();
     let weights = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/eval/resnet18_w4.pth");
     // `set`: (flag, value) replacing the default's value; `extra`: more arguments.
     let run_with = |set: &[(&str, &str)], extra: &[&str]| -> Output {
-        let mut args: Vec<String> = [
-            "eval",
-            "few-shot",
-            "--backbone",
-            "resnet18",
-            "--backbone-width",
-            "4",
-            "--input-size",
-            "32",
-            "--ways",
-            "3",
-            "--shots",
-            "1",
-            "--queries",
-            "2",
-            "--episodes",
-            "2",
-            "--extra-per-shot",
-            "1",
-            "--model",
-            "tiny",
-            "--steps",
-            "4",
-        ]
-        .map(String::from)
-        .to_vec();
+        let mut args: Vec<String> = "eval few-shot --backbone resnet18 --backbone-width 4 --input-size 32 --ways 3 --shots 1 --queries 2 --episodes 2 --extra-per-shot 1 --model tiny --steps 4"
+            .split(' ')
+            .map(String::from)
+            .collect();
         for (flag, value) in set {
             let at = args.iter().position(|a| a == flag).unwrap() + 1;
             args[at] = value.to_string();
@@ -604,11 +575,7 @@ fn eval_few_shot_cli_plans_warms_and_tables_every_method() {
 /// with other classes is a named error.
 #[test]
 fn eval_long_tail_cli_trains_every_method_and_repeats_exactly() {
-    use std::process::Output;
-
-    let tmp = tempfile::tempdir().unwrap();
-    let home = tmp.path().join("home");
-    let data = tmp.path().join("data");
+    let (tmp, home, data) = cli_dirs();
     let classes = genie::synthetic::CLASS_NAMES.len();
     let counts = genie::synthetic::long_tail_counts(classes, 24, 3);
     let train = genie::synthetic::long_tail_dataset(&counts, 64, 5).unwrap();
@@ -617,30 +584,11 @@ fn eval_long_tail_cli_trains_every_method_and_repeats_exactly() {
     genie::synthetic::write_image_folder(&test, &data.join("test")).unwrap();
     let cache = tmp.path().join("cache").display().to_string();
     let run_in = |cache: &str, extra: &[&str]| -> Output {
-        let mut args: Vec<String> = [
-            "eval",
-            "long-tail",
-            "--backbone",
-            "resnet18",
-            "--backbone-width",
-            "4",
-            "--input-size",
-            "32",
-            "--epochs",
-            "1",
-            "--batch-size",
-            "32",
-            "--per-class",
-            "3",
-            "--model",
-            "tiny",
-            "--steps",
-            "4",
-            "--cache",
-            cache,
-        ]
-        .map(String::from)
-        .to_vec();
+        let mut args: Vec<String> = "eval long-tail --backbone resnet18 --backbone-width 4 --input-size 32 --epochs 1 --batch-size 32 --per-class 3 --model tiny --steps 4 --cache"
+            .split(' ')
+            .map(String::from)
+            .collect();
+        args.push(cache.to_string());
         args.extend(["--data".into(), data.display().to_string()]);
         let mut extra = extra.iter();
         while let Some(&arg) = extra.next() {
@@ -814,6 +762,13 @@ fn eval_long_tail_cli_trains_every_method_and_repeats_exactly() {
 }
 
 /// Runs the `genie` binary offline with its home (the tiny model's folder) in `home`.
+/// A temporary folder with the paths of `GENIE_HOME` and the dataset inside it.
+fn cli_dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (home, data) = (tmp.path().join("home"), tmp.path().join("data"));
+    (tmp, home, data)
+}
+
 fn genie_cli(home: &std::path::Path, args: &[String]) -> std::process::Output {
     std::process::Command::new(env!("CARGO_BIN_EXE_genie"))
         .args(args)

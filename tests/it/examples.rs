@@ -25,17 +25,17 @@ fn example(name: &str) -> PathBuf {
     path
 }
 
-fn run(name: &str, args: &[&str]) -> String {
+fn run(name: &str, args: &[String]) -> String {
     run_in(name, args, None)
 }
 
 /// Runs an example; with `home`, as `GENIE_HOME` (where the tiny model is written).
 /// Without `--cache`, and without `home`, the example's cache is a temporary one
 /// (`--fresh-cache`), never the user's.
-fn run_in(name: &str, args: &[&str], home: Option<&Path>) -> String {
+fn run_in(name: &str, args: &[String], home: Option<&Path>) -> String {
     let mut command = Command::new(example(name));
     command.args(args).env_remove("BURN_DEVICE");
-    if home.is_none() && !args.contains(&"--cache") {
+    if home.is_none() && !args.iter().any(|a| a == "--cache") {
         command.arg("--fresh-cache");
     }
     if let Some(home) = home {
@@ -71,15 +71,9 @@ fn long_tail_runs_and_its_report_adds_up() {
     let cache = tempfile::tempdir().unwrap();
     let out = run(
         "long_tail",
-        &[
-            "--epochs",
-            "3",
-            "--steps",
-            "2",
-            "--per-class",
-            "6",
-            "--cache",
-            cache.path().to_str().unwrap(),
+        &argv![
+            "--epochs 3 --steps 2 --per-class 6 --cache",
+            (cache.path().display())
         ],
     );
     // Accuracy per group, for the baseline and with hard negatives.
@@ -200,16 +194,7 @@ fn long_tail_runs_and_its_report_adds_up() {
 fn long_tail_over_seeds_summarises_each_seed_and_repeats_exactly() {
     // No --cache: the default one, in GENIE_HOME, kept across runs.
     let home = tempfile::tempdir().unwrap();
-    let args = [
-        "--seeds",
-        "0,1",
-        "--epochs",
-        "3",
-        "--steps",
-        "2",
-        "--per-class",
-        "4",
-    ];
+    let args = argv!["--seeds 0,1 --epochs 3 --steps 2 --per-class 4"];
     let first = run_in("long_tail", &args, Some(home.path()));
     let cache_line = format!(
         "cache: {} (kept across runs",
@@ -301,20 +286,12 @@ fn few_shot_compares_every_method_and_reruns_from_the_cache() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
     let out = dir.path().join("out");
-    let args = [
-        "--model",
-        "tiny",
-        "--steps",
-        "4",
-        "--episodes",
-        "2",
-        "--queries",
-        "4",
-        "--cache",
-        cache.to_str().unwrap(),
+    let args = argv![
+        "--model tiny --steps 4 --episodes 2 --queries 4 --cache",
+        (cache.display()),
         "--out",
-        out.to_str().unwrap(),
-        "--sweep",
+        (out.display()),
+        "--sweep"
     ];
     let first = run("few_shot", &args);
     let generated = numbers(&first, "generated ")[0];
@@ -384,28 +361,35 @@ fn few_shot_compares_every_method_and_reruns_from_the_cache() {
 /// is read as burn reads it.
 #[test]
 fn examples_name_a_training_device_they_cannot_open() {
-    let output = std::process::Command::new(example("few_shot"))
-        .args(["--model", "tiny", "--train-device", "cuda"])
-        .output()
-        .unwrap();
-    crate::support::failed_saying(&output, &["genie serve"]);
+    let args = ["--model", "tiny", "--train-device", "cuda"];
+    fails_saying("few_shot", &args, None, &["genie serve"]);
     if genie::loader::built_gpu_backends().is_empty() {
-        let output = std::process::Command::new(example("long_tail"))
-            .args(["--model", "tiny"])
-            .env("BURN_DEVICE", "vulkan")
-            .output()
-            .unwrap();
-        crate::support::failed_saying(&output, &["--features burn-vulkan"]);
+        let args = ["--model", "tiny"];
+        fails_saying(
+            "long_tail",
+            &args,
+            Some("vulkan"),
+            &["--features burn-vulkan"],
+        );
     }
 }
 
 #[test]
 fn few_shot_names_an_unknown_method() {
-    let output = std::process::Command::new(example("few_shot"))
-        .args(["--model", "tiny", "--methods", "none,magic"])
-        .output()
-        .unwrap();
-    crate::support::failed_saying(&output, &["unknown method \"magic\"", "genie-ada"]);
+    let args = ["--model", "tiny", "--methods", "none,magic"];
+    let says = ["unknown method \"magic\"", "genie-ada"];
+    fails_saying("few_shot", &args, None, &says);
+}
+
+/// Runs example `name` with `args` and `BURN_DEVICE` set to `burn_device` (or unset), and
+/// asserts that it fails saying each of `says`.
+fn fails_saying(name: &str, args: &[&str], burn_device: Option<&str>, says: &[&str]) {
+    let mut command = Command::new(example(name));
+    command.args(args).env_remove("BURN_DEVICE");
+    if let Some(device) = burn_device {
+        command.env("BURN_DEVICE", device);
+    }
+    crate::support::failed_saying(&command.output().unwrap(), says);
 }
 
 /// Pre-warm, then train: `genie warm plan` and `genie warm run` on an image folder, then the
@@ -415,18 +399,7 @@ fn few_shot_names_an_unknown_method() {
 fn long_tail_online_generates_while_it_trains() {
     let out = run(
         "long_tail",
-        &[
-            "--online",
-            "--model",
-            "tiny",
-            "--epochs",
-            "3",
-            "--steps",
-            "2",
-            "--per-class",
-            "6",
-            "--skip-baseline",
-        ],
+        &argv!["--online --model tiny --epochs 3 --steps 2 --per-class 6 --skip-baseline"],
     );
     assert!(
         !out.contains("generating the hard negatives first"),
@@ -495,23 +468,14 @@ fn long_tail_trains_on_a_pre_warmed_plan_with_the_generator_off() {
     let d = data.display().to_string();
     let out = run_in(
         "long_tail",
-        &[
+        &argv![
             "--data",
-            &d,
+            (d),
             "--plan",
-            &p,
+            (p),
             "--cache",
-            &c,
-            "--no-generator",
-            "--model",
-            "tiny",
-            "--steps",
-            "2",
-            "--epochs",
-            "3",
-            "--skip-baseline",
-            "--image-size",
-            "16",
+            (c),
+            "--no-generator --model tiny --steps 2 --epochs 3 --skip-baseline --image-size 16"
         ],
         Some(home.path()),
     );
@@ -537,17 +501,9 @@ fn finetune_loads_its_checkpoint_and_trains_with_hard_negatives() {
     let out = dir.path().join("out");
     let stdout = run_in(
         "finetune",
-        &[
-            "--model",
-            "tiny",
-            "--steps",
-            "2",
-            "--pretrain-epochs",
-            "1",
-            "--epochs",
-            "2",
-            "--out",
-            out.to_str().unwrap(),
+        &argv![
+            "--model tiny --steps 2 --pretrain-epochs 1 --epochs 2 --out",
+            (out.display())
         ],
         Some(dir.path()),
     );

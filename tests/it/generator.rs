@@ -101,6 +101,14 @@ struct Gated {
     dir: tempfile::TempDir,
 }
 
+/// A generator on an ungated engine, its engine factory (for the log) and its cache's folder.
+fn started(config: GeneratorConfig) -> (Arc<FakeFactory>, Generator, tempfile::TempDir) {
+    let factory = test_factory(None);
+    let (dir, cache) = cache();
+    let generator = Generator::start(factory.clone(), cache, config).unwrap();
+    (factory, generator, dir)
+}
+
 fn gated(config: GeneratorConfig) -> Gated {
     let gate = Gate::closed();
     let factory = test_factory(Some(gate.clone()));
@@ -311,9 +319,7 @@ fn online_requests_go_before_prewarm_and_jobs_are_batched() {
 /// however slowly the requests arrived: reruns group jobs alike (and give the same pixels).
 #[test]
 fn a_held_generator_batches_the_whole_queue_in_order_once_released() {
-    let factory = test_factory(None);
-    let (_dir, cache) = cache();
-    let generator = Generator::start(factory.clone(), cache, config("h", 1, 100, 3)).unwrap();
+    let (factory, generator, _dir) = started(config("h", 1, 100, 3));
     generator.hold();
     for i in 1..=5 {
         generator
@@ -335,9 +341,7 @@ fn a_held_generator_batches_the_whole_queue_in_order_once_released() {
 /// Shutting down a held generator does not wait for a release: `Drain` finishes the queue.
 #[test]
 fn a_held_generator_still_drains_on_shutdown() {
-    let factory = test_factory(None);
-    let (_dir, cache) = cache();
-    let generator = Generator::start(factory.clone(), cache, config("hd", 1, 100, 4)).unwrap();
+    let (factory, generator, _dir) = started(config("hd", 1, 100, 4));
     generator.hold();
     generator
         .request(request("held", 1, &[500, 800], Priority::Prewarm))
@@ -385,9 +389,7 @@ fn cancel_stops_the_batch_in_flight() {
 /// those that did not become ready.
 #[test]
 fn wait_all_reports_progress_and_the_failures() {
-    let factory = test_factory(None);
-    let (_dir, cache) = cache();
-    let generator = Generator::start(factory, cache, config("w", 1, 100, 1)).unwrap();
+    let (_factory, generator, _dir) = started(config("w", 1, 100, 1));
     let mut keys = Vec::new();
     for (prompt, seed) in [("fine", 1), ("please fail", 2), ("fine too", 3)] {
         let receipt = generator
@@ -416,9 +418,7 @@ fn wait_all_reports_progress_and_the_failures() {
 
 #[test]
 fn failures_back_off_and_panics_restart_the_engine() {
-    let factory = test_factory(None);
-    let (_dir, cache) = cache();
-    let generator = Generator::start(factory.clone(), cache, config("b", 1, 100, 1)).unwrap();
+    let (factory, generator, _dir) = started(config("b", 1, 100, 1));
     let boom = generator
         .request(request("please panic", 1, &[700], Priority::Online))
         .unwrap();

@@ -7,6 +7,7 @@
 //! "Developing genie"). The tests that need a process of their own (`cache_crash`,
 //! `cache_concurrency`) start this binary again as a child that runs one ignored test.
 
+#[macro_use]
 mod support;
 
 mod ada_reference;

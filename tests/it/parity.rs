@@ -25,6 +25,11 @@ fn meta() -> Value {
     serde_json::from_str(&std::fs::read_to_string(fixtures().join("meta.json")).unwrap()).unwrap()
 }
 
+/// The prompt the fixtures were made with.
+fn fixture_prompt() -> String {
+    meta()["prompt"].as_str().unwrap().to_string()
+}
+
 fn tensors() -> HashMap<String, Tensor> {
     candle_core::safetensors::load(fixtures().join("outputs.safetensors"), &Device::Cpu).unwrap()
 }
@@ -45,10 +50,15 @@ fn engine(kind: SchedulerKind) -> SdEngine {
 }
 
 fn ids(v: &Value) -> Vec<u32> {
+    numbers(v).into_iter().map(|x| x as u32).collect()
+}
+
+/// A JSON array of non-negative integers.
+fn numbers(v: &Value) -> Vec<usize> {
     v.as_array()
         .unwrap()
         .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
+        .map(|x| x.as_u64().unwrap() as usize)
         .collect()
 }
 
@@ -104,10 +114,9 @@ fn tokenizer_matches_transformers_on_both_file_layouts() {
 
 #[test]
 fn text_embeddings_and_vae_latents_match() {
-    let m = meta();
     let t = tensors();
     let mut e = engine(SchedulerKind::DpmSolverPp);
-    let prompt = e.prompt_embedding(m["prompt"].as_str().unwrap()).unwrap();
+    let prompt = e.prompt_embedding(&fixture_prompt()).unwrap();
     let err = rel_err(&prompt, &t["prompt_embeds"]);
     assert!(err < TOLERANCE, "prompt embedding rel err {err}");
     let uncond = e.prompt_embedding("").unwrap();
@@ -177,12 +186,7 @@ fn start_steps_match_diffusers_get_timesteps() {
         for n in [10usize, 25, 50] {
             let entry = &table[kind.name()][n.to_string()];
             let grid = s.grid(n).unwrap();
-            let full: Vec<usize> = entry["timesteps"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|x| x.as_u64().unwrap() as usize)
-                .collect();
+            let full = numbers(&entry["timesteps"]);
             assert_eq!(grid.timesteps, full, "{} N={n} grid", kind.name());
             for tenth in 1..=10u16 {
                 let key = if tenth == 10 {
@@ -198,12 +202,7 @@ fn start_steps_match_diffusers_get_timesteps() {
                     "{} N={n} r={key}",
                     kind.name()
                 );
-                let slice: Vec<usize> = want["timesteps"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|x| x.as_u64().unwrap() as usize)
-                    .collect();
+                let slice = numbers(&want["timesteps"]);
                 assert_eq!(
                     &grid.timesteps[r.start_index(n)..],
                     &slice[..],
@@ -220,10 +219,9 @@ fn start_steps_match_diffusers_get_timesteps() {
 /// One UNet call, and decoding several chains in one VAE batch, match diffusers row for row.
 #[test]
 fn unet_call_and_batched_decode_match() {
-    let m = meta();
     let t = tensors();
     let mut e = engine(SchedulerKind::Ddim);
-    let cond = e.prompt_embedding(m["prompt"].as_str().unwrap()).unwrap();
+    let cond = e.prompt_embedding(&fixture_prompt()).unwrap();
     let uncond = e.prompt_embedding("").unwrap();
     for (context, name) in [(&cond, "unet_t981_cond"), (&uncond, "unet_t981_uncond")] {
         let out = e.predict_noise(&t["noise"], 981, context).unwrap();

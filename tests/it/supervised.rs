@@ -151,24 +151,46 @@ fn prewarm(keys: &KeySpace, items: &[ImageItem], seed: u64, levels: &[NoiseLevel
     cache
 }
 
+type Loader = Arc<dyn burn::data::dataloader::DataLoader<Batch>>;
+
+/// `items` in batches of 8, in order and without genie: the validation loader.
+fn plain_loader(items: &[ImageItem], device: &Device) -> Loader {
+    DataLoaderBuilder::new(Flatten)
+        .batch_size(8)
+        .set_device(device.clone())
+        .build(InMemDataset::new(items.to_vec()))
+}
+
+/// Trains `model` with Adam at `lr` for `epochs`, showing every step to `live`.
+fn train_observed(
+    model: Probe,
+    live: &Arc<LiveModel<Probe>>,
+    (train, valid): (Loader, Loader),
+    epochs: usize,
+    lr: f64,
+) -> Probe {
+    let dir = tempfile::tempdir().unwrap();
+    let result = SupervisedTraining::new(dir.path(), train, valid)
+        .num_epochs(epochs)
+        .launch(Learner::new(
+            Observed::new(model, live),
+            AdamConfig::new().init(),
+            lr,
+        ));
+    result.model.into_inner()
+}
+
 fn loaders(
     augmenter: &Arc<Augmenter<ImageItem>>,
     items: &[ImageItem],
     device: &Device,
-) -> (
-    Arc<dyn burn::data::dataloader::DataLoader<Batch>>,
-    Arc<dyn burn::data::dataloader::DataLoader<Batch>>,
-) {
+) -> (Loader, Loader) {
     let train = DataLoaderBuilder::new(GenieBatcher::new(Flatten, Arc::clone(augmenter)))
         .batch_size(8)
         .shuffle(1)
         .set_device(device.clone())
         .build(InMemDataset::new(items.to_vec()));
-    let valid = DataLoaderBuilder::new(Flatten)
-        .batch_size(8)
-        .set_device(device.clone())
-        .build(InMemDataset::new(items.to_vec()));
-    (train, valid)
+    (train, plain_loader(items, device))
 }
 
 #[test]
@@ -247,17 +269,8 @@ fn supervised_training_runs_genie_ada_through_the_observed_model() {
         .unwrap(),
     );
     let device = Device::flex().autodiff();
-    let (train, valid) = loaders(&augmenter, &items, &device);
-    let model = Probe::new(&device);
-    let dir = tempfile::tempdir().unwrap();
-    let result = SupervisedTraining::new(dir.path(), train, valid)
-        .num_epochs(3)
-        .launch(Learner::new(
-            Observed::new(model, &live),
-            AdamConfig::new().init(),
-            1e-2,
-        ));
-    let _trained: Probe = result.model.into_inner();
+    let loaders = loaders(&augmenter, &items, &device);
+    train_observed(Probe::new(&device), &live, loaders, 3, 1e-2);
 
     // Every optimiser step was shown to the live model; the last round's choices apply now.
     live.sync();
@@ -287,6 +300,15 @@ struct Recording(Arc<std::sync::Mutex<Vec<LoggedBatch>>>);
 /// A batch as [`Recording`] logs it: each item's path, label and pixels.
 type LoggedBatch = Vec<(String, usize, Vec<u8>)>;
 
+/// How many hard negatives (genie's items) `batches` hold.
+fn mixed(batches: &[LoggedBatch]) -> usize {
+    batches
+        .iter()
+        .flatten()
+        .filter(|(path, _, _)| path.contains("genie"))
+        .count()
+}
+
 impl Batcher<ImageItem, Batch> for Recording {
     fn batch(&self, items: Vec<ImageItem>, device: &Device) -> Batch {
         let logged = items
@@ -308,22 +330,14 @@ fn logged_loaders(
     items: &[ImageItem],
     shuffle: u64,
     device: &Device,
-) -> (
-    Recording,
-    Arc<dyn burn::data::dataloader::DataLoader<Batch>>,
-    Arc<dyn burn::data::dataloader::DataLoader<Batch>>,
-) {
+) -> (Recording, Loader, Loader) {
     let log = Recording(Arc::default());
     let train = DataLoaderBuilder::new(GenieBatcher::new(log.clone(), Arc::clone(augmenter)))
         .batch_size(8)
         .shuffle(shuffle)
         .set_device(device.clone())
         .build(InMemDataset::new(items.to_vec()));
-    let valid = DataLoaderBuilder::new(Flatten)
-        .batch_size(8)
-        .set_device(device.clone())
-        .build(InMemDataset::new(items.to_vec()));
-    (log, train, valid)
+    (log, train, plain_loader(items, device))
 }
 
 /// A probe whose weights are `weight(i)` (row-major, no bias): the same start in every run.
@@ -370,15 +384,7 @@ fn ada_run() -> RunLog {
     let device = Device::flex().autodiff();
     let (log, train, valid) = logged_loaders(&augmenter, &items, 3, &device);
     let model = fixed_probe(&device, |i| ((i * 7) % 11) as f32 / 50.0 - 0.1);
-    let dir = tempfile::tempdir().unwrap();
-    let result = SupervisedTraining::new(dir.path(), train, valid)
-        .num_epochs(4)
-        .launch(Learner::new(
-            Observed::new(model, &live),
-            AdamConfig::new().init(),
-            5e-2,
-        ));
-    drop(result);
+    train_observed(model, &live, (train, valid), 4, 5e-2);
     let stats = Arc::into_inner(live).expect("the only handle").stop();
     let mut records: Vec<_> = augmenter
         .ada_records()
@@ -405,12 +411,7 @@ fn genie_ada_runs_of_one_seed_choose_and_mix_identically() {
     assert!(stats.compute_share() <= 0.5 + 1e-9, "{stats:?}");
     let versions: std::collections::BTreeSet<u64> = records.iter().map(|r| r.3).collect();
     assert!(versions.len() >= 2, "{versions:?}");
-    let mixed = batches
-        .iter()
-        .flatten()
-        .filter(|(path, _, _)| path.contains("genie"))
-        .count();
-    assert!(mixed > 0, "no hard negative was mixed");
+    assert!(mixed(&batches) > 0, "no hard negative was mixed");
 
     let (batches_again, records_again, stats_again) = ada_run();
     assert_eq!(records, records_again);
@@ -485,12 +486,7 @@ fn runs_with_the_confusion_metric_and_top_confused_sources_mix_identically() {
         stats.pairs > (2 * genie::policy::SNAPSHOT_EVERY) as usize / 2,
         "{stats:?}"
     );
-    let mixed = batches
-        .iter()
-        .flatten()
-        .filter(|(path, _, _)| path.contains("genie"))
-        .count();
-    assert!(mixed > 0, "no hard negative was mixed");
+    assert!(mixed(&batches) > 0, "no hard negative was mixed");
     let (again, stats_again) = confused_run();
     assert_eq!(batches.len(), again.len());
     for (n, (a, b)) in batches.iter().zip(&again).enumerate() {

@@ -11,6 +11,22 @@ pub use genie::testing::{FakeFactory, Gate};
 use genie::{EngineFingerprint, NoiseLevel};
 use image::Rgb;
 
+/// A command line: each string literal split at spaces into words, each parenthesised
+/// expression (or name) one word as it is (paths, values with spaces).
+macro_rules! argv {
+    ($($part:tt),* $(,)?) => {{
+        let mut words: Vec<String> = Vec::new();
+        $(argv!(@push words, $part);)*
+        words
+    }};
+    (@push $words:ident, $literal:literal) => {
+        $words.extend($literal.split_whitespace().map(String::from))
+    };
+    (@push $words:ident, $word:tt) => {
+        $words.push($word.to_string())
+    };
+}
+
 /// The fingerprint of a test engine (one step, no guidance) named `model`, making `resolution` px.
 pub fn engine_fingerprint(model: &str, resolution: u32) -> EngineFingerprint {
     EngineFingerprint {

@@ -150,7 +150,7 @@ pub(crate) fn serve(args: ServeArgs) -> Result<()> {
         serve_config.check_listen(addr)?;
         let generator = Generator::start(factory, cache, config)?;
         // The one line on stdout: scripts (and the tests) read the address from it.
-        println!("genie serve: listening on http://{addr} (engine {model})");
+        println!("{}", server::listening_line(addr, &model));
         use std::io::Write as _;
         std::io::stdout().flush()?;
         anyhow::Ok(server::serve(generator, listener, serve_config, stop_signal()).await?)

@@ -156,6 +156,16 @@ impl AppState {
 #[derive(Clone, Copy)]
 struct Peer(SocketAddr);
 
+/// The one line `genie serve` prints on stdout once it listens; scripts read the address from it.
+pub fn listening_line(addr: std::net::SocketAddr, model: &str) -> String {
+    format!("genie serve: listening on http://{addr} (engine {model})")
+}
+
+/// The `HOST:PORT` a [`listening_line`] names; `None` for any other line.
+pub fn listening_address(line: &str) -> Option<&str> {
+    line.split("http://").nth(1)?.split_whitespace().next()
+}
+
 /// A server running on a thread of its own (with its own async runtime), for a process that
 /// wants one beside its other work: benchmarks, tests, a trainer that hosts the generator for
 /// others. [`stop`](Self::stop) drains it like SIGTERM does.

@@ -5,23 +5,6 @@ use std::ffi::OsStr;
 use std::path::Path;
 use std::process::{Command, Output};
 
-/// A command line: each string literal split at spaces into words, each parenthesised
-/// expression (or name) one word as it is (paths, values with spaces).
-macro_rules! argv {
-    ($($part:tt),* $(,)?) => {{
-        let mut words: Vec<String> = Vec::new();
-        $(argv!(@push words, $part);)*
-        words
-    }};
-    (@push $words:ident, $literal:literal) => {
-        $words.extend($literal.split_whitespace().map(String::from))
-    };
-    (@push $words:ident, $word:tt) => {
-        $words.push($word.to_string())
-    };
-}
-
-// After `argv!`, which they use.
 mod class_names;
 mod generate;
 mod refusals;

@@ -73,10 +73,7 @@ fn start_at(
     BufReader::new(child.stdout.take().unwrap())
         .read_line(&mut line)
         .unwrap();
-    let addr = line
-        .split("http://")
-        .nth(1)
-        .and_then(|rest| rest.split_whitespace().next())
+    let addr = genie::remote::server::listening_address(&line)
         .unwrap_or_else(|| panic!("no address in {line:?}"))
         .to_string();
     let server = Server {
