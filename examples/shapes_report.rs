@@ -292,18 +292,16 @@ fn main() -> Result<()> {
             .map(|((_, probs), p)| f64::from(probs[p.1]))
             .sum::<f64>()
             / n;
-        let as_t = judged
-            .iter()
-            .zip(&pairs)
-            .filter(|((l, _), p)| *l == p.1)
-            .count() as f64
-            / n;
-        let as_s = judged
-            .iter()
-            .zip(&pairs)
-            .filter(|((l, _), p)| *l == p.0)
-            .count() as f64
-            / n;
+        // The share of images the judge labels as their pair's source (or else its target).
+        let share_judged_as = |source: bool| {
+            let class = |p: &(usize, usize, _, _)| if source { p.0 } else { p.1 };
+            let hits = judged
+                .iter()
+                .zip(&pairs)
+                .filter(|((l, _), p)| *l == class(p));
+            hits.count() as f64 / n
+        };
+        let (as_t, as_s) = (share_judged_as(false), share_judged_as(true));
         let dist = pairs
             .iter()
             .map(|p| border_distance(&p.2, &p.3[li], 6))

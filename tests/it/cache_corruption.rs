@@ -18,6 +18,13 @@ fn entry_content(n: u64) -> Vec<u8> {
 }
 
 /// A store holding entries `0..count`.
+/// A disk store in `cache/` of a new temporary folder, with `count` entries.
+fn filled_in_tempdir(count: u64) -> (tempfile::TempDir, DiskStore) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = filled_store(&dir.path().join("cache"), count);
+    (dir, store)
+}
+
 fn filled_store(dir: &Path, count: u64) -> DiskStore {
     let store = DiskStore::open(dir).expect("open");
     for n in 0..count {
@@ -356,9 +363,7 @@ fn newer_formats_are_clear_errors_and_are_left_alone() {
 #[cfg(unix)]
 #[test]
 fn a_content_symlink_to_a_file_outside_the_root_is_not_served() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().join("cache");
-    let store = filled_store(&root, 2);
+    let (dir, store) = filled_in_tempdir(2);
     let k = key(0);
     let content = content_path(&store, &k);
     // The outside file even holds the right bytes: the link alone must be refused.
@@ -450,9 +455,7 @@ fn symlinked_cache_folders_are_clear_errors() {
 
 #[test]
 fn a_manifest_naming_a_path_outside_its_folder_is_not_followed() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let root = dir.path().join("cache");
-    let store = filled_store(&root, 1);
+    let (dir, store) = filled_in_tempdir(1);
     let k = key(0);
     let outside = dir.path().join("outside.png");
     fs::write(&outside, entry_content(0)).expect("write outside");

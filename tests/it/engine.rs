@@ -121,23 +121,29 @@ fn unet_batch_limit_does_not_change_results() {
 #[test]
 fn same_seed_same_image_other_seed_other_image() {
     let mut e = load(tiny_model(), opts(SchedulerKind::DpmSolverPp, 10)).unwrap();
-    let a = e
-        .generate(&[job(Some(source(1)), "a photo of a cat.", &[800], 42)])
-        .unwrap();
-    let b = e
-        .generate(&[job(Some(source(1)), "a photo of a cat.", &[800], 42)])
-        .unwrap();
-    let c = e
-        .generate(&[job(Some(source(1)), "a photo of a cat.", &[800], 43)])
-        .unwrap();
-    assert_eq!(a[0].images[0].image, b[0].images[0].image);
-    assert_ne!(a[0].images[0].image, c[0].images[0].image);
+    let a = cat_at(&mut e, 1, 800, 42);
+    assert_eq!(a, cat_at(&mut e, 1, 800, 42));
+    assert_ne!(a, cat_at(&mut e, 1, 800, 43));
     // A fresh engine (fresh caches) gives the same pixels too.
     let mut e2 = load(tiny_model(), opts(SchedulerKind::DpmSolverPp, 10)).unwrap();
-    let d = e2
-        .generate(&[job(Some(source(1)), "a photo of a cat.", &[800], 42)])
-        .unwrap();
-    assert_eq!(a[0].images[0].image, d[0].images[0].image);
+    assert_eq!(a, cat_at(&mut e2, 1, 800, 42));
+}
+
+/// The one image of a job asking `e` for a cat at level `thousandths` from source `source_seed`
+/// with noise seed `seed`.
+fn cat_at(e: &mut SdEngine, source_seed: u8, thousandths: u16, seed: u64) -> RgbImage {
+    let job = job(
+        Some(source(source_seed)),
+        "a photo of a cat.",
+        &[thousandths],
+        seed,
+    );
+    e.generate(&[job])
+        .unwrap()
+        .swap_remove(0)
+        .images
+        .swap_remove(0)
+        .image
 }
 
 /// An engine on a one-thread pool of its own makes the same pixels as one on the process's
@@ -176,10 +182,7 @@ fn injected_noise_equals_seeded_noise() {
     let mut with_noise = job(Some(source(2)), "a photo of a cat.", &[700], 999);
     with_noise.noise = Some(Arc::new(noise));
     let a = e.generate(&[with_noise]).unwrap();
-    let b = e
-        .generate(&[job(Some(source(2)), "a photo of a cat.", &[700], 11)])
-        .unwrap();
-    assert_eq!(a[0].images[0].image, b[0].images[0].image);
+    assert_eq!(a[0].images[0].image, cat_at(&mut e, 2, 700, 11));
 }
 
 #[test]

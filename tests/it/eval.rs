@@ -169,17 +169,20 @@ mod few_shot {
             asked: RefCell::new(Vec::new()),
         };
         let config = config(Method::ALL.to_vec());
+        let run = |progress: &mut dyn FnMut(usize)| {
+            run_few_shot(
+                &members,
+                &names,
+                &image,
+                &MeanColour,
+                Some(&cache),
+                &config,
+                progress,
+            )
+            .unwrap()
+        };
         let mut done = Vec::new();
-        let results = run_few_shot(
-            &members,
-            &names,
-            &image,
-            &MeanColour,
-            Some(&cache),
-            &config,
-            &mut |n| done.push(n),
-        )
-        .unwrap();
+        let results = run(&mut |n| done.push(n));
         assert_eq!(done, (1..=6).collect::<Vec<_>>());
         assert_eq!(results.len(), 10);
         for r in &results {
@@ -218,16 +221,7 @@ mod few_shot {
         assert_eq!(csv.lines().count(), 1 + 10);
         assert!(csv.contains("\nnone,3,1,6,100.0000,0.0000\n"), "{csv}");
         // Same seed, same episodes and augmentations: the same numbers.
-        let again = run_few_shot(
-            &members,
-            &names,
-            &image,
-            &MeanColour,
-            Some(&cache),
-            &config,
-            &mut |_| {},
-        )
-        .unwrap();
+        let again = run(&mut |_| {});
         assert_eq!(results, again);
     }
 
