@@ -268,10 +268,8 @@ def train_unet(latents, labels, tokenizer, text_encoder, steps, batch, rng, drop
 
 
 def sha256(path):
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        h.update(f.read())
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def fix_text_encoder_prefix(folder):

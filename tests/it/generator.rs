@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use crate::support::{engine_fingerprint, FakeFactory, Gate};
 use genie::cache::Cache;
-use genie::diffusion::{tiny, EngineOptions, ModelSource, SchedulerKind, SdEngine};
+use genie::diffusion::{tiny, EngineOptions, ModelSource};
 use genie::generator::{
     DynEngine, EngineFactory, GenerationFailure, Generator, GeneratorConfig, HardNegativeGenerator,
     LevelOutcome, Priority, Request, Shutdown, SourceImage, WaitOutcome,
@@ -497,42 +497,15 @@ fn cancel_with_work_in_flight_leaves_no_thread_and_no_partial_entry() {
     assert_eq!((report.checked, report.bad.len()), (4, 0));
 }
 
-struct SdFactory {
-    dir: std::path::PathBuf,
-    fp: EngineFingerprint,
-}
-
-impl EngineFactory for SdFactory {
-    fn fingerprint(&self) -> &EngineFingerprint {
-        &self.fp
-    }
-    fn resolution(&self) -> u32 {
-        64
-    }
-    fn create(&self, _device: &str) -> Result<Box<dyn DynEngine>, BoxError> {
-        let mut opts = EngineOptions::default();
-        opts.scheduler = SchedulerKind::DpmSolverPp;
-        opts.steps = 8;
-        Ok(Box::new(SdEngine::load(
-            &ModelSource::Local(self.dir.clone()),
-            opts,
-        )?))
-    }
-}
-
 #[test]
 fn end_to_end_through_the_real_engine() {
     let model = tempfile::tempdir().unwrap();
     tiny::write_tiny_model(model.path(), 3).unwrap();
+    // genie's own factory, as `genie warm run` and the serve command build it.
     let mut opts = EngineOptions::default();
-    opts.scheduler = SchedulerKind::DpmSolverPp;
     opts.steps = 8;
-    let plan =
-        genie::diffusion::plan_engine(&ModelSource::Local(model.path().into()), &opts).unwrap();
-    let factory = Arc::new(SdFactory {
-        dir: model.path().into(),
-        fp: plan.fingerprint,
-    });
+    let source = ModelSource::Local(model.path().into());
+    let factory = Arc::new(genie::factory::SdEngineFactory::new(source, opts).unwrap());
     let (_dir, cache) = cache();
     let generator = Generator::start(factory, cache.clone(), GeneratorConfig::default()).unwrap();
     let src = SourceImage::new(RgbImage::from_fn(64, 64, |x, y| {

@@ -127,10 +127,8 @@ MERGES = [
 
 
 def sha256(path):
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        h.update(f.read())
-    return h.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def dir_size(path):
