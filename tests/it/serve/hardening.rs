@@ -97,12 +97,7 @@ fn a_token_server_refuses_strangers_browsers_and_foreign_hosts() {
         .env_remove("GENIE_TOKEN_FILE")
         .output()
         .unwrap();
-    let stderr = String::from_utf8_lossy(&o.stderr);
-    assert!(!o.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("without a token") && stderr.contains("openssl rand"),
-        "{stderr}"
-    );
+    crate::support::failed_saying(&o, &["without a token", "openssl rand"]);
 }
 
 #[test]
