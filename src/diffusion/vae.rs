@@ -106,85 +106,88 @@ impl MidBlock {
     }
 }
 
-/// Residual blocks, then (except in the last block) a stride-2 convolution: diffusers'
-/// `DownEncoderBlock2D` with `downsample_padding = 0` (pad right and bottom by one, then convolve).
-#[derive(Debug)]
-struct DownBlock {
-    resnets: Vec<ResnetBlock2D>,
-    downsampler: Option<Conv2d>,
+/// Where a [`Block`] takes the resolution after its residual blocks.
+#[derive(Clone, Copy, Debug)]
+enum Resample {
+    /// A stride-2 convolution with `downsample_padding = 0`: pad right and bottom by one, then
+    /// convolve (diffusers' `DownEncoderBlock2D`).
+    Down,
+    /// Nearest-neighbour ×2, then a convolution (diffusers' `UpDecoderBlock2D`).
+    Up,
 }
 
-impl DownBlock {
+/// Residual blocks, then (except in the last block of each half) a change of resolution: the
+/// encoder's down blocks and the decoder's up blocks.
+#[derive(Debug)]
+struct Block {
+    resnets: Vec<ResnetBlock2D>,
+    resample: Option<(Resample, Conv2d)>,
+}
+
+impl Block {
     fn new(
         vb: nn::VarBuilder,
         (c_in, c_out): (usize, usize),
         layers: usize,
         groups: usize,
-        downsample: bool,
+        resample: Option<Resample>,
     ) -> Result<Self> {
-        let downsampler = downsample
-            .then(|| {
-                let cfg = nn::Conv2dConfig {
-                    stride: 2,
-                    ..Default::default()
+        let resample = resample
+            .map(|how| {
+                let conv = match how {
+                    Resample::Down => {
+                        let cfg = nn::Conv2dConfig {
+                            stride: 2,
+                            ..Default::default()
+                        };
+                        Conv2d::new(c_out, c_out, 3, cfg, vb.pp("downsamplers.0.conv"))?
+                    }
+                    Resample::Up => conv3(vb.pp("upsamplers.0.conv"), c_out, c_out)?,
                 };
-                Conv2d::new(c_out, c_out, 3, cfg, vb.pp("downsamplers.0.conv"))
+                Result::Ok((how, conv))
             })
             .transpose()?;
-        Ok(DownBlock {
+        Ok(Block {
             resnets: resnets(vb.pp("resnets"), (c_in, c_out), layers, groups)?,
-            downsampler,
+            resample,
         })
     }
 
     fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = through(&self.resnets, xs)?;
-        match &self.downsampler {
-            Some(conv) => conv.forward(&xs.pad_with_zeros(D::Minus1, 0, 1)?.pad_with_zeros(
-                D::Minus2,
-                0,
-                1,
-            )?),
-            None => Ok(xs),
+        let mut xs = xs.clone();
+        for resnet in &self.resnets {
+            xs = resnet.forward(&xs, None)?;
         }
-    }
-}
-
-/// Residual blocks, then (except in the last block) nearest-neighbour ×2 and a convolution:
-/// diffusers' `UpDecoderBlock2D`.
-#[derive(Debug)]
-struct UpBlock {
-    resnets: Vec<ResnetBlock2D>,
-    upsampler: Option<Conv2d>,
-}
-
-impl UpBlock {
-    fn new(
-        vb: nn::VarBuilder,
-        (c_in, c_out): (usize, usize),
-        layers: usize,
-        groups: usize,
-        upsample: bool,
-    ) -> Result<Self> {
-        let upsampler = upsample
-            .then(|| conv3(vb.pp("upsamplers.0.conv"), c_out, c_out))
-            .transpose()?;
-        Ok(UpBlock {
-            resnets: resnets(vb.pp("resnets"), (c_in, c_out), layers, groups)?,
-            upsampler,
-        })
-    }
-
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let xs = through(&self.resnets, xs)?;
-        match &self.upsampler {
-            Some(conv) => {
+        match &self.resample {
+            None => Ok(xs),
+            Some((Resample::Down, conv)) => conv.forward(
+                &xs.pad_with_zeros(D::Minus1, 0, 1)?
+                    .pad_with_zeros(D::Minus2, 0, 1)?,
+            ),
+            Some((Resample::Up, conv)) => {
                 let (_, _, h, w) = xs.dims4()?;
                 conv.forward(&xs.upsample_nearest2d(2 * h, 2 * w)?)
             }
-            None => Ok(xs),
         }
     }
+}
+
+/// The blocks of one half: block `i` goes from `channels[i - 1]` (`channels[0]` for the first) to
+/// `channels[i]` and, unless it is the last, resamples as `resample` says.
+fn blocks(
+    vb: nn::VarBuilder,
+    channels: &[usize],
+    layers: usize,
+    groups: usize,
+    resample: Resample,
+) -> Result<Vec<Block>> {
+    (0..channels.len())
+        .map(|i| {
+            let c_in = channels[i.saturating_sub(1)];
+            let resample = (i + 1 < channels.len()).then_some(resample);
+            Block::new(vb.pp(i), (c_in, channels[i]), layers, groups, resample)
+        })
+        .collect()
 }
 
 /// `layers` residual blocks without a timestep embedding, the first from `c_in` channels.
@@ -197,13 +200,6 @@ fn resnets(
     (0..layers)
         .map(|i| resnet(vb.pp(i), (if i == 0 { c_in } else { c_out }, c_out), groups))
         .collect()
-}
-
-/// `xs` through each of `resnets` in turn.
-fn through(resnets: &[ResnetBlock2D], xs: &Tensor) -> Result<Tensor> {
-    resnets
-        .iter()
-        .try_fold(xs.clone(), |xs, resnet| resnet.forward(&xs, None))
 }
 
 /// A residual block without a timestep embedding, as every block of the VAE has.
@@ -228,7 +224,7 @@ fn resnet(
 #[derive(Debug)]
 pub struct Vae {
     enc_conv_in: Conv2d,
-    enc_down: Vec<DownBlock>,
+    enc_down: Vec<Block>,
     enc_mid: MidBlock,
     enc_norm_out: nn::GroupNorm,
     enc_conv_out: Conv2d,
@@ -236,7 +232,7 @@ pub struct Vae {
     post_quant_conv: Option<Conv2d>,
     dec_conv_in: Conv2d,
     dec_mid: MidBlock,
-    dec_up: Vec<UpBlock>,
+    dec_up: Vec<Block>,
     dec_norm_out: nn::GroupNorm,
     dec_conv_out: Conv2d,
     latent_channels: usize,
@@ -253,19 +249,13 @@ impl Vae {
 
         let e = vb.pp("encoder");
         let enc_conv_in = conv3(e.pp("conv_in"), spec.in_channels, ch[0])?;
-        let enc_down = (0..ch.len())
-            .map(|i| {
-                let cin = if i == 0 { ch[0] } else { ch[i - 1] };
-                let vb = e.pp(format!("down_blocks.{i}"));
-                DownBlock::new(
-                    vb,
-                    (cin, ch[i]),
-                    spec.layers_per_block,
-                    groups,
-                    i + 1 < ch.len(),
-                )
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let enc_down = blocks(
+            e.pp("down_blocks"),
+            ch,
+            spec.layers_per_block,
+            groups,
+            Resample::Down,
+        )?;
         let enc_mid = MidBlock::new(e.pp("mid_block"), last, groups)?;
         let enc_norm_out = nn::group_norm(groups, last, EPS, e.pp("conv_norm_out"))?;
         let enc_conv_out = conv3(e.pp("conv_out"), last, 2 * lat)?;
@@ -283,14 +273,8 @@ impl Vae {
         let dec_conv_in = conv3(d.pp("conv_in"), lat, last)?;
         let dec_mid = MidBlock::new(d.pp("mid_block"), last, groups)?;
         let rev: Vec<usize> = ch.iter().rev().copied().collect();
-        let dec_up = (0..rev.len())
-            .map(|i| {
-                let cin = if i == 0 { rev[0] } else { rev[i - 1] };
-                let vb = d.pp(format!("up_blocks.{i}"));
-                let layers = spec.layers_per_block + 1;
-                UpBlock::new(vb, (cin, rev[i]), layers, groups, i + 1 < rev.len())
-            })
-            .collect::<Result<Vec<_>>>()?;
+        let layers = spec.layers_per_block + 1;
+        let dec_up = blocks(d.pp("up_blocks"), &rev, layers, groups, Resample::Up)?;
         let dec_norm_out = nn::group_norm(groups, ch[0], EPS, d.pp("conv_norm_out"))?;
         let dec_conv_out = conv3(d.pp("conv_out"), ch[0], spec.out_channels)?;
 
