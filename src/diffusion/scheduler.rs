@@ -822,6 +822,16 @@ mod tests {
         }
     }
 
+    /// The canonical form is part of every cache key: changing it moves every cached image.
+    #[test]
+    fn canonical_forms_are_pinned() {
+        assert_eq!(SchedulerConfig::sd15(SchedulerKind::Ddim).canonical, "ddim|T1000|acp:9a725596c4fe6eebf96465e36cc8386a|Epsilon|Leading|off1|a1false|clipNone|o2|Midpoint|loftrue|eaffalse|Zero");
+        assert_eq!(
+            SchedulerConfig::sd15(SchedulerKind::DpmSolverPp).canonical,
+            "dpm|T1000|acp:9a725596c4fe6eebf96465e36cc8386a|Epsilon|Linspace|off1|a1false|clipNone|o2|Midpoint|loftrue|eaffalse|Zero"
+        );
+    }
+
     #[test]
     fn sweep_step_counts_at_50() {
         let counts: Vec<usize> = NoiseLevel::ADA_SWEEP
