@@ -1,6 +1,7 @@
 //! The crate's rooms: every folder of `src/` is in the README's Layout section, no source file
-//! grows past 900 lines, and no two modules import each other, directly or round a circle
-//! (a module and its own parent or children may: `mod.rs` indexes its children).
+//! grows past 900 lines, no two modules import each other, directly or round a circle (a module
+//! and its own parent or children may: `mod.rs` indexes its children), and each layer uses only
+//! the layers below it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -317,4 +318,210 @@ fn the_circle_check_finds_circles() {
         ]),
     };
     assert_eq!(family.circle(), None);
+}
+
+/// What each top-level module of the library may use of the others: the layers of `src/lib.rs`,
+/// each knowing only those below it (data flows batch → policy → cache → generator → engine →
+/// cache → batch). Which of burn and candle a module may use, the features check: `cargo check
+/// --no-default-features` with `engine` alone, and with `burn` alone, in `.ci/run`. A new edge
+/// here is a design decision, made on purpose.
+const LAYERS: &[(&str, &[&str])] = &[
+    ("ada", &["engine"]),
+    (
+        "backbone",
+        &["eval", "image_io", "loader", "policy", "safe_open"],
+    ),
+    (
+        "cache",
+        &["counters", "engine", "image_io", "safe_open", "sync"],
+    ),
+    ("classes", &["safe_open"]),
+    ("counters", &[]),
+    (
+        "diffusion",
+        &["engine", "image_io", "noise", "safe_open", "sync"],
+    ),
+    ("engine", &[]),
+    (
+        "eval",
+        &["ada", "cache", "engine", "generator", "policy", "sync"],
+    ),
+    ("factory", &["diffusion", "engine", "generator"]),
+    (
+        "generator",
+        &[
+            "cache", "classes", "counters", "engine", "image_io", "seed", "sync",
+        ],
+    ),
+    ("image_io", &["safe_open"]),
+    (
+        "loader",
+        &[
+            "ada",
+            "cache",
+            "classes",
+            "engine",
+            "generator",
+            "image_io",
+            "policy",
+            "sync",
+            "warm",
+        ],
+    ),
+    ("noise", &[]),
+    ("pictures", &["cache", "engine", "image_io"]),
+    ("policy", &["sync"]),
+    (
+        "remote",
+        &[
+            "cache",
+            "counters",
+            "engine",
+            "generator",
+            "safe_open",
+            "sync",
+        ],
+    ),
+    ("safe_open", &[]),
+    ("seed", &[]),
+    ("sync", &[]),
+    ("synthetic", &[]),
+    ("testing", &["engine", "generator", "sync"]),
+    (
+        "warm",
+        &[
+            "cache",
+            "engine",
+            "generator",
+            "image_io",
+            "policy",
+            "safe_open",
+        ],
+    ),
+];
+
+/// The other top-level modules each top-level module names as `crate::name` in its code (not in
+/// comments, nor in a `#[cfg(test)] mod tests` at a file's end). `files`: (top-level module, text);
+/// `reexports`: the crate root's `pub use` items and the module each comes from.
+fn crate_edges(
+    files: &[(String, String)],
+    reexports: &BTreeMap<String, String>,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let ident = |c: char| c.is_alphanumeric() || c == '_';
+    let mut edges: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    for (module, text) in files {
+        let code = text
+            .split("#[cfg(test)]\nmod tests")
+            .next()
+            .unwrap_or_default();
+        for line in code.lines().map(str::trim).filter(|l| !l.starts_with("//")) {
+            for (at, _) in line.match_indices("crate::") {
+                if line[..at].chars().last().is_some_and(ident) {
+                    continue;
+                }
+                let rest = &line[at + "crate::".len()..];
+                // `crate::{a::X, b}` names each of a and b.
+                let names: Vec<&str> = match rest.strip_prefix('{') {
+                    Some(group) => group.split(',').map(str::trim).collect(),
+                    None => vec![rest],
+                };
+                for name in names {
+                    let name: String = name.chars().take_while(|&c| ident(c)).collect();
+                    let name = reexports.get(&name).cloned().unwrap_or(name);
+                    if !name.is_empty() && name != *module {
+                        edges.entry(module.clone()).or_default().insert(name);
+                    }
+                }
+            }
+        }
+    }
+    edges
+}
+
+/// The items `lib.rs` re-exports at the crate root (`pub use engine::{Job, …}`), each with the
+/// module it comes from.
+fn root_reexports(lib: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for statement in lib.split("pub use ").skip(1) {
+        let body: String = statement
+            .split(';')
+            .next()
+            .unwrap_or_default()
+            .split_whitespace()
+            .collect();
+        for path in expand(&body) {
+            if let (Some(first), Some(last)) = (path.first(), path.last()) {
+                out.insert(last.clone(), first.clone());
+            }
+        }
+    }
+    out
+}
+
+/// The edges of `edges` that [`LAYERS`] does not allow, as `from -> to`.
+fn against_layers(edges: &BTreeMap<String, BTreeSet<String>>) -> Vec<String> {
+    let allowed: BTreeMap<&str, &[&str]> = LAYERS.iter().copied().collect();
+    edges
+        .iter()
+        .flat_map(|(from, tos)| tos.iter().map(move |to| (from, to)))
+        .filter(|(from, to)| {
+            allowed
+                .get(from.as_str())
+                .is_none_or(|ok| !ok.contains(&to.as_str()))
+        })
+        .map(|(from, to)| format!("{from} -> {to}"))
+        .collect()
+}
+
+#[test]
+fn each_layer_uses_only_the_layers_below_it() {
+    let src = root().join("src");
+    let mut paths = Vec::new();
+    rust_files(&src, &mut paths);
+    let files: Vec<(String, String)> = paths
+        .iter()
+        .filter(|p| !p.starts_with(src.join("bin")) && *p != &src.join("lib.rs"))
+        .map(|p| {
+            let first = p.strip_prefix(&src).unwrap().iter().next().unwrap();
+            let module = first.to_string_lossy().trim_end_matches(".rs").to_string();
+            (module, std::fs::read_to_string(p).unwrap())
+        })
+        .collect();
+    let lib = std::fs::read_to_string(src.join("lib.rs")).unwrap();
+    let edges = crate_edges(&files, &root_reexports(&lib));
+    // Every module is in the table, and the table names only modules there are.
+    let modules: BTreeSet<&str> = files.iter().map(|(m, _)| m.as_str()).collect();
+    let listed: BTreeSet<&str> = LAYERS.iter().map(|(m, _)| *m).collect();
+    assert_eq!(modules, listed, "LAYERS and the modules of src/ differ");
+    assert!(edges["loader"].contains("generator") && edges["cache"].contains("engine"));
+    assert_eq!(against_layers(&edges), Vec::<String>::new());
+}
+
+/// The check finds a layer reaching up, in a `use` list or a path in code, and not in comments
+/// or a file's test module.
+#[test]
+fn the_layer_check_finds_an_upward_edge() {
+    let file = |module: &str, text: &str| (module.to_string(), text.to_string());
+    let reexports = root_reexports("pub use loader::{\n    GenieBatcher,\n};\n");
+    let edges = crate_edges(
+        &[
+            file("pictures", "use crate::GenieBatcher;\n"),
+            file(
+                "cache",
+                "use crate::{engine::Job, sync};\nlet g = crate::generator::start();\n",
+            ),
+            file(
+                "policy",
+                "// see crate::loader\n#[cfg(test)]\nmod tests {\n    use crate::cache;\n}\n",
+            ),
+            file("engine", "use super::thing;\nlet x = mycrate::loader::Y;\n"),
+        ],
+        &reexports,
+    );
+    assert_eq!(
+        against_layers(&edges),
+        ["cache -> generator", "pictures -> loader"]
+    );
+    assert_eq!(edges.get("policy"), None);
+    assert_eq!(edges.get("engine"), None);
 }
