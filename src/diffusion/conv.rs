@@ -446,6 +446,7 @@ fn conv2d_f32(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::diffusion::parity::max_abs_diff;
     use candle_core::Device;
 
     fn candle_conv(
@@ -532,11 +533,7 @@ mod tests {
         let x = Tensor::randn(0f32, 1.0, (2, 4, 8, 8), &dev).unwrap();
         let theirs = conv.candle.forward(&x).unwrap();
         let residual = Tensor::randn(0f32, 1.0, theirs.dims(), &dev).unwrap();
-        let max_diff = |a: Tensor, b: &Tensor| -> f32 {
-            crate::diffusion::parity::compare("conv", &a, b)
-                .unwrap()
-                .max_abs
-        };
+        let max_diff = |a: Tensor, b: &Tensor| max_abs_diff(&a, b).unwrap();
         let diff = max_diff(conv.forward(&x).unwrap(), &theirs);
         assert!(diff < 1e-4, "{diff}");
         let with_residual = conv.forward_add(&x, &residual).unwrap();
