@@ -362,10 +362,10 @@ fn few_shot_compares_every_method_and_reruns_from_the_cache() {
 #[test]
 fn examples_name_a_training_device_they_cannot_open() {
     let args = ["--model", "tiny", "--train-device", "cuda"];
-    fails_saying("few_shot", &args, None, &["genie serve"]);
+    example_fails_saying("few_shot", &args, None, &["genie serve"]);
     if genie::loader::built_gpu_backends().is_empty() {
         let args = ["--model", "tiny"];
-        fails_saying(
+        example_fails_saying(
             "long_tail",
             &args,
             Some("vulkan"),
@@ -378,12 +378,12 @@ fn examples_name_a_training_device_they_cannot_open() {
 fn few_shot_names_an_unknown_method() {
     let args = ["--model", "tiny", "--methods", "none,magic"];
     let says = ["unknown method \"magic\"", "genie-ada"];
-    fails_saying("few_shot", &args, None, &says);
+    example_fails_saying("few_shot", &args, None, &says);
 }
 
 /// Runs example `name` with `args` and `BURN_DEVICE` set to `burn_device` (or unset), and
 /// asserts that it fails saying each of `says`.
-fn fails_saying(name: &str, args: &[&str], burn_device: Option<&str>, says: &[&str]) {
+fn example_fails_saying(name: &str, args: &[&str], burn_device: Option<&str>, says: &[&str]) {
     let mut command = Command::new(example(name));
     command.args(args).env_remove("BURN_DEVICE");
     if let Some(device) = burn_device {
